@@ -1,0 +1,45 @@
+"""Numba settings shared by every kernel, set once here (a test checks every kernel uses them).
+
+`KERNEL_OPTIONS` is what each `@numba.njit` kernel is compiled with. `fastmath` lets LLVM
+reassociate and contract sums (so it can vectorise the channel loops) but keeps NaN and Inf
+semantics, because training must see a NaN loss to stop on it.
+"""
+import os
+
+import numba
+
+FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+# cache=True: compiled machine code is kept on disk (NUMBA_CACHE_DIR, or __pycache__ beside the
+# module), so only the first run on a machine pays for compilation.
+KERNEL_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH))
+
+
+def njit_serial(func):
+    """Compile `func` as a serial kernel (`prange` runs as `range`)."""
+    return numba.njit(parallel=False, **KERNEL_OPTIONS)(func)
+
+
+def njit_parallel(func):
+    """Compile `func` as a parallel kernel (`prange` splits across threads)."""
+    return numba.njit(parallel=True, **KERNEL_OPTIONS)(func)
+
+
+def get_num_threads():
+    """The number of threads parallel kernels use."""
+    return numba.get_num_threads()
+
+
+def set_num_threads(n):
+    """Set the number of threads parallel kernels use (1 to `NUMBA_NUM_THREADS`)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"threads must be an int, got {type(n).__name__}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= limit:
+        raise ValueError(f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {n}")
+    numba.set_num_threads(n)
+
+
+# Below this many multiply-accumulates a kernel runs serially: starting threads costs more than
+# it saves, and on a shared machine a parallel region waits for its slowest (descheduled) thread.
+PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_PARALLEL_MIN_MACS", 200_000))
