@@ -162,3 +162,89 @@ def test_separable_over_standard_is_eq5(n, size, cin, cout, kernel, stride):
     assert Fraction(separable.macs, standard.macs) == separable_ratio(cout, kernel)
     # and the parameters shrink by the same factor (Eq. 5 holds for weights, D_F aside)
     assert Fraction(separable.params, standard.params) == separable_ratio(cout, kernel)
+
+
+# -- against the kernels (shapes, weight sizes) and the instrumented reference (MACs) ---------------
+def _reference():
+    return pytest.importorskip("npmobilenet.ops.reference")
+
+
+def _ops_and_reference():
+    ops = pytest.importorskip("npmobilenet.ops")
+    if not hasattr(ops, "conv2d"):
+        pytest.skip("npmobilenet.ops has no kernels yet")
+    return ops, _reference()
+
+
+conv_cases = dict(
+    n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), cin=st.integers(1, 3), cout=st.integers(1, 3),
+    kernel=pairs, stride=pairs, dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=paddings,
+)
+
+
+def _fits(h, w, kernel, padding, dilation):
+    (pt, pb), (pl, pr) = padding
+    return h + pt + pb >= dilation[0] * (kernel[0] - 1) + 1 and w + pl + pr >= dilation[1] * (kernel[1] - 1) + 1
+
+
+@given(**conv_cases)
+def test_conv2d_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout, kernel, stride, dilation, padding):
+    ops, reference = _ops_and_reference()
+    if not _fits(h, w, kernel, padding, dilation):
+        return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+    weight = rng.standard_normal(kernel + (cin, cout)).astype(np.float32)
+    cost = conv2d_cost(x.shape, kernel, cout, stride, padding, dilation)
+    assert cost.output_shape == ops.conv2d(x, weight, stride, padding, dilation).shape
+    assert cost.params == weight.size
+    counter = [0]
+    reference.conv2d(x, weight, stride, padding, dilation, counter=counter)
+    assert cost.macs == counter[0]
+
+
+@given(**conv_cases)
+def test_depthwise_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout, kernel, stride, dilation, padding):
+    ops, reference = _ops_and_reference()
+    if not _fits(h, w, kernel, padding, dilation):
+        return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+    weight = rng.standard_normal(kernel + (cin,)).astype(np.float32)
+    cost = depthwise_conv2d_cost(x.shape, kernel, stride, padding, dilation)
+    assert cost.output_shape == ops.depthwise_conv2d(x, weight, stride, padding, dilation).shape
+    assert cost.params == weight.size
+    counter = [0]
+    reference.depthwise_conv2d(x, weight, stride, padding, dilation, counter=counter)
+    assert cost.macs == counter[0]
+
+
+@given(n=st.integers(1, 2), h=st.integers(1, 6), w=st.integers(1, 6), cin=st.integers(1, 5), cout=st.integers(1, 5))
+def test_pointwise_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout):
+    ops, reference = _ops_and_reference()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+    weight = rng.standard_normal((cin, cout)).astype(np.float32)
+    cost = pointwise_conv2d_cost(x.shape, cout)
+    assert cost.output_shape == ops.pointwise_conv2d(x, weight).shape
+    assert cost.params == weight.size
+    counter = [0]
+    reference.pointwise_conv2d(x, weight, counter=counter)
+    assert cost.macs == counter[0]
+
+
+@given(
+    n=st.integers(1, 2), size=st.integers(3, 8), cin=st.integers(1, 4), cout=st.integers(1, 6),
+    kernel=st.sampled_from([(1, 1), (3, 3), (5, 5), (3, 1)]), stride=st.integers(1, 2),
+)
+def test_counted_separable_over_standard_is_eq5(n, size, cin, cout, kernel, stride):
+    # the ratio measured by running the reference, not by the formulas: (1/N + 1/D_K^2), exactly
+    reference = _reference()
+    padding = (kernel[0] // 2, kernel[1] // 2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, size, size, cin)).astype(np.float32)
+    standard, separable = [0], [0]
+    reference.conv2d(x, rng.standard_normal(kernel + (cin, cout)).astype(np.float32), stride, padding, counter=standard)
+    y = reference.depthwise_conv2d(x, rng.standard_normal(kernel + (cin,)).astype(np.float32), stride, padding, counter=separable)
+    reference.pointwise_conv2d(y, rng.standard_normal((cin, cout)).astype(np.float32), counter=separable)
+    assert Fraction(separable[0], standard[0]) == separable_ratio(cout, kernel) == Fraction(1, cout) + Fraction(1, kernel[0] * kernel[1])
