@@ -1,2 +1,23 @@
-"""npmobilenet: MobileNet V1, V2 and V3 from scratch in NumPy and Numba."""
+"""npmobilenet: MobileNet V1, V2 and V3 from scratch in NumPy and Numba.
+
+`import npmobilenet` needs only numpy and numba and compiles nothing: kernels compile on first
+use, and the training, interop and compression parts load when first touched.
+"""
 __version__ = "0.1.0"
+
+from npmobilenet.models import ARCHS, build  # noqa: E402
+
+# Public names that live in modules loaded on first use: name -> module.
+_LAZY = {}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'npmobilenet' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = ["ARCHS", "build", *_LAZY]

@@ -104,6 +104,24 @@ class Layer:
     def eval(self):
         return self.train(False)
 
+    def astype(self, dtype):
+        """Convert every parameter, gradient and buffer to `dtype` in place (float64 for gradient checks)."""
+        dtype = np.dtype(dtype)
+        for _, mod in self.modules():
+            for p in mod._params.values():
+                p.data = p.data.astype(dtype)
+                p.grad = p.grad.astype(dtype)
+            for name, b in mod._buffers.items():
+                mod._buffers[name] = b.astype(dtype)
+        return self
+
+    @property
+    def dtype(self):
+        """The dtype of this layer's parameters (float32 unless `astype` changed it)."""
+        for p in self.parameters():
+            return p.data.dtype
+        return np.dtype(np.float32)
+
     def zero_grad(self):
         for p in self.parameters():
             p.grad[...] = 0

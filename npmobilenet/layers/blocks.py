@@ -1,0 +1,109 @@
+"""MobileNet's building blocks.
+
+- `ConvBNAct`: convolution, batch norm, optional activation: the unit every table row is made of.
+- `DepthwiseSeparable`: V1's block (V1 paper, Fig. 3): 3x3 depthwise then 1x1 pointwise, each
+  followed by BN and ReLU6.
+- `InvertedResidual`: V2's inverted residual with linear bottleneck (V2 paper, Table 1 and
+  Fig. 3b): 1x1 expansion, depthwise, 1x1 linear projection, and a skip connection when stride is
+  1 and the width is unchanged; V3 adds optional squeeze-and-excitation after the depthwise
+  convolution and hard-swish (V3 paper, Fig. 4).
+"""
+from npmobilenet.layers.activation import make_activation
+from npmobilenet.layers.base import Layer
+from npmobilenet.layers.conv import Conv2d, DepthwiseConv2d, PointwiseConv2d
+from npmobilenet.layers.norm import BatchNorm
+from npmobilenet.layers.se import SqueezeExcite
+
+
+class ConvBNAct(Layer):
+    """conv -> BN -> activation (or none, for a linear bottleneck)."""
+
+    def __init__(self, conv, bn_eps, bn_momentum, activation):
+        super().__init__()
+        self.conv = self.add_child("conv", conv)
+        self.bn = self.add_child("bn", BatchNorm(conv.out_channels, bn_eps, bn_momentum))
+        act = make_activation(activation)
+        self.act = self.add_child("act", act) if act is not None else None
+        self.activation = activation
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(y) if self.act is not None else y
+
+    def backward(self, dy):
+        if self.act is not None:
+            dy = self.act.backward(dy)
+        return self.conv.backward(self.bn.backward(dy))
+
+
+def same_padding(kernel_size, dilation=1):
+    """Symmetric padding that keeps the size at stride 1, as torchvision pads every MobileNet conv."""
+    return (kernel_size - 1) // 2 * dilation
+
+
+class DepthwiseSeparable(Layer):
+    """V1 block: depthwise KxK (stride s) -> BN -> act, then pointwise -> BN -> act."""
+
+    def __init__(self, in_channels, out_channels, stride, kernel_size=3, activation="relu6", bn_eps=1e-5, bn_momentum=0.1, rng=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        dw = DepthwiseConv2d(in_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+        self.conv_dw = self.add_child("conv_dw", ConvBNAct(dw, bn_eps, bn_momentum, activation))
+        pw = PointwiseConv2d(in_channels, out_channels, rng=rng)
+        self.conv_pw = self.add_child("conv_pw", ConvBNAct(pw, bn_eps, bn_momentum, activation))
+
+    def forward(self, x):
+        return self.conv_pw(self.conv_dw(x))
+
+    def backward(self, dy):
+        return self.conv_dw.backward(self.conv_pw.backward(dy))
+
+    def extra_repr(self):
+        return f"{self.in_channels} -> {self.out_channels}, stride={self.stride}"
+
+
+class InvertedResidual(Layer):
+    """V2/V3 block: [1x1 expand -> BN -> act] -> KxK depthwise -> BN -> act -> [SE] -> 1x1 project -> BN (+ x).
+
+    The expansion is absent when the expanded width equals the input width (V2's t=1 row, V3's
+    first rows); the projection has no activation: the linear bottleneck (V2 paper, section 3.2).
+    """
+
+    def __init__(self, in_channels, expanded_channels, out_channels, kernel_size, stride, activation,
+                 se_channels=None, bn_eps=1e-5, bn_momentum=0.1, rng=None):
+        super().__init__()
+        self.in_channels, self.expanded_channels, self.out_channels = in_channels, expanded_channels, out_channels
+        self.kernel_size, self.stride, self.activation = kernel_size, stride, activation
+        # V2 paper, Fig. 3b: the shortcut joins the bottlenecks when shapes agree.
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.conv_pw = None
+        if expanded_channels != in_channels:
+            pw = PointwiseConv2d(in_channels, expanded_channels, rng=rng)
+            self.conv_pw = self.add_child("conv_pw", ConvBNAct(pw, bn_eps, bn_momentum, activation))
+        dw = DepthwiseConv2d(expanded_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+        self.conv_dw = self.add_child("conv_dw", ConvBNAct(dw, bn_eps, bn_momentum, activation))
+        self.se = self.add_child("se", SqueezeExcite(expanded_channels, se_channels, rng=rng)) if se_channels else None
+        pwl = PointwiseConv2d(expanded_channels, out_channels, rng=rng)
+        self.conv_pwl = self.add_child("conv_pwl", ConvBNAct(pwl, bn_eps, bn_momentum, None))
+
+    def forward(self, x):
+        y = self.conv_pw(x) if self.conv_pw is not None else x
+        y = self.conv_dw(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.conv_pwl(y)
+        return x + y if self.use_residual else y
+
+    def backward(self, dy):
+        d = self.conv_pwl.backward(dy)
+        if self.se is not None:
+            d = self.se.backward(d)
+        d = self.conv_dw.backward(d)
+        if self.conv_pw is not None:
+            d = self.conv_pw.backward(d)
+        return d + dy if self.use_residual else d
+
+    def extra_repr(self):
+        se = f", se={self.se.squeeze_channels}" if self.se is not None else ""
+        return (f"{self.in_channels} -> {self.expanded_channels} -> {self.out_channels}, "
+                f"k={self.kernel_size}, stride={self.stride}, act={self.activation}{se}")

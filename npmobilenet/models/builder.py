@@ -1,0 +1,190 @@
+"""One builder for every MobileNet: decode a paper's table into block specs, then assemble.
+
+The choices the papers leave open (first and last layer widths under a width multiplier, SE
+width, batch-norm eps and momentum, dropout, classifier head) follow torchvision's models, so
+their published weights load without changing the architecture.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from npmobilenet.layers import (
+    Conv2d, ConvBNAct, DepthwiseSeparable, Dropout, GlobalAvgPool, HardSwish, InvertedResidual, Linear,
+    PointwiseConv2d, Sequential,
+)
+from npmobilenet.models import tables
+from npmobilenet.models.mobilenet import MobileNet
+
+ARCHS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+
+
+def make_divisible(value, divisor=8):
+    """Round `value` to the nearest multiple of `divisor`, never below `divisor` nor below 90% of
+    `value` (the rule of the official TensorFlow MobileNets, kept by torchvision and timm)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def scale_channels(channels, width):
+    """Channels of a layer under width multiplier `width` (V1 paper, section 3.3: alpha)."""
+    return make_divisible(channels * width)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of the network, at its final (width-scaled) channel counts."""
+    kind: str                 # "separable" (V1) or "inverted_residual" (V2, V3)
+    in_channels: int
+    expanded_channels: int    # = in_channels for V1 and for unexpanded inverted residuals
+    out_channels: int
+    kernel_size: int
+    stride: int
+    activation: str
+    se_channels: int = 0      # 0: no squeeze-and-excitation
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    stem_channels: int
+    stem_activation: str
+    blocks: tuple
+    head_channels: int        # 0: no 1x1 head conv (V1)
+    head_activation: str
+    last_channels: int        # 0: the classifier is one Linear; else Linear -> hard-swish -> dropout -> Linear (V3)
+    dropout: float
+    bn_eps: float
+    bn_momentum: float
+
+
+# Per-architecture defaults, torchvision's (V1: timm's mobilenetv1_100 and the TF release).
+DEFAULTS = {
+    "mobilenet_v1": dict(bn_eps=1e-5, bn_momentum=0.1, dropout=0.0),
+    "mobilenet_v2": dict(bn_eps=1e-5, bn_momentum=0.1, dropout=0.2),
+    # torchvision's V3 uses TensorFlow's batch-norm constants.
+    "mobilenet_v3_large": dict(bn_eps=1e-3, bn_momentum=0.01, dropout=0.2),
+    "mobilenet_v3_small": dict(bn_eps=1e-3, bn_momentum=0.01, dropout=0.2),
+}
+OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels")
+
+
+def _v1_spec(width, o):
+    stem = o.get("stem_channels") or scale_channels(tables.V1_STEM, width)
+    blocks, c_in = [], stem
+    for c, n, s in tables.V1_BLOCKS:
+        c_out = scale_channels(c, width)
+        for i in range(n):
+            blocks.append(BlockSpec("separable", c_in, c_in, c_out, 3, s if i == 0 else 1, "relu6"))
+            c_in = c_out
+    return ArchSpec(stem, "relu6", tuple(blocks), 0, "", 0, o["dropout"], o["bn_eps"], o["bn_momentum"])
+
+
+def _v2_spec(width, o):
+    stem = o.get("stem_channels") or scale_channels(tables.V2_STEM, width)
+    blocks, c_in = [], stem
+    for t, c, n, s in tables.V2_BLOCKS:
+        c_out = scale_channels(c, width)
+        for i in range(n):
+            # V2 paper, Table 1: the expansion layer is t times the block's input width.
+            blocks.append(BlockSpec("inverted_residual", c_in, int(round(c_in * t)), c_out, 3, s if i == 0 else 1, "relu6"))
+            c_in = c_out
+    # torchvision never narrows the last layer below 1280 (V2 paper, section 6.1).
+    head = o.get("head_channels") or scale_channels(tables.V2_HEAD, max(1.0, width))
+    return ArchSpec(stem, "relu6", tuple(blocks), head, "relu6", 0, o["dropout"], o["bn_eps"], o["bn_momentum"])
+
+
+def _v3_spec(stem_width, rows, last, width, o):
+    stem = o.get("stem_channels") or scale_channels(stem_width, width)
+    blocks, c_in = [], stem
+    for k, exp, out, se, nl, s in rows:
+        expanded, c_out = scale_channels(exp, width), scale_channels(out, width)
+        se_channels = make_divisible(expanded // tables.V3_SE_RATIO) if se else 0
+        blocks.append(BlockSpec("inverted_residual", c_in, expanded, c_out, k, s, tables.NONLINEARITY[nl], se_channels))
+        c_in = c_out
+    head = o.get("head_channels") or tables.V3_HEAD_EXPANSION * c_in
+    last_channels = o.get("last_channels") or scale_channels(last, width)
+    return ArchSpec(stem, "hardswish", tuple(blocks), head, "hardswish", last_channels, o["dropout"], o["bn_eps"], o["bn_momentum"])
+
+
+DECODERS = {
+    "mobilenet_v1": _v1_spec,
+    "mobilenet_v2": _v2_spec,
+    "mobilenet_v3_large": lambda w, o: _v3_spec(tables.V3_LARGE_STEM, tables.V3_LARGE_BLOCKS, tables.V3_LARGE_LAST, w, o),
+    "mobilenet_v3_small": lambda w, o: _v3_spec(tables.V3_SMALL_STEM, tables.V3_SMALL_BLOCKS, tables.V3_SMALL_LAST, w, o),
+}
+
+
+def arch_spec(arch, width=1.0, **overrides):
+    """The decoded architecture: every block's channels, kernel, stride, activation and SE width."""
+    _check_args(arch, width, 1, overrides)
+    options = dict(DEFAULTS[arch])
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return DECODERS[arch](width, options)
+
+
+def _check_args(arch, width, num_classes, overrides):
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not np.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a number > 0, got {width!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise TypeError(f"unknown build options {unknown}; known: {', '.join(OVERRIDES)}")
+    for name in ("stem_channels", "head_channels", "last_channels"):
+        value = overrides.get(name)
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    dropout = overrides.get("dropout")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    eps = overrides.get("bn_eps")
+    if eps is not None and not eps > 0:
+        raise ValueError(f"bn_eps must be > 0, got {eps!r}")
+
+
+def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
+    """Build a MobileNet with freshly initialised weights.
+
+    arch: one of `ARCHS`; width: the width multiplier alpha (channels rounded to multiples of 8);
+    num_classes: classifier outputs; seed: initialisation and dropout seed. `overrides` change the
+    architecture's free choices (bn_eps, bn_momentum, dropout, stem_channels, head_channels,
+    last_channels), e.g. to follow timm's variant of a model. The model's `config` records all of
+    it, so `build(**model.config)` rebuilds the same architecture.
+    """
+    spec = arch_spec(arch, width, **overrides)
+    _check_args(arch, width, num_classes, overrides)
+    rng = np.random.default_rng(seed)
+    eps, momentum = spec.bn_eps, spec.bn_momentum
+
+    stem = ConvBNAct(Conv2d(3, spec.stem_channels, 3, stride=2, padding=1, rng=rng), eps, momentum, spec.stem_activation)
+    blocks = Sequential()
+    for b in spec.blocks:
+        if b.kind == "separable":
+            blocks.append(DepthwiseSeparable(b.in_channels, b.out_channels, b.stride, b.kernel_size, b.activation, eps, momentum, rng))
+        else:
+            blocks.append(InvertedResidual(b.in_channels, b.expanded_channels, b.out_channels, b.kernel_size, b.stride,
+                                           b.activation, b.se_channels, eps, momentum, rng))
+    features = spec.blocks[-1].out_channels
+    head = None
+    if spec.head_channels:
+        head = ConvBNAct(PointwiseConv2d(features, spec.head_channels, rng=rng), eps, momentum, spec.head_activation)
+        features = spec.head_channels
+
+    dropout_rng = np.random.default_rng([seed, 1])
+    if spec.last_channels:
+        # V3 paper, Fig. 5: the efficient last stage pools first, then two fully connected layers.
+        classifier = Sequential([
+            Linear(features, spec.last_channels, rng=rng), HardSwish(),
+            Dropout(spec.dropout, dropout_rng), Linear(spec.last_channels, num_classes, rng=rng),
+        ])
+    elif spec.dropout:
+        classifier = Sequential([Dropout(spec.dropout, dropout_rng), Linear(features, num_classes, rng=rng)])
+    else:
+        classifier = Sequential([Linear(features, num_classes, rng=rng)])
+
+    config = dict(arch=arch, width=float(width), num_classes=int(num_classes))
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    return MobileNet(config, spec, stem, blocks, head, classifier)
