@@ -61,6 +61,15 @@ class MobileNet(Layer):
             d = layer.backward(d)
         return d
 
+    def fuse(self, threads=None):
+        """An inference-only copy: batch norm folded, convolution, bias and activation fused.
+
+        The model must be in eval mode. See `npmobilenet.inference.fuse`.
+        """
+        from npmobilenet.inference.fuse import fuse_model
+
+        return fuse_model(self, threads)
+
     def extra_repr(self):
         c = self.config
         return f"{c['arch']}, width={c['width']}, num_classes={c['num_classes']}"
