@@ -123,7 +123,7 @@ def instrumented(model):
             counter[0] = 0
             y = forward(x)
             macs = x.shape[0] * x.shape[1] * y.shape[1] if isinstance(layer, Linear) else counter[0]
-            params = sum(p.size for p in layer._params.values())
+            params = sum(p.size for _, p in layer.named_parameters())
             seen.append((name, x.shape, y.shape, params, macs))
             return y
         return run
