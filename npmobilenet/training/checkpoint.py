@@ -1,0 +1,244 @@
+"""Checkpoints: a model's parameters, running statistics and config in one `.npz`, written atomically.
+
+Format (version 1), all plain arrays so `np.load(..., allow_pickle=False)` reads it:
+
+    __format__       str array "npmobilenet.checkpoint"
+    __version__      int64 array, 1
+    __config__       uint8 array: UTF-8 JSON of `model.config` (`npmobilenet.build(**config)` rebuilds it)
+    __meta__         uint8 array: UTF-8 JSON {"epoch": completed epochs or null, "optimizer": kind or
+                     null, "rng_states": {layer name: its generator's state} (dropout), plus what
+                     the training loop adds: "seed", "history", ...}
+    model/<name>     every parameter and buffer (BN running mean/var) by dotted name
+    optimizer/<key>  the optimizer's `state_dict()` (slot arrays; "kind", "steps", "lr" as 0-d arrays)
+
+`save` writes a temporary file in the destination's directory, fsyncs it and `os.replace`s it
+over the destination, so a crash mid-write leaves the previous checkpoint as it was. `load` and
+`load_checkpoint` turn every way a file can be wrong (not a zip, truncated, bad CRC, not a
+checkpoint, newer version, config and arrays that disagree) into a `ValueError` that names the
+file and the problem.
+"""
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT = "npmobilenet.checkpoint"
+VERSION = 1
+
+
+# -- atomic files -------------------------------------------------------------------------------
+def atomic_write(path, write):
+    """Call `write(file)` on a temporary file beside `path`, then move it over `path`.
+
+    The temporary file is fsynced before the rename and the directory after it, so after a power
+    cut either the old or the new file is there, whole. If `write` raises, the temporary file is
+    removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"directory {directory} does not exist (for {path})")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on Windows)
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _json_array(obj):
+    return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
+def _from_json_array(array, key, path):
+    try:
+        return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path}: {key} is not valid JSON ({exc})") from exc
+
+
+# -- random generators held by layers (dropout): part of the state for an exact resume --------
+def rng_states(model):
+    """`{layer name: bit generator state}` of every layer holding a `numpy.random.Generator` `.rng`."""
+    return {
+        name: layer.rng.bit_generator.state
+        for name, layer in model.modules()
+        if isinstance(getattr(layer, "rng", None), np.random.Generator)
+    }
+
+
+def set_rng_states(model, states):
+    """Restore what `rng_states` returned (each layer gets a fresh generator in that state)."""
+    layers = dict(model.modules())
+    for name, state in states.items():
+        if name not in layers:
+            raise ValueError(f"random state for layer {name!r}, which the model does not have")
+        bit_generator = getattr(np.random, state["bit_generator"], None)
+        if bit_generator is None:
+            raise ValueError(f"unknown bit generator {state['bit_generator']!r} for layer {name!r}")
+        generator = np.random.Generator(bit_generator())
+        generator.bit_generator.state = state
+        layers[name].rng = generator
+
+
+# -- saving --------------------------------------------------------------------------------------
+def checkpoint_arrays(model, optimizer=None, epoch=None, **meta):
+    """The `{key: array}` a checkpoint file holds (see the module docstring)."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"model must have a .config dict to be saved, got {type(config).__name__}")
+    meta = dict(meta, epoch=None if epoch is None else int(epoch))
+    meta["optimizer"] = None if optimizer is None else type(optimizer).__name__
+    meta["rng_states"] = rng_states(model)
+    arrays = {
+        "__format__": np.array(FORMAT),
+        "__version__": np.array(VERSION, dtype=np.int64),
+        "__config__": _json_array(config),
+        "__meta__": _json_array(meta),
+    }
+    for name, array in model.state_dict().items():
+        arrays[f"model/{name}"] = np.ascontiguousarray(array)
+    if optimizer is not None:
+        for key, value in optimizer.state_dict().items():
+            arrays[f"optimizer/{key}"] = np.asarray(value)
+    return arrays
+
+
+def save(model, path, optimizer=None, epoch=None, **meta):
+    """Write `model` (and optionally `optimizer` state and the completed `epoch`) to `path` atomically.
+
+    Extra keyword arguments must be JSON-serialisable; they are stored in the metadata and come
+    back as `load_checkpoint(path).meta`. Returns `path`.
+    """
+    arrays = checkpoint_arrays(model, optimizer, epoch, **meta)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+# -- loading -------------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns.
+
+    model: the rebuilt model with the saved weights, in eval mode
+    config: the architecture config it was built from
+    epoch: number of completed epochs when saved (None if not given)
+    optimizer_state: the optimizer's `state_dict()` (or None); pass it to `opt.load_state_dict`
+    meta: the rest of the metadata (e.g. "seed", "history" from the training loop)
+    """
+
+    model: object
+    config: dict
+    epoch: object = None
+    optimizer_state: dict = None
+    meta: dict = field(default_factory=dict)
+
+
+def read_arrays(path):
+    """Every array of a checkpoint file as a dict, or a ValueError saying why it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            # read everything now, so a bad CRC or a short member surfaces here, with the file named
+            return {key: npz[key] for key in npz.files}
+    except AttributeError:
+        raise ValueError(f"checkpoint {path} is a single .npy array, not an .npz checkpoint") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "pickle" in reason:
+            reason = "it holds pickled data, which is never loaded"
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupted and cannot be read ({type(exc).__name__}: {reason})"
+        ) from exc
+
+
+def _build(config):
+    from npmobilenet.models import build
+
+    return build(**config)
+
+
+def load_checkpoint(path, model=None):
+    """Read a checkpoint: a `Checkpoint(model, config, epoch, optimizer_state, meta)`.
+
+    The model is rebuilt with `npmobilenet.build(**config)`, or, if `model` is given, the weights
+    are loaded into it (its `.config` must equal the saved one). Raises ValueError naming the
+    file and the problem when the file is truncated, corrupted, not a checkpoint, of a newer
+    format version, or holds arrays that do not match its config.
+    """
+    path = os.fspath(path)
+    arrays = read_arrays(path)
+    if "__format__" not in arrays or str(arrays["__format__"]) != FORMAT:
+        raise ValueError(
+            f"{path} is not an npmobilenet checkpoint (no {FORMAT!r} __format__ key); "
+            "weights from other programs need `npmobilenet convert`"
+        )
+    try:
+        version = int(arrays["__version__"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"checkpoint {path} has no valid __version__") from None
+    if version > VERSION:
+        raise ValueError(f"checkpoint {path} has format version {version}; this npmobilenet reads up to {VERSION}")
+    for key in ("__config__", "__meta__"):
+        if key not in arrays:
+            raise ValueError(f"checkpoint {path} has no {key} entry")
+    config = _from_json_array(arrays["__config__"], "__config__", path)
+    meta = _from_json_array(arrays["__meta__"], "__meta__", path)
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path}: __config__ must be a JSON object, got {type(config).__name__}")
+
+    if model is None:
+        try:
+            model = _build(config)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"checkpoint {path}: cannot build a model from its config {config}: {exc}") from exc
+    elif getattr(model, "config", None) != config:
+        raise ValueError(f"checkpoint {path} holds config {config}, but the given model has {model.config}")
+    state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path} does not match its config {config}: {exc}") from exc
+    try:
+        set_rng_states(model, meta.pop("rng_states", {}))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"checkpoint {path}: bad random generator state: {exc}") from exc
+    model.eval()
+
+    optimizer_state = None
+    if any(k.startswith("optimizer/") for k in arrays):
+        optimizer_state = {}
+        for k, v in arrays.items():
+            if k.startswith("optimizer/"):
+                optimizer_state[k[len("optimizer/"):]] = v.item() if v.ndim == 0 else v
+    epoch = meta.pop("epoch", None)
+    meta.pop("optimizer", None)
+    return Checkpoint(model=model, config=config, epoch=epoch, optimizer_state=optimizer_state, meta=meta)
+
+
+def load(path, model=None):
+    """The model saved in `path`, rebuilt from its config, in eval mode (see `load_checkpoint`)."""
+    return load_checkpoint(path, model).model
