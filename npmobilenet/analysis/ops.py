@@ -130,7 +130,7 @@ def conv2d_cost(input_shape, kernel_size, out_channels, stride=1, padding=0, dil
     """Standard convolution: `(N, H, W, M) -> (N, Ho, Wo, out_channels)`, weight `(KH, KW, M, Cout)`.
 
     Each output element sums `KH*KW*M` products, so MACs are `N*Ho*Wo * Cout * KH*KW*M`,
-    the V1 paper's `D_K * D_K * M * N * D_F * D_F` (Eq. 1) per image.
+    the V1 paper's `D_K * D_K * M * N * D_F * D_F` (Eq. 2) per image.
     """
     n, h, w, in_channels = _shape(input_shape, 4, "(N, H, W, C)")
     kh, kw = _pair(kernel_size, "kernel_size")
@@ -147,7 +147,7 @@ def depthwise_conv2d_cost(input_shape, kernel_size, stride=1, padding=0, dilatio
     """Depthwise convolution, one filter per channel: `(N, H, W, M) -> (N, Ho, Wo, M)`, weight `(KH, KW, M)`.
 
     Each output element sums `KH*KW` products from its own channel: MACs are
-    `N*Ho*Wo * M * KH*KW`, the V1 paper's `D_K * D_K * M * D_F * D_F` (Eq. 3) per image.
+    `N*Ho*Wo * M * KH*KW`, the V1 paper's `D_K * D_K * M * D_F * D_F` (Eq. 4) per image.
     """
     n, h, w, channels = _shape(input_shape, 4, "(N, H, W, C)")
     kh, kw = _pair(kernel_size, "kernel_size")
@@ -202,7 +202,7 @@ def global_avg_pool_cost(input_shape):
 
 
 def separable_conv2d_cost(input_shape, kernel_size, out_channels, stride=1, padding=0, dilation=1):
-    """Depthwise separable convolution (V1 paper, Fig. 2): a depthwise conv, then a 1x1 conv.
+    """Depthwise separable convolution (V1 paper, Fig. 2; cost Eq. 5): a depthwise conv, then a 1x1 conv.
 
     Returns the total; the two parts are `depthwise_conv2d_cost` and `pointwise_conv2d_cost`.
     """
@@ -212,7 +212,7 @@ def separable_conv2d_cost(input_shape, kernel_size, out_channels, stride=1, padd
 
 
 def separable_ratio(out_channels, kernel_size):
-    """Separable over standard convolution MACs: `1/N + 1/(KH*KW)` exactly (V1 paper, Eq. 5).
+    """Separable over standard convolution MACs: `1/N + 1/(KH*KW)` exactly (V1 paper, section 3.1, after Eq. 5).
 
         (D_K^2 * M * D_F^2 + M * N * D_F^2) / (D_K^2 * M * N * D_F^2) = 1/N + 1/D_K^2
 
