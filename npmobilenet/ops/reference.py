@@ -1,0 +1,128 @@
+"""Slow, obviously correct NumPy convolutions: the oracle every kernel is tested against.
+
+An algorithmic reference in the spirit of llm.c's naive layers. It deliberately shares no code
+with the kernels or with `geometry.py` (its own argument parsing, padding and output size), so a
+bug there cannot hide in both. Each convolution is written as a sum over kernel taps:
+
+    y[n, oh, ow, :] = sum_{i, j} x_pad[n, oh*sh + i*dh, ow*sw + j*dw, :] (*) w[i, j]
+
+where (*) is a matrix product over channels for the standard and pointwise convolutions and an
+elementwise product for the depthwise one. The backward functions are the transposes of the same
+sum, tap by tap (the input gradient is scattered into a padded buffer that is then cropped).
+
+Layouts: x `(N, H, W, C)`; weights standard `(KH, KW, Cin, Cout)`, depthwise `(KH, KW, C)`,
+pointwise `(Cin, Cout)`. `stride` and `dilation` are an int or `(vertical, horizontal)`;
+`padding` an int, `(ph, pw)` or `((top, bottom), (left, right))`.
+
+MAC counting: the forward functions take `counter=None`; given a one-element list, each adds to
+`counter[0]` the multiply-accumulates it performs, counted where they happen: at every kernel tap,
+(output elements) x (channel products per output element at that tap). Taps that land on padding
+are counted (they are multiplied, by zero): this is the convention of the MobileNet papers, whose
+cost is `KH * KW * Cin_per_group * Cout * Ho * Wo` per image.
+"""
+import numpy as np
+
+
+def _pair(value):
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _sides(padding):
+    """padding as ((top, bottom), (left, right))."""
+    if isinstance(padding, (tuple, list)):
+        vertical, horizontal = padding
+        if isinstance(vertical, (tuple, list)):
+            return (int(vertical[0]), int(vertical[1])), (int(horizontal[0]), int(horizontal[1]))
+        return (int(vertical), int(vertical)), (int(horizontal), int(horizontal))
+    return (int(padding), int(padding)), (int(padding), int(padding))
+
+
+def _pad(x, padding):
+    (top, bottom), (left, right) = _sides(padding)
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def _taps(x_padded, kh, kw, stride, dilation):
+    """Yield (i, j, window) for every kernel tap; window[n, oh, ow] = x_padded[n, oh*sh + i*dh, ow*sw + j*dw]."""
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    _, hp, wp, _ = x_padded.shape
+    ho = (hp - dh * (kh - 1) - 1) // sh + 1
+    wo = (wp - dw * (kw - 1) - 1) // sw + 1
+    assert ho >= 1 and wo >= 1, "reference: padded input smaller than the dilated kernel"
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            yield i, j, (slice(None), rows, cols, slice(None))
+
+
+def _crop(x_padded, padding):
+    (top, bottom), (left, right) = _sides(padding)
+    _, hp, wp, _ = x_padded.shape
+    return x_padded[:, top:hp - bottom, left:wp - right, :]
+
+
+# -- standard convolution: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> y (N, Ho, Wo, Cout) ----------
+def conv2d(x, w, stride=1, padding=0, dilation=1, *, counter=None):
+    kh, kw, _, cout = w.shape
+    xp = _pad(x, padding)
+    y = None
+    for i, j, window in _taps(xp, kh, kw, stride, dilation):
+        patch = xp[window]  # (N, Ho, Wo, Cin)
+        term = np.einsum("nhwc,cd->nhwd", patch, w[i, j])
+        y = term if y is None else y + term
+        if counter is not None:
+            counter[0] += term.size * w.shape[2]  # each output element: Cin products at this tap
+    return y.astype(x.dtype, copy=False)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1):
+    kh, kw, _, _ = w.shape
+    xp = _pad(x, padding)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i, j, window in _taps(xp, kh, kw, stride, dilation):
+        dxp[window] += np.einsum("nhwd,cd->nhwc", dy, w[i, j])
+        dw[i, j] = np.einsum("nhwc,nhwd->cd", xp[window], dy)
+    return _crop(dxp, padding).copy(), dw
+
+
+# -- depthwise convolution: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) ----------------------
+def depthwise_conv2d(x, w, stride=1, padding=0, dilation=1, *, counter=None):
+    kh, kw, _ = w.shape
+    xp = _pad(x, padding)
+    y = None
+    for i, j, window in _taps(xp, kh, kw, stride, dilation):
+        term = xp[window] * w[i, j]  # each channel filtered by its own kernel
+        y = term if y is None else y + term
+        if counter is not None:
+            counter[0] += term.size  # one product per output element at this tap
+    return y.astype(x.dtype, copy=False)
+
+
+def depthwise_conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1):
+    kh, kw, _ = w.shape
+    xp = _pad(x, padding)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i, j, window in _taps(xp, kh, kw, stride, dilation):
+        dxp[window] += dy * w[i, j]
+        dw[i, j] = np.einsum("nhwc,nhwc->c", xp[window], dy)
+    return _crop(dxp, padding).copy(), dw
+
+
+# -- pointwise (1x1) convolution: x (N, H, W, Cin), w (Cin, Cout) -> y (N, H, W, Cout) -------------
+def pointwise_conv2d(x, w, *, counter=None):
+    y = np.einsum("nhwc,cd->nhwd", x, w)
+    if counter is not None:
+        counter[0] += y.size * w.shape[0]
+    return y.astype(x.dtype, copy=False)
+
+
+def pointwise_conv2d_backward(dy, x, w):
+    dx = np.einsum("nhwd,cd->nhwc", dy, w)
+    dw = np.einsum("nhwc,nhwd->cd", x, dy)
+    return dx, dw
