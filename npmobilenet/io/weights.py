@@ -1,0 +1,426 @@
+"""Load weights into a model: npmobilenet's own .npz, and torchvision's or timm's .safetensors / .pth.
+
+    load_weights(model, path) -> model     into a model you built; one error lists every mismatch
+    from_weights(path, arch=None, width=None) -> model
+                                           build the model the file describes (arch, width, classes
+                                           and the library's variant, read from the file), then load
+    inspect_weights(path) -> WeightsInfo   what the file holds, without building anything
+
+Formats are recognised by content, not by extension. Nothing here imports torch or unpickles with
+Python's unrestricted unpickler: .pth files go through `torch_zip` (tensors only), .npz through
+`np.load(allow_pickle=False)`, .safetensors through the small reader below (a JSON header and raw
+little-endian arrays, read with NumPy).
+"""
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npmobilenet.io import keymaps, torch_zip
+
+# safetensors dtype -> NumPy dtype (BF16 is widened to float32 exactly, as in torch_zip)
+SAFETENSORS_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+# where training scripts keep the model's state dict inside a bigger checkpoint, in order of preference
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net")
+MAX_SAFETENSORS_HEADER = 100 * 2 ** 20
+
+
+# -- reading files ------------------------------------------------------------------------------------
+def sniff_format(path):
+    """'npz', 'safetensors' or 'torch', from the file's first bytes; ValueError for anything else."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a weights file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise ValueError(f"{path} is empty")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"{path} is a damaged or truncated zip file ({exc})") from None
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise ValueError(f"{path} is a zip file but neither an .npz nor a torch.save checkpoint")
+    if head.startswith(torch_zip._LEGACY_PREFIX[:4]) and head[:14] == torch_zip._LEGACY_PREFIX:
+        return "torch"
+    if len(head) >= 9:
+        header_len = int.from_bytes(head[:8], "little")
+        if 0 < header_len <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
+            return "safetensors"
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path} is a single .npy array, not a weights file (.npz, .safetensors, .pth)")
+    raise ValueError(
+        f"{path} is not a weights file npmobilenet reads (an npmobilenet .npz, a .safetensors file, or a "
+        f"PyTorch .pth/.pt checkpoint); it starts with {head[:8]!r}"
+    )
+
+
+def read_safetensors(path):
+    """{name: array} of a .safetensors file, read with NumPy (the format: u64 header length, JSON
+    header {name: {dtype, shape, data_offsets}}, then the raw little-endian data)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise ValueError(f"{path} is truncated: {len(data)} bytes, no safetensors header")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8:
+        raise ValueError(f"{path} is truncated: its header claims {header_len} bytes, the file has {len(data) - 8}")
+    try:
+        header = json.loads(data[8:8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object")
+    buffer = memoryview(data)[8 + header_len:]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: bad header entry for {name!r}: {info!r:.200}") from None
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {dtype_name}, which npmobilenet does not read")
+        dtype = SAFETENSORS_DTYPES[dtype_name]
+        if not all(isinstance(s, int) and s >= 0 for s in shape) or not (isinstance(begin, int) and isinstance(end, int)):
+            raise ValueError(f"{path}: bad shape or offsets for {name}: {info!r:.200}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if not 0 <= begin <= end or end - begin != count * dtype.itemsize:
+            raise ValueError(f"{path}: tensor {name} {shape} {dtype_name} does not fit its byte range [{begin}, {end})")
+        if end > len(buffer):
+            raise ValueError(f"{path} is truncated: tensor {name} ends at byte {end}, the data has {len(buffer)}")
+        array = np.frombuffer(buffer[begin:end], dtype=dtype, count=count).reshape(shape)
+        if dtype_name == "BF16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = np.array(array, dtype=array.dtype.newbyteorder("="))
+    return tensors
+
+
+def _is_tensor_dict(obj):
+    return (isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)
+            and all(isinstance(v, np.ndarray) for v in obj.values()))
+
+
+def _find_state_dict(obj, path):
+    """The state dict inside what a .pth holds: itself, or under a usual key of a training checkpoint."""
+    if _is_tensor_dict(obj):
+        return dict(obj)
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if _is_tensor_dict(obj.get(key)):
+                return dict(obj[key])
+        top = ", ".join(repr(k) for k in list(obj)[:10])
+        raise ValueError(f"{path}: no dict of tensors found (top-level keys: {top}; looked under {STATE_DICT_KEYS})")
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def read_foreign_state(path):
+    """The {key: array} state dict of a .safetensors or .pth file, PyTorch layout, 'module.' stripped."""
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        state = read_safetensors(path)
+    elif fmt == "torch":
+        state = _find_state_dict(torch_zip.load_torch_file(path), path)
+    else:
+        raise ValueError(f"{path} is an npmobilenet .npz, not a torchvision/timm weights file")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+# -- what a file holds -----------------------------------------------------------------------------------
+@dataclass
+class WeightsInfo:
+    """What `inspect_weights` found: enough to build the model the file fits."""
+    path: str
+    format: str               # "npz", "safetensors" or "torch"
+    naming: str               # "npmobilenet", "torchvision" or "timm"
+    arch: str
+    width: object             # float, or None if it could not be inferred
+    num_classes: int
+    overrides: dict = field(default_factory=dict)  # build options that make our model follow the file
+
+    @property
+    def config(self):
+        """Keyword arguments for `npmobilenet.build`."""
+        return dict(arch=self.arch, width=self.width, num_classes=self.num_classes, **self.overrides)
+
+
+def _width_candidates(ratio):
+    # round widths first (any width whose channels all match gives the identical network)
+    for step in (0.05, 0.025, 0.01, 0.005):
+        for k in range(1, int(round(4.0 / step)) + 1):
+            yield round(k * step, 4)
+    yield ratio
+
+
+def infer_width(state, naming, arch, overrides=None):
+    """The width multiplier under which our builder gives every channel count the file has
+    (those not set by `overrides`), preferring round values; None if there is none."""
+    from npmobilenet.models import arch_spec
+
+    overrides = overrides or {}
+    try:
+        channels = keymaps.file_channels(state, naming, arch)
+    except (KeyError, ValueError):
+        return None
+
+    def spec_channels(width):
+        spec = arch_spec(arch, width)
+        found = dict(stem=spec.stem_channels, expanded=[b.expanded_channels for b in spec.blocks],
+                     out=[b.out_channels for b in spec.blocks], head=spec.head_channels, last=spec.last_channels)
+        for field_name, override in (("stem", "stem_channels"), ("expanded", "expanded_channels"),
+                                     ("head", "head_channels"), ("last", "last_channels")):
+            if override in overrides:
+                found[field_name] = channels[field_name]
+        return found
+
+    base = arch_spec(arch, 1.0).blocks[-1].out_channels
+    if len(channels["out"]) != len(arch_spec(arch, 1.0).blocks):
+        return None
+    for width in _width_candidates(round(channels["out"][-1] / base, 4)):
+        if spec_channels(width) == channels:
+            return width
+    return None
+
+
+def _read_npz_config(path):
+    from npmobilenet.training import checkpoint
+
+    arrays = checkpoint.read_arrays(path)
+    config = None
+    if "__config__" in arrays:
+        try:
+            config = json.loads(np.asarray(arrays["__config__"], dtype=np.uint8).tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: __config__ is not valid JSON ({exc})") from None
+    return arrays, config
+
+
+def inspect_weights(path):
+    """Identify a weights file: format, naming, arch, width, classes, and the build overrides it needs."""
+    path = os.fspath(path)
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        _, config = _read_npz_config(path)
+        if not isinstance(config, dict) or "arch" not in config:
+            raise ValueError(f"{path} is an .npz without an npmobilenet config (__config__); it needs a model to load into")
+        overrides = {k: v for k, v in config.items() if k not in ("arch", "width", "num_classes")}
+        return WeightsInfo(path, fmt, "npmobilenet", config["arch"], config.get("width", 1.0),
+                           config.get("num_classes", 1000), overrides)
+    state = read_foreign_state(path)
+    return _inspect_state(path, fmt, state)
+
+
+def _inspect_state(path, fmt, state):
+    naming, arch = keymaps.detect_naming(state)
+    try:
+        num_classes = keymaps.num_classes_of(state, naming, arch)
+    except KeyError as exc:
+        raise ValueError(f"{path}: no classifier weight {exc.args[0]}") from None
+    overrides = keymaps.file_overrides(state, naming, arch)
+    return WeightsInfo(path, fmt, naming, arch, infer_width(state, naming, arch, overrides), num_classes, overrides)
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+def _model_targets(model):
+    targets = {name: p.data for name, p in model.named_parameters()}
+    targets.update(dict(model.named_buffers()))
+    return targets
+
+
+def _model_bn_eps(model):
+    spec = getattr(model, "spec", None)
+    if spec is not None and hasattr(spec, "bn_eps"):
+        return spec.bn_eps
+    return next((layer.eps for _, layer in model.modules() if hasattr(layer, "running_var")), None)
+
+
+def convert_state(model, state, naming):
+    """Map a foreign state dict onto `model`'s names and layouts.
+
+    Returns (converted {our name: array}, problems [str]); problems lists every missing key,
+    unexpected key and shape mismatch, each with both layouts' shapes.
+    """
+    targets = _model_targets(model)
+    converted, missing, mismatched, used = {}, [], [], set()
+    entries = keymaps.key_map(model, naming)
+    for ours, theirs, kind in entries:
+        target = targets[ours]
+        expected_theirs = keymaps.torch_shape(kind, target.shape)
+        if theirs not in state:
+            missing.append(f"{theirs} (for {ours}; model expects {expected_theirs} in the file's layout)")
+            continue
+        used.add(theirs)
+        array = state[theirs]
+        as_ours = keymaps.our_shape(kind, array.shape)
+        if as_ours != target.shape:
+            mismatched.append(
+                f"{theirs} -> {ours}: model expects {target.shape} in our layout = {expected_theirs} in the file's "
+                f"{keymaps.LAYOUTS[kind][0]}; the file has {array.shape}"
+                + (f" = {as_ours} in ours" if as_ours is not None else f", which is not a {kind} weight")
+            )
+            continue
+        if not np.issubdtype(array.dtype, np.floating):
+            mismatched.append(f"{theirs} -> {ours}: expected floating-point values, the file has {array.dtype}")
+            continue
+        converted[ours] = keymaps.to_ours(kind, array).astype(target.dtype)
+    unmapped = sorted(set(targets) - {ours for ours, _, _ in entries})
+    missing += [f"(no foreign name for {name})" for name in unmapped]
+    unexpected = sorted(k for k in set(state) - used if not k.endswith(keymaps.IGNORED_SUFFIXES))
+    problems = []
+    if missing:
+        problems.append(f"missing from the file ({len(missing)}): " + "; ".join(missing))
+    if unexpected:
+        problems.append(f"unexpected in the file ({len(unexpected)}): "
+                        + "; ".join(f"{k} {tuple(np.shape(state[k]))}" for k in unexpected))
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
+    return converted, problems
+
+
+def _load_npz(model, path):
+    from npmobilenet.training import checkpoint
+
+    arrays, config = _read_npz_config(path)
+    if config is None:
+        # a bare np.savez(path, **model.state_dict())
+        state = {k[len("model/"):] if k.startswith("model/") else k: v for k, v in arrays.items()}
+        try:
+            model.load_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{path} does not fit the model: {exc}") from None
+        return model
+    model_config = getattr(model, "config", {})
+    if config != model_config:
+        differences = ", ".join(
+            f"{k}: file {config.get(k, '(default)')!r}, model {model_config.get(k, '(default)')!r}"
+            for k in sorted(set(config) | set(model_config)) if config.get(k) != model_config.get(k)
+        )
+        raise ValueError(f"{path} was saved from a different architecture ({differences}); "
+                         f"use npmobilenet.io.from_weights(path) to build the model it holds")
+    checkpoint.load_checkpoint(path, model)
+    return model
+
+
+def load_weights(model, path):
+    """Load the weights in `path` into `model` (in place) and return `model`.
+
+    path: an npmobilenet .npz checkpoint, or a .safetensors / .pth / .pt file with torchvision's
+    (mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small) or timm's (mobilenetv1_100,
+    mobilenetv2_*, mobilenetv3_large_*, mobilenetv3_small_*) key names, recognised automatically.
+    PyTorch layouts are transposed once, here (see `keymaps`). Raises one ValueError that lists
+    every missing key, unexpected key and shape mismatch (with the model's expected shape beside
+    the file's, in both layouts), and names an architecture, width, class-count or batch-norm
+    mismatch; `UnsafeCheckpointError` if a .pth holds anything but tensors.
+    """
+    path = os.fspath(path)
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        return _load_npz(model, path)
+    state = read_foreign_state(path)
+    info = _inspect_state(path, fmt, state)
+    return _load_foreign(model, path, state, info)
+
+
+def _load_foreign(model, path, state, info):
+    config = model.config
+    library = keymaps.LIBRARY_MODEL_NAMES[(info.naming, info.arch)]
+    if info.arch != config["arch"]:
+        raise ValueError(f"{path} holds {info.naming}'s {library} ({info.arch}) weights, but the model is "
+                         f"{config['arch']}; build a {info.arch} (npmobilenet.io.from_weights does it for you)")
+    converted, problems = convert_state(model, state, info.naming)
+    notes = []
+    if info.width is not None and abs(info.width - config["width"]) > 1e-9:
+        notes.append(f"the file is width {info.width:g}, the model width {config['width']:g}")
+    if info.num_classes != config["num_classes"]:
+        notes.append(f"the file has {info.num_classes} classes, the model {config['num_classes']}")
+    file_eps = info.overrides.get("bn_eps", keymaps.LIBRARY_BN_EPS[(info.naming, info.arch)])
+    model_eps = _model_bn_eps(model)
+    if model_eps is not None and not np.isclose(model_eps, file_eps, rtol=1e-6, atol=0):
+        problems.append(f"batch-norm eps: {info.naming}'s {info.arch} uses {file_eps:g}, the model {model_eps:g} "
+                        f"(build with bn_eps={file_eps:g})")
+    if problems:
+        head = f"{path} ({info.naming} naming, {library}) does not fit the model ({config['arch']}, width {config['width']:g}, {config['num_classes']} classes)"
+        if notes:
+            head += ": " + "; ".join(notes)
+        raise ValueError(head + "\n  " + "\n  ".join(problems)
+                         + "\n  (npmobilenet.io.from_weights(path) builds the model the file describes)")
+    model.load_state_dict(converted)
+    return model
+
+
+def from_weights(path, arch=None, width=None, num_classes=None):
+    """Build the model `path` describes and load it, in eval mode.
+
+    For a foreign file, the architecture, width, class count and the library's variant (timm's
+    V3 batch-norm eps, unscaled stem and head, expansion widths) are read from the file; `arch`,
+    `width` and `num_classes`, if given, must agree with it (`width` is needed only when it cannot
+    be inferred). An npmobilenet .npz rebuilds from its saved config.
+    """
+    from npmobilenet.models import build
+
+    path = os.fspath(path)
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        from npmobilenet.training import checkpoint
+
+        info = inspect_weights(path)
+        _check_requested(path, info, arch, width, num_classes)
+        return checkpoint.load(path)
+    state = read_foreign_state(path)
+    info = _inspect_state(path, fmt, state)
+    if info.width is None:
+        if width is None:
+            raise ValueError(f"{path}: cannot infer the width multiplier of this {info.arch}; pass width=")
+        info.width = float(width)
+    _check_requested(path, info, arch, width, num_classes)
+    kwargs = _build_overrides(info)
+    try:
+        model = build(info.arch, info.width, info.num_classes, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{path}: npmobilenet.build cannot follow this file's architecture ({exc}); "
+                         f"it needs the build options {sorted(kwargs)}") from None
+    _load_foreign(model, path, state, info)
+    return model.eval()
+
+
+def _check_requested(path, info, arch, width, num_classes):
+    if arch is not None and arch != info.arch:
+        raise ValueError(f"{path} holds {info.arch} weights ({info.naming} naming), not {arch}")
+    if width is not None and info.width is not None and abs(float(width) - info.width) > 1e-9:
+        raise ValueError(f"{path} holds a width-{info.width:g} {info.arch}, not width {float(width):g}")
+    if num_classes is not None and num_classes != info.num_classes:
+        raise ValueError(f"{path} has {info.num_classes} classes, not {num_classes}")
+
+
+def _build_overrides(info):
+    """The file's overrides, minus those equal to what the builder does anyway (keeps configs short
+    and lets width-1.0 timm V3 files build without the builder's `expanded_channels` option)."""
+    from npmobilenet.models import arch_spec
+
+    spec = arch_spec(info.arch, info.width)
+    defaults = dict(stem_channels=spec.stem_channels, head_channels=spec.head_channels,
+                    last_channels=spec.last_channels, expanded_channels=tuple(b.expanded_channels for b in spec.blocks))
+    kept = {}
+    for key, value in info.overrides.items():
+        if key in defaults and defaults[key] == value:
+            continue
+        kept[key] = list(value) if isinstance(value, tuple) else value
+    return kept
