@@ -1,0 +1,30 @@
+"""Stateless convolution kernels with hand-written backward passes.
+
+Layouts: activations NHWC `(N, H, W, C)`; weights standard `(KH, KW, Cin, Cout)`, depthwise
+`(KH, KW, C)`, pointwise `(Cin, Cout)`. Every function accepts float32 or float64 (x and w of one
+dtype; the result has it too), any C-contiguous or strided array, `stride`/`dilation` as an int or
+`(vertical, horizontal)` and `padding` as an int, `(ph, pw)` or `((top, bottom), (left, right))`.
+
+    conv2d / conv2d_backward                      im2col (Numba) + GEMM (BLAS)
+    depthwise_conv2d / depthwise_conv2d_backward  Numba loops, vectorised over channels
+    pointwise_conv2d / pointwise_conv2d_backward  GEMM (BLAS)
+
+`reference` holds slow NumPy versions of all six (the test oracle). Kernels compile on first use
+and are cached on disk; parallel builds run above `config.PARALLEL_MIN_MACS`, on
+`get_num_threads()` threads.
+"""
+from npmobilenet.config import get_num_threads, set_num_threads
+from npmobilenet.ops.conv import conv2d, conv2d_backward
+from npmobilenet.ops.depthwise import depthwise_conv2d, depthwise_conv2d_backward
+from npmobilenet.ops.pointwise import pointwise_conv2d, pointwise_conv2d_backward
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "depthwise_conv2d",
+    "depthwise_conv2d_backward",
+    "pointwise_conv2d",
+    "pointwise_conv2d_backward",
+    "get_num_threads",
+    "set_num_threads",
+]
