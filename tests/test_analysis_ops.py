@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from npmobilenet import ops
 from npmobilenet.analysis import (
     OpCost,
     batch_norm_cost,
@@ -17,6 +18,7 @@ from npmobilenet.analysis import (
     separable_conv2d_cost,
     separable_ratio,
 )
+from npmobilenet.ops import reference
 
 
 # -- the famous example (V1 paper, Section 3.1) -------------------------------------------------
@@ -165,17 +167,6 @@ def test_separable_over_standard_is_eq5(n, size, cin, cout, kernel, stride):
 
 
 # -- against the kernels (shapes, weight sizes) and the instrumented reference (MACs) ---------------
-def _reference():
-    return pytest.importorskip("npmobilenet.ops.reference")
-
-
-def _ops_and_reference():
-    ops = pytest.importorskip("npmobilenet.ops")
-    if not hasattr(ops, "conv2d"):
-        pytest.skip("npmobilenet.ops has no kernels yet")
-    return ops, _reference()
-
-
 conv_cases = dict(
     n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), cin=st.integers(1, 3), cout=st.integers(1, 3),
     kernel=pairs, stride=pairs, dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=paddings,
@@ -189,12 +180,15 @@ def _fits(h, w, kernel, padding, dilation):
 
 @given(**conv_cases)
 def test_conv2d_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout, kernel, stride, dilation, padding):
-    ops, reference = _ops_and_reference()
-    if not _fits(h, w, kernel, padding, dilation):
-        return
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
     weight = rng.standard_normal(kernel + (cin, cout)).astype(np.float32)
+    if not _fits(h, w, kernel, padding, dilation):  # the formula and the kernel both refuse
+        with pytest.raises(ValueError):
+            conv2d_cost(x.shape, kernel, cout, stride, padding, dilation)
+        with pytest.raises(ValueError):
+            ops.conv2d(x, weight, stride, padding, dilation)
+        return
     cost = conv2d_cost(x.shape, kernel, cout, stride, padding, dilation)
     assert cost.output_shape == ops.conv2d(x, weight, stride, padding, dilation).shape
     assert cost.params == weight.size
@@ -205,12 +199,15 @@ def test_conv2d_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout, ke
 
 @given(**conv_cases)
 def test_depthwise_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout, kernel, stride, dilation, padding):
-    ops, reference = _ops_and_reference()
-    if not _fits(h, w, kernel, padding, dilation):
-        return
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
     weight = rng.standard_normal(kernel + (cin,)).astype(np.float32)
+    if not _fits(h, w, kernel, padding, dilation):  # the formula and the kernel both refuse
+        with pytest.raises(ValueError):
+            depthwise_conv2d_cost(x.shape, kernel, stride, padding, dilation)
+        with pytest.raises(ValueError):
+            ops.depthwise_conv2d(x, weight, stride, padding, dilation)
+        return
     cost = depthwise_conv2d_cost(x.shape, kernel, stride, padding, dilation)
     assert cost.output_shape == ops.depthwise_conv2d(x, weight, stride, padding, dilation).shape
     assert cost.params == weight.size
@@ -221,7 +218,6 @@ def test_depthwise_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout,
 
 @given(n=st.integers(1, 2), h=st.integers(1, 6), w=st.integers(1, 6), cin=st.integers(1, 5), cout=st.integers(1, 5))
 def test_pointwise_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout):
-    ops, reference = _ops_and_reference()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
     weight = rng.standard_normal((cin, cout)).astype(np.float32)
@@ -239,7 +235,6 @@ def test_pointwise_cost_matches_kernel_and_counted_reference(n, h, w, cin, cout)
 )
 def test_counted_separable_over_standard_is_eq5(n, size, cin, cout, kernel, stride):
     # the ratio measured by running the reference, not by the formulas: (1/N + 1/D_K^2), exactly
-    reference = _reference()
     padding = (kernel[0] // 2, kernel[1] // 2)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, size, size, cin)).astype(np.float32)

@@ -12,6 +12,7 @@ import npmobilenet
 from npmobilenet import cli, ops
 from npmobilenet.analysis.summary import summarize
 from npmobilenet.layers import BatchNorm, Conv2d, DepthwiseConv2d, Layer, Linear, PointwiseConv2d
+from npmobilenet.ops import reference
 
 
 def within(value, printed, tolerance=0.02):
@@ -110,7 +111,6 @@ def instrumented(model):
     Convolutions run on the slow reference, which counts its own multiply-accumulates; a Linear
     layer's MACs are those of the matrix product it actually computed.
     """
-    reference = pytest.importorskip("npmobilenet.ops.reference")
     seen, counter = [], [0]
 
     def counting(function):
@@ -128,7 +128,7 @@ def instrumented(model):
             return y
         return run
 
-    saved = {name: getattr(ops, name, None) for name in ("conv2d", "depthwise_conv2d", "pointwise_conv2d")}
+    saved = {name: getattr(ops, name) for name in ("conv2d", "depthwise_conv2d", "pointwise_conv2d")}
     for name in saved:
         setattr(ops, name, counting(getattr(reference, name)))
     for name, layer in model.modules():
@@ -138,10 +138,7 @@ def instrumented(model):
         yield seen
     finally:
         for name, function in saved.items():
-            if function is None:
-                delattr(ops, name)
-            else:
-                setattr(ops, name, function)
+            setattr(ops, name, function)
         for _, layer in model.modules():
             layer.__dict__.pop("forward", None)
 
