@@ -239,34 +239,38 @@ def key_map(model, naming):
 
 # -- recognising a file ------------------------------------------------------------------------------
 def detect_naming(keys):
-    """(naming, arch) of a state dict from its key names alone, or raise ValueError saying why not."""
+    """(naming, arch) of a state dict from its key names alone, or raise ValueError saying why not.
+
+    Decided by structure (how many features / stages, which head), not by any single key, so a
+    file missing a few keys is still recognised and its missing keys then listed one by one.
+    """
     keys = set(keys)
-    if "features.0.0.weight" in keys:
+    if any(k.startswith("features.0.") for k in keys):
         feature_ids = {int(k.split(".")[1]) for k in keys if k.startswith("features.") and k.split(".")[1].isdigit()}
         last = max(feature_ids)
-        if "classifier.1.weight" in keys and "classifier.3.weight" not in keys and last == 18:
+        v3_head = any(k.startswith("classifier.3.") for k in keys)
+        if not v3_head and last == 18:
             return "torchvision", "mobilenet_v2"
-        if "classifier.3.weight" in keys and last == 16:
+        if v3_head and last == 16:
             return "torchvision", "mobilenet_v3_large"
-        if "classifier.3.weight" in keys and last == 12:
+        if v3_head and last == 12:
             return "torchvision", "mobilenet_v3_small"
         raise ValueError(
             f"torchvision-style keys (features.*) but not a MobileNet V2/V3 layout (last feature index {last}, "
             f"classifier keys {sorted(k for k in keys if k.startswith('classifier'))})"
         )
-    if "conv_stem.weight" in keys:
+    if any(k.startswith(("conv_stem.", "blocks.0.0.")) for k in keys):
         stages = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and k.split(".")[1].isdigit()}
         n_stages = max(stages) + 1 if stages else 0
-        has_pwl = any(k.endswith(".conv_pwl.weight") for k in keys)
-        if "conv_head.weight" not in keys and not has_pwl and n_stages == 5:
+        has_pwl = any(".conv_pwl." in k for k in keys)
+        if n_stages == 5 and not has_pwl:
             return "timm", "mobilenet_v1"
-        if "conv_head.weight" in keys and "bn2.weight" in keys and n_stages == 7:
+        if n_stages == 7 and any(k.startswith("blocks.6.0.conv.") for k in keys):
+            return "timm", "mobilenet_v3_large"
+        if n_stages == 7:
             return "timm", "mobilenet_v2"
-        if "conv_head.weight" in keys and "bn2.weight" not in keys:
-            if n_stages == 7 and f"blocks.6.0.conv.weight" in keys:
-                return "timm", "mobilenet_v3_large"
-            if n_stages == 6 and f"blocks.5.0.conv.weight" in keys:
-                return "timm", "mobilenet_v3_small"
+        if n_stages == 6 and any(k.startswith("blocks.5.0.conv.") for k in keys):
+            return "timm", "mobilenet_v3_small"
         raise ValueError(
             f"timm-style keys (conv_stem, blocks.*) but not a supported timm MobileNet "
             f"(mobilenetv1_100, mobilenetv2_*, mobilenetv3_large_*, mobilenetv3_small_*): {n_stages} stages"

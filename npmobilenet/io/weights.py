@@ -130,18 +130,23 @@ def _find_state_dict(obj, path):
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
 
 
-def read_foreign_state(path):
-    """The {key: array} state dict of a .safetensors or .pth file, PyTorch layout, 'module.' stripped."""
-    fmt = sniff_format(path)
-    if fmt == "safetensors":
-        state = read_safetensors(path)
-    elif fmt == "torch":
-        state = _find_state_dict(torch_zip.load_torch_file(path), path)
-    else:
-        raise ValueError(f"{path} is an npmobilenet .npz, not a torchvision/timm weights file")
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+def state_dict_from(obj, path="<object>"):
+    """The {key: array} state dict in what a file held: found inside a training checkpoint
+    (STATE_DICT_KEYS) if need be, with DataParallel's 'module.' prefix stripped."""
+    state = _find_state_dict(obj, path)
+    if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def read_foreign_state(path):
+    """The state dict of a .safetensors or .pth file, in PyTorch's names and layouts."""
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        return state_dict_from(read_safetensors(path), path)
+    if fmt == "torch":
+        return state_dict_from(torch_zip.load_torch_file(path), path)
+    raise ValueError(f"{path} is an npmobilenet .npz, not a torchvision/timm weights file")
 
 
 # -- what a file holds -----------------------------------------------------------------------------------
