@@ -1,0 +1,533 @@
+"""`model.fuse()`: an inference-only MobileNet with batch norm folded and every layer fused.
+
+Folding (Ioffe & Szegedy, 2015, section 3.2: at inference batch norm is a fixed affine map).
+In eval mode a convolution followed by batch norm computes, per output channel c,
+
+    gamma_c * (conv(x, w)_c + b_c - mean_c) / sqrt(var_c + eps) + beta_c
+      = conv(x, w * s)_c + (beta_c + (b_c - mean_c) * s_c),        s_c = gamma_c / sqrt(var_c + eps)
+
+so the pair becomes one convolution with weight `w * s` (s broadcast over the output-channel
+axis, the last axis of every weight layout here) and bias `beta + (b - mean) * s`. The fold is
+computed in float64 and stored in float32.
+
+Fusion: each folded convolution runs as one kernel with its bias and activation applied to each
+tile of output while it is in cache (`kernels.py`); the projection of an inverted residual adds
+the shortcut in the same pass; the depthwise kernel also sums its output rows, so
+squeeze-and-excitation never re-reads the activation, and SE's channel gate is applied by the
+projection as it reads its input. What runs is a flat list of `FusedLayer`s over named tensors;
+`plan.MemoryPlan` gives every tensor a view into a few reused buffers.
+"""
+import contextlib
+import math
+
+import numba
+import numpy as np
+
+from npmobilenet import config
+from npmobilenet.inference import kernels
+from npmobilenet.inference.blas import find_blas, sgemm_address
+from npmobilenet.inference.plan import MemoryPlan
+
+FLOAT = np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# folding
+# ---------------------------------------------------------------------------------------------
+def fold_batch_norm(weight, bias, bn):
+    """Fold eval-mode batch norm `bn` into the convolution `(weight, bias)` before it.
+
+    weight: any layout with output channels last ((KH, KW, Cin, Cout), (KH, KW, C) or
+    (Cin, Cout)); bias: (Cout,) or None. Returns float32 `(weight * s, beta + (bias - mean) * s)`
+    with `s = gamma / sqrt(running_var + eps)`.
+    """
+    gamma = np.asarray(bn.gamma.data, np.float64)
+    beta = np.asarray(bn.beta.data, np.float64)
+    mean = np.asarray(bn.running_mean, np.float64)
+    var = np.asarray(bn.running_var, np.float64)
+    scale = gamma / np.sqrt(var + bn.eps)
+    conv_bias = np.zeros_like(mean) if bias is None else np.asarray(bias, np.float64)
+    folded_weight = np.asarray(weight, np.float64) * scale
+    folded_bias = beta + (conv_bias - mean) * scale
+    return np.ascontiguousarray(folded_weight, FLOAT), np.ascontiguousarray(folded_bias, FLOAT)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused layers: shapes, costs, and the kernel call over planned tensors
+# ---------------------------------------------------------------------------------------------
+class FusedLayer:
+    """One step of the fused network.
+
+    `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes)` map the
+    input shapes to the shapes the plan must hold; `macs(shapes)` and `bytes_moved(shapes)` are the
+    layer's cost (MACs as `npmobilenet.analysis` counts them; bytes: inputs and weights read once,
+    outputs written once, float32); `call(tensors, parallel)` returns `(kernel, args)`.
+    """
+
+    kind = "layer"
+    activation = None
+
+    def __init__(self, name, inputs, outputs):
+        self.name, self.inputs, self.outputs = name, tuple(inputs), tuple(outputs)
+
+    def workspace_shapes(self, shapes):
+        return []
+
+    def weight_bytes(self):
+        return sum(a.nbytes for a in self.weights())
+
+    def weights(self):
+        return []
+
+    def bytes_moved(self, shapes):
+        out = self.output_shapes(shapes)
+        elements = sum(math.prod(s) for s in shapes) + sum(math.prod(s) for s in out)
+        return 4 * elements + self.weight_bytes()
+
+    def describe(self):
+        act = f", {self.activation}" if self.activation else ""
+        return f"{self.kind}{act}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, {self.describe()})"
+
+
+def _pair_kernel(pair, parallel):
+    return pair[1] if parallel else pair[0]
+
+
+class FusedConv2d(FusedLayer):
+    """Standard KxK convolution + bias + activation (the stem). weight (KH, KW, Cin, Cout)."""
+
+    kind = "conv"
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right)
+        kh, kw, cin, cout = weight.shape
+        self._matrix = weight.reshape(kh * kw * cin, cout)  # rows in (i, j, cin) order, as the patches
+
+    def weights(self):
+        return [self.weight, self.bias]
+
+    def output_shapes(self, shapes):
+        n, h, w, _ = shapes[0]
+        kh, kw, _, cout = self.weight.shape
+        (sh, sw), (pt, pb, pl, pr) = self.stride, self.padding
+        return [(n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, cout)]
+
+    def workspace_shapes(self, shapes):
+        wo = self.output_shapes(shapes)[0][2]
+        kh, kw, cin, _ = self.weight.shape
+        rows = kernels.conv2d_rows_per_tile(wo)
+        return [(numba.config.NUMBA_NUM_THREADS, rows * wo, kh * kw * cin)]
+
+    def macs(self, shapes):
+        n, ho, wo, cout = self.output_shapes(shapes)[0]
+        kh, kw, cin, _ = self.weight.shape
+        return n * ho * wo * cout * kh * kw * cin
+
+    def call(self, tensors, parallel, sgemm):
+        x, y, patches = tensors
+        kh, kw, _, _ = self.weight.shape
+        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        return _pair_kernel(kernels.CONV2D, parallel), (
+            x, self._matrix, self.bias, kernels.ACTIVATIONS[self.activation], kh, kw, sh, sw, pt, pl,
+            kernels.conv2d_rows_per_tile(y.shape[2]), patches, sgemm, y)
+
+
+class FusedPointwise(FusedLayer):
+    """1x1 convolution + bias + activation, or + bias + residual; optionally SE-gated input.
+
+    inputs: (x,) + (residual,) if `residual` + (gate,) if `gated`. weight (Cin, Cout).
+    """
+
+    kind = "pointwise"
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation, residual=False, gated=False):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.residual, self.gated = residual, gated
+
+    def weights(self):
+        return [self.weight, self.bias]
+
+    def describe(self):
+        extra = (" + residual" if self.residual else "") + (" (SE-gated input)" if self.gated else "")
+        return super().describe() + extra
+
+    def output_shapes(self, shapes):
+        n, h, w, _ = shapes[0]
+        return [(n, h, w, self.weight.shape[1])]
+
+    def macs(self, shapes):
+        n, h, w, cin = shapes[0]
+        return n * h * w * cin * self.weight.shape[1]
+
+    def call(self, tensors, parallel, sgemm):
+        x, rest = tensors[0], list(tensors[1:-1])
+        y = tensors[-1]
+        n, h, w, cin = x.shape
+        cout = self.weight.shape[1]
+        rows = n * h * w
+        residual = rest.pop(0).reshape(rows, cout) if self.residual else kernels._EMPTY_ROWS
+        gate = rest.pop(0) if self.gated else kernels._EMPTY_ROWS
+        return _pair_kernel(kernels.POINTWISE, parallel), (
+            x.reshape(rows, cin), self.weight, self.bias, kernels.ACTIVATIONS[self.activation], residual, gate,
+            h * w, kernels.pointwise_tile_rows(rows, cin, cout), sgemm, y.reshape(rows, cout))
+
+
+class FusedDepthwise(FusedLayer):
+    """KxK depthwise convolution + bias + activation; with SE after it, also its row sums.
+
+    outputs: (y,) or (y, row_sums). weight (KH, KW, C).
+    """
+
+    kind = "depthwise"
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.stride, self.padding = stride, padding
+
+    def weights(self):
+        return [self.weight, self.bias]
+
+    def describe(self):
+        kh, kw, _ = self.weight.shape
+        return f"depthwise {kh}x{kw}/{self.stride[0]}" + (f", {self.activation}" if self.activation else "")
+
+    def output_shapes(self, shapes):
+        n, h, w, c = shapes[0]
+        kh, kw, _ = self.weight.shape
+        (sh, sw), (pt, pb, pl, pr) = self.stride, self.padding
+        y = (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, c)
+        return [y, (n, y[1], c)] if len(self.outputs) == 2 else [y]
+
+    def macs(self, shapes):
+        n, ho, wo, c = self.output_shapes(shapes)[0]
+        kh, kw, _ = self.weight.shape
+        return n * ho * wo * c * kh * kw
+
+    def bytes_moved(self, shapes):
+        y = self.output_shapes(shapes)[0]
+        return 4 * (math.prod(shapes[0]) + math.prod(y)) + self.weight_bytes()
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors[0], tensors[1]
+        sums = tensors[2] if len(self.outputs) == 2 else kernels._EMPTY_SUMS
+        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        return _pair_kernel(kernels.DEPTHWISE, parallel), (
+            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y, sums)
+
+
+class FusedSqueezeExcite(FusedLayer):
+    """SE's gate from the depthwise layer's row sums. inputs: (row_sums (N, Ho, C), the gated
+    activation (N, Ho, Wo, C), read for its shape only) -> gate (N, C). The multiply by the gate
+    happens in the next pointwise layer's read of its input."""
+
+    kind = "squeeze-excite"
+
+    def __init__(self, name, inputs, outputs, w_reduce, b_reduce, w_expand, b_expand):
+        super().__init__(name, inputs, outputs)
+        self.w_reduce, self.b_reduce, self.w_expand, self.b_expand = w_reduce, b_reduce, w_expand, b_expand
+
+    def weights(self):
+        return [self.w_reduce, self.b_reduce, self.w_expand, self.b_expand]
+
+    def output_shapes(self, shapes):
+        n, _, c = shapes[0]
+        return [(n, c)]
+
+    def workspace_shapes(self, shapes):
+        return [(shapes[0][0], self.w_reduce.shape[1])]
+
+    def macs(self, shapes):
+        n, _, c = shapes[0]
+        return n * 2 * c * self.w_reduce.shape[1]
+
+    def bytes_moved(self, shapes):
+        return 4 * (math.prod(shapes[0]) + 2 * shapes[0][0] * shapes[0][2]) + self.weight_bytes()
+
+    def call(self, tensors, parallel, sgemm):
+        sums, gated, gate, hidden = tensors
+        return _pair_kernel(kernels.SE_GATE, parallel), (
+            sums, gated.shape[1] * gated.shape[2], self.w_reduce, self.b_reduce, self.w_expand, self.b_expand,
+            hidden, gate)
+
+
+class FusedGlobalPool(FusedLayer):
+    kind = "global-avg-pool"
+
+    def output_shapes(self, shapes):
+        n, _, _, c = shapes[0]
+        return [(n, c)]
+
+    def macs(self, shapes):
+        return 0
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors
+        n, h, w, c = x.shape
+        return _pair_kernel(kernels.GLOBAL_POOL, parallel), (x.reshape(n, h * w, c), y)
+
+
+class FusedLinear(FusedLayer):
+    """Fully connected + bias + activation. weight (Cin, Cout)."""
+
+    kind = "linear"
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation=None):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+
+    def weights(self):
+        return [self.weight, self.bias]
+
+    def output_shapes(self, shapes):
+        return [(shapes[0][0], self.weight.shape[1])]
+
+    def macs(self, shapes):
+        return shapes[0][0] * self.weight.shape[0] * self.weight.shape[1]
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors
+        return _pair_kernel(kernels.LINEAR, parallel), (
+            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation],
+            kernels.linear_block_cols(self.weight.shape[1]), sgemm, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# model -> fused layers
+# ---------------------------------------------------------------------------------------------
+def _check_geometry(conv, name):
+    if tuple(getattr(conv, "dilation", (1, 1))) != (1, 1):
+        raise NotImplementedError(f"{name}: fused kernels support dilation 1 only, got {conv.dilation}")
+
+
+def _conv_bn_act(unit, name, source, outputs=None):
+    """A ConvBNAct as one fused layer reading tensor `source`."""
+    from npmobilenet.layers import Conv2d, DepthwiseConv2d, PointwiseConv2d
+
+    conv = unit.conv
+    bias = conv.bias.data if getattr(conv, "bias", None) is not None else None
+    weight, folded_bias = fold_batch_norm(conv.weight.data, bias, unit.bn)
+    outputs = outputs or (name,)
+    if isinstance(conv, PointwiseConv2d):
+        return FusedPointwise(name, (source,), outputs, weight, folded_bias, unit.activation)
+    if isinstance(conv, DepthwiseConv2d):
+        _check_geometry(conv, name)
+        return FusedDepthwise(name, (source,), outputs, weight, folded_bias, unit.activation, conv.stride, conv.padding)
+    if isinstance(conv, Conv2d):
+        _check_geometry(conv, name)
+        return FusedConv2d(name, (source,), outputs, weight, folded_bias, unit.activation, conv.stride, conv.padding)
+    raise TypeError(f"{name}: cannot fuse a {type(conv).__name__}")
+
+
+def fused_layers(model):
+    """The model as a flat list of fused layers over named tensors ("input" -> ... -> "logits").
+
+    Works on any MobileNet built by `npmobilenet.build` (uses its weights as they are; `fuse_model`
+    checks eval mode first).
+    """
+    from npmobilenet.layers import DepthwiseSeparable, Dropout, InvertedResidual, Linear
+    from npmobilenet.layers.activation import HardSwish, ReLU, ReLU6
+
+    layers = [_conv_bn_act(model.stem, "stem", "input")]
+    x = "stem"
+    for index, block in enumerate(model.blocks):
+        prefix = f"blocks.{index}"
+        if isinstance(block, DepthwiseSeparable):
+            layers.append(_conv_bn_act(block.conv_dw, f"{prefix}.conv_dw", x))
+            layers.append(_conv_bn_act(block.conv_pw, f"{prefix}.conv_pw", f"{prefix}.conv_dw"))
+            x = f"{prefix}.conv_pw"
+        elif isinstance(block, InvertedResidual):
+            source = x
+            if block.conv_pw is not None:
+                layers.append(_conv_bn_act(block.conv_pw, f"{prefix}.conv_pw", x))
+                source = f"{prefix}.conv_pw"
+            dw_name = f"{prefix}.conv_dw"
+            if block.se is not None:
+                sums = f"{dw_name}.row_sums"
+                dw = _conv_bn_act(block.conv_dw, dw_name, source, outputs=(dw_name, sums))
+                layers.append(dw)
+                se = block.se
+                layers.append(FusedSqueezeExcite(
+                    f"{prefix}.se", (sums, dw_name), (f"{prefix}.se",),
+                    _f32(se.reduce.weight.data), _f32(se.reduce.bias.data),
+                    _f32(se.expand.weight.data), _f32(se.expand.bias.data)))
+            else:
+                layers.append(_conv_bn_act(block.conv_dw, dw_name, source))
+            pwl = _conv_bn_act(block.conv_pwl, f"{prefix}.conv_pwl", dw_name)
+            inputs = [dw_name]
+            if block.use_residual:
+                inputs.append(x)
+                pwl.residual = True
+            if block.se is not None:
+                inputs.append(f"{prefix}.se")
+                pwl.gated = True
+            pwl.inputs = tuple(inputs)
+            layers.append(pwl)
+            x = f"{prefix}.conv_pwl"
+        else:
+            raise TypeError(f"{prefix}: cannot fuse a {type(block).__name__}")
+    if model.head is not None:
+        layers.append(_conv_bn_act(model.head, "head", x))
+        x = "head"
+    layers.append(FusedGlobalPool("pool", (x,), ("pool",)))
+    x = "pool"
+    for index, layer in enumerate(model.classifier):
+        name = f"classifier.{index}"
+        if isinstance(layer, Linear):
+            bias = layer.bias.data if layer.bias is not None else np.zeros(layer.out_features)
+            layers.append(FusedLinear(name, (x,), (name,), _f32(layer.weight.data), _f32(bias)))
+            x = name
+        elif isinstance(layer, (ReLU, ReLU6, HardSwish)) and isinstance(layers[-1], FusedLinear) \
+                and layers[-1].activation is None:
+            layers[-1].activation = {ReLU: "relu", ReLU6: "relu6", HardSwish: "hardswish"}[type(layer)]
+        elif isinstance(layer, Dropout):
+            continue  # the identity in eval mode
+        else:
+            raise TypeError(f"{name}: cannot fuse a {type(layer).__name__} in the classifier")
+    layers[-1].outputs = ("logits",)
+    return layers
+
+
+def _f32(a):
+    return np.ascontiguousarray(a, FLOAT)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused model
+# ---------------------------------------------------------------------------------------------
+def _check_threads(threads):
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise ValueError(f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {threads}")
+    return int(threads)
+
+
+@contextlib.contextmanager
+def _numba_threads(threads):
+    """Run parallel kernels on `threads` threads (None: leave Numba's setting), restoring after."""
+    if threads is None:
+        yield
+        return
+    previous = numba.get_num_threads()
+    if previous != threads:
+        numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if previous != threads:
+            numba.set_num_threads(previous)
+
+
+class FusedMobileNet:
+    """An inference-only MobileNet: `fused(x) -> logits`, x: (N, H, W, 3) float, H, W >= 32.
+
+    Built by `model.fuse()`. Holds folded float32 weights (copies: later changes to the source
+    model do not reach it) and a memory plan for the last input shape seen. `threads` is the
+    number of threads its parallel layers use (None: Numba's current setting, `NUMBA_NUM_THREADS`
+    or `npmobilenet.config.set_num_threads`). There is no backward pass and no training mode.
+    """
+
+    training = False
+
+    def __init__(self, layers, config_, threads=None, parallel_min_macs=None):
+        self.layers = layers
+        self.config = dict(config_)
+        self.threads = _check_threads(threads)
+        self.parallel_min_macs = config.PARALLEL_MIN_MACS if parallel_min_macs is None else int(parallel_min_macs)
+        self.num_classes = self.config.get("num_classes")
+        self._plan = None
+
+    # -- the computation --------------------------------------------------------------------
+    def _check_input(self, x):
+        from npmobilenet.models.mobilenet import MobileNet
+
+        # The unfused model's own checks, so both reject the same inputs with the same messages.
+        return MobileNet._check_input(self, x)
+
+    @property
+    def dtype(self):
+        return np.dtype(FLOAT)
+
+    def plan(self, input_shape):
+        """The memory plan for inputs of `input_shape` (N, H, W, 3), made once and kept until
+        the shape changes."""
+        input_shape = tuple(int(d) for d in input_shape)
+        if self._plan is None or self._plan.input_shape != input_shape:
+            self._plan = None  # release the old buffers before allocating the new ones
+            self._plan = MemoryPlan(self.layers, input_shape, self.parallel_min_macs, sgemm_address())
+        return self._plan
+
+    def __call__(self, x):
+        x = self._check_input(x)
+        plan = self.plan(x.shape)
+        np.copyto(plan.input, x)
+        blas = find_blas()
+        guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
+        with guard, _numba_threads(self.threads):
+            for kernel, args in plan.calls:
+                kernel(*args)
+        return plan.output.copy()
+
+    forward = __call__
+
+    def backward(self, *args, **kwargs):
+        raise RuntimeError("a fused model is inference-only: it has no backward pass; "
+                           "train the unfused model and call model.fuse() again")
+
+    def train(self, mode=True):
+        if mode:
+            raise RuntimeError("a fused model is inference-only and cannot be put in training mode; "
+                               "train the unfused model and call model.fuse() again")
+        return self
+
+    def eval(self):
+        return self
+
+    def set_threads(self, threads):
+        """Threads for the parallel layers (None: Numba's current setting)."""
+        self.threads = _check_threads(threads)
+        return self
+
+    # -- costs ----------------------------------------------------------------------------------
+    def layer_costs(self, resolution=224, batch=1):
+        """[(name, description, macs, bytes moved)] per fused layer for a square input."""
+        return MemoryPlan.costs(self.layers, (batch, resolution, resolution, 3))
+
+    def macs(self, resolution=224, batch=1):
+        return sum(c[2] for c in self.layer_costs(resolution, batch))
+
+    def planned_peak_bytes(self, resolution=224, batch=1):
+        """Bytes of activation memory the plan allocates for a batch at this resolution."""
+        from npmobilenet.inference.plan import planned_peak_bytes
+
+        return planned_peak_bytes(self, resolution, batch)
+
+    def __repr__(self):
+        c = self.config
+        lines = [f"FusedMobileNet({c.get('arch')}, width={c.get('width')}, threads={self.threads})"]
+        lines += [f"  {layer.name}: {layer.describe()}" for layer in self.layers]
+        return "\n".join(lines)
+
+
+def fuse_model(model, threads=None):
+    """`model.fuse(threads)`: the inference-only `FusedMobileNet` of an eval-mode `model`."""
+    threads = _check_threads(threads)
+    training = [name or "model" for name, layer in model.modules() if layer.training]
+    if training:
+        raise RuntimeError(
+            "fuse() needs a model in eval mode (batch norm must use its running statistics, dropout "
+            f"must be off), but {len(training)} layer(s) are in training mode (e.g. {training[0]!r}): "
+            "call model.eval() first")
+    if np.dtype(model.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"fuse() needs a float32 or float64 model, got {model.dtype}")
+    return FusedMobileNet(fused_layers(model), model.config, threads)

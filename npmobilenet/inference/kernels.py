@@ -1,0 +1,508 @@
+"""Fused inference kernels: each computes one layer of a batch-norm-folded MobileNet in one pass.
+
+Layout NHWC float32 throughout; a pointwise convolution sees its activation as a matrix of
+`P = N*H*W` rows by `C` channels (a free reshape in NHWC, no transposes anywhere). Batch norm is
+already folded into each weight and bias (see `fuse.fold_batch_norm`), so every layer is
+
+    y = act(conv(x, w) + b)          [+ residual]        (activation: none, ReLU, ReLU6, hard-swish)
+
+computed as the convolution of a tile followed, while the tile is still in cache, by its
+*epilogue* (bias, activation, residual add): one pass over the output instead of three.
+
+Kernels (each a private `_name` Numba kernel; the public `name` wrapper validates arguments and is
+what the tests call; the fused model calls the kernels directly with its planned buffers):
+
+- `pointwise_conv`: 1x1 convolution as a matrix product on row tiles, via OpenBLAS SGEMM called
+  from inside the kernel (`blas.py`) or a Numba matrix product; epilogue bias + activation or bias
+  + residual (the projection of an inverted residual, V2 paper Fig. 3b); optionally the input is
+  first multiplied by squeeze-and-excitation's per-image channel gate, tile by tile, in place
+  (SE's scale fused into the projection's read of its input).
+- `depthwise_conv`: one KxK filter per channel (V1 paper, Eq. 3) with bias and activation, one
+  output row per loop iteration, vectorised over the contiguous channel axis; optionally also the
+  per-row channel sums of its output (SE's squeeze, so SE never re-reads the activation).
+- `squeeze_excite_gate`: SE's two small fully connected layers on those sums:
+  `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)` (V3 paper, section 5.3).
+- `conv2d`: the stem's 3x3 convolution as patches (im2col, a few output rows at a time in a small
+  workspace) times the weight matrix, epilogue bias + activation.
+- `global_avg_pool` and `linear` (bias + activation; column blocks in parallel: at batch 1 the
+  classifier is a matrix-vector product bound by reading its weights).
+
+Every kernel exists twice, compiled serial and parallel (`prange` over row tiles, output rows
+or column blocks, whose writes are disjoint). The tiling depends on shapes only, never on the
+thread count, so every output element is computed by the same instructions whatever the number
+of threads: results are bitwise identical across thread counts.
+"""
+import math
+import types as pytypes
+
+import numba
+import numpy as np
+from numba import prange
+
+from npmobilenet.config import njit_parallel, njit_serial
+from npmobilenet.inference.blas import sgemm_call
+
+# Activation codes the kernels take (an int, so one compiled kernel serves every activation).
+IDENTITY, RELU, RELU6, HARDSWISH = 0, 1, 2, 3
+ACTIVATIONS = {None: IDENTITY, "relu": RELU, "relu6": RELU6, "hardswish": HARDSWISH}
+
+_F32 = np.float32
+_EMPTY_ROWS = np.zeros((0, 1), np.float32)       # "no residual" / "no gate"
+_EMPTY_SUMS = np.zeros((0, 1, 1), np.float32)    # "no row sums"
+
+
+# ---------------------------------------------------------------------------------------------
+# tile helpers (serial; inlined by LLVM into the kernels)
+# ---------------------------------------------------------------------------------------------
+@njit_serial
+def _matmul_numba(a, w, c):
+    """c = a @ w. a: (m, k), w: (k, n), c: (m, n). Four rows at a time: each row of w loaded
+    once feeds four rows of c (the vectorised loop runs over the contiguous n axis)."""
+    m, k = a.shape
+    n = w.shape[1]
+    p = 0
+    while p + 4 <= m:
+        c0, c1, c2, c3 = c[p], c[p + 1], c[p + 2], c[p + 3]
+        for j in range(n):
+            c0[j] = 0
+            c1[j] = 0
+            c2[j] = 0
+            c3[j] = 0
+        for q in range(k):
+            a0, a1, a2, a3 = a[p, q], a[p + 1, q], a[p + 2, q], a[p + 3, q]
+            wq = w[q]
+            for j in range(n):
+                wv = wq[j]
+                c0[j] += a0 * wv
+                c1[j] += a1 * wv
+                c2[j] += a2 * wv
+                c3[j] += a3 * wv
+        p += 4
+    while p < m:
+        cp = c[p]
+        for j in range(n):
+            cp[j] = 0
+        for q in range(k):
+            ap = a[p, q]
+            wq = w[q]
+            for j in range(n):
+                cp[j] += ap * wq[j]
+        p += 1
+
+
+@njit_serial
+def _matmul(sgemm, a, w, c):
+    """c = a @ w by OpenBLAS SGEMM at address `sgemm`, or by Numba when `sgemm` is 0."""
+    if a.shape[0] == 0:
+        return
+    if sgemm != 0:
+        sgemm_call(sgemm, a, w, c)
+    else:
+        _matmul_numba(a, w, c)
+
+
+@njit_serial
+def _bias_act(y, bias, act):
+    """y = act(y + bias) in place. y: (rows, C), bias: (C,). One loop per activation so each
+    vectorises without a branch inside."""
+    rows, channels = y.shape
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    if act == RELU:
+        for p in range(rows):
+            for c in range(channels):
+                y[p, c] = max(y[p, c] + bias[c], zero)
+    elif act == RELU6:
+        for p in range(rows):
+            for c in range(channels):
+                y[p, c] = min(max(y[p, c] + bias[c], zero), six)
+    elif act == HARDSWISH:
+        # x * relu6(x + 3) / 6 (V3 paper, Eq. 2)
+        for p in range(rows):
+            for c in range(channels):
+                v = y[p, c] + bias[c]
+                y[p, c] = v * min(max(v + three, zero), six) * sixth
+    else:
+        for p in range(rows):
+            for c in range(channels):
+                y[p, c] += bias[c]
+
+
+@njit_serial
+def _bias_residual(y, bias, residual):
+    """y = y + bias + residual in place: the linear bottleneck's projection joined to the
+    shortcut (V2 paper, Fig. 3b; no activation after the add)."""
+    rows, channels = y.shape
+    for p in range(rows):
+        for c in range(channels):
+            y[p, c] = y[p, c] + bias[c] + residual[p, c]
+
+
+@njit_serial
+def _scale_by_gate(x, p0, p1, gate, rows_per_image):
+    """x[p] *= gate[image of p] for rows p0..p1-1 of x: (P, C); gate: (N, C)."""
+    channels = x.shape[1]
+    for p in range(p0, p1):
+        g = gate[p // rows_per_image]
+        for c in range(channels):
+            x[p, c] *= g[c]
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels (bodies written once, compiled serial and parallel below)
+# ---------------------------------------------------------------------------------------------
+def _pointwise_conv(x, w, bias, act, residual, gate, rows_per_image, tile_rows, sgemm, y):
+    # x: (P, K), w: (K, M), bias: (M,) -> y: (P, M), P = N*H*W rows of NHWC activations.
+    # residual: (P, M) or (0, 1); gate: (N, K) or (0, 1), applied to x in place (x is dead after).
+    rows = x.shape[0]
+    tiles = (rows + tile_rows - 1) // tile_rows
+    for t in prange(tiles):
+        p0 = t * tile_rows
+        p1 = min(rows, p0 + tile_rows)
+        if gate.shape[0] > 0:
+            _scale_by_gate(x, p0, p1, gate, rows_per_image)
+        _matmul(sgemm, x[p0:p1], w, y[p0:p1])
+        if residual.shape[0] > 0:
+            _bias_residual(y[p0:p1], bias, residual[p0:p1])
+        else:
+            _bias_act(y[p0:p1], bias, act)
+
+
+def _depthwise_conv(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, row_sums):
+    # x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C);
+    # row_sums: (N, Ho, C) (sum over ow of y, SE's squeeze) or (0, 1, 1).
+    n_images, height, width, channels = x.shape
+    kh, kw = w.shape[0], w.shape[1]
+    out_h, out_w = y.shape[1], y.shape[2]
+    for r in prange(n_images * out_h):
+        n = r // out_h
+        oh = r - n * out_h
+        yrow = y[n, oh]                      # (Wo, C): stays in L1/L2 while its taps accumulate
+        for ow in range(out_w):
+            for c in range(channels):
+                yrow[ow, c] = 0
+        for i in range(kh):
+            ih = oh * stride_h - pad_top + i
+            if ih < 0 or ih >= height:
+                continue                     # a row of zero padding
+            xrow = x[n, ih]
+            for j in range(kw):
+                wij = w[i, j]
+                # output columns whose tap j lands inside the row: 0 <= ow*sw - pad_left + j < W
+                ow_lo = max(0, (pad_left - j + stride_w - 1) // stride_w)
+                ow_hi = min(out_w, (width - 1 + pad_left - j) // stride_w + 1)
+                for ow in range(ow_lo, ow_hi):
+                    xv = xrow[ow * stride_w - pad_left + j]
+                    yv = yrow[ow]
+                    for c in range(channels):
+                        yv[c] += xv[c] * wij[c]
+        _bias_act(yrow, bias, act)
+        if row_sums.shape[0] > 0:
+            sums = row_sums[n, oh]
+            for c in range(channels):
+                sums[c] = 0
+            for ow in range(out_w):
+                for c in range(channels):
+                    sums[c] += yrow[ow, c]
+
+
+def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate):
+    # row_sums: (N, Ho, C) -> gate: (N, C) = hardsigmoid(W2 relu(W1 mean + b1) + b2)
+    # w_reduce: (C, S), w_expand: (S, C); hidden: (N, S) workspace. count = Ho * Wo.
+    n_images, out_h, channels = row_sums.shape
+    squeeze = w_reduce.shape[1]
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    inv_count = _F32(1.0 / count)
+    for n in prange(n_images):
+        mean = gate[n]                       # gate[n] holds the mean until it is overwritten
+        for c in range(channels):
+            mean[c] = 0
+        for oh in range(out_h):
+            for c in range(channels):
+                mean[c] += row_sums[n, oh, c]
+        for c in range(channels):
+            mean[c] *= inv_count
+        h = hidden[n]
+        for s in range(squeeze):
+            h[s] = b_reduce[s]
+        for c in range(channels):
+            m = mean[c]
+            for s in range(squeeze):
+                h[s] += m * w_reduce[c, s]
+        for s in range(squeeze):
+            h[s] = max(h[s], zero)
+        g = gate[n]
+        for c in range(channels):
+            g[c] = b_expand[c]
+        for s in range(squeeze):
+            hs = h[s]
+            for c in range(channels):
+                g[c] += hs * w_expand[s, c]
+        for c in range(channels):
+            g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
+
+
+def _conv2d(x, w, bias, act, kh, kw, stride_h, stride_w, pad_top, pad_left, rows_per_tile, patches, sgemm, y):
+    # x: (N, H, W, Cin), w: (KH*KW*Cin, Cout) -> y: (N, Ho, Wo, Cout).
+    # patches: (threads, rows_per_tile*Wo, KH*KW*Cin) workspace, one slab per thread.
+    n_images, height, width, in_channels = x.shape
+    out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
+    tiles_per_image = (out_h + rows_per_tile - 1) // rows_per_tile
+    for t in prange(n_images * tiles_per_image):
+        n = t // tiles_per_image
+        oh0 = (t - n * tiles_per_image) * rows_per_tile
+        oh1 = min(out_h, oh0 + rows_per_tile)
+        slab = patches[numba.get_thread_id()]
+        # im2col: one row of patches per output pixel, (i, j, cin) order as w's rows
+        q = 0
+        for oh in range(oh0, oh1):
+            for ow in range(out_w):
+                col = 0
+                for i in range(kh):
+                    ih = oh * stride_h - pad_top + i
+                    for j in range(kw):
+                        iw = ow * stride_w - pad_left + j
+                        inside = 0 <= ih < height and 0 <= iw < width
+                        for ci in range(in_channels):
+                            slab[q, col] = x[n, ih, iw, ci] if inside else _F32(0)
+                            col += 1
+                q += 1
+        out = y[n, oh0:oh1].reshape((q, out_channels))
+        _matmul(sgemm, slab[:q], w, out)
+        _bias_act(out, bias, act)
+
+
+def _global_avg_pool(x, y):
+    # x: (N, H*W, C) -> y: (N, C)
+    n_images, positions, channels = x.shape
+    inv = _F32(1.0 / positions)
+    for n in prange(n_images):
+        for c in range(channels):
+            y[n, c] = 0
+        for p in range(positions):
+            for c in range(channels):
+                y[n, c] += x[n, p, c]
+        for c in range(channels):
+            y[n, c] *= inv
+
+
+def _linear(x, w, bias, act, block_cols, sgemm, y):
+    # x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> y: (N, Cout) = act(x @ w + bias).
+    # Column blocks in parallel: at batch 1 this reads all of w for N*Cin*Cout MACs.
+    out_features = w.shape[1]
+    blocks = (out_features + block_cols - 1) // block_cols
+    for b in prange(blocks):
+        m0 = b * block_cols
+        m1 = min(out_features, m0 + block_cols)
+        _matmul(sgemm, x, w[:, m0:m1], y[:, m0:m1])
+        _bias_act(y[:, m0:m1], bias[m0:m1], act)
+
+
+def _serial_and_parallel(body):
+    """Compile `body` twice. Each copy gets its own name, because Numba's on-disk cache is keyed
+    by the function's qualified name, not by its compile flags: two flavours of one function
+    would overwrite each other's cache entries."""
+    compiled = []
+    for flavour, compile_ in (("serial", njit_serial), ("parallel", njit_parallel)):
+        copy = pytypes.FunctionType(body.__code__, body.__globals__, f"{body.__name__}_{flavour}",
+                                    body.__defaults__, body.__closure__)
+        copy.__qualname__ = f"{body.__qualname__}_{flavour}"
+        copy.__doc__ = body.__doc__
+        compiled.append(compile_(copy))
+    return tuple(compiled)
+
+
+# (serial, parallel) pairs
+POINTWISE = _serial_and_parallel(_pointwise_conv)
+DEPTHWISE = _serial_and_parallel(_depthwise_conv)
+SE_GATE = _serial_and_parallel(_squeeze_excite_gate)
+CONV2D = _serial_and_parallel(_conv2d)
+GLOBAL_POOL = _serial_and_parallel(_global_avg_pool)
+LINEAR = _serial_and_parallel(_linear)
+ALL_KERNELS = (POINTWISE, DEPTHWISE, SE_GATE, CONV2D, GLOBAL_POOL, LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiling rules (shapes only, never the thread count: see the module docstring)
+# ---------------------------------------------------------------------------------------------
+def pointwise_tile_rows(rows, in_channels, out_channels):
+    """Rows per tile of a pointwise convolution.
+
+    Measured on 2 cores (benchmarks/inference.py, `--tiles`): tiles of 32-128 rows run SGEMM at
+    full speed while the tile's input and output stay in L2 for the epilogue; a layer needs at
+    least two tiles to give both cores work, four to balance them. So: at most 128 rows and
+    about 64 KB of input+output per tile, at least 16 rows, and at least 4 tiles when there are
+    rows enough (a 7x7 layer of 49 rows becomes 4 tiles of 13).
+    """
+    by_cache = max(16, (64 * 1024 // 4) // max(1, in_channels + out_channels))
+    tile = min(128, by_cache)
+    if rows < 4 * tile:
+        tile = max(8, math.ceil(rows / 4))
+    return max(1, min(tile, rows))
+
+
+def linear_block_cols(out_features):
+    """Columns per block of the classifier: about 4 blocks, multiples of 16 (SGEMM's panel width)."""
+    return max(16, min(out_features, math.ceil(out_features / 4 / 16) * 16))
+
+
+def conv2d_rows_per_tile(out_w):
+    """Output rows per im2col tile: about 256 patch rows (a 27-wide patch slab of 27 KB)."""
+    return max(1, 256 // max(1, out_w))
+
+
+# ---------------------------------------------------------------------------------------------
+# public wrappers: validate, then call a kernel (what the tests call)
+# ---------------------------------------------------------------------------------------------
+def _f32(name, a, ndim, layout):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array {layout}, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _activation_code(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(k for k in ACTIVATIONS if k)} or None, got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def _sgemm(use_blas):
+    from npmobilenet.inference.blas import sgemm_address
+
+    return sgemm_address() if use_blas else 0
+
+
+def _run(pair, parallel, *args):
+    from npmobilenet.inference.blas import find_blas
+
+    kernel = pair[1] if parallel else pair[0]
+    blas = find_blas()
+    if blas is None:
+        return kernel(*args)
+    with blas.single_threaded():
+        return kernel(*args)
+
+
+def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parallel=True, use_blas=True):
+    """act(x' @ w + bias) [+ residual] over NHWC activations, x' = x * gate (per image, channel).
+
+    x: (N, H, W, K), w: (K, M), bias: (M,), residual: (N, H, W, M) or None,
+    gate: (N, K) or None -> y: (N, H, W, M). A residual comes with no activation (the linear
+    bottleneck). x is not modified (the fused model lets the kernel scale its input in place).
+    """
+    x = _f32("x", x, 4, "(N, H, W, K)").copy()
+    w = _f32("w", w, 2, "(K, M)")
+    bias = _f32("bias", bias, 1, "(M,)")
+    n, h, wd, k = x.shape
+    if w.shape[0] != k or bias.shape != (w.shape[1],):
+        raise ValueError(f"w must be ({k}, M) and bias (M,), got w {w.shape}, bias {bias.shape}")
+    act = _activation_code(activation)
+    m = w.shape[1]
+    rows = n * h * wd
+    res = _EMPTY_ROWS
+    if residual is not None:
+        if act != IDENTITY:
+            raise ValueError("a residual add is fused only into a linear (activation=None) projection")
+        res = _f32("residual", residual, 4, "(N, H, W, M)")
+        if res.shape != (n, h, wd, m):
+            raise ValueError(f"residual must have shape {(n, h, wd, m)}, got {res.shape}")
+        res = res.reshape(rows, m)
+    g = _EMPTY_ROWS
+    if gate is not None:
+        g = _f32("gate", gate, 2, "(N, K)")
+        if g.shape != (n, k):
+            raise ValueError(f"gate must have shape {(n, k)}, got {g.shape}")
+    y = np.empty((rows, m), np.float32)
+    _run(POINTWISE, parallel, x.reshape(rows, k), w, bias, act, res, g, h * wd,
+         pointwise_tile_rows(rows, k, m), _sgemm(use_blas), y)
+    return y.reshape(n, h, wd, m)
+
+
+def depthwise_output_size(size, kernel, stride, pad_before, pad_after):
+    return (size + pad_before + pad_after - kernel) // stride + 1
+
+
+def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_sums=False, parallel=True):
+    """act(depthwise(x, w) + bias). x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
+
+    stride: int or (sh, sw); padding: int or (top, bottom, left, right). With `with_row_sums`,
+    also returns the sums over each output row, (N, Ho, C).
+    """
+    x = _f32("x", x, 4, "(N, H, W, C)")
+    w = _f32("w", w, 3, "(KH, KW, C)")
+    bias = _f32("bias", bias, 1, "(C,)")
+    if w.shape[2] != x.shape[3] or bias.shape != (x.shape[3],):
+        raise ValueError(f"w must be (KH, KW, {x.shape[3]}) and bias ({x.shape[3]},), got {w.shape}, {bias.shape}")
+    sh, sw = (stride, stride) if np.isscalar(stride) else stride
+    pt, pb, pl, pr = (padding,) * 4 if np.isscalar(padding) else padding
+    n, h, wd, c = x.shape
+    ho = depthwise_output_size(h, w.shape[0], sh, pt, pb)
+    wo = depthwise_output_size(wd, w.shape[1], sw, pl, pr)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"no output: input {h}x{wd}, kernel {w.shape[:2]}, padding {(pt, pb, pl, pr)}")
+    y = np.empty((n, ho, wo, c), np.float32)
+    sums = np.empty((n, ho, c), np.float32) if with_row_sums else _EMPTY_SUMS
+    _run(DEPTHWISE, parallel, x, w, bias, _activation_code(activation), sh, sw, pt, pl, y, sums)
+    return (y, sums) if with_row_sums else y
+
+
+def squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, parallel=False):
+    """SE's gate from the per-row sums of its input. row_sums: (N, Ho, C), count = Ho*Wo,
+    w_reduce: (C, S), b_reduce: (S,), w_expand: (S, C), b_expand: (C,) -> gate (N, C)."""
+    row_sums = _f32("row_sums", row_sums, 3, "(N, Ho, C)")
+    w_reduce, w_expand = _f32("w_reduce", w_reduce, 2, "(C, S)"), _f32("w_expand", w_expand, 2, "(S, C)")
+    b_reduce, b_expand = _f32("b_reduce", b_reduce, 1, "(S,)"), _f32("b_expand", b_expand, 1, "(C,)")
+    n, _, c = row_sums.shape
+    s = w_reduce.shape[1]
+    if w_reduce.shape[0] != c or w_expand.shape != (s, c) or b_reduce.shape != (s,) or b_expand.shape != (c,):
+        raise ValueError("squeeze_excite_gate: weights do not match row_sums' channels")
+    gate = np.empty((n, c), np.float32)
+    hidden = np.empty((n, s), np.float32)
+    _run(SE_GATE, parallel, row_sums, int(count), w_reduce, b_reduce, w_expand, b_expand, hidden, gate)
+    return gate
+
+
+def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_blas=True):
+    """act(conv(x, w) + bias). x: (N, H, W, Cin), w: (KH, KW, Cin, Cout) -> y: (N, Ho, Wo, Cout)."""
+    x = _f32("x", x, 4, "(N, H, W, Cin)")
+    w = _f32("w", w, 4, "(KH, KW, Cin, Cout)")
+    bias = _f32("bias", bias, 1, "(Cout,)")
+    kh, kw, cin, cout = w.shape
+    if cin != x.shape[3] or bias.shape != (cout,):
+        raise ValueError(f"w must be (KH, KW, {x.shape[3]}, Cout) and bias (Cout,), got {w.shape}, {bias.shape}")
+    sh, sw = (stride, stride) if np.isscalar(stride) else stride
+    pt, pb, pl, pr = (padding,) * 4 if np.isscalar(padding) else padding
+    n, h, wd, _ = x.shape
+    ho, wo = depthwise_output_size(h, kh, sh, pt, pb), depthwise_output_size(wd, kw, sw, pl, pr)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"no output: input {h}x{wd}, kernel {(kh, kw)}, padding {(pt, pb, pl, pr)}")
+    y = np.empty((n, ho, wo, cout), np.float32)
+    rows_per_tile = conv2d_rows_per_tile(wo)
+    patches = np.empty((numba.config.NUMBA_NUM_THREADS, rows_per_tile * wo, kh * kw * cin), np.float32)
+    _run(CONV2D, parallel, x, w.reshape(kh * kw * cin, cout), bias, _activation_code(activation),
+         kh, kw, sh, sw, pt, pl, rows_per_tile, patches, _sgemm(use_blas), y)
+    return y
+
+
+def global_avg_pool(x, parallel=False):
+    """Mean over H and W. x: (N, H, W, C) -> (N, C)."""
+    x = _f32("x", x, 4, "(N, H, W, C)")
+    n, h, w, c = x.shape
+    y = np.empty((n, c), np.float32)
+    _run(GLOBAL_POOL, parallel, x.reshape(n, h * w, c), y)
+    return y
+
+
+def linear(x, w, bias, activation=None, parallel=True, use_blas=True):
+    """act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> (N, Cout)."""
+    x = _f32("x", x, 2, "(N, Cin)")
+    w = _f32("w", w, 2, "(Cin, Cout)")
+    bias = _f32("bias", bias, 1, "(Cout,)")
+    if w.shape[0] != x.shape[1] or bias.shape != (w.shape[1],):
+        raise ValueError(f"w must be ({x.shape[1]}, Cout) and bias (Cout,), got {w.shape}, {bias.shape}")
+    y = np.empty((x.shape[0], w.shape[1]), np.float32)
+    _run(LINEAR, parallel, x, w, bias, _activation_code(activation), linear_block_cols(w.shape[1]), _sgemm(use_blas), y)
+    return y
