@@ -18,7 +18,7 @@ def test_torchvision_parameter_counts():
     assert npmobilenet.build("mobilenet_v2").num_parameters() == 3_504_872
     assert npmobilenet.build("mobilenet_v3_large").num_parameters() == 5_483_032
     assert npmobilenet.build("mobilenet_v3_small").num_parameters() == 2_542_856
-    # V1 paper, Table 8: 4.2M; the conv and FC weights alone are 4,209,088, BN adds 22,888.
+    # V1 paper, Table 8: 4.2M; the conv and FC weights alone are 4,209,088, BN adds 21,888 and the FC bias 1,000.
     assert npmobilenet.build("mobilenet_v1").num_parameters() == 4_231_976
 
 
