@@ -34,10 +34,10 @@ def softmax(logits):
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def top_k(probabilities, k):
+def top_k(scores, k):
     """Indices (N, k) of the k largest per row, largest first (ties: lower index first)."""
-    k = min(k, probabilities.shape[1])
-    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    k = min(k, scores.shape[1])
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def classify(model, paths, topk=5, preprocess=Preprocess(), labels=None, batch_size=32, notes=None):
@@ -57,8 +57,10 @@ def classify(model, paths, topk=5, preprocess=Preprocess(), labels=None, batch_s
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
-        probabilities = softmax(model(load_batch(chunk, preprocess, notes)))
-        for path, p, best in zip(chunk, probabilities, top_k(probabilities, topk)):
+        logits = model(load_batch(chunk, preprocess, notes))
+        probabilities = softmax(logits)
+        # rank by logits: probabilities rounded to float32 can tie where the logits do not
+        for path, p, best in zip(chunk, probabilities, top_k(logits, topk)):
             results.append({"image": str(path), "top": [
                 {"index": int(i), "label": labels[i] if labels is not None else f"class {i}",
                  "probability": float(p[i])} for i in best]})
