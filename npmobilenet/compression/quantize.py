@@ -301,12 +301,14 @@ def fold_model(model):
 class QOp:
     """One integer op: reads int8 tensors `inputs`, writes int8 tensor `output`.
 
-    `attrs()` are its JSON-serialisable hyper-parameters and `arrays()` its integer arrays: the
-    two together are what `qformat` saves, and `from_record` rebuilds the op from them.
+    `attrs()` are its JSON-serialisable hyper-parameters and `arrays()` its arrays: the two
+    together (less the `derived` arrays) are what `qformat` saves, and `op_from_record` rebuilds
+    the op from them.
     """
 
     kind = None
     array_names = ()
+    derived = ()
 
     def __init__(self, name, inputs, output):
         self.name, self.inputs, self.output = name, tuple(inputs), output
@@ -321,15 +323,22 @@ class QOp:
         return f"{type(self).__name__}({self.name}: {', '.join(self.inputs)} -> {self.output})"
 
 
+def conv_multipliers(input_scale, weight_scale, output_scale):
+    """Per-channel (multiplier, shift) of a convolution: M[c] = s_x s_w[c] / s_y (Jacob et al., Eq. 5)."""
+    return quantize_multipliers(float(input_scale) * weight_scale.astype(np.float64) / float(output_scale))
+
+
 class QConv(QOp):
     """Standard, depthwise, pointwise convolution or linear layer on int8, with fused clamp.
 
-    weight int8 (layout of its variant), bias int32 (Cout,), multiplier/shift int32 (Cout,),
-    weight_scale float32 (Cout,) (kept so the model can be dequantized or exported).
+    weight int8 (layout of its variant), bias int32 (Cout,), weight_scale float32 (Cout,),
+    multiplier/shift int32 (Cout,). The multipliers follow from the scales (`conv_multipliers`),
+    so a checkpoint does not store them: `derived` names them.
     """
 
     kind = "conv"
     array_names = ("weight", "weight_scale", "bias", "multiplier", "shift")
+    derived = ("multiplier", "shift")
 
     def __init__(self, name, inputs, output, variant, weight, weight_scale, bias, multiplier, shift,
                  lo, hi, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), activation=None):
@@ -461,12 +470,17 @@ class QAdd(QOp):
 OP_TYPES = {cls.kind: cls for cls in (QConv, QLookup, QMean, QChannelScale, QAdd)}
 
 
-def op_from_record(attrs, arrays):
-    """Rebuild a quantized op from its `attrs()` and `arrays()` (as `qformat` stores them)."""
+def op_from_record(attrs, arrays, tensors):
+    """Rebuild a quantized op from its `attrs()` and saved arrays; `tensors` gives the scales
+    from which derived arrays (a convolution's multipliers) are recomputed."""
     attrs = dict(attrs)
     cls = OP_TYPES.get(attrs.pop("kind", None))
     if cls is None:
         raise ValueError(f"unknown quantized op kind in {attrs}")
+    arrays = dict(arrays)
+    if cls is QConv and "multiplier" not in arrays:
+        (sx, _), (sy, _) = tensors[attrs["inputs"][0]], tensors[attrs["output"]]
+        arrays["multiplier"], arrays["shift"] = conv_multipliers(sx, np.asarray(arrays["weight_scale"]), sy)
     attrs.update({k: arrays[k] for k in cls.array_names})
     return cls(**attrs)
 
@@ -654,7 +668,7 @@ def quantize_graph(graph, qparams, per_channel=True):
             wq, ws = quantize_weight(op.weight, per_channel)
             bias_scale = sx * ws.astype(np.float64)
             bias = np.clip(np.round(op.bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
-            multiplier, shift = quantize_multipliers(bias_scale / sy)
+            multiplier, shift = conv_multipliers(sx, ws, sy)
             lo, hi = _clamp(op.activation, sy, zy)
             ops.append(QConv(op.name, op.inputs, op.output, op.variant, wq, ws, bias, multiplier, shift, lo, hi,
                              op.stride, op.padding, op.dilation, op.activation))
