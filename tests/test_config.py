@@ -1,0 +1,92 @@
+"""Every Numba kernel in npmobilenet is built with the options in `npmobilenet.config`, and
+importing the package compiles nothing."""
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+
+import numba
+import pytest
+from numba.core.caching import FunctionCache
+
+import npmobilenet
+from npmobilenet import config
+
+
+def _modules():
+    names = [npmobilenet.__name__]
+    names += [m.name for m in pkgutil.walk_packages(npmobilenet.__path__, npmobilenet.__name__ + ".")]
+    return [importlib.import_module(name) for name in names if not name.endswith("__main__")]
+
+
+def _dispatchers():
+    """Every Numba dispatcher defined (not merely imported) in an npmobilenet module."""
+    found = {}
+    for module in _modules():
+        for attr, obj in vars(module).items():
+            if isinstance(obj, numba.core.dispatcher.Dispatcher) and obj.py_func.__module__ == module.__name__:
+                found[f"{module.__name__}.{attr}"] = obj
+    return found
+
+
+def test_kernels_exist():
+    names = set(_dispatchers())
+    for kernel in ("npmobilenet.ops.depthwise._depthwise_forward_serial",
+                   "npmobilenet.ops.depthwise._depthwise_forward_parallel",
+                   "npmobilenet.ops.conv._im2col_parallel"):
+        assert kernel in names
+
+
+@pytest.mark.parametrize("name, dispatcher", sorted(_dispatchers().items()))
+def test_kernel_uses_config_options(name, dispatcher):
+    options = dispatcher.targetoptions
+    assert set(options.get("fastmath") or ()) == set(config.FASTMATH), f"{name}: fastmath {options.get('fastmath')}"
+    for key, value in config.KERNEL_OPTIONS.items():
+        if key == "cache":
+            # cache=True is not kept in targetoptions; it installs an on-disk FunctionCache
+            assert isinstance(dispatcher._cache, FunctionCache), f"{name} is not cached"
+        elif key != "fastmath":
+            assert options.get(key) == value, f"{name}: {key}={options.get(key)!r}, config says {value!r}"
+    assert options.get("parallel") in (True, False), f"{name}: parallel must be set explicitly"
+
+
+def test_cached_kernels_never_share_cache_files():
+    # Numba names cache files by module, qualified name and line, and does not key them by
+    # parallel=: a serial and a parallel build of one function must not share files, or one loads
+    # the other's machine code (ops.geometry.serial_and_parallel gives the parallel twin its own name).
+    owners = {}
+    for name, dispatcher in _dispatchers().items():
+        index = dispatcher._cache._cache_file._index_path
+        assert index not in owners, f"{name} and {owners.get(index)} share the cache file {index}"
+        owners[index] = name
+
+
+def test_importing_npmobilenet_compiles_nothing():
+    # A fresh interpreter: import every module, then count compiled signatures.
+    script = (
+        "import importlib, json, pkgutil, numba, npmobilenet\n"
+        "names = [m.name for m in pkgutil.walk_packages(npmobilenet.__path__, 'npmobilenet.')"
+        " if not m.name.endswith('__main__')]\n"
+        "modules = [importlib.import_module(n) for n in names]\n"
+        "compiled = {f'{m.__name__}.{a}': len(o.overloads) for m in modules for a, o in vars(m).items()"
+        " if isinstance(o, numba.core.dispatcher.Dispatcher)}\n"
+        "print(json.dumps(compiled))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    compiled = json.loads(out.stdout.strip().splitlines()[-1])
+    assert compiled, "no Numba kernels found"
+    assert {name: n for name, n in compiled.items() if n} == {}
+
+
+def test_set_num_threads_round_trip():
+    before = config.get_num_threads()
+    try:
+        config.set_num_threads(1)
+        assert config.get_num_threads() == 1
+    finally:
+        config.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be between 1 and"):
+        config.set_num_threads(0)
+    with pytest.raises(TypeError, match="threads must be an int"):
+        config.set_num_threads(2.0)
