@@ -165,6 +165,8 @@ def test_bad_images_are_clear_errors(tmp_path):
         load_image(tmp_path / "cut.png")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "absent.png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path)  # a directory
 
 
 # -- the command ------------------------------------------------------------------------------------------

@@ -220,3 +220,16 @@ def test_not_a_checkpoint(tmp_path):
             archive.writestr("m/data.pkl", pickle.dumps({}))
             archive.writestr("m/constants.pkl", pickle.dumps(()))
         load_torch_file(_write(tmp_path, "script.pt", buffer.getvalue()))
+
+
+def test_training_arguments_namespace_reads_as_a_dict(tmp_path):
+    # timm's CheckpointSaver stores its argparse.Namespace next to the state dict
+    import argparse
+
+    payload = pickle.dumps({"args": argparse.Namespace(model="mobilenetv3_large_100", lr=0.1), "epoch": 4}, protocol=2)
+    got = load_torch_file(_write(tmp_path, "train.pth", _torch_zip(payload)))
+    assert got == {"args": {"model": "mobilenetv3_large_100", "lr": 0.1}, "epoch": 4}
+    # but a Namespace cannot smuggle anything: its fields go through the same restricted unpickler
+    payload = pickle.dumps({"args": argparse.Namespace(hook=_RunsCommand("true"))}, protocol=2)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_torch_file(_write(tmp_path, "train2.pth", _torch_zip(payload)))

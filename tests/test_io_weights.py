@@ -14,7 +14,7 @@ import npmobilenet
 from npmobilenet.io import keymaps
 from npmobilenet.io.weights import (
     from_weights, inspect_weights, load_weights, read_foreign_state, read_safetensors, sniff_format,
-    state_dict_from,
+    foreign_state_dict, state_dict_from,
 )
 from npmobilenet.models import builder
 
@@ -276,3 +276,32 @@ def test_nested_training_checkpoint_and_dataparallel_prefix():
     assert set(found) == set(original) and all(found[k] is original[k] for k in original)
     with pytest.raises(ValueError, match="no dict of tensors found"):
         state_dict_from({"epoch": 3, "optimizer": {}}, "x.pth")
+
+
+@pytest.mark.parametrize("naming,arch", [("timm", "mobilenet_v3_small"), ("torchvision", "mobilenet_v3_large"),
+                                         ("timm", "mobilenet_v1")])
+def test_width_one_files_round_trip_through_foreign_names(tmp_path, naming, arch):
+    # At width 1.0 timm's V3 differs from torchvision's only in batch-norm constants, so the
+    # builder follows it without per-block options; the model the file describes is rebuilt exactly.
+    st = pytest.importorskip("safetensors.numpy")
+    overrides = dict(bn_eps=1e-5, bn_momentum=0.1) if naming == "timm" and arch != "mobilenet_v1" else {}
+    model = npmobilenet.build(arch, width=1.0, num_classes=5, seed=4, **overrides)
+    path = str(tmp_path / "w.safetensors")
+    st.save_file(foreign_state_dict(model, naming), path)
+    info = inspect_weights(path)
+    assert (info.naming, info.arch, info.width, info.num_classes) == (naming, arch, 1.0, 5)
+    again = from_weights(path)
+    assert again.config == model.config
+    a, b = model.state_dict(), again.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_depth_multiplied_timm_variant_is_named_unsupported(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    state = read_foreign_state(fixture_path("timm_mobilenetv2_w010"))
+    # add a fourth block to stage 2, as timm's depth multiplier (mobilenetv2_110d) would
+    state.update({k.replace("blocks.2.2.", "blocks.2.3."): v for k, v in state.items() if k.startswith("blocks.2.2.")})
+    path = str(tmp_path / "deeper.safetensors")
+    st.save_file(state, path)
+    with pytest.raises(ValueError, match="has 18 blocks where the paper's has 17"):
+        from_weights(path)

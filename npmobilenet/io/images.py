@@ -63,6 +63,8 @@ def load_image(path):
         image.load()  # decode now, so a truncated file fails here, with its name
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} does not exist") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc.strerror}") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:

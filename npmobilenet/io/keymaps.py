@@ -282,6 +282,15 @@ def detect_naming(keys):
     )
 
 
+def count_blocks(state, naming, arch):
+    """How many blocks the file's network has (our builder makes the papers' count)."""
+    if naming == "timm":
+        n_stages = len(TIMM_STAGE_REPEATS[arch])
+        return len({tuple(k.split(".")[1:3]) for k in state
+                    if k.startswith("blocks.") and k.split(".")[1].isdigit() and int(k.split(".")[1]) < n_stages})
+    return max(int(k.split(".")[1]) for k in state if k.startswith("features.")) - 1
+
+
 def _block_prefixes(state, naming, arch):
     """The file's block prefixes, in order."""
     if naming == "timm":

@@ -10,6 +10,7 @@ needs, each mapped to *our own* inert stand-in, never to the real object:
     torch.FloatStorage, torch.HalfStorage, ...          -> a storage-type marker (a dtype)
     collections.OrderedDict                             -> OrderedDict
     _codecs.encode (protocol-2 bytes, latin-1 only)     -> str.encode("latin-1")
+    argparse.Namespace (timm's training checkpoints)    -> a plain record, returned as a dict
 
 Every other global raises `UnsafeCheckpointError` naming it. Every way a pickle can reach a callable
 (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT1/2/4) goes through `find_class`, and pickle has no opcode for
@@ -51,7 +52,7 @@ STORAGE_DTYPES = {
 # The first pickle of a legacy file: protocol 2, LONG1 of 10 bytes, torch's MAGIC_NUMBER.
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-_LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
+LEGACY_PREFIX = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -95,6 +96,23 @@ class Storage(_Inert):
         self.key = key
         self.numel = numel
         self.array = None
+
+
+class Namespace:
+    """Stand-in for argparse.Namespace (timm saves its training arguments in checkpoints): it only
+    accepts a dict of plain values as its state, and is read back as that dict."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, *args, **kwargs):
+        if args or kwargs:
+            raise UnsafeCheckpointError("argparse.Namespace built with arguments; refusing")
+        self.fields = {}
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise UnsafeCheckpointError("argparse.Namespace with a state that is not a dict of names")
+        self.fields = dict(state)
 
 
 class TensorRecord(_Inert):
@@ -179,6 +197,7 @@ ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("_codecs", "encode"): _latin1_encode,
+    ("argparse", "Namespace"): Namespace,
 }
 
 
@@ -316,6 +335,8 @@ def _materialise(obj):
     """Replace every TensorRecord in nested dicts/lists/tuples by its NumPy array."""
     if isinstance(obj, TensorRecord):
         return obj.to_numpy()
+    if isinstance(obj, Namespace):
+        return {k: _materialise(v) for k, v in obj.fields.items()}
     if isinstance(obj, collections.OrderedDict):
         return collections.OrderedDict((k, _materialise(v)) for k, v in obj.items())
     if isinstance(obj, dict):
@@ -337,10 +358,10 @@ def load_torch_file(path):
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_PREFIX))
+        head = f.read(len(LEGACY_PREFIX))
     if head[:4] == b"PK\x03\x04":
         obj = _read_zip(path)
-    elif head == _LEGACY_PREFIX:
+    elif head == LEGACY_PREFIX:
         obj = _read_legacy(path)
     elif head[:2] == b"PK" or zipfile.is_zipfile(path):
         obj = _read_zip(path)

@@ -55,7 +55,7 @@ def sniff_format(path):
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         raise ValueError(f"{path} is a zip file but neither an .npz nor a torch.save checkpoint")
-    if head.startswith(torch_zip._LEGACY_PREFIX[:4]) and head[:14] == torch_zip._LEGACY_PREFIX:
+    if head[:len(torch_zip.LEGACY_PREFIX)] == torch_zip.LEGACY_PREFIX:
         return "torch"
     if len(head) >= 9:
         header_len = int.from_bytes(head[:8], "little")
@@ -234,7 +234,13 @@ def inspect_weights(path):
 
 
 def _inspect_state(path, fmt, state):
+    from npmobilenet.models import arch_spec
+
     naming, arch = keymaps.detect_naming(state)
+    blocks, expected = keymaps.count_blocks(state, naming, arch), len(arch_spec(arch).blocks)
+    if blocks != expected:
+        raise ValueError(f"{path}: this {naming} {arch} has {blocks} blocks where the paper's has {expected} "
+                         f"(a depth-multiplied variant such as timm's mobilenetv2_110d/120d?); not supported")
     try:
         num_classes = keymaps.num_classes_of(state, naming, arch)
     except KeyError as exc:
@@ -298,6 +304,18 @@ def convert_state(model, state, naming):
     if mismatched:
         problems.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
     return converted, problems
+
+
+def foreign_state_dict(model, naming):
+    """`model`'s weights under torchvision's or timm's names and PyTorch layouts (the inverse of
+    loading), with the `num_batches_tracked` counters PyTorch's strict loading expects."""
+    targets = _model_targets(model)
+    state = {}
+    for ours, theirs, kind in keymaps.key_map(model, naming):
+        state[theirs] = keymaps.to_torch(kind, targets[ours])
+        if theirs.endswith(".running_var"):
+            state[theirs[: -len("running_var")] + "num_batches_tracked"] = np.array(0, dtype=np.int64)
+    return state
 
 
 def _load_npz(model, path):
