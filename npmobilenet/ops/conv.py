@@ -34,22 +34,36 @@ def _im2col(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, 
     # x: (N, H, W, Cin) -> cols: (N, Ho, Wo, KH*KW*Cin); taps in the padding give zeros.
     batch, height, width, channels = x.shape
     out_height, out_width = cols.shape[1], cols.shape[2]
+    x_rows = x.reshape(batch, height, width * channels)
+    run = kernel_w * channels  # one kernel row of a receptive field
     for row in prange(batch * out_height):
         n = row // out_height
         oh = row - n * out_height
+        fields = cols[n, oh]
         for ow in range(out_width):
-            field = cols[n, oh, ow]
+            left = ow * stride_w - pad_left
+            inside = left >= 0 and left + (kernel_w - 1) * dilation_w < width
+            field = fields[ow]
             for i in range(kernel_h):
                 ih = oh * stride_h - pad_top + i * dilation_h
-                for j in range(kernel_w):
-                    iw = ow * stride_w - pad_left + j * dilation_w
-                    tap = field[(i * kernel_w + j) * channels:(i * kernel_w + j + 1) * channels]
-                    if ih < 0 or ih >= height or iw < 0 or iw >= width:
-                        tap[:] = 0
-                    else:
-                        x_pixel = x[n, ih, iw]
-                        for c in range(channels):
-                            tap[c] = x_pixel[c]
+                dst = field[i * run:(i + 1) * run]
+                if ih < 0 or ih >= height:
+                    dst[:] = 0
+                elif inside and dilation_w == 1:
+                    # the whole kernel row is one contiguous run of x
+                    src = x_rows[n, ih, left * channels:left * channels + run]
+                    for k in range(run):
+                        dst[k] = src[k]
+                else:
+                    for j in range(kernel_w):
+                        iw = left + j * dilation_w
+                        tap = dst[j * channels:(j + 1) * channels]
+                        if iw < 0 or iw >= width:
+                            tap[:] = 0
+                        else:
+                            x_pixel = x[n, ih, iw]
+                            for c in range(channels):
+                                tap[c] = x_pixel[c]
 
 
 _im2col_serial, _im2col_parallel = serial_and_parallel(_im2col)
