@@ -8,7 +8,12 @@ __version__ = "0.1.0"
 from npmobilenet.models import ARCHS, build  # noqa: E402
 
 # Public names that live in modules loaded on first use: name -> module.
-_LAZY = {}
+_LAZY = {
+    "load_weights": "npmobilenet.io.weights",
+    "from_weights": "npmobilenet.io.weights",
+    "inspect_weights": "npmobilenet.io.weights",
+    "export_onnx": "npmobilenet.io.onnx_export",
+}
 
 
 def __getattr__(name):

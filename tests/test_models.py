@@ -171,3 +171,17 @@ def test_backward_fills_every_gradient():
     net(np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32))
     net.backward(np.ones((2, 4), np.float32))
     assert all(np.all(np.isfinite(p.grad)) for p in net.parameters())
+
+
+def test_expanded_channels_override_round_trips():
+    base = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=3)
+    widths = [b.expanded_channels for b in base.blocks]
+    narrower = [max(8, w - 8) for w in widths]
+    net = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=3, expanded_channels=narrower)
+    assert [b.expanded_channels for b in net.blocks] == narrower
+    assert net.num_parameters() < base.num_parameters()
+    assert [b.expanded_channels for b in npmobilenet.build(**net.config).blocks] == narrower
+    with pytest.raises(ValueError, match="one width per block"):
+        npmobilenet.build("mobilenet_v3_small", expanded_channels=[16, 16])
+    with pytest.raises(ValueError, match="not mobilenet_v1"):
+        npmobilenet.build("mobilenet_v1", expanded_channels=[16])
