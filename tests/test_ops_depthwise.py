@@ -141,12 +141,14 @@ def test_parallel_builds_really_ran_in_parallel(monkeypatch):
 
 
 # Hypothesis keeps channels <= 8 and widths <= 12, so a row is one tile; these cases have several
-# tiles per row, odd output heights (the last row of a pair step alone), and every kernel path.
+# tiles per row (at the default tile size and at a small one), odd output heights (the last row of
+# a pair step alone), and every kernel path.
+@pytest.mark.parametrize("tile_elements", [depthwise.TILE_ELEMENTS, 64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "x_shape, kernel, stride, padding, dilation",
     [
-        ((2, 11, 13, 40), (3, 3), 1, 1, 1),  # paired 3x3 rows, 2 tiles of 6 pixels per row
+        ((2, 11, 30, 40), (3, 3), 1, 1, 1),  # paired 3x3 rows, several tiles per row
         ((1, 9, 17, 24), (3, 3), 2, ((0, 1), (0, 1)), 1),  # TF SAME at stride 2: asymmetric padding
         ((1, 12, 12, 33), (3, 3), 1, 2, 2),  # dilated 3x3: fused single rows
         ((2, 10, 14, 72), (5, 5), 1, 2, 1),  # V3's 5x5: tap-by-tap interior
@@ -154,7 +156,9 @@ def test_parallel_builds_really_ran_in_parallel(monkeypatch):
         ((1, 8, 30, 16), (3, 3), (1, 2), (1, 0), 1),
     ],
 )
-def test_multi_tile_rows_match_reference(dtype, x_shape, kernel, stride, padding, dilation):
+def test_multi_tile_rows_match_reference(dtype, tile_elements, x_shape, kernel, stride, padding, dilation,
+                                         monkeypatch):
+    monkeypatch.setattr(depthwise, "TILE_ELEMENTS", tile_elements)
     rng = np.random.default_rng(4)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(kernel + (x_shape[3],)).astype(dtype)

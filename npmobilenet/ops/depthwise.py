@@ -47,7 +47,7 @@ from npmobilenet.ops.geometry import (
 
 # Channels x pixels per inner loop: long enough to vectorise well, short enough that a tile of
 # y and the nine tap rows of x and w_tiled stay in L1.
-TILE_ELEMENTS = 256
+TILE_ELEMENTS = 512
 
 
 def _tile_pixels(channels, stride_w):
