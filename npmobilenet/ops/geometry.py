@@ -2,7 +2,8 @@
 
 Every public op calls these before a kernel runs, so a kernel sees only clean C-contiguous
 arrays and ints, and a user sees a `ValueError`/`TypeError` naming the argument, never a Numba
-typing error.
+typing error. `serial_and_parallel` and `choose_kernel` build and pick the two compilations of a
+kernel body.
 """
 import numbers
 import types
