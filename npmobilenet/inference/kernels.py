@@ -167,35 +167,139 @@ def _pointwise_conv(x, w, bias, act, residual, gate, rows_per_image, tile_rows, 
             _bias_act(y[p0:p1], bias, act)
 
 
+# The 3x3 and 5x5 depthwise rows are written out tap by tap, so that the channel loop is the
+# innermost loop, vectorises over the contiguous channel axis and keeps each pixel's running sum
+# in a register (a loop over taps around it would store the sum to memory at every tap). Indexing
+# the whole arrays (not views per tap) lets the compiler check aliasing once per array. One call
+# per output row: a call per pixel would cost more than a 32-channel pixel's arithmetic.
+@njit_serial
+def _depthwise_3x3_row(x, w, bias, y, n, oh, ih, stride_w, pad_left, ow_lo, ow_hi):
+    """y[n, oh, :] = bias + 3x3 taps from input rows ih..ih+2. Columns ow_lo..ow_hi-1 of a row
+    whose taps are all inside x index directly; elsewhere indices are clamped into x and the
+    taps in the zero padding are multiplied by 0."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    inside_rows = ih >= 0 and ih + 3 <= height
+    i0, i1, i2 = min(max(ih, 0), height - 1), min(max(ih + 1, 0), height - 1), min(max(ih + 2, 0), height - 1)
+    m0, m1, m2 = _F32(0 <= ih < height), _F32(0 <= ih + 1 < height), _F32(0 <= ih + 2 < height)
+    for ow in range(y.shape[2]):
+        iw = ow * stride_w - pad_left
+        if inside_rows and ow_lo <= ow < ow_hi:
+            for c in range(channels):
+                y[n, oh, ow, c] = (
+                    bias[c]
+                    + x[n, ih, iw, c] * w[0, 0, c] + x[n, ih, iw + 1, c] * w[0, 1, c] + x[n, ih, iw + 2, c] * w[0, 2, c]
+                    + x[n, ih + 1, iw, c] * w[1, 0, c] + x[n, ih + 1, iw + 1, c] * w[1, 1, c]
+                    + x[n, ih + 1, iw + 2, c] * w[1, 2, c]
+                    + x[n, ih + 2, iw, c] * w[2, 0, c] + x[n, ih + 2, iw + 1, c] * w[2, 1, c]
+                    + x[n, ih + 2, iw + 2, c] * w[2, 2, c])
+        else:
+            j0, j1, j2 = min(max(iw, 0), width - 1), min(max(iw + 1, 0), width - 1), min(max(iw + 2, 0), width - 1)
+            k0, k1, k2 = _F32(0 <= iw < width), _F32(0 <= iw + 1 < width), _F32(0 <= iw + 2 < width)
+            for c in range(channels):
+                y[n, oh, ow, c] = (
+                    bias[c]
+                    + m0 * (k0 * x[n, i0, j0, c] * w[0, 0, c] + k1 * x[n, i0, j1, c] * w[0, 1, c]
+                            + k2 * x[n, i0, j2, c] * w[0, 2, c])
+                    + m1 * (k0 * x[n, i1, j0, c] * w[1, 0, c] + k1 * x[n, i1, j1, c] * w[1, 1, c]
+                            + k2 * x[n, i1, j2, c] * w[1, 2, c])
+                    + m2 * (k0 * x[n, i2, j0, c] * w[2, 0, c] + k1 * x[n, i2, j1, c] * w[2, 1, c]
+                            + k2 * x[n, i2, j2, c] * w[2, 2, c]))
+
+
+@njit_serial
+def _depthwise_5x5_row(x, w, bias, y, n, oh, ih, stride_w, pad_left, ow_lo, ow_hi):
+    """As `_depthwise_3x3_row` for 5x5 kernels, one pass per kernel row (five taps at a time)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    out_w = y.shape[2]
+    for ow in range(out_w):
+        for c in range(channels):
+            y[n, oh, ow, c] = bias[c]
+    for i in range(5):
+        row = ih + i
+        if row < 0 or row >= height:
+            continue                         # a row of zero padding
+        for ow in range(out_w):
+            iw = ow * stride_w - pad_left
+            if ow_lo <= ow < ow_hi:
+                for c in range(channels):
+                    y[n, oh, ow, c] += (
+                        x[n, row, iw, c] * w[i, 0, c] + x[n, row, iw + 1, c] * w[i, 1, c]
+                        + x[n, row, iw + 2, c] * w[i, 2, c] + x[n, row, iw + 3, c] * w[i, 3, c]
+                        + x[n, row, iw + 4, c] * w[i, 4, c])
+            else:
+                j0, j1, j2 = min(max(iw, 0), width - 1), min(max(iw + 1, 0), width - 1), min(max(iw + 2, 0), width - 1)
+                j3, j4 = min(max(iw + 3, 0), width - 1), min(max(iw + 4, 0), width - 1)
+                k0, k1, k2 = _F32(0 <= iw < width), _F32(0 <= iw + 1 < width), _F32(0 <= iw + 2 < width)
+                k3, k4 = _F32(0 <= iw + 3 < width), _F32(0 <= iw + 4 < width)
+                for c in range(channels):
+                    y[n, oh, ow, c] += (
+                        k0 * x[n, row, j0, c] * w[i, 0, c] + k1 * x[n, row, j1, c] * w[i, 1, c]
+                        + k2 * x[n, row, j2, c] * w[i, 2, c] + k3 * x[n, row, j3, c] * w[i, 3, c]
+                        + k4 * x[n, row, j4, c] * w[i, 4, c])
+
+
+@njit_serial
+def _depthwise_row(x, w, bias, y, n, oh, ih, stride_w, pad_left):
+    """Any kernel size: y[n, oh, :] = bias + the taps inside x, one tap at a time."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    yrow = y[n, oh]
+    for ow in range(y.shape[2]):
+        for c in range(channels):
+            yrow[ow, c] = bias[c]
+    for i in range(kh):
+        row = ih + i
+        if row < 0 or row >= height:
+            continue
+        for ow in range(y.shape[2]):
+            for j in range(kw):
+                iw = ow * stride_w - pad_left + j
+                if 0 <= iw < width:
+                    for c in range(channels):
+                        yrow[ow, c] += x[n, row, iw, c] * w[i, j, c]
+
+
+@njit_serial
+def _activate(y, act):
+    """y = act(y) in place, y: (rows, C)."""
+    rows, channels = y.shape
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    if act == RELU:
+        for p in range(rows):
+            for c in range(channels):
+                y[p, c] = max(y[p, c], zero)
+    elif act == RELU6:
+        for p in range(rows):
+            for c in range(channels):
+                y[p, c] = min(max(y[p, c], zero), six)
+    elif act == HARDSWISH:
+        for p in range(rows):
+            for c in range(channels):
+                v = y[p, c]
+                y[p, c] = v * min(max(v + three, zero), six) * sixth
+
+
 def _depthwise_conv(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, row_sums):
-    # x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C);
+    # x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
     # row_sums: (N, Ho, C) (sum over ow of y, SE's squeeze) or (0, 1, 1).
     n_images, height, width, channels = x.shape
     kh, kw = w.shape[0], w.shape[1]
     out_h, out_w = y.shape[1], y.shape[2]
+    # output columns whose every tap lands inside the row: 0 <= ow*sw - pad_left and ow*sw - pad_left + kw <= W
+    ow_lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
+    ow_hi = max(ow_lo, min(out_w, (width - kw + pad_left) // stride_w + 1))
     for r in prange(n_images * out_h):
         n = r // out_h
         oh = r - n * out_h
-        yrow = y[n, oh]                      # (Wo, C): stays in L1/L2 while its taps accumulate
-        for ow in range(out_w):
-            for c in range(channels):
-                yrow[ow, c] = 0
-        for i in range(kh):
-            ih = oh * stride_h - pad_top + i
-            if ih < 0 or ih >= height:
-                continue                     # a row of zero padding
-            xrow = x[n, ih]
-            for j in range(kw):
-                wij = w[i, j]
-                # output columns whose tap j lands inside the row: 0 <= ow*sw - pad_left + j < W
-                ow_lo = max(0, (pad_left - j + stride_w - 1) // stride_w)
-                ow_hi = min(out_w, (width - 1 + pad_left - j) // stride_w + 1)
-                for ow in range(ow_lo, ow_hi):
-                    xv = xrow[ow * stride_w - pad_left + j]
-                    yv = yrow[ow]
-                    for c in range(channels):
-                        yv[c] += xv[c] * wij[c]
-        _bias_act(yrow, bias, act)
+        ih0 = oh * stride_h - pad_top
+        if kh == 3 and kw == 3:
+            _depthwise_3x3_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, ow_lo, ow_hi)
+        elif kh == 5 and kw == 5:
+            _depthwise_5x5_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, ow_lo, ow_hi)
+        else:
+            _depthwise_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left)
+        yrow = y[n, oh]
+        _activate(yrow, act)
         if row_sums.shape[0] > 0:
             sums = row_sums[n, oh]
             for c in range(channels):
