@@ -129,7 +129,11 @@ def test_pointwise_int8_matches_reference_bit_for_bit(rows, cin, cout, seed):
     x, w = _int8(rng, (rows, cin)), _int8(rng, (cin, cout))
     zx = int(rng.integers(-128, 128))
     args = _requant_args(rng, cout, cin)
-    assert np.array_equal(qkernels.pointwise_int8(x, zx, w, *args), qreference.pointwise(x, zx, w, *args))
+    expected = qreference.pointwise(x, zx, w, *args)
+    assert np.array_equal(qkernels.pointwise_int8(x, zx, w, *args), expected)
+    # the dot-product loop order (taken when Cin > Cout) computes the same integers
+    dot = qkernels.dot_form(w, args[0], zx)
+    assert np.array_equal(qkernels.pointwise_int8(x, zx, w, *args, dot=dot), expected)
 
 
 def test_parallel_drivers_match_the_serial_kernels(monkeypatch):
@@ -145,7 +149,13 @@ def test_parallel_drivers_match_the_serial_kernels(monkeypatch):
     expected = qreference.conv2d(x, zx, w_std, *args, *geometry)
     assert np.array_equal(qkernels.conv2d_int8(x, zx, w_std, *args, *geometry, expected.shape), expected)
     x2 = x.reshape(-1, 6)
-    assert np.array_equal(qkernels.pointwise_int8(x2, zx, w_pw, *args), qreference.pointwise(x2, zx, w_pw, *args))
+    expected = qreference.pointwise(x2, zx, w_pw, *args)
+    assert np.array_equal(qkernels.pointwise_int8(x2, zx, w_pw, *args), expected)
+    w_wide = _int8(rng, (12, 6))
+    x3 = _int8(rng, (40, 12))
+    expected = qreference.pointwise(x3, zx, w_wide, *args)
+    dot = qkernels.dot_form(w_wide, args[0], zx)
+    assert np.array_equal(qkernels.pointwise_int8(x3, zx, w_wide, *args, dot=dot), expected)
 
 
 @given(st.integers(0, 2**16))
