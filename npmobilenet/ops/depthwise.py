@@ -29,8 +29,8 @@ and LLVM vectorises it. On top of that:
 
 Backward (hand-written):
   * dx: at stride 1, dx is the same correlation run over dy with the kernel turned by 180 degrees
-    and padding (KH-1)*dh - pt (a gather), so the forward kernel computes it. At larger strides a
-    gather over input rows finds, for each input pixel, the output pixels and taps it fed.
+    and padding (KH-1)*dh - pt (a gather), so the forward kernel computes it. At larger strides
+    each input row gathers the output rows it fed, and adds their taps into its own columns.
   * dw[i, j, c] = sum over batch and output pixels of dy * x at tap (i, j): accumulated per chunk
     of output rows into that chunk's own buffer (one chunk per thread), the buffers summed after.
 Parallelism: `prange` over batch x output rows (forward), batch x input rows (dx at stride > 1)
@@ -244,8 +244,9 @@ _depthwise_forward_serial, _depthwise_forward_parallel = serial_and_parallel(_de
 # -- backward, input gradient at stride > 1: dy (N, Ho, Wo, C), w (KH, KW, C) -> dx (N, H, W, C) -----
 def _depthwise_backward_input_strided(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w):
     # dy: (N, Ho, Wo, C), w: (KH, KW, C) -> dx: (N, H, W, C).
-    # Gather: input pixel (ih, iw) fed output (oh, ow) through tap (i, j) when
-    # ih = oh*sh - pt + i*dh and iw = ow*sw - pl + j*dw, so oh = (ih + pt - i*dh) / sh must be whole.
+    # Input row ih received output row oh through kernel row i when ih = oh*sh - pt + i*dh, i.e. when
+    # (ih + pt - i*dh) / sh is a whole row index; within that row pair, tap j sends output column
+    # ow to input column ow*sw - pl + j*dw. Each iteration writes only its own input row.
     batch, height, width, channels = dx.shape
     kernel_h, kernel_w, _ = w.shape
     out_height, out_width = dy.shape[1], dy.shape[2]
@@ -261,15 +262,15 @@ def _depthwise_backward_input_strided(dy, w, dx, stride_h, stride_w, pad_top, pa
             if t < 0 or t % stride_h != 0 or t // stride_h >= out_height:
                 continue
             dy_row = dy_rows[n, t // stride_h]
-            for iw in range(width):
-                dx_pixel = dx_row[iw * channels:(iw + 1) * channels]
-                for j in range(kernel_w):
-                    u = iw + pad_left - j * dilation_w
-                    if u < 0 or u % stride_w != 0 or u // stride_w >= out_width:
-                        continue
-                    ow = u // stride_w
+            for j in range(kernel_w):
+                w_tap = w[i, j]
+                shift = j * dilation_w - pad_left  # input column of output column 0 at tap j
+                first = min(max(-(shift // stride_w), 0), out_width)  # first ow with ow*sw + shift >= 0
+                last = max(min((width - 1 - shift) // stride_w + 1, out_width), first)
+                for ow in range(first, last):
+                    iw = ow * stride_w + shift
+                    dx_pixel = dx_row[iw * channels:(iw + 1) * channels]
                     dy_pixel = dy_row[ow * channels:(ow + 1) * channels]
-                    w_tap = w[i, j]
                     for c in range(channels):
                         dx_pixel[c] += dy_pixel[c] * w_tap[c]
 
