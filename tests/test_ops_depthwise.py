@@ -219,3 +219,24 @@ def test_known_values():
     x[..., 0] = 1.0
     w = np.ones((3, 3, 2))
     np.testing.assert_array_equal(depthwise_conv2d(x, w)[0, 0, 0], [9.0, 0.0])
+
+
+def test_parallel_build_gives_the_same_result_at_every_thread_count(monkeypatch):
+    # the thread count may change between calls of a cached parallel kernel (set_num_threads)
+    monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 9, 10, 12))
+    w = rng.standard_normal((3, 3, 12))
+    dy = rng.standard_normal((3, 9, 10, 12))
+    before = config.get_num_threads()
+    results = []
+    try:
+        for threads in range(1, before + 1):
+            config.set_num_threads(threads)
+            results.append((depthwise_conv2d(x, w, padding=1),) + depthwise_conv2d_backward(dy, x, w, padding=1))
+    finally:
+        config.set_num_threads(before)
+    want = (reference.depthwise_conv2d(x, w, padding=1),) + reference.depthwise_conv2d_backward(dy, x, w, padding=1)
+    for got in results:
+        for name, a, b in zip(("y", "dx", "dw"), got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)
