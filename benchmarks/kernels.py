@@ -59,11 +59,10 @@ def v2_layers():
             layers.append(("pointwise", size, size, hidden, c, 1, 1))  # project (linear bottleneck)
             channels = c
     layers.append(("pointwise", size, size, channels, V2_HEAD, 1, 1))  # head
-    distinct = []
+    counts = {}
     for layer in layers:
-        if layer not in distinct:
-            distinct.append(layer)
-    return distinct
+        counts[layer] = counts.get(layer, 0) + 1
+    return counts  # distinct layer -> how many times V2 uses it (dicts keep order)
 
 
 QUICK = [
@@ -205,7 +204,8 @@ def main(args):
     config.set_num_threads(threads)
     batches = [int(b) for b in (args.batch or ("1" if args.quick else "1,32")).split(",")]
     repeats = args.repeats or (3 if args.quick else 10)
-    layers = QUICK if args.quick else v2_layers()
+    counts = {layer: 1 for layer in QUICK} if args.quick else v2_layers()
+    layers = list(counts)
     torch = None if args.no_torch else load_torch(threads)
     rng = np.random.default_rng(0)
 
@@ -222,7 +222,9 @@ def main(args):
         headers += ["torch fwd ms", "torch bwd ms", "torch layout", "fwd vs torch", "bwd vs torch"]
     rows = []
     for n in batches:
-        for op, h, w, cin, cout, kernel, stride in layers:
+        totals = {}  # op -> [ours fwd, ours bwd, torch fwd, torch bwd], each layer times its count
+        for layer in layers:
+            op, h, w, cin, cout, kernel, stride = layer
             count = macs(op, n, h, w, cin, cout, kernel, stride)
             fwd, bwd, _ = make_ours(op, n, h, w, cin, cout, kernel, stride, rng)
             dy = rng.standard_normal(fwd().shape, dtype=np.float32)
@@ -231,10 +233,23 @@ def main(args):
             name, shape = describe(op, n, h, w, cin, cout, kernel, stride)
             row = [name, shape, f"{count / 1e6:.1f}", f"{forward:.3f}", f"{count / forward / 1e6:.1f}",
                    f"{backward:.3f}", f"{2 * count / backward / 1e6:.1f}"]
+            t_forward = t_backward = float("nan")
             if torch:
                 t_forward, t_backward, layout = time_torch(torch, op, n, h, w, cin, cout, kernel, stride, repeats)
                 row += [f"{t_forward:.3f}", f"{t_backward:.3f}", layout,
                         f"{forward / t_forward:.2f}x", f"{backward / t_backward:.2f}x"]
+            rows.append(row)
+            total = totals.setdefault(op, [0.0, 0.0, 0.0, 0.0, 0])
+            for k, value in enumerate((forward, backward, t_forward, t_backward, count)):
+                total[k] += counts[layer] * value
+        # sums over the network: each distinct shape times the number of V2 layers with it
+        for op, (forward, backward, t_forward, t_backward, count) in totals.items():
+            label = "listed" if args.quick else f"all {sum(counts[l] for l in layers if l[0] == op)} V2"
+            row = [f"sum: {label} {op}", f"batch {n}", f"{count / 1e6:.1f}", f"{forward:.3f}",
+                   f"{count / forward / 1e6:.1f}", f"{backward:.3f}", f"{2 * count / backward / 1e6:.1f}"]
+            if torch:
+                row += [f"{t_forward:.3f}", f"{t_backward:.3f}", "", f"{forward / t_forward:.2f}x",
+                        f"{backward / t_backward:.2f}x"]
             rows.append(row)
     print()
     print(render(headers, rows, args.markdown))
