@@ -17,8 +17,8 @@ and LLVM vectorises it. On top of that:
     inner loops about `TILE_ELEMENTS` long even where C is small (C = 16 or 32 in the first
     blocks, too short to vectorise well on its own). At other strides a tile is one pixel.
   * 3x3 fused. For a 3x3 kernel (all of V1 and V2, most of V3) the nine taps are summed in one pass
-    over a tile, so y is written once instead of read and written nine times. Other sizes (V3's
-    5x5) go tap by tap.
+    over a tile, so y is written once instead of read and written nine times. A 5-wide kernel
+    (V3's 5x5) sums the five taps of a kernel row per pass; other sizes go tap by tap.
   * Row pairs. Loads, not multiplies, bound these loops (each product needs an x and a w load).
     At vertical stride and dilation 1, two adjacent output rows share two of their three input
     rows, so a 3x3 step computes both: 12 x-loads and 9 w-loads for two outputs instead of 36.
@@ -122,6 +122,10 @@ def _interior_forward(x_image, w_tiled, kernel_w, y_row, top, lo, hi, tile_pixel
         if ih < 0 or ih >= height:
             continue
         x_row = x_image[ih]
+        if kernel_w == 5:
+            _interior_row_forward_5(x_row, w_tiled, i, y_row, lo, hi, tile_pixels, channels, stride_w, pad_left,
+                                    dilation_w)
+            continue
         for start in range(lo, hi, tile_pixels):
             length = (min(start + tile_pixels, hi) - start) * channels
             y_tile = y_row[start * channels:start * channels + length]
@@ -131,6 +135,25 @@ def _interior_forward(x_image, w_tiled, kernel_w, y_row, top, lo, hi, tile_pixel
                 w_tile = w_tiled[i * kernel_w + j]
                 for m in range(length):
                     y_tile[m] += x_tile[m] * w_tile[m]
+
+
+@njit_serial
+def _interior_row_forward_5(x_row, w_tiled, i, y_row, lo, hi, tile_pixels, channels, stride_w, pad_left,
+                            dilation_w):
+    """y_row[lo:hi] += the five taps of kernel row i of a 5-wide kernel (V3's 5x5), in one pass per tile."""
+    step = dilation_w * channels
+    w0, w1, w2, w3, w4 = w_tiled[5 * i], w_tiled[5 * i + 1], w_tiled[5 * i + 2], w_tiled[5 * i + 3], w_tiled[5 * i + 4]
+    for start in range(lo, hi, tile_pixels):
+        length = (min(start + tile_pixels, hi) - start) * channels
+        y_tile = y_row[start * channels:start * channels + length]
+        first = (start * stride_w - pad_left) * channels
+        x0 = x_row[first:first + length]
+        x1 = x_row[first + step:first + step + length]
+        x2 = x_row[first + 2 * step:first + 2 * step + length]
+        x3 = x_row[first + 3 * step:first + 3 * step + length]
+        x4 = x_row[first + 4 * step:first + 4 * step + length]
+        for m in range(length):
+            y_tile[m] += x0[m] * w0[m] + x1[m] * w1[m] + x2[m] * w2[m] + x3[m] * w3[m] + x4[m] * w4[m]
 
 
 @njit_serial
