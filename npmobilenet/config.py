@@ -5,6 +5,7 @@ reassociate and contract sums (so it can vectorise the channel loops) but keeps 
 semantics, because training must see a NaN loss to stop on it.
 """
 import os
+import types
 
 import numba
 
@@ -14,6 +15,10 @@ FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 # module), so only the first run on a machine pays for compilation.
 KERNEL_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH))
 
+# Below this many multiply-accumulates a kernel runs serially: starting threads costs more than
+# it saves, and on a shared machine a parallel region waits for its slowest (descheduled) thread.
+PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_PARALLEL_MIN_MACS", 200_000))
+
 
 def njit_serial(func):
     """Compile `func` as a serial kernel (`prange` runs as `range`)."""
@@ -21,8 +26,30 @@ def njit_serial(func):
 
 
 def njit_parallel(func):
-    """Compile `func` as a parallel kernel (`prange` splits across threads)."""
-    return numba.njit(parallel=True, **KERNEL_OPTIONS)(func)
+    """Compile `func` as a parallel kernel (`prange` splits across threads).
+
+    The parallel build is compiled from a copy of `func` under the qualified name
+    `<name>_parallel`: Numba's on-disk cache names its files by module, qualified name and line,
+    and keys entries by signature and bytecode but not by `parallel=`, so a serial and a parallel
+    build of one function would load each other's machine code (a parallel kernel silently running
+    serially, or a crash). `tests/test_config.py` checks no two kernels share a cache file.
+    """
+    twin = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    twin.__qualname__ = func.__qualname__ + "_parallel"
+    twin.__doc__, twin.__module__ = func.__doc__, func.__module__
+    return numba.njit(parallel=True, **KERNEL_OPTIONS)(twin)
+
+
+def serial_and_parallel(body):
+    """One kernel body compiled twice, `(serial, parallel)`."""
+    return njit_serial(body), njit_parallel(body)
+
+
+def choose_kernel(serial, parallel, macs):
+    """The parallel build when the work (`macs` multiply-accumulates) pays for starting threads."""
+    if macs >= PARALLEL_MIN_MACS and numba.get_num_threads() > 1:
+        return parallel
+    return serial
 
 
 def get_num_threads():
@@ -38,8 +65,3 @@ def set_num_threads(n):
     if not 1 <= n <= limit:
         raise ValueError(f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {n}")
     numba.set_num_threads(n)
-
-
-# Below this many multiply-accumulates a kernel runs serially: starting threads costs more than
-# it saves, and on a shared machine a parallel region waits for its slowest (descheduled) thread.
-PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_PARALLEL_MIN_MACS", 200_000))

@@ -54,7 +54,7 @@ def test_kernel_uses_config_options(name, dispatcher):
 def test_cached_kernels_never_share_cache_files():
     # Numba names cache files by module, qualified name and line, and does not key them by
     # parallel=: a serial and a parallel build of one function must not share files, or one loads
-    # the other's machine code (ops.geometry.serial_and_parallel gives the parallel twin its own name).
+    # the other's machine code (config.njit_parallel gives the parallel twin its own name).
     owners = {}
     for name, dispatcher in _dispatchers().items():
         index = dispatcher._cache._cache_file._index_path

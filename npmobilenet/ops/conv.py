@@ -20,13 +20,12 @@ images never do, so each iteration adds into its own image only). BLAS does ever
 import numpy as np
 from numba import prange
 
+from npmobilenet.config import choose_kernel, serial_and_parallel
 from npmobilenet.ops.geometry import (
     check_array,
     check_dy,
     check_same_dtype,
-    choose_kernel,
     conv_geometry,
-    serial_and_parallel,
 )
 
 

@@ -39,14 +39,12 @@ and row chunks (dw); no iteration writes where another does.
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import get_num_threads, njit_serial
+from npmobilenet.config import choose_kernel, get_num_threads, njit_serial, serial_and_parallel
 from npmobilenet.ops.geometry import (
     check_array,
     check_dy,
     check_same_dtype,
-    choose_kernel,
     conv_geometry,
-    serial_and_parallel,
 )
 
 # Channels x pixels per inner loop: long enough to amortise each tile's set-up (slices, LLVM's

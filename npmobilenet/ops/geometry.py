@@ -6,11 +6,9 @@ typing error. `serial_and_parallel` and `choose_kernel` build and pick the two c
 kernel body.
 """
 import numbers
-import types
 
 import numpy as np
 
-from npmobilenet import config
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -119,23 +117,3 @@ def conv_geometry(x_shape, kh, kw, stride, padding, dilation):
 
 
 # -- serial and parallel builds of one kernel body ----------------------------------------------------
-def serial_and_parallel(body):
-    """`body` compiled twice, `(serial, parallel)`, with the options in `npmobilenet.config`.
-
-    The parallel build is compiled from a copy of `body` under another qualified name: Numba's
-    on-disk cache names its files by module, qualified name and line, and keys entries by
-    signature and bytecode but not by `parallel=`, so two builds of one function would load each
-    other's machine code from the cache (a parallel kernel running serially, or worse).
-    """
-    twin = types.FunctionType(body.__code__, body.__globals__, body.__name__, body.__defaults__, body.__closure__)
-    twin.__qualname__ = body.__qualname__ + "_parallel"
-    twin.__doc__ = body.__doc__
-    twin.__module__ = body.__module__
-    return config.njit_serial(body), config.njit_parallel(twin)
-
-
-def choose_kernel(serial, parallel, macs):
-    """The parallel build when the work (`macs` multiply-accumulates) pays for starting threads."""
-    if macs >= config.PARALLEL_MIN_MACS and config.get_num_threads() > 1:
-        return parallel
-    return serial
