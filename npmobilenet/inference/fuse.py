@@ -19,6 +19,8 @@ projection as it reads its input. What runs is a flat list of `FusedLayer`s over
 """
 import contextlib
 import math
+import os
+import time
 
 import numba
 import numpy as np
@@ -175,7 +177,7 @@ class FusedPointwise(FusedLayer):
         gate = rest.pop(0) if self.gated else kernels._EMPTY_ROWS
         return _pair_kernel(kernels.POINTWISE, parallel), (
             x.reshape(rows, cin), self.weight, self.bias, kernels.ACTIVATIONS[self.activation], residual, gate,
-            h * w, kernels.pointwise_tile_rows(rows, cin, cout), sgemm, y.reshape(rows, cout))
+            h * w, *kernels.pointwise_tiles(rows, cin, cout), sgemm, y.reshape(rows, cout))
 
 
 class FusedDepthwise(FusedLayer):
@@ -428,6 +430,56 @@ def _numba_threads(threads):
             numba.set_num_threads(previous)
 
 
+class ThreadGovernor:
+    """Chooses, call by call, between running the parallel layers on `threads` threads or on one.
+
+    On a shared machine a parallel region waits for its slowest thread; when another process
+    holds a core, that thread may be descheduled for a whole scheduler tick, and a network of
+    ~50 parallel regions becomes many times slower than one thread (measured 100 ms against 25
+    ms for MobileNetV2 at batch 1 with the load average near 6). So the governor times calls:
+    it keeps an estimate of the call time with `threads` threads and with one, runs the faster,
+    and now and then probes the other (every `probe_interval` calls, doubling up to
+    `max_interval` while the probe confirms the choice, back to the start when it does not).
+    Thread counts change only *which threads* compute a tile, never how: outputs are bitwise
+    identical whichever is chosen.
+    """
+
+    def __init__(self, probe_interval=8, max_interval=256):
+        self.first_interval, self.max_interval = probe_interval, max_interval
+        self.reset()
+
+    def reset(self):
+        self.estimate = {}          # thread count -> smoothed seconds per call
+        self.interval = self.first_interval
+        self.since_probe = 0
+        self._probing = None
+
+    def choose(self, threads):
+        if threads <= 1:
+            return 1
+        for n in (threads, 1):      # measure both once first
+            if n not in self.estimate:
+                return n
+        best = threads if self.estimate[threads] <= self.estimate[1] else 1
+        self.since_probe += 1
+        if self.since_probe >= self.interval:
+            self.since_probe = 0
+            self._probing = (best, 1 if best == threads else threads)
+            return self._probing[1]
+        return best
+
+    def record(self, n, seconds):
+        previous = self.estimate.get(n)
+        # a probe replaces the estimate (load may have changed since); otherwise smooth it
+        self.estimate[n] = seconds if previous is None or self._probing else 0.75 * previous + 0.25 * seconds
+        if self._probing:
+            best, probed = self._probing
+            if probed == n:
+                won = self.estimate[probed] < self.estimate[best]
+                self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
+            self._probing = None
+
+
 class FusedMobileNet:
     """An inference-only MobileNet: `fused(x) -> logits`, x: (N, H, W, 3) float, H, W >= 32.
 
@@ -439,12 +491,15 @@ class FusedMobileNet:
 
     training = False
 
-    def __init__(self, layers, config_, threads=None, parallel_min_macs=None):
+    def __init__(self, layers, config_, threads=None, parallel_min_macs=None, adaptive=True):
         self.layers = layers
         self.config = dict(config_)
         self.threads = _check_threads(threads)
         self.parallel_min_macs = config.PARALLEL_MIN_MACS if parallel_min_macs is None else int(parallel_min_macs)
         self.num_classes = self.config.get("num_classes")
+        self.adaptive = adaptive     # let the ThreadGovernor fall back to one thread under load
+        self.governor = ThreadGovernor()
+        self.last_threads = None     # threads the last call ran on
         self._plan = None
 
     # -- the computation --------------------------------------------------------------------
@@ -465,17 +520,25 @@ class FusedMobileNet:
         if self._plan is None or self._plan.input_shape != input_shape:
             self._plan = None  # release the old buffers before allocating the new ones
             self._plan = MemoryPlan(self.layers, input_shape, self.parallel_min_macs, sgemm_address())
+            self.governor.reset()
         return self._plan
 
     def __call__(self, x):
         x = self._check_input(x)
         plan = self.plan(x.shape)
         np.copyto(plan.input, x)
+        threads = self.threads if self.threads is not None else numba.get_num_threads()
+        if self.adaptive:
+            threads = self.governor.choose(threads)
         blas = find_blas()
         guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
-        with guard, _numba_threads(self.threads):
+        start = time.perf_counter()
+        with guard, _numba_threads(threads):
             for kernel, args in plan.calls:
                 kernel(*args)
+        if self.adaptive:
+            self.governor.record(threads, time.perf_counter() - start)
+        self.last_threads = threads
         return plan.output.copy()
 
     forward = __call__
@@ -493,9 +556,13 @@ class FusedMobileNet:
     def eval(self):
         return self
 
-    def set_threads(self, threads):
-        """Threads for the parallel layers (None: Numba's current setting)."""
+    def set_threads(self, threads, adaptive=None):
+        """Threads for the parallel layers (None: Numba's current setting); `adaptive=False`
+        pins the count (no fallback to one thread under load)."""
         self.threads = _check_threads(threads)
+        if adaptive is not None:
+            self.adaptive = bool(adaptive)
+        self.governor.reset()
         return self
 
     # -- costs ----------------------------------------------------------------------------------
@@ -519,8 +586,23 @@ class FusedMobileNet:
         return "\n".join(lines)
 
 
+def prefer_sleeping_threads():
+    """Make idle OpenMP worker threads sleep instead of spin (unless OMP_WAIT_POLICY is set).
+
+    Numba's OpenMP pool reads this when it starts (at the first parallel kernel of the process),
+    so it must be set before. Why: on a shared machine a spinning worker competes with the
+    process that holds the other core, and every parallel region then waits up to a scheduler
+    tick for it. Measured here (MobileNetV2, batch 1, 2 threads, other users' processes keeping
+    the load average near 8): 840 ms per image with libgomp's default spinning, 20 ms with
+    passive waiting, 15 ms on one thread. The cost on an idle machine is about 7 us per parallel
+    region (a futex wake-up instead of a spin).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def fuse_model(model, threads=None):
     """`model.fuse(threads)`: the inference-only `FusedMobileNet` of an eval-mode `model`."""
+    prefer_sleeping_threads()
     threads = _check_threads(threads)
     training = [name or "model" for name, layer in model.modules() if layer.training]
     if training:

@@ -55,15 +55,14 @@ _EMPTY_SUMS = np.zeros((0, 1, 1), np.float32)    # "no row sums"
 # tile helpers (serial; inlined by LLVM into the kernels)
 # ---------------------------------------------------------------------------------------------
 @njit_serial
-def _matmul_numba(a, w, c):
-    """c = a @ w. a: (m, k), w: (k, n), c: (m, n). Four rows at a time: each row of w loaded
-    once feeds four rows of c (the vectorised loop runs over the contiguous n axis)."""
-    m, k = a.shape
-    n = w.shape[1]
-    p = 0
-    while p + 4 <= m:
+def _matmul_numba(a, p0, p1, w, m0, m1, c):
+    """c[p0:p1, m0:m1] = a[p0:p1] @ w[:, m0:m1]. Four rows at a time: each row of w loaded once
+    feeds four rows of c (the vectorised loop runs over the contiguous column axis)."""
+    k = a.shape[1]
+    p = p0
+    while p + 4 <= p1:
         c0, c1, c2, c3 = c[p], c[p + 1], c[p + 2], c[p + 3]
-        for j in range(n):
+        for j in range(m0, m1):
             c0[j] = 0
             c1[j] = 0
             c2[j] = 0
@@ -71,70 +70,67 @@ def _matmul_numba(a, w, c):
         for q in range(k):
             a0, a1, a2, a3 = a[p, q], a[p + 1, q], a[p + 2, q], a[p + 3, q]
             wq = w[q]
-            for j in range(n):
+            for j in range(m0, m1):
                 wv = wq[j]
                 c0[j] += a0 * wv
                 c1[j] += a1 * wv
                 c2[j] += a2 * wv
                 c3[j] += a3 * wv
         p += 4
-    while p < m:
+    while p < p1:
         cp = c[p]
-        for j in range(n):
+        for j in range(m0, m1):
             cp[j] = 0
         for q in range(k):
             ap = a[p, q]
             wq = w[q]
-            for j in range(n):
+            for j in range(m0, m1):
                 cp[j] += ap * wq[j]
         p += 1
 
 
 @njit_serial
-def _matmul(sgemm, a, w, c):
-    """c = a @ w by OpenBLAS SGEMM at address `sgemm`, or by Numba when `sgemm` is 0."""
-    if a.shape[0] == 0:
+def _matmul(sgemm, a, p0, p1, w, m0, m1, c):
+    """c[p0:p1, m0:m1] = a[p0:p1] @ w[:, m0:m1], by the OpenBLAS SGEMM at address `sgemm`, or by
+    Numba when `sgemm` is 0. a: (P, K), w: (K, M), c: (P, M), all C-contiguous."""
+    if p1 <= p0 or m1 <= m0:
         return
     if sgemm != 0:
-        sgemm_call(sgemm, a, w, c)
+        sgemm_call(sgemm, a[p0:p1], w[:, m0:m1], c[p0:p1, m0:m1])
     else:
-        _matmul_numba(a, w, c)
+        _matmul_numba(a, p0, p1, w, m0, m1, c)
 
 
 @njit_serial
-def _bias_act(y, bias, act):
-    """y = act(y + bias) in place. y: (rows, C), bias: (C,). One loop per activation so each
-    vectorises without a branch inside."""
-    rows, channels = y.shape
+def _bias_act(y, p0, p1, m0, m1, bias, act):
+    """y[p0:p1, m0:m1] = act(y + bias) in place. y: (P, C), bias: (C,). One loop per activation
+    so that each vectorises without a branch inside."""
     zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
-    if act == RELU:
-        for p in range(rows):
-            for c in range(channels):
-                y[p, c] = max(y[p, c] + bias[c], zero)
-    elif act == RELU6:
-        for p in range(rows):
-            for c in range(channels):
-                y[p, c] = min(max(y[p, c] + bias[c], zero), six)
-    elif act == HARDSWISH:
-        # x * relu6(x + 3) / 6 (V3 paper, Eq. 2)
-        for p in range(rows):
-            for c in range(channels):
-                v = y[p, c] + bias[c]
-                y[p, c] = v * min(max(v + three, zero), six) * sixth
-    else:
-        for p in range(rows):
-            for c in range(channels):
-                y[p, c] += bias[c]
+    for p in range(p0, p1):
+        row = y[p]
+        if act == RELU:
+            for c in range(m0, m1):
+                row[c] = max(row[c] + bias[c], zero)
+        elif act == RELU6:
+            for c in range(m0, m1):
+                row[c] = min(max(row[c] + bias[c], zero), six)
+        elif act == HARDSWISH:
+            for c in range(m0, m1):
+                v = row[c] + bias[c]
+                row[c] = v * min(max(v + three, zero), six) * sixth    # x relu6(x + 3) / 6 (V3, Eq. 2)
+        else:
+            for c in range(m0, m1):
+                row[c] += bias[c]
 
 
 @njit_serial
-def _bias_residual(y, bias, residual):
-    """y = y + bias + residual in place: the linear bottleneck's projection joined to the
-    shortcut (V2 paper, Fig. 3b; no activation after the add)."""
-    rows, channels = y.shape
-    for p in range(rows):
-        for c in range(channels):
-            y[p, c] = y[p, c] + bias[c] + residual[p, c]
+def _bias_residual(y, p0, p1, m0, m1, bias, residual):
+    """y[p0:p1, m0:m1] += bias + residual in place: the linear bottleneck's projection joined to
+    the shortcut (V2 paper, Fig. 3b; no activation after the add)."""
+    for p in range(p0, p1):
+        row, res = y[p], residual[p]
+        for c in range(m0, m1):
+            row[c] = row[c] + bias[c] + res[c]
 
 
 @njit_serial
@@ -142,36 +138,39 @@ def _scale_by_gate(x, p0, p1, gate, rows_per_image):
     """x[p] *= gate[image of p] for rows p0..p1-1 of x: (P, C); gate: (N, C)."""
     channels = x.shape[1]
     for p in range(p0, p1):
-        g = gate[p // rows_per_image]
+        row, g = x[p], gate[p // rows_per_image]
         for c in range(channels):
-            x[p, c] *= g[c]
+            row[c] *= g[c]
 
 
 # ---------------------------------------------------------------------------------------------
 # kernels (bodies written once, compiled serial and parallel below)
 # ---------------------------------------------------------------------------------------------
-def _pointwise_conv(x, w, bias, act, residual, gate, rows_per_image, tile_rows, sgemm, y):
+def _pointwise_conv(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, sgemm, y):
     # x: (P, K), w: (K, M), bias: (M,) -> y: (P, M), P = N*H*W rows of NHWC activations.
     # residual: (P, M) or (0, 1); gate: (N, K) or (0, 1), applied to x in place (x is dead after).
-    rows = x.shape[0]
-    tiles = (rows + tile_rows - 1) // tile_rows
-    for t in prange(tiles):
-        p0 = t * tile_rows
-        p1 = min(rows, p0 + tile_rows)
-        if gate.shape[0] > 0:
+    # Tiles of tile_rows x tile_cols outputs: each is multiplied, then finished while in cache.
+    rows, cols = x.shape[0], w.shape[1]
+    row_tiles = (rows + tile_rows - 1) // tile_rows
+    col_tiles = (cols + tile_cols - 1) // tile_cols
+    gated = gate.shape[0] > 0
+    if gated and col_tiles > 1:
+        # several tiles read each input row: gate all rows first (rows split across threads)
+        for t in prange(row_tiles):
+            _scale_by_gate(x, t * tile_rows, min(rows, (t + 1) * tile_rows), gate, rows_per_image)
+    for t in prange(row_tiles * col_tiles):
+        i = t // col_tiles
+        p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
+        p1, m1 = min(rows, p0 + tile_rows), min(cols, m0 + tile_cols)
+        if gated and col_tiles == 1:
             _scale_by_gate(x, p0, p1, gate, rows_per_image)
-        _matmul(sgemm, x[p0:p1], w, y[p0:p1])
+        _matmul(sgemm, x, p0, p1, w, m0, m1, y)
         if residual.shape[0] > 0:
-            _bias_residual(y[p0:p1], bias, residual[p0:p1])
+            _bias_residual(y, p0, p1, m0, m1, bias, residual)
         else:
-            _bias_act(y[p0:p1], bias, act)
+            _bias_act(y, p0, p1, m0, m1, bias, act)
 
 
-# The 3x3 and 5x5 depthwise rows are written out tap by tap, so that the channel loop is the
-# innermost loop, vectorises over the contiguous channel axis and keeps each pixel's running sum
-# in a register (a loop over taps around it would store the sum to memory at every tap). Indexing
-# the whole arrays (not views per tap) lets the compiler check aliasing once per array. One call
-# per output row: a call per pixel would cost more than a 32-channel pixel's arithmetic.
 @njit_serial
 def _depthwise_3x3_row(x, w, bias, y, n, oh, ih, stride_w, pad_left, ow_lo, ow_hi):
     """y[n, oh, :] = bias + 3x3 taps from input rows ih..ih+2. Columns ow_lo..ow_hi-1 of a row
@@ -356,23 +355,32 @@ def _conv2d(x, w, bias, act, kh, kw, stride_h, stride_w, pad_top, pad_left, rows
         oh0 = (t - n * tiles_per_image) * rows_per_tile
         oh1 = min(out_h, oh0 + rows_per_tile)
         slab = patches[numba.get_thread_id()]
-        # im2col: one row of patches per output pixel, (i, j, cin) order as w's rows
+        # im2col: one row of patches per output pixel, (i, j, cin) order as w's rows. In NHWC the
+        # kw*Cin inputs under one kernel row are contiguous: copy them as one run when inside.
+        run = kw * in_channels
         q = 0
         for oh in range(oh0, oh1):
             for ow in range(out_w):
-                col = 0
+                iw0 = ow * stride_w - pad_left
+                patch = slab[q]
                 for i in range(kh):
                     ih = oh * stride_h - pad_top + i
-                    for j in range(kw):
-                        iw = ow * stride_w - pad_left + j
-                        inside = 0 <= ih < height and 0 <= iw < width
-                        for ci in range(in_channels):
-                            slab[q, col] = x[n, ih, iw, ci] if inside else _F32(0)
-                            col += 1
+                    if ih < 0 or ih >= height:
+                        for e in range(run):
+                            patch[i * run + e] = 0
+                    elif iw0 >= 0 and iw0 + kw <= width:
+                        xrow = x[n, ih].reshape(width * in_channels)
+                        for e in range(run):
+                            patch[i * run + e] = xrow[iw0 * in_channels + e]
+                    else:
+                        for j in range(kw):
+                            iw = iw0 + j
+                            for ci in range(in_channels):
+                                patch[i * run + j * in_channels + ci] = x[n, ih, iw, ci] if 0 <= iw < width else _F32(0)
                 q += 1
         out = y[n, oh0:oh1].reshape((q, out_channels))
-        _matmul(sgemm, slab[:q], w, out)
-        _bias_act(out, bias, act)
+        _matmul(sgemm, slab, 0, q, w, 0, out_channels, out)
+        _bias_act(out, 0, q, 0, out_channels, bias, act)
 
 
 def _global_avg_pool(x, y):
@@ -397,8 +405,8 @@ def _linear(x, w, bias, act, block_cols, sgemm, y):
     for b in prange(blocks):
         m0 = b * block_cols
         m1 = min(out_features, m0 + block_cols)
-        _matmul(sgemm, x, w[:, m0:m1], y[:, m0:m1])
-        _bias_act(y[:, m0:m1], bias[m0:m1], act)
+        _matmul(sgemm, x, 0, x.shape[0], w, m0, m1, y)
+        _bias_act(y, 0, x.shape[0], m0, m1, bias, act)
 
 
 def _serial_and_parallel(body):
@@ -428,20 +436,20 @@ ALL_KERNELS = (POINTWISE, DEPTHWISE, SE_GATE, CONV2D, GLOBAL_POOL, LINEAR)
 # ---------------------------------------------------------------------------------------------
 # tiling rules (shapes only, never the thread count: see the module docstring)
 # ---------------------------------------------------------------------------------------------
-def pointwise_tile_rows(rows, in_channels, out_channels):
-    """Rows per tile of a pointwise convolution.
+def pointwise_tiles(rows, in_channels, out_channels):
+    """(rows, columns) per output tile of a pointwise convolution of `rows` = N*H*W rows.
 
-    Measured on 2 cores (benchmarks/inference.py, `--tiles`): tiles of 32-128 rows run SGEMM at
-    full speed while the tile's input and output stay in L2 for the epilogue; a layer needs at
-    least two tiles to give both cores work, four to balance them. So: at most 128 rows and
-    about 64 KB of input+output per tile, at least 16 rows, and at least 4 tiles when there are
-    rows enough (a 7x7 layer of 49 rows becomes 4 tiles of 13).
+    Measured on this machine (benchmarks/inference.py --tiles): SGEMM keeps its speed on tiles
+    of 64-128 rows and loses a quarter of it at 13-25 rows; so large layers are cut into
+    128-row tiles (their input and output rows stay in L2 for the epilogue), and small ones
+    (the 14x14 and 7x7 stages at batch 1: 49-196 rows) into two tiles: two column halves when
+    there are at least 128 output channels, else two row halves, so both cores have work.
     """
-    by_cache = max(16, (64 * 1024 // 4) // max(1, in_channels + out_channels))
-    tile = min(128, by_cache)
-    if rows < 4 * tile:
-        tile = max(8, math.ceil(rows / 4))
-    return max(1, min(tile, rows))
+    if rows >= 512:
+        return 128, out_channels
+    if out_channels >= 128:
+        return rows, math.ceil(out_channels / 2 / 16) * 16
+    return max(1, math.ceil(rows / 2)), out_channels
 
 
 def linear_block_cols(out_features):
@@ -520,8 +528,9 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
         if g.shape != (n, k):
             raise ValueError(f"gate must have shape {(n, k)}, got {g.shape}")
     y = np.empty((rows, m), np.float32)
+    tile_rows, tile_cols = pointwise_tiles(rows, k, m)
     _run(POINTWISE, parallel, x.reshape(rows, k), w, bias, act, res, g, h * wd,
-         pointwise_tile_rows(rows, k, m), _sgemm(use_blas), y)
+         tile_rows, tile_cols, _sgemm(use_blas), y)
     return y.reshape(n, h, wd, m)
 
 

@@ -1,0 +1,414 @@
+"""`npmobilenet bench`: inference latency and throughput, beside PyTorch and ONNX Runtime.
+
+    npmobilenet bench [ARCH ...] [--batch 1,32] [--resolution 224] [--threads N] [--repeat K]
+                      [--per-layer] [--background-load] [--cold-start] [--json PATH]
+
+For each architecture and batch size it times `model.fuse()` (random weights, float32), and,
+where they are installed, torchvision's model of the same architecture in PyTorch eager mode
+(NCHW and channels-last) and the same npmobilenet model exported to ONNX
+(`npmobilenet.io.onnx_export`) in ONNX Runtime: all in this process, with the same thread count
+(`torch.set_num_threads`, ONNX Runtime's `intra_op_num_threads`). Engines are timed in blocks
+of calls (after a pause and warm-up calls), in a few rounds, so that a change of load on a
+shared machine reaches all of them alike (see `blocked_times`); the figure is the median. GMAC/s is the analytic
+multiply-accumulate count of the architecture (`npmobilenet.analysis.summary`) over the time.
+The ratio column is npmobilenet's time over the peer's (below 1: npmobilenet is faster).
+
+`--per-layer` times each fused layer on its own, beside its MACs and the bytes it must move
+(inputs and weights read, outputs written), so compute-bound and memory-bound layers show.
+`--background-load` runs a spinning process (one core busy) during the measurements.
+`--cold-start` times the first call in fresh processes with an empty, then a warm Numba cache.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from npmobilenet.extras import available
+
+PEER_ARCHS = {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v3_large",
+              "mobilenet_v3_small": "mobilenet_v3_small"}   # torchvision has no V1
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def background_load(enabled=True):
+    """A child process spinning on one core for the duration (killed by its pid afterwards)."""
+    if not enabled:
+        yield None
+        return
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # let it get scheduled
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def blocked_times(engines, repeat, rounds=3, warmup=2, pause=0.25):
+    """Time each `(name, fn)` of `engines` `repeat` times in all. The runs are split into `rounds`
+    rounds; in each round every engine in turn gets a pause, `warmup` untimed calls and its share
+    of timed calls. Blocks (not one call of each in turn) because an engine's idle thread pool
+    keeps spinning for a while after its last call (PyTorch's OpenMP, ONNX Runtime's pool) and
+    would slow whichever engine ran next; rounds, so that a change of load on a shared machine
+    reaches every engine alike. Returns {name: [seconds, ...]}."""
+    times = {name: [] for name, _ in engines}
+    per_round = [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
+    for count in per_round:
+        for name, fn in engines:
+            time.sleep(pause)
+            for _ in range(warmup):
+                fn()
+            for _ in range(count):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def analytic_macs(arch, resolution, batch=1):
+    """MACs of `arch` (width 1.0, 1000 classes) for one batch, by the analysis formulas."""
+    import npmobilenet
+    from npmobilenet.analysis.summary import summarize
+
+    return summarize(npmobilenet.build(arch), resolution, batch).macs
+
+
+def machine_peaks(threads=1, seconds=0.3):
+    """Measured SGEMM GMAC/s (a 1024^3 product, in-kernel BLAS, `threads` threads) and copy
+    bandwidth GB/s (bytes read + written, a 256 MB array, numpy, one thread): the roofline."""
+    from npmobilenet.inference import kernels
+    from npmobilenet.inference.blas import find_blas
+
+    n = 1024
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    c = np.empty_like(a)
+    bias = np.zeros(n, np.float32)
+    blas = find_blas()
+    sgemm = blas.sgemm_address if blas is not None else 0
+    tile_rows, tile_cols = 128, n
+    kernel = kernels.POINTWISE[1]
+    args = (a, a, bias, kernels.IDENTITY, kernels._EMPTY_ROWS, kernels._EMPTY_ROWS, n, tile_rows, tile_cols, sgemm, c)
+    from npmobilenet.inference.fuse import _numba_threads
+
+    guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
+    with guard, _numba_threads(threads):
+        kernel(*args)
+        best, spent = np.inf, 0.0
+        while spent < seconds:
+            start = time.perf_counter()
+            kernel(*args)
+            elapsed = time.perf_counter() - start
+            best, spent = min(best, elapsed), spent + elapsed
+    gmacs = n ** 3 / best / 1e9
+    src = np.ones(64 * 1024 * 1024, np.float32)
+    dst = np.empty_like(src)
+    best, spent = np.inf, 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return {"sgemm_gmacs": gmacs, "bandwidth_gbs": 2 * src.nbytes / best / 1e9, "threads": threads}
+
+
+# ---------------------------------------------------------------------------------------------
+# engines
+# ---------------------------------------------------------------------------------------------
+def _npmobilenet_engine(model, x, threads):
+    fused = model.fuse(threads=threads)
+    return fused, (lambda: fused(x))
+
+
+def _torch_engines(arch, x_nhwc, threads):
+    """[(name, fn)] for torchvision's model in eager NCHW and channels-last, or [] without torch."""
+    if arch not in PEER_ARCHS or not (available("torch") and available("torchvision")):
+        return []
+    import torch
+    import torchvision
+
+    torch.set_num_threads(threads)
+    model = getattr(torchvision.models, PEER_ARCHS[arch])(weights=None).eval()
+    x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+    model_cl = getattr(torchvision.models, PEER_ARCHS[arch])(weights=None).eval().to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def eager():
+        with torch.inference_mode():
+            model(x)
+
+    def channels_last():
+        with torch.inference_mode():
+            model_cl(x_cl)
+
+    return [("torch eager", eager), ("torch channels-last", channels_last)]
+
+
+def _onnxruntime_engine(model, x_nhwc, threads, workdir):
+    """[(name, fn)] for ONNX Runtime on the exported model, and the logits it gives, or []."""
+    if not (available("onnx") and available("onnxruntime")):
+        return [], None
+    import onnxruntime as ort
+
+    from npmobilenet.io.onnx_export import export_onnx
+
+    path = os.path.join(workdir, f"{model.config['arch']}.onnx")
+    export_onnx(model, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"input": np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))}
+    logits = session.run(["logits"], feed)[0]
+    return [("onnxruntime", lambda: session.run(["logits"], feed))], logits
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------------------------
+def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=None, seed=0):
+    """Time one architecture at one batch size. Returns a dict of results (see `format_results`)."""
+    import npmobilenet
+
+    model = npmobilenet.build(arch, seed=seed).eval()
+    x = np.random.default_rng(seed).standard_normal((batch, resolution, resolution, 3)).astype(np.float32)
+    fused, run_fused = _npmobilenet_engine(model, x, threads)
+    engines = [("npmobilenet", run_fused)]
+    check = None
+    if peers:
+        engines += _torch_engines(arch, x, threads)
+        ort_engines, ort_logits = _onnxruntime_engine(model, x, threads, workdir)
+        engines += ort_engines
+        if ort_logits is not None:
+            ours = fused(x)
+            check = float(np.abs(ours - ort_logits).max() / max(1e-12, np.abs(ort_logits).max()))
+    times = blocked_times(engines, repeat)
+    macs = analytic_macs(arch, resolution, batch)
+    rows = []
+    base = float(np.median(times["npmobilenet"]))
+    for name, _ in engines:
+        median = float(np.median(times[name]))
+        rows.append({
+            "engine": name, "ms": median * 1e3, "ms_per_image": median * 1e3 / batch,
+            "images_per_s": batch / median, "gmacs": macs / median / 1e9, "ratio": base / median,
+            "min_ms": float(np.min(times[name])) * 1e3,
+        })
+    return {"arch": arch, "batch": batch, "resolution": resolution, "threads": threads, "repeat": repeat,
+            "macs": macs, "rows": rows, "onnx_relative_difference": check,
+            "planned_peak_bytes": fused.plan(x.shape).nbytes}
+
+
+def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
+    """Median time of each fused layer run alone, with its MACs and bytes moved."""
+    import npmobilenet
+    from npmobilenet.inference.blas import find_blas
+    from npmobilenet.inference.fuse import _numba_threads
+
+    model = npmobilenet.build(arch, seed=seed).eval()
+    fused = model.fuse(threads=threads)
+    x = np.random.default_rng(seed).standard_normal((batch, resolution, resolution, 3)).astype(np.float32)
+    fused(x)
+    plan = fused.plan(x.shape)
+    costs = fused.layer_costs(resolution, batch)
+    times = np.zeros((len(plan.calls), repeat))
+    blas = find_blas()
+    guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
+    with guard, _numba_threads(threads):
+        for call in plan.calls:      # warm-up
+            call[0](*call[1])
+        for r in range(repeat):
+            for i, (kernel, args) in enumerate(plan.calls):
+                start = time.perf_counter()
+                kernel(*args)
+                times[i, r] = time.perf_counter() - start
+    medians = np.median(times, axis=1)
+    total = medians.sum()
+    layers = []
+    for (name, description, macs, nbytes), seconds in zip(costs, medians):
+        layers.append({"name": name, "kind": description, "macs": macs, "bytes": nbytes, "ms": seconds * 1e3,
+                       "share": seconds / total, "gmacs": macs / seconds / 1e9, "gbs": nbytes / seconds / 1e9,
+                       "intensity": macs / nbytes, "parallel": plan.parallel[name]})
+    return {"arch": arch, "batch": batch, "resolution": resolution, "threads": threads, "layers": layers,
+            "total_ms": total * 1e3}
+
+
+_COLD_START_SCRIPT = r"""
+import time, sys
+start = time.perf_counter()
+import numpy as np, npmobilenet
+model = npmobilenet.build(sys.argv[1]).eval()
+fused = model.fuse()
+x = np.zeros((1, 224, 224, 3), np.float32)
+t0 = time.perf_counter()
+fused(x)
+t1 = time.perf_counter()
+fused(x)
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1, t1 - start)
+"""
+
+
+def cold_start(arch="mobilenet_v2"):
+    """First-call seconds in fresh processes: an empty Numba cache, then the cache it left.
+
+    Returns {"cold": (first call, second call, import..first call end), "warm": (...)}.
+    """
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="npmobilenet-numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold", "warm"):
+            out = subprocess.run([sys.executable, "-c", _COLD_START_SCRIPT, arch], env=env, capture_output=True,
+                                 text=True, check=True)
+            results[label] = tuple(float(v) for v in out.stdout.split()[-3:])
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------
+def format_results(results):
+    lines = []
+    header = f"{'model':20s} {'batch':>5s} {'engine':22s} {'ms':>9s} {'ms/img':>8s} {'img/s':>8s} {'GMAC/s':>7s} {'npm/peer':>8s}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for result in results:
+        for row in result["rows"]:
+            ratio = "" if row["engine"] == "npmobilenet" else f"{row['ratio']:.2f}"
+            lines.append(f"{result['arch']:20s} {result['batch']:5d} {row['engine']:22s} {row['ms']:9.2f} "
+                         f"{row['ms_per_image']:8.2f} {row['images_per_s']:8.1f} {row['gmacs']:7.1f} {ratio:>8s}")
+        if result.get("onnx_relative_difference") is not None:
+            lines.append(f"{'':27s}(npmobilenet vs ONNX Runtime logits: max relative difference "
+                         f"{result['onnx_relative_difference']:.1e}; planned activation memory "
+                         f"{result['planned_peak_bytes'] / 2**20:.1f} MiB)")
+    return "\n".join(lines)
+
+
+def format_profile(profile, peaks=None):
+    lines = [f"{profile['arch']} batch {profile['batch']} at {profile['resolution']}, {profile['threads']} thread(s): "
+             f"sum of layers {profile['total_ms']:.2f} ms"]
+    if peaks:
+        ridge = peaks["sgemm_gmacs"] / peaks["bandwidth_gbs"]
+        lines.append(f"machine: SGEMM {peaks['sgemm_gmacs']:.0f} GMAC/s, copy bandwidth {peaks['bandwidth_gbs']:.0f} GB/s; "
+                     f"ridge point {ridge:.1f} MAC/byte (below it a layer is memory-bound)")
+    header = (f"{'layer':22s} {'kind':34s} {'MMAC':>7s} {'MB':>6s} {'MAC/B':>6s} {'ms':>7s} {'share':>6s} "
+              f"{'GMAC/s':>7s} {'GB/s':>6s} par")
+    lines += [header, "-" * len(header)]
+    for layer in profile["layers"]:
+        lines.append(f"{layer['name']:22s} {layer['kind'][:34]:34s} {layer['macs'] / 1e6:7.2f} {layer['bytes'] / 1e6:6.2f} "
+                     f"{layer['intensity']:6.1f} {layer['ms']:7.3f} {layer['share'] * 100:5.1f}% {layer['gmacs']:7.1f} "
+                     f"{layer['gbs']:6.1f} {'y' if layer['parallel'] else 'n'}")
+    kinds = {}
+    for layer in profile["layers"]:
+        kind = layer["kind"].split(",")[0].split(" (")[0].split(" +")[0]
+        kind = "depthwise" if kind.startswith("depthwise") else kind
+        k = kinds.setdefault(kind, [0.0, 0, 0])
+        k[0] += layer["ms"]
+        k[1] += layer["macs"]
+        k[2] += layer["bytes"]
+    lines.append("by kind:")
+    for kind, (ms, macs, nbytes) in kinds.items():
+        lines.append(f"  {kind:18s} {ms:7.2f} ms ({ms / profile['total_ms'] * 100:4.1f}%) {macs / 1e6:8.1f} MMAC "
+                     f"{macs / ms / 1e6 if ms else 0:6.1f} GMAC/s {nbytes / ms / 1e6 if ms else 0:6.1f} GB/s")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--batch must be comma-separated positive ints, e.g. 1,32; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--batch must be comma-separated positive ints, e.g. 1,32; got {text!r}")
+    return values
+
+
+def add_arguments(parser):
+    from npmobilenet.models import ARCHS
+
+    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"architectures (default: V2, V3-Large, V3-Small); any of {', '.join(ARCHS)}")
+    parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    parser.add_argument("--resolution", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: NUMBA_NUM_THREADS)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs per engine (default 20; median reported)")
+    parser.add_argument("--per-layer", action="store_true", help="also time each fused layer, with its MACs and bytes")
+    parser.add_argument("--background-load", action="store_true", help="measure while a spinning process holds one core")
+    parser.add_argument("--no-peers", action="store_true", help="time npmobilenet only (no PyTorch / ONNX Runtime)")
+    parser.add_argument("--cold-start", action="store_true", help="also time the first call with an empty and a warm Numba cache")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def run(args):
+    import numba
+
+    from npmobilenet.models import ARCHS
+
+    archs = args.archs or ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        raise ValueError(f"unknown architecture(s) {unknown}; known: {', '.join(ARCHS)}")
+    batches = _int_list(args.batch)
+    if args.resolution < 32:
+        raise ValueError(f"--resolution must be at least 32, got {args.resolution}")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
+    threads = args.threads if args.threads is not None else numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
+    peers = not args.no_peers
+    if peers:
+        # Import the peers before npmobilenet's first parallel kernel, so each reads its own
+        # threading environment as it would on its own.
+        for module in ("torch", "torchvision", "onnxruntime"):
+            if available(module):
+                __import__(module)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, random weights, "
+          f"median of {args.repeat}; load average before: {load:.2f}"
+          + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""))
+    if peers:
+        missing = [m for m in ("torch", "torchvision", "onnxruntime") if not available(m)]
+        if missing:
+            print(f"(not installed, skipped: {', '.join(missing)})")
+    results, profiles = [], []
+    with tempfile.TemporaryDirectory(prefix="npmobilenet-bench-") as workdir, background_load(args.background_load):
+        for arch in archs:
+            for batch in batches:
+                result = bench_model(arch, batch, args.resolution, threads, args.repeat, peers, workdir)
+                results.append(result)
+                print(format_results([result]).split("\n", 2)[2] if len(results) > 1 else format_results([result]), flush=True)
+        if args.per_layer:
+            peaks = machine_peaks(1)
+            for arch in archs:
+                for batch in batches:
+                    profile = per_layer_profile(arch, batch, args.resolution, threads, args.repeat)
+                    profile["machine"] = peaks
+                    profiles.append(profile)
+                    print()
+                    print(format_profile(profile, peaks), flush=True)
+    cold = None
+    if args.cold_start:
+        cold = cold_start(archs[0])
+        print(f"\ncold start ({archs[0]}, batch 1, 224, fresh processes): first call "
+              f"{cold['cold'][0]:.2f} s with an empty Numba cache, {cold['warm'][0]:.2f} s with a warm one "
+              f"(second call {cold['warm'][1] * 1e3:.1f} ms; import to first result {cold['cold'][2]:.2f} s / "
+              f"{cold['warm'][2]:.2f} s)")
+    if args.json:
+        payload = {"results": results, "profiles": profiles, "cold_start": cold, "threads": threads,
+                   "background_load": args.background_load, "load_average": load}
+        directory = os.path.dirname(os.path.abspath(args.json))
+        fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
