@@ -397,7 +397,8 @@ def fused_layers(model):
 
 
 def _f32(a):
-    return np.ascontiguousarray(a, FLOAT)
+    """A float32 C-contiguous copy (never a view: the fused model must not change with its source)."""
+    return np.array(a, dtype=FLOAT, order="C", copy=True)
 
 
 # ---------------------------------------------------------------------------------------------

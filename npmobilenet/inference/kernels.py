@@ -33,13 +33,12 @@ thread count, so every output element is computed by the same instructions whate
 of threads: results are bitwise identical across thread counts.
 """
 import math
-import types as pytypes
 
 import numba
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import njit_parallel, njit_serial
+from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.inference.blas import sgemm_call
 
 # Activation codes the kernels take (an int, so one compiled kernel serves every activation).
@@ -409,27 +408,21 @@ def _linear(x, w, bias, act, block_cols, sgemm, y):
         _bias_act(y, 0, x.shape[0], m0, m1, bias, act)
 
 
-def _serial_and_parallel(body):
-    """Compile `body` twice. Each copy gets its own name, because Numba's on-disk cache is keyed
-    by the function's qualified name, not by its compile flags: two flavours of one function
-    would overwrite each other's cache entries."""
-    compiled = []
-    for flavour, compile_ in (("serial", njit_serial), ("parallel", njit_parallel)):
-        copy = pytypes.FunctionType(body.__code__, body.__globals__, f"{body.__name__}_{flavour}",
-                                    body.__defaults__, body.__closure__)
-        copy.__qualname__ = f"{body.__qualname__}_{flavour}"
-        copy.__doc__ = body.__doc__
-        compiled.append(compile_(copy))
-    return tuple(compiled)
+# (serial, parallel) builds of each body (config.serial_and_parallel gives the parallel build its
+# own cache file); module attributes so that tests/test_config.py checks their options.
+_pointwise_conv_serial, _pointwise_conv_parallel = serial_and_parallel(_pointwise_conv)
+_depthwise_conv_serial, _depthwise_conv_parallel = serial_and_parallel(_depthwise_conv)
+_squeeze_excite_gate_serial, _squeeze_excite_gate_parallel = serial_and_parallel(_squeeze_excite_gate)
+_conv2d_serial, _conv2d_parallel = serial_and_parallel(_conv2d)
+_global_avg_pool_serial, _global_avg_pool_parallel = serial_and_parallel(_global_avg_pool)
+_linear_serial, _linear_parallel = serial_and_parallel(_linear)
 
-
-# (serial, parallel) pairs
-POINTWISE = _serial_and_parallel(_pointwise_conv)
-DEPTHWISE = _serial_and_parallel(_depthwise_conv)
-SE_GATE = _serial_and_parallel(_squeeze_excite_gate)
-CONV2D = _serial_and_parallel(_conv2d)
-GLOBAL_POOL = _serial_and_parallel(_global_avg_pool)
-LINEAR = _serial_and_parallel(_linear)
+POINTWISE = (_pointwise_conv_serial, _pointwise_conv_parallel)
+DEPTHWISE = (_depthwise_conv_serial, _depthwise_conv_parallel)
+SE_GATE = (_squeeze_excite_gate_serial, _squeeze_excite_gate_parallel)
+CONV2D = (_conv2d_serial, _conv2d_parallel)
+GLOBAL_POOL = (_global_avg_pool_serial, _global_avg_pool_parallel)
+LINEAR = (_linear_serial, _linear_parallel)
 ALL_KERNELS = (POINTWISE, DEPTHWISE, SE_GATE, CONV2D, GLOBAL_POOL, LINEAR)
 
 

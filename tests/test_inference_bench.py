@@ -1,0 +1,64 @@
+"""`npmobilenet bench`: the command runs, reports what it measured, and rejects bad arguments."""
+import json
+
+import pytest
+
+from npmobilenet.cli import main
+from npmobilenet.inference import bench
+
+
+def test_bench_command_small(tmp_path, capsys, monkeypatch):
+    # the roofline's machine measurement (a 1 GMAC product, a 256 MB copy) is too slow for a test
+    monkeypatch.setattr(bench, "machine_peaks", lambda threads=1: {"sgemm_gmacs": 50.0, "bandwidth_gbs": 20.0,
+                                                                     "threads": threads})
+    out = tmp_path / "bench.json"
+    code = main(["bench", "mobilenet_v3_small", "mobilenet_v1", "--batch", "1,2", "--resolution", "32",
+                 "--repeat", "2", "--threads", "1", "--no-peers", "--per-layer", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "mobilenet_v3_small" in text and "mobilenet_v1" in text and "ms/img" in text
+    assert "ridge point 2.5 MAC/byte" in text and "by kind:" in text
+    payload = json.loads(out.read_text())
+    assert [(r["arch"], r["batch"]) for r in payload["results"]] == [
+        ("mobilenet_v3_small", 1), ("mobilenet_v3_small", 2), ("mobilenet_v1", 1), ("mobilenet_v1", 2)]
+    for result in payload["results"]:
+        row = result["rows"][0]
+        assert row["engine"] == "npmobilenet" and row["ms"] > 0
+        assert row["images_per_s"] == pytest.approx(result["batch"] * 1000 / row["ms"])
+        assert row["gmacs"] == pytest.approx(result["macs"] / row["ms"] / 1e6)
+        assert result["planned_peak_bytes"] > 0
+    profile = payload["profiles"][0]
+    assert profile["layers"][0]["name"] == "stem"
+    assert sum(layer["share"] for layer in profile["layers"]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "mobilenet_v9"], "unknown architecture"),
+    (["bench", "--batch", "1,x"], "--batch must be comma-separated positive ints"),
+    (["bench", "--batch", "0"], "--batch must be comma-separated positive ints"),
+    (["bench", "--resolution", "16"], "--resolution must be at least 32"),
+    (["bench", "--threads", "999"], "--threads must be between 1 and"),
+    (["bench", "--repeat", "0"], "--repeat must be >= 1"),
+])
+def test_bench_rejects_bad_arguments(argv, message, capsys):
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_blocked_times_runs_each_engine_its_share():
+    calls = {"a": 0, "b": 0}
+
+    def engine(name):
+        def run():
+            calls[name] += 1
+        return run
+
+    times = bench.blocked_times([("a", engine("a")), ("b", engine("b"))], repeat=7, rounds=3, warmup=1, pause=0)
+    assert [len(times["a"]), len(times["b"])] == [7, 7]
+    assert calls == {"a": 7 + 3, "b": 7 + 3}
+
+
+def test_background_load_child_is_stopped():
+    with bench.background_load() as child:
+        assert child.poll() is None
+    assert child.poll() is not None

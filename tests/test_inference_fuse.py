@@ -1,0 +1,187 @@
+"""`model.fuse()`: the fused model equals the unfused eval-mode model, and refuses what it cannot do."""
+import zlib
+
+import numba
+import numpy as np
+import pytest
+
+import npmobilenet
+from npmobilenet.analysis.summary import summarize
+from npmobilenet.inference import FusedMobileNet, fold_batch_norm, fuse_model
+from npmobilenet.inference.fuse import ThreadGovernor
+from npmobilenet.layers import BatchNorm, PointwiseConv2d
+
+
+def randomize_batch_norm(model, rng):
+    """Running statistics and affine parameters far from their initial values, so a wrong fold shows."""
+    for _, layer in model.modules():
+        if isinstance(layer, BatchNorm):
+            c = layer.channels
+            layer.running_mean[...] = rng.standard_normal(c) * 0.2
+            layer.running_var[...] = rng.random(c) + 0.5
+            layer.gamma.data[...] = rng.random(c) + 0.5
+            layer.beta.data[...] = rng.standard_normal(c) * 0.2
+    return model
+
+
+def relative_error(actual, expected):
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("arch", npmobilenet.ARCHS)
+@pytest.mark.parametrize("width", [0.35, 0.5, 1.0])
+def test_fused_equals_unfused_eval(arch, width):
+    rng = np.random.default_rng(zlib.crc32(f"{arch} {width}".encode()))
+    model = randomize_batch_norm(npmobilenet.build(arch, width=width, num_classes=10, seed=1), rng).eval()
+    fused = model.fuse()
+    assert isinstance(fused, FusedMobileNet)
+    for shape in ((2, 32, 32, 3), (1, 40, 56, 3)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        expected = model(x)
+        actual = fused(x)
+        err = relative_error(actual, expected)
+        print(f"{arch} width {width} {shape}: max relative difference {err:.2e}")
+        assert actual.shape == expected.shape and actual.dtype == np.float32
+        assert err < 1e-4
+
+
+def test_fused_model_is_a_copy():
+    model = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=5).eval()
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    fused = model.fuse()
+    before = fused(x)
+    for p in model.parameters():
+        p.data[...] = 0
+    assert np.array_equal(fused(x), before)
+
+
+def test_fold_batch_norm_matches_conv_then_bn():
+    rng = np.random.default_rng(1)
+    conv = PointwiseConv2d(6, 5, bias=True, rng=rng)
+    conv.bias.data[...] = rng.standard_normal(5)
+    bn = BatchNorm(5, eps=1e-3)
+    bn.running_mean[...] = rng.standard_normal(5)
+    bn.running_var[...] = rng.random(5) + 0.1
+    bn.gamma.data[...] = rng.standard_normal(5)
+    bn.beta.data[...] = rng.standard_normal(5)
+    bn.eval()
+    x = rng.standard_normal((2, 3, 3, 6)).astype(np.float32)
+    w, b = fold_batch_norm(conv.weight.data, conv.bias.data, bn)
+    assert w.dtype == np.float32 and b.dtype == np.float32
+    expected = bn(conv(x))
+    assert relative_error(np.einsum("nhwc,cd->nhwd", x, w) + b, expected) < 1e-5
+
+
+def test_thread_count_changes_give_identical_results():
+    model = randomize_batch_norm(npmobilenet.build("mobilenet_v3_large", width=0.5, num_classes=10),
+                                 np.random.default_rng(2)).eval()
+    x = np.random.default_rng(3).standard_normal((2, 48, 48, 3)).astype(np.float32)
+    fused = model.fuse(threads=1)
+    fused.adaptive = False
+    # a low threshold so every layer runs its parallel build (the default keeps small ones serial)
+    fused.parallel_min_macs = 0
+    one = fused(x)
+    results = [one]
+    for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+        fused.set_threads(threads)
+        results.append(fused(x))
+        assert fused.last_threads == threads
+    fused.set_threads(1)
+    results.append(fused(x))
+    for r in results[1:]:
+        assert np.array_equal(r, one), "results differ between thread counts"
+    # the adaptive governor switches thread counts between calls: same results
+    fused.set_threads(None, adaptive=True)
+    for _ in range(4):
+        assert np.array_equal(fused(x), one)
+
+
+def test_fuse_refuses_training_mode():
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=10)
+    with pytest.raises(RuntimeError, match=r"eval mode.*model\.eval\(\)"):
+        model.fuse()
+    model.eval()
+    model.blocks[2].train()     # one block left in training mode
+    with pytest.raises(RuntimeError, match="blocks.2"):
+        fuse_model(model)
+
+
+def test_fused_model_has_no_backward_or_training():
+    fused = npmobilenet.build("mobilenet_v1", width=0.25, num_classes=3).eval().fuse()
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    logits = fused(x)
+    with pytest.raises(RuntimeError, match="inference-only: it has no backward pass"):
+        fused.backward(np.ones_like(logits))
+    with pytest.raises(RuntimeError, match="cannot be put in training mode"):
+        fused.train()
+    assert fused.eval() is fused and fused.training is False
+
+
+@pytest.mark.parametrize("bad", [
+    [[1.0]],                                     # not an array
+    np.zeros((1, 32, 32, 3), np.int32),          # integer images
+    np.zeros((32, 32, 3), np.float32),           # no batch axis
+    np.zeros((1, 3, 32, 32), np.float32),        # NCHW
+    np.zeros((0, 32, 32, 3), np.float32),        # empty batch
+    np.zeros((1, 31, 32, 3), np.float32),        # too small
+])
+def test_fused_model_validates_input_like_the_model(bad):
+    model = npmobilenet.build("mobilenet_v3_small", width=0.35, num_classes=4).eval()
+    fused = model.fuse()
+    with pytest.raises((TypeError, ValueError)) as unfused_error:
+        model(bad)
+    with pytest.raises(type(unfused_error.value)) as fused_error:
+        fused(bad)
+    assert str(fused_error.value) == str(unfused_error.value)
+
+
+def test_float64_and_strided_inputs():
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=4).eval()
+    fused = model.fuse()
+    x = np.random.default_rng(4).standard_normal((2, 40, 40, 3))
+    expected = fused(x.astype(np.float32))
+    assert relative_error(fused(x), expected) < 1e-6
+    assert relative_error(fused(np.asfortranarray(x)), expected) < 1e-6
+
+
+def test_threads_argument_is_checked():
+    model = npmobilenet.build("mobilenet_v3_small", width=0.35, num_classes=4).eval()
+    with pytest.raises(ValueError, match="threads must be between 1 and"):
+        model.fuse(threads=0)
+    with pytest.raises(TypeError, match="threads must be an int or None"):
+        model.fuse(threads=1.5)
+
+
+@pytest.mark.parametrize("arch", npmobilenet.ARCHS)
+def test_fused_macs_equal_the_analytic_count(arch):
+    # two derivations: the fused layers' shapes, and the per-op formulas over the unfused model
+    model = npmobilenet.build(arch).eval()
+    fused = model.fuse()
+    for resolution, batch in ((224, 1), (160, 3)):
+        assert fused.macs(resolution, batch) == summarize(model, resolution, batch).macs
+
+
+def test_governor_falls_back_to_one_thread_and_probes():
+    governor = ThreadGovernor(probe_interval=4, max_interval=16)
+    seconds = {2: 0.010, 1: 0.015}              # quiet machine: two threads faster
+    chosen = []
+    for _ in range(40):
+        n = governor.choose(2)
+        chosen.append(n)
+        governor.record(n, seconds[n])
+    assert chosen[:2] == [2, 1]                 # measures both first
+    assert chosen[10:].count(2) > 0.8 * len(chosen[10:])
+    assert governor.interval == 16              # probes confirmed the choice: backed off
+    seconds[2] = 0.200                          # another process takes a core
+    chosen = []
+    for _ in range(60):
+        n = governor.choose(2)
+        chosen.append(n)
+        governor.record(n, seconds[n])
+    assert chosen[-20:].count(1) >= 18          # runs on one thread, probing two now and then
+    seconds[2] = 0.010                          # the load goes away
+    for _ in range(60):
+        n = governor.choose(2)
+        governor.record(n, seconds[n])
+    assert governor.choose(2) == 2
+    assert ThreadGovernor().choose(1) == 1

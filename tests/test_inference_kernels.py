@@ -1,0 +1,185 @@
+"""Each fused inference kernel against a plain NumPy computation of the same layer.
+
+The oracles are written here from the definitions (convolutions from `npmobilenet.ops.reference`,
+the slow tap-by-tap NumPy convolutions that share no code with any kernel), and every kernel is
+run both serial and parallel, through OpenBLAS's SGEMM and through the Numba matrix product.
+"""
+import numpy as np
+import pytest
+
+from npmobilenet.inference import kernels
+from npmobilenet.inference.blas import find_blas
+from npmobilenet.ops import reference
+
+RTOL = 1e-5
+
+
+# -- oracles ------------------------------------------------------------------------------------
+def relu(v):
+    return np.maximum(v, 0)
+
+
+def relu6(v):
+    return np.clip(v, 0, 6)
+
+
+def hardswish(v):
+    return v * np.clip(v + 3, 0, 6) / 6
+
+
+def hardsigmoid(v):
+    return np.clip(v + 3, 0, 6) / 6
+
+
+ACTIVATION = {None: lambda v: v, "relu": relu, "relu6": relu6, "hardswish": hardswish}
+
+
+def assert_close(actual, expected, what):
+    expected = np.asarray(expected, np.float64)
+    err = float(np.abs(np.asarray(actual, np.float64) - expected).max() / max(1e-12, np.abs(expected).max()))
+    print(f"{what}: max relative difference {err:.2e}")
+    assert actual.shape == expected.shape, what
+    assert err < RTOL, f"{what}: max relative difference {err:.2e}"
+
+
+def data(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+BACKENDS = [pytest.param(True, id="blas"), pytest.param(False, id="numba-matmul")]
+
+
+# -- tests --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_blas", BACKENDS)
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "hardswish"])
+def test_pointwise_conv(use_blas, parallel, activation):
+    rng = np.random.default_rng(0)
+    # 2 * 9 * 7 = 126 rows: the tiling rule cuts them in two (and 21 > 16 output channels)
+    x, w, b = data(rng, 2, 9, 7, 13), data(rng, 13, 21), data(rng, 21)
+    y = kernels.pointwise_conv(x, w, b, activation, parallel=parallel, use_blas=use_blas)
+    expected = ACTIVATION[activation](reference.pointwise_conv2d(x.astype(np.float64), w.astype(np.float64)) + b)
+    assert_close(y, expected, f"pointwise {activation}")
+
+
+@pytest.mark.parametrize("use_blas", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 5, 5, 24, 40), (3, 16, 16, 20, 140), (1, 7, 7, 160, 960)])
+def test_pointwise_residual_and_gate(use_blas, shape):
+    # large layers (row tiles), wide small layers (column halves: the gate is applied first)
+    n, h, w_, cin, cout = shape
+    rng = np.random.default_rng(1)
+    x, w, b = data(rng, n, h, w_, cin), data(rng, cin, cout), data(rng, cout)
+    residual, gate = data(rng, n, h, w_, cout), rng.random((n, cin)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    y = kernels.pointwise_conv(x, w, b, None, residual=residual, use_blas=use_blas)
+    assert_close(y, reference.pointwise_conv2d(x64, w.astype(np.float64)) + b + residual, "pointwise + residual")
+    y = kernels.pointwise_conv(x, w, b, None, residual=residual, gate=gate, use_blas=use_blas)
+    gated = x64 * gate[:, None, None, :]
+    assert_close(y, reference.pointwise_conv2d(gated, w.astype(np.float64)) + b + residual, "gated pointwise + residual")
+    x_before = x.copy()
+    kernels.pointwise_conv(x, w, b, "hardswish", gate=gate, use_blas=use_blas)
+    assert np.array_equal(x, x_before), "the public wrapper must not modify its input"
+
+
+def test_pointwise_rejects_bad_arguments():
+    x, w, b = np.zeros((1, 4, 4, 3), np.float32), np.zeros((3, 5), np.float32), np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="w must be"):
+        kernels.pointwise_conv(x, np.zeros((4, 5), np.float32), b)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        kernels.pointwise_conv(x, w, b, "gelu")
+    with pytest.raises(ValueError, match="residual add is fused only into a linear"):
+        kernels.pointwise_conv(x, w, b, "relu", residual=np.zeros((1, 4, 4, 5), np.float32))
+    with pytest.raises(ValueError, match="gate must have shape"):
+        kernels.pointwise_conv(x, w, b, gate=np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="x must be a float array"):
+        kernels.pointwise_conv(x.astype(np.int32), w, b)
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("kernel_size, stride, padding", [
+    (3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2),
+    (3, 2, (0, 1, 0, 1)),       # TensorFlow's asymmetric 'same' padding at stride 2
+    (7, 1, 3),                  # another size: the general (tap-by-tap) path
+])
+def test_depthwise_conv(parallel, kernel_size, stride, padding):
+    rng = np.random.default_rng(2)
+    # odd sizes and a channel count that is not a multiple of the vector width
+    x, w, b = data(rng, 2, 11, 9, 19), data(rng, kernel_size, kernel_size, 19), data(rng, 19)
+    pt, pb, pl, pr = (padding,) * 4 if np.isscalar(padding) else padding
+    expected = reference.depthwise_conv2d(x.astype(np.float64), w.astype(np.float64), stride=stride,
+                                          padding=((pt, pb), (pl, pr))) + b
+    for activation in (None, "relu6", "hardswish"):
+        y, sums = kernels.depthwise_conv(x, w, b, activation, stride, padding, with_row_sums=True, parallel=parallel)
+        want = ACTIVATION[activation](expected)
+        assert_close(y, want, f"depthwise {kernel_size}x{kernel_size}/{stride} {activation}")
+        assert_close(sums, want.sum(axis=2), "depthwise row sums")
+
+
+def test_depthwise_tiny_input_is_all_border():
+    # every tap of a 5x5 kernel on a 2x3 input lands partly in the padding
+    rng = np.random.default_rng(3)
+    x, w, b = data(rng, 1, 2, 3, 8), data(rng, 5, 5, 8), data(rng, 8)
+    y = kernels.depthwise_conv(x, w, b, "relu", 1, 2)
+    expected = relu(reference.depthwise_conv2d(x.astype(np.float64), w.astype(np.float64), padding=2) + b)
+    assert_close(y, expected, "depthwise on a 2x3 input")
+
+
+def test_squeeze_excite_gate():
+    rng = np.random.default_rng(4)
+    activation = rng.standard_normal((3, 6, 5, 24))
+    w1, b1, w2, b2 = data(rng, 24, 8), data(rng, 8), data(rng, 8, 24), data(rng, 24)
+    gate = kernels.squeeze_excite_gate(activation.sum(axis=2), 6 * 5, w1, b1, w2, b2)
+    squeezed = activation.mean(axis=(1, 2))                      # V3 paper, sec. 5.3
+    expected = hardsigmoid(relu(squeezed @ w1 + b1) @ w2 + b2)
+    assert_close(gate, expected, "SE gate")
+
+
+@pytest.mark.parametrize("use_blas", BACKENDS)
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+def test_conv2d_stem(use_blas, parallel):
+    rng = np.random.default_rng(5)
+    x, w, b = data(rng, 2, 33, 30, 3), data(rng, 3, 3, 3, 16), data(rng, 16)
+    y = kernels.conv2d(x, w, b, "hardswish", stride=2, padding=1, parallel=parallel, use_blas=use_blas)
+    expected = hardswish(reference.conv2d(x.astype(np.float64), w.astype(np.float64), stride=2, padding=1) + b)
+    assert_close(y, expected, "stem conv")
+    # more output columns than one patch tile holds, asymmetric padding
+    x = data(rng, 1, 5, 300, 3)
+    y = kernels.conv2d(x, w, b, None, stride=1, padding=(0, 1, 2, 0), use_blas=use_blas)
+    expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=((0, 1), (2, 0))) + b
+    assert_close(y, expected, "wide conv")
+
+
+@pytest.mark.parametrize("use_blas", BACKENDS)
+def test_linear_and_pool(use_blas):
+    rng = np.random.default_rng(6)
+    x, w, b = data(rng, 3, 40), data(rng, 40, 100), data(rng, 100)
+    for activation in (None, "hardswish"):
+        assert_close(kernels.linear(x, w, b, activation, use_blas=use_blas),
+                     ACTIVATION[activation](x.astype(np.float64) @ w + b), f"linear {activation}")
+    images = data(rng, 2, 7, 5, 11)
+    assert_close(kernels.global_avg_pool(images), images.astype(np.float64).mean(axis=(1, 2)), "global average pool")
+
+
+def test_blas_is_found_and_single_threaded_restores():
+    blas = find_blas()
+    if blas is None:
+        pytest.skip("no ILP64 OpenBLAS in this numpy (the Numba matrix product is used)")
+    before = blas._get_threads()
+    with blas.single_threaded():
+        assert blas._get_threads() == 1
+        with blas.single_threaded():        # re-entrant
+            assert blas._get_threads() == 1
+        assert blas._get_threads() == 1
+    assert blas._get_threads() == before
+
+
+def test_tiling_rules_depend_on_shapes_only():
+    # tiles are what makes results identical across thread counts: check their invariants
+    for rows in (1, 7, 49, 196, 511, 512, 3136, 100_000):
+        for cin, cout in ((16, 96), (960, 160), (320, 1280), (24, 24)):
+            tile_rows, tile_cols = kernels.pointwise_tiles(rows, cin, cout)
+            assert 1 <= tile_rows <= max(rows, 1) and 1 <= tile_cols
+            tiles = -(-rows // tile_rows) * -(-cout // tile_cols)
+            assert tiles >= min(2, rows), (rows, cin, cout)
+    assert kernels.linear_block_cols(1000) % 16 == 0
+    assert kernels.conv2d_rows_per_tile(112) * 112 <= 256
