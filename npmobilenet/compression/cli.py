@@ -57,11 +57,18 @@ def _finetune_arguments(p):
 
 # -- data as the checkpoint was trained ------------------------------------------------------------
 def _data(meta, spec, split):
+    """(dataset, transform) of `spec`'s "train" or "test" split, as `npmobilenet eval` reads it."""
+    from npmobilenet.training import data
     from npmobilenet.training.augment import preprocessing
-    from npmobilenet.training.data import dataset_from_spec
 
-    resolution = meta.get("resolution")
-    dataset = dataset_from_spec(spec, split, resolution=resolution, seed=meta.get("split_seed", 0))
+    resolution, seed = meta.get("resolution"), meta.get("split_seed", 0)
+    if hasattr(data, "datasets_from_spec"):
+        # the split training held out, when this is the data it trained on (as `eval` does)
+        val_fraction = meta.get("val_fraction", 0.1) if meta.get("data") == spec else 0.0
+        train, held_out = data.datasets_from_spec(spec, resolution, val_fraction=val_fraction, split_seed=seed)
+        dataset = train if split == "train" or held_out is None else held_out
+    else:
+        dataset = data.dataset_from_spec(spec, split, resolution=resolution, seed=seed)
     return dataset, preprocessing(resolution, meta.get("mean"), meta.get("std"))
 
 
