@@ -134,19 +134,23 @@ def test_squeeze_excite_gate():
     assert_close(gate, expected, "SE gate")
 
 
-@pytest.mark.parametrize("use_blas", BACKENDS)
 @pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
-def test_conv2d_stem(use_blas, parallel):
+def test_conv2d_stem(parallel):
     rng = np.random.default_rng(5)
     x, w, b = data(rng, 2, 33, 30, 3), data(rng, 3, 3, 3, 16), data(rng, 16)
-    y = kernels.conv2d(x, w, b, "hardswish", stride=2, padding=1, parallel=parallel, use_blas=use_blas)
+    y = kernels.conv2d(x, w, b, "hardswish", stride=2, padding=1, parallel=parallel)
     expected = hardswish(reference.conv2d(x.astype(np.float64), w.astype(np.float64), stride=2, padding=1) + b)
     assert_close(y, expected, "stem conv")
-    # more output columns than one patch tile holds, asymmetric padding
-    x = data(rng, 1, 5, 300, 3)
-    y = kernels.conv2d(x, w, b, None, stride=1, padding=(0, 1, 2, 0), use_blas=use_blas)
+    # asymmetric padding; and a kernel that is not 3x3 over 3 channels (the general path)
+    x = data(rng, 1, 5, 30, 3)
+    y = kernels.conv2d(x, w, b, None, stride=1, padding=(0, 1, 2, 0), parallel=parallel)
     expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=((0, 1), (2, 0))) + b
-    assert_close(y, expected, "wide conv")
+    assert_close(y, expected, "asymmetric padding")
+    x, w = data(rng, 2, 9, 8, 4), data(rng, 2, 5, 4, 7)
+    y = kernels.conv2d(x, w, b[:7], "relu", stride=(1, 2), padding=(1, 0, 2, 1), parallel=parallel)
+    expected = relu(reference.conv2d(x.astype(np.float64), w.astype(np.float64), stride=(1, 2),
+                                     padding=((1, 0), (2, 1))) + b[:7])
+    assert_close(y, expected, "2x5 conv over 4 channels")
 
 
 @pytest.mark.parametrize("use_blas", BACKENDS)
@@ -182,4 +186,3 @@ def test_tiling_rules_depend_on_shapes_only():
             tiles = -(-rows // tile_rows) * -(-cout // tile_cols)
             assert tiles >= min(2, rows), (rows, cin, cout)
     assert kernels.linear_block_cols(1000) % 16 == 0
-    assert kernels.conv2d_rows_per_tile(112) * 112 <= 256

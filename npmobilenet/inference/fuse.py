@@ -107,8 +107,6 @@ class FusedConv2d(FusedLayer):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right)
-        kh, kw, cin, cout = weight.shape
-        self._matrix = weight.reshape(kh * kw * cin, cout)  # rows in (i, j, cin) order, as the patches
 
     def weights(self):
         return [self.weight, self.bias]
@@ -119,24 +117,16 @@ class FusedConv2d(FusedLayer):
         (sh, sw), (pt, pb, pl, pr) = self.stride, self.padding
         return [(n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, cout)]
 
-    def workspace_shapes(self, shapes):
-        wo = self.output_shapes(shapes)[0][2]
-        kh, kw, cin, _ = self.weight.shape
-        rows = kernels.conv2d_rows_per_tile(wo)
-        return [(numba.config.NUMBA_NUM_THREADS, rows * wo, kh * kw * cin)]
-
     def macs(self, shapes):
         n, ho, wo, cout = self.output_shapes(shapes)[0]
         kh, kw, cin, _ = self.weight.shape
         return n * ho * wo * cout * kh * kw * cin
 
     def call(self, tensors, parallel, sgemm):
-        x, y, patches = tensors
-        kh, kw, _, _ = self.weight.shape
+        x, y = tensors
         (sh, sw), (pt, _, pl, _) = self.stride, self.padding
         return _pair_kernel(kernels.CONV2D, parallel), (
-            x, self._matrix, self.bias, kernels.ACTIVATIONS[self.activation], kh, kw, sh, sw, pt, pl,
-            kernels.conv2d_rows_per_tile(y.shape[2]), patches, sgemm, y)
+            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y)
 
 
 class FusedPointwise(FusedLayer):

@@ -22,8 +22,8 @@ what the tests call; the fused model calls the kernels directly with its planned
   per-row channel sums of its output (SE's squeeze, so SE never re-reads the activation).
 - `squeeze_excite_gate`: SE's two small fully connected layers on those sums:
   `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)` (V3 paper, section 5.3).
-- `conv2d`: the stem's 3x3 convolution as patches (im2col, a few output rows at a time in a small
-  workspace) times the weight matrix, epilogue bias + activation.
+- `conv2d`: the stem's 3x3 convolution over the 3 colour channels, direct (27 taps unrolled,
+  output channels vectorised), bias and activation.
 - `global_avg_pool` and `linear` (bias + activation; column blocks in parallel: at batch 1 the
   classifier is a matrix-vector product bound by reading its weights).
 
@@ -343,43 +343,64 @@ def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand
             g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
 
 
-def _conv2d(x, w, bias, act, kh, kw, stride_h, stride_w, pad_top, pad_left, rows_per_tile, patches, sgemm, y):
-    # x: (N, H, W, Cin), w: (KH*KW*Cin, Cout) -> y: (N, Ho, Wo, Cout).
-    # patches: (threads, rows_per_tile*Wo, KH*KW*Cin) workspace, one slab per thread.
+@njit_serial
+def _conv3x3_rgb_row(x, w, bias, y, n, oh, ih, stride_w, pad_left, ow_lo, ow_hi):
+    """y[n, oh, ow] = bias + the 27 taps of a 3x3 kernel over 3 input channels (every MobileNet
+    stem), for columns ow_lo..ow_hi-1 whose taps are all inside x. The tap loops have constant
+    trip counts: the compiler unrolls them, leaving the output-channel loop innermost, vectorised,
+    its sum in a register (im2col and a K=27 matrix product ran 2-3x slower here)."""
+    for ow in range(ow_lo, ow_hi):
+        iw = ow * stride_w - pad_left
+        for co in range(y.shape[3]):
+            s = bias[co]
+            for i in range(3):
+                for j in range(3):
+                    for ci in range(3):
+                        s += x[n, ih + i, iw + j, ci] * w[i, j, ci, co]
+            y[n, oh, ow, co] = s
+
+
+@njit_serial
+def _conv_pixel(x, w, bias, y, n, oh, ow, ih0, iw0):
+    """y[n, oh, ow] = bias + the taps of any kernel that land inside x (the general path)."""
+    height, width, in_channels = x.shape[1], x.shape[2], x.shape[3]
+    yv = y[n, oh, ow]
+    for co in range(yv.shape[0]):
+        yv[co] = bias[co]
+    for i in range(w.shape[0]):
+        ih = ih0 + i
+        if ih < 0 or ih >= height:
+            continue
+        for j in range(w.shape[1]):
+            iw = iw0 + j
+            if iw < 0 or iw >= width:
+                continue
+            for ci in range(in_channels):
+                a, wr = x[n, ih, iw, ci], w[i, j, ci]
+                for co in range(yv.shape[0]):
+                    yv[co] += a * wr[co]
+
+
+def _conv2d(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y):
+    # x: (N, H, W, Cin), w: (KH, KW, Cin, Cout), bias: (Cout,) -> y: (N, Ho, Wo, Cout).
     n_images, height, width, in_channels = x.shape
-    out_h, out_w, out_channels = y.shape[1], y.shape[2], y.shape[3]
-    tiles_per_image = (out_h + rows_per_tile - 1) // rows_per_tile
-    for t in prange(n_images * tiles_per_image):
-        n = t // tiles_per_image
-        oh0 = (t - n * tiles_per_image) * rows_per_tile
-        oh1 = min(out_h, oh0 + rows_per_tile)
-        slab = patches[numba.get_thread_id()]
-        # im2col: one row of patches per output pixel, (i, j, cin) order as w's rows. In NHWC the
-        # kw*Cin inputs under one kernel row are contiguous: copy them as one run when inside.
-        run = kw * in_channels
-        q = 0
-        for oh in range(oh0, oh1):
-            for ow in range(out_w):
-                iw0 = ow * stride_w - pad_left
-                patch = slab[q]
-                for i in range(kh):
-                    ih = oh * stride_h - pad_top + i
-                    if ih < 0 or ih >= height:
-                        for e in range(run):
-                            patch[i * run + e] = 0
-                    elif iw0 >= 0 and iw0 + kw <= width:
-                        xrow = x[n, ih].reshape(width * in_channels)
-                        for e in range(run):
-                            patch[i * run + e] = xrow[iw0 * in_channels + e]
-                    else:
-                        for j in range(kw):
-                            iw = iw0 + j
-                            for ci in range(in_channels):
-                                patch[i * run + j * in_channels + ci] = x[n, ih, iw, ci] if 0 <= iw < width else _F32(0)
-                q += 1
-        out = y[n, oh0:oh1].reshape((q, out_channels))
-        _matmul(sgemm, slab, 0, q, w, 0, out_channels, out)
-        _bias_act(out, 0, q, 0, out_channels, bias, act)
+    kh, kw = w.shape[0], w.shape[1]
+    out_h, out_w = y.shape[1], y.shape[2]
+    rgb3x3 = kh == 3 and kw == 3 and in_channels == 3
+    ow_lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
+    ow_hi = max(ow_lo, min(out_w, (width - kw + pad_left) // stride_w + 1))
+    for r in prange(n_images * out_h):
+        n = r // out_h
+        oh = r - n * out_h
+        ih0 = oh * stride_h - pad_top
+        lo, hi = 0, 0                        # columns done by the fast path
+        if rgb3x3 and ih0 >= 0 and ih0 + 3 <= height:
+            lo, hi = ow_lo, ow_hi
+            _conv3x3_rgb_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, lo, hi)
+        for ow in range(out_w):
+            if ow < lo or ow >= hi:
+                _conv_pixel(x, w, bias, y, n, oh, ow, ih0, ow * stride_w - pad_left)
+        _activate(y[n, oh], act)
 
 
 def _global_avg_pool(x, y):
@@ -448,11 +469,6 @@ def pointwise_tiles(rows, in_channels, out_channels):
 def linear_block_cols(out_features):
     """Columns per block of the classifier: about 4 blocks, multiples of 16 (SGEMM's panel width)."""
     return max(16, min(out_features, math.ceil(out_features / 4 / 16) * 16))
-
-
-def conv2d_rows_per_tile(out_w):
-    """Output rows per im2col tile: about 256 patch rows (a 27-wide patch slab of 27 KB)."""
-    return max(1, 256 // max(1, out_w))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,7 +587,7 @@ def squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand,
     return gate
 
 
-def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_blas=True):
+def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True):
     """act(conv(x, w) + bias). x: (N, H, W, Cin), w: (KH, KW, Cin, Cout) -> y: (N, Ho, Wo, Cout)."""
     x = _f32("x", x, 4, "(N, H, W, Cin)")
     w = _f32("w", w, 4, "(KH, KW, Cin, Cout)")
@@ -586,10 +602,7 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     if ho < 1 or wo < 1:
         raise ValueError(f"no output: input {h}x{wd}, kernel {(kh, kw)}, padding {(pt, pb, pl, pr)}")
     y = np.empty((n, ho, wo, cout), np.float32)
-    rows_per_tile = conv2d_rows_per_tile(wo)
-    patches = np.empty((numba.config.NUMBA_NUM_THREADS, rows_per_tile * wo, kh * kw * cin), np.float32)
-    _run(CONV2D, parallel, x, w.reshape(kh * kw * cin, cout), bias, _activation_code(activation),
-         kh, kw, sh, sw, pt, pl, rows_per_tile, patches, _sgemm(use_blas), y)
+    _run(CONV2D, parallel, x, w, bias, _activation_code(activation), sh, sw, pt, pl, y)
     return y
 
 
