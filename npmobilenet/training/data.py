@@ -377,17 +377,45 @@ class BatchLoader:
         return self.batches(epoch)
 
 
-def dataset_from_spec(spec, split="train", resolution=None, test_fraction=0.2, seed=0):
-    """A dataset from a command-line `--data` value.
+def datasets_from_spec(spec, resolution=None, val_fraction=0.1, split_seed=0):
+    """`(train, val)` datasets from a command-line `--data` value.
 
-    "digits" (scikit-learn's digits; `split` "train" or "test"), "cifar10:DIR", or an image
-    folder "DIR" (for "test", "DIR/../val" or "DIR/../test" is not guessed: pass it explicitly).
+    - "digits": scikit-learn's digits at `resolution` (default 32), the stratified 20% test split
+      as `val` (seed `split_seed`).
+    - "cifar10:DIR": the training batches and the test batch (resized if `resolution` is not 32).
+    - "DIR": an image folder. With `DIR/train/` and `DIR/val/` (or `DIR/test/`) those are used;
+      otherwise `val_fraction` of every class of `DIR/<class>/` is held out (seed `split_seed`).
+      Images are resized to `resolution` when given.
+    `val` is None when there is nothing to validate on.
     """
+    spec = str(spec)
     if spec == "digits":
-        train, test = load_digits(resolution or 32, test_fraction, seed)
-        return train if split == "train" else test
+        return load_digits(resolution or 32, 0.2, split_seed)
     if spec.startswith("cifar10:"):
-        return load_cifar10(spec[len("cifar10:"):], split)
-    if not os.path.isdir(spec):
+        root = spec[len("cifar10:"):]
+        train = load_cifar10(root, "train")
+        try:
+            val = load_cifar10(root, "test")
+        except FileNotFoundError:
+            val = None
+        if resolution and resolution != 32:
+            train = ArrayDataset(augment.resize(train.images, resolution), train.labels, train.classes)
+            val = val and ArrayDataset(augment.resize(val.images, resolution), val.labels, val.classes)
+        return train, val
+    root = Path(spec)
+    if not root.is_dir():
         raise FileNotFoundError(f"--data {spec!r} is neither 'digits', 'cifar10:DIR' nor a directory")
-    return ImageFolder(spec, size=resolution)
+    if (root / "train").is_dir():
+        train = ImageFolder(root / "train", size=resolution)
+        for name in ("val", "test"):
+            if (root / name).is_dir():
+                val = ImageFolder(root / name, size=resolution)
+                if val.classes != train.classes:
+                    raise ValueError(f"{root / name} has classes {val.classes}, but {root / 'train'} has {train.classes}")
+                return train, val
+        return train, None
+    everything = ImageFolder(root, size=resolution)
+    if not val_fraction:
+        return everything, None
+    train_idx, val_idx = stratified_split(everything.labels, val_fraction, split_seed)
+    return everything.subset(train_idx), everything.subset(val_idx)

@@ -78,7 +78,8 @@ def add_arguments(parser):
     parser.add_argument("checkpoint", help="checkpoint .npz written by `npmobilenet train` or `demo`")
     parser.add_argument(
         "--data", required=True,
-        help="'digits' (its held-out test split), 'cifar10:DIR' (the test batch) or an image folder DIR/<class>/*.png",
+        help="'digits' (its held-out test split), 'cifar10:DIR' (the test batch), or an image folder: DIR/val/ or "
+        "DIR/test/ if present, else the split of DIR/<class>/ that `train` held out",
     )
     parser.add_argument("--resolution", type=int, default=None, help="resize images to this size (default: as trained)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -86,12 +87,19 @@ def add_arguments(parser):
 
 def run(args):
     from npmobilenet.training.checkpoint import load_checkpoint
-    from npmobilenet.training.data import dataset_from_spec
+    from npmobilenet.training.data import datasets_from_spec
     from npmobilenet.training.augment import preprocessing
 
     ckpt = load_checkpoint(args.checkpoint)
     resolution = args.resolution or ckpt.meta.get("resolution")
-    data = dataset_from_spec(args.data, "test", resolution=resolution, seed=ckpt.meta.get("split_seed", 0))
+    meta = ckpt.meta
+    same_data = meta.get("data") == args.data
+    # the split `train` held out when this is the data it trained on; otherwise all of a folder
+    everything, data = datasets_from_spec(
+        args.data, resolution, val_fraction=meta.get("val_fraction", 0.1) if same_data else 0.0,
+        split_seed=meta.get("split_seed", 0),
+    )
+    data = data if data is not None else everything
     transform = preprocessing(resolution, ckpt.meta.get("mean"), ckpt.meta.get("std"))
     result = evaluate(ckpt.model, data, args.batch_size, transform)
     c = ckpt.config
