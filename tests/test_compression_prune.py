@@ -111,7 +111,7 @@ def test_bad_pruning_arguments_are_named():
 def test_magnitude_pruning_hits_the_target_sparsity_globally():
     model = _trained_looking("mobilenet_v2")
     before = {n: p.data.copy() for n, p in prune.prunable_weights(model).items()}
-    masks = prune.magnitude_prune(model, 0.6)
+    masks = prune.magnitude_prune(model, 0.6, scope="global")
     total = sum(m.size for m in masks.values())
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.6 * total)
     assert prune.sparsity_of(model) == pytest.approx(0.6, abs=1e-3)
@@ -121,6 +121,38 @@ def test_magnitude_pruning_hits_the_target_sparsity_globally():
     assert kept.min() >= dropped.max()
     # batch norm and biases are untouched
     assert all(not n.endswith("weight") or p.data.ndim >= 2 for n, p in model.named_parameters() if (p.data == 0).all())
+
+
+def test_normalized_and_per_layer_scopes():
+    model = _trained_looking("mobilenet_v2")
+    before = {n: p.data.copy() for n, p in prune.prunable_weights(model).items()}
+    masks = prune.magnitude_prune(copy.deepcopy(model), 0.5, scope="normalized")
+    total = sum(m.size for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.5 * total)
+    # raw global magnitude would wipe out the classifier (initialised at std 0.01); normalised does not
+    classifier = "classifier.1.weight"
+    raw = prune.magnitude_prune(copy.deepcopy(model), 0.5, scope="global")
+    assert raw[classifier].mean() < 0.05 and masks[classifier].mean() > 0.2
+    rms = {n: np.sqrt(np.mean(w.astype(float) ** 2)) for n, w in before.items()}
+    kept = np.concatenate([np.abs(before[n][m]) / rms[n] for n, m in masks.items()])
+    dropped = np.concatenate([np.abs(before[n][~m]) / rms[n] for n, m in masks.items()])
+    assert kept.min() >= dropped.max()
+    layer = prune.magnitude_prune(copy.deepcopy(model), 0.5, scope="layer")
+    assert all(abs((~m).mean() - 0.5) <= 0.5 / m.size + 1e-9 for m in layer.values())
+    with pytest.raises(ValueError, match="scope"):
+        prune.magnitude_prune(model, 0.5, scope="random")
+
+
+def test_batch_norm_recalibration_averages_fresh_statistics():
+    model = _trained_looking("mobilenet_v2")
+    images = np.random.default_rng(0).uniform(0, 1, (8, 32, 32, 3)).astype(np.float32)
+    prune.recalibrate_batch_norm(model, images, batch_size=4)
+    assert not model.training
+    # the stem's statistics are now those of the images through the stem's conv (averaged over 2 batches)
+    conv_out = [model.stem.conv(images[i : i + 4]) for i in (0, 4)]
+    expected = np.mean([c.mean(axis=(0, 1, 2)) for c in conv_out], axis=0)
+    np.testing.assert_allclose(model.stem.bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert model.stem.bn.momentum == 0.1  # restored
 
 
 def test_masked_optimizer_keeps_pruned_weights_at_zero():

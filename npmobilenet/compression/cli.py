@@ -40,6 +40,8 @@ def add_arguments(parser):
     p.add_argument("--criterion", default="bn", choices=("bn", "l1"), help="channel ranking: BN |gamma| or filter L1 norm")
     p.add_argument("--unstructured", action="store_true", help="global magnitude pruning of all weights instead")
     p.add_argument("--sparsity", type=float, default=None, help="with --unstructured: fraction of weights set to zero")
+    p.add_argument("--scope", default="normalized", choices=("normalized", "global", "layer"),
+                   help="with --unstructured: one threshold on |w|/RMS(layer) (default), on |w|, or per layer")
     _finetune_arguments(p)
 
     f = sub.add_parser("factorize", help="truncated-SVD factorisation of 1x1 convolutions and the classifier")
@@ -50,6 +52,8 @@ def add_arguments(parser):
 
 
 def _finetune_arguments(p):
+    p.add_argument("--recalibrate-images", type=int, default=512,
+                   help="with --data: re-estimate batch-norm statistics on this many training images first (0: no)")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs on --data (default 0: none)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW, cosine decay)")
     p.add_argument("--seed", type=int, default=0)
@@ -93,6 +97,10 @@ def _top1(model, meta, spec, batch_size=256):
 
 
 def _finetune(model, meta, args, masks=None):
+    if args.data is not None and args.recalibrate_images > 0:
+        from npmobilenet.compression.prune import recalibrate_batch_norm
+
+        recalibrate_batch_norm(model, calibration_images(meta, args.data, args.recalibrate_images, args.seed))
     if not args.epochs:
         return model
     if args.data is None:
@@ -162,7 +170,7 @@ def run(args):
                 if args.sparsity is None:
                     raise ValueError("--unstructured needs --sparsity (fraction of weights to zero)")
                 compressed = structure.load_checkpoint(args.checkpoint).model
-                masks = prune.magnitude_prune(compressed, args.sparsity)
+                masks = prune.magnitude_prune(compressed, args.sparsity, args.scope)
                 kind = f"magnitude-pruned to {prune.sparsity_of(compressed):.1%} sparsity"
             else:
                 if args.fraction is None:

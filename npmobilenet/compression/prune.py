@@ -119,28 +119,60 @@ def prunable_weights(model):
     return {name: p for name, p in model.named_parameters() if name.endswith("weight") and p.data.ndim >= 2}
 
 
-def magnitude_prune(model, sparsity):
-    """Zero the `sparsity` fraction of all conv/linear weights with the smallest |w|, in place.
+def _scores(p, scope):
+    magnitude = np.abs(p.data).astype(np.float64)
+    if scope == "global":
+        return magnitude
+    # each layer's magnitudes in units of its own RMS: layers initialised (and trained) at very
+    # different scales -- the classifier at std 0.01, convolutions at He scale -- compete fairly
+    rms = np.sqrt(np.mean(magnitude**2))
+    return magnitude / rms if rms > 0 else magnitude
 
-    One global threshold across layers (Han et al., 2015). Returns the masks {name: bool array,
-    True = kept}; pass them to `MaskedOptimizer` to fine-tune without regrowing the zeros.
+
+SCOPES = ("normalized", "global", "layer")
+
+
+def magnitude_prune(model, sparsity, scope="normalized"):
+    """Zero the `sparsity` fraction of all conv/linear weights with the smallest magnitude, in place.
+
+    scope: "normalized" (default): one threshold across layers on |w| / RMS(layer), so a layer's
+    share of zeros follows how small its weights are relative to their own scale; "global": one
+    threshold on raw |w| (Han et al., 2015), which on MobileNets prunes the small-scale
+    classifier away first; "layer": the same fraction in every layer.
+    Returns the masks {name: bool array, True = kept}; pass them to `MaskedOptimizer` to
+    fine-tune without regrowing the zeros.
     """
     sparsity = _check_fraction(sparsity, "sparsity")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     weights = prunable_weights(model)
-    magnitudes = np.concatenate([np.abs(p.data).ravel() for p in weights.values()])
-    count = int(round(sparsity * magnitudes.size))
+    if scope == "layer":
+        groups = [{name: p} for name, p in weights.items()]
+    else:
+        groups = [weights]
     masks = {}
+    for group in groups:
+        scores = {name: _scores(p, scope) for name, p in group.items()}
+        masks.update(_prune_lowest(group, scores, sparsity))
+    return masks
+
+
+def _prune_lowest(weights, scores, sparsity):
+    """Zero exactly round(sparsity * count) weights with the lowest scores (ties: first in order)."""
+    flat = np.concatenate([s.ravel() for s in scores.values()])
+    count = int(round(sparsity * flat.size))
     if count == 0:
         return {name: np.ones(p.shape, bool) for name, p in weights.items()}
-    threshold = np.partition(magnitudes, count - 1)[count - 1]
-    # ties at the threshold: prune exactly `count` weights, the first ones in model order
-    remaining = count - int((magnitudes < threshold).sum())
+    threshold = np.partition(flat, count - 1)[count - 1]
+    remaining = count - int((flat < threshold).sum())  # weights at the threshold still to prune
+    masks = {}
     for name, p in weights.items():
-        mask = np.abs(p.data) > threshold
-        at = np.flatnonzero(np.abs(p.data).ravel() == threshold)
-        keep_at = at[min(remaining, at.size):]
-        remaining -= min(remaining, at.size)
-        mask.ravel()[keep_at] = True
+        score = scores[name]
+        mask = score > threshold
+        at = np.flatnonzero(score.ravel() == threshold)
+        taken = min(remaining, at.size)
+        mask.ravel()[at[taken:]] = True
+        remaining -= taken
         p.data[~mask] = 0
         masks[name] = mask
     return masks
@@ -174,3 +206,32 @@ class MaskedOptimizer:
 
     def __setattr__(self, name, value):
         setattr(self._optimizer, name, value)
+
+
+def recalibrate_batch_norm(model, images, batch_size=64):
+    """Re-estimate every batch norm's running statistics on `images` (N, H, W, 3), in place.
+
+    Removing channels shifts the distribution every later batch norm sees, so its stored
+    statistics go stale (Li et al., 2020, "EagleEye": adaptive batch norm). The new statistics are
+    the plain average over the batches (momentum 1/k at the k-th batch); no weight changes, and
+    the model is returned in eval mode.
+    """
+    from npmobilenet.layers import BatchNorm
+
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (N, H, W, 3) array, got {getattr(images, 'shape', images)}")
+    norms = [layer for _, layer in model.modules() if isinstance(layer, BatchNorm)]
+    saved = [bn.momentum for bn in norms]
+    model.eval()
+    try:
+        for bn in norms:
+            bn.training = True
+        for k, start in enumerate(range(0, images.shape[0], batch_size)):
+            for bn in norms:
+                bn.momentum = 1.0 / (k + 1)
+            model(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+    finally:
+        for bn, momentum in zip(norms, saved):
+            bn.momentum = momentum
+        model.eval()
+    return model

@@ -161,13 +161,13 @@ class FloatGraph:
 
 
 def fold_batch_norm(conv, bn):
-    """(weight, bias) of convolution `conv` with the batch norm `bn` after it folded in (eval statistics)."""
-    scale = bn.gamma.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
-    weight = conv.weight.data.astype(np.float64) * scale  # the output channel is every weight's last axis
-    bias = bn.beta.data.astype(np.float64) - bn.running_mean.astype(np.float64) * scale
-    if getattr(conv, "bias", None) is not None:
-        bias = bias + conv.bias.data.astype(np.float64) * scale
-    return weight.astype(np.float32), bias.astype(np.float32)
+    """(weight, bias) of convolution `conv` with the batch norm `bn` after it folded in (eval
+    statistics): the inference engine's folding (`npmobilenet.inference.fuse.fold_batch_norm`),
+    so the int8 model starts from exactly the float weights `model.fuse()` runs."""
+    from npmobilenet.inference.fuse import fold_batch_norm as fold
+
+    bias = conv.bias.data if getattr(conv, "bias", None) is not None else None
+    return fold(conv.weight.data, bias, bn)
 
 
 def _conv_variant(conv):
