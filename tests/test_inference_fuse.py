@@ -45,6 +45,26 @@ def test_fused_equals_unfused_eval(arch, width):
         assert err < 1e-4
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_batches_run_in_chunks_equal_the_unfused_model(arch):
+    rng = np.random.default_rng(5)
+    model = randomize_batch_norm(npmobilenet.build(arch, width=0.5, num_classes=10), rng).eval()
+    fused = model.fuse()
+    fused.chunk_pixels = 2 * 32 * 32            # chunks of two 32x32 images: 2 + 2 + 1
+    x = rng.standard_normal((5, 32, 32, 3)).astype(np.float32)
+    expected = model(x)
+    results = []
+    for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+        fused.set_threads(threads, adaptive=False)
+        results.append(fused(x))
+        assert fused._worker_plans and fused.last_threads == threads
+    assert relative_error(results[0], expected) < 1e-4
+    for r in results[1:]:
+        assert np.array_equal(r, results[0]), "chunked results differ between thread counts"
+    fused.chunk_pixels = 10**9                  # the whole batch through one plan
+    assert relative_error(fused(x), expected) < 1e-4
+
+
 def test_fused_model_is_a_copy():
     model = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=5).eval()
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)

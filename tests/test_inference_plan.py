@@ -3,6 +3,7 @@ import gc
 import math
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 
@@ -61,7 +62,10 @@ def test_peak_is_below_the_sum_and_above_the_largest_layer():
     # the expansion of block 1 (112x112x96) and the block input beside it must coexist
     assert max(sizes) < peak < 0.4 * sum(sizes)
     print(f"mobilenet_v2 at 224: {peak / 2**20:.2f} MiB per image (all tensors: {sum(sizes) / 2**20:.1f} MiB)")
-    assert planned_peak_bytes(fused, 224, batch=4) == pytest.approx(4 * peak, rel=0.01)
+    # a batch of 224x224 images runs in chunks of two, one plan per worker thread
+    assert planned_peak_bytes(fused, 224, batch=4, threads=1) == pytest.approx(2 * peak, rel=0.01)
+    assert planned_peak_bytes(fused, 224, batch=4, threads=2) == pytest.approx(4 * peak, rel=0.01)
+    assert planned_peak_bytes(fused, 224, batch=5, threads=2) == pytest.approx(5 * peak, rel=0.01)
 
 
 def test_steady_state_allocates_no_activation_buffers():
@@ -119,3 +123,18 @@ def test_planned_peak_bytes_checks_arguments():
     with pytest.raises(ValueError, match="batch must be an int >= 1"):
         planned_peak_bytes(model, 224, batch=0)
     assert planned_peak_bytes(model, 224) > 0          # works in training mode too: shapes only
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_batches_hold_the_planned_bytes(threads):
+    fused = fused_model("mobilenet_v3_small", 0.5)
+    fused.chunk_pixels = 2 * 40 * 40           # chunks of two 40x40 images
+    fused.adaptive = False
+    fused.set_threads(min(threads, numba.config.NUMBA_NUM_THREADS), adaptive=False)
+    x = np.random.default_rng(2).standard_normal((6, 40, 40, 3)).astype(np.float32)
+    fused(x)
+    assert fused._plan is None and fused._worker_plans       # ran in chunks
+    expected = planned_peak_bytes(fused, 40, 6, threads=fused.threads)
+    assert fused.activation_bytes <= expected
+    if fused.threads == 1:
+        assert fused.activation_bytes == expected

@@ -421,6 +421,17 @@ def _numba_threads(threads):
             numba.set_num_threads(previous)
 
 
+CHUNK_PIXELS = 100_000
+
+
+def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
+    """Images per chunk when a batch is run in chunks: about `chunk_pixels` input pixels (two
+    224x224 images), so that a chunk's activations stay in the caches from one layer to the next
+    (a whole batch of 32 would stream ~250 MB through memory at every layer); a small batch of
+    small images runs whole. Depends on the shape only, never on the thread count."""
+    return max(1, min(batch, math.ceil(chunk_pixels / (height * width))))
+
+
 class ThreadGovernor:
     """Chooses, call by call, between running the parallel layers on `threads` threads or on one.
 
@@ -491,7 +502,9 @@ class FusedMobileNet:
         self.adaptive = adaptive     # let the ThreadGovernor fall back to one thread under load
         self.governor = ThreadGovernor()
         self.last_threads = None     # threads the last call ran on
-        self._plan = None
+        self._plan = None            # batch 1: one plan, its large layers split across threads
+        self._worker_plans = {}      # larger batches: (worker, chunk shape) -> plan of serial kernels
+        self.chunk_pixels = CHUNK_PIXELS
 
     # -- the computation --------------------------------------------------------------------
     def _check_input(self, x):
@@ -505,8 +518,9 @@ class FusedMobileNet:
         return np.dtype(FLOAT)
 
     def plan(self, input_shape):
-        """The memory plan for inputs of `input_shape` (N, H, W, 3), made once and kept until
-        the shape changes."""
+        """The memory plan of one image (or one small batch) run layer by layer with the large
+        layers split across threads: made once for `input_shape` (N, H, W, 3), kept until the
+        shape changes."""
         input_shape = tuple(int(d) for d in input_shape)
         if self._plan is None or self._plan.input_shape != input_shape:
             self._plan = None  # release the old buffers before allocating the new ones
@@ -514,23 +528,80 @@ class FusedMobileNet:
             self.governor.reset()
         return self._plan
 
+    def _worker_plan(self, worker, input_shape):
+        """Worker `worker`'s plan for a chunk of `input_shape`, its layers all serial."""
+        key = (worker, input_shape)
+        if key not in self._worker_plans:
+            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, math.inf, sgemm_address())
+        return self._worker_plans[key]
+
+    def chunk_images(self, batch, height, width):
+        """Images per chunk when a batch is split (see `chunk_images`)."""
+        return chunk_images(batch, height, width, self.chunk_pixels)
+
+    @property
+    def activation_bytes(self):
+        """Bytes of every activation buffer this model holds now (all its plans)."""
+        plans = ([self._plan] if self._plan is not None else []) + list(self._worker_plans.values())
+        return sum(plan.nbytes for plan in plans)
+
     def __call__(self, x):
         x = self._check_input(x)
-        plan = self.plan(x.shape)
-        np.copyto(plan.input, x)
+        batch, height, width, _ = x.shape
         threads = self.threads if self.threads is not None else numba.get_num_threads()
         if self.adaptive:
             threads = self.governor.choose(threads)
+        chunk = self.chunk_images(batch, height, width)
         blas = find_blas()
         guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
         start = time.perf_counter()
-        with guard, _numba_threads(threads):
-            for kernel, args in plan.calls:
-                kernel(*args)
+        with guard:
+            if chunk >= batch:
+                logits = self._run_whole(x, threads)
+            else:
+                logits = self._run_chunks(x, chunk, threads)
         if self.adaptive:
             self.governor.record(threads, time.perf_counter() - start)
         self.last_threads = threads
+        return logits
+
+    def _run_whole(self, x, threads):
+        """One plan; the large layers split into tiles across `threads` threads."""
+        plan = self.plan(x.shape)
+        np.copyto(plan.input, x)
+        with _numba_threads(threads):
+            for kernel, args in plan.calls:
+                kernel(*args)
         return plan.output.copy()
+
+    def _run_chunks(self, x, chunk, threads):
+        """The batch in chunks of `chunk` images, each run through the whole network by serial
+        kernels; `threads` workers (this thread and pool threads) take the next chunk as they
+        finish the last, so a worker slowed by another process simply does fewer chunks. The
+        kernels release the GIL. Which worker runs a chunk never changes what it computes."""
+        batch = x.shape[0]
+        if self._worker_plans and next(iter(self._worker_plans))[1][1:] != x.shape[1:]:
+            self._worker_plans = {}                           # a new resolution: re-plan
+        out = np.empty((batch, self.num_classes), FLOAT)
+        chunks = iter(range(0, batch, chunk))                 # next() on it is atomic under the GIL
+
+        def work(worker):
+            for start in chunks:
+                stop = min(batch, start + chunk)
+                plan = self._worker_plan(worker, (stop - start,) + x.shape[1:])
+                np.copyto(plan.input, x[start:stop])
+                for kernel, args in plan.calls:
+                    kernel(*args)
+                out[start:stop] = plan.output
+
+        workers = min(threads, -(-batch // chunk))
+        futures = [_worker_pool().submit(work, w) for w in range(1, workers)]
+        try:
+            work(0)
+        finally:
+            for future in futures:
+                future.result()
+        return out
 
     forward = __call__
 
@@ -564,11 +635,13 @@ class FusedMobileNet:
     def macs(self, resolution=224, batch=1):
         return sum(c[2] for c in self.layer_costs(resolution, batch))
 
-    def planned_peak_bytes(self, resolution=224, batch=1):
-        """Bytes of activation memory the plan allocates for a batch at this resolution."""
+    def planned_peak_bytes(self, resolution=224, batch=1, threads=None):
+        """Bytes of activation memory the plans allocate for a batch at this resolution."""
         from npmobilenet.inference.plan import planned_peak_bytes
 
-        return planned_peak_bytes(self, resolution, batch)
+        if threads is None:
+            threads = self.threads if self.threads is not None else numba.get_num_threads()
+        return planned_peak_bytes(self, resolution, batch, threads)
 
     def __repr__(self):
         c = self.config
@@ -589,6 +662,19 @@ def prefer_sleeping_threads():
     region (a futex wake-up instead of a spin).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_pool = []
+
+
+def _worker_pool():
+    """Threads that run chunks of a batch beside the calling thread (created on first use)."""
+    if not _pool:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool.append(ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                        thread_name_prefix="npmobilenet-inference"))
+    return _pool[0]
 
 
 def fuse_model(model, threads=None):

@@ -108,14 +108,17 @@ class MemoryPlan:
         return 4 * sum(_assign_slots(shapes, first, last)[1])
 
 
-def planned_peak_bytes(model, resolution=224, batch=1):
+def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
     """Activation memory (bytes) fused inference allocates for `batch` images of `resolution`.
 
     model: a MobileNet (fused or not; an unfused model is laid out as `model.fuse()` would lay it
     out, in any mode). resolution: an int (square) or (H, W). `batch=1` gives bytes per image.
-    Counts the plan's buffers: input copy, every activation and workspace, logits; not weights.
+    Counts the plans' buffers: input copy, every activation and workspace, logits; not weights.
+    A batch run in chunks (`fuse.chunk_images`) holds one plan per worker thread (`threads`),
+    plus, when the batch is not a whole number of chunks, one plan for the last, smaller chunk
+    (an upper bound then: the worker that runs the last chunk may hold no full-size plan).
     """
-    from npmobilenet.inference.fuse import FusedMobileNet, fused_layers
+    from npmobilenet.inference.fuse import CHUNK_PIXELS, FusedMobileNet, chunk_images, fused_layers
 
     if isinstance(resolution, (tuple, list)):
         h, w = (int(r) for r in resolution)
@@ -125,5 +128,15 @@ def planned_peak_bytes(model, resolution=224, batch=1):
         raise ValueError(f"resolution must be at least 32x32, got {h}x{w}")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-    layers = model.layers if isinstance(model, FusedMobileNet) else fused_layers(model)
-    return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3))
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    fused = isinstance(model, FusedMobileNet)
+    layers = model.layers if fused else fused_layers(model)
+    chunk = chunk_images(int(batch), h, w, model.chunk_pixels if fused else CHUNK_PIXELS)
+    if chunk >= batch:
+        return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3))
+    chunks, remainder = divmod(int(batch), chunk)
+    total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3))
+    if remainder:
+        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3))
+    return total
