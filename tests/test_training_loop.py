@@ -103,6 +103,23 @@ def test_plain_progress_lines(capsys):
     assert "left" in out[0] and out[1].endswith("left 0:00")
 
 
+def test_tqdm_progress_bar():
+    pytest.importorskip("tqdm")
+    import io
+
+    stream = io.StringIO()
+    display = loop.Progress("tqdm", stream=stream)
+    display.start_epoch(1, 2, 3)
+    for batch in range(1, 4):
+        display.update(batch, 0.5, 0.75, 123.0, 65.0)
+    # running stats with the time left (tqdm redraws at most every 0.1 s, so read the postfix)
+    assert display._bar.postfix == "loss 0.5000 acc  75.0%    123 img/s left 1:05"
+    display.end_epoch({"train_loss": 0.5, "train_acc": 0.75, "lr": 0.1, "images_per_second": 123, "seconds": 1.0}, 3.0)
+    text = stream.getvalue()
+    assert "epoch 1/2" in text and "3/3" in text
+    assert "train loss 0.5000 acc  75.0%" in text and "left 0:03" in text
+
+
 def test_bad_arguments():
     model = ToyNet()
     with pytest.raises(ValueError, match="epochs must be an int >= 1"):

@@ -181,13 +181,20 @@ def _run_demo(width, resolution, epochs, out, seed, quick, batch_size, lr, label
         say(_cost_summary(reloaded, resolution))
 
     latency = {}
-    for batch in (1, 64):
-        seconds, runs = measure_latency(reloaded, resolution, batch, seconds=0.3 if quick else 1.0)
-        latency[batch] = seconds
-        say(
-            f"inference, batch {batch:>2}: {1000 * seconds / batch:7.3f} ms per image, "
-            f"{batch / seconds:8.0f} images/s (median of {runs} runs after warm-up)"
-        )
+    runners = [("eval-mode model", reloaded)]
+    try:  # the inference copy: batch norm folded, conv + bias + activation in one kernel
+        runners.append(("fused (model.fuse())", reloaded.fuse(threads=threads)))
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError) as exc:
+        say(f"(fused inference unavailable: {exc})")
+    say()
+    for label, runner in runners:
+        for batch in (1, 64):
+            seconds, runs = measure_latency(runner, resolution, batch, seconds=0.3 if quick else 1.0)
+            latency[(label, batch)] = seconds
+            say(
+                f"inference, {label:<21} batch {batch:>2}: {1000 * seconds / batch:7.3f} ms per image, "
+                f"{batch / seconds:8.0f} images/s (median of {runs} runs after warm-up)"
+            )
     wall = time.perf_counter() - wall_start
     met = result["top1"] >= TARGET_ACCURACY
     say()

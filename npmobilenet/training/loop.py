@@ -46,7 +46,8 @@ class Progress:
     """Progress display: a tqdm bar per epoch when tqdm is installed and stderr is a terminal, else
     plain text lines (one per epoch, plus one every `interval` seconds within long epochs).
 
-    mode: "auto", "tqdm", "plain" or "none".
+    mode: "auto", "tqdm", "plain" or "none"; stream: where to write (default: the bar to stderr,
+    plain lines to stdout).
     """
 
     def __init__(self, mode="auto", stream=None, interval=10.0):
@@ -59,7 +60,7 @@ class Progress:
         if mode == "auto":
             mode = "tqdm" if available("tqdm") and sys.stderr.isatty() else "plain"
         self.mode = mode
-        self.stream = stream if stream is not None else sys.stdout
+        self.stream = stream if stream is not None else (sys.stderr if mode == "tqdm" else sys.stdout)
         self.interval = interval
         self._bar = None
         self._last_print = 0.0
@@ -71,7 +72,10 @@ class Progress:
             from npmobilenet.extras import require
 
             tqdm = require("tqdm", "the progress bar").tqdm
-            self._bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, dynamic_ncols=True,
+                file=self.stream,
+            )
 
     def update(self, batch, loss, acc, images_per_second, seconds_left):
         text = f"loss {loss:.4f} acc {100 * acc:5.1f}% {images_per_second:6.0f} img/s left {_format_seconds(seconds_left)}"
@@ -93,7 +97,7 @@ class Progress:
             f"lr {record['lr']:.3g}  {record['images_per_second']:.0f} img/s  {record['seconds']:.1f} s"
         )
         if self.mode == "tqdm":
-            self._bar.set_postfix_str(text, refresh=True)
+            self._bar.set_postfix_str(f"{text}  left {_format_seconds(seconds_left)}", refresh=True)
             self._bar.close()
             self._bar = None
         elif self.mode == "plain":
