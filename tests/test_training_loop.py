@@ -199,3 +199,27 @@ def test_checkpoint_round_trip_of_a_real_model_is_bitwise(arch, tmp_path, one_th
     assert type(reloaded) is type(model) and reloaded.config == model.config and not reloaded.training
     model.eval()
     assert np.array_equal(model(x), reloaded(x))
+
+
+def test_resume_of_a_real_model_matches_the_uninterrupted_run(tmp_path, one_thread):
+    import npmobilenet
+
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.random((96, 32, 32, 3)).astype(np.float32), np.arange(96) % 3)
+
+    def run_v2(epochs, checkpoint, resume=None):
+        model = npmobilenet.build("mobilenet_v2", width=0.25, num_classes=3, seed=0)  # dropout 0.2 in the head
+        opt = SGD(model.named_parameters(), lr=0.05, nesterov=True, weight_decay=4e-5)
+        schedule = CosineLR.from_epochs(0.05, epochs=2, steps_per_epoch=3, warmup_epochs=1)
+        history = train(model, data, None, epochs, opt, schedule, batch_size=32, seed=3, checkpoint=checkpoint,
+                        resume=resume, progress="none")
+        return model, history
+
+    full, full_history = run_v2(2, tmp_path / "full.npz")
+    run_v2(1, tmp_path / "part.npz")
+    resumed, resumed_history = run_v2(2, tmp_path / "part.npz", resume=tmp_path / "part.npz")
+    assert [h["train_loss"] for h in resumed_history] == pytest.approx([h["train_loss"] for h in full_history], rel=1e-6)
+    x = data.images[:4]
+    full.eval()
+    resumed.eval()
+    np.testing.assert_allclose(full(x), resumed(x), rtol=1e-5, atol=1e-6)
