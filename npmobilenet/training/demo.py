@@ -1,7 +1,7 @@
 """`npmobilenet demo`: train a MobileNetV2 from scratch on real handwritten digits, end to end.
 
 The data are the 1,797 8x8 scans scikit-learn ships in its wheel (`sklearn.datasets.load_digits`:
-the UCI optical-recognition digits, 43 writers). They are upsampled bilinearly to the model's
+the test set of the UCI optical-recognition digits, written by 13 people). They are upsampled bilinearly to the model's
 resolution and 20% of every class is held out as the test set (fixed split seed 0, whatever
 `--seed` is). The demo trains with the hand-written backward passes, saves the checkpoint,
 reloads it, and reports from the *reloaded* model in eval mode: test accuracy and confusion
