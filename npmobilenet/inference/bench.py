@@ -83,7 +83,7 @@ def analytic_macs(arch, resolution, batch=1):
 
 def machine_peaks(threads=1, seconds=0.3):
     """Measured SGEMM GMAC/s (a 1024^3 product, in-kernel BLAS, `threads` threads) and copy
-    bandwidth GB/s (bytes read + written, a 256 MB array, numpy, one thread): the roofline."""
+    bandwidth GB/s (bytes read + written, a 64 MB array, numpy, one thread): the roofline."""
     from npmobilenet.inference import kernels
     from npmobilenet.inference.blas import find_blas
 
@@ -108,8 +108,8 @@ def machine_peaks(threads=1, seconds=0.3):
             elapsed = time.perf_counter() - start
             best, spent = min(best, elapsed), spent + elapsed
     gmacs = n ** 3 / best / 1e9
-    src = np.ones(64 * 1024 * 1024, np.float32)
-    dst = np.empty_like(src)
+    src = np.ones(16 * 1024 * 1024, np.float32)    # 64 MB: twice the last-level cache
+    dst = np.zeros_like(src)                        # touched: no page faults in the timing
     best, spent = np.inf, 0.0
     while spent < seconds:
         start = time.perf_counter()
@@ -207,17 +207,24 @@ def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=No
 
 
 def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
-    """Median time of each fused layer run alone, with its MACs and bytes moved."""
+    """Median time of each fused layer run alone, with its MACs and bytes moved, for the plan
+    the model runs: the whole batch, or one chunk of it when the batch runs in chunks (then
+    `images` < `batch` and the figures are per chunk)."""
     import npmobilenet
     from npmobilenet.inference.blas import find_blas
     from npmobilenet.inference.fuse import _numba_threads
 
     model = npmobilenet.build(arch, seed=seed).eval()
     fused = model.fuse(threads=threads)
-    x = np.random.default_rng(seed).standard_normal((batch, resolution, resolution, 3)).astype(np.float32)
-    fused(x)
-    plan = fused.plan(x.shape)
-    costs = fused.layer_costs(resolution, batch)
+    images = fused.chunk_images(batch, resolution, resolution)
+    x = np.random.default_rng(seed).standard_normal((images, resolution, resolution, 3)).astype(np.float32)
+    if images < batch:
+        plan = fused._worker_plan(0, x.shape)      # what each worker runs: serial kernels
+        np.copyto(plan.input, x)
+    else:
+        fused(x)
+        plan = fused.plan(x.shape)
+    costs = fused.layer_costs(resolution, images)
     times = np.zeros((len(plan.calls), repeat))
     blas = find_blas()
     guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
@@ -236,8 +243,8 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
         layers.append({"name": name, "kind": description, "macs": macs, "bytes": nbytes, "ms": seconds * 1e3,
                        "share": seconds / total, "gmacs": macs / seconds / 1e9, "gbs": nbytes / seconds / 1e9,
                        "intensity": macs / nbytes, "parallel": plan.parallel[name]})
-    return {"arch": arch, "batch": batch, "resolution": resolution, "threads": threads, "layers": layers,
-            "total_ms": total * 1e3}
+    return {"arch": arch, "batch": batch, "images": images, "resolution": resolution, "threads": threads,
+            "layers": layers, "total_ms": total * 1e3}
 
 
 _COLD_START_SCRIPT = r"""
@@ -292,7 +299,9 @@ def format_results(results):
 
 
 def format_profile(profile, peaks=None):
-    lines = [f"{profile['arch']} batch {profile['batch']} at {profile['resolution']}, {profile['threads']} thread(s): "
+    chunk = (f" (per chunk of {profile['images']} images, each chunk run by one thread)"
+             if profile["images"] < profile["batch"] else "")
+    lines = [f"{profile['arch']} batch {profile['batch']} at {profile['resolution']}, {profile['threads']} thread(s){chunk}: "
              f"sum of layers {profile['total_ms']:.2f} ms"]
     if peaks:
         ridge = peaks["sgemm_gmacs"] / peaks["bandwidth_gbs"]

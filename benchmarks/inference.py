@@ -1,0 +1,166 @@
+"""Inference benchmark report: `npmobilenet bench --json` results as a Markdown table and plots.
+
+    npmobilenet bench --threads 1 --per-layer --json bench-t1.json
+    npmobilenet bench --threads 2 --per-layer --json bench-t2.json
+    npmobilenet bench --threads 2 --background-load --json bench-t2-load.json
+    python benchmarks/inference.py bench-t1.json bench-t2.json bench-t2-load.json \
+        --markdown inference.md --plot inference.png
+
+The table has one row per (model, batch, threads, load): npmobilenet's latency (ms per image),
+throughput, achieved GMAC/s, and each peer's time with the ratio npmobilenet/peer (below 1:
+npmobilenet is faster). With per-layer profiles in the JSON and matplotlib installed, the plot
+shows for each profile (left) every fused layer's time against its MACs, coloured by kind
+(points above the diagonal of the pointwise layers are the ones that do not get the machine's
+arithmetic rate: the depthwise layers), and (right) the roofline: achieved GMAC/s against
+arithmetic intensity (MACs per byte moved) under the machine's measured SGEMM peak and copy
+bandwidth. Layers left of the ridge point are memory-bound.
+
+`--check-targets` also prints the issue's targets (batch 1 latency <= 0.8x PyTorch
+channels-last and <= 1.5x ONNX Runtime; batch 32 throughput >= PyTorch eager and >= 0.67x ONNX
+Runtime) as met / missed with the margin.
+"""
+import argparse
+import json
+import os
+import sys
+
+KIND_COLOURS = {"conv": "tab:purple", "depthwise": "tab:red", "pointwise": "tab:blue", "squeeze-excite": "tab:orange",
+                "linear": "tab:green", "global-avg-pool": "tab:gray"}
+PEERS = ("torch eager", "torch channels-last", "onnxruntime")
+
+
+def load(paths):
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            payload = json.load(f)
+        payload["path"] = path
+        runs.append(payload)
+    return runs
+
+
+def markdown_table(runs):
+    header = ("| model | batch | threads | load | npmobilenet ms/image | images/s | GMAC/s | "
+              + " | ".join(f"{p} ms/image (npm/peer)" for p in PEERS) + " |")
+    lines = [header, "|" + "---|" * (7 + len(PEERS))]
+    for run in runs:
+        load_text = "spinning process" if run.get("background_load") else f"avg {run.get('load_average', float('nan')):.1f}"
+        for result in run["results"]:
+            rows = {row["engine"]: row for row in result["rows"]}
+            ours = rows["npmobilenet"]
+            cells = [result["arch"], str(result["batch"]), str(result["threads"]), load_text,
+                     f"{ours['ms_per_image']:.2f}", f"{ours['images_per_s']:.0f}", f"{ours['gmacs']:.1f}"]
+            for peer in PEERS:
+                row = rows.get(peer)
+                cells.append(f"{row['ms_per_image']:.2f} ({row['ratio']:.2f})" if row else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(runs):
+    """The issue's targets, met or missed, for every run that has the peers."""
+    lines = []
+    for run in runs:
+        for result in run["results"]:
+            rows = {row["engine"]: row for row in result["rows"]}
+            ours = rows["npmobilenet"]
+            tag = (f"{result['arch']} batch {result['batch']}, {result['threads']} thread(s)"
+                   + (", background load" if run.get("background_load") else ""))
+            if result["batch"] == 1:
+                targets = [("torch channels-last", 0.8), ("onnxruntime", 1.5)]
+                for peer, limit in targets:
+                    if peer in rows:
+                        ratio = ours["ms"] / rows[peer]["ms"]
+                        verdict = "met" if ratio <= limit else f"MISSED by {ratio / limit:.2f}x"
+                        lines.append(f"{tag}: latency {ratio:.2f}x {peer} (target <= {limit}): {verdict}")
+            else:
+                targets = [("torch eager", 1.0), ("onnxruntime", 0.67)]
+                for peer, limit in targets:
+                    if peer in rows:
+                        ratio = ours["images_per_s"] / rows[peer]["images_per_s"]
+                        verdict = "met" if ratio >= limit else f"MISSED by {limit / ratio:.2f}x"
+                        lines.append(f"{tag}: throughput {ratio:.2f}x {peer} (target >= {limit}): {verdict}")
+    return "\n".join(lines)
+
+
+def _kind(layer):
+    kind = layer["kind"].split(",")[0].split(" (")[0].split(" +")[0]
+    return "depthwise" if kind.startswith("depthwise") else kind
+
+
+def plot(runs, path):
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    profiles = [p for run in runs for p in run.get("profiles", [])]
+    if not profiles:
+        print("no per-layer profiles in the JSON (run npmobilenet bench --per-layer): no plot", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(len(profiles), 2, figsize=(12, 4.5 * len(profiles)), squeeze=False)
+    for (ax_time, ax_roof), profile in zip(axes, profiles):
+        title = (f"{profile['arch']}, batch {profile['batch']}"
+                 + (f" (chunk of {profile['images']})" if profile.get("images", profile["batch"]) < profile["batch"] else "")
+                 + f", {profile['threads']} thread(s)")
+        for kind, colour in KIND_COLOURS.items():
+            layers = [layer for layer in profile["layers"] if _kind(layer) == kind and layer["macs"] > 0]
+            if not layers:
+                continue
+            macs = np.array([layer["macs"] for layer in layers]) / 1e6
+            ms = np.array([layer["ms"] for layer in layers])
+            ax_time.scatter(macs, ms, c=colour, label=kind, s=18)
+            ax_roof.scatter([layer["intensity"] for layer in layers], [layer["gmacs"] for layer in layers],
+                            c=colour, label=kind, s=18)
+        ax_time.set(xscale="log", yscale="log", xlabel="MMAC per layer", ylabel="ms per layer", title=title)
+        ax_time.legend(fontsize=8)
+        peaks = profile.get("machine")
+        if peaks:
+            x = np.logspace(-1.5, 2.5, 100)
+            ax_roof.plot(x, np.minimum(peaks["sgemm_gmacs"], peaks["bandwidth_gbs"] * x), "k--", lw=1,
+                         label=f"roofline: {peaks['sgemm_gmacs']:.0f} GMAC/s SGEMM, {peaks['bandwidth_gbs']:.0f} GB/s")
+        ax_roof.set(xscale="log", yscale="log", xlabel="MACs per byte moved", ylabel="achieved GMAC/s",
+                    title="roofline (" + title + ")")
+        ax_roof.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("json", nargs="+", help="results of `npmobilenet bench --json PATH`")
+    parser.add_argument("--markdown", help="write the Markdown table here (default: print it)")
+    parser.add_argument("--plot", help="write the per-layer and roofline plot here (PNG; needs matplotlib)")
+    parser.add_argument("--check-targets", action="store_true", help="print the issue's targets as met / missed")
+    args = parser.parse_args(argv)
+    runs = load(args.json)
+    table = markdown_table(runs)
+    cold = [run["cold_start"] for run in runs if run.get("cold_start")]
+    if cold:
+        c = cold[0]
+        table += (f"\n\nCold start (MobileNet, batch 1, 224, fresh process): first call {c['cold'][0]:.2f} s with an "
+                  f"empty Numba cache, {c['warm'][0]:.2f} s with a warm one.")
+    if args.markdown:
+        tmp = args.markdown + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(table + "\n")
+        os.replace(tmp, args.markdown)
+    else:
+        print(table)
+    if args.check_targets:
+        print()
+        print(check_targets(runs))
+    if args.plot:
+        plot(runs, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
