@@ -316,9 +316,9 @@ def load_digits(resolution=32, test_fraction=0.2, seed=0):
     """scikit-learn's handwritten digits as `(train, test)` ArrayDatasets.
 
     1,797 real 8x8 scans (17 grey levels, 0-16) of the digits 0-9: the test set of UCI's
-    "optdigits", written by 13 people. Pixels
-    are scaled to [0, 1], upsampled bilinearly to `resolution` x `resolution` and repeated over
-    three channels (the models take RGB); `test_fraction` of every class is held out with `seed`.
+    "optdigits", written by 13 people. Pixels are scaled to [0, 1], upsampled bilinearly to
+    `resolution` x `resolution` and repeated over three channels (the models take RGB);
+    `test_fraction` of every class is held out with `seed`.
     Images come back float32 `(N, resolution, resolution, 3)`.
     """
     datasets = require("sklearn.datasets", "the digits dataset")

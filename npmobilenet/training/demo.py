@@ -1,9 +1,9 @@
 """`npmobilenet demo`: train a MobileNetV2 from scratch on real handwritten digits, end to end.
 
 The data are the 1,797 8x8 scans scikit-learn ships in its wheel (`sklearn.datasets.load_digits`:
-the test set of the UCI optical-recognition digits, written by 13 people). They are upsampled bilinearly to the model's
-resolution and 20% of every class is held out as the test set (fixed split seed 0, whatever
-`--seed` is). The demo trains with the hand-written backward passes, saves the checkpoint,
+the test set of the UCI optical-recognition digits, written by 13 people). They are upsampled
+bilinearly to the model's resolution and 20% of every class is held out as the test set (fixed
+split seed 0, whatever `--seed` is). The demo trains with the hand-written backward passes, saves the checkpoint,
 reloads it, and reports from the *reloaded* model in eval mode: test accuracy and confusion
 matrix, the per-layer cost summary, and the inference latency at batch 1 and 64.
 
