@@ -3,9 +3,10 @@
 The data are the 1,797 8x8 scans scikit-learn ships in its wheel (`sklearn.datasets.load_digits`:
 the test set of the UCI optical-recognition digits, written by 13 people). They are upsampled
 bilinearly to the model's resolution and 20% of every class is held out as the test set (fixed
-split seed 0, whatever `--seed` is). The demo trains with the hand-written backward passes, saves the checkpoint,
-reloads it, and reports from the *reloaded* model in eval mode: test accuracy and confusion
-matrix, the per-layer cost summary, and the inference latency at batch 1 and 64.
+split seed 0, whatever `--seed` is). The demo trains with the hand-written backward passes,
+saves the checkpoint, reloads it, and reports from the *reloaded* model in eval mode: test
+accuracy and confusion matrix, the per-layer cost summary, and the inference latency at batch 1
+and 64 (of the eval-mode model and of its fused inference copy, `model.fuse()`).
 
 Hyper-parameters (chosen on a validation split carved from the training set, never on the test
 set): MobileNetV2 width 0.35 at 32x32, AdamW lr 0.01 with decoupled decay 0.05 (batch norm and
