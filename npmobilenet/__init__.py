@@ -9,6 +9,11 @@ from npmobilenet.models import ARCHS, build  # noqa: E402
 
 # Public names that live in modules loaded on first use: name -> module.
 _LAZY = {
+    "train": "npmobilenet.training.loop",
+    "save": "npmobilenet.training.checkpoint",
+    "load": "npmobilenet.training.checkpoint",
+    "load_checkpoint": "npmobilenet.training.checkpoint",
+    "evaluate": "npmobilenet.training.evaluate",
     "load_weights": "npmobilenet.io.weights",
     "from_weights": "npmobilenet.io.weights",
     "inspect_weights": "npmobilenet.io.weights",
