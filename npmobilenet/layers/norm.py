@@ -34,34 +34,44 @@ class BatchNorm(Layer):
     def forward(self, x):
         if x.ndim != 4 or x.shape[3] != self.channels:
             raise ValueError(f"BatchNorm expects x of shape (N, H, W, {self.channels}), got {x.shape}")
+        # Work on (N*H*W, C): each channel's statistics are column reductions, one pass each.
+        rows = x.reshape(-1, self.channels)
+        count = rows.shape[0]
         if self.training:
-            count = x.shape[0] * x.shape[1] * x.shape[2]
-            mean = x.mean(axis=(0, 1, 2))
-            var = x.var(axis=(0, 1, 2))
+            mean = rows.mean(axis=0)
+            x_hat = rows - mean
+            var = np.einsum("ij,ij->j", x_hat, x_hat) / count
             unbiased = var * (count / max(count - 1, 1))
             self.running_mean[...] = (1 - self.momentum) * self.running_mean + self.momentum * mean
             self.running_var[...] = (1 - self.momentum) * self.running_var + self.momentum * unbiased
         else:
-            mean, var = self.running_mean, self.running_var
+            x_hat = rows - self.running_mean.astype(x.dtype)
+            var = self.running_var
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat = (x - mean.astype(x.dtype)) * inv_std
-        self._cache = (x_hat, inv_std, self.training)
-        return x_hat * self.gamma.data + self.beta.data
+        x_hat *= inv_std
+        self._cache = (x_hat, inv_std, self.training, x.shape)
+        y = x_hat * self.gamma.data
+        y += self.beta.data
+        return y.reshape(x.shape)
 
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward")
-        x_hat, inv_std, training = self._cache
-        self.gamma.grad[...] = (dy * x_hat).sum(axis=(0, 1, 2))
-        self.beta.grad[...] = dy.sum(axis=(0, 1, 2))
+        x_hat, inv_std, training, shape = self._cache
+        dy = dy.reshape(x_hat.shape)
+        self.gamma.grad[...] = np.einsum("ij,ij->j", dy, x_hat)
+        self.beta.grad[...] = dy.sum(axis=0)
         scale = self.gamma.data * inv_std
         if not training:
-            return dy * scale
+            return (dy * scale).reshape(shape)
         # The batch statistics depend on x, so the gradient has two extra terms (Ioffe & Szegedy,
         # section 3): dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
-        mean_dy = self.beta.grad / (x_hat.size // x_hat.shape[3])
-        mean_dy_xhat = self.gamma.grad / (x_hat.size // x_hat.shape[3])
-        return scale * (dy - mean_dy - x_hat * mean_dy_xhat)
+        count = x_hat.shape[0]
+        dx = x_hat * (-self.gamma.grad / count)
+        dx += dy
+        dx -= self.beta.grad / count
+        dx *= scale
+        return dx.reshape(shape)
 
     def extra_repr(self):
         return f"{self.channels}, eps={self.eps}, momentum={self.momentum}"
