@@ -193,7 +193,7 @@ def main(args):
         before = recalibrate(sparse)
         finetune(sparse, train_set, epochs, args.lr, masks)
         add(f"magnitude {sparsity:.0%} sparse", sparse, base.macs, base.params, file_size(sparse, tmp),
-            "threshold on |w|/RMS(layer); dense storage, no speed-up; " + before)
+            "threshold on abs(w)/RMS(layer); dense storage, no speed-up; " + before)
 
     factored, report = factorize.factorize(model, energy=0.9)
     cost = summarize(factored, resolution)

@@ -196,37 +196,51 @@ def depthwise_conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride,
 
 
 # -- pointwise convolution / linear: x (P, Cin), w (Cin, Cout) -> y (P, Cout) ---------------------
+_U = np.uint64  # an index Numba cannot prove non-negative is made unsigned: no wraparound select
+
+
 @njit_serial
 def _pointwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, row_start, row_end):
+    # Four pixels at a time share every weight row they read; the inner loop runs along a
+    # contiguous weight row (int8 -> int32 multiply-adds, which LLVM vectorises).
     cin, cout = w.shape
-    acc = np.empty(cout, np.int32)
-    for p in range(row_start, row_end):
+    acc0 = np.empty(cout, np.int32)
+    acc1 = np.empty(cout, np.int32)
+    acc2 = np.empty(cout, np.int32)
+    acc3 = np.empty(cout, np.int32)
+    p = row_start
+    while p < row_end:
+        count = min(4, row_end - p)
+        up = _U(p)
+        q1, q2, q3 = _U(p + min(1, count - 1)), _U(p + min(2, count - 1)), _U(p + min(3, count - 1))
         for co in range(cout):
-            acc[co] = bias[co]
+            acc0[co] = bias[co]
+            acc1[co] = bias[co]
+            acc2[co] = bias[co]
+            acc3[co] = bias[co]
         for ci in range(cin):
-            xv = np.int32(x[p, ci]) - zx
-            if xv == 0:
-                continue  # real zero (after ReLU, most inputs): contributes nothing
-            # the inner loop runs along a contiguous weight row: int8 -> int32 multiply-adds LLVM vectorises
+            x0 = np.int32(x[up, ci]) - zx
+            x1 = np.int32(x[q1, ci]) - zx  # past the last row, rows repeat (and are not stored)
+            x2 = np.int32(x[q2, ci]) - zx
+            x3 = np.int32(x[q3, ci]) - zx
             for co in range(cout):
-                acc[co] += xv * np.int32(w[ci, co])
+                wv = np.int32(w[ci, co])
+                acc0[co] += x0 * wv
+                acc1[co] += x1 * wv
+                acc2[co] += x2 * wv
+                acc3[co] += x3 * wv
         for co in range(cout):
-            y[p, co] = _requantize_store(acc[co], multiplier[co], shift[co], zy, lo, hi)
-
-
-@njit_serial
-def _pointwise_int8_dot_rows(x, w_t, bias_adjusted, multiplier, shift, zy, lo, hi, y, row_start, row_end):
-    # The same sums as `_pointwise_int8_rows`, as dot products along Cin (Jacob et al., Eq. 7: the
-    # zero-point term z_x * sum_ci w[ci, co] is constant, so it is folded into the bias once):
-    #   acc[co] = (b[co] - z_x sum_ci w[ci, co]) + sum_ci q_x[ci] w_t[co, ci]
-    # Faster when Cin > Cout (projections): a long contiguous int8 reduction instead of a short row.
-    cout, cin = w_t.shape
-    for p in range(row_start, row_end):
-        for co in range(cout):
-            s = np.int32(0)
-            for ci in range(cin):
-                s += np.int32(x[p, ci]) * np.int32(w_t[co, ci])
-            y[p, co] = _requantize_store(s + bias_adjusted[co], multiplier[co], shift[co], zy, lo, hi)
+            y[up, co] = _requantize_store(acc0[co], multiplier[co], shift[co], zy, lo, hi)
+        if count > 1:
+            for co in range(cout):
+                y[q1, co] = _requantize_store(acc1[co], multiplier[co], shift[co], zy, lo, hi)
+        if count > 2:
+            for co in range(cout):
+                y[q2, co] = _requantize_store(acc2[co], multiplier[co], shift[co], zy, lo, hi)
+        if count > 3:
+            for co in range(cout):
+                y[q3, co] = _requantize_store(acc3[co], multiplier[co], shift[co], zy, lo, hi)
+        p += count
 
 
 @njit_parallel
@@ -236,41 +250,12 @@ def _pointwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, c
         _pointwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, c * rows // chunks, (c + 1) * rows // chunks)
 
 
-@njit_parallel
-def _pointwise_int8_dot_parallel(x, w_t, bias_adjusted, multiplier, shift, zy, lo, hi, y, chunks):
-    rows = y.shape[0]
-    for c in numba.prange(chunks):
-        _pointwise_int8_dot_rows(x, w_t, bias_adjusted, multiplier, shift, zy, lo, hi, y,
-                                 c * rows // chunks, (c + 1) * rows // chunks)
-
-
-def dot_form(w, bias, zx):
-    """(w_t (Cout, Cin) int8, bias - z_x * column sums of w (int32)) for the dot-product kernel,
-    or None if the adjusted bias would not fit in int32."""
-    adjusted = bias.astype(np.int64) - int(zx) * w.astype(np.int64).sum(axis=0)
-    if adjusted.min() < INT32_MIN or adjusted.max() > INT32_MAX:
-        return None
-    return np.ascontiguousarray(w.T), adjusted.astype(np.int32)
-
-
-def pointwise_int8(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, dot=None):
-    """A 1x1 convolution over pixels, or a linear layer: x (P, Cin) int8 -> y (P, Cout) int8.
-
-    dot: optional `dot_form(w, bias, zx)`; when given and Cin > Cout, the dot-product kernel runs
-    (same integers, different loop order).
-    """
+def pointwise_int8(x2d, zx, w, bias, multiplier, shift, zy, lo, hi):
+    """A 1x1 convolution over pixels, or a linear layer: x (P, Cin) int8 -> y (P, Cout) int8."""
     rows, cout = x2d.shape[0], w.shape[1]
     y = np.empty((rows, cout), np.int8)
     chunks = _chunks(rows, rows * w.size)
-    tail = (multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), y)
-    if dot is not None and w.shape[0] > cout:
-        args = (x2d, dot[0], dot[1], *tail)
-        if chunks == 1:
-            _pointwise_int8_dot_rows(*args, 0, rows)
-        else:
-            _pointwise_int8_dot_parallel(*args, chunks)
-        return y
-    args = (x2d, np.int32(zx), w, bias, *tail)
+    args = (x2d, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), y)
     if chunks == 1:
         _pointwise_int8_rows(*args, 0, rows)
     else:

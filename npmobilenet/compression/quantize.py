@@ -373,22 +373,14 @@ class QConv(QOp):
             per_output = self.weight.shape[0] * self.weight.shape[1]
         return int(np.prod(y)) * per_output
 
-    def _dot_form(self, zx):
-        # prepared once per input zero point (fixed for a given model)
-        cached = getattr(self, "_dot", None)
-        if cached is None or cached[0] != zx:
-            self._dot = (zx, qkernels.dot_form(self.weight, self.bias, zx))
-        return self._dot[1]
-
     def run(self, x, zx, zy):
         k = qkernels
         args = (self.bias, self.multiplier, self.shift, zy, self.lo, self.hi)
-        if self.variant in ("linear", "pointwise"):
-            dot = self._dot_form(zx) if self.weight.shape[0] > self.weight.shape[1] else None
-            if self.variant == "linear":
-                return k.pointwise_int8(x, zx, self.weight, *args, dot=dot)
+        if self.variant == "linear":
+            return k.pointwise_int8(x, zx, self.weight, *args)
+        if self.variant == "pointwise":
             n, h, w, c = x.shape
-            return k.pointwise_int8(x.reshape(n * h * w, c), zx, self.weight, *args, dot=dot).reshape(n, h, w, -1)
+            return k.pointwise_int8(x.reshape(n * h * w, c), zx, self.weight, *args).reshape(n, h, w, -1)
         geometry = (self.stride, self.padding, self.dilation, self.output_shape(x.shape))
         if self.variant == "depthwise":
             return k.depthwise_conv2d_int8(x, zx, self.weight, *args, *geometry)
