@@ -15,6 +15,10 @@ arithmetic rate: the depthwise layers), and (right) the roofline: achieved GMAC/
 arithmetic intensity (MACs per byte moved) under the machine's measured SGEMM peak and copy
 bandwidth. Layers left of the ridge point are memory-bound.
 
+`--matmul ARCH` times every pointwise layer of ARCH (batch 1, 224) both ways, OpenBLAS SGEMM
+called from the kernel and the Numba matrix product, one thread: the measurement behind the
+rule the kernels follow (SGEMM wherever it is found).
+
 `--check-targets` also prints the issue's targets (batch 1 latency <= 0.8x PyTorch
 channels-last and <= 1.5x ONNX Runtime; batch 32 throughput >= PyTorch eager and >= 0.67x ONNX
 Runtime) as met / missed with the margin.
@@ -133,13 +137,67 @@ def plot(runs, path):
     return True
 
 
+def compare_matmul(arch, resolution=224, repeat=20):
+    """Markdown table: each pointwise layer's time with SGEMM and with the Numba matrix product."""
+    import time
+
+    import numba
+    import numpy as np
+
+    import npmobilenet
+    from npmobilenet.inference import kernels
+    from npmobilenet.inference.blas import find_blas, sgemm_address
+
+    blas = find_blas()
+    if blas is None:
+        return "no OpenBLAS found: only the Numba matrix product is available"
+    fused = npmobilenet.build(arch).eval().fuse(threads=1)
+    x = np.zeros((1, resolution, resolution, 3), np.float32)
+    fused(x)
+    plan = fused.plan(x.shape)
+    lines = ["| layer | rows x K x N | SGEMM us | Numba us | SGEMM GMAC/s | Numba GMAC/s |", "|---|---|---|---|---|---|"]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with blas.single_threaded():
+            for layer, (kernel, args) in zip(fused.layers, plan.calls):
+                if layer.kind != "pointwise":
+                    continue
+                rows, k = args[0].shape
+                n = args[1].shape[1]
+                best = {}
+                for name, address in (("sgemm", sgemm_address()), ("numba", 0)):
+                    call = args[:-2] + (address, args[-1])
+                    gate = args[5]
+                    if gate.shape[0]:                      # the gate scales x in place: keep it at 1
+                        gate[...] = 1
+                    kernels.POINTWISE[0](*call)
+                    times = []
+                    for _ in range(repeat):
+                        start = time.perf_counter()
+                        kernels.POINTWISE[0](*call)
+                        times.append(time.perf_counter() - start)
+                    best[name] = min(times)
+                macs = rows * k * n
+                lines.append(f"| {layer.name} | {rows} x {k} x {n} | {best['sgemm'] * 1e6:.0f} | {best['numba'] * 1e6:.0f} | "
+                             f"{macs / best['sgemm'] / 1e9:.1f} | {macs / best['numba'] / 1e9:.1f} |")
+    finally:
+        numba.set_num_threads(previous)
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json", nargs="+", help="results of `npmobilenet bench --json PATH`")
+    parser.add_argument("json", nargs="*", help="results of `npmobilenet bench --json PATH`")
+    parser.add_argument("--matmul", metavar="ARCH", help="time each pointwise layer of ARCH with SGEMM and with Numba")
     parser.add_argument("--markdown", help="write the Markdown table here (default: print it)")
     parser.add_argument("--plot", help="write the per-layer and roofline plot here (PNG; needs matplotlib)")
     parser.add_argument("--check-targets", action="store_true", help="print the issue's targets as met / missed")
     args = parser.parse_args(argv)
+    if args.matmul:
+        print(compare_matmul(args.matmul))
+    if not args.json:
+        return 0
     runs = load(args.json)
     table = markdown_table(runs)
     cold = [run["cold_start"] for run in runs if run.get("cold_start")]

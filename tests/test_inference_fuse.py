@@ -116,6 +116,23 @@ def test_thread_count_changes_give_identical_results():
         assert np.array_equal(fused(x), one)
 
 
+def test_threads_follow_config_when_unset():
+    from npmobilenet import config
+
+    fused = npmobilenet.build("mobilenet_v3_small", width=0.35, num_classes=4).eval().fuse()
+    fused.adaptive = False
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    before = config.get_num_threads()
+    try:
+        for n in (1, numba.config.NUMBA_NUM_THREADS):
+            config.set_num_threads(n)
+            fused(x)
+            assert fused.last_threads == n
+    finally:
+        config.set_num_threads(before)
+    assert config.get_num_threads() == before
+
+
 def test_fuse_refuses_training_mode():
     model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=10)
     with pytest.raises(RuntimeError, match=r"eval mode.*model\.eval\(\)"):

@@ -203,7 +203,7 @@ def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=No
         })
     return {"arch": arch, "batch": batch, "resolution": resolution, "threads": threads, "repeat": repeat,
             "macs": macs, "rows": rows, "onnx_relative_difference": check,
-            "planned_peak_bytes": fused.plan(x.shape).nbytes}
+            "planned_peak_bytes": fused.activation_bytes}
 
 
 def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
