@@ -200,10 +200,10 @@ def main(argv=None):
         return 0
     runs = load(args.json)
     table = markdown_table(runs)
-    cold = [run["cold_start"] for run in runs if run.get("cold_start")]
+    cold = [run for run in runs if run.get("cold_start")]
     if cold:
-        c = cold[0]
-        table += (f"\n\nCold start (MobileNet, batch 1, 224, fresh process): first call {c['cold'][0]:.2f} s with an "
+        c, arch = cold[0]["cold_start"], cold[0]["results"][0]["arch"] if cold[0]["results"] else "the model"
+        table += (f"\n\nCold start ({arch}, batch 1, 224, fresh process): first call {c['cold'][0]:.2f} s with an "
                   f"empty Numba cache, {c['warm'][0]:.2f} s with a warm one.")
     if args.markdown:
         tmp = args.markdown + ".tmp"

@@ -305,7 +305,8 @@ def format_profile(profile, peaks=None):
              f"sum of layers {profile['total_ms']:.2f} ms"]
     if peaks:
         ridge = peaks["sgemm_gmacs"] / peaks["bandwidth_gbs"]
-        lines.append(f"machine: SGEMM {peaks['sgemm_gmacs']:.0f} GMAC/s, copy bandwidth {peaks['bandwidth_gbs']:.0f} GB/s; "
+        lines.append(f"machine: SGEMM {peaks['sgemm_gmacs']:.0f} GMAC/s on {peaks['threads']} thread(s), "
+                     f"copy bandwidth {peaks['bandwidth_gbs']:.0f} GB/s; "
                      f"ridge point {ridge:.1f} MAC/byte (below it a layer is memory-bound)")
     header = (f"{'layer':22s} {'kind':34s} {'MMAC':>7s} {'MB':>6s} {'MAC/B':>6s} {'ms':>7s} {'share':>6s} "
               f"{'GMAC/s':>7s} {'GB/s':>6s} par")
@@ -397,14 +398,18 @@ def run(args):
                 results.append(result)
                 print(format_results([result]).split("\n", 2)[2] if len(results) > 1 else format_results([result]), flush=True)
         if args.per_layer:
-            peaks = machine_peaks(1)
+            peaks = {1: machine_peaks(1)}
             for arch in archs:
                 for batch in batches:
                     profile = per_layer_profile(arch, batch, args.resolution, threads, args.repeat)
-                    profile["machine"] = peaks
+                    # a chunk runs on one thread; a whole batch's large layers on all of them
+                    layer_threads = 1 if profile["images"] < batch else threads
+                    if layer_threads not in peaks:
+                        peaks[layer_threads] = machine_peaks(layer_threads)
+                    profile["machine"] = peaks[layer_threads]
                     profiles.append(profile)
                     print()
-                    print(format_profile(profile, peaks), flush=True)
+                    print(format_profile(profile, profile["machine"]), flush=True)
     cold = None
     if args.cold_start:
         cold = cold_start(archs[0])
