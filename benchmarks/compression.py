@@ -52,6 +52,7 @@ from npmobilenet.analysis.summary import summarize  # noqa: E402
 from npmobilenet.compression import factorize, prune, qformat, structure  # noqa: E402
 from npmobilenet.compression.quantize import quantize  # noqa: E402
 from npmobilenet.training import AdamW, CosineLR, load_digits, save, train  # noqa: E402
+from npmobilenet.training.augment import preprocessing  # noqa: E402
 
 
 def top1(model, images, labels, batch=120):
@@ -74,7 +75,7 @@ def latency(model, images, repeats):
     return result
 
 
-def finetune(model, train_set, epochs, lr, masks=None):
+def finetune(model, train_set, epochs, lr, masks=None, transform=None):
     """`epochs` epochs of AdamW with cosine decay (after batch-norm recalibration by the caller)."""
     if epochs <= 0:
         return model.eval()
@@ -83,7 +84,7 @@ def finetune(model, train_set, epochs, lr, masks=None):
         optimizer = prune.MaskedOptimizer(optimizer, model, masks)
     steps = len(train_set) // 64
     train(model, train_set, epochs=epochs, optimizer=optimizer, schedule=CosineLR.from_epochs(lr, epochs, steps),
-          batch_size=64, seed=0, progress="none")
+          batch_size=64, seed=0, progress="none", transform=transform)
     return model.eval()
 
 
@@ -139,13 +140,16 @@ def main(args):
     model = ckpt.model.eval()
     resolution = ckpt.meta.get("resolution", 32)
     train_set, test_set = load_digits(resolution, 0.2, ckpt.meta.get("split_seed", 0))
-    images, labels = test_set.images, test_set.labels
+    # the checkpoint's own preprocessing (e.g. the demo's mean/std normalisation), as `eval` applies it
+    prep = preprocessing(None, ckpt.meta.get("mean"), ckpt.meta.get("std"))
+    transform = lambda x, rng=None: prep(x, rng)  # noqa: E731
+    images, labels = transform(test_set.images), test_set.labels
     rng = np.random.default_rng(0)
-    calibration = train_set.images[np.sort(rng.permutation(len(train_set))[: args.calibration_images])]
+    calibration = transform(train_set.images[np.sort(rng.permutation(len(train_set))[: args.calibration_images])])
 
     rows = []
     tmp = tempfile.mkdtemp(prefix="npmobilenet-compression-")
-    recalibration = train_set.images[np.sort(np.random.default_rng(1).permutation(len(train_set))[:512])]
+    recalibration = transform(train_set.images[np.sort(np.random.default_rng(1).permutation(len(train_set))[:512])])
 
     def recalibrate(m):
         """Accuracy as compressed, then after batch-norm recalibration (the note of its row)."""
@@ -183,7 +187,7 @@ def main(args):
     for fraction in (0.25, 0.5, 0.75):
         pruned = prune.prune_channels(model, fraction, "bn")
         before = recalibrate(pruned)
-        finetune(pruned, train_set, epochs, args.lr)
+        finetune(pruned, train_set, epochs, args.lr, transform=transform)
         cost = summarize(pruned, resolution)
         add(f"pruned {fraction:.0%} expansion", pruned, cost.macs, cost.params, file_size(pruned, tmp), before)
 
@@ -191,14 +195,14 @@ def main(args):
         sparse = copy.deepcopy(model)
         masks = prune.magnitude_prune(sparse, sparsity, "normalized")
         before = recalibrate(sparse)
-        finetune(sparse, train_set, epochs, args.lr, masks)
+        finetune(sparse, train_set, epochs, args.lr, masks, transform)
         add(f"magnitude {sparsity:.0%} sparse", sparse, base.macs, base.params, file_size(sparse, tmp),
             "threshold on abs(w)/RMS(layer); dense storage, no speed-up; " + before)
 
     factored, report = factorize.factorize(model, energy=0.9)
     cost = summarize(factored, resolution)
     before = recalibrate(factored)
-    finetune(factored, train_set, epochs, args.lr)
+    finetune(factored, train_set, epochs, args.lr, transform=transform)
     done = sum(1 for r in report.values() if r[2] is not None)
     add("SVD factorised (energy 0.9)", factored, cost.macs, cost.params, file_size(factored, tmp),
         f"{done} layers; " + before)
