@@ -202,11 +202,11 @@ def test_governor_falls_back_to_one_thread_and_probes():
     governor = ThreadGovernor(probe_interval=4, max_interval=16)
     seconds = {2: 0.010, 1: 0.015}              # quiet machine: two threads faster
     chosen = []
-    for _ in range(40):
+    for i in range(40):
         n = governor.choose(2)
         chosen.append(n)
-        governor.record(n, seconds[n])
-    assert chosen[:2] == [2, 1]                 # measures both first
+        governor.record(n, 10.0 if i == 0 else seconds[n])   # the first call allocates: ignored
+    assert chosen[:3] == [2, 2, 1]              # skips the first call, then measures both
     assert chosen[10:].count(2) > 0.8 * len(chosen[10:])
     assert governor.interval == 16              # probes confirmed the choice: backed off
     seconds[2] = 0.200                          # another process takes a core
@@ -220,5 +220,8 @@ def test_governor_falls_back_to_one_thread_and_probes():
     for _ in range(60):
         n = governor.choose(2)
         governor.record(n, seconds[n])
+    assert governor.choose(2) == 2
+    # one slow call among fast ones does not flip the choice (median of the last three)
+    governor.record(2, 1.0)
     assert governor.choose(2) == 2
     assert ThreadGovernor().choose(1) == 1

@@ -376,15 +376,20 @@ def run(args):
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
     peers = not args.no_peers
+    # PyTorch's libgomp and Numba's OpenMP layer are one library in one process (same soname):
+    # whichever loads first reads OMP_WAIT_POLICY for both. Set it before importing the peers,
+    # so every engine runs under the same, stated policy (npmobilenet's default: PASSIVE, see
+    # fuse.prefer_sleeping_threads; an OMP_WAIT_POLICY already set is kept).
+    from npmobilenet.inference.fuse import prefer_sleeping_threads
+
+    prefer_sleeping_threads()
     if peers:
-        # Import the peers before npmobilenet's first parallel kernel, so each reads its own
-        # threading environment as it would on its own.
         for module in ("torch", "torchvision", "onnxruntime"):
             if available(module):
                 __import__(module)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, random weights, "
-          f"median of {args.repeat}; load average before: {load:.2f}"
+          f"median of {args.repeat}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average before: {load:.2f}"
           + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""))
     if peers:
         missing = [m for m in ("torch", "torchvision", "onnxruntime") if not available(m)]
@@ -419,7 +424,8 @@ def run(args):
               f"{cold['warm'][2]:.2f} s)")
     if args.json:
         payload = {"results": results, "profiles": profiles, "cold_start": cold, "threads": threads,
-                   "background_load": args.background_load, "load_average": load}
+                   "background_load": args.background_load, "load_average": load,
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         directory = os.path.dirname(os.path.abspath(args.json))
         fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=directory)
         with os.fdopen(fd, "w") as f:

@@ -439,9 +439,10 @@ class ThreadGovernor:
     holds a core, that thread may be descheduled for a whole scheduler tick, and a network of
     ~50 parallel regions becomes many times slower than one thread (measured 100 ms against 25
     ms for MobileNetV2 at batch 1 with the load average near 6). So the governor times calls:
-    it keeps an estimate of the call time with `threads` threads and with one, runs the faster,
-    and now and then probes the other (every `probe_interval` calls, doubling up to
+    it keeps the median of the last three call times with `threads` threads and with one, runs
+    the faster, and now and then probes the other (every `probe_interval` calls, doubling up to
     `max_interval` while the probe confirms the choice, back to the start when it does not).
+    The first call after a (re)start is not counted: it pays for allocating the plan's buffers.
     Thread counts change only *which threads* compute a tile, never how: outputs are bitwise
     identical whichever is chosen.
     """
@@ -451,34 +452,45 @@ class ThreadGovernor:
         self.reset()
 
     def reset(self):
-        self.estimate = {}          # thread count -> smoothed seconds per call
+        self.samples = {}           # thread count -> the last few seconds per call
         self.interval = self.first_interval
         self.since_probe = 0
+        self._skip = 1              # the first call allocates the plan: do not count it
         self._probing = None
+
+    @property
+    def estimate(self):
+        """thread count -> median seconds per call of its recent samples."""
+        return {n: sorted(v)[len(v) // 2] for n, v in self.samples.items() if v}
 
     def choose(self, threads):
         if threads <= 1:
             return 1
-        for n in (threads, 1):      # measure both once first
-            if n not in self.estimate:
+        for n in (threads, 1):      # measure both first
+            if len(self.samples.get(n, ())) < 1:
                 return n
-        best = threads if self.estimate[threads] <= self.estimate[1] else 1
+        estimate = self.estimate
+        best = threads if estimate[threads] <= estimate[1] else 1
         self.since_probe += 1
         if self.since_probe >= self.interval:
             self.since_probe = 0
-            self._probing = (best, 1 if best == threads else threads)
-            return self._probing[1]
+            other = 1 if best == threads else threads
+            self.samples[other] = []        # its old samples are stale: the load may have changed
+            self._probing = (best, other)
+            return other
         return best
 
     def record(self, n, seconds):
-        previous = self.estimate.get(n)
-        # a probe replaces the estimate (load may have changed since); otherwise smooth it
-        self.estimate[n] = seconds if previous is None or self._probing else 0.75 * previous + 0.25 * seconds
-        if self._probing:
+        if self._skip:
+            self._skip -= 1
+            return
+        samples = self.samples.setdefault(n, [])
+        samples.append(seconds)
+        del samples[:-3]
+        if self._probing and self._probing[1] == n:
             best, probed = self._probing
-            if probed == n:
-                won = self.estimate[probed] < self.estimate[best]
-                self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
+            won = self.estimate[probed] < self.estimate[best]
+            self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
             self._probing = None
 
 
