@@ -13,11 +13,13 @@ _LAZY = {
     "save": "npmobilenet.training.checkpoint",
     "load": "npmobilenet.training.checkpoint",
     "load_checkpoint": "npmobilenet.training.checkpoint",
-    "evaluate": "npmobilenet.training.evaluate",
+    "evaluate": "npmobilenet.training.evaluation",
     "load_weights": "npmobilenet.io.weights",
     "from_weights": "npmobilenet.io.weights",
     "inspect_weights": "npmobilenet.io.weights",
     "export_onnx": "npmobilenet.io.onnx_export",
+    "quantize": "npmobilenet.compression.quantize",
+    "load_quantized": "npmobilenet.compression.qformat",
 }
 
 

@@ -14,7 +14,7 @@ COMMANDS = {
     "demo": ("npmobilenet.training.demo", "train MobileNetV2 on the scikit-learn digits and report (the main job)"),
     "summary": ("npmobilenet.analysis.summary", "per-layer parameters and multiply-accumulates of a model"),
     "train": ("npmobilenet.training.cli", "train a model on an image folder or CIFAR-10"),
-    "eval": ("npmobilenet.training.evaluate", "top-1/top-5 accuracy and confusion matrix of a checkpoint"),
+    "eval": ("npmobilenet.training.evaluation", "top-1/top-5 accuracy and confusion matrix of a checkpoint"),
     "predict": ("npmobilenet.io.predict", "classify images with a weights file"),
     "convert": ("npmobilenet.io.convert", "convert torchvision/timm weights to an npmobilenet .npz"),
     "export-onnx": ("npmobilenet.io.onnx_export", "export a checkpoint as an ONNX graph"),

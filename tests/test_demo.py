@@ -22,7 +22,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     from npmobilenet.training import augment
     from npmobilenet.training.checkpoint import load_checkpoint
     from npmobilenet.training.data import load_digits
-    from npmobilenet.training.evaluate import evaluate
+    from npmobilenet.training.evaluation import evaluate
 
     ckpt = load_checkpoint(tmp_path / "mobilenet_v2_0.35_digits.npz")
     assert ckpt.epoch == 1 and ckpt.config["arch"] == "mobilenet_v2" and ckpt.config["width"] == 0.35

@@ -19,30 +19,17 @@ int32 biases and float32 per-channel scales keep the file a little above a quart
 one (3.6-3.8x smaller for the MobileNets measured). A float checkpoint (`npmobilenet.checkpoint`) given to `load_quantized`,
 or a quantized one given where a float one is expected, is named as such.
 """
-import json
 import os
-import tempfile
-import zipfile
-import zlib
 
 import numpy as np
+
+from npmobilenet.training.checkpoint import atomic_savez, from_json_array, json_array, read_arrays
 
 FORMAT = "npmobilenet.quantized"
 # packed array name -> dtype
 PACKED = {"weight": np.int8, "bias": np.int32, "weight_scale": np.float32, "table": np.int8, "requant": np.int32}
 FLOAT_FORMAT = "npmobilenet.checkpoint"
 VERSION = 1
-
-
-def _json_array(obj):
-    return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-
-
-def _from_json_array(array, key, path):
-    try:
-        return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise ValueError(f"quantized checkpoint {path}: {key} is not valid JSON ({exc})") from exc
 
 
 def quantized_arrays(qmodel):
@@ -66,51 +53,12 @@ def quantized_arrays(qmodel):
     arrays = {
         "__format__": np.array(FORMAT),
         "__version__": np.array(VERSION, dtype=np.int64),
-        "__config__": _json_array(qmodel.config),
-        "__graph__": _json_array(graph),
+        "__config__": json_array(qmodel.config),
+        "__graph__": json_array(graph),
     }
     for name, chunks in pieces.items():
         arrays[name] = np.concatenate(chunks)
     return arrays
-
-
-def atomic_savez(path, arrays):
-    """np.savez into a temporary file beside `path`, fsync, then os.replace: all or nothing."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"directory {directory} does not exist (for {path})")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def read_arrays(path):
-    """Every array of an .npz file (never unpickling), or a ValueError naming the file and why."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except AttributeError:
-        raise ValueError(f"{path} is a single .npy array, not an .npz checkpoint") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        reason = "it holds pickled data, which is never loaded" if "pickle" in str(exc) else str(exc)
-        raise ValueError(f"checkpoint {path} is truncated or corrupted and cannot be read "
-                         f"({type(exc).__name__}: {reason})") from exc
 
 
 def save_quantized(qmodel, path):
@@ -155,8 +103,8 @@ def load_quantized(path):
     for key in ("__config__", "__graph__"):
         if key not in arrays:
             raise ValueError(f"quantized checkpoint {path} has no {key} entry")
-    config = _from_json_array(arrays["__config__"], "__config__", path)
-    graph = _from_json_array(arrays["__graph__"], "__graph__", path)
+    config = from_json_array(arrays["__config__"], "__config__", path)
+    graph = from_json_array(arrays["__graph__"], "__graph__", path)
     try:
         tensors = {k: tuple(v) for k, v in graph["tensors"].items()}
         ops = []

@@ -170,7 +170,7 @@ def load_checkpoint(path):
                          "npmobilenet.compression.load_quantized (or npmobilenet.compression.load)")
     if fmt != qformat.FLOAT_FORMAT or "__config__" not in arrays:
         return checkpoint.load_checkpoint(path)  # its error names the problem
-    config = qformat._from_json_array(arrays["__config__"], "__config__", path)
+    config = qformat.from_json_array(arrays["__config__"], "__config__", path)
     if not isinstance(config, dict) or not any(k in config for k in COMPRESSION_KEYS):
         return checkpoint.load_checkpoint(path)
     try:

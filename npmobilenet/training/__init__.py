@@ -7,7 +7,7 @@
     augment.py     crops, flips, resized crops, resizing, normalisation on NHWC arrays
     loop.py        train(): the loop, progress, NaN detection, per-epoch checkpoints, resume
     checkpoint.py  save()/load()/load_checkpoint(): atomic .npz checkpoints
-    evaluate.py    evaluate(): loss, top-1/top-5, confusion matrix; the `eval` command
+    evaluation.py  evaluate(): loss, top-1/top-5, confusion matrix; the `eval` command
     cli.py         the `train` command;  demo.py  the `demo` command
 
 Names are loaded on first use, so importing this package costs nothing.
@@ -22,7 +22,7 @@ _LAZY = {
     "BatchLoader": "data", "stratified_split": "data",
     "train": "loop", "NonFiniteLossError": "loop",
     "save": "checkpoint", "load": "checkpoint", "load_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
-    "evaluate": "evaluate",
+    "evaluate": "evaluation",
 }
 
 

@@ -48,6 +48,9 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -67,11 +70,19 @@ def atomic_write(path, write):
         os.close(dir_fd)
 
 
-def _json_array(obj):
+def atomic_savez(path, arrays):
+    """`np.savez` of `arrays` to `path`, all or nothing (see `atomic_write`)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return os.fspath(path)
+
+
+def json_array(obj):
+    """`obj` as JSON in a uint8 array: stored in an .npz without pickle."""
     return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def _from_json_array(array, key, path):
+def from_json_array(array, key, path):
+    """The object `json_array` stored, or a ValueError naming the file and key."""
     try:
         return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
@@ -114,8 +125,8 @@ def checkpoint_arrays(model, optimizer=None, epoch=None, **meta):
     arrays = {
         "__format__": np.array(FORMAT),
         "__version__": np.array(VERSION, dtype=np.int64),
-        "__config__": _json_array(config),
-        "__meta__": _json_array(meta),
+        "__config__": json_array(config),
+        "__meta__": json_array(meta),
     }
     for name, array in model.state_dict().items():
         arrays[f"model/{name}"] = np.ascontiguousarray(array)
@@ -131,8 +142,7 @@ def save(model, path, optimizer=None, epoch=None, **meta):
     Extra keyword arguments must be JSON-serialisable; they are stored in the metadata and come
     back as `load_checkpoint(path).meta`. Returns `path`.
     """
-    arrays = checkpoint_arrays(model, optimizer, epoch, **meta)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_savez(path, checkpoint_arrays(model, optimizer, epoch, **meta))
     return path
 
 
@@ -176,6 +186,11 @@ def read_arrays(path):
 
 
 def _build(config):
+    if "factorized" in config:
+        # Low-rank factorised layers are a compression-time change of structure.
+        from npmobilenet.compression.structure import build as build_compressed
+
+        return build_compressed(config)
     from npmobilenet.models import build
 
     return build(**config)
@@ -191,6 +206,11 @@ def load_checkpoint(path, model=None):
     """
     path = os.fspath(path)
     arrays = read_arrays(path)
+    if "__format__" in arrays and str(arrays["__format__"]) == "npmobilenet.quantized":
+        raise ValueError(
+            f"{path} is an int8 quantized checkpoint, not a float one; "
+            "load it with npmobilenet.compression.load_quantized"
+        )
     if "__format__" not in arrays or str(arrays["__format__"]) != FORMAT:
         raise ValueError(
             f"{path} is not an npmobilenet checkpoint (no {FORMAT!r} __format__ key); "
@@ -205,8 +225,8 @@ def load_checkpoint(path, model=None):
     for key in ("__config__", "__meta__"):
         if key not in arrays:
             raise ValueError(f"checkpoint {path} has no {key} entry")
-    config = _from_json_array(arrays["__config__"], "__config__", path)
-    meta = _from_json_array(arrays["__meta__"], "__meta__", path)
+    config = from_json_array(arrays["__config__"], "__config__", path)
+    meta = from_json_array(arrays["__meta__"], "__meta__", path)
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {path}: __config__ must be a JSON object, got {type(config).__name__}")
 

@@ -120,7 +120,7 @@ def _run_demo(width, resolution, epochs, out, seed, quick, batch_size, lr, label
     from npmobilenet.training import augment
     from npmobilenet.training.checkpoint import load
     from npmobilenet.training.data import load_digits
-    from npmobilenet.training.evaluate import evaluate, format_confusion
+    from npmobilenet.training.evaluation import evaluate, format_confusion
     from npmobilenet.training.loop import train
     from npmobilenet.training.optim import AdamW
     from npmobilenet.training.schedule import CosineLR
