@@ -90,7 +90,7 @@ def calibration_images(meta, spec, count, seed=0):
 
 
 def _top1(model, meta, spec, batch_size=256):
-    from npmobilenet.training.evaluate import evaluate
+    from npmobilenet.training.evaluation import evaluate
 
     dataset, transform = _data(meta, spec, "test")
     return evaluate(model, dataset, batch_size, transform)["top1"]
