@@ -283,20 +283,56 @@ def _bias_params(layer):
 def add_arguments(parser):
     from npmobilenet.models import ARCHS
 
-    parser.add_argument("arch", choices=ARCHS, metavar="ARCH", help=f"one of: {', '.join(ARCHS)}")
+    parser.add_argument("arch", metavar="ARCH|CHECKPOINT",
+                        help=f"one of: {', '.join(ARCHS)}; or a checkpoint (.npz: float, pruned, factorised or int8)")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
-    parser.add_argument("--resolution", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input height and width (default 224, or the checkpoint's training resolution)")
     parser.add_argument("--classes", type=int, default=1000, help="classifier outputs (default 1000)")
     parser.add_argument("--json", action="store_true", help="print JSON: {params, macs, layers, breakdown}")
 
 
+def _load(path):
+    """The model in a checkpoint and its training resolution (None if not recorded)."""
+    from npmobilenet.compression.structure import load
+
+    model = load(path)
+    meta = model.info.get("meta", {}) if hasattr(model, "info") else _float_meta(path)
+    return model, meta.get("resolution")
+
+
+def _float_meta(path):
+    from npmobilenet.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).meta
+
+
 def run(args):
-    from npmobilenet.models import build
+    import json
+    import os
+
+    from npmobilenet.models import ARCHS, build
     from npmobilenet.models.mobilenet import MIN_RESOLUTION
 
-    if args.resolution < MIN_RESOLUTION:
-        raise ValueError(f"--resolution must be at least {MIN_RESOLUTION}, got {args.resolution}")
-    model = build(args.arch, width=args.width, num_classes=args.classes)
-    summary = summarize(model, args.resolution)
+    if args.arch in ARCHS:
+        model, trained_at = build(args.arch, width=args.width, num_classes=args.classes), None
+    elif os.path.exists(args.arch):
+        model, trained_at = _load(args.arch)
+    else:
+        raise ValueError(f"ARCH must be one of {', '.join(ARCHS)} or an existing checkpoint file, got {args.arch!r}")
+    resolution = args.resolution or trained_at or 224
+    if resolution < MIN_RESOLUTION:
+        raise ValueError(f"--resolution must be at least {MIN_RESOLUTION}, got {resolution}")
+    if not hasattr(model, "modules"):
+        # An int8 model is a graph of integer ops, not layers: report its totals.
+        macs, params = model.macs((1, resolution, resolution, 3)), model.num_parameters()
+        c = model.config
+        if args.json:
+            print(json.dumps({"params": int(params), "macs": int(macs), "layers": [], "quantized": True}))
+        else:
+            print(f"{args.arch}: int8 {c['arch']} width {c['width']}, input {resolution}x{resolution}x3")
+            print(f"total: {params:,} parameters (int8 weights, int32 biases), {macs:,} multiply-accumulates")
+        return 0
+    summary = summarize(model, resolution)
     print(summary.to_json() if args.json else summary.format_table())
     return 0

@@ -90,9 +90,17 @@ def run(args):
     from npmobilenet.training.data import datasets_from_spec
     from npmobilenet.training.augment import preprocessing
 
-    ckpt = load_checkpoint(args.checkpoint)
-    resolution = args.resolution or ckpt.meta.get("resolution")
-    meta = ckpt.meta
+    from npmobilenet.compression import qformat
+
+    if qformat.is_quantized(args.checkpoint):
+        model = qformat.load_quantized(args.checkpoint)
+        meta, config = model.info.get("meta", {}), model.config
+        kind = "int8"
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+        model, meta, config = ckpt.model, ckpt.meta, ckpt.config
+        kind = "float32"
+    resolution = args.resolution or meta.get("resolution")
     same_data = meta.get("data") == args.data
     # the split `train` held out when this is the data it trained on; otherwise all of a folder
     everything, data = datasets_from_spec(
@@ -100,10 +108,10 @@ def run(args):
         split_seed=meta.get("split_seed", 0),
     )
     data = data if data is not None else everything
-    transform = preprocessing(resolution, ckpt.meta.get("mean"), ckpt.meta.get("std"))
-    result = evaluate(ckpt.model, data, args.batch_size, transform)
-    c = ckpt.config
-    print(f"{args.checkpoint}: {c['arch']} width {c['width']}, {c['num_classes']} classes; {result['count']} images")
+    transform = preprocessing(resolution, meta.get("mean"), meta.get("std"))
+    result = evaluate(model, data, args.batch_size, transform)
+    c = config
+    print(f"{args.checkpoint}: {kind} {c['arch']} width {c['width']}, {c['num_classes']} classes; {result['count']} images")
     print(f"top-1 accuracy {100 * result['top1']:.2f}%")
     print(f"top-5 accuracy {100 * result['top5']:.2f}%")
     print(f"loss {result['loss']:.4f}")

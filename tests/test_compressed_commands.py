@@ -1,0 +1,36 @@
+"""`summary` and `eval` accept compressed checkpoints (issue: compression, command line)."""
+import json
+import pathlib
+
+import pytest
+
+from npmobilenet.cli import main
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "compression" / "digits_v2_w035.npz"
+
+
+@pytest.fixture(scope="module")
+def int8_checkpoint(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    out = tmp_path_factory.mktemp("q") / "digits.int8.npz"
+    assert main(["compress", "quantize", str(FIXTURE), str(out), "--data", "digits"]) == 0
+    return out
+
+
+def test_summary_of_float_and_int8_checkpoints(int8_checkpoint, capsys):
+    assert main(["summary", str(FIXTURE), "--json"]) == 0
+    float_summary = json.loads(capsys.readouterr().out)
+    assert main(["summary", str(int8_checkpoint), "--json"]) == 0
+    int8_summary = json.loads(capsys.readouterr().out)
+    # Same network, same multiply-accumulates; int8 drops the folded batch-norm parameters.
+    assert int8_summary["quantized"] and int8_summary["macs"] == float_summary["macs"] == 1_196_592
+    assert int8_summary["params"] < float_summary["params"] == 408_938
+    assert main(["summary", "no-such-file.npz"]) == 1
+
+
+def test_eval_of_int8_checkpoint(int8_checkpoint, capsys):
+    assert main(["eval", str(int8_checkpoint), "--data", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 mobilenet_v2" in out
+    top1 = float(out.split("top-1 accuracy ")[1].split("%")[0])
+    assert top1 > 94.0
