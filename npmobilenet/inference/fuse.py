@@ -25,7 +25,6 @@ import time
 import numba
 import numpy as np
 
-from npmobilenet import config
 from npmobilenet.inference import kernels
 from npmobilenet.inference.blas import find_blas, sgemm_address
 from npmobilenet.inference.plan import MemoryPlan
@@ -423,6 +422,13 @@ def _numba_threads(threads):
 
 CHUNK_PIXELS = 100_000
 
+# Layers below this many MACs run serially at batch 1. Each parallel region costs a wake-up of
+# the sleeping worker (tens of microseconds on this 2-vCPU VM with OMP_WAIT_POLICY=PASSIVE), so
+# inference sets the bar higher than the training kernels' config.PARALLEL_MIN_MACS. Measured
+# (2 threads, batch 1, median ms at 2e5 / 1e6 / 3e6): V2 10.2 / 10.2 / 9.6, V3-Large 8.4 / 8.2 /
+# 9.8, V3-Small 4.2 / 3.8 / 3.4.
+PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_INFERENCE_PARALLEL_MIN_MACS", 1_000_000))
+
 
 def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
     """Images per chunk when a batch is run in chunks: about `chunk_pixels` input pixels (two
@@ -509,7 +515,7 @@ class FusedMobileNet:
         self.layers = layers
         self.config = dict(config_)
         self.threads = _check_threads(threads)
-        self.parallel_min_macs = config.PARALLEL_MIN_MACS if parallel_min_macs is None else int(parallel_min_macs)
+        self.parallel_min_macs = PARALLEL_MIN_MACS if parallel_min_macs is None else int(parallel_min_macs)
         self.num_classes = self.config.get("num_classes")
         self.adaptive = adaptive     # let the ThreadGovernor fall back to one thread under load
         self.governor = ThreadGovernor()
@@ -561,9 +567,13 @@ class FusedMobileNet:
         x = self._check_input(x)
         batch, height, width, _ = x.shape
         threads = self.threads if self.threads is not None else numba.get_num_threads()
-        if self.adaptive:
-            threads = self.governor.choose(threads)
         chunk = self.chunk_images(batch, height, width)
+        # The governor watches the layer-by-layer path only: its ~50 parallel regions are what
+        # another process's load can stall. Chunks of a batch need no synchronisation but the
+        # last join, and a slowed worker just takes fewer chunks, so they use every thread.
+        governed = self.adaptive and chunk >= batch
+        if governed:
+            threads = self.governor.choose(threads)
         blas = find_blas()
         guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
         start = time.perf_counter()
@@ -572,7 +582,7 @@ class FusedMobileNet:
                 logits = self._run_whole(x, threads)
             else:
                 logits = self._run_chunks(x, chunk, threads)
-        if self.adaptive:
+        if governed:
             self.governor.record(threads, time.perf_counter() - start)
         self.last_threads = threads
         return logits

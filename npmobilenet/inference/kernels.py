@@ -34,7 +34,6 @@ of threads: results are bitwise identical across thread counts.
 """
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
