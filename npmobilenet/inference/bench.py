@@ -377,19 +377,20 @@ def run(args):
         raise ValueError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
     peers = not args.no_peers
     # PyTorch's libgomp and Numba's OpenMP layer are one library in one process (same soname):
-    # whichever loads first reads OMP_WAIT_POLICY for both. Set it before importing the peers,
-    # so every engine runs under the same, stated policy (npmobilenet's default: PASSIVE, see
-    # fuse.prefer_sleeping_threads; an OMP_WAIT_POLICY already set is kept).
-    from npmobilenet.inference.fuse import prefer_sleeping_threads
+    # whichever loads first reads the OpenMP environment for both. Set it before importing the
+    # peers, so every engine runs under the same, stated settings (npmobilenet's default: a
+    # short spin, see fuse.limit_openmp_spinning; settings already in the environment are kept).
+    from npmobilenet.inference.fuse import limit_openmp_spinning
 
-    prefer_sleeping_threads()
+    limit_openmp_spinning()
     if peers:
         for module in ("torch", "torchvision", "onnxruntime"):
             if available(module):
                 __import__(module)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, random weights, "
-          f"median of {args.repeat}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average before: {load:.2f}"
+          f"median of {args.repeat}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; load average before: {load:.2f}"
           + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""))
     if peers:
         missing = [m for m in ("torch", "torchvision", "onnxruntime") if not available(m)]
@@ -425,7 +426,7 @@ def run(args):
     if args.json:
         payload = {"results": results, "profiles": profiles, "cold_start": cold, "threads": threads,
                    "background_load": args.background_load, "load_average": load,
-                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
         directory = os.path.dirname(os.path.abspath(args.json))
         fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=directory)
         with os.fdopen(fd, "w") as f:

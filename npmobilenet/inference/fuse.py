@@ -422,11 +422,11 @@ def _numba_threads(threads):
 
 CHUNK_PIXELS = 100_000
 
-# Layers below this many MACs run serially at batch 1. Each parallel region costs a wake-up of
-# the sleeping worker (tens of microseconds on this 2-vCPU VM with OMP_WAIT_POLICY=PASSIVE), so
-# inference sets the bar higher than the training kernels' config.PARALLEL_MIN_MACS. Measured
-# (2 threads, batch 1, median ms at 2e5 / 1e6 / 3e6): V2 10.2 / 10.2 / 9.6, V3-Large 8.4 / 8.2 /
-# 9.8, V3-Small 4.2 / 3.8 / 3.4.
+# Layers below this many MACs run serially at batch 1. A parallel region may have to wake a
+# sleeping worker (tens of microseconds on this 2-vCPU VM), so inference sets the bar higher
+# than the training kernels' config.PARALLEL_MIN_MACS. Measured (2 threads, batch 1, passive
+# waiting, median ms at 2e5 / 1e6 / 3e6 MACs): V2 10.2 / 10.2 / 9.6, V3-Large 8.4 / 8.2 / 9.8,
+# V3-Small 4.2 / 3.8 / 3.4.
 PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_INFERENCE_PARALLEL_MIN_MACS", 1_000_000))
 
 
@@ -672,18 +672,22 @@ class FusedMobileNet:
         return "\n".join(lines)
 
 
-def prefer_sleeping_threads():
-    """Make idle OpenMP worker threads sleep instead of spin (unless OMP_WAIT_POLICY is set).
+def limit_openmp_spinning():
+    """Let idle OpenMP worker threads spin only briefly before they sleep (GOMP_SPINCOUNT=3000),
+    unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set already.
 
     Numba's OpenMP pool reads this when it starts (at the first parallel kernel of the process),
-    so it must be set before. Why: on a shared machine a spinning worker competes with the
-    process that holds the other core, and every parallel region then waits up to a scheduler
-    tick for it. Measured here (MobileNetV2, batch 1, 2 threads, other users' processes keeping
-    the load average near 8): 840 ms per image with libgomp's default spinning, 20 ms with
-    passive waiting, 15 ms on one thread. The cost on an idle machine is about 7 us per parallel
-    region (a futex wake-up instead of a spin).
+    so it must be set before. libgomp's default spins for ~300k iterations: on a shared machine
+    the spinning worker competes with the process that holds the other core, and every parallel
+    region then waits up to a scheduler tick (measured: MobileNetV2, batch 1, 2 threads, load
+    average near 8 from other processes: 840 ms per image). Sleeping at once (PASSIVE) costs a
+    futex wake-up per region instead: 8.0 ms against 5.9 ms with a short spin on an idle machine.
+    Measured here (V2, batch 1, 2 threads; idle / one spinning process): PASSIVE 8.0 / 10.8 ms,
+    GOMP_SPINCOUNT=1000 6.8 / 12.8, 3000 6.1 / 17.1, 6000 5.9 / 24.7. Under load the thread
+    governor falls back to one thread (~10 ms), so the short spin is the better default.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "3000"
 
 
 _pool = []
@@ -701,7 +705,7 @@ def _worker_pool():
 
 def fuse_model(model, threads=None):
     """`model.fuse(threads)`: the inference-only `FusedMobileNet` of an eval-mode `model`."""
-    prefer_sleeping_threads()
+    limit_openmp_spinning()
     threads = _check_threads(threads)
     training = [name or "model" for name, layer in model.modules() if layer.training]
     if training:
