@@ -16,6 +16,13 @@ the shortcut in the same pass; the depthwise kernel also sums its output rows, s
 squeeze-and-excitation never re-reads the activation, and SE's channel gate is applied by the
 projection as it reads its input. What runs is a flat list of `FusedLayer`s over named tensors;
 `plan.MemoryPlan` gives every tensor a view into a few reused buffers.
+
+Threads: one image (or a small batch of small images) runs layer by layer with each layer of at
+least `PARALLEL_MIN_MACS` split into tiles across the threads; a larger batch is cut into chunks
+of about two 224x224 images that worker threads run through the whole network, each with its own
+plan (`chunk_images`). A `ThreadGovernor` drops the layer-by-layer path to one thread while
+parallel calls are slower (another process holding a core). The work is cut by shapes only, so
+outputs are bitwise identical for every thread count.
 """
 import contextlib
 import math
@@ -504,9 +511,12 @@ class FusedMobileNet:
     """An inference-only MobileNet: `fused(x) -> logits`, x: (N, H, W, 3) float, H, W >= 32.
 
     Built by `model.fuse()`. Holds folded float32 weights (copies: later changes to the source
-    model do not reach it) and a memory plan for the last input shape seen. `threads` is the
-    number of threads its parallel layers use (None: Numba's current setting, `NUMBA_NUM_THREADS`
-    or `npmobilenet.config.set_num_threads`). There is no backward pass and no training mode.
+    model do not reach it) and memory plans for the last input shape seen. `threads` is the
+    number of threads it uses (None: Numba's current setting, `NUMBA_NUM_THREADS` or
+    `npmobilenet.config.set_num_threads`); `adaptive` lets the governor fall back to one thread
+    at batch 1 under load (`set_threads(n, adaptive=False)` pins it). There is no backward pass
+    and no training mode. `planned_peak_bytes(resolution, batch)` is the activation memory its
+    plans allocate; `activation_bytes` what they hold now.
     """
 
     training = False
