@@ -379,8 +379,8 @@ def run(args):
     # PyTorch's libgomp and Numba's OpenMP layer are one library in one process (same soname):
     # whichever loads first reads the OpenMP environment for both. Set it before importing the
     # peers, so every engine runs under the same, stated settings (npmobilenet's default: a
-    # short spin, see fuse.limit_openmp_spinning; settings already in the environment are kept).
-    from npmobilenet.inference.fuse import limit_openmp_spinning
+    # short spin, see config.limit_openmp_spinning; settings already in the environment are kept).
+    from npmobilenet.config import limit_openmp_spinning
 
     limit_openmp_spinning()
     if peers:

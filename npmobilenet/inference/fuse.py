@@ -682,24 +682,6 @@ class FusedMobileNet:
         return "\n".join(lines)
 
 
-def limit_openmp_spinning():
-    """Let idle OpenMP worker threads spin only briefly before they sleep (GOMP_SPINCOUNT=3000),
-    unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set already.
-
-    Numba's OpenMP pool reads this when it starts (at the first parallel kernel of the process),
-    so it must be set before. libgomp's default spins for ~300k iterations: on a shared machine
-    the spinning worker competes with the process that holds the other core, and every parallel
-    region then waits up to a scheduler tick (measured: MobileNetV2, batch 1, 2 threads, load
-    average near 8 from other processes: 840 ms per image). Sleeping at once (PASSIVE) costs a
-    futex wake-up per region instead: 8.0 ms against 5.9 ms with a short spin on an idle machine.
-    Measured here (V2, batch 1, 2 threads; idle / one spinning process): PASSIVE 8.0 / 10.8 ms,
-    GOMP_SPINCOUNT=1000 6.8 / 12.8, 3000 6.1 / 17.1, 6000 5.9 / 24.7. Under load the thread
-    governor falls back to one thread (~10 ms), so the short spin is the better default.
-    """
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["GOMP_SPINCOUNT"] = "3000"
-
-
 _pool = []
 
 
@@ -715,7 +697,6 @@ def _worker_pool():
 
 def fuse_model(model, threads=None):
     """`model.fuse(threads)`: the inference-only `FusedMobileNet` of an eval-mode `model`."""
-    limit_openmp_spinning()
     threads = _check_threads(threads)
     training = [name or "model" for name, layer in model.modules() if layer.training]
     if training:
