@@ -90,3 +90,17 @@ def test_set_num_threads_round_trip():
         config.set_num_threads(0)
     with pytest.raises(TypeError, match="threads must be an int"):
         config.set_num_threads(2.0)
+
+
+def test_openmp_workers_spin_briefly_unless_the_user_says_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    probe = "import os, npmobilenet.config; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3000"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"

@@ -204,3 +204,15 @@ def test_summarize_rejects_what_it_cannot_cost():
         summarize(model, 64)
     with pytest.raises(ValueError, match="stem.conv expects 3 channels"):
         summarize(npmobilenet.build("mobilenet_v3_small", width=0.25), 64, in_channels=4)
+
+
+def test_summary_reports_the_fused_memory_plan(capsys):
+    from npmobilenet.cli import main
+    from npmobilenet.inference import planned_peak_bytes
+
+    assert main(["summary", "mobilenet_v3_small", "--width", "0.5", "--resolution", "96", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    model = npmobilenet.build("mobilenet_v3_small", width=0.5)
+    assert data["peak_activation_bytes_per_image"] == planned_peak_bytes(model, 96) > 0
+    assert main(["summary", "mobilenet_v2", "--resolution", "64"]) == 0
+    assert "planned peak activation memory" in capsys.readouterr().out

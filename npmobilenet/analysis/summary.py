@@ -334,5 +334,23 @@ def run(args):
             print(f"total: {params:,} parameters (int8 weights, int32 biases), {macs:,} multiply-accumulates")
         return 0
     summary = summarize(model, resolution)
-    print(summary.to_json() if args.json else summary.format_table())
+    peak = _peak_activation_bytes(model, resolution)
+    if args.json:
+        data = summary.to_json()
+        print(data[:-2] + f',\n "peak_activation_bytes_per_image": {json.dumps(peak)}\n}}')
+    else:
+        print(summary.format_table())
+        if peak is not None:
+            print(f"\nfused inference (model.fuse()): planned peak activation memory {peak:,} bytes "
+                  f"({peak / 2**20:.2f} MiB) per image at {resolution}x{resolution}")
     return 0
+
+
+def _peak_activation_bytes(model, resolution):
+    """Bytes per image of the fused model's memory plan, or None where fusing does not apply."""
+    from npmobilenet.inference import planned_peak_bytes
+
+    try:
+        return int(planned_peak_bytes(model, resolution, batch=1))
+    except (TypeError, ValueError, AttributeError, NotImplementedError):
+        return None  # e.g. a low-rank factorised model, which the fused path does not take
