@@ -206,6 +206,44 @@ def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=No
             "planned_peak_bytes": fused.activation_bytes}
 
 
+def bench_checkpoint(path, batch, resolution, threads, repeat, seed=0):
+    """Time the model in a checkpoint (float, pruned, factorised or int8) at one batch size.
+
+    An int8 model is timed beside the fused float model of the same architecture (random weights:
+    latency does not depend on their values), the comparison the compression report needs. A
+    low-rank factorised model, which the fused path does not take, runs in eval mode unfused.
+    """
+    import npmobilenet
+    from npmobilenet.analysis.summary import summarize
+    from npmobilenet.compression.structure import load
+
+    model = load(path)
+    x = np.random.default_rng(seed).standard_normal((batch, resolution, resolution, 3)).astype(np.float32)
+    name = os.path.basename(path)
+    if hasattr(model, "modules"):       # a float MobileNet
+        macs = summarize(model, resolution, batch).macs
+        try:
+            _, run = _npmobilenet_engine(model.eval(), x, threads)
+            engines = [("npmobilenet", run)]
+        except (AttributeError, TypeError, NotImplementedError):
+            engines = [("npmobilenet (unfused)", lambda: model(x))]
+    else:                               # an int8 QuantizedModel
+        macs = model.macs(x.shape)
+        float_twin = npmobilenet.build(**{k: v for k, v in model.config.items() if k != "factorized"}).eval()
+        _, run_float = _npmobilenet_engine(float_twin, x, threads)
+        engines = [("npmobilenet int8", lambda: model(x)), ("npmobilenet fused fp32", run_float)]
+    times = blocked_times(engines, repeat)
+    base = float(np.median(times[engines[0][0]]))
+    rows = []
+    for engine, _ in engines:
+        median = float(np.median(times[engine]))
+        rows.append({"engine": engine, "ms": median * 1e3, "ms_per_image": median * 1e3 / batch,
+                     "images_per_s": batch / median, "gmacs": macs / median / 1e9, "ratio": base / median,
+                     "min_ms": float(np.min(times[engine])) * 1e3})
+    return {"arch": name, "batch": batch, "resolution": resolution, "threads": threads, "repeat": repeat,
+            "macs": macs, "rows": rows, "onnx_relative_difference": None, "planned_peak_bytes": None}
+
+
 def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     """Median time of each fused layer run alone, with its MACs and bytes moved, for the plan
     the model runs: the whole batch, or one chunk of it when the batch runs in chunks (then
@@ -288,7 +326,7 @@ def format_results(results):
     lines.append("-" * len(header))
     for result in results:
         for row in result["rows"]:
-            ratio = "" if row["engine"] == "npmobilenet" else f"{row['ratio']:.2f}"
+            ratio = "" if row is result["rows"][0] else f"{row['ratio']:.2f}"
             lines.append(f"{result['arch']:20s} {result['batch']:5d} {row['engine']:22s} {row['ms']:9.2f} "
                          f"{row['ms_per_image']:8.2f} {row['images_per_s']:8.1f} {row['gmacs']:7.1f} {ratio:>8s}")
         if result.get("onnx_relative_difference") is not None:
@@ -346,7 +384,8 @@ def _int_list(text):
 def add_arguments(parser):
     from npmobilenet.models import ARCHS
 
-    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"architectures (default: V2, V3-Large, V3-Small); any of {', '.join(ARCHS)}")
+    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"architectures (default: V2, V3-Large, V3-Small); any of {', '.join(ARCHS)}; or checkpoint files "
+                        "(float, pruned, factorised, int8: an int8 model is timed beside the fused float model)")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
     parser.add_argument("--resolution", type=int, default=224, help="input height and width (default 224)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: NUMBA_NUM_THREADS)")
@@ -364,9 +403,11 @@ def run(args):
     from npmobilenet.models import ARCHS
 
     archs = args.archs or ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
-    unknown = [a for a in archs if a not in ARCHS]
+    checkpoints = [a for a in archs if a not in ARCHS and os.path.isfile(a)]
+    unknown = [a for a in archs if a not in ARCHS and a not in checkpoints]
     if unknown:
-        raise ValueError(f"unknown architecture(s) {unknown}; known: {', '.join(ARCHS)}")
+        raise ValueError(f"unknown architecture(s) {unknown}; known: {', '.join(ARCHS)}, or a checkpoint file")
+    archs = [a for a in archs if a in ARCHS]
     batches = _int_list(args.batch)
     if args.resolution < 32:
         raise ValueError(f"--resolution must be at least 32, got {args.resolution}")
@@ -398,9 +439,12 @@ def run(args):
             print(f"(not installed, skipped: {', '.join(missing)})")
     results, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="npmobilenet-bench-") as workdir, background_load(args.background_load):
-        for arch in archs:
+        for arch in archs + checkpoints:
             for batch in batches:
-                result = bench_model(arch, batch, args.resolution, threads, args.repeat, peers, workdir)
+                if arch in checkpoints:
+                    result = bench_checkpoint(arch, batch, args.resolution, threads, args.repeat)
+                else:
+                    result = bench_model(arch, batch, args.resolution, threads, args.repeat, peers, workdir)
                 results.append(result)
                 print(format_results([result]).split("\n", 2)[2] if len(results) > 1 else format_results([result]), flush=True)
         if args.per_layer:

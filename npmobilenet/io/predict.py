@@ -94,8 +94,13 @@ def run(args):
     if args.labels:
         with open(args.labels, encoding="utf-8") as f:
             labels = [line.rstrip("\n") for line in f if line.strip()]
+    from npmobilenet.compression import qformat
+
     t0 = time.perf_counter()
-    model = from_weights(args.weights, arch=args.arch, width=args.width)
+    if qformat.is_quantized(args.weights):
+        model = qformat.load_quantized(args.weights)   # int8, integer-only inference
+    else:
+        model = from_weights(args.weights, arch=args.arch, width=args.width)
     t1 = time.perf_counter()
     notes = []
     results = classify(model, args.images, args.topk, preprocess, labels, args.batch_size, notes)
