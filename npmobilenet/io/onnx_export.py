@@ -19,7 +19,6 @@ symbolic unless `batch` fixes it; H and W are symbolic (any size >= 32 works). O
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -225,18 +224,11 @@ def export_onnx(model, path, batch=None, opset=DEFAULT_OPSET, input_layout="nchw
     onnx = require("onnx", "ONNX export")
     proto = build_onnx(model, batch, opset, input_layout, fold_batchnorm)
     onnx.checker.check_model(proto, full_check=True)
+    from npmobilenet.training.checkpoint import atomic_write
+
     data = proto.SerializeToString()
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
