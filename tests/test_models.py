@@ -7,7 +7,7 @@ import pytest
 import npmobilenet
 from gradcheck import assert_close, numeric_grad, sample_indices
 from npmobilenet.layers import (
-    BatchNorm, Conv2d, DepthwiseConv2d, Dropout, InvertedResidual, Linear, PointwiseConv2d, SqueezeExcite,
+    BatchNorm, Conv2d, DepthwiseConv2d, Dropout, Linear, PointwiseConv2d, SqueezeExcite,
 )
 from npmobilenet.models import make_divisible
 

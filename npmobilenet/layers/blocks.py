@@ -10,7 +10,7 @@
 """
 from npmobilenet.layers.activation import make_activation
 from npmobilenet.layers.base import Layer
-from npmobilenet.layers.conv import Conv2d, DepthwiseConv2d, PointwiseConv2d
+from npmobilenet.layers.conv import DepthwiseConv2d, PointwiseConv2d
 from npmobilenet.layers.norm import BatchNorm
 from npmobilenet.layers.se import SqueezeExcite
 

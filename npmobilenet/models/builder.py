@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npmobilenet.layers import (
-    Conv2d, ConvBNAct, DepthwiseSeparable, Dropout, GlobalAvgPool, HardSwish, InvertedResidual, Linear,
+    Conv2d, ConvBNAct, DepthwiseSeparable, Dropout, HardSwish, InvertedResidual, Linear,
     PointwiseConv2d, Sequential,
 )
 from npmobilenet.models import tables

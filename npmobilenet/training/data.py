@@ -12,7 +12,6 @@
 """
 import codecs
 import importlib
-import os
 import pickle
 from pathlib import Path
 
