@@ -99,31 +99,9 @@ def file_size(obj, tmp):
 
 def onnx_cross_check(model, calibration, test_images, ours_pred, float_pred, labels, tmp):
     """ONNX Runtime static QDQ int8 (per-channel, min/max) of the same float model and images."""
-    from npmobilenet.io.onnx_export import export_onnx
-    from onnxruntime import InferenceSession, SessionOptions
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from npmobilenet.compression.peer import onnxruntime_static_int8
 
-    fp32, int8 = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
-    export_onnx(model, fp32, input_layout="nhwc")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([calibration[i : i + 32] for i in range(0, len(calibration), 32)])
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {"input": x}
-
-    quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    options = SessionOptions()
-    options.intra_op_num_threads = 1
-    session = InferenceSession(int8, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    ort_pred = np.concatenate([session.run(None, {name: test_images[i : i + 120]})[0].argmax(1)
-                               for i in range(0, len(test_images), 120)])
+    ort_pred = onnxruntime_static_int8(model, calibration, tmp)(test_images).argmax(1)
     return dict(ort_top1=float((ort_pred == labels).mean()), agree_ours_ort=float((ort_pred == ours_pred).mean()),
                 agree_ort_float=float((ort_pred == float_pred).mean()),
                 agree_ours_float=float((ours_pred == float_pred).mean()))

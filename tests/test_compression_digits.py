@@ -45,30 +45,10 @@ def test_int8_per_channel_is_within_one_point_of_float(trained, int8_pred):
 def test_agrees_with_onnx_runtime_static_int8(trained, int8_pred, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from onnxruntime import InferenceSession, SessionOptions
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    from npmobilenet.io.onnx_export import export_onnx
+    from npmobilenet.compression.peer import onnxruntime_static_int8
 
     model, calibration, images, labels, float_pred = trained
-    fp32, int8 = str(tmp_path / "m.onnx"), str(tmp_path / "m.int8.onnx")
-    export_onnx(model, fp32, input_layout="nhwc")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([calibration[i : i + 64] for i in range(0, len(calibration), 64)])
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {"input": x}
-
-    quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    options = SessionOptions()
-    options.intra_op_num_threads = 1
-    ort_pred = InferenceSession(int8, options, providers=["CPUExecutionProvider"]).run(None, {"input": images})[0].argmax(1)
+    ort_pred = onnxruntime_static_int8(model, calibration, str(tmp_path))(images).argmax(1)
     # two independent int8 implementations of the same model: both close to float and to each other
     assert (ort_pred == float_pred).mean() >= 0.97
     assert (ort_pred == int8_pred).mean() >= 0.96
