@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from npmobilenet.training.checkpoint import atomic_savez, from_json_array, json_array, read_arrays
+from npmobilenet.io.files import atomic_savez, from_json_array, json_array, read_arrays
 
 FORMAT = "npmobilenet.quantized"
 # packed array name -> dtype

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from npmobilenet.extras import require
+from npmobilenet.io.files import atomic_write
 
 DEFAULT_OPSET = 17  # HardSwish needs 14; 17 is what current exporters emit by default
 
@@ -224,8 +225,6 @@ def export_onnx(model, path, batch=None, opset=DEFAULT_OPSET, input_layout="nchw
     onnx = require("onnx", "ONNX export")
     proto = build_onnx(model, batch, opset, input_layout, fold_batchnorm)
     onnx.checker.check_model(proto, full_check=True)
-    from npmobilenet.training.checkpoint import atomic_write
-
     data = proto.SerializeToString()
     path = os.fspath(path)
     atomic_write(path, lambda f: f.write(data))

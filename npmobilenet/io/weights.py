@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npmobilenet.io import keymaps, torch_zip
+from npmobilenet.io.files import from_json_array, read_arrays
 
 # safetensors dtype -> NumPy dtype (BF16 is widened to float32 exactly, as in torch_zip)
 SAFETENSORS_DTYPES = {
@@ -206,15 +207,8 @@ def infer_width(state, naming, arch, overrides=None):
 
 
 def _read_npz_config(path):
-    from npmobilenet.training import checkpoint
-
-    arrays = checkpoint.read_arrays(path)
-    config = None
-    if "__config__" in arrays:
-        try:
-            config = json.loads(np.asarray(arrays["__config__"], dtype=np.uint8).tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: __config__ is not valid JSON ({exc})") from None
+    arrays = read_arrays(path)
+    config = from_json_array(arrays["__config__"], "__config__", path) if "__config__" in arrays else None
     return arrays, config
 
 

@@ -17,76 +17,15 @@ over the destination, so a crash mid-write leaves the previous checkpoint as it 
 checkpoint, newer version, config and arrays that disagree) into a `ValueError` that names the
 file and the problem.
 """
-import json
 import os
-import tempfile
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from npmobilenet.io.files import atomic_savez, atomic_write, from_json_array, json_array, read_arrays  # noqa: F401
+
 FORMAT = "npmobilenet.checkpoint"
 VERSION = 1
-
-
-# -- atomic files -------------------------------------------------------------------------------
-def atomic_write(path, write):
-    """Call `write(file)` on a temporary file beside `path`, then move it over `path`.
-
-    The temporary file is fsynced before the rename and the directory after it, so after a power
-    cut either the old or the new file is there, whole. If `write` raises, the temporary file is
-    removed and `path` is untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"directory {directory} does not exist (for {path})")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX; not possible on Windows)
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_savez(path, arrays):
-    """`np.savez` of `arrays` to `path`, all or nothing (see `atomic_write`)."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-    return os.fspath(path)
-
-
-def json_array(obj):
-    """`obj` as JSON in a uint8 array: stored in an .npz without pickle."""
-    return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-
-
-def from_json_array(array, key, path):
-    """The object `json_array` stored, or a ValueError naming the file and key."""
-    try:
-        return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path}: {key} is not valid JSON ({exc})") from exc
 
 
 # -- random generators held by layers (dropout): part of the state for an exact resume --------
@@ -163,26 +102,6 @@ class Checkpoint:
     epoch: object = None
     optimizer_state: dict = None
     meta: dict = field(default_factory=dict)
-
-
-def read_arrays(path):
-    """Every array of a checkpoint file as a dict, or a ValueError saying why it cannot be read."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            # read everything now, so a bad CRC or a short member surfaces here, with the file named
-            return {key: npz[key] for key in npz.files}
-    except AttributeError:
-        raise ValueError(f"checkpoint {path} is a single .npy array, not an .npz checkpoint") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "pickle" in reason:
-            reason = "it holds pickled data, which is never loaded"
-        raise ValueError(
-            f"checkpoint {path} is truncated or corrupted and cannot be read ({type(exc).__name__}: {reason})"
-        ) from exc
 
 
 def _build(config):
