@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gradcheck import assert_close, numeric_grad, sample_indices
+from gradcheck import check_op_adjoints, check_op_finite_differences, check_serial_and_parallel_agree
 from npmobilenet import config
 from npmobilenet.ops import conv, conv2d, conv2d_backward, reference
 from test_ops_depthwise import assert_matches, geometries
@@ -46,42 +46,19 @@ def test_forward_and_gradients_match_reference(dtype, g):
 @given(g=problems(max_channels=3, max_size=7))
 def test_gradients_match_finite_differences(g):
     rng, x, w, geometry = _problem(g, np.float64, seed=1)
-    r = rng.standard_normal(conv2d(x, w, **geometry).shape)
-
-    def loss():
-        return float(np.sum(r * conv2d(x, w, **geometry)))
-
-    dx, dw = conv2d_backward(r, x, w, **geometry)
-    for idx in sample_indices(x.shape, 3, rng):
-        assert_close(dx[idx], numeric_grad(loss, x, idx), f"dx{idx}")
-    for idx in sample_indices(w.shape, 3, rng):
-        assert_close(dw[idx], numeric_grad(loss, w, idx), f"dw{idx}")
+    check_op_finite_differences(conv2d, conv2d_backward, x, w, geometry, rng)
 
 
 @given(g=problems())
 def test_adjoint_identities(g):
-    # y is bilinear in (x, w): <dy, y> = <dx, x> = <dw, w>
     rng, x, w, geometry = _problem(g, np.float64, seed=2)
-    y = conv2d(x, w, **geometry)
-    dy = rng.standard_normal(y.shape)
-    dx, dw = conv2d_backward(dy, x, w, **geometry)
-    forward = float(np.sum(dy * y))
-    scale = float(np.sum(np.abs(dy * y))) + 1.0
-    assert abs(forward - float(np.sum(dx * x))) <= 1e-12 * scale
-    assert abs(forward - float(np.sum(dw * w))) <= 1e-12 * scale
+    check_op_adjoints(conv2d, conv2d_backward, x, w, geometry, rng)
 
 
 @given(g=problems())
 def test_serial_and_parallel_builds_agree(g):
     rng, x, w, geometry = _problem(g, np.float64, seed=3)
-    dy = rng.standard_normal(conv2d(x, w, **geometry).shape)
-    results = {}
-    for name, threshold in (("serial", 10**18), ("parallel", 0)):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(config, "PARALLEL_MIN_MACS", threshold)
-            results[name] = (conv2d(x, w, **geometry),) + conv2d_backward(dy, x, w, **geometry)
-    for what, serial, parallel in zip(("y", "dx", "dw"), results["serial"], results["parallel"]):
-        np.testing.assert_allclose(parallel, serial, rtol=1e-12, atol=1e-12, err_msg=what)
+    check_serial_and_parallel_agree(conv2d, conv2d_backward, x, w, geometry, rng)
     if config.get_num_threads() > 1:
         assert conv._im2col_parallel.signatures
 
