@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npmobilenet
+from npmobilenet import config
 from npmobilenet.compression import calibrate as cal
 from npmobilenet.compression import qkernels, qreference
 from npmobilenet.compression.quantize import (
@@ -134,7 +135,7 @@ def test_pointwise_int8_matches_reference_bit_for_bit(rows, cin, cout, seed):
 
 
 def test_parallel_drivers_match_the_serial_kernels(monkeypatch):
-    monkeypatch.setattr(qkernels, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
     rng = np.random.default_rng(3)
     x = _int8(rng, (2, 9, 7, 6))
     zx = 5

@@ -28,7 +28,8 @@ writes); the slow reference they are tested against bit for bit is `qreference.p
 import numba
 import numpy as np
 
-from npmobilenet.config import PARALLEL_MIN_MACS, njit_parallel, njit_serial
+from npmobilenet import config
+from npmobilenet.config import njit_parallel, njit_serial
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -87,11 +88,13 @@ def _requantize_store(acc, multiplier, shift, zy, lo, hi):
     return v
 
 
-def _chunks(rows, macs):
-    """How many chunks a parallel driver splits `rows` output rows into (1: run serially)."""
-    if macs < PARALLEL_MIN_MACS or numba.get_num_threads() == 1:
-        return 1
-    return min(rows, 4 * numba.get_num_threads())
+def _run_rows(rows_kernel, parallel_driver, args, rows, macs):
+    """Run `rows_kernel(*args, 0, rows)` serially, or, when the work pays for threads (the one
+    threshold in npmobilenet.config), `parallel_driver(*args, chunks)` over chunks of rows."""
+    if config.choose_kernel(False, True, macs):
+        parallel_driver(*args, min(rows, 4 * numba.get_num_threads()))
+    else:
+        rows_kernel(*args, 0, rows)
 
 
 # -- standard convolution: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> y (N, Ho, Wo, Cout) ---------
@@ -136,12 +139,8 @@ def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, 
     y = np.empty(out_shape, np.int8)
     (sh, sw), (pt, _, pl, _), (dh, dw) = stride, padding, dilation
     rows = out_shape[0] * out_shape[1]
-    chunks = _chunks(rows, y.size * w.shape[0] * w.shape[1] * w.shape[2])
     args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dh, dw, y)
-    if chunks == 1:
-        _conv2d_int8_rows(*args, 0, rows)
-    else:
-        _conv2d_int8_parallel(*args, chunks)
+    _run_rows(_conv2d_int8_rows, _conv2d_int8_parallel, args, rows, y.size * w.shape[0] * w.shape[1] * w.shape[2])
     return y
 
 
@@ -186,12 +185,8 @@ def depthwise_conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride,
     y = np.empty(out_shape, np.int8)
     (sh, sw), (pt, _, pl, _), (dh, dw) = stride, padding, dilation
     rows = out_shape[0] * out_shape[1]
-    chunks = _chunks(rows, y.size * w.shape[0] * w.shape[1])
     args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dh, dw, y)
-    if chunks == 1:
-        _depthwise_int8_rows(*args, 0, rows)
-    else:
-        _depthwise_int8_parallel(*args, chunks)
+    _run_rows(_depthwise_int8_rows, _depthwise_int8_parallel, args, rows, y.size * w.shape[0] * w.shape[1])
     return y
 
 
@@ -254,12 +249,8 @@ def pointwise_int8(x2d, zx, w, bias, multiplier, shift, zy, lo, hi):
     """A 1x1 convolution over pixels, or a linear layer: x (P, Cin) int8 -> y (P, Cout) int8."""
     rows, cout = x2d.shape[0], w.shape[1]
     y = np.empty((rows, cout), np.int8)
-    chunks = _chunks(rows, rows * w.size)
     args = (x2d, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), y)
-    if chunks == 1:
-        _pointwise_int8_rows(*args, 0, rows)
-    else:
-        _pointwise_int8_parallel(*args, chunks)
+    _run_rows(_pointwise_int8_rows, _pointwise_int8_parallel, args, rows, rows * w.size)
     return y
 
 
