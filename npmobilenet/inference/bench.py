@@ -418,12 +418,9 @@ def run(args):
         raise ValueError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
     peers = not args.no_peers
     # PyTorch's libgomp and Numba's OpenMP layer are one library in one process (same soname):
-    # whichever loads first reads the OpenMP environment for both. Set it before importing the
-    # peers, so every engine runs under the same, stated settings (npmobilenet's default: a
-    # short spin, see config.limit_openmp_spinning; settings already in the environment are kept).
-    from npmobilenet.config import limit_openmp_spinning
-
-    limit_openmp_spinning()
+    # whichever loads first reads the OpenMP environment for both. npmobilenet.config set it when
+    # it was imported (a short spin; settings already in the environment are kept), before the
+    # peers are imported below, so every engine runs under the same, stated settings.
     if peers:
         for module in ("torch", "torchvision", "onnxruntime"):
             if available(module):
