@@ -43,7 +43,7 @@ def add_arguments(parser):
     parser.add_argument("--resume", default=None, help="checkpoint to continue from (to --epochs in total)")
     parser.add_argument("--progress", choices=("auto", "tqdm", "plain", "none"), default="auto")
     parser.add_argument("--threads", type=int, default=None,
-                        help="Numba and BLAS threads (default: Numba's; 1 is fastest for small models on a busy machine)")
+                        help="Numba and BLAS threads (default: Numba's; 1 gives the same result on every machine)")
 
 
 def build_transform(kind, resolution, mean, std):
