@@ -59,9 +59,11 @@ def test_pruning_keeps_the_most_important_channels():
     assert l1[keep].min() >= np.delete(l1, keep).max()
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
-def test_pruned_models_are_dense_and_smaller(fraction, x, tmp_path):
-    model = _trained_looking("mobilenet_v2")
+def test_pruned_models_are_dense_and_smaller(arch, fraction, x, tmp_path):
+    # V3 too: its SE widths stay the unpruned model's, and the checkpoint must say so.
+    model = _trained_looking(arch)
     pruned = prune.prune_channels(model, fraction)
     base, small = summarize(model, 32), summarize(pruned, 32)
     assert small.macs < base.macs and small.params < base.params

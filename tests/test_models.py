@@ -185,3 +185,18 @@ def test_expanded_channels_override_round_trips():
         npmobilenet.build("mobilenet_v3_small", expanded_channels=[16, 16])
     with pytest.raises(ValueError, match="not mobilenet_v1"):
         npmobilenet.build("mobilenet_v1", expanded_channels=[16])
+
+
+def test_se_channels_override_sets_or_removes_squeeze_excite():
+    base = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=3)
+    se = [b.se.squeeze_channels if b.se is not None else 0 for b in base.blocks]
+    wider = [w + 8 if w else 0 for w in se]
+    net = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=3, se_channels=wider)
+    assert [b.se.squeeze_channels if b.se is not None else 0 for b in net.blocks] == wider
+    none = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=3, se_channels=[0] * len(se))
+    assert all(b.se is None for b in none.blocks)
+    assert npmobilenet.build(**net.config).num_parameters() == net.num_parameters()
+    with pytest.raises(ValueError, match="se_channels must list one width per block"):
+        npmobilenet.build("mobilenet_v3_small", se_channels=[8])
+    with pytest.raises(ValueError, match="ints >= 0"):
+        npmobilenet.build("mobilenet_v3_small", se_channels=[-1] * len(se))

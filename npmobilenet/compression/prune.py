@@ -81,6 +81,17 @@ def _copy_block_channels(old, new, keep):
     copy_bn(old.conv_pwl.bn, new.conv_pwl.bn, everything)
 
 
+def _inverted_residual_like(block, expanded_channels, rng):
+    """A fresh InvertedResidual with `block`'s hyper-parameters and a new expanded width."""
+    from npmobilenet.layers import InvertedResidual
+
+    bn = block.conv_dw.bn
+    se_channels = block.se.squeeze_channels if block.se is not None else None
+    return InvertedResidual(block.in_channels, expanded_channels, block.out_channels, block.kernel_size,
+                            block.stride, block.activation, se_channels, bn.eps, bn.momentum, rng=rng)
+
+
+
 def prune_channels(model, fraction, criterion="bn"):
     """A copy of `model` with `fraction` of every inverted residual's expansion channels removed.
 
@@ -105,12 +116,14 @@ def prune_channels(model, fraction, criterion="bn"):
             widths.append(int(getattr(block, "expanded_channels", block.in_channels)))
             continue
         keep = kept_channels(block, fraction, criterion)
-        new = structure._inverted_residual_like(block, int(keep.size), rng)
+        new = _inverted_residual_like(block, int(keep.size), rng)
         _copy_block_channels(block, new, keep)
         new.train(model.training)
         pruned.blocks._children[str(i)] = new
         widths.append(int(keep.size))
-    return structure.with_config(pruned, expanded_channels=widths)
+    se_widths = [b.se.squeeze_channels if getattr(b, "se", None) is not None else 0 for b in pruned.blocks]
+    # SE widths stay the unpruned model's (the builder would derive them from the narrower expansion).
+    return structure.with_config(pruned, expanded_channels=widths, se_channels=se_widths if any(se_widths) else None)
 
 
 # -- unstructured magnitude pruning --------------------------------------------------------------

@@ -5,49 +5,17 @@ checkpoint saved with `npmobilenet.training.checkpoint.save` describes it comple
 
     expanded_channels: [int, ...]   one per block: the expanded width of each inverted residual
                                     after channel pruning (unchanged blocks keep their width)
+    se_channels: [int, ...]         one per block: squeeze-and-excitation widths, kept from the
+                                    unpruned model (0: no SE); both are `npmobilenet.build` options
     factorized: {layer: rank}       layers replaced by two thinner ones of that rank: a ConvBNAct's
                                     name ("blocks.3.conv_pwl": its 1x1 conv becomes conv.0 -> conv.1)
                                     or a classifier Linear's ("classifier.1": becomes .0 -> .1)
 
-`build(config)` builds the base architecture with `npmobilenet.build` and applies both; `load(path)`
+`build(config)` builds the architecture with `npmobilenet.build` and applies the factorisation; `load(path)`
 reads any npmobilenet checkpoint: float, compressed float, or int8 quantized.
 """
 import numpy as np
 
-COMPRESSION_KEYS = ("expanded_channels", "factorized")
-
-
-def _inverted_residual_like(block, expanded_channels, rng):
-    """A fresh InvertedResidual with `block`'s hyper-parameters and a new expanded width."""
-    from npmobilenet.layers import InvertedResidual
-
-    bn = block.conv_dw.bn
-    se_channels = block.se.squeeze_channels if block.se is not None else None
-    return InvertedResidual(block.in_channels, expanded_channels, block.out_channels, block.kernel_size,
-                            block.stride, block.activation, se_channels, bn.eps, bn.momentum, rng=rng)
-
-
-def set_expanded_channels(model, expanded_channels):
-    """Replace every inverted residual whose width differs from `expanded_channels[i]` (fresh weights)."""
-    from npmobilenet.layers import InvertedResidual
-
-    blocks = list(model.blocks)
-    if len(expanded_channels) != len(blocks):
-        raise ValueError(f"expanded_channels must list one width per block ({len(blocks)}), got {len(expanded_channels)}")
-    rng = np.random.default_rng(0)
-    for i, (block, width) in enumerate(zip(blocks, expanded_channels)):
-        current = getattr(block, "expanded_channels", block.in_channels)
-        if width == current:
-            continue
-        if not isinstance(block, InvertedResidual) or block.conv_pw is None:
-            raise ValueError(f"block {i} has no expansion layer to resize (width {current}, asked {width})")
-        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width:
-            raise ValueError(f"expanded_channels[{i}] must be an int >= 1, got {width!r}")
-        if width == block.in_channels:
-            raise ValueError(f"expanded_channels[{i}] = {width} equals the block's input width: "
-                             "the expansion layer would disappear; use a different width")
-        model.blocks._children[str(i)] = _inverted_residual_like(block, int(width), rng)
-    return model
 
 
 def _layer(model, name):
@@ -127,18 +95,15 @@ def set_factorized(model, ranks):
 
 
 def build(config):
-    """A model of `config`, compression keys included (fresh weights; load a state dict into it)."""
+    """A model of `config`, compression keys included (fresh weights; load a state dict into it).
+
+    Pruned widths (`expanded_channels`, `se_channels`) are the builder's own options; only the
+    low-rank factorisation is applied here, on top of the built model.
+    """
     import npmobilenet
 
     config = dict(config)
-    base = {k: v for k, v in config.items() if k not in COMPRESSION_KEYS}
-    try:
-        model = npmobilenet.build(**config)  # once the builder accepts the compression keys itself
-        return model
-    except TypeError:
-        model = npmobilenet.build(**base)
-    if config.get("expanded_channels") is not None:
-        set_expanded_channels(model, list(config["expanded_channels"]))
+    model = npmobilenet.build(**{k: v for k, v in config.items() if k != "factorized"})
     if config.get("factorized"):
         set_factorized(model, dict(config["factorized"]))
     model.config = config
@@ -158,26 +123,11 @@ def with_config(model, **changes):
 
 
 def load_checkpoint(path):
-    """`npmobilenet.training.checkpoint.load_checkpoint` for float checkpoints of compressed models too:
-    the model is built from the config's compression keys first. Quantized files are refused by name."""
-    from npmobilenet.compression import qformat
+    """`npmobilenet.training.checkpoint.load_checkpoint`, which builds compressed models from their
+    config too (and names an int8 file given where a float one is expected)."""
     from npmobilenet.training import checkpoint
 
-    arrays = qformat.read_arrays(path)
-    fmt = str(arrays["__format__"]) if "__format__" in arrays else None
-    if fmt == qformat.FORMAT:
-        raise ValueError(f"{path} is an int8 quantized checkpoint, not a float one; load it with "
-                         "npmobilenet.compression.load_quantized (or npmobilenet.compression.load)")
-    if fmt != qformat.FLOAT_FORMAT or "__config__" not in arrays:
-        return checkpoint.load_checkpoint(path)  # its error names the problem
-    config = qformat.from_json_array(arrays["__config__"], "__config__", path)
-    if not isinstance(config, dict) or not any(k in config for k in COMPRESSION_KEYS):
-        return checkpoint.load_checkpoint(path)
-    try:
-        model = build(config)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path}: cannot build a model from its config {config}: {exc}") from exc
-    return checkpoint.load_checkpoint(path, model=model)
+    return checkpoint.load_checkpoint(path)
 
 
 def load(path):

@@ -66,14 +66,17 @@ DEFAULTS = {
     "mobilenet_v3_large": dict(bn_eps=1e-3, bn_momentum=0.01, dropout=0.2),
     "mobilenet_v3_small": dict(bn_eps=1e-3, bn_momentum=0.01, dropout=0.2),
 }
-OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels", "expanded_channels")
+# Per-block overrides: one int per block of the architecture.
+PER_BLOCK = ("expanded_channels", "se_channels")
+OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels") + PER_BLOCK
 
 
-def _expanded(o, index, default):
-    """Expansion width of block `index`: the table's, or an explicit per-block list (timm's V3
-    below width 1.0 scales the expansion from each block's input; a pruned model has its own)."""
-    widths = o.get("expanded_channels")
-    return int(widths[index]) if widths else default
+def _per_block(o, key, index, default):
+    """Block `index`'s value of a per-block override, or the table's `default`. Explicit widths
+    describe timm's V3 below width 1.0 (expansion scaled from each block's input) and pruned
+    models (narrower expansions, SE widths kept from the unpruned model); 0 SE channels: no SE."""
+    values = o.get(key)
+    return int(values[index]) if values is not None else default
 
 
 def _v1_spec(width, o):
@@ -94,8 +97,9 @@ def _v2_spec(width, o):
         c_out = scale_channels(c, width)
         for i in range(n):
             # V2 paper, Table 1: the expansion layer is t times the block's input width.
-            expanded = _expanded(o, len(blocks), int(round(c_in * t)))
-            blocks.append(BlockSpec("inverted_residual", c_in, expanded, c_out, 3, s if i == 0 else 1, "relu6"))
+            expanded = _per_block(o, "expanded_channels", len(blocks), int(round(c_in * t)))
+            se_channels = _per_block(o, "se_channels", len(blocks), 0)
+            blocks.append(BlockSpec("inverted_residual", c_in, expanded, c_out, 3, s if i == 0 else 1, "relu6", se_channels))
             c_in = c_out
     # torchvision never narrows the last layer below 1280 (V2 paper, section 6.1).
     head = o.get("head_channels") or scale_channels(tables.V2_HEAD, max(1.0, width))
@@ -106,8 +110,9 @@ def _v3_spec(stem_width, rows, last, width, o):
     stem = o.get("stem_channels") or scale_channels(stem_width, width)
     blocks, c_in = [], stem
     for k, exp, out, se, nl, s in rows:
-        expanded, c_out = _expanded(o, len(blocks), scale_channels(exp, width)), scale_channels(out, width)
-        se_channels = make_divisible(expanded // tables.V3_SE_RATIO) if se else 0
+        expanded = _per_block(o, "expanded_channels", len(blocks), scale_channels(exp, width))
+        c_out = scale_channels(out, width)
+        se_channels = _per_block(o, "se_channels", len(blocks), make_divisible(expanded // tables.V3_SE_RATIO) if se else 0)
         blocks.append(BlockSpec("inverted_residual", c_in, expanded, c_out, k, s, tables.NONLINEARITY[nl], se_channels))
         c_in = c_out
     head = o.get("head_channels") or tables.V3_HEAD_EXPANSION * c_in
@@ -128,11 +133,12 @@ def arch_spec(arch, width=1.0, **overrides):
     _check_args(arch, width, 1, overrides)
     options = dict(DEFAULTS[arch])
     options.update({k: v for k, v in overrides.items() if v is not None})
-    widths = overrides.get("expanded_channels")
-    if widths is not None:
-        count = len(DECODERS[arch](width, {**options, "expanded_channels": None}).blocks)
-        if len(widths) != count:
-            raise ValueError(f"expanded_channels must list one width per block ({count} for {arch}), got {len(widths)}")
+    given = [key for key in PER_BLOCK if overrides.get(key) is not None]
+    if given:
+        count = len(DECODERS[arch](width, {k: v for k, v in options.items() if k not in PER_BLOCK}).blocks)
+        for key in given:
+            if len(overrides[key]) != count:
+                raise ValueError(f"{key} must list one width per block ({count} for {arch}), got {len(overrides[key])}")
     return DECODERS[arch](width, options)
 
 
@@ -150,14 +156,16 @@ def _check_args(arch, width, num_classes, overrides):
         value = overrides.get(name)
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    widths = overrides.get("expanded_channels")
-    if widths is not None:
+    for key, least in (("expanded_channels", 1), ("se_channels", 0)):
+        values = overrides.get(key)
+        if values is None:
+            continue
         if arch == "mobilenet_v1":
-            raise ValueError("expanded_channels applies to inverted-residual models (V2, V3), not mobilenet_v1")
-        if not isinstance(widths, (list, tuple)) or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in widths
+            raise ValueError(f"{key} applies to inverted-residual models (V2, V3), not mobilenet_v1")
+        if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least for v in values
         ):
-            raise ValueError(f"expanded_channels must be a list of ints >= 1, one per block, got {widths!r}")
+            raise ValueError(f"{key} must be a list of ints >= {least}, one per block, got {values!r}")
     dropout = overrides.get("dropout")
     if dropout is not None and not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -172,7 +180,7 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     arch: one of `ARCHS`; width: the width multiplier alpha (channels rounded to multiples of 8);
     num_classes: classifier outputs; seed: initialisation and dropout seed. `overrides` change the
     architecture's free choices (bn_eps, bn_momentum, dropout, stem_channels, head_channels,
-    last_channels, expanded_channels: one expansion width per block), e.g. to follow timm's
+    last_channels, and per block expanded_channels and se_channels), e.g. to follow timm's
     variant of a model or to describe a pruned one. The model's `config` records all of
     it, so `build(**model.config)` rebuilds the same architecture.
     """
@@ -209,6 +217,7 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
 
     config = dict(arch=arch, width=float(width), num_classes=int(num_classes))
     config.update({k: v for k, v in overrides.items() if v is not None})
-    if "expanded_channels" in config:
-        config["expanded_channels"] = [int(v) for v in config["expanded_channels"]]  # JSON-ready
+    for key in PER_BLOCK:
+        if key in config:
+            config[key] = [int(v) for v in config[key]]  # JSON-ready
     return MobileNet(config, spec, stem, blocks, head, classifier)
