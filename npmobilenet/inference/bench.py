@@ -245,42 +245,45 @@ def bench_checkpoint(path, batch, resolution, threads, repeat, seed=0):
 
 
 def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
-    """Median time of each fused layer run alone, with its MACs and bytes moved, for the plan
-    the model runs: the whole batch, or one chunk of it when the batch runs in chunks (then
-    `images` < `batch` and the figures are per chunk)."""
+    """Median time of each fused layer run alone (its ops of the program, tiled across `threads`
+    threads as in the whole network), with its MACs and bytes moved, for the plan the model
+    runs: the whole batch, or one chunk of it when the batch runs in chunks (then `images` <
+    `batch`, each chunk runs on one thread, and the figures are per chunk)."""
     import npmobilenet
     from npmobilenet.inference.blas import find_blas
     from npmobilenet.inference.fuse import _numba_threads
+    from npmobilenet.inference.program import TILES
 
     model = npmobilenet.build(arch, seed=seed).eval()
     fused = model.fuse(threads=threads)
     images = fused.chunk_images(batch, resolution, resolution)
     x = np.random.default_rng(seed).standard_normal((images, resolution, resolution, 3)).astype(np.float32)
     if images < batch:
-        plan = fused._worker_plan(0, x.shape)      # what each worker runs: serial kernels
+        plan, run_threads = fused._worker_plan(0, x.shape), 1     # what each worker runs
         np.copyto(plan.input, x)
     else:
         fused(x)
-        plan = fused.plan(x.shape)
+        plan, run_threads = fused.plan(x.shape), threads
     costs = fused.layer_costs(resolution, images)
-    times = np.zeros((len(plan.calls), repeat))
+    ops = [plan.layer_ops[name] for name, *_ in costs]
+    times = np.zeros((len(ops), repeat))
     blas = find_blas()
     guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
     with guard, _numba_threads(threads):
-        for call in plan.calls:      # warm-up
-            call[0](*call[1])
+        plan.program.run(run_threads)      # warm-up
         for r in range(repeat):
-            for i, (kernel, args) in enumerate(plan.calls):
+            for i, layer_ops in enumerate(ops):
                 start = time.perf_counter()
-                kernel(*args)
+                plan.program.run(run_threads, layer_ops)
                 times[i, r] = time.perf_counter() - start
     medians = np.median(times, axis=1)
     total = medians.sum()
+    tiles = plan.program.ops[:, TILES]
     layers = []
-    for (name, description, macs, nbytes), seconds in zip(costs, medians):
+    for (name, description, macs, nbytes), seconds, (k0, k1) in zip(costs, medians, ops):
         layers.append({"name": name, "kind": description, "macs": macs, "bytes": nbytes, "ms": seconds * 1e3,
                        "share": seconds / total, "gmacs": macs / seconds / 1e9, "gbs": nbytes / seconds / 1e9,
-                       "intensity": macs / nbytes, "parallel": plan.parallel[name]})
+                       "intensity": macs / nbytes, "tiles": int(tiles[k0:k1].max())})
     return {"arch": arch, "batch": batch, "images": images, "resolution": resolution, "threads": threads,
             "layers": layers, "total_ms": total * 1e3}
 
@@ -347,12 +350,12 @@ def format_profile(profile, peaks=None):
                      f"copy bandwidth {peaks['bandwidth_gbs']:.0f} GB/s; "
                      f"ridge point {ridge:.1f} MAC/byte (below it a layer is memory-bound)")
     header = (f"{'layer':22s} {'kind':34s} {'MMAC':>7s} {'MB':>6s} {'MAC/B':>6s} {'ms':>7s} {'share':>6s} "
-              f"{'GMAC/s':>7s} {'GB/s':>6s} par")
+              f"{'GMAC/s':>7s} {'GB/s':>6s} {'tiles':>5s}")
     lines += [header, "-" * len(header)]
     for layer in profile["layers"]:
         lines.append(f"{layer['name']:22s} {layer['kind'][:34]:34s} {layer['macs'] / 1e6:7.2f} {layer['bytes'] / 1e6:6.2f} "
                      f"{layer['intensity']:6.1f} {layer['ms']:7.3f} {layer['share'] * 100:5.1f}% {layer['gmacs']:7.1f} "
-                     f"{layer['gbs']:6.1f} {'y' if layer['parallel'] else 'n'}")
+                     f"{layer['gbs']:6.1f} {layer['tiles']:5d}")
     kinds = {}
     for layer in profile["layers"]:
         kind = layer["kind"].split(",")[0].split(" (")[0].split(" +")[0]

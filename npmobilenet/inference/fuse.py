@@ -17,16 +17,16 @@ squeeze-and-excitation never re-reads the activation, and SE's channel gate is a
 projection as it reads its input. What runs is a flat list of `FusedLayer`s over named tensors;
 `plan.MemoryPlan` gives every tensor a view into a few reused buffers.
 
-Threads: one image (or a small batch of small images) runs layer by layer with each layer of at
-least `PARALLEL_MIN_MACS` split into tiles across the threads; a larger batch is cut into chunks
-of about two 224x224 images that worker threads run through the whole network, each with its own
-plan (`chunk_images`). A `ThreadGovernor` drops the layer-by-layer path to one thread while
-parallel calls are slower (another process holding a core). The work is cut by shapes only, so
-outputs are bitwise identical for every thread count.
+Threads: one image (or a small batch of small images) runs as one call of the plan's op table
+(`program.py`), every layer cut into tiles that the threads take in turn, one parallel region
+for the whole network; a larger batch is cut into chunks of about two 224x224 images that worker
+threads run through the whole network, each with its own plan (`chunk_images`). A
+`ThreadGovernor` drops the single-image path to one thread while parallel calls are slower
+(another process holding a core). The work is cut by shapes only, so outputs are bitwise
+identical for every thread count.
 """
 import contextlib
 import math
-import os
 import time
 
 import numba
@@ -34,7 +34,9 @@ import numpy as np
 
 from npmobilenet.inference import kernels
 from npmobilenet.inference.blas import find_blas, sgemm_address
-from npmobilenet.inference.plan import MemoryPlan
+from npmobilenet.inference.plan import ALIGN, MemoryPlan, aligned
+from npmobilenet.inference.program import (
+    CONV, DEPTHWISE, GATE_ROWS, LINEAR, POINTWISE, POOL, SE_GATE, op_row)
 
 FLOAT = np.float32
 
@@ -69,11 +71,15 @@ class FusedLayer:
     `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes)` map the
     input shapes to the shapes the plan must hold; `macs(shapes)` and `bytes_moved(shapes)` are the
     layer's cost (MACs as `npmobilenet.analysis` counts them; bytes: inputs and weights read once,
-    outputs written once, float32); `call(tensors, parallel)` returns `(kernel, args)`.
+    outputs written once, float32); `call(tensors, parallel)` returns `(kernel, args)` (the layer
+    run alone); `program_ops(offsets, shapes)` its rows of the op table (`program.py`), given the
+    arena offsets of its tensors (inputs, outputs, workspaces, in that order). `weight_names` are
+    its parameter arrays, which `pack_parameters` moves into one array (`param_offsets`).
     """
 
     kind = "layer"
     activation = None
+    weight_names = ()
 
     def __init__(self, name, inputs, outputs):
         self.name, self.inputs, self.outputs = name, tuple(inputs), tuple(outputs)
@@ -85,7 +91,7 @@ class FusedLayer:
         return sum(a.nbytes for a in self.weights())
 
     def weights(self):
-        return []
+        return [getattr(self, name) for name in self.weight_names]
 
     def bytes_moved(self, shapes):
         out = self.output_shapes(shapes)
@@ -108,14 +114,12 @@ class FusedConv2d(FusedLayer):
     """Standard KxK convolution + bias + activation (the stem). weight (KH, KW, Cin, Cout)."""
 
     kind = "conv"
+    weight_names = ("weight", "bias")
 
     def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right)
-
-    def weights(self):
-        return [self.weight, self.bias]
 
     def output_shapes(self, shapes):
         n, h, w, _ = shapes[0]
@@ -134,6 +138,14 @@ class FusedConv2d(FusedLayer):
         return _pair_kernel(kernels.CONV2D, parallel), (
             x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y)
 
+    def program_ops(self, offsets, shapes):
+        (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
+        kh, kw = self.weight.shape[:2]
+        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        return [op_row(KIND=CONV, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n, XH=h,
+                       XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets["weight"],
+                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl)]
+
 
 class FusedPointwise(FusedLayer):
     """1x1 convolution + bias + activation, or + bias + residual; optionally SE-gated input.
@@ -142,14 +154,12 @@ class FusedPointwise(FusedLayer):
     """
 
     kind = "pointwise"
+    weight_names = ("weight", "bias")
 
     def __init__(self, name, inputs, outputs, weight, bias, activation, residual=False, gated=False):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.residual, self.gated = residual, gated
-
-    def weights(self):
-        return [self.weight, self.bias]
 
     def describe(self):
         extra = (" + residual" if self.residual else "") + (" (SE-gated input)" if self.gated else "")
@@ -175,6 +185,25 @@ class FusedPointwise(FusedLayer):
             x.reshape(rows, cin), self.weight, self.bias, kernels.ACTIVATIONS[self.activation], residual, gate,
             h * w, *kernels.pointwise_tiles(rows, cin, cout), sgemm, y.reshape(rows, cout))
 
+    def program_ops(self, offsets, shapes):
+        n, h, w, cin = shapes[0]
+        cout = self.weight.shape[1]
+        rows = n * h * w
+        tile_rows, tile_cols = kernels.pointwise_tiles(rows, cin, cout)
+        row_tiles, col_tiles = -(-rows // tile_rows), -(-cout // tile_cols)
+        rest = list(offsets[1:-1])
+        residual = rest.pop(0) if self.residual else -1
+        gate = rest.pop(0) if self.gated else -1
+        ops = []
+        if self.gated and col_tiles > 1:      # as the layer's own kernel: gate every row first
+            ops.append(op_row(KIND=GATE_ROWS, TILES=row_tiles, X=offsets[0], N=n, XH=h, XW=w, XC=cin, AUX=gate,
+                              TR=tile_rows))
+        ops.append(op_row(KIND=POINTWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
+                          X=offsets[0], N=n, XH=h, XW=w, XC=cin, Y=offsets[-1], YC=cout,
+                          W=self.param_offsets["weight"], B=self.param_offsets["bias"], AUX=residual, AUX2=gate,
+                          TR=tile_rows, TC=tile_cols))
+        return ops
+
 
 class FusedDepthwise(FusedLayer):
     """KxK depthwise convolution + bias + activation; with SE after it, also its row sums.
@@ -183,14 +212,12 @@ class FusedDepthwise(FusedLayer):
     """
 
     kind = "depthwise"
+    weight_names = ("weight", "bias")
 
     def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding = stride, padding
-
-    def weights(self):
-        return [self.weight, self.bias]
 
     def describe(self):
         kh, kw, _ = self.weight.shape
@@ -219,6 +246,15 @@ class FusedDepthwise(FusedLayer):
         return _pair_kernel(kernels.DEPTHWISE, parallel), (
             x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y, sums)
 
+    def program_ops(self, offsets, shapes):
+        (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
+        kh, kw, _ = self.weight.shape
+        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        sums = offsets[2] if len(self.outputs) == 2 else -1
+        return [op_row(KIND=DEPTHWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n,
+                       XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight"],
+                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, AUX=sums)]
+
 
 class FusedSqueezeExcite(FusedLayer):
     """SE's gate from the depthwise layer's row sums. inputs: (row_sums (N, Ho, C), the gated
@@ -226,13 +262,11 @@ class FusedSqueezeExcite(FusedLayer):
     happens in the next pointwise layer's read of its input."""
 
     kind = "squeeze-excite"
+    weight_names = ("w_reduce", "b_reduce", "w_expand", "b_expand")
 
     def __init__(self, name, inputs, outputs, w_reduce, b_reduce, w_expand, b_expand):
         super().__init__(name, inputs, outputs)
         self.w_reduce, self.b_reduce, self.w_expand, self.b_expand = w_reduce, b_reduce, w_expand, b_expand
-
-    def weights(self):
-        return [self.w_reduce, self.b_reduce, self.w_expand, self.b_expand]
 
     def output_shapes(self, shapes):
         n, _, c = shapes[0]
@@ -254,6 +288,13 @@ class FusedSqueezeExcite(FusedLayer):
             sums, gated.shape[1] * gated.shape[2], self.w_reduce, self.b_reduce, self.w_expand, self.b_expand,
             hidden, gate)
 
+    def program_ops(self, offsets, shapes):
+        (n, ho, c), (_, _, wo, _) = shapes
+        sums, _, gate, hidden = offsets
+        p = self.param_offsets
+        return [op_row(KIND=SE_GATE, TILES=n, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden, S=self.w_reduce.shape[1],
+                       COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"], B2=p["b_expand"])]
+
 
 class FusedGlobalPool(FusedLayer):
     kind = "global-avg-pool"
@@ -270,18 +311,20 @@ class FusedGlobalPool(FusedLayer):
         n, h, w, c = x.shape
         return _pair_kernel(kernels.GLOBAL_POOL, parallel), (x.reshape(n, h * w, c), y)
 
+    def program_ops(self, offsets, shapes):
+        n, h, w, c = shapes[0]
+        return [op_row(KIND=POOL, TILES=n, X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[1])]
+
 
 class FusedLinear(FusedLayer):
     """Fully connected + bias + activation. weight (Cin, Cout)."""
 
     kind = "linear"
+    weight_names = ("weight", "bias")
 
     def __init__(self, name, inputs, outputs, weight, bias, activation=None):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
-
-    def weights(self):
-        return [self.weight, self.bias]
 
     def output_shapes(self, shapes):
         return [(shapes[0][0], self.weight.shape[1])]
@@ -294,6 +337,14 @@ class FusedLinear(FusedLayer):
         return _pair_kernel(kernels.LINEAR, parallel), (
             x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation],
             kernels.linear_block_cols(self.weight.shape[1]), sgemm, y)
+
+    def program_ops(self, offsets, shapes):
+        n, cin = shapes[0]
+        cout = self.weight.shape[1]
+        block = kernels.linear_block_cols(cout)
+        return [op_row(KIND=LINEAR, ACT=kernels.ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
+                       N=n, XC=cin, Y=offsets[1], YC=cout, W=self.param_offsets["weight"],
+                       B=self.param_offsets["bias"], TC=block)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +448,27 @@ def _f32(a):
     return np.array(a, dtype=FLOAT, order="C", copy=True)
 
 
+def pack_parameters(layers):
+    """Move every fused layer's parameter arrays into one float32 array, each starting on a
+    64-byte boundary, for the op table of `program.py` to address by offset. Each layer's arrays
+    become views of it, and `layer.param_offsets[name]` their offsets. Returns the array."""
+    total = sum(aligned(getattr(layer, name).size) for layer in layers for name in layer.weight_names)
+    raw = np.empty(total + ALIGN, FLOAT)
+    start = (-raw.ctypes.data // 4) % ALIGN          # first 64-byte-aligned element
+    params = raw[start:start + total]
+    offset = 0
+    for layer in layers:
+        layer.param_offsets = {}
+        for name in layer.weight_names:
+            array = getattr(layer, name)
+            view = params[offset:offset + array.size].reshape(array.shape)
+            view[...] = array
+            setattr(layer, name, view)
+            layer.param_offsets[name] = offset
+            offset += aligned(array.size)
+    return params
+
+
 # ---------------------------------------------------------------------------------------------
 # the fused model
 # ---------------------------------------------------------------------------------------------
@@ -428,14 +500,6 @@ def _numba_threads(threads):
 
 
 CHUNK_PIXELS = 100_000
-
-# Layers below this many MACs run serially at batch 1. A parallel region may have to wake a
-# sleeping worker (tens of microseconds on this 2-vCPU VM), so inference sets the bar higher
-# than the training kernels' config.PARALLEL_MIN_MACS. Measured (2 threads, batch 1, passive
-# waiting, median ms at 2e5 / 1e6 / 3e6 MACs): V2 10.2 / 10.2 / 9.6, V3-Large 8.4 / 8.2 / 9.8,
-# V3-Small 4.2 / 3.8 / 3.4.
-PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_INFERENCE_PARALLEL_MIN_MACS", 1_000_000))
-
 
 def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
     """Images per chunk when a batch is run in chunks: about `chunk_pixels` input pixels (two
@@ -521,17 +585,17 @@ class FusedMobileNet:
 
     training = False
 
-    def __init__(self, layers, config_, threads=None, parallel_min_macs=None, adaptive=True):
+    def __init__(self, layers, config_, threads=None, adaptive=True):
         self.layers = layers
+        self.params = pack_parameters(layers)      # every weight, in one array (see program.py)
         self.config = dict(config_)
         self.threads = _check_threads(threads)
-        self.parallel_min_macs = PARALLEL_MIN_MACS if parallel_min_macs is None else int(parallel_min_macs)
         self.num_classes = self.config.get("num_classes")
         self.adaptive = adaptive     # let the ThreadGovernor fall back to one thread under load
         self.governor = ThreadGovernor()
         self.last_threads = None     # threads the last call ran on
-        self._plan = None            # batch 1: one plan, its large layers split across threads
-        self._worker_plans = {}      # larger batches: (worker, chunk shape) -> plan of serial kernels
+        self._plan = None            # batch 1: one plan, its tiles shared by the threads
+        self._worker_plans = {}      # larger batches: (worker, chunk shape) -> plan run on one thread
         self.chunk_pixels = CHUNK_PIXELS
 
     # -- the computation --------------------------------------------------------------------
@@ -546,21 +610,20 @@ class FusedMobileNet:
         return np.dtype(FLOAT)
 
     def plan(self, input_shape):
-        """The memory plan of one image (or one small batch) run layer by layer with the large
-        layers split across threads: made once for `input_shape` (N, H, W, 3), kept until the
-        shape changes."""
+        """The memory plan of one image (or one small batch), whose op table the threads share:
+        made once for `input_shape` (N, H, W, 3), kept until the shape changes."""
         input_shape = tuple(int(d) for d in input_shape)
         if self._plan is None or self._plan.input_shape != input_shape:
             self._plan = None  # release the old buffers before allocating the new ones
-            self._plan = MemoryPlan(self.layers, input_shape, self.parallel_min_macs, sgemm_address())
+            self._plan = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params)
             self.governor.reset()
         return self._plan
 
     def _worker_plan(self, worker, input_shape):
-        """Worker `worker`'s plan for a chunk of `input_shape`, its layers all serial."""
+        """Worker `worker`'s plan for a chunk of `input_shape` (run on that worker's thread alone)."""
         key = (worker, input_shape)
         if key not in self._worker_plans:
-            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, math.inf, sgemm_address())
+            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params)
         return self._worker_plans[key]
 
     def chunk_images(self, batch, height, width):
@@ -578,8 +641,8 @@ class FusedMobileNet:
         batch, height, width, _ = x.shape
         threads = self.threads if self.threads is not None else numba.get_num_threads()
         chunk = self.chunk_images(batch, height, width)
-        # The governor watches the layer-by-layer path only: its ~50 parallel regions are what
-        # another process's load can stall. Chunks of a batch need no synchronisation but the
+        # The governor watches the single-plan path only: its threads wait for each other at
+        # every layer, which another process's load can stall. Chunks of a batch need no synchronisation but the
         # last join, and a slowed worker just takes fewer chunks, so they use every thread.
         governed = self.adaptive and chunk >= batch
         if governed:
@@ -598,17 +661,16 @@ class FusedMobileNet:
         return logits
 
     def _run_whole(self, x, threads):
-        """One plan; the large layers split into tiles across `threads` threads."""
+        """One plan; every layer's tiles shared by `threads` threads, in one parallel region."""
         plan = self.plan(x.shape)
         np.copyto(plan.input, x)
         with _numba_threads(threads):
-            for kernel, args in plan.calls:
-                kernel(*args)
+            plan.program.run(threads)
         return plan.output.copy()
 
     def _run_chunks(self, x, chunk, threads):
-        """The batch in chunks of `chunk` images, each run through the whole network by serial
-        kernels; `threads` workers (this thread and pool threads) take the next chunk as they
+        """The batch in chunks of `chunk` images, each run through the whole network by one
+        thread; `threads` workers (this thread and pool threads) take the next chunk as they
         finish the last, so a worker slowed by another process simply does fewer chunks. The
         kernels release the GIL. Which worker runs a chunk never changes what it computes."""
         batch = x.shape[0]
@@ -622,8 +684,7 @@ class FusedMobileNet:
                 stop = min(batch, start + chunk)
                 plan = self._worker_plan(worker, (stop - start,) + x.shape[1:])
                 np.copyto(plan.input, x[start:stop])
-                for kernel, args in plan.calls:
-                    kernel(*args)
+                plan.program.run(1)
                 out[start:stop] = plan.output
 
         workers = min(threads, -(-batch // chunk))

@@ -157,6 +157,31 @@ def _scale_by_gate(x, p0, p1, gate, rows_per_image):
 # ---------------------------------------------------------------------------------------------
 # kernels (bodies written once, compiled serial and parallel below)
 # ---------------------------------------------------------------------------------------------
+@njit_serial
+def _gate_rows_tile(x, gate, rows_per_image, tile_rows, t):
+    """Tile t of the gate pre-pass: rows t*tile_rows.. of x scaled by their image's SE gate."""
+    _scale_by_gate(x, t * tile_rows, min(x.shape[0], (t + 1) * tile_rows), gate, rows_per_image)
+
+
+@njit_serial
+def _pointwise_tile(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, sgemm, y, t):
+    """Tile t (row-major over row tiles x column tiles) of a pointwise convolution: multiplied,
+    then finished (bias, activation or residual) while in cache. With one column tile, the tile
+    first scales its own input rows by the SE gate (no other tile reads them)."""
+    rows, cols = x.shape[0], w.shape[1]
+    col_tiles = (cols + tile_cols - 1) // tile_cols
+    i = t // col_tiles
+    p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
+    p1, m1 = min(rows, p0 + tile_rows), min(cols, m0 + tile_cols)
+    if gate.shape[0] > 0 and col_tiles == 1:
+        _scale_by_gate(x, p0, p1, gate, rows_per_image)
+    _matmul(sgemm, x, p0, p1, w, m0, m1, y)
+    if residual.shape[0] > 0:
+        _bias_residual(y, p0, p1, m0, m1, bias, residual)
+    else:
+        _bias_act(y, p0, p1, m0, m1, bias, act)
+
+
 def _pointwise_conv(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, sgemm, y):
     # x: (P, K), w: (K, M), bias: (M,) -> y: (P, M), P = N*H*W rows of NHWC activations.
     # residual: (P, M) or (0, 1); gate: (N, K) or (0, 1), applied to x in place (x is dead after).
@@ -164,22 +189,12 @@ def _pointwise_conv(x, w, bias, act, residual, gate, rows_per_image, tile_rows, 
     rows, cols = x.shape[0], w.shape[1]
     row_tiles = (rows + tile_rows - 1) // tile_rows
     col_tiles = (cols + tile_cols - 1) // tile_cols
-    gated = gate.shape[0] > 0
-    if gated and col_tiles > 1:
+    if gate.shape[0] > 0 and col_tiles > 1:
         # several tiles read each input row: gate all rows first (rows split across threads)
         for t in prange(row_tiles):
-            _scale_by_gate(x, t * tile_rows, min(rows, (t + 1) * tile_rows), gate, rows_per_image)
+            _gate_rows_tile(x, gate, rows_per_image, tile_rows, t)
     for t in prange(row_tiles * col_tiles):
-        i = t // col_tiles
-        p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
-        p1, m1 = min(rows, p0 + tile_rows), min(cols, m0 + tile_cols)
-        if gated and col_tiles == 1:
-            _scale_by_gate(x, p0, p1, gate, rows_per_image)
-        _matmul(sgemm, x, p0, p1, w, m0, m1, y)
-        if residual.shape[0] > 0:
-            _bias_residual(y, p0, p1, m0, m1, bias, residual)
-        else:
-            _bias_act(y, p0, p1, m0, m1, bias, act)
+        _pointwise_tile(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, sgemm, y, t)
 
 
 # The 3x3 and 5x5 depthwise rows are written out tap by tap, so that the channel loop is the
@@ -299,70 +314,83 @@ def _activate(y, act):
                 y[p, c] = v * min(max(v + three, zero), six) * sixth
 
 
-def _depthwise_conv(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, row_sums):
-    # x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
-    # row_sums: (N, Ho, C) (sum over ow of y, SE's squeeze) or (0, 1, 1).
-    n_images, height, width, channels = x.shape
+@njit_serial
+def _depthwise_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, row_sums, r):
+    """Output row r (= n * Ho + oh) of a depthwise convolution, its activation, and its sum over
+    columns into row_sums[n, oh] when row_sums is not empty."""
+    width, channels = x.shape[2], x.shape[3]
     kh, kw = w.shape[0], w.shape[1]
     out_h, out_w = y.shape[1], y.shape[2]
     # output columns whose every tap lands inside the row: 0 <= ow*sw - pad_left and ow*sw - pad_left + kw <= W
     ow_lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
     ow_hi = max(ow_lo, min(out_w, (width - kw + pad_left) // stride_w + 1))
-    for r in prange(n_images * out_h):
-        n = r // out_h
-        oh = r - n * out_h
-        ih0 = oh * stride_h - pad_top
-        if kh == 3 and kw == 3:
-            _depthwise_3x3_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, ow_lo, ow_hi)
-        elif kh == 5 and kw == 5:
-            _depthwise_5x5_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, ow_lo, ow_hi)
-        else:
-            _depthwise_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left)
-        yrow = y[n, oh]
-        _activate(yrow, act)
-        if row_sums.shape[0] > 0:
-            sums = row_sums[n, oh]
+    n = r // out_h
+    oh = r - n * out_h
+    ih0 = oh * stride_h - pad_top
+    if kh == 3 and kw == 3:
+        _depthwise_3x3_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, ow_lo, ow_hi)
+    elif kh == 5 and kw == 5:
+        _depthwise_5x5_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, ow_lo, ow_hi)
+    else:
+        _depthwise_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left)
+    yrow = y[n, oh]
+    _activate(yrow, act)
+    if row_sums.shape[0] > 0:
+        sums = row_sums[n, oh]
+        for c in range(channels):
+            sums[c] = 0
+        for ow in range(out_w):
             for c in range(channels):
-                sums[c] = 0
-            for ow in range(out_w):
-                for c in range(channels):
-                    sums[c] += yrow[ow, c]
+                sums[c] += yrow[ow, c]
+
+
+def _depthwise_conv(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, row_sums):
+    # x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
+    # row_sums: (N, Ho, C) (sum over ow of y, SE's squeeze) or (0, 1, 1). One output row per tile.
+    for r in prange(y.shape[0] * y.shape[1]):
+        _depthwise_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, row_sums, r)
+
+
+@njit_serial
+def _squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n):
+    """Image n's SE gate: gate[n] = hardsigmoid(W2 relu(W1 mean + b1) + b2)."""
+    out_h, channels = row_sums.shape[1], row_sums.shape[2]
+    squeeze = w_reduce.shape[1]
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    inv_count = _F32(1.0 / count)
+    mean = gate[n]                       # gate[n] holds the mean until it is overwritten
+    for c in range(channels):
+        mean[c] = 0
+    for oh in range(out_h):
+        for c in range(channels):
+            mean[c] += row_sums[n, oh, c]
+    for c in range(channels):
+        mean[c] *= inv_count
+    h = hidden[n]
+    for s in range(squeeze):
+        h[s] = b_reduce[s]
+    for c in range(channels):
+        m = mean[c]
+        for s in range(squeeze):
+            h[s] += m * w_reduce[c, s]
+    for s in range(squeeze):
+        h[s] = max(h[s], zero)
+    g = gate[n]
+    for c in range(channels):
+        g[c] = b_expand[c]
+    for s in range(squeeze):
+        hs = h[s]
+        for c in range(channels):
+            g[c] += hs * w_expand[s, c]
+    for c in range(channels):
+        g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
 
 
 def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate):
     # row_sums: (N, Ho, C) -> gate: (N, C) = hardsigmoid(W2 relu(W1 mean + b1) + b2)
     # w_reduce: (C, S), w_expand: (S, C); hidden: (N, S) workspace. count = Ho * Wo.
-    n_images, out_h, channels = row_sums.shape
-    squeeze = w_reduce.shape[1]
-    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
-    inv_count = _F32(1.0 / count)
-    for n in prange(n_images):
-        mean = gate[n]                       # gate[n] holds the mean until it is overwritten
-        for c in range(channels):
-            mean[c] = 0
-        for oh in range(out_h):
-            for c in range(channels):
-                mean[c] += row_sums[n, oh, c]
-        for c in range(channels):
-            mean[c] *= inv_count
-        h = hidden[n]
-        for s in range(squeeze):
-            h[s] = b_reduce[s]
-        for c in range(channels):
-            m = mean[c]
-            for s in range(squeeze):
-                h[s] += m * w_reduce[c, s]
-        for s in range(squeeze):
-            h[s] = max(h[s], zero)
-        g = gate[n]
-        for c in range(channels):
-            g[c] = b_expand[c]
-        for s in range(squeeze):
-            hs = h[s]
-            for c in range(channels):
-                g[c] += hs * w_expand[s, c]
-        for c in range(channels):
-            g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
+    for n in prange(row_sums.shape[0]):
+        _squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n)
 
 
 @njit_serial
@@ -405,52 +433,68 @@ def _conv_pixel(x, w, bias, y, n, oh, ow, ih0, iw0):
                     yv[co] += a * wr[co]
 
 
-def _conv2d(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y):
-    # x: (N, H, W, Cin), w: (KH, KW, Cin, Cout), bias: (Cout,) -> y: (N, Ho, Wo, Cout).
-    n_images, height, width, in_channels = x.shape
+@njit_serial
+def _conv2d_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, r):
+    """Output row r (= n * Ho + oh) of a standard convolution with its bias and activation."""
+    height, width, in_channels = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = w.shape[0], w.shape[1]
     out_h, out_w = y.shape[1], y.shape[2]
     rgb3x3 = kh == 3 and kw == 3 and in_channels == 3
     ow_lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
     ow_hi = max(ow_lo, min(out_w, (width - kw + pad_left) // stride_w + 1))
-    for r in prange(n_images * out_h):
-        n = r // out_h
-        oh = r - n * out_h
-        ih0 = oh * stride_h - pad_top
-        lo, hi = 0, 0                        # columns done by the fast path
-        if rgb3x3 and ih0 >= 0 and ih0 + 3 <= height:
-            lo, hi = ow_lo, ow_hi
-            _conv3x3_rgb_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, lo, hi)
-        for ow in range(out_w):
-            if ow < lo or ow >= hi:
-                _conv_pixel(x, w, bias, y, n, oh, ow, ih0, ow * stride_w - pad_left)
-        _activate(y[n, oh], act)
+    n = r // out_h
+    oh = r - n * out_h
+    ih0 = oh * stride_h - pad_top
+    lo, hi = 0, 0                        # columns done by the fast path
+    if rgb3x3 and ih0 >= 0 and ih0 + 3 <= height:
+        lo, hi = ow_lo, ow_hi
+        _conv3x3_rgb_row(x, w, bias, y, n, oh, ih0, stride_w, pad_left, lo, hi)
+    for ow in range(out_w):
+        if ow < lo or ow >= hi:
+            _conv_pixel(x, w, bias, y, n, oh, ow, ih0, ow * stride_w - pad_left)
+    _activate(y[n, oh], act)
+
+
+def _conv2d(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y):
+    # x: (N, H, W, Cin), w: (KH, KW, Cin, Cout), bias: (Cout,) -> y: (N, Ho, Wo, Cout). A row per tile.
+    for r in prange(y.shape[0] * y.shape[1]):
+        _conv2d_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, y, r)
+
+
+@njit_serial
+def _global_avg_pool_tile(x, y, n):
+    """y[n] = the mean of image n's positions. x: (N, H*W, C), y: (N, C)."""
+    positions, channels = x.shape[1], x.shape[2]
+    inv = _F32(1.0 / positions)
+    for c in range(channels):
+        y[n, c] = 0
+    for p in range(positions):
+        for c in range(channels):
+            y[n, c] += x[n, p, c]
+    for c in range(channels):
+        y[n, c] *= inv
 
 
 def _global_avg_pool(x, y):
     # x: (N, H*W, C) -> y: (N, C)
-    n_images, positions, channels = x.shape
-    inv = _F32(1.0 / positions)
-    for n in prange(n_images):
-        for c in range(channels):
-            y[n, c] = 0
-        for p in range(positions):
-            for c in range(channels):
-                y[n, c] += x[n, p, c]
-        for c in range(channels):
-            y[n, c] *= inv
+    for n in prange(x.shape[0]):
+        _global_avg_pool_tile(x, y, n)
+
+
+@njit_serial
+def _linear_tile(x, w, bias, act, block_cols, sgemm, y, b):
+    """Columns b*block_cols.. of y = act(x @ w + bias)."""
+    m0 = b * block_cols
+    m1 = min(w.shape[1], m0 + block_cols)
+    _matmul(sgemm, x, 0, x.shape[0], w, m0, m1, y)
+    _bias_act(y, 0, x.shape[0], m0, m1, bias, act)
 
 
 def _linear(x, w, bias, act, block_cols, sgemm, y):
     # x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> y: (N, Cout) = act(x @ w + bias).
     # Column blocks in parallel: at batch 1 this reads all of w for N*Cin*Cout MACs.
-    out_features = w.shape[1]
-    blocks = (out_features + block_cols - 1) // block_cols
-    for b in prange(blocks):
-        m0 = b * block_cols
-        m1 = min(out_features, m0 + block_cols)
-        _matmul(sgemm, x, 0, x.shape[0], w, m0, m1, y)
-        _bias_act(y, 0, x.shape[0], m0, m1, bias, act)
+    for b in prange((w.shape[1] + block_cols - 1) // block_cols):
+        _linear_tile(x, w, bias, act, block_cols, sgemm, y, b)
 
 
 # (serial, parallel) builds of each body (config.serial_and_parallel gives the parallel build its

@@ -8,7 +8,8 @@ a new slot); a tensor is a view of the start of its slot. A block's input stays 
 projection adds it back (the shortcut), so an inverted residual holds at most its input, its
 expansion and its depthwise output at once; MobileNet needs four or five slots in all.
 
-Buffers are allocated when the plan is made; steady-state inference then allocates nothing for
+The slots are consecutive, 64-byte-aligned pieces of one array (the arena), so that the op table
+of `program.py` can name every tensor by its offset. Buffers are allocated when the plan is made; steady-state inference then allocates nothing for
 activations (the only allocation per call is the returned copy of the logits). A new plan is
 made when the batch size or resolution changes.
 
@@ -18,6 +19,14 @@ memory inference needs, input copy and logits included, weights excluded.
 import math
 
 import numpy as np
+
+
+ALIGN = 16      # float32 elements: 64 bytes, a cache line (and an AVX-512 register)
+
+
+def aligned(size):
+    """`size` elements rounded up to a whole number of ALIGN-element blocks."""
+    return -(-int(size) // ALIGN) * ALIGN
 
 
 def _liveness(layers, input_shape):
@@ -67,33 +76,47 @@ def _assign_slots(shapes, first, last):
 class MemoryPlan:
     """Buffers, tensor views and the kernel calls of a fused network for one input shape.
 
-    `buffers`: the float32 arrays allocated; `tensors`: name -> view into a buffer; `calls`:
-    [(kernel, args)] to run in order; `input`/`output`: the views the model copies in and out.
+    `arena`: the one float32 array allocated; `buffers`: its slots; `tensors`: name -> view into
+    a slot, `offsets`: name -> its offset in the arena; `program`: the network as one op table
+    over the arena (`program.py`; what the fused model runs), `layer_ops`: layer name -> its ops
+    (k0, k1) in the table (with `params`, the model's packed weights); `calls`: [(kernel, args)],
+    each layer by its own serial kernel, which computes the same tiles as the program (a second
+    path to test it against, and to time a layer's kernel alone); `input`/`output`: the views the model copies in and out.
     """
 
-    def __init__(self, layers, input_shape, parallel_min_macs, sgemm):
+    def __init__(self, layers, input_shape, sgemm, params=None):
+        from npmobilenet.inference.program import Program
+
         self.input_shape = tuple(input_shape)
         shapes, first, last, steps = _liveness(layers, input_shape)
         slot_of, capacity = _assign_slots(shapes, first, last)
-        self.buffers = [np.empty(size, np.float32) for size in capacity]
+        # the slots are consecutive 64-byte-aligned pieces of one arena, which the op table of
+        # `program.py` addresses by offset
+        starts = np.concatenate([[0], np.cumsum([aligned(size) for size in capacity])]).astype(int)
+        raw = np.empty(int(starts[-1]) + ALIGN, np.float32)
+        base = (-raw.ctypes.data // 4) % ALIGN
+        self.arena = raw[base:base + int(starts[-1])]
+        self.buffers = [self.arena[starts[k]:starts[k + 1]] for k in range(len(capacity))]
+        self.offsets = {name: int(starts[slot_of[name]]) for name in shapes}
         self.tensors = {
             name: self.buffers[slot_of[name]][: math.prod(shape)].reshape(shape) for name, shape in shapes.items()}
         self.slot_of = slot_of
-        self.parallel = {}
-        self.calls = []
-        self.layer_names = []
-        for layer, in_shapes, names in steps:
-            work = max(layer.macs(in_shapes), layer.bytes_moved(in_shapes) // 4)
-            parallel = work >= parallel_min_macs
-            self.parallel[layer.name] = parallel
-            self.calls.append(layer.call([self.tensors[n] for n in names], parallel, sgemm))
-            self.layer_names.append(layer.name)
+        self.calls = [layer.call([self.tensors[n] for n in names], False, sgemm) for layer, _, names in steps]
         self.input = self.tensors["input"]
         self.output = self.tensors[layers[-1].outputs[0]]
+        # the same layers as one op table (all of them tiled; run by `program.run(threads)`)
+        self.program, self.layer_ops = None, {}
+        if params is not None:
+            rows = []
+            for layer, in_shapes, names in steps:
+                ops = layer.program_ops([self.offsets[n] for n in names], in_shapes)
+                self.layer_ops[layer.name] = (len(rows), len(rows) + len(ops))
+                rows.extend(ops)
+            self.program = Program(rows, params, self.arena, sgemm)
 
     @property
     def nbytes(self):
-        return sum(b.nbytes for b in self.buffers)
+        return self.arena.nbytes
 
     @staticmethod
     def costs(layers, input_shape):
@@ -105,7 +128,7 @@ class MemoryPlan:
     def layout_bytes(layers, input_shape):
         """What a plan for `input_shape` allocates, in bytes, without allocating it."""
         shapes, first, last, _ = _liveness(layers, input_shape)
-        return 4 * sum(_assign_slots(shapes, first, last)[1])
+        return 4 * sum(aligned(size) for size in _assign_slots(shapes, first, last)[1])
 
 
 def planned_peak_bytes(model, resolution=224, batch=1, threads=1):

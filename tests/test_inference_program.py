@@ -1,0 +1,110 @@
+"""The op-table executor (inference/program.py) and its atomics: the whole network in one call
+computes exactly what the layers' own kernels compute, for any number of threads."""
+import contextlib
+
+import numba
+import numpy as np
+import pytest
+from numba import prange
+
+import npmobilenet
+from npmobilenet.config import njit_parallel
+from npmobilenet.inference.atomics import atomic_add, atomic_load
+from npmobilenet.inference.blas import find_blas
+from npmobilenet.inference.fuse import _numba_threads
+from npmobilenet.inference.plan import ALIGN
+from npmobilenet.inference.program import COLUMNS, TILES, X, Y, Program, op_row
+from test_inference_fuse import randomize_batch_norm
+
+
+def _take_numbers(counters, taken, per_worker):
+    for worker in prange(taken.shape[0] // per_worker):
+        for _ in range(per_worker):
+            t = atomic_add(counters, 0, 1)
+            taken[t] = atomic_load(counters, 0)
+
+
+_take_numbers_parallel = njit_parallel(_take_numbers)
+
+
+def test_atomic_add_hands_out_every_number_once():
+    counters = np.zeros(1, np.int64)
+    taken = np.full(4000, -1, np.int64)
+    with _numba_threads(numba.config.NUMBA_NUM_THREADS):
+        _take_numbers_parallel(counters, taken, 500)
+    assert counters[0] == 4000
+    # every slot written once (the old values are 0..3999, each once), each after its own add
+    assert np.all(taken >= np.arange(1, 4001))
+
+
+def _model(arch, seed=0):
+    return randomize_batch_norm(npmobilenet.build(arch, width=0.5, num_classes=10, seed=seed),
+                                np.random.default_rng(seed)).eval().fuse()
+
+
+def _run_calls(plan):
+    for kernel, args in plan.calls:
+        kernel(*args)
+    return plan.output.copy()
+
+
+@pytest.mark.parametrize("arch", npmobilenet.ARCHS)
+def test_program_equals_the_layers_own_kernels_bitwise(arch):
+    fused = _model(arch)
+    x = np.random.default_rng(1).standard_normal((2, 40, 48, 3)).astype(np.float32)
+    plan = fused.plan(x.shape)
+    blas = find_blas()
+    with blas.single_threaded() if blas else contextlib.nullcontext():
+        np.copyto(plan.input, x)
+        expected = _run_calls(plan)
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            plan.arena[plan.input.size:] = np.nan          # nothing may survive from the last run
+            np.copyto(plan.input, x)
+            with _numba_threads(threads):
+                plan.program.run(threads)
+            assert np.array_equal(plan.output, expected), threads
+        # more workers than threads: the region runs them one after another, and still finishes
+        np.copyto(plan.input, x)      # (the input's slot is reused by later tensors)
+        with _numba_threads(1):
+            plan.program.run(4)
+        assert np.array_equal(plan.output, expected)
+        # layer by layer, each layer's ops alone (how `bench --per-layer` times them)
+        np.copyto(plan.input, x)
+        for name in (layer.name for layer in fused.layers):
+            plan.program.run(2, plan.layer_ops[name])
+        assert np.array_equal(plan.output, expected)
+
+
+def test_op_table_addresses_stay_inside_the_arena_and_params():
+    fused = _model("mobilenet_v3_small")
+    plan = fused.plan((1, 64, 64, 3))
+    ops = plan.program.ops
+    assert ops.shape[1] == len(COLUMNS) and np.all(ops[:, TILES] >= 1)
+    assert np.all((ops[:, X] >= 0) & (ops[:, X] < plan.arena.size))
+    assert np.all((ops[:, Y] >= -1) & (ops[:, Y] < plan.arena.size))
+    kinds = [kind for kind, _ in plan.program.describe()]
+    assert kinds[0] == "conv" and kinds[-1] == "linear" and "se-gate" in kinds and "depthwise" in kinds
+    # every layer has its ops, in order, covering the table
+    spans = [plan.layer_ops[layer.name] for layer in fused.layers]
+    assert spans[0][0] == 0 and spans[-1][1] == len(ops)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(spans, spans[1:]))
+    with pytest.raises(ValueError, match="tile"):
+        Program([op_row(KIND=0, TILES=0)], fused.params, plan.arena, 0)
+
+
+def test_parameters_are_packed_aligned_views():
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=5).eval()
+    fused = model.fuse()
+    params = fused.params
+    assert params.ctypes.data % 64 == 0
+    stem = fused.layers[0]
+    for layer in fused.layers:
+        for name in layer.weight_names:
+            array = getattr(layer, name)
+            offset = layer.param_offsets[name]
+            assert offset % ALIGN == 0 and np.shares_memory(array, params)
+            assert np.array_equal(params[offset:offset + array.size], array.ravel())
+    # the fold still holds after packing: the stem's weight is the conv weight times BN's scale
+    bn = model.stem.bn
+    scale = bn.gamma.data / np.sqrt(bn.running_var + bn.eps)
+    assert np.allclose(stem.weight, model.stem.conv.weight.data * scale, rtol=1e-6)
