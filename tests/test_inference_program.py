@@ -108,3 +108,17 @@ def test_parameters_are_packed_aligned_views():
     bn = model.stem.bn
     scale = bn.gamma.data / np.sqrt(bn.running_var + bn.eps)
     assert np.allclose(stem.weight, model.stem.conv.weight.data * scale, rtol=1e-6)
+
+
+def test_concurrent_calls_from_python_threads_are_serialised_and_correct():
+    from concurrent.futures import ThreadPoolExecutor
+
+    fused = _model("mobilenet_v3_small")
+    fused.set_threads(numba.config.NUMBA_NUM_THREADS, adaptive=False)
+    rng = np.random.default_rng(5)
+    inputs = [rng.standard_normal((1, 40, 40, 3)).astype(np.float32) for _ in range(4)]
+    expected = [fused(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(fused, inputs * 5))
+    for i, result in enumerate(results):
+        assert np.array_equal(result, expected[i % 4])

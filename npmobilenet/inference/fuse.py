@@ -27,6 +27,7 @@ identical for every thread count.
 """
 import contextlib
 import math
+import threading
 import time
 
 import numba
@@ -597,6 +598,7 @@ class FusedMobileNet:
         self._plan = None            # batch 1: one plan, its tiles shared by the threads
         self._worker_plans = {}      # larger batches: (worker, chunk shape) -> plan run on one thread
         self.chunk_pixels = CHUNK_PIXELS
+        self._lock = threading.RLock()
 
     # -- the computation --------------------------------------------------------------------
     def _check_input(self, x):
@@ -642,22 +644,26 @@ class FusedMobileNet:
         threads = self.threads if self.threads is not None else numba.get_num_threads()
         chunk = self.chunk_images(batch, height, width)
         # The governor watches the single-plan path only: its threads wait for each other at
-        # every layer, which another process's load can stall. Chunks of a batch need no synchronisation but the
-        # last join, and a slowed worker just takes fewer chunks, so they use every thread.
+        # every layer, which another process's load can stall. Chunks of a batch need no
+        # synchronisation but the last join, and a slowed worker just takes fewer chunks, so
+        # they use every thread.
         governed = self.adaptive and chunk >= batch
-        if governed:
-            threads = self.governor.choose(threads)
         blas = find_blas()
         guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
-        start = time.perf_counter()
-        with guard:
-            if chunk >= batch:
-                logits = self._run_whole(x, threads)
-            else:
-                logits = self._run_chunks(x, chunk, threads)
-        if governed:
-            self.governor.record(threads, time.perf_counter() - start)
-        self.last_threads = threads
+        # One call at a time: calls share the plans' buffers and the op table's counters (a
+        # second caller resetting them mid-run would leave the first waiting forever).
+        with self._lock:
+            if governed:
+                threads = self.governor.choose(threads)
+            start = time.perf_counter()
+            with guard:
+                if chunk >= batch:
+                    logits = self._run_whole(x, threads)
+                else:
+                    logits = self._run_chunks(x, chunk, threads)
+            if governed:
+                self.governor.record(threads, time.perf_counter() - start)
+            self.last_threads = threads
         return logits
 
     def _run_whole(self, x, threads):
