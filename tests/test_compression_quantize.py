@@ -153,6 +153,96 @@ def test_parallel_drivers_match_the_serial_kernels(monkeypatch):
     assert np.array_equal(qkernels.pointwise_int8(x3, zx, w_pw, *args), qreference.pointwise(x3, zx, w_pw, *args))
 
 
+# -- the exact float32 paths: the same integers, bit for bit ---------------------------------------
+def test_vectorised_requantization_equals_the_scalar_one():
+    rng = np.random.default_rng(4)
+    size = 4000
+    acc = rng.integers(-(2**31), 2**31, size, dtype=np.int64)
+    acc[:8] = [-(2**31), 2**31 - 1, 0, 1, -1, 2**24, -(2**24), 12345]
+    bias = rng.integers(-(2**20), 2**20, size).astype(np.int32)
+    bias[:8] = 0
+    multiplier = rng.integers(2**30, 2**31, size, dtype=np.int64).astype(np.int32)
+    multiplier[8:16] = 0
+    shift = rng.integers(-31, 31, size).astype(np.int32)
+    acc32 = acc.astype(np.int32)
+    for zy, lo, hi in ((0, -128, 127), (-7, 0, 90), (100, -128, 127)):
+        y = np.empty(size, np.int8)
+        qkernels._requantize_row(acc32, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi), y)
+        total = np.clip(acc32.astype(np.int64) + bias, -(2**31), 2**31 - 1)  # the reference adds in int32
+        expected = [qkernels._requantize_store(np.int32(a), m, s, zy, lo, hi) for a, m, s in zip(total, multiplier, shift)]
+        ok = (acc32.astype(np.int64) + bias == total)   # no int32 overflow in acc + bias
+        assert np.array_equal(y[ok], np.array(expected, np.int64)[ok])
+
+
+def test_exact_chunk_is_the_most_taps_float32_sums_exactly():
+    w = np.array([[-127, 5], [3, 0]], np.int8)
+    for zx in (-128, 0, 127):
+        step = max(127 - zx, zx + 128) * 127
+        chunk = qkernels.exact_chunk(zx, w)
+        assert chunk * step < 2**24 <= (chunk + 1) * step
+    assert qkernels.exact_chunk(0, np.zeros((3, 3), np.int8)) == (2**24 - 1) // 128
+
+
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(1, 24), st.integers(1, 50), st.integers(0, 2**16))
+def test_pointwise_exact_path_matches_reference_bit_for_bit(rows, cin, cout, chunk, seed):
+    rng = np.random.default_rng(seed)
+    x, w = _int8(rng, (rows, cin)), _int8(rng, (cin, cout))
+    if seed % 3 == 0:                       # the extremes: every product at its largest
+        x[...], w[...] = -128, -127
+    zx = int(rng.integers(-128, 128)) if seed % 3 else 127
+    args = _requant_args(rng, cout, cin)
+    expected = qreference.pointwise(x, zx, w, *args)
+    wf = w.astype(np.float32)
+    # any chunk no larger than exact_chunk is exact; small ones exercise the int32 sum of chunks
+    for k_chunk in (min(chunk, qkernels.exact_chunk(zx, w)), qkernels.exact_chunk(zx, w)):
+        assert np.array_equal(qkernels.pointwise_int8_exact(x, zx, wf, k_chunk, *args), expected)
+
+
+@given(conv_cases)
+def test_conv_exact_paths_match_reference_bit_for_bit(c):
+    if not _geometry_fits(c) or c["dilation"] != 1:
+        return
+    rng = np.random.default_rng(c["seed"])
+    x = _int8(rng, (c["n"], c["h"], c["w"], c["cin"]))
+    zx = int(rng.integers(-128, 128))
+    geometry = ((c["stride"],) * 2, c["pad"], (1, 1))
+    w = _int8(rng, (c["k"], c["k"], c["cin"]))
+    args = _requant_args(rng, c["cin"], c["k"] * c["k"])
+    expected = qreference.depthwise_conv2d(x, zx, w, *args, *geometry)
+    got = qkernels.depthwise_conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
+    assert got.dtype == np.int8 and np.array_equal(got, expected)
+    w = _int8(rng, (c["k"], c["k"], c["cin"], c["cout"]))
+    args = _requant_args(rng, c["cout"], c["k"] * c["k"] * c["cin"])
+    expected = qreference.conv2d(x, zx, w, *args, *geometry)
+    got = qkernels.conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
+    assert np.array_equal(got, expected)
+
+
+def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, images):
+    from npmobilenet.compression import quantize as quantize_module
+
+    monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(quantize_module, "EXACT_MIN_MACS", 0)       # every layer on the float paths
+    rng = np.random.default_rng(6)
+    x = _int8(rng, (2, 9, 7, 6))
+    args = _requant_args(rng, 6, 9)
+    w = _int8(rng, (5, 5, 6))
+    expected = qreference.depthwise_conv2d(x, 3, w, *args, (2, 1), (2, 2, 1, 2), (1, 1))
+    got = qkernels.depthwise_conv2d_int8_exact(x, 3, w.astype(np.float32), *args, (2, 1), (2, 2, 1, 2), expected.shape)
+    assert np.array_equal(got, expected)
+    x2, w2 = _int8(rng, (300, 40)), _int8(rng, (40, 6))
+    expected = qreference.pointwise(x2, -3, w2, *args)
+    assert np.array_equal(qkernels.pointwise_int8_exact(x2, -3, w2.astype(np.float32), 7, *args), expected)
+    for arch in ("mobilenet_v2", "mobilenet_v3_small"):
+        model = _random_stats(npmobilenet.build(arch, width=0.35, num_classes=10)).eval()
+        qmodel = quantize(model, images)
+        xq = qmodel.quantize_input(images[:2])
+        got = qmodel.run(xq, record=True)
+        expected = qreference.run_graph(qmodel, xq)
+        for name in expected:
+            assert np.array_equal(got[name], expected[name]), (arch, name)
+
+
 @given(st.integers(0, 2**16))
 def test_elementwise_int8_ops_match_reference(seed):
     rng = np.random.default_rng(seed)
