@@ -5,7 +5,9 @@ without a lock: a fetch-and-add that hands each thread the next tile, and an acq
 waits until the tiles a layer depends on are finished (sequentially consistent add, acquire load:
 the writes of a finished tile are visible to the thread that sees it counted).
 """
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 
@@ -46,4 +48,20 @@ def atomic_load(typingctx, counters, index):
     return sig, codegen
 
 
-__all__ = ["atomic_add", "atomic_load"]
+@intrinsic
+def cpu_relax(typingctx):
+    """A spin-wait hint (x86 `pause`: the waiting thread yields the core's pipeline to its
+    sibling hyperthread and leaves the loop without a memory-order flush); nothing elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if "x86" in (builder.module.triple or "") or "i686" in (builder.module.triple or ""):
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            pause = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+__all__ = ["atomic_add", "atomic_load", "cpu_relax"]

@@ -34,7 +34,7 @@ from numba import prange
 
 from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.inference import kernels
-from npmobilenet.inference.atomics import atomic_add, atomic_load
+from npmobilenet.inference.atomics import atomic_add, atomic_load, cpu_relax
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR = range(7)
 
@@ -124,7 +124,7 @@ def _take_tiles(ops, first_tile, params, arena, sgemm, counters):
         while first_tile[k + 1] <= t:
             k += 1
         while atomic_load(counters, 1) < first_tile[k]:
-            pass                        # an earlier op is still being finished by another thread
+            cpu_relax()                 # an earlier op is still being finished by another thread
         _run_tile(ops[k], params, arena, sgemm, t - first_tile[k])
         atomic_add(counters, 1, 1)
 
