@@ -1,11 +1,11 @@
-"""int8 against fused float32 latency at 224x224: the integer loops, the exact float32 paths, float.
+"""int8 against fused float32 latency at 224x224: integer-only, on the float kernels, and float.
 
     python benchmarks/int8_latency.py --threads 1,2 --repeat 15
 
 For each architecture: a random-weight model, quantized per channel on a few random images (the
 latency does not depend on the weights), timed at batch 1 three ways, interleaved call by call so
-that machine noise falls on all three alike: int8 with every layer on the integer loops
-(`EXACT_MIN_MACS` set out of reach), int8 as shipped (layers of at least `EXACT_MIN_MACS` on the
+that machine noise falls on all three alike: int8 integer-only (the default), int8 with
+`integer_only = False` (layers of at least `EXACT_MIN_MACS` compute their integer sums on the
 exact float32 paths of `compression/qkernels.py`), and the fused float model. Medians in ms, and
 each int8 variant's ratio to float (above 1: slower than float). Checks first that both int8
 variants give the same int8 logits.
@@ -19,7 +19,6 @@ import numpy as np
 def measure(arch, threads, repeat, seed=0):
     import npmobilenet
     from npmobilenet import config, quantize
-    from npmobilenet.compression import quantize as quantize_module
 
     config.set_num_threads(threads)
     model = npmobilenet.build(arch, seed=seed).eval()
@@ -27,19 +26,15 @@ def measure(arch, threads, repeat, seed=0):
     qmodel = quantize(model, images)
     fused = model.fuse(threads=threads)
     x = images[:1]
-    shipped = quantize_module.EXACT_MIN_MACS
     xq = qmodel.quantize_input(x)
 
-    def integer():
-        quantize_module.EXACT_MIN_MACS = 1 << 62
-        try:
-            return qmodel.run(xq)
-        finally:
-            quantize_module.EXACT_MIN_MACS = shipped
+    def run(integer_only):
+        qmodel.integer_only = integer_only
+        return qmodel.run(xq)
 
-    if not np.array_equal(integer(), qmodel.run(xq)):
+    if not np.array_equal(run(True), run(False)):
         raise AssertionError(f"{arch}: the exact float32 paths changed the int8 result")
-    engines = {"int8, integer loops": integer, "int8, exact float32 paths": lambda: qmodel.run(xq),
+    engines = {"int8, integer-only": lambda: run(True), "int8, float kernels": lambda: run(False),
                "fused float32": lambda: fused(x)}
     times = {name: [] for name in engines}
     for fn in engines.values():       # warm-up (compilation, plans)
@@ -58,15 +53,15 @@ def main(argv=None):
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args(argv)
-    print("| model | threads | int8, integer loops ms (vs float) | int8, exact float32 paths ms (vs float) "
+    print("| model | threads | int8 integer-only ms (vs float) | int8 on float kernels ms (vs float) "
           "| fused float32 ms |")
     print("|---|---|---|---|---|")
     for threads in (int(t) for t in args.threads.split(",")):
         for arch in args.archs:
             r = measure(arch, threads, args.repeat)
             fl = r["fused float32"]
-            print(f"| {arch} | {threads} | {r['int8, integer loops']:.2f} ({r['int8, integer loops'] / fl:.2f}x) | "
-                  f"{r['int8, exact float32 paths']:.2f} ({r['int8, exact float32 paths'] / fl:.2f}x) | {fl:.2f} |",
+            a, b = r["int8, integer-only"], r["int8, float kernels"]
+            print(f"| {arch} | {threads} | {a:.2f} ({a / fl:.2f}x) | {b:.2f} ({b / fl:.2f}x) | {fl:.2f} |",
                   flush=True)
 
 

@@ -236,6 +236,8 @@ def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, imag
     for arch in ("mobilenet_v2", "mobilenet_v3_small"):
         model = _random_stats(npmobilenet.build(arch, width=0.35, num_classes=10)).eval()
         qmodel = quantize(model, images)
+        assert qmodel.integer_only          # the default: integer arithmetic throughout
+        qmodel.integer_only = False
         xq = qmodel.quantize_input(images[:2])
         got = qmodel.run(xq, record=True)
         expected = qreference.run_graph(qmodel, xq)

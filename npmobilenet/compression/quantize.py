@@ -385,14 +385,14 @@ class QConv(QOp):
             self._exact = (zx, self.weight.astype(np.float32), qkernels.exact_chunk(zx, self.weight))
         return self._exact[1:]
 
-    def run(self, x, zx, zy):
-        # Every layer the float kernels can compute exactly (see qkernels, "exact float32 paths")
-        # runs on them, unless it is so small that their extra passes cost more than they save;
-        # the integer loops remain for those, dilated kernels and sums too large for float32.
+    def run(self, x, zx, zy, float_kernels=False):
+        # With `float_kernels`, a layer the float kernels compute exactly (see qkernels, "exact
+        # float32 paths") runs on them, unless it is so small that their extra passes cost more
+        # than they save; the integer loops do the rest (and everything by default).
         k = qkernels
         args = (self.bias, self.multiplier, self.shift, zy, self.lo, self.hi)
-        wf, chunk = self._exact_float(zx)
-        exact = self.macs(x.shape) >= EXACT_MIN_MACS
+        exact = float_kernels and self.macs(x.shape) >= EXACT_MIN_MACS
+        wf, chunk = self._exact_float(zx) if exact else (None, 0)
         if self.variant in ("linear", "pointwise"):
             x2d = x.reshape(-1, x.shape[-1])
             if exact:
@@ -516,9 +516,15 @@ class QuantizedModel:
     `ops` run in order on int8 tensors named as in the float model; `tensors[name]` is the
     `(scale, zero_point)` of each. `quantize_input(x)` and `run(xq)` expose the integer path:
     `run` returns the int8 logits (or every tensor, `record=True`).
+
+    `integer_only` (default True): every layer on integer arithmetic, as a device without a
+    floating-point unit would run it. Set it to False to let layers of at least `EXACT_MIN_MACS`
+    compute the same integer sums on the float32 kernels, exactly (see qkernels, "exact float32
+    paths"): bit-identical results, faster on a CPU with vector floating point.
     """
 
     training = False
+    integer_only = True
 
     def __init__(self, config, tensors, ops, output, info=None):
         self.config = dict(config)
@@ -555,7 +561,7 @@ class QuantizedModel:
             for op in self.ops:
                 xs = [env[name] for name in op.inputs]
                 if isinstance(op, QConv):
-                    y = op.run(np.ascontiguousarray(xs[0]), zp[op.inputs[0]], zp[op.output])
+                    y = op.run(np.ascontiguousarray(xs[0]), zp[op.inputs[0]], zp[op.output], not self.integer_only)
                 elif isinstance(op, QLookup):
                     y = op.run(xs[0])
                 elif isinstance(op, QMean):
