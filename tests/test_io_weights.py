@@ -83,6 +83,9 @@ def test_inspect_reads_arch_width_classes_and_naming(name):
         assert info.overrides["bn_eps"] == 1e-5
         assert info.overrides["last_channels"] == (1280 if entry["arch"].endswith("large") else 1024)
         assert info.overrides["stem_channels"] == 16
+    elif entry["model"] == "mobilenetv2_110d":
+        # depth 1.1: ceil(1.1 n) blocks per row except the first and last; stem and head fixed
+        assert info.overrides == dict(repeats=(1, 3, 4, 5, 4, 4, 1), stem_channels=32, head_channels=1280)
     else:
         assert info.overrides == {}
 
@@ -296,12 +299,25 @@ def test_width_one_files_round_trip_through_foreign_names(tmp_path, naming, arch
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_depth_multiplied_timm_variant_is_named_unsupported(tmp_path):
+def test_depth_multiplied_timm_v3_is_named_unsupported(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
-    state = read_foreign_state(fixture_path("timm_mobilenetv2_w010"))
-    # add a fourth block to stage 2, as timm's depth multiplier (mobilenetv2_110d) would
+    state = read_foreign_state(fixture_path("timm_mobilenetv3_large_w010"))
+    # a fourth block in stage 2, as timm's depth multiplier (mobilenetv3_large_150d) would add:
+    # V3's tables list every block, so there is no row to repeat
     state.update({k.replace("blocks.2.2.", "blocks.2.3."): v for k, v in state.items() if k.startswith("blocks.2.2.")})
     path = str(tmp_path / "deeper.safetensors")
     st.save_file(state, path)
-    with pytest.raises(ValueError, match="has 18 blocks where the paper's has 17"):
+    with pytest.raises(ValueError, match="has 16 blocks where the paper's has 15.*not for V3"):
         from_weights(path)
+
+
+def test_depth_multiplied_v2_round_trips_through_timm_names(tmp_path):
+    from npmobilenet.io.keymaps import key_map
+
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=7, repeats=[1, 3, 4, 5, 4, 4, 1],
+                              stem_channels=32, head_channels=1280)
+    entries = key_map(model, "timm")
+    assert len({theirs for _, theirs, _ in entries}) == len(entries)
+    assert any(theirs.startswith("blocks.3.4.") for _, theirs, _ in entries)     # stage 3 has 5 blocks
+    prefixes = {theirs.rsplit(".", 2)[0] for _, theirs, _ in entries}
+    assert "blocks.2.3" in prefixes and "blocks.1.3" not in prefixes and "blocks.6.1" not in prefixes

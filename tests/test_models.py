@@ -200,3 +200,27 @@ def test_se_channels_override_sets_or_removes_squeeze_excite():
         npmobilenet.build("mobilenet_v3_small", se_channels=[8])
     with pytest.raises(ValueError, match="ints >= 0"):
         npmobilenet.build("mobilenet_v3_small", se_channels=[-1] * len(se))
+
+
+def test_repeats_override_changes_blocks_per_table_row():
+    from npmobilenet.analysis.summary import summarize
+
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=5, repeats=[1, 3, 4, 5, 4, 4, 1])
+    # strides stay on each row's first block: 112 -> 7 as in the paper's table
+    strides = [b.conv_dw.conv.stride[0] for b in model.blocks]
+    assert len(model.blocks) == 22 and strides.count(2) == 4
+    assert strides[:5] == [1, 2, 1, 1, 2]
+    again = npmobilenet.build(**model.config)
+    assert [b.out_channels for b in again.spec.blocks] == [b.out_channels for b in model.spec.blocks]
+    assert model(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 5)
+    v1 = npmobilenet.build("mobilenet_v1", width=0.25, repeats=[1, 2, 2, 3, 1])
+    assert len(v1.blocks) == 1 + 2 + 2 + 3 + 1
+    # the analytic count follows the deeper network
+    paper = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=5)
+    assert summarize(model, 64).macs > summarize(paper, 64).macs
+    assert summarize(model, 64).params == model.num_parameters()
+    for bad in ([1, 2, 3], [1, 0, 3, 4, 3, 3, 1], [1, 2.5, 3, 4, 3, 3, 1], "1234567"):
+        with pytest.raises(ValueError, match="repeats"):
+            npmobilenet.build("mobilenet_v2", repeats=bad)
+    with pytest.raises(ValueError, match="repeats applies to mobilenet_v1 and mobilenet_v2"):
+        npmobilenet.build("mobilenet_v3_small", repeats=[1] * 11)

@@ -174,9 +174,16 @@ def _torchvision_modules(model):
     return out
 
 
+def _timm_stages(arch, config):
+    """Blocks per timm stage: for V1 and V2 timm's stages are the papers' table rows, so a
+    depth-multiplied model's `repeats` option is its stage list."""
+    repeats = config.get("repeats") if arch in ("mobilenet_v1", "mobilenet_v2") else None
+    return tuple(repeats) if repeats is not None else TIMM_STAGE_REPEATS[arch]
+
+
 def _timm_modules(model):
     arch = model.config["arch"]
-    repeats = TIMM_STAGE_REPEATS[arch]
+    repeats = _timm_stages(arch, model.config)
     if sum(repeats) != len(model.blocks):
         raise ValueError(f"timm's {arch} has {sum(repeats)} blocks; the model has {len(model.blocks)}")
     positions = [(s, j) for s, n in enumerate(repeats) for j in range(n)]
@@ -291,10 +298,22 @@ def count_blocks(state, naming, arch):
     return max(int(k.split(".")[1]) for k in state if k.startswith("features.")) - 1
 
 
+def file_stage_repeats(state, arch):
+    """Blocks per stage in a timm file (its `blocks.{stage}.{j}` keys; V3's last stage, the head
+    conv, not counted)."""
+    stages = len(TIMM_STAGE_REPEATS[arch])
+    found = [set() for _ in range(stages)]
+    for k in state:
+        parts = k.split(".")
+        if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() and parts[2].isdigit() and int(parts[1]) < stages:
+            found[int(parts[1])].add(int(parts[2]))
+    return tuple(len(js) for js in found)
+
+
 def _block_prefixes(state, naming, arch):
     """The file's block prefixes, in order."""
     if naming == "timm":
-        return [f"blocks.{s}.{j}" for s, n in enumerate(TIMM_STAGE_REPEATS[arch]) for j in range(n)]
+        return [f"blocks.{s}.{j}" for s, n in enumerate(file_stage_repeats(state, arch)) for j in range(n)]
     last = max(int(k.split(".")[1]) for k in state if k.startswith("features."))
     container = "conv" if arch == "mobilenet_v2" else "block"
     return [f"features.{n}.{container}" for n in range(1, last)]
@@ -339,7 +358,21 @@ def file_channels(state, naming, arch):
 
 def file_overrides(state, naming, arch):
     """Build options that make our model follow the file's architecture (see the module doc):
-    timm's V3 channel choices, read from the file's shapes, and its batch-norm constants."""
+    timm's V3 channel choices, read from the file's shapes, and its batch-norm constants; a
+    depth-multiplied timm V1/V2 (mobilenetv2_110d, _120d): its blocks per table row, and its stem
+    and head widths, which timm keeps at 32 and 1280 for those (fix_stem_head)."""
+    if naming == "timm" and arch in ("mobilenet_v1", "mobilenet_v2"):
+        repeats = file_stage_repeats(state, arch)
+        if repeats == TIMM_STAGE_REPEATS[arch] or 0 in repeats:
+            return {}
+        try:
+            channels = file_channels(state, naming, arch)
+        except KeyError as exc:
+            raise ValueError(f"timm {arch} file lacks {exc.args[0]}") from None
+        overrides = dict(repeats=repeats, stem_channels=channels["stem"])
+        if channels["head"]:
+            overrides["head_channels"] = channels["head"]
+        return overrides
     if naming == "timm" and arch.startswith("mobilenet_v3"):
         try:
             channels = file_channels(state, naming, arch)

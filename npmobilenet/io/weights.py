@@ -187,8 +187,11 @@ def infer_width(state, naming, arch, overrides=None):
     except (KeyError, ValueError):
         return None
 
+    repeats = overrides.get("repeats")
+
     def spec_channels(width):
-        spec = arch_spec(arch, width)
+        # built with the overrides, since an overridden stem also sets the first block's input
+        spec = arch_spec(arch, width, **overrides)
         found = dict(stem=spec.stem_channels, expanded=[b.expanded_channels for b in spec.blocks],
                      out=[b.out_channels for b in spec.blocks], head=spec.head_channels, last=spec.last_channels)
         for field_name, override in (("stem", "stem_channels"), ("expanded", "expanded_channels"),
@@ -198,7 +201,7 @@ def infer_width(state, naming, arch, overrides=None):
         return found
 
     base = arch_spec(arch, 1.0).blocks[-1].out_channels
-    if len(channels["out"]) != len(arch_spec(arch, 1.0).blocks):
+    if len(channels["out"]) != len(arch_spec(arch, 1.0, repeats=repeats).blocks):
         return None
     for width in _width_candidates(round(channels["out"][-1] / base, 4)):
         if spec_channels(width) == channels:
@@ -231,15 +234,17 @@ def _inspect_state(path, fmt, state):
     from npmobilenet.models import arch_spec
 
     naming, arch = keymaps.detect_naming(state)
-    blocks, expected = keymaps.count_blocks(state, naming, arch), len(arch_spec(arch).blocks)
+    overrides = keymaps.file_overrides(state, naming, arch)
+    blocks = keymaps.count_blocks(state, naming, arch)
+    expected = len(arch_spec(arch, repeats=overrides.get("repeats")).blocks)
     if blocks != expected:
         raise ValueError(f"{path}: this {naming} {arch} has {blocks} blocks where the paper's has {expected} "
-                         f"(a depth-multiplied variant such as timm's mobilenetv2_110d/120d?); not supported")
+                         f"(a depth-multiplied variant?); supported for timm's V1 and V2 (e.g. mobilenetv2_110d), "
+                         f"not for V3 or torchvision")
     try:
         num_classes = keymaps.num_classes_of(state, naming, arch)
     except KeyError as exc:
         raise ValueError(f"{path}: no classifier weight {exc.args[0]}") from None
-    overrides = keymaps.file_overrides(state, naming, arch)
     return WeightsInfo(path, fmt, naming, arch, infer_width(state, naming, arch, overrides), num_classes, overrides)
 
 

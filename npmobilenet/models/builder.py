@@ -68,7 +68,11 @@ DEFAULTS = {
 }
 # Per-block overrides: one int per block of the architecture.
 PER_BLOCK = ("expanded_channels", "se_channels")
-OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels") + PER_BLOCK
+OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels",
+             "repeats") + PER_BLOCK
+# Tables with a repeat column n, which the `repeats` option replaces row by row (a depth
+# multiplier, e.g. timm's mobilenetv2_110d); V3's tables list every block.
+REPEAT_TABLES = {"mobilenet_v1": tables.V1_BLOCKS, "mobilenet_v2": tables.V2_BLOCKS}
 
 
 def _per_block(o, key, index, default):
@@ -79,10 +83,16 @@ def _per_block(o, key, index, default):
     return int(values[index]) if values is not None else default
 
 
+def _repeats(o, row, n):
+    """Row `row`'s repeat count: the table's n, or the `repeats` option's."""
+    return int(o["repeats"][row]) if o.get("repeats") is not None else n
+
+
 def _v1_spec(width, o):
     stem = o.get("stem_channels") or scale_channels(tables.V1_STEM, width)
     blocks, c_in = [], stem
-    for c, n, s in tables.V1_BLOCKS:
+    for row, (c, n, s) in enumerate(tables.V1_BLOCKS):
+        n = _repeats(o, row, n)
         c_out = scale_channels(c, width)
         for i in range(n):
             blocks.append(BlockSpec("separable", c_in, c_in, c_out, 3, s if i == 0 else 1, "relu6"))
@@ -93,7 +103,8 @@ def _v1_spec(width, o):
 def _v2_spec(width, o):
     stem = o.get("stem_channels") or scale_channels(tables.V2_STEM, width)
     blocks, c_in = [], stem
-    for t, c, n, s in tables.V2_BLOCKS:
+    for row, (t, c, n, s) in enumerate(tables.V2_BLOCKS):
+        n = _repeats(o, row, n)
         c_out = scale_channels(c, width)
         for i in range(n):
             # V2 paper, Table 1: the expansion layer is t times the block's input width.
@@ -166,6 +177,15 @@ def _check_args(arch, width, num_classes, overrides):
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least for v in values
         ):
             raise ValueError(f"{key} must be a list of ints >= {least}, one per block, got {values!r}")
+    repeats = overrides.get("repeats")
+    if repeats is not None:
+        if arch not in REPEAT_TABLES:
+            raise ValueError(f"repeats applies to mobilenet_v1 and mobilenet_v2, whose tables have a repeat column; "
+                             f"{arch}'s table lists every block")
+        rows = len(REPEAT_TABLES[arch])
+        if not isinstance(repeats, (list, tuple)) or len(repeats) != rows or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in repeats):
+            raise ValueError(f"repeats must list one int >= 1 per row of {arch}'s table ({rows} rows), got {repeats!r}")
     dropout = overrides.get("dropout")
     if dropout is not None and not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -180,8 +200,8 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     arch: one of `ARCHS`; width: the width multiplier alpha (channels rounded to multiples of 8);
     num_classes: classifier outputs; seed: initialisation and dropout seed. `overrides` change the
     architecture's free choices (bn_eps, bn_momentum, dropout, stem_channels, head_channels,
-    last_channels, and per block expanded_channels and se_channels), e.g. to follow timm's
-    variant of a model or to describe a pruned one. The model's `config` records all of
+    last_channels, repeats per table row for V1 and V2, and per block expanded_channels and
+    se_channels), e.g. to follow timm's variant of a model or to describe a pruned one. The model's `config` records all of
     it, so `build(**model.config)` rebuilds the same architecture.
     """
     spec = arch_spec(arch, width, **overrides)
