@@ -69,3 +69,20 @@ def test_bare_state_dict_npz(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="does not fit the model"):
         load_weights(npmobilenet.build("mobilenet_v2", width=0.1, num_classes=4), path)
+
+
+def test_convert_tf_variant(tmp_path, capsys):
+    src = os.path.join(FIXTURES, "timm_tf_mobilenetv3_small_w010.safetensors")
+    dst = str(tmp_path / "tf.npz")
+    assert main(["convert", src, dst, "--tf"]) == 0
+    assert "'padding': 'same'" in capsys.readouterr().out
+    model = checkpoint.load(dst)
+    assert model.config["padding"] == "same" and model.stem.conv.same
+    x = np.random.default_rng(1).standard_normal((1, 97, 131, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), from_weights(src, variant="tf")(x))
+    # the checkpoint rebuilds the tf model; asking for the variant again is accepted, on others refused
+    np.testing.assert_array_equal(from_weights(dst, variant="tf")(x), model(x))
+    plain = str(tmp_path / "plain.npz")
+    convert(SRC, plain)
+    with pytest.raises(ValueError, match="without TensorFlow padding"):
+        from_weights(plain, variant="tf")

@@ -110,3 +110,18 @@ def test_export_refuses_what_it_cannot_express(tmp_path):
         build_onnx(npmobilenet.build("mobilenet_v2", width=0.1, num_classes=3), opset=11)
     with pytest.raises(ValueError, match="batch"):
         build_onnx(npmobilenet.build("mobilenet_v2", width=0.1, num_classes=3), batch=0)
+
+
+def test_tensorflow_padding_exports_as_same_upper(tmp_path):
+    # timm's tf_mobilenetv3_small at width 0.1 (random weights, made by timm): 'same' padding,
+    # which ONNX Runtime resolves per input size as we do
+    model = from_weights(os.path.join(FIXTURES, "timm_tf_mobilenetv3_small_w010.safetensors"), variant="tf")
+    path = export_onnx(model, tmp_path / "tf.onnx")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    pads = [a.s for node in proto.graph.node if node.op_type == "Conv" for a in node.attribute if a.name == "auto_pad"]
+    assert pads and set(pads) == {b"SAME_UPPER"}
+    rng = np.random.default_rng(1)
+    for h, w in ((224, 224), (161, 130)):
+        x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+        assert_logits_match(model(x), run_onnx(path, x.transpose(0, 3, 1, 2)), f"tf {h}x{w}")

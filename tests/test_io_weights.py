@@ -56,7 +56,7 @@ def _skip_unsupported(name):
 def test_fixture_logits_match_the_library(name, reference_logits):
     _skip_unsupported(name)
     entry = MODELS[name]
-    model = from_weights(fixture_path(name))
+    model = from_weights(fixture_path(name), variant=entry.get("variant"))
     assert model.config["arch"] == entry["arch"]
     assert model.config["num_classes"] == entry["num_classes"]
     assert not model.training
@@ -80,7 +80,7 @@ def test_inspect_reads_arch_width_classes_and_naming(name):
     assert info.width == pytest.approx(entry["width"])
     if entry["library"] == "timm" and entry["arch"].startswith("mobilenet_v3"):
         # timm's V3 choices, read from the file: eps 1e-5, unscaled 1280/1024 head, unscaled stem below 0.75
-        assert info.overrides["bn_eps"] == 1e-5
+        assert info.overrides["bn_eps"] == 1e-5     # a tf_* file looks the same: variant="tf" says it
         assert info.overrides["last_channels"] == (1280 if entry["arch"].endswith("large") else 1024)
         assert info.overrides["stem_channels"] == 16
     elif entry["model"] == "mobilenetv2_110d":
@@ -321,3 +321,26 @@ def test_depth_multiplied_v2_round_trips_through_timm_names(tmp_path):
     assert any(theirs.startswith("blocks.3.4.") for _, theirs, _ in entries)     # stage 3 has 5 blocks
     prefixes = {theirs.rsplit(".", 2)[0] for _, theirs, _ in entries}
     assert "blocks.2.3" in prefixes and "blocks.1.3" not in prefixes and "blocks.6.1" not in prefixes
+
+
+def test_tf_variant_needs_saying_and_is_checked(reference_logits):
+    name = "timm_tf_mobilenetv3_small_w010"
+    want = reference_logits[f"{name}/161"]
+    x = model_input(161)
+    # the same keys and shapes as timm's mobilenetv3_small: loaded as that, the outputs are off
+    plain = from_weights(fixture_path(name))
+    assert plain.config.get("padding") is None and np.abs(plain(x) - want).max() > 1e-3 * np.abs(want).max()
+    tf = from_weights(fixture_path(name), variant="tf")
+    assert tf.config["padding"] == "same" and tf.config["bn_eps"] == 1e-3
+    np.testing.assert_allclose(tf(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # the fused model and a model built by hand with padding="same" agree
+    np.testing.assert_allclose(tf.fuse()(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    built = npmobilenet.build(**tf.config)
+    load_weights(built, fixture_path(name))
+    np.testing.assert_allclose(built.eval()(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(ValueError, match="variant must be None or 'tf'"):
+        from_weights(fixture_path(name), variant="tensorflow")
+    with pytest.raises(ValueError, match="MobileNetV3 only"):
+        from_weights(fixture_path("timm_mobilenetv2_w010"), variant="tf")
+    with pytest.raises(ValueError, match="MobileNetV3 only"):
+        from_weights(fixture_path("tv_mobilenet_v3_small_w035"), variant="tf")

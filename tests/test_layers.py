@@ -97,6 +97,34 @@ def test_conv_layer_gradients_with_bias():
     check_layer_gradients(PointwiseConv2d(3, 4, bias=True, rng=rng), x, rng)
 
 
+def test_tensorflow_same_padding():
+    from npmobilenet.ops.geometry import tf_same_padding
+
+    # TensorFlow: ceil(size / stride) outputs, the odd padding pixel after
+    assert tf_same_padding(224, 3, 2) == (0, 1) and tf_same_padding(225, 3, 2) == (1, 1)
+    assert tf_same_padding(112, 5, 2) == (1, 2) and tf_same_padding(7, 5, 1) == (2, 2)
+    assert tf_same_padding(1, 3, 2) == (1, 1) and tf_same_padding(9, 3, 1, dilation=2) == (2, 2)
+    rng = np.random.default_rng(5)
+    for size in (7, 8):
+        x = rng.standard_normal((2, size, size + 3, 3)).astype(np.float32)
+        for make in (lambda p: Conv2d(3, 4, 3, stride=2, padding=p, rng=np.random.default_rng(1)),
+                     lambda p: DepthwiseConv2d(3, 5, stride=2, padding=p, rng=np.random.default_rng(1))):
+            same = make("same")
+            t, b = tf_same_padding(size, same.kernel_size[0], 2)
+            l, r = tf_same_padding(size + 3, same.kernel_size[1], 2)
+            fixed = make(((t, b), (l, r)))
+            y = same(x)
+            assert y.shape[1:3] == (-(-size // 2), -(-(size + 3) // 2))
+            np.testing.assert_array_equal(y, fixed(x))
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            np.testing.assert_array_equal(same.backward(dy), fixed.backward(dy))
+            np.testing.assert_array_equal(same.weight.grad, fixed.weight.grad)
+            assert same.padding is None and same.padding_at(size, size + 3) == (t, b, l, r)
+        check_layer_gradients(Conv2d(3, 4, 3, stride=2, padding="same", rng=rng), x, rng)
+    with pytest.raises(ValueError, match="'same'"):
+        Conv2d(3, 4, 3, padding="valid")
+
+
 def test_linear_pool_dropout_gradients():
     rng = np.random.default_rng(4)
     check_layer_gradients(Linear(5, 3, rng=rng, init_std=0.5), rng.standard_normal((4, 5)), rng)

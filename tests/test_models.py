@@ -224,3 +224,18 @@ def test_repeats_override_changes_blocks_per_table_row():
             npmobilenet.build("mobilenet_v2", repeats=bad)
     with pytest.raises(ValueError, match="repeats applies to mobilenet_v1 and mobilenet_v2"):
         npmobilenet.build("mobilenet_v3_small", repeats=[1] * 11)
+
+
+def test_same_padding_option():
+    from npmobilenet.analysis.summary import summarize
+
+    model = npmobilenet.build("mobilenet_v3_small", width=0.35, num_classes=4, padding="same")
+    assert model.config["padding"] == "same" and npmobilenet.build(**model.config).stem.conv.same
+    x = np.random.default_rng(0).standard_normal((1, 65, 64, 3)).astype(np.float32)
+    assert model(x).shape == (1, 4)
+    # ceil(65 / 32) x ceil(64 / 32) at the end, in the forward pass and in the analytic count
+    rows = {row.name: row for row in summarize(model, (65, 64)).rows}
+    assert rows["head.conv"].input_shape == (1, 3, 2, 32)
+    assert model.stem.conv.padding_at(65, 64) == (1, 1, 0, 1)
+    with pytest.raises(ValueError, match="padding must be 'symmetric'"):
+        npmobilenet.build("mobilenet_v2", padding="valid")

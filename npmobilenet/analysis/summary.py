@@ -222,12 +222,13 @@ def summarize(model, resolution=224, batch=1, in_channels=3):
             if isinstance(layer, PointwiseConv2d):
                 kind, cost = "pointwise", pointwise_conv2d_cost(input_shape, layer.out_channels, bias)
             elif isinstance(layer, DepthwiseConv2d):
+                pads = _padding_sides(layer.padding_at(input_shape[1], input_shape[2]))
                 kind, cost = "depthwise", depthwise_conv2d_cost(
-                    input_shape, layer.kernel_size, layer.stride, _padding_sides(layer.padding), layer.dilation, bias)
+                    input_shape, layer.kernel_size, layer.stride, pads, layer.dilation, bias)
             else:
+                pads = _padding_sides(layer.padding_at(input_shape[1], input_shape[2]))
                 kind, cost = "conv", conv2d_cost(
-                    input_shape, layer.kernel_size, layer.out_channels, layer.stride,
-                    _padding_sides(layer.padding), layer.dilation, bias)
+                    input_shape, layer.kernel_size, layer.out_channels, layer.stride, pads, layer.dilation, bias)
             feature_map = cost.output_shape
         elif isinstance(layer, BatchNorm):
             _check_channels(name, layer.channels, current)

@@ -192,6 +192,10 @@ def _conv_variant(conv):
 def _geometry(conv):
     if _conv_variant(conv) in ("pointwise", "linear"):
         return dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
+    if conv.same:
+        raise NotImplementedError(
+            "quantize: this model pads as TensorFlow does ('same', built with padding='same', e.g. timm's tf_* "
+            "weights), which the int8 graph does not support yet; quantize a model with the default padding")
     return dict(stride=tuple(conv.stride), padding=tuple(conv.padding), dilation=tuple(conv.dilation))
 
 

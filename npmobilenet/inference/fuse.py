@@ -36,6 +36,7 @@ import numpy as np
 from npmobilenet.inference import kernels
 from npmobilenet.inference.blas import find_blas, sgemm_address
 from npmobilenet.inference.plan import ALIGN, MemoryPlan, aligned
+from npmobilenet.ops.geometry import tf_same_padding
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, POINTWISE, POOL, SE_GATE, op_row)
 
@@ -111,7 +112,18 @@ def _pair_kernel(pair, parallel):
     return pair[1] if parallel else pair[0]
 
 
-class FusedConv2d(FusedLayer):
+class _Windowed(FusedLayer):
+    """A KxK window: stride (sh, sw) and padding (top, bottom, left, right), or "same"
+    (TensorFlow's, resolved for each input size: `pads(h, w)`)."""
+
+    def pads(self, h, w):
+        if self.padding != "same":
+            return self.padding
+        kh, kw = self.weight.shape[:2]
+        return tf_same_padding(h, kh, self.stride[0]) + tf_same_padding(w, kw, self.stride[1])
+
+
+class FusedConv2d(_Windowed):
     """Standard KxK convolution + bias + activation (the stem). weight (KH, KW, Cin, Cout)."""
 
     kind = "conv"
@@ -120,12 +132,12 @@ class FusedConv2d(FusedLayer):
     def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
-        self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right)
+        self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right) or "same"
 
     def output_shapes(self, shapes):
         n, h, w, _ = shapes[0]
         kh, kw, _, cout = self.weight.shape
-        (sh, sw), (pt, pb, pl, pr) = self.stride, self.padding
+        (sh, sw), (pt, pb, pl, pr) = self.stride, self.pads(h, w)
         return [(n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, cout)]
 
     def macs(self, shapes):
@@ -135,14 +147,14 @@ class FusedConv2d(FusedLayer):
 
     def call(self, tensors, parallel, sgemm):
         x, y = tensors
-        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
         return _pair_kernel(kernels.CONV2D, parallel), (
             x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y)
 
     def program_ops(self, offsets, shapes):
         (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw = self.weight.shape[:2]
-        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
         return [op_row(KIND=CONV, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n, XH=h,
                        XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets["weight"],
                        B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl)]
@@ -206,7 +218,7 @@ class FusedPointwise(FusedLayer):
         return ops
 
 
-class FusedDepthwise(FusedLayer):
+class FusedDepthwise(_Windowed):
     """KxK depthwise convolution + bias + activation; with SE after it, also its row sums.
 
     outputs: (y,) or (y, row_sums). weight (KH, KW, C).
@@ -227,7 +239,7 @@ class FusedDepthwise(FusedLayer):
     def output_shapes(self, shapes):
         n, h, w, c = shapes[0]
         kh, kw, _ = self.weight.shape
-        (sh, sw), (pt, pb, pl, pr) = self.stride, self.padding
+        (sh, sw), (pt, pb, pl, pr) = self.stride, self.pads(h, w)
         y = (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, c)
         return [y, (n, y[1], c)] if len(self.outputs) == 2 else [y]
 
@@ -243,14 +255,14 @@ class FusedDepthwise(FusedLayer):
     def call(self, tensors, parallel, sgemm):
         x, y = tensors[0], tensors[1]
         sums = tensors[2] if len(self.outputs) == 2 else kernels._EMPTY_SUMS
-        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
         return _pair_kernel(kernels.DEPTHWISE, parallel), (
             x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y, sums)
 
     def program_ops(self, offsets, shapes):
         (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw, _ = self.weight.shape
-        (sh, sw), (pt, _, pl, _) = self.stride, self.padding
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
         sums = offsets[2] if len(self.outputs) == 2 else -1
         return [op_row(KIND=DEPTHWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n,
                        XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight"],
@@ -356,6 +368,10 @@ def _check_geometry(conv, name):
         raise NotImplementedError(f"{name}: fused kernels support dilation 1 only, got {conv.dilation}")
 
 
+def _padding(conv):
+    return "same" if conv.same else conv.padding
+
+
 def _conv_bn_act(unit, name, source, outputs=None):
     """A ConvBNAct as one fused layer reading tensor `source`."""
     from npmobilenet.layers import Conv2d, DepthwiseConv2d, PointwiseConv2d
@@ -368,10 +384,10 @@ def _conv_bn_act(unit, name, source, outputs=None):
         return FusedPointwise(name, (source,), outputs, weight, folded_bias, unit.activation)
     if isinstance(conv, DepthwiseConv2d):
         _check_geometry(conv, name)
-        return FusedDepthwise(name, (source,), outputs, weight, folded_bias, unit.activation, conv.stride, conv.padding)
+        return FusedDepthwise(name, (source,), outputs, weight, folded_bias, unit.activation, conv.stride, _padding(conv))
     if isinstance(conv, Conv2d):
         _check_geometry(conv, name)
-        return FusedConv2d(name, (source,), outputs, weight, folded_bias, unit.activation, conv.stride, conv.padding)
+        return FusedConv2d(name, (source,), outputs, weight, folded_bias, unit.activation, conv.stride, _padding(conv))
     raise TypeError(f"{name}: cannot fuse a {type(conv).__name__}")
 
 

@@ -10,8 +10,9 @@ import os
 import numpy as np
 
 
-def convert(src, dst, arch=None, width=None):
-    """Convert `src` (.safetensors/.pth/.npz) to the npmobilenet checkpoint `dst`; returns the model."""
+def convert(src, dst, arch=None, width=None, variant=None):
+    """Convert `src` (.safetensors/.pth/.npz) to the npmobilenet checkpoint `dst`; returns the model.
+    `variant="tf"` for timm's tf_mobilenetv3_* files (see `from_weights`)."""
     from npmobilenet.io.weights import from_weights, inspect_weights
     from npmobilenet.training import checkpoint
 
@@ -19,7 +20,7 @@ def convert(src, dst, arch=None, width=None):
     if not dst.endswith(".npz"):
         raise ValueError(f"DST must be an .npz file name, got {dst}")
     info = inspect_weights(src)
-    model = from_weights(src, arch=arch, width=width)
+    model = from_weights(src, arch=arch, width=width, variant=variant)
     checkpoint.save(model, dst, source=os.path.basename(os.fspath(src)), source_naming=info.naming)
     # read it back: the file must rebuild the same model with the same numbers
     reloaded = checkpoint.load(dst)
@@ -34,13 +35,16 @@ def add_arguments(parser):
     parser.add_argument("dst", metavar="DST.npz", help="npmobilenet checkpoint to write")
     parser.add_argument("--arch", default=None, help="expected architecture (checked against the file; detected if omitted)")
     parser.add_argument("--width", type=float, default=None, help="width multiplier (checked; inferred if omitted)")
+    parser.add_argument("--tf", action="store_true",
+                        help="the file is one of timm's tf_mobilenetv3_* (TensorFlow padding and batch-norm eps; "
+                             "the file cannot say so itself)")
 
 
 def run(args):
     from npmobilenet.io.weights import inspect_weights
 
     info = inspect_weights(args.src)
-    model = convert(args.src, args.dst, args.arch, args.width)
+    model = convert(args.src, args.dst, args.arch, args.width, variant="tf" if args.tf else None)
     config = model.config
     extras = {k: v for k, v in config.items() if k not in ("arch", "width", "num_classes")}
     print(f"{args.src}: {info.naming} naming -> {config['arch']}, width {config['width']:g}, "

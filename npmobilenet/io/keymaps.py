@@ -40,7 +40,9 @@ Where timm's architecture differs from torchvision's (the model built for a file
   torchvision scales the paper's absolute expansion sizes (identical at width 1.0 only);
 - V1 exists only in timm (ReLU6, eps 1e-5, channels rounded to multiples of 8).
 timm's default `pad_type=''` pads symmetrically, as torchvision does and we do; timm's `tf_*`
-models pad asymmetrically ('same') and are not supported.
+models pad as TensorFlow does ('same': asymmetric at stride 2 on even sizes) with batch-norm eps
+1e-3, and have the same keys and shapes: `from_weights(..., variant="tf")` builds that variant
+(`padding="same"`), since the file cannot tell.
 """
 import numpy as np
 

@@ -66,10 +66,15 @@ def _conv_weight_oihw(conv):
         return to_torch("pointwise", w), dict(kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], group=1)
     if isinstance(conv, (Conv2d, DepthwiseConv2d)):
         depthwise = isinstance(conv, DepthwiseConv2d)
-        top, bottom, left, right = conv.padding
         attributes = dict(kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
-                          dilations=list(conv.dilation), pads=[top, left, bottom, right],
-                          group=conv.in_channels if depthwise else 1)
+                          dilations=list(conv.dilation), group=conv.in_channels if depthwise else 1)
+        if conv.same:
+            # TensorFlow's 'same' (the odd pixel after) is ONNX's SAME_UPPER, resolved by the
+            # runtime for each input size, as our layer does
+            attributes["auto_pad"] = "SAME_UPPER"
+        else:
+            top, bottom, left, right = conv.padding
+            attributes["pads"] = [top, left, bottom, right]
         return to_torch("depthwise" if depthwise else "conv", w), attributes
     raise TypeError(f"cannot export a {type(conv).__name__} convolution")
 

@@ -73,6 +73,7 @@ def add_arguments(parser):
                         help="npmobilenet .npz, or torchvision/timm .safetensors/.pth")
     parser.add_argument("--arch", default=None, help="expected architecture (checked against the file)")
     parser.add_argument("--width", type=float, default=None, help="width multiplier, if the file's cannot be inferred")
+    parser.add_argument("--tf", action="store_true", help="the weights are one of timm's tf_mobilenetv3_* (see convert --tf)")
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--labels", default=None, metavar="FILE", help="class names, one per line (default: ImageNet's for 1000 classes)")
@@ -100,7 +101,7 @@ def run(args):
     if qformat.is_quantized(args.weights):
         model = qformat.load_quantized(args.weights)   # int8, integer-only inference
     else:
-        model = from_weights(args.weights, arch=args.arch, width=args.width)
+        model = from_weights(args.weights, arch=args.arch, width=args.width, variant="tf" if args.tf else None)
     t1 = time.perf_counter()
     notes = []
     results = classify(model, args.images, args.topk, preprocess, labels, args.batch_size, notes)

@@ -361,8 +361,15 @@ def load_weights(model, path):
     return _load_foreign(model, path, state, info)
 
 
+# timm's tf_* models: TensorFlow's padding and batch-norm eps (timm's BN_EPS_TF_DEFAULT; its
+# momentum stays timm's 0.1)
+TF_VARIANT = dict(padding="same", bn_eps=1e-3)
+
+
 def _load_foreign(model, path, state, info):
     config = model.config
+    if config.get("padding") == "same" and info.naming == "timm" and info.arch.startswith("mobilenet_v3"):
+        info.overrides.update(TF_VARIANT)        # a model built with TF padding is the tf_* variant
     library = keymaps.LIBRARY_MODEL_NAMES[(info.naming, info.arch)]
     if info.arch != config["arch"]:
         raise ValueError(f"{path} holds {info.naming}'s {library} ({info.arch}) weights, but the model is "
@@ -388,26 +395,43 @@ def _load_foreign(model, path, state, info):
     return model
 
 
-def from_weights(path, arch=None, width=None, num_classes=None):
+VARIANTS = (None, "tf")
+
+
+def from_weights(path, arch=None, width=None, num_classes=None, variant=None):
     """Build the model `path` describes and load it, in eval mode.
 
     For a foreign file, the architecture, width, class count and the library's variant (timm's
-    V3 batch-norm eps, unscaled stem and head, expansion widths) are read from the file; `arch`,
-    `width` and `num_classes`, if given, must agree with it (`width` is needed only when it cannot
-    be inferred). An npmobilenet .npz rebuilds from its saved config.
+    V3 batch-norm eps, unscaled stem and head, expansion widths, depth-multiplied V2) are read
+    from the file; `arch`, `width` and `num_classes`, if given, must agree with it (`width` is
+    needed only when it cannot be inferred). An npmobilenet .npz rebuilds from its saved config.
+
+    `variant="tf"`: the file holds one of timm's `tf_mobilenetv3_*` models (weights ported from
+    TensorFlow), which pad as TensorFlow does ('same') and use its batch-norm eps (1e-3). Its keys and shapes are those of `mobilenetv3_*`, so the file cannot say which
+    it is: loaded without `variant="tf"`, such a file gives slightly wrong outputs.
     """
     from npmobilenet.models import build
 
     path = os.fspath(path)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be None or 'tf' (timm's tf_* models), got {variant!r}")
     fmt = sniff_format(path)
     if fmt == "npz":
         from npmobilenet.training import checkpoint
 
         info = inspect_weights(path)
         _check_requested(path, info, arch, width, num_classes)
+        if variant == "tf" and info.overrides.get("padding") != "same":
+            raise ValueError(f"{path} is an npmobilenet checkpoint of a model without TensorFlow padding; "
+                             "variant='tf' applies to timm's tf_* weight files")
         return checkpoint.load(path)
     state = read_foreign_state(path)
     info = _inspect_state(path, fmt, state)
+    if variant == "tf":
+        if info.naming != "timm" or not info.arch.startswith("mobilenet_v3"):
+            raise ValueError(f"{path} holds {info.naming}'s {info.arch}; variant='tf' is timm's tf_mobilenetv3_* "
+                             "(MobileNetV3 only)")
+        info.overrides.update(TF_VARIANT)
     if info.width is None:
         if width is None:
             raise ValueError(f"{path}: cannot infer the width multiplier of this {info.arch}; pass width=")

@@ -8,7 +8,7 @@ import numpy as np
 
 from npmobilenet import ops
 from npmobilenet.layers.base import Layer
-from npmobilenet.ops.geometry import as_pair, as_padding
+from npmobilenet.ops.geometry import as_pair, as_padding, tf_same_padding
 
 
 def _he_normal(rng, shape, fan_out, dtype=np.float32):
@@ -27,14 +27,14 @@ class _Conv(Layer):
         self.bias = self.add_param("bias", np.zeros(out_channels, weight.dtype), decay=False) if bias else None
         self._x = None
 
-    def _geometry(self):
+    def _geometry(self, x_shape):
         return {}
 
     def forward(self, x):
         if x.ndim != 4 or x.shape[3] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects x of shape (N, H, W, {self.in_channels}), got {x.shape}")
         self._x = x
-        y = self._op(x, self.weight.data, **self._geometry())
+        y = self._op(x, self.weight.data, **self._geometry(x.shape))
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -42,7 +42,7 @@ class _Conv(Layer):
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        dx, dw = self._op_backward(dy, self._x, self.weight.data, **self._geometry())
+        dx, dw = self._op_backward(dy, self._x, self.weight.data, **self._geometry(self._x.shape))
         self.weight.grad[...] = dw
         if self.bias is not None:
             self.bias.grad[...] = dy.sum(axis=(0, 1, 2))
@@ -50,17 +50,35 @@ class _Conv(Layer):
 
 
 class _SpatialConv(_Conv):
-    """A convolution with a KH x KW window: stride, padding (top, bottom, left, right), dilation."""
+    """A convolution with a KH x KW window: stride, padding (top, bottom, left, right), dilation.
+
+    `padding="same"` pads as TensorFlow does (`ops.geometry.tf_same_padding`), which depends on
+    the input size: `padding_at(H, W)` gives the sides for an input (`padding` is then None).
+    """
 
     def __init__(self, in_channels, out_channels, weight, kernel_size, stride, padding, dilation, bias):
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         self.stride = as_pair(stride, "stride")
-        self.padding = as_padding(padding)
         self.dilation = as_pair(dilation, "dilation")
+        self.set_padding(padding)
         super().__init__(in_channels, out_channels, weight, bias)
 
-    def _geometry(self):
-        t, b, l, r = self.padding
+    def set_padding(self, padding):
+        """Fixed sides (int, pair, ((top, bottom), (left, right))) or TensorFlow's 'same'."""
+        self.same = isinstance(padding, str) and padding == "same"
+        if isinstance(padding, str) and not self.same:
+            raise ValueError(f"padding must be an int, a pair, ((top, bottom), (left, right)) or 'same', got {padding!r}")
+        self.padding = None if self.same else as_padding(padding)
+
+    def padding_at(self, height, width):
+        """(top, bottom, left, right) for an input of height x width."""
+        if not self.same:
+            return self.padding
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        return tf_same_padding(height, kh, sh, dh) + tf_same_padding(width, kw, sw, dw)
+
+    def _geometry(self, x_shape):
+        t, b, l, r = self.padding_at(x_shape[1], x_shape[2])
         return dict(stride=self.stride, padding=((t, b), (l, r)), dilation=self.dilation)
 
     def extra_repr(self):

@@ -69,7 +69,7 @@ DEFAULTS = {
 # Per-block overrides: one int per block of the architecture.
 PER_BLOCK = ("expanded_channels", "se_channels")
 OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels",
-             "repeats") + PER_BLOCK
+             "repeats", "padding") + PER_BLOCK
 # Tables with a repeat column n, which the `repeats` option replaces row by row (a depth
 # multiplier, e.g. timm's mobilenetv2_110d); V3's tables list every block.
 REPEAT_TABLES = {"mobilenet_v1": tables.V1_BLOCKS, "mobilenet_v2": tables.V2_BLOCKS}
@@ -186,6 +186,10 @@ def _check_args(arch, width, num_classes, overrides):
         if not isinstance(repeats, (list, tuple)) or len(repeats) != rows or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in repeats):
             raise ValueError(f"repeats must list one int >= 1 per row of {arch}'s table ({rows} rows), got {repeats!r}")
+    padding = overrides.get("padding")
+    if padding is not None and padding not in ("symmetric", "same"):
+        raise ValueError(f"padding must be 'symmetric' (torchvision's and timm's default) or 'same' "
+                         f"(TensorFlow's, as in timm's tf_* models), got {padding!r}")
     dropout = overrides.get("dropout")
     if dropout is not None and not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -200,8 +204,9 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     arch: one of `ARCHS`; width: the width multiplier alpha (channels rounded to multiples of 8);
     num_classes: classifier outputs; seed: initialisation and dropout seed. `overrides` change the
     architecture's free choices (bn_eps, bn_momentum, dropout, stem_channels, head_channels,
-    last_channels, repeats per table row for V1 and V2, and per block expanded_channels and
-    se_channels), e.g. to follow timm's variant of a model or to describe a pruned one. The model's `config` records all of
+    last_channels, repeats per table row for V1 and V2, padding 'same' for TensorFlow's padding,
+    and per block expanded_channels and se_channels), e.g. to follow timm's variant of a model or
+    to describe a pruned one. The model's `config` records all of
     it, so `build(**model.config)` rebuilds the same architecture.
     """
     spec = arch_spec(arch, width, **overrides)
@@ -237,7 +242,13 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
 
     config = dict(arch=arch, width=float(width), num_classes=int(num_classes))
     config.update({k: v for k, v in overrides.items() if v is not None})
-    for key in PER_BLOCK:
+    for key in PER_BLOCK + ("repeats",):
         if key in config:
             config[key] = [int(v) for v in config[key]]  # JSON-ready
-    return MobileNet(config, spec, stem, blocks, head, classifier)
+    model = MobileNet(config, spec, stem, blocks, head, classifier)
+    if overrides.get("padding") == "same":
+        # TensorFlow's padding, on every KxK convolution (at stride 1 it is the symmetric one)
+        for _, layer in model.modules():
+            if hasattr(layer, "set_padding"):
+                layer.set_padding("same")
+    return model

@@ -59,6 +59,15 @@ def as_padding(padding):
     return sides
 
 
+def tf_same_padding(size, kernel, stride, dilation=1):
+    """TensorFlow's 'SAME' padding along one axis: (before, after) such that the output has
+    ceil(size / stride) positions; the odd pixel, if any, goes after (so at stride 2 on an even
+    size the padding is asymmetric, (0, 1) for a 3-wide kernel). Depends on the input size."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 def output_size(size, kernel, stride, pad_before, pad_after, dilation):
     """Output length along one axis: floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1."""
     span = dilation * (kernel - 1) + 1
