@@ -3,12 +3,17 @@
     python benchmarks/int8_latency.py --threads 1,2 --repeat 15
 
 For each architecture: a random-weight model, quantized per channel on a few random images (the
-latency does not depend on the weights), timed at batch 1 three ways, interleaved call by call so
-that machine noise falls on all three alike: int8 integer-only (the default), int8 with
+latency does not depend on the weights), timed at batch 1 three ways, in three rounds of blocks
+of calls (two untimed calls open each block, so that the previous engine's idle threads,
+spinning or asleep, do not fall on the next one's timings): int8 integer-only (the default), int8 with
 `integer_only = False` (layers of at least `EXACT_MIN_MACS` compute their integer sums on the
 exact float32 paths of `compression/qkernels.py`), and the fused float model. Medians in ms, and
 each int8 variant's ratio to float (above 1: slower than float). Checks first that both int8
 variants give the same int8 logits.
+
+`--onnxruntime` also times ONNX Runtime, same threads, same loop, on the float model exported by
+`export_onnx` and on the int8 model exported in QDQ form (which ONNX Runtime runs on its own
+integer kernels, QLinearConv and QGemm): the peer's view of int8 against float on this machine.
 """
 import argparse
 import time
@@ -16,7 +21,25 @@ import time
 import numpy as np
 
 
-def measure(arch, threads, repeat, seed=0):
+def _onnxruntime_engines(model, qmodel, x, threads, workdir):
+    import os
+
+    import onnxruntime as ort
+
+    from npmobilenet.io.onnx_export import export_onnx
+
+    engines = {}
+    for name, m in (("onnxruntime float32", model), ("onnxruntime int8 (QDQ)", qmodel)):
+        path = export_onnx(m, os.path.join(workdir, name.split()[1] + ".onnx"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+        engines[name] = (lambda s, f: lambda: s.run(["logits"], f))(session, feed)
+    return engines
+
+
+def measure(arch, threads, repeat, seed=0, onnxruntime=False):
     import npmobilenet
     from npmobilenet import config, quantize
 
@@ -36,14 +59,23 @@ def measure(arch, threads, repeat, seed=0):
         raise AssertionError(f"{arch}: the exact float32 paths changed the int8 result")
     engines = {"int8, integer-only": lambda: run(True), "int8, float kernels": lambda: run(False),
                "fused float32": lambda: fused(x)}
+    if onnxruntime:
+        import tempfile
+
+        workdir = tempfile.mkdtemp()
+        engines.update(_onnxruntime_engines(model, qmodel, x, threads, workdir))
     times = {name: [] for name in engines}
     for fn in engines.values():       # warm-up (compilation, plans)
         fn()
-    for _ in range(repeat):
+    rounds = 3
+    for _ in range(rounds):
         for name, fn in engines.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(2):          # untimed: let the last engine's threads go quiet
+                fn()
+            for _ in range(max(1, repeat // rounds)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
 
 
@@ -52,17 +84,23 @@ def main(argv=None):
     parser.add_argument("archs", nargs="*", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime on the float and QDQ exports")
     args = parser.parse_args(argv)
-    print("| model | threads | int8 integer-only ms (vs float) | int8 on float kernels ms (vs float) "
-          "| fused float32 ms |")
-    print("|---|---|---|---|---|")
+    header = "| model | threads | int8 integer-only ms (vs float) | int8 on float kernels ms (vs float) | fused float32 ms |"
+    if args.onnxruntime:
+        header += " ONNX Runtime float32 ms | ONNX Runtime int8 QDQ ms (vs its float) |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
     for threads in (int(t) for t in args.threads.split(",")):
         for arch in args.archs:
-            r = measure(arch, threads, args.repeat)
+            r = measure(arch, threads, args.repeat, onnxruntime=args.onnxruntime)
             fl = r["fused float32"]
             a, b = r["int8, integer-only"], r["int8, float kernels"]
-            print(f"| {arch} | {threads} | {a:.2f} ({a / fl:.2f}x) | {b:.2f} ({b / fl:.2f}x) | {fl:.2f} |",
-                  flush=True)
+            line = f"| {arch} | {threads} | {a:.2f} ({a / fl:.2f}x) | {b:.2f} ({b / fl:.2f}x) | {fl:.2f} |"
+            if args.onnxruntime:
+                of, oq = r["onnxruntime float32"], r["onnxruntime int8 (QDQ)"]
+                line += f" {of:.2f} | {oq:.2f} ({oq / of:.2f}x) |"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,45 @@ def test_tensorflow_padding_exports_as_same_upper(tmp_path):
     for h, w in ((224, 224), (161, 130)):
         x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
         assert_logits_match(model(x), run_onnx(path, x.transpose(0, 3, 1, 2)), f"tf {h}x{w}")
+
+
+def test_int8_model_exports_in_qdq_form_and_agrees_with_ours(tmp_path):
+    # the trained digits model (fixture), quantized per channel; its int8 graph in QDQ form
+    from npmobilenet.training import load_digits
+
+    model = npmobilenet.load(os.path.join(FIXTURES, "compression", "digits_v2_w035.npz"))
+    train, test = load_digits(32)
+    qmodel = npmobilenet.quantize(model, train.images[:128])
+    path = export_onnx(qmodel, tmp_path / "int8.onnx")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = collections.Counter(node.op_type for node in proto.graph.node)
+    assert ops["QuantizeLinear"] == len(qmodel.ops) + 1 and ops["DequantizeLinear"] >= ops["QuantizeLinear"]
+    # every weight is stored as int8 (biases int32), none as float
+    int8 = onnx.TensorProto.INT8
+    weights = [t for t in proto.graph.initializer if t.name.endswith(".weight.quantized")]
+    assert weights and all(t.data_type == int8 for t in weights)
+    assert not [t for t in proto.graph.initializer if t.dims and len(t.dims) >= 2 and t.data_type == onnx.TensorProto.FLOAT]
+    x = test.images[:200]
+    ours, theirs = qmodel(x), run_onnx(path, x.transpose(0, 3, 1, 2))
+    step = qmodel.tensors[qmodel.output][0]
+    # ONNX Runtime requantizes with a float multiplier, we with its fixed-point form: a step here
+    # and there, carried through the network, never more than a few output steps
+    assert np.abs(ours - theirs).max() <= 16 * step
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.97
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v3_small"])
+def test_int8_qdq_export_of_every_op_kind(arch, tmp_path, capsys):
+    # V1 (clamps only) and V3 (hard-swish tables, SE: mean, linear, gate, channel scale; residual adds)
+    model = npmobilenet.build(arch, width=0.35, num_classes=10).eval()
+    images = np.random.default_rng(2).uniform(0, 1, (8, 48, 48, 3)).astype(np.float32)
+    qmodel = npmobilenet.quantize(model, images)
+    path = export_onnx(qmodel, tmp_path / "int8.onnx", input_layout="nhwc")
+    ours, theirs = qmodel(images), run_onnx(path, images)
+    assert np.abs(ours - theirs).max() <= 16 * qmodel.tensors[qmodel.output][0]
+    # and from the command line, from the int8 checkpoint
+    qmodel.save(str(tmp_path / "int8.npz"))
+    assert main(["export-onnx", str(tmp_path / "int8.npz"), str(tmp_path / "cli.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "int8 in QDQ form" in out and "verified in ONNX Runtime" in out

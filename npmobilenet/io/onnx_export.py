@@ -193,8 +193,10 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
         raise ValueError(f"opset must be an int >= 14 (HardSwish), got {opset!r}")
     config = getattr(model, "config", None)
-    if not isinstance(config, dict):
+    if not isinstance(config, dict) or "arch" not in config:
         raise TypeError(f"model must be an npmobilenet model with a .config, got {type(model).__name__}")
+
+    from npmobilenet.compression.quantize import QuantizedModel
 
     graph = _GraphBuilder(onnx)
     if input_layout == "nchw":
@@ -203,7 +205,12 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
         input_shape = [batch_dim, "H", "W", 3]
         x = graph.add("Transpose", ["input"], "input_nchw", perm=[0, 3, 1, 2])
     graph._names.add("input")
-    logits = _Exporter(graph, fold_batchnorm).layer(model, x, "")
+    if isinstance(model, QuantizedModel):
+        from npmobilenet.io.onnx_qdq import build_qdq_onnx
+
+        logits = build_qdq_onnx(model, graph, x, helper)
+    else:
+        logits = _Exporter(graph, fold_batchnorm).layer(model, x, "")
     output = graph.add("Identity", [logits], "logits")
     proto_graph = helper.make_graph(
         graph.nodes, f"npmobilenet_{config['arch']}",
@@ -221,7 +228,8 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
 
 
 def export_onnx(model, path, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold_batchnorm=True):
-    """Write `model` as an ONNX graph to `path` (atomically) and return `path`.
+    """Write `model` as an ONNX graph to `path` (atomically) and return `path`. An int8 model
+    (`npmobilenet.quantize`) is written in QDQ form (see `onnx_qdq`).
 
     batch: None or "dynamic" (symbolic batch) or an int. The graph takes `input` (N, 3, H, W)
     float32 (or (N, H, W, 3) with input_layout="nhwc") and returns `logits` (N, num_classes); it
@@ -258,7 +266,8 @@ def _batch_argument(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="npmobilenet .npz, or torchvision/timm weights")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="npmobilenet .npz (float or int8: int8 is written in QDQ form), or torchvision/timm weights")
     parser.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
     parser.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 14)")
@@ -269,21 +278,30 @@ def add_arguments(parser):
 
 
 def run(args):
+    from npmobilenet.compression import qformat
     from npmobilenet.extras import available
     from npmobilenet.io.weights import from_weights
 
     batch = _batch_argument(args.batch)
-    model = from_weights(args.checkpoint)
+    quantized = qformat.is_quantized(args.checkpoint)
+    model = qformat.load_quantized(args.checkpoint) if quantized else from_weights(args.checkpoint)
     export_onnx(model, args.out, batch, args.opset, args.layout, not args.no_fold_bn)
     config = model.config
     print(f"wrote {args.out}: {config['arch']} width {config['width']:g}, {config['num_classes']} classes, "
-          f"opset {args.opset}, input {'N' if batch is None else batch}x"
+          + ("int8 in QDQ form, " if quantized else "")
+          + f"opset {args.opset}, input {'N' if batch is None else batch}x"
           + ("3xHxW (NCHW)" if args.layout == "nchw" else "HxWx3 (NHWC)"))
     if not args.no_verify and available("onnxruntime"):
         n = batch or 2
-        x = np.random.default_rng(0).standard_normal((n, 224, 224, 3)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        if quantized:   # images in the calibrated range (the input's int8 grid)
+            scale, zero = model.tensors["input"]
+            x = (scale * (rng.integers(-128, 128, (n, 224, 224, 3)) - zero)).astype(np.float32)
+        else:
+            x = rng.standard_normal((n, 224, 224, 3)).astype(np.float32)
         ours = model(x)
         theirs = run_onnx(args.out, x.transpose(0, 3, 1, 2) if args.layout == "nchw" else x)
         diff = float(np.abs(ours - theirs).max())
-        print(f"verified in ONNX Runtime: max |logit difference| {diff:.2e} (logit scale {float(np.abs(ours).max()):.2e})")
+        note = f" = {diff / model.tensors[model.output][0]:.0f} int8 output steps" if quantized else ""
+        print(f"verified in ONNX Runtime: max |logit difference| {diff:.2e}{note} (logit scale {float(np.abs(ours).max()):.2e})")
     return 0
