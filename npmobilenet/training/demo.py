@@ -52,10 +52,10 @@ def limited_threads(threads):
     """Run with `threads` Numba threads and (via threadpoolctl, which scikit-learn brings) as many
     BLAS threads; restores both afterwards.
 
-    Why 1 by default: the result is then the same on every machine (the thread count changes the
-    order of floating-point sums: seed 0 gives 98.89% on 1 thread, 97.77% on 2), and it does not
-    depend on the other core being free. Two threads are faster on an idle 2-core machine: the whole
-    demo took 36 s with `--threads 2` against 47 s with 1.
+    Why 1 by default: the result is then the same run after run on one machine (the thread count
+    changes the order of floating-point sums: seed 0 gives 98.61% on 1 thread, 97.77% on 2), and it
+    does not depend on the other core being free. Two threads bought nothing measurable on the
+    shared development machine (40 s of training, against 32 to 39 s on one).
     """
     from npmobilenet.config import get_num_threads, set_num_threads
 
