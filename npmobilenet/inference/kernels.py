@@ -27,10 +27,12 @@ what the tests call; the fused model calls the kernels directly with its planned
 - `global_avg_pool` and `linear` (bias + activation; column blocks in parallel: at batch 1 the
   classifier is a matrix-vector product bound by reading its weights).
 
-Every kernel exists twice, compiled serial and parallel (`prange` over row tiles, output rows
-or column blocks, whose writes are disjoint). The tiling depends on shapes only, never on the
-thread count, so every output element is computed by the same instructions whatever the number
-of threads: results are bitwise identical across thread counts.
+Each kernel is a loop over its tiles (row tiles, output rows, images or column blocks, whose
+writes are disjoint), and the tile itself is a function of its own (`_pointwise_tile`,
+`_depthwise_tile`, ...), which the whole-network executor (`program.py`) calls directly. Every
+kernel exists twice, compiled serial and parallel (`prange` over the tiles). The tiling depends
+on shapes only, never on the thread count, so every output element is computed by the same
+instructions whatever the number of threads: results are bitwise identical across thread counts.
 """
 import math
 
