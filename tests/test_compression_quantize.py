@@ -384,3 +384,26 @@ def test_bad_inputs_are_named(images):
     with pytest.raises(TypeError, match="float"):
         qmodel(images.astype(np.int32))
     assert isinstance(qmodel, QuantizedModel) and qmodel.num_classes == 10
+
+
+def test_tensorflow_padding_models_quantize_bit_for_bit(tmp_path):
+    # timm's tf_mobilenetv3_small (fixture made by timm): 'same' padding, worked out per input size
+    import os
+
+    from npmobilenet.compression.qformat import load_quantized
+    from npmobilenet.io.weights import from_weights
+
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    model = from_weights(os.path.join(fixtures, "timm_tf_mobilenetv3_small_w010.safetensors"), variant="tf")
+    images = np.random.default_rng(3).standard_normal((6, 65, 64, 3)).astype(np.float32)
+    qmodel = quantize(model, images)
+    assert {op.padding for op in qmodel.ops if getattr(op, "variant", "") in ("standard", "depthwise")} == {"same"}
+    for shape in ((2, 65, 64, 3), (1, 48, 48, 3)):      # odd and even sizes pad differently
+        xq = qmodel.quantize_input(np.random.default_rng(4).uniform(-2, 2, shape).astype(np.float32))
+        got, expected = qmodel.run(xq, record=True), qreference.run_graph(qmodel, xq)
+        for name in expected:
+            assert np.array_equal(got[name], expected[name]), name
+    path = str(tmp_path / "tf.int8.npz")
+    qmodel.save(path)
+    again = load_quantized(path)
+    assert np.array_equal(again(images), qmodel(images))

@@ -42,6 +42,18 @@ def to_int8(acc, multiplier, shift, zero_point, lo=-128, hi=127):
     return np.clip(requantize(acc, multiplier, shift) + zero_point, lo, hi).astype(np.int8)
 
 
+def _padding(op, x_shape):
+    """The op's (top, bottom, left, right), TensorFlow's 'same' worked out for this input:
+    ceil(size / stride) outputs, the odd padding pixel after."""
+    if op.padding != "same":
+        return op.padding
+    sides = []
+    for size, k, s, d in zip(x_shape[1:3], op.weight.shape[:2], op.stride, op.dilation):
+        total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        sides += [total // 2, total - total // 2]
+    return tuple(sides)
+
+
 def _pad_to_zero_point(x, padding, zero_point):
     t, b, l, r = padding
     return np.pad(x.astype(np.int64), ((0, 0), (t, b), (l, r), (0, 0)), constant_values=zero_point)
@@ -134,10 +146,12 @@ def run_graph(qmodel, xq):
             args = (op.bias, op.multiplier, op.shift, zy, op.lo, op.hi)
             if op.variant in ("linear", "pointwise"):
                 y = pointwise(xs[0], zx, op.weight, *args)
-            elif op.variant == "depthwise":
-                y = depthwise_conv2d(xs[0], zx, op.weight, *args, op.stride, op.padding, op.dilation)
             else:
-                y = conv2d(xs[0], zx, op.weight, *args, op.stride, op.padding, op.dilation)
+                padding = _padding(op, xs[0].shape)
+                if op.variant == "depthwise":
+                    y = depthwise_conv2d(xs[0], zx, op.weight, *args, op.stride, padding, op.dilation)
+                else:
+                    y = conv2d(xs[0], zx, op.weight, *args, op.stride, padding, op.dilation)
         elif op.kind == "lookup":
             y = lookup(xs[0], op.table)
         elif op.kind == "mean":

@@ -34,7 +34,7 @@ import numpy as np
 
 from npmobilenet.compression import calibrate as cal
 from npmobilenet.compression import qkernels
-from npmobilenet.ops.geometry import conv_geometry
+from npmobilenet.ops.geometry import conv_geometry, tf_same_padding
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights use [-127, 127], so -w is representable whenever w is (TFLite)
@@ -114,9 +114,18 @@ def _float_conv(variant, x, w, stride, padding, dilation):
     return y
 
 
+def resolve_padding(padding, x_shape, kh, kw, stride, dilation):
+    """(top, bottom, left, right) of a convolution for input `x_shape`: the stored sides, or
+    TensorFlow's 'same' worked out for this input size (timm's tf_* models)."""
+    if isinstance(padding, str) and padding == "same":
+        return (tf_same_padding(x_shape[1], kh, stride[0], dilation[0])
+                + tf_same_padding(x_shape[2], kw, stride[1], dilation[1]))
+    return tuple(int(p) for p in padding)
+
+
 def _conv_geometry(x_shape, kh, kw, stride, padding, dilation):
-    """`conv_geometry` for padding stored as (top, bottom, left, right)."""
-    t, b, l, r = padding
+    """`conv_geometry` for padding stored as (top, bottom, left, right) or 'same'."""
+    t, b, l, r = resolve_padding(padding, x_shape, kh, kw, stride, dilation)
     return conv_geometry(x_shape, kh, kw, stride, ((t, b), (l, r)), dilation)
 
 
@@ -192,11 +201,8 @@ def _conv_variant(conv):
 def _geometry(conv):
     if _conv_variant(conv) in ("pointwise", "linear"):
         return dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
-    if conv.same:
-        raise NotImplementedError(
-            "quantize: this model pads as TensorFlow does ('same', built with padding='same', e.g. timm's tf_* "
-            "weights), which the int8 graph does not support yet; quantize a model with the default padding")
-    return dict(stride=tuple(conv.stride), padding=tuple(conv.padding), dilation=tuple(conv.dilation))
+    padding = "same" if conv.same else tuple(conv.padding)
+    return dict(stride=tuple(conv.stride), padding=padding, dilation=tuple(conv.dilation))
 
 
 class _Folder:
@@ -356,11 +362,13 @@ class QConv(QOp):
         self.weight, self.weight_scale, self.bias = weight, weight_scale, bias
         self.multiplier, self.shift = multiplier, shift
         self.lo, self.hi = int(lo), int(hi)
-        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.stride, self.dilation = tuple(stride), tuple(dilation)
+        self.padding = "same" if isinstance(padding, str) and padding == "same" else tuple(padding)
 
     def attrs(self):
         return dict(super().attrs(), variant=self.variant, lo=self.lo, hi=self.hi, stride=list(self.stride),
-                    padding=list(self.padding), dilation=list(self.dilation), activation=self.activation)
+                    padding=self.padding if self.padding == "same" else list(self.padding),
+                    dilation=list(self.dilation), activation=self.activation)
 
     @property
     def out_channels(self):
@@ -405,11 +413,13 @@ class QConv(QOp):
                 y = k.pointwise_int8(x2d, zx, self.weight, *args)
             return y.reshape(*x.shape[:-1], -1)
         out_shape = self.output_shape(x.shape)
+        kh, kw = self.weight.shape[:2]
+        padding = resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation)
         taps = self.weight.size // self.out_channels if self.variant == "standard" else self.weight[..., 0].size
         if exact and self.dilation == (1, 1) and taps <= chunk:
             kernel = k.depthwise_conv2d_int8_exact if self.variant == "depthwise" else k.conv2d_int8_exact
-            return kernel(x, zx, wf, *args, self.stride, self.padding, out_shape)
-        geometry = (self.stride, self.padding, self.dilation, out_shape)
+            return kernel(x, zx, wf, *args, self.stride, padding, out_shape)
+        geometry = (self.stride, padding, self.dilation, out_shape)
         if self.variant == "depthwise":
             return k.depthwise_conv2d_int8(x, zx, self.weight, *args, *geometry)
         return k.conv2d_int8(x, zx, self.weight, *args, *geometry)

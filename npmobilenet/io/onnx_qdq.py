@@ -70,10 +70,14 @@ def build_qdq_onnx(qmodel, graph, x, helper):
                 if op.variant == "pointwise":
                     attributes = dict(kernel_shape=[1, 1])
                 else:
-                    top, bottom, left, right = op.padding
                     attributes = dict(kernel_shape=list(op.weight.shape[:2]), strides=list(op.stride),
-                                      pads=[top, left, bottom, right], dilations=list(op.dilation),
+                                      dilations=list(op.dilation),
                                       group=op.out_channels if op.variant == "depthwise" else 1)
+                    if op.padding == "same":            # TensorFlow's: ONNX's SAME_UPPER
+                        attributes["auto_pad"] = "SAME_UPPER"
+                    else:
+                        top, bottom, left, right = op.padding
+                        attributes["pads"] = [top, left, bottom, right]
                 y = graph.add("Conv", [xs[0], w, bias], f"{op.name}.conv", **attributes)
             if op.activation == "relu":
                 y = graph.add("Relu", [y], f"{op.name}.relu")
