@@ -1,7 +1,9 @@
-"""Batch normalisation (Ioffe & Szegedy, 2015) over the channel axis of NHWC activations."""
+"""Batch normalisation (Ioffe & Szegedy, 2015) over the channel axis of NHWC activations; the
+arithmetic is `npmobilenet.ops.batch_norm`."""
 import numpy as np
 
 from npmobilenet.layers.base import Layer
+from npmobilenet.ops.batch_norm import batch_norm_backward, batch_norm_forward, batch_statistics
 
 
 class BatchNorm(Layer):
@@ -34,44 +36,27 @@ class BatchNorm(Layer):
     def forward(self, x):
         if x.ndim != 4 or x.shape[3] != self.channels:
             raise ValueError(f"BatchNorm expects x of shape (N, H, W, {self.channels}), got {x.shape}")
-        # Work on (N*H*W, C): each channel's statistics are column reductions, one pass each.
-        rows = x.reshape(-1, self.channels)
-        count = rows.shape[0]
         if self.training:
-            mean = rows.mean(axis=0)
-            x_hat = rows - mean
-            var = np.einsum("ij,ij->j", x_hat, x_hat) / count
+            mean, var = batch_statistics(x)
+            count = x.size // self.channels
             unbiased = var * (count / max(count - 1, 1))
             self.running_mean[...] = (1 - self.momentum) * self.running_mean + self.momentum * mean
             self.running_var[...] = (1 - self.momentum) * self.running_var + self.momentum * unbiased
         else:
-            x_hat = rows - self.running_mean.astype(x.dtype)
-            var = self.running_var
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat *= inv_std
-        self._cache = (x_hat, inv_std, self.training, x.shape)
-        y = x_hat * self.gamma.data
-        y += self.beta.data
-        return y.reshape(x.shape)
+            mean, var = self.running_mean, self.running_var
+        # the input itself is kept for the backward pass, which recomputes x_hat from it
+        self._cache = (x, mean, var, self.training)
+        return batch_norm_forward(x, mean, var, self.gamma.data, self.beta.data, self.eps)
 
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward")
-        x_hat, inv_std, training, shape = self._cache
-        dy = dy.reshape(x_hat.shape)
-        self.gamma.grad[...] = np.einsum("ij,ij->j", dy, x_hat)
-        self.beta.grad[...] = dy.sum(axis=0)
-        scale = self.gamma.data * inv_std
-        if not training:
-            return (dy * scale).reshape(shape)
-        # The batch statistics depend on x, so the gradient has two extra terms (Ioffe & Szegedy,
-        # section 3): dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
-        count = x_hat.shape[0]
-        dx = x_hat * (-self.gamma.grad / count)
-        dx += dy
-        dx -= self.beta.grad / count
-        dx *= scale
-        return dx.reshape(shape)
+        x, mean, var, training = self._cache
+        # in training mode the batch statistics depend on x: Ioffe & Szegedy, section 3
+        dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, var, self.gamma.data, self.eps, training)
+        self.gamma.grad[...] = dgamma
+        self.beta.grad[...] = dbeta
+        return dx
 
     def extra_repr(self):
         return f"{self.channels}, eps={self.eps}, momentum={self.momentum}"

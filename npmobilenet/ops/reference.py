@@ -126,3 +126,33 @@ def pointwise_conv2d_backward(dy, x, w):
     dx = np.einsum("nhwd,cd->nhwc", dy, w)
     dw = np.einsum("nhwc,nhwd->cd", x, dy)
     return dx, dw
+
+
+# -- batch normalisation (Ioffe & Szegedy, 2015): x (N, H, W, C), statistics per channel -----------
+def batch_statistics(x):
+    """Per-channel mean and biased variance over N, H, W, in float64."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=(0, 1, 2))
+    return mean, ((x - mean) ** 2).mean(axis=(0, 1, 2))
+
+
+def batch_norm(x, mean, var, gamma, beta, eps):
+    x_hat = (np.asarray(x, np.float64) - mean) / np.sqrt(var + eps)
+    return gamma * x_hat + beta
+
+
+def batch_norm_backward(dy, x, mean, var, gamma, eps, training):
+    """(dx, dgamma, dbeta); with `training` the statistics are x's own, and dx follows the chain
+    rule through them: Algorithm 1 differentiated term by term (not the simplified formula)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    count = x.shape[0] * x.shape[1] * x.shape[2]
+    std = np.sqrt(var + eps)
+    x_hat = (x - mean) / std
+    dgamma = (dy * x_hat).sum(axis=(0, 1, 2))
+    dbeta = dy.sum(axis=(0, 1, 2))
+    dx_hat = dy * gamma
+    if not training:
+        return dx_hat / std, dgamma, dbeta
+    dvar = (dx_hat * (x - mean)).sum(axis=(0, 1, 2)) * -0.5 * (var + eps) ** -1.5
+    dmean = -(dx_hat / std).sum(axis=(0, 1, 2)) + dvar * (-2.0 * (x - mean)).mean(axis=(0, 1, 2))
+    return dx_hat / std + dvar * 2.0 * (x - mean) / count + dmean / count, dgamma, dbeta
