@@ -53,9 +53,9 @@ def limited_threads(threads):
     BLAS threads; restores both afterwards.
 
     Why 1 by default: the result is then the same run after run on one machine (the thread count
-    changes the order of floating-point sums: seed 0 gives 98.61% on 1 thread, 97.77% on 2), and it
+    changes the order of floating-point sums: seed 0 gives 97.77% on 1 thread, 98.61% on 2), and it
     does not depend on the other core being free. Two threads bought nothing measurable on the
-    shared development machine (40 s of training, against 32 to 39 s on one).
+    shared development machine (26 s of training either way).
     """
     from npmobilenet.config import get_num_threads, set_num_threads
 
