@@ -20,7 +20,7 @@ thread count gives the same bits. Eval mode uses the running statistics.
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import choose_kernel, serial_and_parallel
+from npmobilenet.config import choose_kernel, njit_serial, serial_and_parallel
 
 CHUNKS = 16     # row chunks of the per-channel sums (a function of nothing but this constant)
 
@@ -106,6 +106,43 @@ _NORMALIZE = serial_and_parallel(_normalize)
 _DX = serial_and_parallel(_input_gradient)
 
 
+@njit_serial
+def _column_total(partial, count, total, total_as_x):
+    # total[c] = sum over chunks k, in order, of partial[k, c], divided by count; also in x's dtype
+    for c in range(partial.shape[1]):
+        t = 0.0
+        for k in range(partial.shape[0]):
+            t += partial[k, c]
+        total[c] = t / count
+        total_as_x[c] = total[c]
+
+
+@njit_serial
+def _forward_coefficients(mean, var, gamma, beta, eps, center, scale, shift):
+    # in x's dtype: center = mean, scale = gamma / sqrt(var + eps), shift = beta
+    for c in range(mean.shape[0]):
+        center[c] = mean[c]
+        scale[c] = np.float64(gamma[c]) / np.sqrt(np.float64(var[c]) + eps)
+        shift[c] = beta[c]
+
+
+@njit_serial
+def _backward_coefficients(partial_dy, partial_dyx, var, gamma, eps, count, training, dgamma, dbeta, k1, k2, k3):
+    # dbeta = sum dy, dgamma = sum dy * xhat; dx = k1 * dy + k2 * (x - mean) + k3 (see the module doc)
+    for c in range(partial_dy.shape[1]):
+        sum_dy, sum_dyx = 0.0, 0.0
+        for k in range(partial_dy.shape[0]):
+            sum_dy += partial_dy[k, c]
+            sum_dyx += partial_dyx[k, c]
+        inv_std = 1.0 / np.sqrt(np.float64(var[c]) + eps)
+        scale = np.float64(gamma[c]) * inv_std
+        dbeta[c] = sum_dy
+        dgamma[c] = sum_dyx * inv_std
+        k1[c] = scale
+        k2[c] = -scale * inv_std * dgamma[c] / count if training else 0.0
+        k3[c] = -scale * sum_dy / count if training else 0.0
+
+
 def _kernel(pair, x):
     return choose_kernel(pair[0], pair[1], x.size)
 
@@ -126,21 +163,22 @@ def batch_statistics(x):
     rows = _rows(x, "x")
     count, channels = rows.shape
     partial = np.empty((_chunks(count), channels), np.float64)
+    mean, var, center = np.empty(channels), np.empty(channels), np.empty(channels, rows.dtype)
     _kernel(_SUMS, rows)(rows, partial)
-    mean = partial.sum(axis=0) / count
-    center = mean.astype(rows.dtype)
+    _column_total(partial, count, mean, center)
     _kernel(_SQUARES, rows)(rows, center, partial)
-    return mean, partial.sum(axis=0) / count
+    _column_total(partial, count, var, np.empty(channels, rows.dtype))
+    return mean, var
 
 
 def batch_norm_forward(x, mean, var, gamma, beta, eps):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel, in one pass."""
     rows = _rows(x, "x")
-    dtype = rows.dtype
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    channels = rows.shape[1]
+    center, scale, shift = (np.empty(channels, rows.dtype) for _ in range(3))
+    _forward_coefficients(mean, var, gamma, beta, float(eps), center, scale, shift)
     y = np.empty_like(rows)
-    _kernel(_NORMALIZE, rows)(rows, np.asarray(mean).astype(dtype), scale.astype(dtype),
-                              np.asarray(beta).astype(dtype), y)
+    _kernel(_NORMALIZE, rows)(rows, center, scale, shift, y)
     return y.reshape(x.shape)
 
 
@@ -152,19 +190,15 @@ def batch_norm_backward(dy, x, mean, var, gamma, eps, training):
         raise ValueError(f"dy must have x's shape {x.shape}, got {dy.shape}")
     dy_rows = dy_rows.astype(rows.dtype, copy=False)
     count, channels = rows.shape
-    inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
-    center = np.asarray(mean, np.float64).astype(rows.dtype)
+    dtype = rows.dtype
+    center = np.asarray(mean).astype(dtype)
     partial_dy = np.empty((_chunks(count), channels), np.float64)
     partial_dyx = np.empty_like(partial_dy)
     _kernel(_GRADIENT_SUMS, rows)(dy_rows, rows, center, partial_dy, partial_dyx)
-    dbeta = partial_dy.sum(axis=0)
-    dgamma = partial_dyx.sum(axis=0) * inv_std
-    scale = np.asarray(gamma, np.float64) * inv_std
-    if training:
-        k1, k2, k3 = scale, -scale * inv_std * dgamma / count, -scale * dbeta / count
-    else:
-        k1, k2, k3 = scale, np.zeros(channels), np.zeros(channels)
+    dgamma, dbeta = np.empty(channels), np.empty(channels)
+    k1, k2, k3 = (np.empty(channels, dtype) for _ in range(3))
+    _backward_coefficients(partial_dy, partial_dyx, var, gamma, float(eps), count, bool(training),
+                           dgamma, dbeta, k1, k2, k3)
     dx = np.empty_like(rows)
-    dtype = rows.dtype
-    _kernel(_DX, rows)(dy_rows, rows, k1.astype(dtype), k2.astype(dtype), k3.astype(dtype), center, dx)
+    _kernel(_DX, rows)(dy_rows, rows, k1, k2, k3, center, dx)
     return dx.reshape(x.shape), dgamma, dbeta
