@@ -407,8 +407,9 @@ def from_weights(path, arch=None, width=None, num_classes=None, variant=None):
     needed only when it cannot be inferred). An npmobilenet .npz rebuilds from its saved config.
 
     `variant="tf"`: the file holds one of timm's `tf_mobilenetv3_*` models (weights ported from
-    TensorFlow), which pad as TensorFlow does ('same') and use its batch-norm eps (1e-3). Its keys and shapes are those of `mobilenetv3_*`, so the file cannot say which
-    it is: loaded without `variant="tf"`, such a file gives slightly wrong outputs.
+    TensorFlow), which pad as TensorFlow does ('same') and use its batch-norm eps (1e-3). Its keys
+    and shapes are those of `mobilenetv3_*`, so the file cannot say which it is: loaded without
+    `variant="tf"`, such a file gives slightly wrong outputs.
     """
     from npmobilenet.models import build
 
