@@ -335,35 +335,39 @@ def _pointwise_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, k_chun
                 _requantize_row(acc[p], bias, multiplier, shift, zy, lo, hi, y[p0 + p])
 
 
+@njit_serial
+def _image_row_to_float(x, zx, xf, r):
+    """Row r (= n * H + h) of an int8 image batch as float32 q - z_x."""
+    n = r // x.shape[1]
+    _to_float_rows(x[n, r - n * x.shape[1]], zx, xf[n, r - n * x.shape[1]], 0, x.shape[2])
+
+
+@njit_serial
+def _requantize_image_row(yf, bias, multiplier, shift, zy, lo, hi, y, r):
+    """Output row r (= n * Ho + oh): the exact float accumulators requantized to int8."""
+    n = r // y.shape[1]
+    oh = r - n * y.shape[1]
+    for ow in range(y.shape[2]):
+        _requantize_row(yf[n, oh, ow], bias, multiplier, shift, zy, lo, hi, y[n, oh, ow])
+
+
 def _depthwise_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, xf, yf, zero, no_sums, y):
     # x: (N, H, W, C) int8 -> xf float32 (q - z_x), the float depthwise kernel (bias 0, no
     # activation: zero padding is the real value 0, q = z_x, as the reference has it), requantized.
-    n_images, height, width, channels = x.shape
-    out_h = y.shape[1]
-    for r in prange(n_images * height):
-        n = r // height
-        _to_float_rows(x[n, r - n * height], zx, xf[n, r - n * height], 0, width)
-    for r in prange(n_images * out_h):
+    for r in prange(x.shape[0] * x.shape[1]):
+        _image_row_to_float(x, zx, xf, r)
+    for r in prange(y.shape[0] * y.shape[1]):
         _depthwise_tile(xf, wf, zero, IDENTITY, sh, sw, pt, pl, yf, no_sums, r)
-        n = r // out_h
-        oh = r - n * out_h
-        for ow in range(y.shape[2]):
-            _requantize_row(yf[n, oh, ow], bias, multiplier, shift, zy, lo, hi, y[n, oh, ow])
+        _requantize_image_row(yf, bias, multiplier, shift, zy, lo, hi, y, r)
 
 
 def _conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, xf, yf, zero, y):
     # As the depthwise path, with the float standard-convolution kernel (the stem).
-    n_images, height, width, channels = x.shape
-    out_h = y.shape[1]
-    for r in prange(n_images * height):
-        n = r // height
-        _to_float_rows(x[n, r - n * height], zx, xf[n, r - n * height], 0, width)
-    for r in prange(n_images * out_h):
+    for r in prange(x.shape[0] * x.shape[1]):
+        _image_row_to_float(x, zx, xf, r)
+    for r in prange(y.shape[0] * y.shape[1]):
         _conv2d_tile(xf, wf, zero, IDENTITY, sh, sw, pt, pl, yf, r)
-        n = r // out_h
-        oh = r - n * out_h
-        for ow in range(y.shape[2]):
-            _requantize_row(yf[n, oh, ow], bias, multiplier, shift, zy, lo, hi, y[n, oh, ow])
+        _requantize_image_row(yf, bias, multiplier, shift, zy, lo, hi, y, r)
 
 
 _pointwise_int8_exact_serial, _pointwise_int8_exact_parallel = serial_and_parallel(_pointwise_int8_exact)

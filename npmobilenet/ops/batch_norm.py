@@ -42,8 +42,8 @@ def _gradient_sums(dy, x, center, out_dy, out_dyx):
                 sum_dyx[c] += dyp[c] * (xp[c] - center[c])
 
 
-def _column_plain_sums(x, out):
-    # out[k, c] = sum over chunk k's rows of x[p, c]
+def _column_moments(x, center, order, out):
+    # out[k, c] = sum over chunk k's rows of (x[p, c] - center[c]) ** order, order 1 or 2
     rows, channels = x.shape
     chunks = out.shape[0]
     for k in prange(chunks):
@@ -53,24 +53,13 @@ def _column_plain_sums(x, out):
             acc[c] = 0.0
         for p in range(p0, p1):
             xp = x[p]
-            for c in range(channels):
-                acc[c] += xp[c]
-
-
-def _column_deviation_squares(x, mean, out):
-    # out[k, c] = sum over chunk k's rows of (x[p, c] - mean[c])^2
-    rows, channels = x.shape
-    chunks = out.shape[0]
-    for k in prange(chunks):
-        p0, p1 = k * rows // chunks, (k + 1) * rows // chunks
-        acc = out[k]
-        for c in range(channels):
-            acc[c] = 0.0
-        for p in range(p0, p1):
-            xp = x[p]
-            for c in range(channels):
-                d = xp[c] - mean[c]
-                acc[c] += d * d
+            if order == 1:
+                for c in range(channels):
+                    acc[c] += xp[c] - center[c]
+            else:
+                for c in range(channels):
+                    d = xp[c] - center[c]
+                    acc[c] += d * d
 
 
 def _normalize(x, mean, scale, beta, y):
@@ -99,8 +88,7 @@ def _input_gradient(dy, x, k1, k2, k3, mean, dx):
                 dxp[c] = k1[c] * dyp[c] + k2[c] * (xp[c] - mean[c]) + k3[c]
 
 
-_SUMS = serial_and_parallel(_column_plain_sums)
-_SQUARES = serial_and_parallel(_column_deviation_squares)
+_MOMENTS = serial_and_parallel(_column_moments)
 _GRADIENT_SUMS = serial_and_parallel(_gradient_sums)
 _NORMALIZE = serial_and_parallel(_normalize)
 _DX = serial_and_parallel(_input_gradient)
@@ -164,9 +152,9 @@ def batch_statistics(x):
     count, channels = rows.shape
     partial = np.empty((_chunks(count), channels), np.float64)
     mean, var, center = np.empty(channels), np.empty(channels), np.empty(channels, rows.dtype)
-    _kernel(_SUMS, rows)(rows, partial)
+    _kernel(_MOMENTS, rows)(rows, np.zeros(channels, rows.dtype), 1, partial)
     _column_total(partial, count, mean, center)
-    _kernel(_SQUARES, rows)(rows, center, partial)
+    _kernel(_MOMENTS, rows)(rows, center, 2, partial)
     _column_total(partial, count, var, np.empty(channels, rows.dtype))
     return mean, var
 
