@@ -25,14 +25,13 @@ C-contiguous arrays and ints. Each convolution is a serial row kernel `_*_rows` 
 output rows) plus a parallel driver that splits the rows into chunks with `prange` (disjoint
 writes); the slow reference they are tested against bit for bit is `qreference.py`.
 """
-import contextlib
-
 import numba
 import numpy as np
 from numba import prange
 
 from npmobilenet import config
 from npmobilenet.config import njit_parallel, njit_serial, serial_and_parallel
+from npmobilenet.inference.blas import single_threaded_blas
 from npmobilenet.inference.kernels import (
     _EMPTY_SUMS, IDENTITY, _conv2d_tile, _depthwise_tile, _matmul)
 
@@ -375,14 +374,6 @@ _depthwise_int8_exact_serial, _depthwise_int8_exact_parallel = serial_and_parall
 _conv2d_int8_exact_serial, _conv2d_int8_exact_parallel = serial_and_parallel(_conv2d_int8_exact)
 
 
-def _single_threaded_blas():
-    """OpenBLAS on the calling threads only (re-entrant; see inference/blas.py)."""
-    from npmobilenet.inference.blas import find_blas
-
-    blas = find_blas()
-    return blas.single_threaded() if blas is not None else contextlib.nullcontext()
-
-
 def pointwise_int8_exact(x2d, zx, wf, k_chunk, bias, multiplier, shift, zy, lo, hi):
     """`pointwise_int8` on the float path: wf is the int8 weight as float32, k_chunk from `exact_chunk`."""
     from npmobilenet.inference.blas import sgemm_address
@@ -392,7 +383,7 @@ def pointwise_int8_exact(x2d, zx, wf, k_chunk, bias, multiplier, shift, zy, lo, 
     args = (x2d, np.int32(zx), wf, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi),
             int(k_chunk), 128, sgemm_address(), y)
     kernel = config.choose_kernel(_pointwise_int8_exact_serial, _pointwise_int8_exact_parallel, rows * wf.size)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         kernel(*args)
     return y
 

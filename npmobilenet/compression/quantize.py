@@ -34,7 +34,8 @@ import numpy as np
 
 from npmobilenet.compression import calibrate as cal
 from npmobilenet.compression import qkernels
-from npmobilenet.ops.geometry import conv_geometry, tf_same_padding
+from npmobilenet.inference.blas import single_threaded_blas
+from npmobilenet.ops.geometry import conv_geometry, tf_same_sides
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights use [-127, 127], so -w is representable whenever w is (TFLite)
@@ -118,8 +119,7 @@ def resolve_padding(padding, x_shape, kh, kw, stride, dilation):
     """(top, bottom, left, right) of a convolution for input `x_shape`: the stored sides, or
     TensorFlow's 'same' worked out for this input size (timm's tf_* models)."""
     if isinstance(padding, str) and padding == "same":
-        return (tf_same_padding(x_shape[1], kh, stride[0], dilation[0])
-                + tf_same_padding(x_shape[2], kw, stride[1], dilation[1]))
+        return tf_same_sides(x_shape[1], x_shape[2], (kh, kw), stride, dilation)
     return tuple(int(p) for p in padding)
 
 
@@ -571,7 +571,7 @@ class QuantizedModel:
         zp = {name: z for name, (_, z) in self.tensors.items()}
         # OpenBLAS (the exact float32 paths' SGEMM) on the calling threads only, for the whole pass:
         # its own threads would spin between calls and take the cores from the kernels' threads.
-        with qkernels._single_threaded_blas():
+        with single_threaded_blas():
             for op in self.ops:
                 xs = [env[name] for name in op.inputs]
                 if isinstance(op, QConv):

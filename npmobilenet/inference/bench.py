@@ -85,7 +85,7 @@ def machine_peaks(threads=1, seconds=0.3):
     """Measured SGEMM GMAC/s (a 1024^3 product, in-kernel BLAS, `threads` threads) and copy
     bandwidth GB/s (bytes read + written, a 64 MB array, numpy, one thread): the roofline."""
     from npmobilenet.inference import kernels
-    from npmobilenet.inference.blas import find_blas
+    from npmobilenet.inference.blas import find_blas, single_threaded_blas
 
     n = 1024
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
@@ -98,8 +98,7 @@ def machine_peaks(threads=1, seconds=0.3):
     args = (a, a, bias, kernels.IDENTITY, kernels._EMPTY_ROWS, kernels._EMPTY_ROWS, n, tile_rows, tile_cols, sgemm, c)
     from npmobilenet.inference.fuse import _numba_threads
 
-    guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
-    with guard, _numba_threads(threads):
+    with single_threaded_blas(), _numba_threads(threads):
         kernel(*args)
         best, spent = np.inf, 0.0
         while spent < seconds:
@@ -250,7 +249,7 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     runs: the whole batch, or one chunk of it when the batch runs in chunks (then `images` <
     `batch`, each chunk runs on one thread, and the figures are per chunk)."""
     import npmobilenet
-    from npmobilenet.inference.blas import find_blas
+    from npmobilenet.inference.blas import single_threaded_blas
     from npmobilenet.inference.fuse import _numba_threads
     from npmobilenet.inference.program import TILES
 
@@ -267,9 +266,7 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     costs = fused.layer_costs(resolution, images)
     ops = [plan.layer_ops[name] for name, *_ in costs]
     times = np.zeros((len(ops), repeat))
-    blas = find_blas()
-    guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
-    with guard, _numba_threads(threads):
+    with single_threaded_blas(), _numba_threads(threads):
         plan.program.run(run_threads)      # warm-up
         for r in range(repeat):
             for i, layer_ops in enumerate(ops):

@@ -126,6 +126,13 @@ def find_blas():
     return blas
 
 
+def single_threaded_blas():
+    """The context in which kernels that call SGEMM from several threads run: OpenBLAS on the
+    calling threads only (`Blas.single_threaded`), or nothing when no OpenBLAS was found."""
+    blas = find_blas()
+    return blas.single_threaded() if blas is not None else contextlib.nullcontext()
+
+
 def sgemm_address():
     """The address kernels take as `sgemm` (0: use the Numba matrix product)."""
     blas = find_blas()
@@ -169,4 +176,4 @@ def sgemm_call(typingctx, address, a, b, c):
     return sig, codegen
 
 
-__all__ = ["Blas", "find_blas", "sgemm_address", "sgemm_call"]
+__all__ = ["Blas", "find_blas", "sgemm_address", "sgemm_call", "single_threaded_blas"]

@@ -34,9 +34,9 @@ import numba
 import numpy as np
 
 from npmobilenet.inference import kernels
-from npmobilenet.inference.blas import find_blas, sgemm_address
+from npmobilenet.inference.blas import sgemm_address, single_threaded_blas
 from npmobilenet.inference.plan import ALIGN, MemoryPlan, aligned
-from npmobilenet.ops.geometry import tf_same_padding
+from npmobilenet.ops.geometry import tf_same_sides
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, POINTWISE, POOL, SE_GATE, op_row)
 
@@ -119,8 +119,7 @@ class _Windowed(FusedLayer):
     def pads(self, h, w):
         if self.padding != "same":
             return self.padding
-        kh, kw = self.weight.shape[:2]
-        return tf_same_padding(h, kh, self.stride[0]) + tf_same_padding(w, kw, self.stride[1])
+        return tf_same_sides(h, w, self.weight.shape[:2], self.stride)
 
 
 class FusedConv2d(_Windowed):
@@ -664,8 +663,7 @@ class FusedMobileNet:
         # synchronisation but the last join, and a slowed worker just takes fewer chunks, so
         # they use every thread.
         governed = self.adaptive and chunk >= batch
-        blas = find_blas()
-        guard = blas.single_threaded() if blas is not None else contextlib.nullcontext()
+        guard = single_threaded_blas()
         # One call at a time: calls share the plans' buffers and the op table's counters (a
         # second caller resetting them mid-run would leave the first waiting forever).
         with self._lock:

@@ -567,14 +567,10 @@ def _sgemm(use_blas):
 
 
 def _run(pair, parallel, *args):
-    from npmobilenet.inference.blas import find_blas
+    from npmobilenet.inference.blas import single_threaded_blas
 
-    kernel = pair[1] if parallel else pair[0]
-    blas = find_blas()
-    if blas is None:
-        return kernel(*args)
-    with blas.single_threaded():
-        return kernel(*args)
+    with single_threaded_blas():
+        return (pair[1] if parallel else pair[0])(*args)
 
 
 def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parallel=True, use_blas=True):

@@ -8,7 +8,7 @@ import numpy as np
 
 from npmobilenet import ops
 from npmobilenet.layers.base import Layer
-from npmobilenet.ops.geometry import as_pair, as_padding, tf_same_padding
+from npmobilenet.ops.geometry import as_pair, as_padding, tf_same_sides
 
 
 def _he_normal(rng, shape, fan_out, dtype=np.float32):
@@ -52,7 +52,7 @@ class _Conv(Layer):
 class _SpatialConv(_Conv):
     """A convolution with a KH x KW window: stride, padding (top, bottom, left, right), dilation.
 
-    `padding="same"` pads as TensorFlow does (`ops.geometry.tf_same_padding`), which depends on
+    `padding="same"` pads as TensorFlow does (`ops.geometry.tf_same_sides`), which depends on
     the input size: `padding_at(H, W)` gives the sides for an input (`padding` is then None).
     """
 
@@ -74,8 +74,7 @@ class _SpatialConv(_Conv):
         """(top, bottom, left, right) for an input of height x width."""
         if not self.same:
             return self.padding
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        return tf_same_padding(height, kh, sh, dh) + tf_same_padding(width, kw, sw, dw)
+        return tf_same_sides(height, width, self.kernel_size, self.stride, self.dilation)
 
     def _geometry(self, x_shape):
         t, b, l, r = self.padding_at(x_shape[1], x_shape[2])

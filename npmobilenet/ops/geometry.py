@@ -68,6 +68,13 @@ def tf_same_padding(size, kernel, stride, dilation=1):
     return total // 2, total - total // 2
 
 
+def tf_same_sides(height, width, kernel_size, stride, dilation=(1, 1)):
+    """(top, bottom, left, right) of TensorFlow's 'SAME' padding for a height x width input;
+    kernel_size, stride, dilation: (vertical, horizontal) pairs."""
+    return (tf_same_padding(height, kernel_size[0], stride[0], dilation[0])
+            + tf_same_padding(width, kernel_size[1], stride[1], dilation[1]))
+
+
 def output_size(size, kernel, stride, pad_before, pad_after, dilation):
     """Output length along one axis: floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1."""
     span = dilation * (kernel - 1) + 1
