@@ -5,6 +5,7 @@ kinks the derivative is taken as PyTorch takes it, so gradients match torch's bi
 """
 import numpy as np
 
+from npmobilenet.graph.ops import Activation
 from npmobilenet.layers.base import Layer
 
 
@@ -19,9 +20,14 @@ class _Elementwise(Layer):
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return dy * self.derivative(x)
 
+    def lower(self, graph, x, name):
+        return graph.add(Activation(name, (x,), self.function_name))
+
 
 class ReLU(_Elementwise):
     """max(x, 0)."""
+
+    function_name = "relu"
 
     @staticmethod
     def function(x):
@@ -35,6 +41,8 @@ class ReLU(_Elementwise):
 class ReLU6(_Elementwise):
     """min(max(x, 0), 6): the ReLU the released MobileNets use, robust at low precision (V2, sec. 3)."""
 
+    function_name = "relu6"
+
     @staticmethod
     def function(x):
         return np.clip(x, 0, 6)
@@ -47,6 +55,8 @@ class ReLU6(_Elementwise):
 class HardSigmoid(_Elementwise):
     """relu6(x + 3) / 6: the piecewise-linear sigmoid of V3 (sec. 5.2), used as SE's gate."""
 
+    function_name = "hardsigmoid"
+
     @staticmethod
     def function(x):
         return np.clip(x + 3, 0, 6) / 6
@@ -58,6 +68,8 @@ class HardSigmoid(_Elementwise):
 
 class HardSwish(_Elementwise):
     """x * relu6(x + 3) / 6 (V3 paper, Eq. 2)."""
+
+    function_name = "hardswish"
 
     @staticmethod
     def function(x):

@@ -1,6 +1,7 @@
 """The layer protocol every part of a model follows.
 
-A layer is a `forward`/`backward` pair, side by side. `forward(x)` caches what `backward` needs;
+A layer is a `forward`/`backward` pair, side by side, and a `lower` that describes it as graph
+ops (`npmobilenet.graph`) for every consumer that does not train it. `forward(x)` caches what `backward` needs;
 `backward(dy)` returns `dx` and *overwrites* (does not accumulate) the `.grad` of each of its
 parameters, since every parameter is used once per forward pass. Layers hold two kinds of state:
 parameters (trained; `Parameter` objects with a gradient) and buffers (running statistics; plain
@@ -67,6 +68,19 @@ class Layer:
 
     def backward(self, dy):
         raise NotImplementedError
+
+    def lower(self, graph, x, name):
+        """Append this layer's ops (`npmobilenet.graph.ops`) to `graph` (a `graph.Builder`),
+        reading tensor `x`; return the name of the tensor it writes. `name` is the layer's dotted
+        path, which its ops carry. Every layer a model holds describes itself here, once."""
+        raise TypeError(f"layer {name} ({type(self).__name__}) has no lowering: a layer must describe "
+                        "itself as graph ops in lower() (see npmobilenet.graph)")
+
+    def lower_children(self, graph, x, name):
+        """Lower the children in order, each reading the last one's output."""
+        for child_name, child in self.children():
+            x = child.lower(graph, x, f"{name}.{child_name}" if name else child_name)
+        return x
 
     # -- traversal ----------------------------------------------------------------------------
     def children(self):

@@ -8,6 +8,7 @@
   1 and the width is unchanged; V3 adds optional squeeze-and-excitation after the depthwise
   convolution and hard-swish (V3 paper, Fig. 4).
 """
+from npmobilenet.graph.ops import Add
 from npmobilenet.layers.activation import make_activation
 from npmobilenet.layers.base import Layer
 from npmobilenet.layers.conv import DepthwiseConv2d, PointwiseConv2d
@@ -35,6 +36,9 @@ class ConvBNAct(Layer):
             dy = self.act.backward(dy)
         return self.conv.backward(self.bn.backward(dy))
 
+    def lower(self, graph, x, name):
+        return self.lower_children(graph, x, name)
+
 
 def same_padding(kernel_size, dilation=1):
     """Symmetric padding that keeps the size at stride 1, as torchvision pads every MobileNet conv."""
@@ -57,6 +61,9 @@ class DepthwiseSeparable(Layer):
 
     def backward(self, dy):
         return self.conv_dw.backward(self.conv_pw.backward(dy))
+
+    def lower(self, graph, x, name):
+        return self.lower_children(graph, x, name)
 
     def extra_repr(self):
         return f"{self.in_channels} -> {self.out_channels}, stride={self.stride}"
@@ -102,6 +109,10 @@ class InvertedResidual(Layer):
         if self.conv_pw is not None:
             d = self.conv_pw.backward(d)
         return d + dy if self.use_residual else d
+
+    def lower(self, graph, x, name):
+        y = self.lower_children(graph, x, name)
+        return graph.add(Add(name, (x, y))) if self.use_residual else y
 
     def extra_repr(self):
         se = f", se={self.se.squeeze_channels}" if self.se is not None else ""

@@ -30,3 +30,6 @@ class Sequential(Layer):
         for layer in reversed(list(self._children.values())):
             dy = layer.backward(dy)
         return dy
+
+    def lower(self, graph, x, name):
+        return self.lower_children(graph, x, name)

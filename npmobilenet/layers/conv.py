@@ -7,6 +7,7 @@ fan-out), so a model trained here starts where theirs does.
 import numpy as np
 
 from npmobilenet import ops
+from npmobilenet.graph.ops import Conv
 from npmobilenet.layers.base import Layer
 from npmobilenet.ops.geometry import as_pair, as_padding, tf_same_sides
 
@@ -29,6 +30,13 @@ class _Conv(Layer):
 
     def _geometry(self, x_shape):
         return {}
+
+    def _lowered_geometry(self):
+        return {}
+
+    def lower(self, graph, x, name):
+        bias = self.bias.data if self.bias is not None else None
+        return graph.add(Conv(name, (x,), self.variant, self.weight.data, bias, **self._lowered_geometry()))
 
     def forward(self, x):
         if x.ndim != 4 or x.shape[3] != self.in_channels:
@@ -80,12 +88,17 @@ class _SpatialConv(_Conv):
         t, b, l, r = self.padding_at(x_shape[1], x_shape[2])
         return dict(stride=self.stride, padding=((t, b), (l, r)), dilation=self.dilation)
 
+    def _lowered_geometry(self):
+        return dict(stride=self.stride, padding="same" if self.same else self.padding, dilation=self.dilation)
+
     def extra_repr(self):
         return f"{self.in_channels}, {self.out_channels}, kernel={self.kernel_size}, stride={self.stride}"
 
 
 class Conv2d(_SpatialConv):
     """Standard convolution. x: (N, H, W, Cin) -> y: (N, Ho, Wo, Cout); weight (KH, KW, Cin, Cout)."""
+
+    variant = "standard"
 
     def _op(self, x, w, **geometry):
         return ops.conv2d(x, w, **geometry)
@@ -105,6 +118,8 @@ class DepthwiseConv2d(_SpatialConv):
 
     x: (N, H, W, C) -> y: (N, Ho, Wo, C); weight (KH, KW, C).
     """
+
+    variant = "depthwise"
 
     def _op(self, x, w, **geometry):
         return ops.depthwise_conv2d(x, w, **geometry)
@@ -126,8 +141,10 @@ class PointwiseConv2d(_Conv):
     x: (N, H, W, Cin) -> y: (N, H, W, Cout); weight (Cin, Cout).
     """
 
+    variant = "pointwise"
     kernel_size = (1, 1)
     stride = (1, 1)
+
     def _op(self, x, w, **geometry):
         return ops.pointwise_conv2d(x, w, **geometry)
 

@@ -1,6 +1,7 @@
 """Fully connected layer and dropout, on (N, features)."""
 import numpy as np
 
+from npmobilenet.graph import ops as graph_ops
 from npmobilenet.layers.base import Layer
 
 
@@ -36,6 +37,10 @@ class Linear(Layer):
             self.bias.grad[...] = dy.sum(axis=0)
         return dy @ self.weight.data.T
 
+    def lower(self, graph, x, name):
+        bias = self.bias.data if self.bias is not None else None
+        return graph.add(graph_ops.Linear(name, (x,), self.weight.data, bias))
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
@@ -63,6 +68,9 @@ class Dropout(Layer):
 
     def backward(self, dy):
         return dy if self._mask is None else dy * self._mask
+
+    def lower(self, graph, x, name):
+        return x  # the identity at inference
 
     def extra_repr(self):
         return f"p={self.p}"

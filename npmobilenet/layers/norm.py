@@ -2,6 +2,7 @@
 arithmetic is `npmobilenet.ops.batch_norm`."""
 import numpy as np
 
+from npmobilenet.graph import ops as graph_ops
 from npmobilenet.layers.base import Layer
 from npmobilenet.ops.batch_norm import batch_norm_backward, batch_norm_forward, batch_statistics
 
@@ -57,6 +58,10 @@ class BatchNorm(Layer):
         self.gamma.grad[...] = dgamma
         self.beta.grad[...] = dbeta
         return dx
+
+    def lower(self, graph, x, name):
+        return graph.add(graph_ops.BatchNorm(name, (x,), self.gamma.data, self.beta.data, self.running_mean,
+                                             self.running_var, self.eps))
 
     def extra_repr(self):
         return f"{self.channels}, eps={self.eps}, momentum={self.momentum}"

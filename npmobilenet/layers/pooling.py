@@ -1,4 +1,5 @@
 """Global average pooling: (N, H, W, C) -> (N, C)."""
+from npmobilenet.graph.ops import GlobalAvgPool as GlobalAvgPoolOp
 from npmobilenet.layers.base import Layer
 
 
@@ -14,3 +15,6 @@ class GlobalAvgPool(Layer):
         n, h, w, c = shape
         # Each input contributes 1/(H*W) of its channel's mean.
         return (dy / (h * w))[:, None, None, :].repeat(h, axis=1).repeat(w, axis=2)
+
+    def lower(self, graph, x, name):
+        return graph.add(GlobalAvgPoolOp(name, (x,)))

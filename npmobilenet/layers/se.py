@@ -5,6 +5,7 @@
 x, y: (N, H, W, C); W1 (C, S) and W2 (S, C) are the `reduce` and `expand` layers, with
 S = make_divisible(C / 4, 8) in torchvision's V3.
 """
+from npmobilenet.graph.ops import ChannelScale
 from npmobilenet.layers.activation import HardSigmoid, ReLU
 from npmobilenet.layers.base import Layer
 from npmobilenet.layers.linear import Linear
@@ -37,6 +38,12 @@ class SqueezeExcite(Layer):
         ds = (dy * x).sum(axis=(1, 2))
         dx_through_s = self.pool.backward(self.reduce.backward(self.relu.backward(self.expand.backward(self.gate.backward(ds)))))
         return dy * s[:, None, None, :] + dx_through_s
+
+    def lower(self, graph, x, name):
+        s = self.pool.lower(graph, x, f"{name}.pool")
+        s = self.relu.lower(graph, self.reduce.lower(graph, s, f"{name}.reduce"), f"{name}.relu")
+        s = self.gate.lower(graph, self.expand.lower(graph, s, f"{name}.expand"), f"{name}.gate")
+        return graph.add(ChannelScale(name, (x, s)))
 
     def extra_repr(self):
         return f"{self.channels}, squeeze={self.squeeze_channels}"

@@ -50,6 +50,9 @@ class MobileNet(Layer):
         self._output_shape = x.shape
         return x
 
+    def lower(self, graph, x, name):
+        return self.lower_children(graph, x, name)
+
     def backward(self, dlogits):
         if self._output_shape is None:
             raise RuntimeError("backward called before any forward pass")

@@ -1,0 +1,124 @@
+"""The lowered graph: every model describes itself as generic ops that compute exactly what the
+model computes in eval mode; batch-norm folding and activation fusion keep the result."""
+import zlib
+
+import numpy as np
+import pytest
+
+import npmobilenet
+from npmobilenet.graph import (
+    Add, BatchNorm, Builder, Conv, Graph, Linear, fold_batch_norm, fold_scale, fuse_activations, inference_graph,
+    lower,
+)
+from npmobilenet.layers import BatchNorm as BatchNormLayer
+from npmobilenet.layers import Layer
+
+
+def randomize_batch_norm(model, rng):
+    for _, layer in model.modules():
+        if isinstance(layer, BatchNormLayer):
+            c = layer.channels
+            layer.running_mean[...] = rng.standard_normal(c) * 0.2
+            layer.running_var[...] = rng.random(c) + 0.5
+            layer.gamma.data[...] = rng.random(c) + 0.5
+            layer.beta.data[...] = rng.standard_normal(c) * 0.2
+    return model
+
+
+def relative_error(actual, expected):
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("arch", npmobilenet.ARCHS)
+def test_lowered_graph_computes_the_model(arch):
+    rng = np.random.default_rng(zlib.crc32(arch.encode()))
+    model = randomize_batch_norm(npmobilenet.build(arch, width=0.5, num_classes=7), rng).astype(np.float64).eval()
+    x = rng.standard_normal((2, 40, 48, 3))
+    graph = lower(model)
+    expected = model(x)
+    err = relative_error(graph(x), expected)
+    print(f"{arch}: lowered graph {len(graph)} ops, max relative difference {err:.1e}")
+    assert err < 1e-12
+    # batch norm folded in float64, stored float32: float32 rounding of the weights only
+    folded = inference_graph(graph)
+    assert all(op.kind != "batch_norm" for op in folded)
+    assert relative_error(folded(x), expected) < 1e-6
+    # the shape rule of every op agrees with the values
+    values = graph.run(x)
+    for tensor, shape in graph.shapes(x.shape).items():
+        assert values[tensor].shape == shape, tensor
+
+
+def test_graph_names_ops_after_the_layers():
+    model = npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=10)
+    graph = lower(model)
+    names = [op.name for op in graph]
+    assert names[:3] == ["stem.conv", "stem.bn", "stem.act"]
+    assert "blocks.0.se.reduce" in names and "blocks.2" in names          # an SE fc; a residual add
+    folded = inference_graph(model)
+    by_name = {op.name: op for op in folded}
+    assert by_name["stem"].kind == "conv" and by_name["stem"].activation == "hardswish"
+    assert by_name["blocks.2"].kind == "add" and by_name["blocks.2"].inputs == ("blocks.1.conv_pwl", "blocks.2.conv_pwl")
+    assert by_name["classifier.0"].activation == "hardswish"              # an absorbed activation keeps the name
+    assert folded.outputs == ("classifier.3",)
+    assert graph.gate_ops() >= {"blocks.0.se.pool", "blocks.0.se.reduce", "blocks.0.se.gate"}
+    assert not any(name.startswith("classifier") for name in graph.gate_ops())
+
+
+def test_lowering_shares_the_models_arrays_and_folding_copies():
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=3)
+    graph = lower(model)
+    stem = graph.ops[0]
+    assert stem.weight is model.stem.conv.weight.data
+    folded = fold_batch_norm(graph)
+    assert folded.ops[0].weight is not stem.weight and folded.ops[0].weight.dtype == np.float32
+    assert graph.ops[0] is stem and len(graph) > len(folded)        # passes return new graphs
+
+
+def test_fold_scale_is_conv_then_batch_norm():
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((6, 5)), rng.standard_normal(5)
+    gamma, beta, mean, var = rng.standard_normal(5), rng.standard_normal(5), rng.standard_normal(5), rng.random(5) + 0.1
+    x = rng.standard_normal((4, 6))
+    wf, bf = fold_scale(w, b, gamma, beta, mean, var, 1e-3)
+    expected = gamma * ((x @ w + b) - mean) / np.sqrt(var + 1e-3) + beta
+    assert relative_error(x @ wf + bf, expected) < 1e-6
+
+
+def test_passes_leave_what_they_cannot_fold():
+    rng = np.random.default_rng(2)
+    g = Builder()
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    bn = dict(gamma=np.ones(4), beta=np.zeros(4), mean=np.zeros(4), var=np.ones(4), eps=1e-5)
+    a = g.add(Conv("a", ("input",), "pointwise", w))
+    s = g.add(Add("sum", (a, a)))                                 # the conv has two readers
+    g.add(BatchNorm("bn", (s,), **bn))                            # after an add: nothing to fold into
+    graph = Graph(g.ops)
+    folded = fuse_activations(fold_batch_norm(graph))
+    assert [op.kind for op in folded] == ["conv", "add", "batch_norm"]
+    x = rng.standard_normal((1, 3, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(folded(x), graph(x), rtol=1e-6)
+
+
+def test_shapes_and_errors_name_the_layer():
+    graph = lower(npmobilenet.build("mobilenet_v3_small", width=0.25))
+    with pytest.raises(ValueError, match="stem.conv expects 3 channels"):
+        graph.shapes((1, 64, 64, 4))
+    with pytest.raises(ValueError, match="tensors no earlier op writes"):
+        Builder().add(Linear("fc", ("nowhere",), np.zeros((2, 2))))
+
+    class Scale(Layer):
+        pass
+
+    model = npmobilenet.build("mobilenet_v2", width=0.25)
+    model.blocks.append(Scale())
+    with pytest.raises(TypeError, match=r"blocks\.17 \(Scale\) has no lowering"):
+        lower(model)
+
+
+def test_dropout_is_the_identity_and_training_mode_does_not_matter():
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=4)
+    kinds = [op.kind for op in lower(model)][-2:]
+    assert kinds == ["global_avg_pool", "linear"]
+    x = np.random.default_rng(3).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    assert np.array_equal(lower(model.train())(x), lower(model.eval())(x))
