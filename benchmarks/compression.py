@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from npmobilenet.analysis.summary import summarize  # noqa: E402
 from npmobilenet.compression import factorize, prune, structure  # noqa: E402
+from npmobilenet.io import checkpoint
 from npmobilenet.compression.quantize import quantize  # noqa: E402
 from npmobilenet.training import AdamW, CosineLR, load_digits, save, train  # noqa: E402
 from npmobilenet.training.augment import preprocessing  # noqa: E402
@@ -120,7 +121,7 @@ def main(args):
         set_num_threads(args.threads)
     epochs = 0 if args.quick else args.finetune_epochs
     repeats = 5 if args.quick else args.repeats
-    ckpt = structure.load_checkpoint(args.checkpoint)
+    ckpt = checkpoint.load_checkpoint(args.checkpoint)
     model = ckpt.model.eval()
     resolution = ckpt.meta.get("resolution", 32)
     train_set, test_set = load_digits(resolution, 0.2, ckpt.meta.get("split_seed", 0))

@@ -10,16 +10,16 @@ from npmobilenet.models import ARCHS, build  # noqa: E402
 # Public names that live in modules loaded on first use: name -> module.
 _LAZY = {
     "train": "npmobilenet.training.loop",
-    "save": "npmobilenet.training.checkpoint",
-    "load": "npmobilenet.training.checkpoint",
-    "load_checkpoint": "npmobilenet.training.checkpoint",
+    "save": "npmobilenet.io.checkpoint",
+    "load": "npmobilenet.io.checkpoint",
+    "load_checkpoint": "npmobilenet.io.checkpoint",
     "evaluate": "npmobilenet.training.evaluation",
     "load_weights": "npmobilenet.io.weights",
     "from_weights": "npmobilenet.io.weights",
     "inspect_weights": "npmobilenet.io.weights",
     "export_onnx": "npmobilenet.io.onnx_export",
     "quantize": "npmobilenet.compression.quantize",
-    "load_quantized": "npmobilenet.compression.qformat",
+    "load_quantized": "npmobilenet.compression.qmodel",
 }
 
 

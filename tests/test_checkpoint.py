@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from npmobilenet.layers import BatchNorm, Dropout, Layer, Linear, Sequential
-from npmobilenet.training.checkpoint import FORMAT, load, load_checkpoint, save
+from npmobilenet.io.checkpoint import FORMAT, load, load_checkpoint, save
 from npmobilenet.training.optim import SGD, AdamW
 
 

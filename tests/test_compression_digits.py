@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("sklearn")
 
 from npmobilenet import cli  # noqa: E402
-from npmobilenet.compression import qformat, structure  # noqa: E402
+from npmobilenet.compression import qmodel as qformat, structure  # noqa: E402
+from npmobilenet.io import checkpoint
 from npmobilenet.compression.quantize import quantize  # noqa: E402
 from npmobilenet.training import load_digits  # noqa: E402
 
@@ -18,7 +19,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "compression", "di
 
 @pytest.fixture(scope="module")
 def trained():
-    model = structure.load(FIXTURE)
+    model = checkpoint.load(FIXTURE)
     train_set, test_set = load_digits(32, 0.2, 0)
     rng = np.random.default_rng(0)
     calibration = train_set.images[np.sort(rng.permutation(len(train_set))[:128])]
@@ -66,10 +67,10 @@ def test_compress_command_end_to_end(tmp_path, capsys):
 
     pruned = str(tmp_path / "p.npz")
     assert cli.main(["compress", "prune", FIXTURE, pruned, "--fraction", "0.5"]) == 0
-    assert "expanded_channels" in structure.load(pruned).config
+    assert "expanded_channels" in checkpoint.load(pruned).config
     factored = str(tmp_path / "f.npz")
     assert cli.main(["compress", "factorize", FIXTURE, factored, "--rank", "head=16"]) == 0
-    assert structure.load(factored).config["factorized"]["head"] == 16
+    assert checkpoint.load(factored).config["factorized"]["head"] == 16
     # the quantizer takes compressed float models too
     assert cli.main(["compress", "quantize", pruned, out, "--data", "digits", "--calibration-images", "16"]) == 0
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import npmobilenet
-from npmobilenet.compression import qformat, structure
+from npmobilenet.io.files import atomic_savez
+from npmobilenet.compression import qmodel as qformat, structure
+from npmobilenet.io import checkpoint
 from npmobilenet.compression.quantize import quantize
-from npmobilenet.training.checkpoint import save
+from npmobilenet.io.checkpoint import save
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_round_trip_is_bit_exact(models):
     xq = qmodel.quantize_input(images)
     assert np.array_equal(loaded.run(xq), qmodel.run(xq))
     assert loaded.tensors == qmodel.tensors and loaded.info == qmodel.info and loaded.config == qmodel.config
-    assert isinstance(structure.load(int8_path), type(qmodel))
+    assert isinstance(checkpoint.load(int8_path), type(qmodel))
 
 
 def test_int8_checkpoint_is_about_4x_smaller(models):
@@ -56,7 +58,7 @@ def test_float_and_int8_mixups_are_named(models):
     with pytest.raises(ValueError, match="is a float npmobilenet checkpoint, not an int8"):
         qformat.load_quantized(float_path)
     with pytest.raises(ValueError, match="is an int8 quantized checkpoint, not a float one"):
-        structure.load_checkpoint(int8_path)
+        checkpoint.load_checkpoint(int8_path)
     assert qformat.is_quantized(int8_path) and not qformat.is_quantized(float_path)
 
 
@@ -115,7 +117,7 @@ def test_save_is_atomic(models, tmp_path):
     try:
         np.savez = fail
         with pytest.raises(Boom):
-            qformat.atomic_savez(path, bad)
+            atomic_savez(path, bad)
     finally:
         np.savez = original
     assert path.read_bytes() == before

@@ -8,8 +8,9 @@ import pytest
 import npmobilenet
 from npmobilenet.analysis.summary import summarize
 from npmobilenet.compression import factorize, prune, structure
+from npmobilenet.io import checkpoint
 from npmobilenet.layers import InvertedResidual
-from npmobilenet.training.checkpoint import save
+from npmobilenet.io.checkpoint import save
 
 
 def _trained_looking(arch, seed=1):
@@ -76,7 +77,7 @@ def test_pruned_models_are_dense_and_smaller(arch, fraction, x, tmp_path):
     # the checkpoint rebuilds the same model from its config
     path = str(tmp_path / "pruned.npz")
     save(pruned, path)
-    loaded = structure.load(path)
+    loaded = checkpoint.load(path)
     assert loaded.config == pruned.config
     np.testing.assert_array_equal(loaded(x), pruned(x))
 
@@ -210,7 +211,7 @@ def test_truncated_factorisation_is_the_best_low_rank_approximation(x, tmp_path)
     assert factored.num_parameters() < model.num_parameters()
     path = str(tmp_path / "f.npz")
     save(factored, path)
-    np.testing.assert_array_equal(structure.load(path)(x), factored(x))
+    np.testing.assert_array_equal(checkpoint.load(path)(x), factored(x))
 
 
 def test_factorised_and_pruned_models_quantize(x):

@@ -12,9 +12,9 @@ import npmobilenet
 from npmobilenet import config
 from npmobilenet.compression import calibrate as cal
 from npmobilenet.compression import qkernels, qreference
-from npmobilenet.compression.quantize import (
-    QuantizedModel, fold_model, quantize, quantize_multiplier, quantize_weight,
-)
+from npmobilenet.compression.qmodel import QuantizedModel
+from npmobilenet.compression.qops import quantize_multiplier
+from npmobilenet.compression.quantize import fold_model, quantize, quantize_weight
 
 
 def _int8(rng, shape):
@@ -219,10 +219,10 @@ def test_conv_exact_paths_match_reference_bit_for_bit(c):
 
 
 def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, images):
-    from npmobilenet.compression import quantize as quantize_module
+    from npmobilenet.compression import qops
 
     monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(quantize_module, "EXACT_MIN_MACS", 0)       # every layer on the float paths
+    monkeypatch.setattr(qops, "EXACT_MIN_MACS", 0)       # every layer on the float paths
     rng = np.random.default_rng(6)
     x = _int8(rng, (2, 9, 7, 6))
     args = _requant_args(rng, 6, 9)
@@ -390,7 +390,7 @@ def test_tensorflow_padding_models_quantize_bit_for_bit(tmp_path):
     # timm's tf_mobilenetv3_small (fixture made by timm): 'same' padding, worked out per input size
     import os
 
-    from npmobilenet.compression.qformat import load_quantized
+    from npmobilenet.compression.qmodel import load_quantized
     from npmobilenet.io.weights import from_weights
 
     fixtures = os.path.join(os.path.dirname(__file__), "fixtures")

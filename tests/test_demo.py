@@ -20,7 +20,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert re.search(rf"inference, eval-mode model +batch {batch}: +[0-9.]+ ms per image, +\d+ images/s", out)
     # the accuracy printed is the saved checkpoint's: re-evaluate it independently
     from npmobilenet.training import augment
-    from npmobilenet.training.checkpoint import load_checkpoint
+    from npmobilenet.io.checkpoint import load_checkpoint
     from npmobilenet.training.data import load_digits
     from npmobilenet.training.evaluation import evaluate
 

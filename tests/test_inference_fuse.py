@@ -8,7 +8,7 @@ import pytest
 import npmobilenet
 from npmobilenet.analysis.summary import summarize
 from npmobilenet.inference import FusedMobileNet, fold_batch_norm, fuse_model
-from npmobilenet.inference.fuse import ThreadGovernor
+from npmobilenet.inference.threads import ThreadGovernor
 from npmobilenet.layers import BatchNorm, PointwiseConv2d
 
 

@@ -11,7 +11,7 @@ import npmobilenet
 from npmobilenet.config import njit_parallel
 from npmobilenet.inference.atomics import atomic_add, atomic_load
 from npmobilenet.inference.blas import find_blas
-from npmobilenet.inference.fuse import _numba_threads
+from npmobilenet.inference.threads import numba_threads
 from npmobilenet.inference.plan import ALIGN
 from npmobilenet.inference.program import COLUMNS, TILES, X, Y, Program, op_row
 from test_inference_fuse import randomize_batch_norm
@@ -30,7 +30,7 @@ _take_numbers_parallel = njit_parallel(_take_numbers)
 def test_atomic_add_hands_out_every_number_once():
     counters = np.zeros(1, np.int64)
     taken = np.full(4000, -1, np.int64)
-    with _numba_threads(numba.config.NUMBA_NUM_THREADS):
+    with numba_threads(numba.config.NUMBA_NUM_THREADS):
         _take_numbers_parallel(counters, taken, 500)
     assert counters[0] == 4000
     # every slot written once (the old values are 0..3999, each once), each after its own add
@@ -60,12 +60,12 @@ def test_program_equals_the_layers_own_kernels_bitwise(arch):
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
             plan.arena[plan.input.size:] = np.nan          # nothing may survive from the last run
             np.copyto(plan.input, x)
-            with _numba_threads(threads):
+            with numba_threads(threads):
                 plan.program.run(threads)
             assert np.array_equal(plan.output, expected), threads
         # more workers than threads: the region runs them one after another, and still finishes
         np.copyto(plan.input, x)      # (the input's slot is reused by later tensors)
-        with _numba_threads(1):
+        with numba_threads(1):
             plan.program.run(4)
         assert np.array_equal(plan.output, expected)
         # layer by layer, each layer's ops alone (how `bench --per-layer` times them)

@@ -8,7 +8,7 @@ import npmobilenet
 from npmobilenet.cli import main
 from npmobilenet.io.convert import convert
 from npmobilenet.io.weights import from_weights, inspect_weights, load_weights
-from npmobilenet.training import checkpoint
+from npmobilenet.io import checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SRC = os.path.join(FIXTURES, "tv_mobilenet_v3_small_w035.pth")

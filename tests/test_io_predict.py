@@ -16,7 +16,7 @@ from npmobilenet.io.images import (  # noqa: E402
     IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_batch, load_image, preprocess_image,
 )
 from npmobilenet.io.predict import classify, imagenet_classes, softmax, top_k  # noqa: E402
-from npmobilenet.training import checkpoint  # noqa: E402
+from npmobilenet.io import checkpoint  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -17,7 +17,7 @@ def test_train_resume_and_eval_on_the_digits(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--epochs", "2", "--out", out, "--resume", out, *TINY]) == 0
     text = capsys.readouterr().out
     assert "epoch 2/2" in text and "epoch 1/" not in text  # continued, not restarted
-    from npmobilenet.training.checkpoint import load_checkpoint
+    from npmobilenet.io.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out)
     assert ckpt.epoch == 2 and len(ckpt.meta["history"]) == 2 and ckpt.optimizer_state["kind"] == "AdamW"

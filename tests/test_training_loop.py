@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npmobilenet.training import loop
-from npmobilenet.training.checkpoint import load_checkpoint
+from npmobilenet.io.checkpoint import load_checkpoint
 from npmobilenet.training.data import ArrayDataset
 from npmobilenet.training.loop import NonFiniteLossError, train
 from npmobilenet.training.optim import SGD, AdamW
@@ -184,7 +184,7 @@ def test_training_loss_decreases_on_the_digits(one_thread):
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_checkpoint_round_trip_of_a_real_model_is_bitwise(arch, tmp_path, one_thread):
     import npmobilenet
-    from npmobilenet.training.checkpoint import load, save
+    from npmobilenet.io.checkpoint import load, save
     from npmobilenet.training.loss import softmax_cross_entropy
 
     model = npmobilenet.build(arch, width=0.25, num_classes=5, seed=3)

@@ -1,8 +1,9 @@
 """Per-layer parameters and multiply-accumulates of a model, by formula (`npmobilenet summary`).
 
-`summarize(model, resolution)` walks the model's leaf layers in execution order, reads each one's
+`summarize(model, resolution)` reads the model's lowered graph (`npmobilenet.graph`: what every
+layer says it computes, in execution order), takes each conv, batch-norm and linear op's
 hyper-parameters (kernel, stride, padding, channels; never its arrays) and prices it with the
-formulas of `npmobilenet.analysis.ops`, carrying the activation shape from layer to layer. Nothing
+formulas of `npmobilenet.analysis.ops`, the graph's shape rules carrying the activation shape. Nothing
 runs and no activation is allocated, so it is instant even at 224x224 and for any batch size.
 The tests check it against the parameters the model allocates and the MACs an instrumented
 forward pass performs.
@@ -22,13 +23,10 @@ from npmobilenet.analysis.ops import (
     batch_norm_cost,
     conv2d_cost,
     depthwise_conv2d_cost,
-    global_avg_pool_cost,
     linear_cost,
     pointwise_conv2d_cost,
 )
-from npmobilenet.layers import (
-    BatchNorm, Conv2d, DepthwiseConv2d, GlobalAvgPool, Linear, PointwiseConv2d, SqueezeExcite,
-)
+from npmobilenet.graph import lower
 
 # Row types, in the order the breakdown lists them, with the names the V1 paper's Table 2 uses.
 TYPE_NAMES = {
@@ -170,27 +168,6 @@ def _pair_text(pair):
 
 
 # -- the walk ---------------------------------------------------------------------------------
-def _leaves(layer, prefix="", parent=None):
-    """Leaf layers in execution order (registration order) as `(dotted name, layer, parent)`."""
-    children = layer.children()
-    if not children:
-        yield prefix, layer, parent
-    for name, child in children:
-        yield from _leaves(child, f"{prefix}.{name}" if prefix else name, layer)
-
-
-def _padding_sides(padding):
-    # layers store (top, bottom, left, right); the formulas take ((top, bottom), (left, right))
-    top, bottom, left, right = padding
-    return (top, bottom), (left, right)
-
-
-def _check_channels(name, layer_channels, shape):
-    if shape[-1] != layer_channels:
-        # a model whose layers are not registered in execution order ends up here too
-        raise ValueError(f"layer {name} expects {layer_channels} channels but would receive shape {shape}")
-
-
 def _as_resolution(resolution):
     if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
         resolution = (resolution, resolution)
@@ -202,60 +179,53 @@ def _as_resolution(resolution):
     return int(resolution[0]), int(resolution[1])
 
 
+def _conv_row(op, shape):
+    """(type, cost) of a graph conv op on an input of `shape`, by the formulas of analysis.ops."""
+    bias = op.bias is not None
+    if op.variant == "pointwise":
+        return "pointwise", pointwise_conv2d_cost(shape, op.out_channels, bias)
+    top, bottom, left, right = op.padding_at(shape[1], shape[2])
+    pads = ((top, bottom), (left, right))
+    if op.variant == "depthwise":
+        return "depthwise", depthwise_conv2d_cost(shape, op.kernel_size, op.stride, pads, op.dilation, bias)
+    return "conv", conv2d_cost(shape, op.kernel_size, op.out_channels, op.stride, pads, op.dilation, bias)
+
+
 def summarize(model, resolution=224, batch=1, in_channels=3):
-    """Cost of every leaf layer of `model` on a `(batch, H, W, in_channels)` input, by formula.
+    """Cost of every layer of `model` with parameters, on a `(batch, H, W, in_channels)` input,
+    by formula: its lowered graph's conv, batch-norm and linear ops, in execution order.
 
     resolution: an int (square input) or `(H, W)`. Returns a `Summary` whose rows follow the
     layers in execution order; totals are over the whole batch (`batch=1`: per image, as the
-    papers quote them).
+    papers quote them). Fully connected layers that compute a squeeze-and-excitation gate are
+    typed "se" (`graph.gate_ops`).
     """
     h, w = _as_resolution(resolution)
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-    feature_map = (int(batch), h, w, in_channels)  # the NHWC activation the convolutions see
-    current = feature_map                          # the last layer's output (a vector after pooling, in SE)
-    found = []                                     # (name, layer, type, input shape, cost)
-    for name, layer, parent in _leaves(model):
-        if isinstance(layer, (Conv2d, DepthwiseConv2d, PointwiseConv2d)):
-            _check_channels(name, layer.in_channels, feature_map)
-            input_shape, bias = feature_map, layer.bias is not None
-            if isinstance(layer, PointwiseConv2d):
-                kind, cost = "pointwise", pointwise_conv2d_cost(input_shape, layer.out_channels, bias)
-            elif isinstance(layer, DepthwiseConv2d):
-                pads = _padding_sides(layer.padding_at(input_shape[1], input_shape[2]))
-                kind, cost = "depthwise", depthwise_conv2d_cost(
-                    input_shape, layer.kernel_size, layer.stride, pads, layer.dilation, bias)
-            else:
-                pads = _padding_sides(layer.padding_at(input_shape[1], input_shape[2]))
-                kind, cost = "conv", conv2d_cost(
-                    input_shape, layer.kernel_size, layer.out_channels, layer.stride, pads, layer.dilation, bias)
-            feature_map = cost.output_shape
-        elif isinstance(layer, BatchNorm):
-            _check_channels(name, layer.channels, current)
-            input_shape, kind, cost = current, "bn", batch_norm_cost(current)
-        elif isinstance(layer, Linear):
-            # SE's layers see the feature map pooled inside the SE layer; the classifier sees the
-            # model's pooled features or the previous Linear's output.
-            _check_channels(name, layer.in_features, current)
-            input_shape = (current[0], layer.in_features)
-            kind = "se" if isinstance(parent, SqueezeExcite) else "linear"
-            cost = linear_cost(input_shape, layer.out_features, bias=layer.bias is not None)
-        elif isinstance(layer, GlobalAvgPool):
-            current = global_avg_pool_cost(feature_map).output_shape
-            continue
-        elif any(True for _ in layer.named_parameters()):
-            raise TypeError(f"summary cannot cost layer {name} ({type(layer).__name__}): it has parameters "
-                            "but no formula in npmobilenet.analysis")
+    graph = lower(model)
+    shapes = graph.shapes((int(batch), h, w, in_channels))   # each op checks its input's channels
+    gates = graph.gate_ops()
+    found = []                                               # (op, type, input shape, cost)
+    for op in graph.ops:
+        shape = shapes[op.inputs[0]]
+        if op.kind == "conv":
+            kind, cost = _conv_row(op, shape)
+        elif op.kind == "batch_norm":
+            kind, cost = "bn", batch_norm_cost(shape)
+        elif op.kind == "linear":
+            kind = "se" if op.name in gates else "linear"
+            cost = linear_cost(shape, op.out_channels, bias=op.bias is not None)
         else:
-            continue  # activations, dropout: no parameters, no MACs, shape unchanged
-        found.append((name, layer, kind, input_shape, cost))
-        current = cost.output_shape
+            continue  # activations, pooling, channel scale, add: no parameters, no MACs
+        found.append((op, kind, shape, cost))
 
     total_macs = sum(cost.macs for *_, cost in found)
     rows = tuple(
-        Row(i, name, kind, input_shape, cost.output_shape, _geometry(layer, "kernel_size"), _geometry(layer, "stride"),
-            cost.params, _bias_params(layer), cost.macs, _ratio(cost.macs, total_macs))
-        for i, (name, layer, kind, input_shape, cost) in enumerate(found)
+        Row(i, op.name, kind, shape, cost.output_shape, _pair(getattr(op, "kernel_size", None)),
+            _pair(getattr(op, "stride", None)), cost.params, 0 if op.kind == "batch_norm" or op.bias is None else
+            int(op.bias.size), cost.macs, _ratio(cost.macs, total_macs))
+        for i, (op, kind, shape, cost) in enumerate(found)
     )
     config = getattr(model, "config", {})
     return Summary(
@@ -269,89 +239,6 @@ def summarize(model, resolution=224, batch=1, in_channels=3):
     )
 
 
-def _geometry(layer, attribute):
-    """A convolution's (vertical, horizontal) kernel size or stride; None for other layers."""
-    value = getattr(layer, attribute, None)
+def _pair(value):
+    """A convolution's (vertical, horizontal) kernel size or stride; None for other ops."""
     return None if value is None else (int(value[0]), int(value[1]))
-
-
-def _bias_params(layer):
-    bias = getattr(layer, "bias", None)
-    return 0 if bias is None else int(bias.size)
-
-
-# -- command line -----------------------------------------------------------------------------
-def add_arguments(parser):
-    from npmobilenet.models import ARCHS
-
-    parser.add_argument("arch", metavar="ARCH|CHECKPOINT",
-                        help=f"one of: {', '.join(ARCHS)}; or a checkpoint (.npz: float, pruned, factorised or int8)")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="input height and width (default 224, or the checkpoint's training resolution)")
-    parser.add_argument("--classes", type=int, default=1000, help="classifier outputs (default 1000)")
-    parser.add_argument("--json", action="store_true", help="print JSON: {params, macs, layers, breakdown}")
-
-
-def _load(path):
-    """The model in a checkpoint and its training resolution (None if not recorded)."""
-    from npmobilenet.compression.structure import load
-
-    model = load(path)
-    meta = model.info.get("meta", {}) if hasattr(model, "info") else _float_meta(path)
-    return model, meta.get("resolution")
-
-
-def _float_meta(path):
-    from npmobilenet.training.checkpoint import load_checkpoint
-
-    return load_checkpoint(path).meta
-
-
-def run(args):
-    import json
-    import os
-
-    from npmobilenet.models import ARCHS, build
-    from npmobilenet.models.mobilenet import MIN_RESOLUTION
-
-    if args.arch in ARCHS:
-        model, trained_at = build(args.arch, width=args.width, num_classes=args.classes), None
-    elif os.path.exists(args.arch):
-        model, trained_at = _load(args.arch)
-    else:
-        raise ValueError(f"ARCH must be one of {', '.join(ARCHS)} or an existing checkpoint file, got {args.arch!r}")
-    resolution = args.resolution or trained_at or 224
-    if resolution < MIN_RESOLUTION:
-        raise ValueError(f"--resolution must be at least {MIN_RESOLUTION}, got {resolution}")
-    if not hasattr(model, "modules"):
-        # An int8 model is a graph of integer ops, not layers: report its totals.
-        macs, params = model.macs((1, resolution, resolution, 3)), model.num_parameters()
-        c = model.config
-        if args.json:
-            print(json.dumps({"params": int(params), "macs": int(macs), "layers": [], "quantized": True}))
-        else:
-            print(f"{args.arch}: int8 {c['arch']} width {c['width']}, input {resolution}x{resolution}x3")
-            print(f"total: {params:,} parameters (int8 weights, int32 biases), {macs:,} multiply-accumulates")
-        return 0
-    summary = summarize(model, resolution)
-    peak = _peak_activation_bytes(model, resolution)
-    if args.json:
-        data = summary.to_json()
-        print(data[:-2] + f',\n "peak_activation_bytes_per_image": {json.dumps(peak)}\n}}')
-    else:
-        print(summary.format_table())
-        if peak is not None:
-            print(f"\nfused inference (model.fuse()): planned peak activation memory {peak:,} bytes "
-                  f"({peak / 2**20:.2f} MiB) per image at {resolution}x{resolution}")
-    return 0
-
-
-def _peak_activation_bytes(model, resolution):
-    """Bytes per image of the fused model's memory plan, or None where fusing does not apply."""
-    from npmobilenet.inference import planned_peak_bytes
-
-    try:
-        return int(planned_peak_bytes(model, resolution, batch=1))
-    except (TypeError, ValueError, AttributeError, NotImplementedError):
-        return None  # e.g. a low-rank factorised model, which the fused path does not take

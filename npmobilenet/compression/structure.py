@@ -1,7 +1,7 @@
 """Compressed architectures as config: rebuild a pruned or factorised model from its `config`.
 
 A compressed float model is an ordinary MobileNet whose `config` carries two extra keys, so that a
-checkpoint saved with `npmobilenet.training.checkpoint.save` describes it completely:
+checkpoint saved with `npmobilenet.save` describes it completely:
 
     expanded_channels: [int, ...]   one per block: the expanded width of each inverted residual
                                     after channel pruning (unchanged blocks keep their width)
@@ -11,11 +11,12 @@ checkpoint saved with `npmobilenet.training.checkpoint.save` describes it comple
                                     name ("blocks.3.conv_pwl": its 1x1 conv becomes conv.0 -> conv.1)
                                     or a classifier Linear's ("classifier.1": becomes .0 -> .1)
 
-`build(config)` builds the architecture with `npmobilenet.build` and applies the factorisation; `load(path)`
-reads any npmobilenet checkpoint: float, compressed float, or int8 quantized.
+`build(config)` builds the architecture with `npmobilenet.build` and applies the factorisation
+(`npmobilenet.load` reads any checkpoint with it).
 """
 import numpy as np
 
+from npmobilenet.models import build as build_model
 
 
 def _layer(model, name):
@@ -100,10 +101,8 @@ def build(config):
     Pruned widths (`expanded_channels`, `se_channels`) are the builder's own options; only the
     low-rank factorisation is applied here, on top of the built model.
     """
-    import npmobilenet
-
     config = dict(config)
-    model = npmobilenet.build(**{k: v for k, v in config.items() if k != "factorized"})
+    model = build_model(**{k: v for k, v in config.items() if k != "factorized"})
     if config.get("factorized"):
         set_factorized(model, dict(config["factorized"]))
     model.config = config
@@ -120,21 +119,3 @@ def with_config(model, **changes):
             config[key] = value
     model.config = config
     return model
-
-
-def load_checkpoint(path):
-    """`npmobilenet.training.checkpoint.load_checkpoint`, which builds compressed models from their
-    config too (and names an int8 file given where a float one is expected)."""
-    from npmobilenet.training import checkpoint
-
-    return checkpoint.load_checkpoint(path)
-
-
-def load(path):
-    """The model in any npmobilenet checkpoint: a float MobileNet (pruned/factorised included, in eval
-    mode) or a `QuantizedModel`. Errors name the file and the problem."""
-    from npmobilenet.compression import qformat
-
-    if qformat.read_format(path) == qformat.FORMAT:
-        return qformat.load_quantized(path)
-    return load_checkpoint(path).model

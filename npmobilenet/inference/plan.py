@@ -13,12 +13,14 @@ of `program.py` can name every tensor by its offset. Buffers are allocated when 
 activations (the only allocation per call is the returned copy of the logits). A new plan is
 made when the batch size or resolution changes.
 
-`planned_peak_bytes(model, resolution, batch)` is the total size of those buffers: the activation
-memory inference needs, input copy and logits included, weights excluded.
+The total size of those buffers (`model.planned_peak_bytes`) is the activation memory
+inference needs, input copy and logits included, weights excluded.
 """
 import math
 
 import numpy as np
+
+from npmobilenet.inference.program import Program
 
 
 ALIGN = 16      # float32 elements: 64 bytes, a cache line (and an AVX-512 register)
@@ -85,8 +87,6 @@ class MemoryPlan:
     """
 
     def __init__(self, layers, input_shape, sgemm, params=None):
-        from npmobilenet.inference.program import Program
-
         self.input_shape = tuple(input_shape)
         shapes, first, last, steps = _liveness(layers, input_shape)
         slot_of, capacity = _assign_slots(shapes, first, last)
@@ -129,37 +129,3 @@ class MemoryPlan:
         """What a plan for `input_shape` allocates, in bytes, without allocating it."""
         shapes, first, last, _ = _liveness(layers, input_shape)
         return 4 * sum(aligned(size) for size in _assign_slots(shapes, first, last)[1])
-
-
-def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
-    """Activation memory (bytes) fused inference allocates for `batch` images of `resolution`.
-
-    model: a MobileNet (fused or not; an unfused model is laid out as `model.fuse()` would lay it
-    out, in any mode). resolution: an int (square) or (H, W). `batch=1` gives bytes per image.
-    Counts the plans' buffers: input copy, every activation and workspace, logits; not weights.
-    A batch run in chunks (`fuse.chunk_images`) holds one plan per worker thread (`threads`),
-    plus, when the batch is not a whole number of chunks, one plan for the last, smaller chunk
-    (an upper bound then: the worker that runs the last chunk may hold no full-size plan).
-    """
-    from npmobilenet.inference.fuse import CHUNK_PIXELS, FusedMobileNet, chunk_images, fused_layers
-
-    if isinstance(resolution, (tuple, list)):
-        h, w = (int(r) for r in resolution)
-    else:
-        h = w = int(resolution)
-    if h < 32 or w < 32:
-        raise ValueError(f"resolution must be at least 32x32, got {h}x{w}")
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-    fused = isinstance(model, FusedMobileNet)
-    layers = model.layers if fused else fused_layers(model)
-    chunk = chunk_images(int(batch), h, w, model.chunk_pixels if fused else CHUNK_PIXELS)
-    if chunk >= batch:
-        return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3))
-    chunks, remainder = divmod(int(batch), chunk)
-    total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3))
-    if remainder:
-        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3))
-    return total

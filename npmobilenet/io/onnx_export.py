@@ -1,6 +1,7 @@
-"""ONNX out: `export_onnx(model, path)` and `npmobilenet export-onnx CHECKPOINT OUT.onnx [--batch dynamic|N]`.
+"""ONNX out: `export_onnx(model, path)` (the `npmobilenet export-onnx` command).
 
-The graph uses only standard operators (default opset 17), one per concept of the papers:
+The model's lowered graph (`npmobilenet.graph`), op by op, in standard operators (default opset
+17), one per concept of the papers:
 
     Conv                  standard, pointwise (1x1) and depthwise (`group` = channels) convolutions,
                           with batch norm folded into weight and bias (eval-mode statistics):
@@ -8,6 +9,7 @@ The graph uses only standard operators (default opset 17), one per concept of th
                           (or kept as BatchNormalization with `fold_batchnorm=False`)
     Relu, Clip(0, 6), HardSwish, HardSigmoid(alpha=1/6, beta=1/2)      the activations (V3 paper, sec. 5.2)
     GlobalAveragePool -> Conv 1x1 -> Relu -> Conv 1x1 -> HardSigmoid -> Mul   squeeze-and-excitation
+                          (its vectors stay (N, C, 1, 1), as the graph's `gate_ops` say)
     Add                   the inverted residual's shortcut
     GlobalAveragePool, Flatten, Gemm   the classifier (dropout is the identity at inference)
 
@@ -23,6 +25,7 @@ import os
 import numpy as np
 
 from npmobilenet.extras import require
+from npmobilenet.graph import fold_batch_norm, lower
 from npmobilenet.io.files import atomic_write
 
 DEFAULT_OPSET = 17  # HardSwish needs 14; 17 is what current exporters emit by default
@@ -56,126 +59,88 @@ class _GraphBuilder:
         return output
 
 
-def _conv_weight_oihw(conv):
-    """Our conv weight in ONNX's (Cout, Cin / group, KH, KW), with the node's attributes."""
+ONNX_LAYOUTS = {"standard": "conv", "depthwise": "depthwise", "pointwise": "pointwise"}  # keymaps' layout kinds
+
+
+def _conv_attributes(op):
+    """ONNX Conv attributes of a graph conv op (group = channels for a depthwise one)."""
+    attributes = dict(kernel_shape=list(op.kernel_size), strides=list(op.stride), dilations=list(op.dilation),
+                      group=op.groups)
+    if op.padding == "same":
+        # TensorFlow's 'same' (the odd pixel after) is ONNX's SAME_UPPER, resolved by the runtime for
+        # each input size, as our layer does
+        attributes["auto_pad"] = "SAME_UPPER"
+    else:
+        top, bottom, left, right = op.padding
+        attributes["pads"] = [top, left, bottom, right]
+    return attributes
+
+
+def _activation(g, function, x, name):
+    if function == "relu":
+        return g.add("Relu", [x], f"{name}.relu")
+    if function == "relu6":
+        low = g.constant(f"{name}.min", np.array(0.0, np.float32))
+        high = g.constant(f"{name}.max", np.array(6.0, np.float32))
+        return g.add("Clip", [x, low, high], f"{name}.relu6")
+    if function == "hardswish":
+        return g.add("HardSwish", [x], f"{name}.hardswish")
+    if function == "hardsigmoid":
+        # relu6(x + 3) / 6 = max(0, min(1, x / 6 + 1 / 2))
+        return g.add("HardSigmoid", [x], f"{name}.hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
+    raise TypeError(f"cannot export activation {function!r} ({name}) to ONNX")
+
+
+def export_graph(g, graph, x):
+    """Add the ops of a lowered `graph` (npmobilenet.graph) to `g` (a _GraphBuilder), reading the
+    NCHW tensor `x`; returns the name of the output. One ONNX node (or two) per op kind. The
+    vectors of a squeeze-and-excitation gate stay (N, C, 1, 1): its fully connected layers are 1x1
+    Conv nodes and the gate multiplies by broadcasting; elsewhere pooling is flattened to (N, C)
+    for Gemm."""
     from npmobilenet.io.keymaps import to_torch
-    from npmobilenet.layers import Conv2d, DepthwiseConv2d, PointwiseConv2d
 
-    w = conv.weight.data
-    if isinstance(conv, PointwiseConv2d):
-        return to_torch("pointwise", w), dict(kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], group=1)
-    if isinstance(conv, (Conv2d, DepthwiseConv2d)):
-        depthwise = isinstance(conv, DepthwiseConv2d)
-        attributes = dict(kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
-                          dilations=list(conv.dilation), group=conv.in_channels if depthwise else 1)
-        if conv.same:
-            # TensorFlow's 'same' (the odd pixel after) is ONNX's SAME_UPPER, resolved by the
-            # runtime for each input size, as our layer does
-            attributes["auto_pad"] = "SAME_UPPER"
+    gates = graph.gate_ops()
+    values = {graph.inputs[0]: x}
+    for op in graph.ops:
+        xs = [values[t] for t in op.inputs]
+        name = op.name
+        if op.kind == "conv":
+            inputs = [xs[0], g.constant(f"{name}.weight", to_torch(ONNX_LAYOUTS[op.variant], op.weight).astype(np.float32))]
+            if op.bias is not None:
+                inputs.append(g.constant(f"{name}.bias", np.asarray(op.bias, np.float32)))
+            y = g.add("Conv", inputs, f"{name}.conv", **_conv_attributes(op))
+        elif op.kind == "linear":
+            if name in gates:       # a fully connected layer on a 1x1 map
+                inputs = [xs[0], g.constant(f"{name}.weight", to_torch("pointwise", op.weight).astype(np.float32))]
+                kind, attributes = "Conv", dict(kernel_shape=[1, 1])
+            else:                   # (in, out): Gemm's B as it is
+                inputs, kind, attributes = [xs[0], g.constant(f"{name}.weight", np.asarray(op.weight, np.float32))], "Gemm", {}
+            if op.bias is not None:
+                inputs.append(g.constant(f"{name}.bias", np.asarray(op.bias, np.float32)))
+            y = g.add(kind, inputs, f"{name}.{kind.lower()}", **attributes)
+        elif op.kind == "batch_norm":
+            y = g.add("BatchNormalization", [
+                xs[0], g.constant(f"{name}.gamma", np.asarray(op.gamma, np.float32)),
+                g.constant(f"{name}.beta", np.asarray(op.beta, np.float32)),
+                g.constant(f"{name}.running_mean", np.asarray(op.mean, np.float32)),
+                g.constant(f"{name}.running_var", np.asarray(op.var, np.float32)),
+            ], f"{name}.bn", epsilon=op.eps)
+        elif op.kind == "activation":
+            y = _activation(g, op.function, xs[0], name)
+        elif op.kind == "global_avg_pool":
+            y = g.add("GlobalAveragePool", xs, f"{name}.gap")
+            if name not in gates:
+                y = g.add("Flatten", [y], f"{name}.flatten", axis=1)
+        elif op.kind == "channel_scale":
+            y = g.add("Mul", xs, f"{name}.scale")
+        elif op.kind == "add":
+            y = g.add("Add", xs, f"{name}.add")
         else:
-            top, bottom, left, right = conv.padding
-            attributes["pads"] = [top, left, bottom, right]
-        return to_torch("depthwise" if depthwise else "conv", w), attributes
-    raise TypeError(f"cannot export a {type(conv).__name__} convolution")
-
-
-class _Exporter:
-    def __init__(self, graph, fold_batchnorm):
-        self.g = graph
-        self.fold_batchnorm = fold_batchnorm
-
-    def layer(self, layer, x, name):
-        from npmobilenet import layers as L
-        from npmobilenet.models import MobileNet
-
-        if isinstance(layer, (MobileNet, L.Sequential)):
-            for child_name, child in layer.children():
-                x = self.layer(child, x, f"{name}.{child_name}" if name else child_name)
-            return x
-        if isinstance(layer, L.ConvBNAct):
-            return self.conv_bn_act(layer, x, name)
-        if isinstance(layer, L.DepthwiseSeparable):
-            x = self.conv_bn_act(layer.conv_dw, x, f"{name}.conv_dw")
-            return self.conv_bn_act(layer.conv_pw, x, f"{name}.conv_pw")
-        if isinstance(layer, L.InvertedResidual):
-            y = x
-            for part in ("conv_pw", "conv_dw", "se", "conv_pwl"):
-                child = getattr(layer, part)
-                if child is not None:
-                    y = self.layer(child, y, f"{name}.{part}")
-            # V2 paper, Fig. 3b: the shortcut joins the bottlenecks
-            return self.g.add("Add", [x, y], f"{name}.add") if layer.use_residual else y
-        if isinstance(layer, L.SqueezeExcite):
-            return self.squeeze_excite(layer, x, name)
-        if isinstance(layer, L.GlobalAvgPool):
-            pooled = self.g.add("GlobalAveragePool", [x], f"{name}.gap")
-            return self.g.add("Flatten", [pooled], f"{name}.flatten", axis=1)
-        if isinstance(layer, L.Linear):
-            inputs = [x, self.g.constant(f"{name}.weight", layer.weight.data)]  # (in, out): Gemm's B as is
-            if layer.bias is not None:
-                inputs.append(self.g.constant(f"{name}.bias", layer.bias.data))
-            return self.g.add("Gemm", inputs, f"{name}.gemm")
-        if isinstance(layer, L.Dropout):
-            return x  # the identity at inference
-        return self.activation(layer, x, name)
-
-    def activation(self, layer, x, name):
-        from npmobilenet import layers as L
-
-        if isinstance(layer, L.ReLU):
-            return self.g.add("Relu", [x], f"{name}.relu")
-        if isinstance(layer, L.ReLU6):
-            low = self.g.constant(f"{name}.min", np.array(0.0, np.float32))
-            high = self.g.constant(f"{name}.max", np.array(6.0, np.float32))
-            return self.g.add("Clip", [x, low, high], f"{name}.relu6")
-        if isinstance(layer, L.HardSwish):
-            return self.g.add("HardSwish", [x], f"{name}.hardswish")
-        if isinstance(layer, L.HardSigmoid):
-            # relu6(x + 3) / 6 = max(0, min(1, x / 6 + 1 / 2))
-            return self.g.add("HardSigmoid", [x], f"{name}.hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
-        raise TypeError(f"cannot export layer {name} of type {type(layer).__name__} to ONNX")
-
-    def conv_bn_act(self, block, x, name):
-        conv, bn = block.conv, block.bn
-        weight, attributes = _conv_weight_oihw(conv)
-        weight = weight.astype(np.float64)
-        bias = conv.bias.data.astype(np.float64) if conv.bias is not None else np.zeros(weight.shape[0])
-        mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
-        gamma, beta = bn.gamma.data.astype(np.float64), bn.beta.data.astype(np.float64)
-        if self.fold_batchnorm:
-            scale = gamma / np.sqrt(var + bn.eps)
-            weight = weight * scale[:, None, None, None]
-            bias = beta + (bias - mean) * scale
-            inputs = [x, self.g.constant(f"{name}.conv.weight", weight.astype(np.float32)),
-                      self.g.constant(f"{name}.conv.bias", bias.astype(np.float32))]
-            y = self.g.add("Conv", inputs, f"{name}.conv", **attributes)
-        else:
-            inputs = [x, self.g.constant(f"{name}.conv.weight", weight.astype(np.float32))]
-            if conv.bias is not None:
-                inputs.append(self.g.constant(f"{name}.conv.bias", bias.astype(np.float32)))
-            y = self.g.add("Conv", inputs, f"{name}.conv", **attributes)
-            y = self.g.add("BatchNormalization", [
-                y, self.g.constant(f"{name}.bn.gamma", gamma.astype(np.float32)),
-                self.g.constant(f"{name}.bn.beta", beta.astype(np.float32)),
-                self.g.constant(f"{name}.bn.running_mean", mean.astype(np.float32)),
-                self.g.constant(f"{name}.bn.running_var", var.astype(np.float32)),
-            ], f"{name}.bn", epsilon=float(bn.eps))
-        return self.activation(block.act, y, name) if block.act is not None else y
-
-    def squeeze_excite(self, se, x, name):
-        # SE on (N, C, H, W): pool to (N, C, 1, 1), two 1x1 convs (our Linear layers), gate, rescale
-        from npmobilenet.io.keymaps import to_torch
-
-        s = self.g.add("GlobalAveragePool", [x], f"{name}.gap")
-        for part, act in (("reduce", "Relu"), ("expand", None)):
-            linear = getattr(se, part)
-            s = self.g.add("Conv", [s, self.g.constant(f"{name}.{part}.weight", to_torch("pointwise", linear.weight.data)),
-                                    self.g.constant(f"{name}.{part}.bias", linear.bias.data)],
-                           f"{name}.{part}", kernel_shape=[1, 1])
-            if act:
-                s = self.g.add(act, [s], f"{name}.relu")
-        s = self.g.add("HardSigmoid", [s], f"{name}.gate", alpha=1.0 / 6.0, beta=0.5)
-        return self.g.add("Mul", [x, s], f"{name}.scale")
+            raise TypeError(f"cannot export {op.kind} op {name} to ONNX")
+        if getattr(op, "activation", None) is not None:
+            y = _activation(g, op.activation, y, name)
+        values[op.output] = y
+    return values[graph.outputs[0]]
 
 
 def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold_batchnorm=True):
@@ -196,7 +161,7 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
     if not isinstance(config, dict) or "arch" not in config:
         raise TypeError(f"model must be an npmobilenet model with a .config, got {type(model).__name__}")
 
-    from npmobilenet.compression.quantize import QuantizedModel
+    from npmobilenet.compression.qmodel import QuantizedModel
 
     graph = _GraphBuilder(onnx)
     if input_layout == "nchw":
@@ -210,7 +175,8 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
 
         logits = build_qdq_onnx(model, graph, x, helper)
     else:
-        logits = _Exporter(graph, fold_batchnorm).layer(model, x, "")
+        lowered = lower(model)
+        logits = export_graph(graph, fold_batch_norm(lowered) if fold_batchnorm else lowered, x)
     output = graph.add("Identity", [logits], "logits")
     proto_graph = helper.make_graph(
         graph.nodes, f"npmobilenet_{config['arch']}",
@@ -251,57 +217,3 @@ def run_onnx(path, x):
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     return session.run(["logits"], {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def _batch_argument(text):
-    if text == "dynamic":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--batch must be 'dynamic' or a positive int, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"--batch must be 'dynamic' or a positive int, got {text!r}")
-    return value
-
-
-def add_arguments(parser):
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="npmobilenet .npz (float or int8: int8 is written in QDQ form), or torchvision/timm weights")
-    parser.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
-    parser.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 14)")
-    parser.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
-                        help="input layout of the graph (default nchw, as ONNX vision models take)")
-    parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization nodes instead of folding")
-    parser.add_argument("--no-verify", action="store_true", help="skip checking the graph against npmobilenet in ONNX Runtime")
-
-
-def run(args):
-    from npmobilenet.compression import qformat
-    from npmobilenet.extras import available
-    from npmobilenet.io.weights import from_weights
-
-    batch = _batch_argument(args.batch)
-    quantized = qformat.is_quantized(args.checkpoint)
-    model = qformat.load_quantized(args.checkpoint) if quantized else from_weights(args.checkpoint)
-    export_onnx(model, args.out, batch, args.opset, args.layout, not args.no_fold_bn)
-    config = model.config
-    print(f"wrote {args.out}: {config['arch']} width {config['width']:g}, {config['num_classes']} classes, "
-          + ("int8 in QDQ form, " if quantized else "")
-          + f"opset {args.opset}, input {'N' if batch is None else batch}x"
-          + ("3xHxW (NCHW)" if args.layout == "nchw" else "HxWx3 (NHWC)"))
-    if not args.no_verify and available("onnxruntime"):
-        n = batch or 2
-        rng = np.random.default_rng(0)
-        if quantized:   # images in the calibrated range (the input's int8 grid)
-            scale, zero = model.tensors["input"]
-            x = (scale * (rng.integers(-128, 128, (n, 224, 224, 3)) - zero)).astype(np.float32)
-        else:
-            x = rng.standard_normal((n, 224, 224, 3)).astype(np.float32)
-        ours = model(x)
-        theirs = run_onnx(args.out, x.transpose(0, 3, 1, 2) if args.layout == "nchw" else x)
-        diff = float(np.abs(ours - theirs).max())
-        note = f" = {diff / model.tensors[model.output][0]:.0f} int8 output steps" if quantized else ""
-        print(f"verified in ONNX Runtime: max |logit difference| {diff:.2e}{note} (logit scale {float(np.abs(ours).max()):.2e})")
-    return 0

@@ -30,7 +30,6 @@ import numpy as np
 def build_qdq_onnx(qmodel, graph, x, helper):
     """Add `qmodel`'s ops to `graph` (an onnx_export._GraphBuilder) reading the float NCHW image
     `x`; returns the name of the float logits (dequantized)."""
-    from npmobilenet.compression.quantize import QAdd, QChannelScale, QConv, QLookup, QMean
     from npmobilenet.io.keymaps import to_torch
 
     params = {}
@@ -57,7 +56,7 @@ def build_qdq_onnx(qmodel, graph, x, helper):
     values = {"input": qdq(x, "input")}
     for op in qmodel.ops:
         xs = [values[name] for name in op.inputs]
-        if isinstance(op, QConv):
+        if op.kind == "conv":
             s_x = qmodel.tensors[op.inputs[0]][0]
             w_scale = op.weight_scale.astype(np.float64)
             bias = dequantized_constant(f"{op.name}.bias", op.bias, (s_x * w_scale).astype(np.float32), np.int32)
@@ -87,23 +86,23 @@ def build_qdq_onnx(qmodel, graph, x, helper):
                 y = graph.add("Clip", [y, low, high], f"{op.name}.relu6")
             elif op.activation is not None:
                 raise TypeError(f"{op.name}: cannot export activation {op.activation!r} in QDQ form")
-        elif isinstance(op, QLookup):
+        elif op.kind == "lookup":
             if op.function == "hardswish":
                 y = graph.add("HardSwish", [xs[0]], f"{op.name}.hardswish")
             elif op.function == "hardsigmoid":
                 y = graph.add("HardSigmoid", [xs[0]], f"{op.name}.hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
             else:
                 raise TypeError(f"{op.name}: cannot export lookup {op.function!r} in QDQ form")
-        elif isinstance(op, QMean):
+        elif op.kind == "mean":
             y = graph.add("Flatten", [graph.add("GlobalAveragePool", [xs[0]], f"{op.name}.gap")], f"{op.name}.flatten",
                           axis=1)
-        elif isinstance(op, QChannelScale):
+        elif op.kind == "channel_scale":
             gate = graph.add("Unsqueeze", [xs[1], graph.constant(f"{op.name}.hw", np.array([2, 3], np.int64))],
                              f"{op.name}.gate")
             y = graph.add("Mul", [xs[0], gate], f"{op.name}.scale")
-        elif isinstance(op, QAdd):
+        elif op.kind == "add":
             y = graph.add("Add", xs, f"{op.name}.add")
         else:
-            raise TypeError(f"cannot export {type(op).__name__} {op.name} in QDQ form")
+            raise TypeError(f"cannot export int8 op {op.kind!r} ({op.name}) in QDQ form")
         values[op.output] = qdq(y, op.output)
     return values[qmodel.output]

@@ -318,7 +318,7 @@ def foreign_state_dict(model, naming):
 
 
 def _load_npz(model, path):
-    from npmobilenet.training import checkpoint
+    from npmobilenet.io import checkpoint
 
     arrays, config = _read_npz_config(path)
     if config is None:
@@ -418,7 +418,7 @@ def from_weights(path, arch=None, width=None, num_classes=None, variant=None):
         raise ValueError(f"variant must be None or 'tf' (timm's tf_* models), got {variant!r}")
     fmt = sniff_format(path)
     if fmt == "npz":
-        from npmobilenet.training import checkpoint
+        from npmobilenet.io import checkpoint
 
         info = inspect_weights(path)
         _check_requested(path, info, arch, width, num_classes)

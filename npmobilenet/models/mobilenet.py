@@ -2,8 +2,7 @@
 import numpy as np
 
 from npmobilenet.layers import GlobalAvgPool, Layer
-
-MIN_RESOLUTION = 32  # five stride-2 stages take 32x32 to 1x1
+from npmobilenet.ops.geometry import MIN_RESOLUTION, check_images  # noqa: F401 (MIN_RESOLUTION: the models' minimum)
 
 
 class MobileNet(Layer):
@@ -28,23 +27,8 @@ class MobileNet(Layer):
     def arch(self):
         return self.config["arch"]
 
-    def _check_input(self, x):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"x must be a numpy array of shape (N, H, W, 3), got {type(x).__name__}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"x must be a float array (float32), got dtype {x.dtype}; scale images to floats first")
-        if x.ndim != 4:
-            raise ValueError(f"x must have rank 4 (N, H, W, 3) in NHWC layout, got shape {x.shape}")
-        if x.shape[3] != 3:
-            raise ValueError(f"x must have 3 channels last (N, H, W, 3), got shape {x.shape}")
-        if x.shape[0] < 1:
-            raise ValueError(f"x must hold at least one image, got shape {x.shape}")
-        if x.shape[1] < MIN_RESOLUTION or x.shape[2] < MIN_RESOLUTION:
-            raise ValueError(f"x must be at least {MIN_RESOLUTION}x{MIN_RESOLUTION}, got {x.shape[1]}x{x.shape[2]}")
-        return np.ascontiguousarray(x, dtype=self.dtype)
-
     def forward(self, x):
-        x = self._check_input(x)
+        x = check_images(x, self.dtype)
         for _, layer in self.children():
             x = layer(x)
         self._output_shape = x.shape
@@ -65,11 +49,12 @@ class MobileNet(Layer):
         return d
 
     def fuse(self, threads=None):
-        """An inference-only copy: batch norm folded, convolution, bias and activation fused.
+        """An inference-only copy: batch norm folded, convolution, bias and activation fused;
+        `npmobilenet.inference.fuse_model(model, threads)`, which runs the model's lowered graph.
 
-        The model must be in eval mode. See `npmobilenet.inference.fuse`.
+        The model must be in eval mode.
         """
-        from npmobilenet.inference.fuse import fuse_model
+        from npmobilenet.inference import fuse_model
 
         return fuse_model(self, threads)
 

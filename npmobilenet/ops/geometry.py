@@ -11,6 +11,25 @@ import numpy as np
 
 
 FLOAT_DTYPES = (np.float32, np.float64)
+MIN_RESOLUTION = 32  # a MobileNet's five stride-2 stages take 32x32 to 1x1
+
+
+def check_images(x, dtype):
+    """An image batch `x` (N, H, W, 3) float, H, W >= MIN_RESOLUTION, as a C-contiguous array of
+    `dtype`; otherwise the error every model (float, fused, int8) gives for it."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array of shape (N, H, W, 3), got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x must be a float array (float32), got dtype {x.dtype}; scale images to floats first")
+    if x.ndim != 4:
+        raise ValueError(f"x must have rank 4 (N, H, W, 3) in NHWC layout, got shape {x.shape}")
+    if x.shape[3] != 3:
+        raise ValueError(f"x must have 3 channels last (N, H, W, 3), got shape {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"x must hold at least one image, got shape {x.shape}")
+    if x.shape[1] < MIN_RESOLUTION or x.shape[2] < MIN_RESOLUTION:
+        raise ValueError(f"x must be at least {MIN_RESOLUTION}x{MIN_RESOLUTION}, got {x.shape[1]}x{x.shape[2]}")
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def as_pair(value, name):

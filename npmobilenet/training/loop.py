@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from npmobilenet.extras import available
-from npmobilenet.training.checkpoint import load_checkpoint, save
+from npmobilenet.io.checkpoint import load_checkpoint, save
 from npmobilenet.training.data import BatchLoader, as_dataset
 from npmobilenet.training.evaluation import evaluate
 from npmobilenet.training.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward

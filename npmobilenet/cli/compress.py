@@ -136,13 +136,13 @@ def _parse_ranks(items):
 
 def run(args):
     from npmobilenet.analysis.summary import summarize
-    from npmobilenet.compression import qformat, structure
-    from npmobilenet.training.checkpoint import save
+    from npmobilenet.compression.qmodel import is_quantized
+    from npmobilenet.io import checkpoint
 
-    if qformat.read_format(args.checkpoint) == qformat.FORMAT:
+    if is_quantized(args.checkpoint):
         raise ValueError(f"{args.checkpoint} is already an int8 quantized checkpoint; compress the float checkpoint "
                          "it came from")
-    ckpt = structure.load_checkpoint(args.checkpoint)
+    ckpt = checkpoint.load_checkpoint(args.checkpoint)
     model, meta = ckpt.model.eval(), ckpt.meta
     keep_meta = {k: meta[k] for k in ("resolution", "mean", "std", "split_seed") if k in meta}
     resolution = meta.get("resolution") or 224
@@ -157,7 +157,7 @@ def run(args):
         compressed = quantize(model, images, per_channel=not args.per_tensor, method=args.method,
                               percentile=args.percentile, batch_size=args.batch_size)
         compressed.info["meta"] = keep_meta
-        qformat.save_quantized(compressed, args.out)
+        compressed.save(args.out)
         macs = compressed.macs((1, resolution, resolution, 3))
         params = compressed.num_parameters()
         kind = f"int8 {'per-tensor' if args.per_tensor else 'per-channel'} ({args.method})"
@@ -169,7 +169,7 @@ def run(args):
             if args.unstructured:
                 if args.sparsity is None:
                     raise ValueError("--unstructured needs --sparsity (fraction of weights to zero)")
-                compressed = structure.load_checkpoint(args.checkpoint).model
+                compressed = checkpoint.load_checkpoint(args.checkpoint).model
                 masks = prune.magnitude_prune(compressed, args.sparsity, args.scope)
                 kind = f"magnitude-pruned to {prune.sparsity_of(compressed):.1%} sparsity"
             else:
@@ -186,7 +186,7 @@ def run(args):
         compressed = _finetune(compressed, meta, args, masks)
         if args.epochs:
             kind += f", fine-tuned {args.epochs} epochs"
-        save(compressed, args.out, **keep_meta)
+        checkpoint.save(compressed, args.out, **keep_meta)
         cost = summarize(compressed, resolution)
         macs, params = cost.macs, cost.params
     base = summarize(model, resolution)
@@ -196,7 +196,7 @@ def run(args):
     print(f"  file   {_size(args.checkpoint):>12,} -> {_size(args.out):>12,} bytes "
           f"({_size(args.checkpoint) / _size(args.out):.2f}x smaller)")
     if args.eval:
-        after = _top1(structure.load(args.out), meta, args.data)
+        after = _top1(checkpoint.load(args.out), meta, args.data)
         print(f"  top-1  {100 * before:.2f}% -> {100 * after:.2f}%  ({args.data} test split)")
     sys.stdout.flush()
     return 0

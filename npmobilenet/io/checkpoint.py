@@ -1,4 +1,5 @@
-"""Checkpoints: a model's parameters, running statistics and config in one `.npz`, written atomically.
+"""Checkpoints: a model's parameters, running statistics and config in one `.npz`, written atomically;
+and the one `load` / `save` for every npmobilenet file, float or int8, dispatching on the format.
 
 Format (version 1), all plain arrays so `np.load(..., allow_pickle=False)` reads it:
 
@@ -11,6 +12,11 @@ Format (version 1), all plain arrays so `np.load(..., allow_pickle=False)` reads
     model/<name>     every parameter and buffer (BN running mean/var) by dotted name
     optimizer/<key>  the optimizer's `state_dict()` (slot arrays; "kind", "steps", "lr" as 0-d arrays)
 
+An int8 model's checkpoint has its own format (`npmobilenet.compression.qmodel`): `load` reads
+either kind (a float MobileNet, pruned or factorised ones included, or a `QuantizedModel`) by its
+`__format__`, and `save` writes either. `load_checkpoint` reads a float checkpoint whole (with the
+optimizer state and metadata a resumed run needs).
+
 `save` writes a temporary file in the destination's directory, fsyncs it and `os.replace`s it
 over the destination, so a crash mid-write leaves the previous checkpoint as it was. `load` and
 `load_checkpoint` turn every way a file can be wrong (not a zip, truncated, bad CRC, not a
@@ -22,7 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npmobilenet.io.files import atomic_savez, atomic_write, from_json_array, json_array, read_arrays  # noqa: F401
+from npmobilenet.compression import structure
+from npmobilenet.compression.qmodel import FORMAT as INT8_FORMAT
+from npmobilenet.compression.qmodel import QuantizedModel
+from npmobilenet.io.files import atomic_savez, from_json_array, json_array, read_arrays
 
 FORMAT = "npmobilenet.checkpoint"
 VERSION = 1
@@ -79,8 +88,14 @@ def save(model, path, optimizer=None, epoch=None, **meta):
     """Write `model` (and optionally `optimizer` state and the completed `epoch`) to `path` atomically.
 
     Extra keyword arguments must be JSON-serialisable; they are stored in the metadata and come
-    back as `load_checkpoint(path).meta`. Returns `path`.
+    back as `load_checkpoint(path).meta`. An int8 `QuantizedModel` is written in its own format
+    (`qmodel.save(path)`; it has no optimizer or epoch). Returns `path`.
     """
+    if isinstance(model, QuantizedModel):
+        if optimizer is not None or epoch is not None or meta:
+            raise ValueError("an int8 model is saved without optimizer state, epoch or metadata "
+                             "(put metadata in qmodel.info)")
+        return model.save(path)
     atomic_savez(path, checkpoint_arrays(model, optimizer, epoch, **meta))
     return path
 
@@ -105,14 +120,8 @@ class Checkpoint:
 
 
 def _build(config):
-    if "factorized" in config:
-        # Low-rank factorised layers are a compression-time change of structure.
-        from npmobilenet.compression.structure import build as build_compressed
-
-        return build_compressed(config)
-    from npmobilenet.models import build
-
-    return build(**config)
+    # pruned widths are build options; low-rank factorised layers a compression-time change of structure
+    return structure.build(config)
 
 
 def load_checkpoint(path, model=None):
@@ -124,11 +133,14 @@ def load_checkpoint(path, model=None):
     format version, or holds arrays that do not match its config.
     """
     path = os.fspath(path)
-    arrays = read_arrays(path)
-    if "__format__" in arrays and str(arrays["__format__"]) == "npmobilenet.quantized":
+    return _from_arrays(read_arrays(path), path, model)
+
+
+def _from_arrays(arrays, path, model=None):
+    if "__format__" in arrays and str(arrays["__format__"]) == INT8_FORMAT:
         raise ValueError(
-            f"{path} is an int8 quantized checkpoint, not a float one; "
-            "load it with npmobilenet.compression.load_quantized"
+            f"{path} is an int8 quantized checkpoint, not a float one: load it with npmobilenet.load "
+            "(it has no optimizer state or training metadata)"
         )
     if "__format__" not in arrays or str(arrays["__format__"]) != FORMAT:
         raise ValueError(
@@ -179,5 +191,25 @@ def load_checkpoint(path, model=None):
 
 
 def load(path, model=None):
-    """The model saved in `path`, rebuilt from its config, in eval mode (see `load_checkpoint`)."""
-    return load_checkpoint(path, model).model
+    """The model saved in `path`, in eval mode: a float MobileNet rebuilt from its config (or the
+    weights loaded into `model`; see `load_checkpoint`), or an int8 `QuantizedModel`, as the
+    file's format says."""
+    path = os.fspath(path)
+    arrays = read_arrays(path)
+    if "__format__" in arrays and str(arrays["__format__"]) == INT8_FORMAT:
+        if model is not None:
+            raise ValueError(f"{path} is an int8 quantized checkpoint: it cannot be loaded into a float model")
+        return QuantizedModel.from_arrays(arrays, path)
+    return _from_arrays(arrays, path, model).model
+
+
+def load_with_meta(path):
+    """(model, metadata) of any npmobilenet checkpoint: a float one's training metadata
+    (resolution, normalisation, data split), or the metadata an int8 model kept from it."""
+    path = os.fspath(path)
+    arrays = read_arrays(path)
+    if "__format__" in arrays and str(arrays["__format__"]) == INT8_FORMAT:
+        model = QuantizedModel.from_arrays(arrays, path)
+        return model, dict(model.info.get("meta", {}))
+    checkpoint = _from_arrays(arrays, path)
+    return checkpoint.model, checkpoint.meta

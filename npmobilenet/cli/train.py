@@ -78,7 +78,7 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 4e-5, "rmsprop": 4e-5, "adamw": 0.05}
 
 def run(args):
     import npmobilenet
-    from npmobilenet.models.mobilenet import MIN_RESOLUTION
+    from npmobilenet.ops.geometry import MIN_RESOLUTION
     from npmobilenet.training import augment
     from npmobilenet.training.data import datasets_from_spec
     from npmobilenet.training.loop import NonFiniteLossError, train

@@ -1,0 +1,61 @@
+"""`npmobilenet export-onnx CHECKPOINT OUT.onnx [--batch dynamic|N] [--layout nchw|nhwc] [--no-fold-bn]`:
+a float or int8 checkpoint as an ONNX graph (`npmobilenet.io.onnx_export`), checked against
+npmobilenet in ONNX Runtime after writing."""
+import numpy as np
+
+from npmobilenet.io.onnx_export import DEFAULT_OPSET
+
+
+def _batch_argument(text):
+    if text == "dynamic":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--batch must be 'dynamic' or a positive int, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"--batch must be 'dynamic' or a positive int, got {text!r}")
+    return value
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="npmobilenet .npz (float or int8: int8 is written in QDQ form), or torchvision/timm weights")
+    parser.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
+    parser.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 14)")
+    parser.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
+                        help="input layout of the graph (default nchw, as ONNX vision models take)")
+    parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization nodes instead of folding")
+    parser.add_argument("--no-verify", action="store_true", help="skip checking the graph against npmobilenet in ONNX Runtime")
+
+
+def run(args):
+    from npmobilenet.compression.qmodel import is_quantized, load_quantized
+    from npmobilenet.extras import available
+    from npmobilenet.io.onnx_export import export_onnx, run_onnx
+    from npmobilenet.io.weights import from_weights
+
+    batch = _batch_argument(args.batch)
+    quantized = is_quantized(args.checkpoint)
+    model = load_quantized(args.checkpoint) if quantized else from_weights(args.checkpoint)
+    export_onnx(model, args.out, batch, args.opset, args.layout, not args.no_fold_bn)
+    config = model.config
+    print(f"wrote {args.out}: {config['arch']} width {config['width']:g}, {config['num_classes']} classes, "
+          + ("int8 in QDQ form, " if quantized else "")
+          + f"opset {args.opset}, input {'N' if batch is None else batch}x"
+          + ("3xHxW (NCHW)" if args.layout == "nchw" else "HxWx3 (NHWC)"))
+    if not args.no_verify and available("onnxruntime"):
+        n = batch or 2
+        rng = np.random.default_rng(0)
+        if quantized:   # images in the calibrated range (the input's int8 grid)
+            scale, zero = model.tensors["input"]
+            x = (scale * (rng.integers(-128, 128, (n, 224, 224, 3)) - zero)).astype(np.float32)
+        else:
+            x = rng.standard_normal((n, 224, 224, 3)).astype(np.float32)
+        ours = model(x)
+        theirs = run_onnx(args.out, x.transpose(0, 3, 1, 2) if args.layout == "nchw" else x)
+        diff = float(np.abs(ours - theirs).max())
+        note = f" = {diff / model.tensors[model.output][0]:.0f} int8 output steps" if quantized else ""
+        print(f"verified in ONNX Runtime: max |logit difference| {diff:.2e}{note} (logit scale {float(np.abs(ours).max()):.2e})")
+    return 0

@@ -1,0 +1,143 @@
+"""The inference graph (batch norm folded, activations fused) as a list of fused layers.
+
+Each conv, linear and pooling op becomes one fused layer. Two patterns of ops run inside the
+layers around them instead of as layers of their own:
+
+- a residual `add` whose one input is a linear pointwise projection read by nothing else: the
+  projection adds the shortcut while its output tile is in cache (V2 paper, Fig. 3b);
+- squeeze-and-excitation, `channel_scale(x, hardsigmoid(linear(relu(linear(pool(x))))))` with x a
+  depthwise convolution's output and the scaled tensor read by one pointwise convolution: the
+  depthwise kernel also sums its output rows, the gate is computed from those sums (no second
+  pass over x), and the pointwise kernel multiplies its input by the gate as it reads it.
+
+Everything is decided from op kinds and tensor names; nothing here knows a block class. An op the
+fused kernels do not compute raises NotImplementedError naming it.
+"""
+import numpy as np
+
+from npmobilenet.inference.kernels import ACTIVATIONS
+from npmobilenet.inference.layers import (
+    FusedConv2d, FusedDepthwise, FusedGlobalPool, FusedLinear, FusedPointwise, FusedSqueezeExcite,
+)
+
+
+def _bias(op):
+    return op.bias if op.bias is not None else np.zeros(op.out_channels, np.float32)
+
+
+def _unsupported(op, why):
+    return NotImplementedError(f"fused inference cannot run {op.kind} op {op.name} ({op.describe()}): {why}")
+
+
+def _check_activation(op):
+    if op.activation not in ACTIVATIONS:
+        raise _unsupported(op, f"the fused kernels apply {sorted(a for a in ACTIVATIONS if a)} or no activation")
+
+
+class _Graph:
+    """Lookups over the graph's ops: who writes a tensor, who reads it."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.producer = {op.output: op for op in graph.ops}
+        self.readers = {}
+        for op in graph.ops:
+            for t in op.inputs:
+                self.readers.setdefault(t, []).append(op)
+
+    def only_reader(self, tensor):
+        readers = self.readers.get(tensor, [])
+        return readers[0] if len(readers) == 1 and tensor not in self.graph.outputs else None
+
+    def squeeze_excite(self, scale):
+        """The ops of an SE that runs fused (see the module docstring), or None."""
+        x, gate = scale.inputs
+        sigmoid = self.producer.get(gate)
+        expand = self.producer.get(sigmoid.inputs[0]) if sigmoid is not None else None
+        reduce = self.producer.get(expand.inputs[0]) if expand is not None else None
+        pool = self.producer.get(reduce.inputs[0]) if reduce is not None else None
+        depthwise, reader = self.producer.get(x), self.only_reader(scale.output)
+        chain = [sigmoid, expand, reduce, pool]
+        if (None in chain or [op.kind for op in chain] != ["activation", "linear", "linear", "global_avg_pool"]
+                or sigmoid.function != "hardsigmoid" or expand.activation is not None or reduce.activation != "relu"
+                or pool.inputs[0] != x or depthwise is None or depthwise.kind != "conv"
+                or depthwise.variant != "depthwise" or reader is None or reader.kind != "conv"
+                or reader.variant != "pointwise"
+                or sorted(op.name for op in self.readers[x]) != sorted([pool.name, scale.name])
+                or any(self.only_reader(op.output) is None for op in chain[1:])):
+            return None
+        return dict(depthwise=depthwise, pool=pool, reduce=reduce, expand=expand, gate=sigmoid, reader=reader)
+
+
+def fused_layers(graph):
+    """The inference graph `graph` as a flat list of fused layers over named tensors, from the
+    graph's input ("input") to its output (the last layer's first output)."""
+    if len(graph.outputs) != 1:
+        raise NotImplementedError(f"fused inference runs graphs of one output, this one has {graph.outputs}")
+    g = _Graph(graph)
+    skip, residual_of, gate_of, sums_of, se_after = set(), {}, {}, {}, {}
+    # first the patterns that fold ops into the layers around them
+    for op in graph.ops:
+        if op.kind == "channel_scale":
+            se = g.squeeze_excite(op)
+            if se is None:
+                raise _unsupported(op, "only squeeze-and-excitation between a depthwise and a pointwise "
+                                       "convolution runs fused")
+            skip.update(id(o) for o in (se["pool"], se["reduce"], se["expand"], se["gate"], op))
+            sums_of[se["depthwise"].output] = f"{se['depthwise'].output}.row_sums"
+            gate_of[op.output] = (se, op)
+            se_after[id(se["depthwise"])] = (se, op)
+        elif op.kind == "add":
+            for mine, other in ((0, 1), (1, 0)):
+                projection = g.producer.get(op.inputs[mine])
+                if (projection is not None and projection.kind == "conv" and projection.variant == "pointwise"
+                        and projection.activation is None and g.only_reader(projection.output) is op
+                        and id(projection) not in residual_of):
+                    residual_of[id(projection)] = (op.inputs[other], op.output)
+                    skip.add(id(op))
+                    break
+            else:
+                raise _unsupported(op, "a residual add runs fused into a linear pointwise projection read by "
+                                       "nothing else")
+    layers = []
+    for op in graph.ops:
+        if id(op) in skip:
+            continue
+        if op.kind == "conv":
+            layers.append(_conv_layer(op, residual_of, gate_of, sums_of))
+            if id(op) in se_after:                # SE's gate, from the rows the depthwise kernel summed
+                se, scale_op = se_after[id(op)]
+                layers.append(FusedSqueezeExcite(
+                    scale_op.name, (sums_of[op.output], op.output), (scale_op.output,),
+                    se["reduce"].weight, _bias(se["reduce"]), se["expand"].weight, _bias(se["expand"])))
+        elif op.kind == "linear":
+            _check_activation(op)
+            layers.append(FusedLinear(op.name, op.inputs, (op.output,), op.weight, _bias(op), op.activation))
+        elif op.kind == "global_avg_pool":
+            layers.append(FusedGlobalPool(op.name, op.inputs, (op.output,)))
+        else:
+            raise _unsupported(op, "no fused kernel computes it here")
+    return layers
+
+
+def _conv_layer(op, residual_of, gate_of, sums_of):
+    _check_activation(op)
+    if op.variant != "pointwise" and op.dilation != (1, 1):
+        raise _unsupported(op, "the fused kernels support dilation 1 only")
+    if op.variant == "standard":
+        return FusedConv2d(op.name, op.inputs, (op.output,), op.weight, _bias(op), op.activation, op.stride, op.padding)
+    if op.variant == "depthwise":
+        outputs = (op.output, sums_of[op.output]) if op.output in sums_of else (op.output,)
+        return FusedDepthwise(op.name, op.inputs, outputs, op.weight, _bias(op), op.activation, op.stride, op.padding)
+    inputs, output = list(op.inputs), op.output
+    gated = op.inputs[0] in gate_of
+    if gated:                                   # read the depthwise output, scaled by the SE gate
+        se, scale = gate_of[op.inputs[0]]
+        inputs = [se["depthwise"].output]
+    residual = id(op) in residual_of
+    if residual:
+        shortcut, output = residual_of[id(op)]
+        inputs.append(shortcut)
+    if gated:
+        inputs.append(scale.output)
+    return FusedPointwise(op.name, inputs, (output,), op.weight, _bias(op), op.activation, residual, gated)

@@ -1,0 +1,331 @@
+"""The fused layer kinds: one step of fused inference each, with its shapes, costs and kernel call.
+
+A fused layer is one or more graph ops run as one kernel: a convolution with its bias and
+activation (and, for a pointwise projection, the residual add and squeeze-and-excitation's gate),
+the depthwise convolution that also sums its output rows for SE, SE's gate, global pooling, and
+a fully connected layer. `compile.py` makes them from the inference graph; the memory plan gives
+their tensors buffers; `program.py` runs their op-table rows.
+"""
+import math
+
+import numpy as np
+
+from npmobilenet.inference import kernels
+from npmobilenet.inference.plan import ALIGN, aligned
+from npmobilenet.inference.program import CONV, DEPTHWISE, GATE_ROWS, LINEAR, POINTWISE, POOL, SE_GATE, op_row
+from npmobilenet.ops.geometry import output_size, tf_same_sides
+
+FLOAT = np.float32
+
+
+class FusedLayer:
+    """One step of the fused network.
+
+    `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes)` map the
+    input shapes to the shapes the plan must hold; `macs(shapes)` and `bytes_moved(shapes)` are the
+    layer's cost (MACs as `npmobilenet.analysis` counts them; bytes: inputs and weights read once,
+    outputs written once, float32); `call(tensors, parallel)` returns `(kernel, args)` (the layer
+    run alone); `program_ops(offsets, shapes)` its rows of the op table (`program.py`), given the
+    arena offsets of its tensors (inputs, outputs, workspaces, in that order). `weight_names` are
+    its parameter arrays, which `pack_parameters` moves into one array (`param_offsets`).
+    """
+
+    kind = "layer"
+    activation = None
+    weight_names = ()
+
+    def __init__(self, name, inputs, outputs):
+        self.name, self.inputs, self.outputs = name, tuple(inputs), tuple(outputs)
+
+    def workspace_shapes(self, shapes):
+        return []
+
+    def weight_bytes(self):
+        return sum(a.nbytes for a in self.weights())
+
+    def weights(self):
+        return [getattr(self, name) for name in self.weight_names]
+
+    def bytes_moved(self, shapes):
+        out = self.output_shapes(shapes)
+        elements = sum(math.prod(s) for s in shapes) + sum(math.prod(s) for s in out)
+        return 4 * elements + self.weight_bytes()
+
+    def describe(self):
+        act = f", {self.activation}" if self.activation else ""
+        return f"{self.kind}{act}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, {self.describe()})"
+
+
+def _pair_kernel(pair, parallel):
+    return pair[1] if parallel else pair[0]
+
+
+class _Windowed(FusedLayer):
+    """A KxK window (dilation 1): stride (sh, sw) and padding (top, bottom, left, right), or
+    "same" (TensorFlow's, resolved for each input size: `pads(h, w)`)."""
+
+    def pads(self, h, w):
+        if self.padding != "same":
+            return self.padding
+        return tf_same_sides(h, w, self.weight.shape[:2], self.stride)
+
+    def output_hw(self, h, w):
+        (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.weight.shape[:2], self.stride, self.pads(h, w)
+        return output_size(h, kh, sh, pt, pb, 1), output_size(w, kw, sw, pl, pr, 1)
+
+
+class FusedConv2d(_Windowed):
+    """Standard KxK convolution + bias + activation (the stem). weight (KH, KW, Cin, Cout)."""
+
+    kind = "conv"
+    weight_names = ("weight", "bias")
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right) or "same"
+
+    def output_shapes(self, shapes):
+        n, h, w, _ = shapes[0]
+        return [(n, *self.output_hw(h, w), self.weight.shape[3])]
+
+    def macs(self, shapes):
+        n, ho, wo, cout = self.output_shapes(shapes)[0]
+        kh, kw, cin, _ = self.weight.shape
+        return n * ho * wo * cout * kh * kw * cin
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
+        return _pair_kernel(kernels.CONV2D, parallel), (
+            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y)
+
+    def program_ops(self, offsets, shapes):
+        (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
+        kh, kw = self.weight.shape[:2]
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
+        return [op_row(KIND=CONV, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n, XH=h,
+                       XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets["weight"],
+                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl)]
+
+
+class FusedPointwise(FusedLayer):
+    """1x1 convolution + bias + activation, or + bias + residual; optionally SE-gated input.
+
+    inputs: (x,) + (residual,) if `residual` + (gate,) if `gated`. weight (Cin, Cout).
+    """
+
+    kind = "pointwise"
+    weight_names = ("weight", "bias")
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation, residual=False, gated=False):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.residual, self.gated = residual, gated
+
+    def describe(self):
+        extra = (" + residual" if self.residual else "") + (" (SE-gated input)" if self.gated else "")
+        return super().describe() + extra
+
+    def output_shapes(self, shapes):
+        n, h, w, _ = shapes[0]
+        return [(n, h, w, self.weight.shape[1])]
+
+    def macs(self, shapes):
+        n, h, w, cin = shapes[0]
+        return n * h * w * cin * self.weight.shape[1]
+
+    def call(self, tensors, parallel, sgemm):
+        x, rest = tensors[0], list(tensors[1:-1])
+        y = tensors[-1]
+        n, h, w, cin = x.shape
+        cout = self.weight.shape[1]
+        rows = n * h * w
+        residual = rest.pop(0).reshape(rows, cout) if self.residual else kernels._EMPTY_ROWS
+        gate = rest.pop(0) if self.gated else kernels._EMPTY_ROWS
+        return _pair_kernel(kernels.POINTWISE, parallel), (
+            x.reshape(rows, cin), self.weight, self.bias, kernels.ACTIVATIONS[self.activation], residual, gate,
+            h * w, *kernels.pointwise_tiles(rows, cin, cout), sgemm, y.reshape(rows, cout))
+
+    def program_ops(self, offsets, shapes):
+        n, h, w, cin = shapes[0]
+        cout = self.weight.shape[1]
+        rows = n * h * w
+        tile_rows, tile_cols = kernels.pointwise_tiles(rows, cin, cout)
+        row_tiles, col_tiles = -(-rows // tile_rows), -(-cout // tile_cols)
+        rest = list(offsets[1:-1])
+        residual = rest.pop(0) if self.residual else -1
+        gate = rest.pop(0) if self.gated else -1
+        ops = []
+        if self.gated and col_tiles > 1:      # as the layer's own kernel: gate every row first
+            ops.append(op_row(KIND=GATE_ROWS, TILES=row_tiles, X=offsets[0], N=n, XH=h, XW=w, XC=cin, AUX=gate,
+                              TR=tile_rows))
+        ops.append(op_row(KIND=POINTWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
+                          X=offsets[0], N=n, XH=h, XW=w, XC=cin, Y=offsets[-1], YC=cout,
+                          W=self.param_offsets["weight"], B=self.param_offsets["bias"], AUX=residual, AUX2=gate,
+                          TR=tile_rows, TC=tile_cols))
+        return ops
+
+
+class FusedDepthwise(_Windowed):
+    """KxK depthwise convolution + bias + activation; with SE after it, also its row sums.
+
+    outputs: (y,) or (y, row_sums). weight (KH, KW, C).
+    """
+
+    kind = "depthwise"
+    weight_names = ("weight", "bias")
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.stride, self.padding = stride, padding
+
+    def describe(self):
+        kh, kw, _ = self.weight.shape
+        return f"depthwise {kh}x{kw}/{self.stride[0]}" + (f", {self.activation}" if self.activation else "")
+
+    def output_shapes(self, shapes):
+        n, h, w, c = shapes[0]
+        y = (n, *self.output_hw(h, w), c)
+        return [y, (n, y[1], c)] if len(self.outputs) == 2 else [y]
+
+    def macs(self, shapes):
+        n, ho, wo, c = self.output_shapes(shapes)[0]
+        kh, kw, _ = self.weight.shape
+        return n * ho * wo * c * kh * kw
+
+    def bytes_moved(self, shapes):
+        y = self.output_shapes(shapes)[0]
+        return 4 * (math.prod(shapes[0]) + math.prod(y)) + self.weight_bytes()
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors[0], tensors[1]
+        sums = tensors[2] if len(self.outputs) == 2 else kernels._EMPTY_SUMS
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
+        return _pair_kernel(kernels.DEPTHWISE, parallel), (
+            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y, sums)
+
+    def program_ops(self, offsets, shapes):
+        (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
+        kh, kw, _ = self.weight.shape
+        (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
+        sums = offsets[2] if len(self.outputs) == 2 else -1
+        return [op_row(KIND=DEPTHWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n,
+                       XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight"],
+                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, AUX=sums)]
+
+
+class FusedSqueezeExcite(FusedLayer):
+    """SE's gate from the depthwise layer's row sums. inputs: (row_sums (N, Ho, C), the gated
+    activation (N, Ho, Wo, C), read for its shape only) -> gate (N, C). The multiply by the gate
+    happens in the next pointwise layer's read of its input."""
+
+    kind = "squeeze-excite"
+    weight_names = ("w_reduce", "b_reduce", "w_expand", "b_expand")
+
+    def __init__(self, name, inputs, outputs, w_reduce, b_reduce, w_expand, b_expand):
+        super().__init__(name, inputs, outputs)
+        self.w_reduce, self.b_reduce, self.w_expand, self.b_expand = w_reduce, b_reduce, w_expand, b_expand
+
+    def output_shapes(self, shapes):
+        n, _, c = shapes[0]
+        return [(n, c)]
+
+    def workspace_shapes(self, shapes):
+        return [(shapes[0][0], self.w_reduce.shape[1])]
+
+    def macs(self, shapes):
+        n, _, c = shapes[0]
+        return n * 2 * c * self.w_reduce.shape[1]
+
+    def bytes_moved(self, shapes):
+        return 4 * (math.prod(shapes[0]) + 2 * shapes[0][0] * shapes[0][2]) + self.weight_bytes()
+
+    def call(self, tensors, parallel, sgemm):
+        sums, gated, gate, hidden = tensors
+        return _pair_kernel(kernels.SE_GATE, parallel), (
+            sums, gated.shape[1] * gated.shape[2], self.w_reduce, self.b_reduce, self.w_expand, self.b_expand,
+            hidden, gate)
+
+    def program_ops(self, offsets, shapes):
+        (n, ho, c), (_, _, wo, _) = shapes
+        sums, _, gate, hidden = offsets
+        p = self.param_offsets
+        return [op_row(KIND=SE_GATE, TILES=n, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden, S=self.w_reduce.shape[1],
+                       COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"], B2=p["b_expand"])]
+
+
+class FusedGlobalPool(FusedLayer):
+    kind = "global-avg-pool"
+
+    def output_shapes(self, shapes):
+        n, _, _, c = shapes[0]
+        return [(n, c)]
+
+    def macs(self, shapes):
+        return 0
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors
+        n, h, w, c = x.shape
+        return _pair_kernel(kernels.GLOBAL_POOL, parallel), (x.reshape(n, h * w, c), y)
+
+    def program_ops(self, offsets, shapes):
+        n, h, w, c = shapes[0]
+        return [op_row(KIND=POOL, TILES=n, X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[1])]
+
+
+class FusedLinear(FusedLayer):
+    """Fully connected + bias + activation. weight (Cin, Cout)."""
+
+    kind = "linear"
+    weight_names = ("weight", "bias")
+
+    def __init__(self, name, inputs, outputs, weight, bias, activation=None):
+        super().__init__(name, inputs, outputs)
+        self.weight, self.bias, self.activation = weight, bias, activation
+
+    def output_shapes(self, shapes):
+        return [(shapes[0][0], self.weight.shape[1])]
+
+    def macs(self, shapes):
+        return shapes[0][0] * self.weight.shape[0] * self.weight.shape[1]
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors
+        return _pair_kernel(kernels.LINEAR, parallel), (
+            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation],
+            kernels.linear_block_cols(self.weight.shape[1]), sgemm, y)
+
+    def program_ops(self, offsets, shapes):
+        n, cin = shapes[0]
+        cout = self.weight.shape[1]
+        block = kernels.linear_block_cols(cout)
+        return [op_row(KIND=LINEAR, ACT=kernels.ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
+                       N=n, XC=cin, Y=offsets[1], YC=cout, W=self.param_offsets["weight"],
+                       B=self.param_offsets["bias"], TC=block)]
+
+
+def pack_parameters(layers):
+    """Move every fused layer's parameter arrays into one float32 array, each starting on a
+    64-byte boundary, for the op table of `program.py` to address by offset. Each layer's arrays
+    become views of it, and `layer.param_offsets[name]` their offsets. Returns the array."""
+    total = sum(aligned(getattr(layer, name).size) for layer in layers for name in layer.weight_names)
+    raw = np.empty(total + ALIGN, FLOAT)
+    start = (-raw.ctypes.data // 4) % ALIGN          # first 64-byte-aligned element
+    params = raw[start:start + total]
+    offset = 0
+    for layer in layers:
+        layer.param_offsets = {}
+        for name in layer.weight_names:
+            array = getattr(layer, name)
+            view = params[offset:offset + array.size].reshape(array.shape)
+            view[...] = array
+            setattr(layer, name, view)
+            layer.param_offsets[name] = offset
+            offset += aligned(array.size)
+    return params

@@ -1,0 +1,261 @@
+"""`model.fuse()`: an inference-only MobileNet that runs the model's lowered graph fused.
+
+`fuse_model` lowers the model (`npmobilenet.graph`), folds batch norm and fuses activations
+(`graph.inference_graph`), turns the graph into fused layers (`compile.py`: each convolution with
+its bias, activation, residual add and squeeze-and-excitation in one kernel) and packs every
+weight into one array (`layers.pack_parameters`). Nothing here knows a block class: what the
+model lowers to is what runs.
+
+Threads: one image (or a small batch of small images) runs as one call of the plan's op table
+(`program.py`), every layer cut into tiles that the threads take in turn, one parallel region
+for the whole network; a larger batch is cut into chunks of about two 224x224 images that worker
+threads run through the whole network, each with its own plan (`chunk_images`). A
+`ThreadGovernor` (threads.py) drops the single-image path to one thread while parallel calls are
+slower (another process holding a core). The work is cut by shapes only, so outputs are bitwise
+identical for every thread count.
+"""
+import math
+import threading
+import time
+
+import numba
+import numpy as np
+
+from npmobilenet.graph import fold_scale, inference_graph
+from npmobilenet.inference.blas import sgemm_address, single_threaded_blas
+from npmobilenet.inference.compile import fused_layers
+from npmobilenet.inference.layers import FLOAT, pack_parameters
+from npmobilenet.inference.plan import MemoryPlan
+from npmobilenet.inference.threads import ThreadGovernor, check_threads, numba_threads, worker_pool
+from npmobilenet.ops.geometry import MIN_RESOLUTION, check_images
+
+
+def fold_batch_norm(weight, bias, bn):
+    """`weight` (output channels last) and `bias` (or None) of a convolution with the eval-mode
+    BatchNorm layer `bn` after it folded in: float32 `(w s, beta + (b - mean) s)`, s = gamma /
+    sqrt(var + eps) (`npmobilenet.graph.fold_scale`, the one folding formula)."""
+    return fold_scale(weight, bias, bn.gamma.data, bn.beta.data, bn.running_mean, bn.running_var, bn.eps)
+
+
+CHUNK_PIXELS = 100_000
+
+def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
+    """Images per chunk when a batch is run in chunks: about `chunk_pixels` input pixels (two
+    224x224 images), so that a chunk's activations stay in the caches from one layer to the next
+    (a whole batch of 32 would stream ~250 MB through memory at every layer); a small batch of
+    small images runs whole. Depends on the shape only, never on the thread count."""
+    return max(1, min(batch, math.ceil(chunk_pixels / (height * width))))
+
+
+class FusedMobileNet:
+    """An inference-only MobileNet: `fused(x) -> logits`, x: (N, H, W, 3) float, H, W >= 32.
+
+    Built by `model.fuse()`. Holds folded float32 weights (copies: later changes to the source
+    model do not reach it) and memory plans for the last input shape seen. `threads` is the
+    number of threads it uses (None: Numba's current setting, `NUMBA_NUM_THREADS` or
+    `npmobilenet.config.set_num_threads`); `adaptive` lets the governor fall back to one thread
+    at batch 1 under load (`set_threads(n, adaptive=False)` pins it). There is no backward pass
+    and no training mode. `planned_peak_bytes(resolution, batch)` is the activation memory its
+    plans allocate; `activation_bytes` what they hold now.
+    """
+
+    training = False
+
+    def __init__(self, layers, config_, threads=None, adaptive=True):
+        self.layers = layers
+        self.params = pack_parameters(layers)      # every weight, in one array (see program.py)
+        self.config = dict(config_)
+        self.threads = check_threads(threads)
+        self.num_classes = self.config.get("num_classes")
+        self.adaptive = adaptive     # let the ThreadGovernor fall back to one thread under load
+        self.governor = ThreadGovernor()
+        self.last_threads = None     # threads the last call ran on
+        self._plan = None            # batch 1: one plan, its tiles shared by the threads
+        self._worker_plans = {}      # larger batches: (worker, chunk shape) -> plan run on one thread
+        self.chunk_pixels = CHUNK_PIXELS
+        self._lock = threading.RLock()
+
+    # -- the computation --------------------------------------------------------------------
+    @property
+    def dtype(self):
+        return np.dtype(FLOAT)
+
+    def plan(self, input_shape):
+        """The memory plan of one image (or one small batch), whose op table the threads share:
+        made once for `input_shape` (N, H, W, 3), kept until the shape changes."""
+        input_shape = tuple(int(d) for d in input_shape)
+        if self._plan is None or self._plan.input_shape != input_shape:
+            self._plan = None  # release the old buffers before allocating the new ones
+            self._plan = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params)
+            self.governor.reset()
+        return self._plan
+
+    def _worker_plan(self, worker, input_shape):
+        """Worker `worker`'s plan for a chunk of `input_shape` (run on that worker's thread alone)."""
+        key = (worker, input_shape)
+        if key not in self._worker_plans:
+            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params)
+        return self._worker_plans[key]
+
+    def chunk_images(self, batch, height, width):
+        """Images per chunk when a batch is split (see `chunk_images`)."""
+        return chunk_images(batch, height, width, self.chunk_pixels)
+
+    @property
+    def activation_bytes(self):
+        """Bytes of every activation buffer this model holds now (all its plans)."""
+        plans = ([self._plan] if self._plan is not None else []) + list(self._worker_plans.values())
+        return sum(plan.nbytes for plan in plans)
+
+    def __call__(self, x):
+        x = check_images(x, FLOAT)     # the unfused model's checks and messages
+        batch, height, width, _ = x.shape
+        threads = self.threads if self.threads is not None else numba.get_num_threads()
+        chunk = self.chunk_images(batch, height, width)
+        # The governor watches the single-plan path only: its threads wait for each other at
+        # every layer, which another process's load can stall. Chunks of a batch need no
+        # synchronisation but the last join, and a slowed worker just takes fewer chunks, so
+        # they use every thread.
+        governed = self.adaptive and chunk >= batch
+        guard = single_threaded_blas()
+        # One call at a time: calls share the plans' buffers and the op table's counters (a
+        # second caller resetting them mid-run would leave the first waiting forever).
+        with self._lock:
+            if governed:
+                threads = self.governor.choose(threads)
+            start = time.perf_counter()
+            with guard:
+                if chunk >= batch:
+                    logits = self._run_whole(x, threads)
+                else:
+                    logits = self._run_chunks(x, chunk, threads)
+            if governed:
+                self.governor.record(threads, time.perf_counter() - start)
+            self.last_threads = threads
+        return logits
+
+    def _run_whole(self, x, threads):
+        """One plan; every layer's tiles shared by `threads` threads, in one parallel region."""
+        plan = self.plan(x.shape)
+        np.copyto(plan.input, x)
+        with numba_threads(threads):
+            plan.program.run(threads)
+        return plan.output.copy()
+
+    def _run_chunks(self, x, chunk, threads):
+        """The batch in chunks of `chunk` images, each run through the whole network by one
+        thread; `threads` workers (this thread and pool threads) take the next chunk as they
+        finish the last, so a worker slowed by another process simply does fewer chunks. The
+        kernels release the GIL. Which worker runs a chunk never changes what it computes."""
+        batch = x.shape[0]
+        if self._worker_plans and next(iter(self._worker_plans))[1][1:] != x.shape[1:]:
+            self._worker_plans = {}                           # a new resolution: re-plan
+        out = np.empty((batch, self.num_classes), FLOAT)
+        chunks = iter(range(0, batch, chunk))                 # next() on it is atomic under the GIL
+
+        def work(worker):
+            for start in chunks:
+                stop = min(batch, start + chunk)
+                plan = self._worker_plan(worker, (stop - start,) + x.shape[1:])
+                np.copyto(plan.input, x[start:stop])
+                plan.program.run(1)
+                out[start:stop] = plan.output
+
+        workers = min(threads, -(-batch // chunk))
+        futures = [worker_pool().submit(work, w) for w in range(1, workers)]
+        try:
+            work(0)
+        finally:
+            for future in futures:
+                future.result()
+        return out
+
+    forward = __call__
+
+    def backward(self, *args, **kwargs):
+        raise RuntimeError("a fused model is inference-only: it has no backward pass; "
+                           "train the unfused model and call model.fuse() again")
+
+    def train(self, mode=True):
+        if mode:
+            raise RuntimeError("a fused model is inference-only and cannot be put in training mode; "
+                               "train the unfused model and call model.fuse() again")
+        return self
+
+    def eval(self):
+        return self
+
+    def set_threads(self, threads, adaptive=None):
+        """Threads for the parallel layers (None: Numba's current setting); `adaptive=False`
+        pins the count (no fallback to one thread under load)."""
+        self.threads = check_threads(threads)
+        if adaptive is not None:
+            self.adaptive = bool(adaptive)
+        self.governor.reset()
+        return self
+
+    # -- costs ----------------------------------------------------------------------------------
+    def layer_costs(self, resolution=224, batch=1):
+        """[(name, description, macs, bytes moved)] per fused layer for a square input."""
+        return MemoryPlan.costs(self.layers, (batch, resolution, resolution, 3))
+
+    def macs(self, resolution=224, batch=1):
+        return sum(c[2] for c in self.layer_costs(resolution, batch))
+
+    def planned_peak_bytes(self, resolution=224, batch=1, threads=None):
+        """Bytes of activation memory the plans allocate for a batch at this resolution."""
+        if threads is None:
+            threads = self.threads if self.threads is not None else numba.get_num_threads()
+        return planned_peak_bytes(self, resolution, batch, threads)
+
+    def __repr__(self):
+        c = self.config
+        lines = [f"FusedMobileNet({c.get('arch')}, width={c.get('width')}, threads={self.threads})"]
+        lines += [f"  {layer.name}: {layer.describe()}" for layer in self.layers]
+        return "\n".join(lines)
+
+
+def fuse_model(model, threads=None):
+    """`model.fuse(threads)`: the inference-only `FusedMobileNet` of an eval-mode `model`."""
+    threads = check_threads(threads)
+    training = [name or "model" for name, layer in model.modules() if layer.training]
+    if training:
+        raise RuntimeError(
+            "fuse() needs a model in eval mode (batch norm must use its running statistics, dropout "
+            f"must be off), but {len(training)} layer(s) are in training mode (e.g. {training[0]!r}): "
+            "call model.eval() first")
+    if np.dtype(model.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"fuse() needs a float32 or float64 model, got {model.dtype}")
+    return FusedMobileNet(fused_layers(inference_graph(model)), model.config, threads)
+
+
+def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
+    """Activation memory (bytes) fused inference allocates for `batch` images of `resolution`.
+
+    model: a MobileNet (fused or not; an unfused model is laid out as `model.fuse()` would lay it
+    out, in any mode). resolution: an int (square) or (H, W). `batch=1` gives bytes per image.
+    Counts the plans' buffers: input copy, every activation and workspace, logits; not weights.
+    A batch run in chunks (`chunk_images`) holds one plan per worker thread (`threads`),
+    plus, when the batch is not a whole number of chunks, one plan for the last, smaller chunk
+    (an upper bound then: the worker that runs the last chunk may hold no full-size plan).
+    """
+    if isinstance(resolution, (tuple, list)):
+        h, w = (int(r) for r in resolution)
+    else:
+        h = w = int(resolution)
+    if h < MIN_RESOLUTION or w < MIN_RESOLUTION:
+        raise ValueError(f"resolution must be at least {MIN_RESOLUTION}x{MIN_RESOLUTION}, got {h}x{w}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    fused = isinstance(model, FusedMobileNet)
+    layers = model.layers if fused else fused_layers(inference_graph(model))
+    chunk = chunk_images(int(batch), h, w, model.chunk_pixels if fused else CHUNK_PIXELS)
+    if chunk >= batch:
+        return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3))
+    chunks, remainder = divmod(int(batch), chunk)
+    total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3))
+    if remainder:
+        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3))
+    return total

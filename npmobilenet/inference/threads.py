@@ -1,0 +1,113 @@
+"""Threads for fused inference: how many, and when to fall back to one.
+
+`numba_threads(n)` runs parallel kernels on n threads and restores the setting; the
+`ThreadGovernor` times batch-1 calls and picks one thread while two are slower (another process
+holding a core); `worker_pool()` holds the threads that run chunks of a batch.
+"""
+import contextlib
+
+import numba
+import numpy as np
+
+
+def check_threads(threads):
+    """`threads` as an int in [1, NUMBA_NUM_THREADS], or None; else a clear error."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise ValueError(f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {threads}")
+    return int(threads)
+
+
+@contextlib.contextmanager
+def numba_threads(threads):
+    """Run parallel kernels on `threads` threads (None: leave Numba's setting), restoring after."""
+    if threads is None:
+        yield
+        return
+    previous = numba.get_num_threads()
+    if previous != threads:
+        numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if previous != threads:
+            numba.set_num_threads(previous)
+
+
+class ThreadGovernor:
+    """Chooses, call by call, between running the parallel layers on `threads` threads or on one.
+
+    On a shared machine a parallel region waits for its slowest thread; when another process
+    holds a core, that thread may be descheduled for a whole scheduler tick, and a network of
+    ~50 parallel regions becomes many times slower than one thread (measured 100 ms against 25
+    ms for MobileNetV2 at batch 1 with the load average near 6). So the governor times calls:
+    it keeps the median of the last three call times with `threads` threads and with one, runs
+    the faster, and now and then probes the other (every `probe_interval` calls, doubling up to
+    `max_interval` while the probe confirms the choice, back to the start when it does not).
+    The first call after a (re)start is not counted: it pays for allocating the plan's buffers.
+    Thread counts change only *which threads* compute a tile, never how: outputs are bitwise
+    identical whichever is chosen.
+    """
+
+    def __init__(self, probe_interval=8, max_interval=256):
+        self.first_interval, self.max_interval = probe_interval, max_interval
+        self.reset()
+
+    def reset(self):
+        self.samples = {}           # thread count -> the last few seconds per call
+        self.interval = self.first_interval
+        self.since_probe = 0
+        self._skip = 1              # the first call allocates the plan: do not count it
+        self._probing = None
+
+    @property
+    def estimate(self):
+        """thread count -> median seconds per call of its recent samples."""
+        return {n: sorted(v)[len(v) // 2] for n, v in self.samples.items() if v}
+
+    def choose(self, threads):
+        if threads <= 1:
+            return 1
+        for n in (threads, 1):      # measure both first
+            if len(self.samples.get(n, ())) < 1:
+                return n
+        estimate = self.estimate
+        best = threads if estimate[threads] <= estimate[1] else 1
+        self.since_probe += 1
+        if self.since_probe >= self.interval:
+            self.since_probe = 0
+            other = 1 if best == threads else threads
+            self.samples[other] = []        # its old samples are stale: the load may have changed
+            self._probing = (best, other)
+            return other
+        return best
+
+    def record(self, n, seconds):
+        if self._skip:
+            self._skip -= 1
+            return
+        samples = self.samples.setdefault(n, [])
+        samples.append(seconds)
+        del samples[:-3]
+        if self._probing and self._probing[1] == n:
+            best, probed = self._probing
+            won = self.estimate[probed] < self.estimate[best]
+            self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
+            self._probing = None
+
+
+_pool = []
+
+
+def worker_pool():
+    """Threads that run chunks of a batch beside the calling thread (created on first use)."""
+    if not _pool:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool.append(ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                        thread_name_prefix="npmobilenet-inference"))
+    return _pool[0]
