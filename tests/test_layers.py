@@ -89,6 +89,49 @@ def test_batchnorm_statistics():
     np.testing.assert_allclose(bn(x), expected)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batchnorm_on_vectors_is_batchnorm_on_1x1_maps(training):
+    # V4 normalises the pooled (N, C) features: the same arithmetic as on the (N, 1, 1, C) map,
+    # bit for bit, forward and backward, running statistics included
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((5, 6)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal((5, 6)).astype(np.float32)
+    vector, grid = BatchNorm(6, eps=1e-5, momentum=0.1), BatchNorm(6, eps=1e-5, momentum=0.1)
+    for bn in (vector, grid):
+        bn.gamma.data[:] = np.linspace(0.5, 1.5, 6)
+        bn.running_var[:] = np.linspace(0.5, 2.0, 6)
+        bn.train(training)
+    y = vector(x)
+    assert y.shape == (5, 6) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, grid(x.reshape(5, 1, 1, 6)).reshape(5, 6))
+    dx = vector.backward(dy)
+    assert dx.shape == (5, 6)
+    np.testing.assert_array_equal(dx, grid.backward(dy.reshape(5, 1, 1, 6)).reshape(5, 6))
+    for a, b in zip(vector.state_dict().values(), grid.state_dict().values()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(vector.gamma.grad, grid.gamma.grad)
+    np.testing.assert_array_equal(vector.beta.grad, grid.beta.grad)
+    if training:
+        np.testing.assert_allclose(y.mean(axis=0), vector.beta.data, atol=1e-6)
+    vector.train(training)
+    check_layer_gradients(vector, rng.standard_normal((4, 6)) * 2 + 1, rng, coords=10)
+    for bad in (np.zeros((5, 7), np.float32), np.zeros((2, 3, 6), np.float32), np.zeros(6, np.float32)):
+        with pytest.raises(ValueError, match=r"\(N, H, W, 6\) or \(N, 6\)"):
+            vector(bad)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_linear_bn_act_gradients(training):
+    # V4's layer after pooling: a bias-free Linear, batch norm over the (N, C) vectors, ReLU
+    rng = np.random.default_rng(9)
+    layer = ConvBNAct(Linear(5, 4, bias=False, rng=rng, init_std=0.5), 1e-5, 0.1, "relu")
+    assert (layer.in_channels, layer.out_channels) == (5, 4) and layer.conv.bias is None
+    layer.bn.beta.data[:] = rng.uniform(-0.2, 0.5, 4)
+    layer.bn.running_var[:] = rng.uniform(0.5, 2, 4)
+    layer.train(training)
+    check_layer_gradients(layer, rng.standard_normal((6, 5)), rng, coords=8)
+
+
 def test_conv_layer_gradients_with_bias():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 5, 6, 3))

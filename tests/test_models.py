@@ -123,7 +123,9 @@ LAYER_TYPES = (Conv2d, DepthwiseConv2d, PointwiseConv2d, BatchNorm, Linear)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("arch", npmobilenet.ARCHS)
+# V4 has its own check (test_models_v4.py) at 64x64: at 32x32 its last stage batch-normalises 3
+# values per channel with eps 1e-5, and the loss is too curved for central differences there
+@pytest.mark.parametrize("arch", [a for a in npmobilenet.ARCHS if not a.startswith("mobilenet_v4")])
 def test_whole_model_gradients(arch, training):
     """d(loss)/d(input) and d(loss)/d(parameter) for every layer type vs central differences."""
     rng = np.random.default_rng(zlib.crc32(arch.encode()))

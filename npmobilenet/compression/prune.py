@@ -1,10 +1,10 @@
 """Pruning: structured (fewer expansion channels, a smaller dense model) and unstructured (zeros).
 
-Structured channel pruning of inverted residuals (V2 paper, Fig. 3b). An expanded channel c of a
+Structured channel pruning of expansion layers (V2 paper, Fig. 3b). An expanded channel c of a
 block is one column of the 1x1 expansion, one depthwise filter, one SE input and output, and one
-row of the 1x1 projection: removing all of them together gives the same block with a smaller
-expansion width, a dense model whose MACs, parameters and latency really drop. Channels are ranked
-per block by
+row of the 1x1 projection (`graph.channels` finds these slices in the block's lowered graph, for
+any block): removing all of them together gives the same block with a smaller expansion width, a
+dense model whose MACs, parameters and latency really drop. Channels are ranked per block by
 
 - "bn": |gamma| of the expansion's batch norm (network slimming, Liu et al., 2017): a channel
   whose scale is near zero carries nearly nothing after normalisation;
@@ -23,6 +23,8 @@ import copy
 import numpy as np
 
 from npmobilenet.compression import structure
+from npmobilenet.graph import lower
+from npmobilenet.graph.channels import internal_groups
 
 CRITERIA = ("bn", "l1")
 
@@ -37,13 +39,29 @@ def _check_fraction(fraction, name="fraction"):
     return float(fraction)
 
 
+def expansion_group(block):
+    """The channel group of a block's expansion (`graph.channels`): the one cut-able group of the
+    block's own lowered graph that a batch norm normalises (a factorised 1x1 conv's inner rank is
+    a group too, without one). None for a block without expansion channels (V1's, V2's t=1)."""
+    graph = lower(block)
+    groups = [group for group in internal_groups(graph) if group.norm is not None]
+    if len(groups) > 1:
+        raise ValueError(f"a {type(block).__name__} has {len(groups)} independent channel groups; pruning "
+                         "takes blocks with one expansion")
+    return groups[0] if groups else None
+
+
 def channel_importance(block, criterion="bn"):
-    """(E,) importance of each expanded channel of an inverted residual (higher: keep)."""
+    """(E,) importance of each expansion channel of a block (higher: keep)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    group = expansion_group(block)
+    if group is None:
+        raise ValueError(f"a {type(block).__name__} has no expansion channels to rank")
     if criterion == "bn":
-        return np.abs(block.conv_pw.bn.gamma.data).astype(np.float64)
-    return np.abs(block.conv_pw.conv.weight.data).sum(axis=0).astype(np.float64)  # (Cin, E) -> (E,)
+        return np.abs(group.norm.gamma).astype(np.float64)
+    weight = np.abs(group.seed.weight).astype(np.float64)
+    return weight.reshape(-1, weight.shape[-1]).sum(axis=0)         # each output filter's L1 norm
 
 
 def kept_channels(block, fraction, criterion="bn"):
@@ -51,79 +69,58 @@ def kept_channels(block, fraction, criterion="bn"):
     scores = channel_importance(block, criterion)
     expanded = scores.size
     keep = max(1, int(round(expanded * (1.0 - fraction))))
-    if keep == block.in_channels and keep != expanded:
+    if keep == expansion_group(block).seed.in_channels and keep != expanded:
         # an expansion as wide as its input would vanish from the architecture (the builder drops
-        # conv_pw when expanded == in): keep one more channel
+        # a 1x1 expansion when expanded == in): keep one more channel
         keep += 1 if keep < expanded else -1
     order = np.argsort(-scores, kind="stable")
     return np.sort(order[:keep])
 
 
-def _copy_block_channels(old, new, keep):
-    """Copy `old`'s weights into the narrower `new`, keeping expansion channels `keep`."""
-    def copy_bn(src, dst, index):
-        dst.gamma.data[...] = src.gamma.data[index]
-        dst.beta.data[...] = src.beta.data[index]
-        dst.running_mean[...] = src.running_mean[index]
-        dst.running_var[...] = src.running_var[index]
-
-    new.conv_pw.conv.weight.data[...] = old.conv_pw.conv.weight.data[:, keep]
-    copy_bn(old.conv_pw.bn, new.conv_pw.bn, keep)
-    new.conv_dw.conv.weight.data[...] = old.conv_dw.conv.weight.data[:, :, keep]
-    copy_bn(old.conv_dw.bn, new.conv_dw.bn, keep)
-    if old.se is not None:
-        new.se.reduce.weight.data[...] = old.se.reduce.weight.data[keep, :]
-        new.se.reduce.bias.data[...] = old.se.reduce.bias.data
-        new.se.expand.weight.data[...] = old.se.expand.weight.data[:, keep]
-        new.se.expand.bias.data[...] = old.se.expand.bias.data[keep]
-    new.conv_pwl.conv.weight.data[...] = old.conv_pwl.conv.weight.data[keep, :]
-    everything = slice(None)
-    copy_bn(old.conv_pwl.bn, new.conv_pwl.bn, everything)
-
-
-def _inverted_residual_like(block, expanded_channels, rng):
-    """A fresh InvertedResidual with `block`'s hyper-parameters and a new expanded width."""
-    from npmobilenet.layers import InvertedResidual
-
-    bn = block.conv_dw.bn
-    se_channels = block.se.squeeze_channels if block.se is not None else None
-    return InvertedResidual(block.in_channels, expanded_channels, block.out_channels, block.kernel_size,
-                            block.stride, block.activation, se_channels, bn.eps, bn.momentum, rng=rng)
-
-
-
 def prune_channels(model, fraction, criterion="bn"):
-    """A copy of `model` with `fraction` of every inverted residual's expansion channels removed.
+    """A copy of `model` with `fraction` of every block's expansion channels removed.
 
-    model: a V2/V3 MobileNet (V1 has no expansion layers). fraction in [0, 1). criterion: "bn"
-    or "l1" (see the module docstring). Blocks without an expansion layer are unchanged. The copy
-    is a dense model of the same architecture with narrower blocks; its `config` records the new
-    widths under "expanded_channels" (see `structure.py`). Fine-tune it afterwards.
+    model: a MobileNet whose blocks have expansion layers (V2, V3, V4; not V1); fraction in
+    [0, 1); criterion: "bn" or "l1" (see the module docstring). Which slices of which arrays a
+    channel is (the expansion's filter, its batch norm, the depthwise filter, SE's rows and
+    columns, the projection's input row) comes from the block's lowered graph
+    (`graph.channels`). The copy is a dense model of the same architecture with narrower
+    blocks, rebuilt from its `config`, which records the new widths under "expanded_channels"
+    (see `structure.py`). Fine-tune it afterwards.
     """
-    from npmobilenet.layers import InvertedResidual
-
     fraction = _check_fraction(fraction)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    blocks = list(model.blocks)
-    if not any(isinstance(b, InvertedResidual) and b.conv_pw is not None for b in blocks):
+    groups = [expansion_group(block) for block in model.blocks]
+    if not any(groups):
         raise ValueError(f"{model.config.get('arch')} has no inverted-residual expansion layers to prune")
-    pruned = copy.deepcopy(model)
-    widths = []
-    rng = np.random.default_rng(0)
-    for i, block in enumerate(blocks):
-        if not isinstance(block, InvertedResidual) or block.conv_pw is None:
-            widths.append(int(getattr(block, "expanded_channels", block.in_channels)))
+    names = {id(p.data): name for name, p in model.named_parameters()}
+    names.update({id(b): name for name, b in model.named_buffers()})
+    widths, cuts = [], {}
+    for i, (block, group) in enumerate(zip(model.blocks, groups)):
+        if group is None:
+            widths.append(int(model.spec.blocks[i].expanded_channels))
             continue
         keep = kept_channels(block, fraction, criterion)
-        new = _inverted_residual_like(block, int(keep.size), rng)
-        _copy_block_channels(block, new, keep)
-        new.train(model.training)
-        pruned.blocks._children[str(i)] = new
         widths.append(int(keep.size))
-    se_widths = [b.se.squeeze_channels if getattr(b, "se", None) is not None else 0 for b in pruned.blocks]
+        for op, attribute, axis in group.slices:
+            cuts[names[id(getattr(op, attribute))]] = (axis, keep)
     # SE widths stay the unpruned model's (the builder would derive them from the narrower expansion).
-    return structure.with_config(pruned, expanded_channels=widths, se_channels=se_widths if any(se_widths) else None)
+    se_widths = [int(b.se_channels) for b in model.spec.blocks]
+    config = dict(model.config, expanded_channels=widths)
+    config.pop("se_channels", None)
+    if any(se_widths):
+        config["se_channels"] = se_widths
+    pruned = structure.build(config)
+    state = model.state_dict()
+    for name, (axis, keep) in cuts.items():
+        state[name] = np.take(state[name], keep, axis=axis)
+    pruned.load_state_dict(state)
+    original = dict(model.modules())
+    for name, layer in pruned.modules():      # dropout's generators continue where they were
+        if hasattr(layer, "rng"):
+            layer.rng = copy.deepcopy(original[name].rng)
+    return pruned.train(model.training)
 
 
 # -- unstructured magnitude pruning --------------------------------------------------------------

@@ -41,15 +41,18 @@ def max_rank(layer):
 
 
 def factorizable_layers(model):
-    """{name: layer} of every 1x1 convolution (as its ConvBNAct's name) and classifier Linear."""
-    from npmobilenet.layers import ConvBNAct, Linear, PointwiseConv2d
+    """{name: layer} of every 1x1 convolution that is the `conv` of a conv-BN unit (named by the
+    unit, e.g. "blocks.3.conv_pwl") and every fully connected layer of the classifier (named by
+    its own path, or by its unit's when it has a batch norm after it, as V4's does)."""
+    from npmobilenet.layers import Linear, PointwiseConv2d
 
     found = {}
     for name, layer in model.modules():
-        if isinstance(layer, ConvBNAct) and isinstance(layer.conv, PointwiseConv2d):
-            found[name] = layer.conv
-        elif isinstance(layer, Linear) and name.startswith("classifier.") and name.count(".") == 1:
-            found[name] = layer
+        unit, _, child = name.rpartition(".")
+        if isinstance(layer, PointwiseConv2d) and child == "conv":
+            found[unit] = layer
+        elif isinstance(layer, Linear) and name.startswith("classifier."):
+            found[unit if child == "conv" else name] = layer
     return found
 
 
@@ -77,8 +80,6 @@ def factorized_pair(layer, rank, rng=None):
 
 def set_factorized(model, ranks):
     """Replace each named layer by a factorised pair of the given rank (fresh weights)."""
-    from npmobilenet.layers import ConvBNAct
-
     candidates = factorizable_layers(model)
     for name, rank in ranks.items():
         if name not in candidates:
@@ -86,7 +87,7 @@ def set_factorized(model, ranks):
                              f"known: {', '.join(sorted(candidates)) or 'none'}")
         target = _layer(model, name)
         pair = factorized_pair(candidates[name], rank)
-        if isinstance(target, ConvBNAct):
+        if target is not candidates[name]:      # a conv-BN unit: its `conv` becomes the pair
             target.conv = pair
             target._children["conv"] = pair
         else:

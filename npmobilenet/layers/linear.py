@@ -20,6 +20,16 @@ class Linear(Layer):
         self.bias = self.add_param("bias", np.zeros(out_features, np.float32), decay=False) if bias else None
         self._x = None
 
+    # the convolution layers' names for the same widths, so ConvBNAct can wrap a Linear (V4's
+    # post-pooling layer: a 1x1 conv on a 1x1 map is a fully connected layer followed by batch norm)
+    @property
+    def in_channels(self):
+        return self.in_features
+
+    @property
+    def out_channels(self):
+        return self.out_features
+
     def forward(self, x):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects x of shape (N, {self.in_features}), got {x.shape}")

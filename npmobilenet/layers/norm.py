@@ -8,7 +8,9 @@ from npmobilenet.ops.batch_norm import batch_norm_backward, batch_norm_forward, 
 
 
 class BatchNorm(Layer):
-    """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel. x, y: (N, H, W, C).
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel. x, y: (N, H, W, C), or (N, C)
+    for a vector per image (V4's batch norm after pooling, timm's norm_head), normalised as the
+    (N, 1, 1, C) map it is: its statistics are over the N images.
 
     Training mode normalises with the batch's statistics (biased variance) and updates the running
     statistics as `running = (1 - momentum) * running + momentum * batch` with the unbiased
@@ -35,8 +37,16 @@ class BatchNorm(Layer):
         return self._buffers["running_var"]
 
     def forward(self, x):
-        if x.ndim != 4 or x.shape[3] != self.channels:
-            raise ValueError(f"BatchNorm expects x of shape (N, H, W, {self.channels}), got {x.shape}")
+        if x.ndim not in (2, 4) or x.shape[-1] != self.channels:
+            raise ValueError(f"BatchNorm expects x of shape (N, H, W, {self.channels}) or (N, {self.channels}), "
+                             f"got {x.shape}")
+        if x.ndim == 2:
+            # the kernels take NHWC maps: a vector per image is a 1x1 map
+            return self._forward_maps(x.reshape(x.shape[0], 1, 1, self.channels)).reshape(x.shape)
+        return self._forward_maps(x)
+
+    def _forward_maps(self, x):
+        # x: (N, H, W, C) -> y: (N, H, W, C)
         if self.training:
             mean, var = batch_statistics(x)
             count = x.size // self.channels
@@ -52,6 +62,13 @@ class BatchNorm(Layer):
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward")
+        if dy.ndim == 2:
+            # dy: (N, C) for a vector input, as the (N, 1, 1, C) map the forward pass normalised
+            return self._backward_maps(dy.reshape(dy.shape[0], 1, 1, dy.shape[1])).reshape(dy.shape)
+        return self._backward_maps(dy)
+
+    def _backward_maps(self, dy):
+        # dy: (N, H, W, C) -> dx: (N, H, W, C)
         x, mean, var, training = self._cache
         # in training mode the batch statistics depend on x: Ioffe & Szegedy, section 3
         dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, var, self.gamma.data, self.eps, training)

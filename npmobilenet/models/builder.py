@@ -2,20 +2,23 @@
 
 The choices the papers leave open (first and last layer widths under a width multiplier, SE
 width, batch-norm eps and momentum, dropout, classifier head) follow torchvision's models, so
-their published weights load without changing the architecture.
+their published weights load without changing the architecture; V4, which torchvision lacks,
+follows timm's (`timm.models.mobilenetv3._gen_mobilenet_v4`), whose weights are the published ones.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from npmobilenet.layers import (
-    Conv2d, ConvBNAct, DepthwiseSeparable, Dropout, HardSwish, InvertedResidual, Linear,
-    PointwiseConv2d, Sequential,
+    Conv2d, ConvBNAct, DepthwiseSeparable, Dropout, FusedInvertedBottleneck, HardSwish, InvertedResidual, Linear,
+    PointwiseConv2d, Sequential, UniversalInvertedBottleneck,
 )
+from npmobilenet.layers.blocks import same_padding
 from npmobilenet.models import tables
 from npmobilenet.models.mobilenet import MobileNet
 
-ARCHS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+ARCHS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+         "mobilenet_v4_conv_small", "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large")
 
 
 def make_divisible(value, divisor=8):
@@ -35,14 +38,16 @@ def scale_channels(channels, width):
 @dataclass(frozen=True)
 class BlockSpec:
     """One block of the network, at its final (width-scaled) channel counts."""
-    kind: str                 # "separable" (V1) or "inverted_residual" (V2, V3)
+    kind: str                 # "separable" (V1), "inverted_residual" (V2, V3); V4: "conv",
+                              # "fused_inverted_bottleneck", "universal_inverted_bottleneck"
     in_channels: int
-    expanded_channels: int    # = in_channels for V1 and for unexpanded inverted residuals
+    expanded_channels: int    # = in_channels for V1 and for unexpanded inverted residuals; = out_channels for "conv"
     out_channels: int
-    kernel_size: int
+    kernel_size: int          # the depthwise kernel; "conv", fused: the conv's; universal: the middle one (0: none)
     stride: int
     activation: str
     se_channels: int = 0      # 0: no squeeze-and-excitation
+    start_kernel_size: int = 0  # universal inverted bottleneck: the depthwise kernel before the expansion (0: none)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class ArchSpec:
     dropout: float
     bn_eps: float
     bn_momentum: float
+    last_norm: bool = False   # V4: Linear without bias -> BN -> ReLU -> dropout -> Linear (timm's head_norm)
 
 
 # Per-architecture defaults, torchvision's (V1: timm's mobilenetv1_100 and the TF release).
@@ -65,14 +71,29 @@ DEFAULTS = {
     # torchvision's V3 uses TensorFlow's batch-norm constants.
     "mobilenet_v3_large": dict(bn_eps=1e-3, bn_momentum=0.01, dropout=0.2),
     "mobilenet_v3_small": dict(bn_eps=1e-3, bn_momentum=0.01, dropout=0.2),
+    # V4: timm's batch-norm constants (PyTorch's defaults, its weights' statistics); dropout as the
+    # paper's authors trained them (tensorflow/models, official/vision/configs/experiments/
+    # image_classification/imagenet_mobilenetv4_conv_{small,medium,large}_tpu.yaml: dropout_rate).
+    "mobilenet_v4_conv_small": dict(bn_eps=1e-5, bn_momentum=0.1, dropout=0.3),
+    "mobilenet_v4_conv_medium": dict(bn_eps=1e-5, bn_momentum=0.1, dropout=0.2),
+    "mobilenet_v4_conv_large": dict(bn_eps=1e-5, bn_momentum=0.1, dropout=0.2),
 }
 # Per-block overrides: one int per block of the architecture.
 PER_BLOCK = ("expanded_channels", "se_channels")
 OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels",
              "repeats", "padding") + PER_BLOCK
+# V4's tables: (stem width, block rows).
+V4_TABLES = {
+    "mobilenet_v4_conv_small": (tables.V4_CONV_SMALL_STEM, tables.V4_CONV_SMALL_BLOCKS),
+    "mobilenet_v4_conv_medium": (tables.V4_CONV_MEDIUM_STEM, tables.V4_CONV_MEDIUM_BLOCKS),
+    "mobilenet_v4_conv_large": (tables.V4_CONV_LARGE_STEM, tables.V4_CONV_LARGE_BLOCKS),
+}
 # Tables with a repeat column n, which the `repeats` option replaces row by row (a depth
 # multiplier, e.g. timm's mobilenetv2_110d); V3's tables list every block.
-REPEAT_TABLES = {"mobilenet_v1": tables.V1_BLOCKS, "mobilenet_v2": tables.V2_BLOCKS}
+REPEAT_TABLES = {"mobilenet_v1": tables.V1_BLOCKS, "mobilenet_v2": tables.V2_BLOCKS,
+                 **{arch: rows for arch, (_, rows) in V4_TABLES.items()}}
+# V4's block codes (timm's) and the blocks they build.
+V4_KINDS = {"cn": "conv", "er": "fused_inverted_bottleneck", "uir": "universal_inverted_bottleneck"}
 
 
 def _per_block(o, key, index, default):
@@ -131,11 +152,40 @@ def _v3_spec(stem_width, rows, last, width, o):
     return ArchSpec(stem, "hardswish", tuple(blocks), head, "hardswish", last_channels, o["dropout"], o["bn_eps"], o["bn_momentum"])
 
 
+def _v4_spec(stem_width, rows, width, o):
+    # timm's fix_stem: below width 1.0 the stem keeps its width (timm's mobilenetv4_conv_small_050)
+    stem = o.get("stem_channels") or (stem_width if width < 1.0 else scale_channels(stem_width, width))
+    blocks, c_in = [], stem
+    for row, (block, n, a, k, s, e, c) in enumerate(rows):
+        n = _repeats(o, row, n)
+        c_out = scale_channels(c, width)
+        for i in range(n):
+            index = len(blocks)
+            if block == "cn":
+                # a conv row has no expansion: its one width is its output, which an explicit
+                # expanded_channels entry must repeat
+                expanded = _per_block(o, "expanded_channels", index, c_out)
+                if expanded != c_out:
+                    raise ValueError(f"expanded_channels[{index}] must be {c_out}: block {index} is a conv row "
+                                     f"(conv -> BN -> ReLU, no expansion) of {c_out} channels, got {expanded}")
+            else:
+                # timm: the expansion is make_divisible(block input * e), for UIB and FusedIB alike
+                expanded = _per_block(o, "expanded_channels", index, make_divisible(c_in * e))
+            blocks.append(BlockSpec(V4_KINDS[block], c_in, expanded, c_out, k, s if i == 0 else 1, "relu",
+                                    start_kernel_size=a))
+            c_in = c_out
+    head = o.get("head_channels") or scale_channels(tables.V4_HEAD, width)
+    last_channels = o.get("last_channels") or tables.V4_LAST
+    return ArchSpec(stem, "relu", tuple(blocks), head, "relu", last_channels, o["dropout"], o["bn_eps"],
+                    o["bn_momentum"], last_norm=True)
+
+
 DECODERS = {
     "mobilenet_v1": _v1_spec,
     "mobilenet_v2": _v2_spec,
     "mobilenet_v3_large": lambda w, o: _v3_spec(tables.V3_LARGE_STEM, tables.V3_LARGE_BLOCKS, tables.V3_LARGE_LAST, w, o),
     "mobilenet_v3_small": lambda w, o: _v3_spec(tables.V3_SMALL_STEM, tables.V3_SMALL_BLOCKS, tables.V3_SMALL_LAST, w, o),
+    **{arch: (lambda w, o, table=table: _v4_spec(*table, w, o)) for arch, table in V4_TABLES.items()},
 }
 
 
@@ -172,7 +222,9 @@ def _check_args(arch, width, num_classes, overrides):
         if values is None:
             continue
         if arch == "mobilenet_v1":
-            raise ValueError(f"{key} applies to inverted-residual models (V2, V3), not mobilenet_v1")
+            raise ValueError(f"{key} applies to inverted-residual models (V2, V3, V4), not mobilenet_v1")
+        if key == "se_channels" and arch in V4_TABLES:
+            raise ValueError(f"se_channels applies to V2 and V3: {arch}'s blocks have no squeeze-and-excitation")
         if not isinstance(values, (list, tuple)) or not all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least for v in values
         ):
@@ -180,8 +232,8 @@ def _check_args(arch, width, num_classes, overrides):
     repeats = overrides.get("repeats")
     if repeats is not None:
         if arch not in REPEAT_TABLES:
-            raise ValueError(f"repeats applies to mobilenet_v1 and mobilenet_v2, whose tables have a repeat column; "
-                             f"{arch}'s table lists every block")
+            raise ValueError(f"repeats applies to mobilenet_v1 and mobilenet_v2 and the mobilenet_v4 models, whose "
+                             f"tables have a repeat column; {arch}'s table lists every block")
         rows = len(REPEAT_TABLES[arch])
         if not isinstance(repeats, (list, tuple)) or len(repeats) != rows or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in repeats):
@@ -198,16 +250,31 @@ def _check_args(arch, width, num_classes, overrides):
         raise ValueError(f"bn_eps must be > 0, got {eps!r}")
 
 
+def _row_conv(in_channels, out_channels, kernel_size, stride, rng):
+    """A conv row's convolution: 1x1 as a pointwise layer, else a standard KxK one."""
+    if kernel_size == 1:
+        if stride != 1:
+            raise ValueError(f"a 1x1 conv row must have stride 1, got {stride}")
+        return PointwiseConv2d(in_channels, out_channels, rng=rng)
+    return Conv2d(in_channels, out_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+
+
 def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     """Build a MobileNet with freshly initialised weights.
 
     arch: one of `ARCHS`; width: the width multiplier alpha (channels rounded to multiples of 8);
     num_classes: classifier outputs; seed: initialisation and dropout seed. `overrides` change the
     architecture's free choices (bn_eps, bn_momentum, dropout, stem_channels, head_channels,
-    last_channels, repeats per table row for V1 and V2, padding 'same' for TensorFlow's padding,
-    and per block expanded_channels and se_channels), e.g. to follow timm's variant of a model or
-    to describe a pruned one. The model's `config` records all of
-    it, so `build(**model.config)` rebuilds the same architecture.
+    last_channels, repeats per table row for V1, V2 and V4, padding 'same' for TensorFlow's
+    padding, and per block expanded_channels and se_channels), e.g. to follow timm's variant of a
+    model or to describe a pruned one. The model's `config` records all of it, so
+    `build(**model.config)` rebuilds the same architecture.
+
+    V4 (`mobilenet_v4_conv_*`): `width` is timm's channel multiplier (every block's output and the
+    960-wide head conv scaled; the stem kept below 1.0; the 1280 features after pooling never);
+    `head_channels` is the 1x1 conv before pooling, `last_channels` the layer after it;
+    `expanded_channels` lists every block, a conv row's entry being its output width (it has no
+    expansion); `se_channels` does not apply (no V4 block has squeeze-and-excitation).
     """
     spec = arch_spec(arch, width, **overrides)
     _check_args(arch, width, num_classes, overrides)
@@ -219,9 +286,19 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     for b in spec.blocks:
         if b.kind == "separable":
             blocks.append(DepthwiseSeparable(b.in_channels, b.out_channels, b.stride, b.kernel_size, b.activation, eps, momentum, rng))
-        else:
+        elif b.kind == "inverted_residual":
             blocks.append(InvertedResidual(b.in_channels, b.expanded_channels, b.out_channels, b.kernel_size, b.stride,
                                            b.activation, b.se_channels, eps, momentum, rng))
+        elif b.kind == "universal_inverted_bottleneck":
+            blocks.append(UniversalInvertedBottleneck(b.in_channels, b.expanded_channels, b.out_channels,
+                                                      b.start_kernel_size, b.kernel_size, b.stride, b.activation,
+                                                      eps, momentum, rng))
+        elif b.kind == "fused_inverted_bottleneck":
+            blocks.append(FusedInvertedBottleneck(b.in_channels, b.expanded_channels, b.out_channels, b.kernel_size,
+                                                  b.stride, b.activation, eps, momentum, rng))
+        else:  # "conv": V4's conv -> BN -> ReLU rows, no shortcut
+            blocks.append(ConvBNAct(_row_conv(b.in_channels, b.out_channels, b.kernel_size, b.stride, rng),
+                                    eps, momentum, b.activation))
     features = spec.blocks[-1].out_channels
     head = None
     if spec.head_channels:
@@ -229,7 +306,17 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
         features = spec.head_channels
 
     dropout_rng = np.random.default_rng([seed, 1])
-    if spec.last_channels:
+    if spec.last_norm:
+        # V4 (timm's head_norm): the pooled features through a 1x1 conv without bias (on a 1x1 map,
+        # a fully connected layer; initialised He-normal by fan-out, as timm initialises that conv),
+        # batch norm and ReLU, then dropout and the classifier.
+        post_pool = Linear(features, spec.last_channels, bias=False, rng=rng,
+                           init_std=np.sqrt(2.0 / spec.last_channels))
+        classifier = Sequential([
+            ConvBNAct(post_pool, eps, momentum, spec.head_activation),
+            Dropout(spec.dropout, dropout_rng), Linear(spec.last_channels, num_classes, rng=rng),
+        ])
+    elif spec.last_channels:
         # V3 paper, Fig. 5: the efficient last stage pools first, then two fully connected layers.
         classifier = Sequential([
             Linear(features, spec.last_channels, rng=rng), HardSwish(),

@@ -1,4 +1,5 @@
-"""The architectures, as the papers print them: tables of rows, decoded by `builder.build`.
+"""The architectures, as the papers print them (V4: as timm's arch strings spell them): tables of
+rows, decoded by `builder.build`.
 
 Channel counts here are at width 1.0; the builder applies the width multiplier (in one place,
 `builder.scale_channels`). Every block uses 'same' symmetric padding, as torchvision does.
@@ -78,3 +79,82 @@ V3_HEAD_EXPANSION = 6
 V3_SE_RATIO = 4
 
 NONLINEARITY = {"RE": "relu", "HS": "hardswish"}
+
+# MobileNet V4 (Qin et al., 2024), the conv-only models, as timm's `_gen_mobilenet_v4` arch strings
+# spell them (timm/models/mobilenetv3.py): timm's weights are the only published ones, and its
+# strings give each expansion as a ratio e of the block's input width (the paper's appendix tables
+# print the resulting widths). One row per arch string, "cn_r1_k3_s2_e1_c32" as
+# ("cn", 1, 0, 3, 2, None, 32). Columns:
+#   block  "cn": conv -> BN -> ReLU; "er": fused inverted bottleneck (FusedIB; timm's EdgeResidual);
+#          "uir": universal inverted bottleneck (UIB; timm's UniversalInvertedResidual)
+#   n      repeats (timm's r); the first of them has stride s, the rest stride 1
+#   a      UIB: the start depthwise kernel before the expansion (0: none)
+#   k      UIB: the middle depthwise kernel after the expansion (0: none); "cn" and "er": the
+#          convolution's kernel. UIB's (a, k): IB (0, k), ConvNext (a, 0), ExtraDW (a, k), FFN (0, 0)
+#   s      stride;  e  expansion ratio (None: a conv row has no expansion);  c  output channels
+# Every block uses ReLU and no squeeze-and-excitation. The last stage, timm's "cn_r1_k1_s1_c960",
+# is the model's 1x1 head conv (V4_HEAD), as in V2 and V3; after pooling, a 1x1 conv without bias
+# to V4_LAST features, batch norm and ReLU (timm's conv_head, norm_head), then the classifier.
+V4_CONV_SMALL_STEM = 32
+V4_CONV_SMALL_BLOCKS = [
+    # block, n, a, k, s, e,    c
+    ("cn",  1, 0, 3, 2, None, 32),
+    ("cn",  1, 0, 1, 1, None, 32),
+    ("cn",  1, 0, 3, 2, None, 96),
+    ("cn",  1, 0, 1, 1, None, 64),
+    ("uir", 1, 5, 5, 2, 3,    96),    # ExtraDW
+    ("uir", 4, 0, 3, 1, 2,    96),    # IB
+    ("uir", 1, 3, 0, 1, 4,    96),    # ConvNext
+    ("uir", 1, 3, 3, 2, 6,    128),   # ExtraDW
+    ("uir", 1, 5, 5, 1, 4,    128),   # ExtraDW
+    ("uir", 1, 0, 5, 1, 4,    128),   # IB
+    ("uir", 1, 0, 5, 1, 3,    128),   # IB
+    ("uir", 2, 0, 3, 1, 4,    128),   # IB
+]
+
+V4_CONV_MEDIUM_STEM = 32
+V4_CONV_MEDIUM_BLOCKS = [
+    # block, n, a, k, s, e, c
+    ("er",  1, 0, 3, 2, 4, 48),
+    ("uir", 1, 3, 5, 2, 4, 80),       # ExtraDW
+    ("uir", 1, 3, 3, 1, 2, 80),       # ExtraDW
+    ("uir", 1, 3, 5, 2, 6, 160),      # ExtraDW
+    ("uir", 2, 3, 3, 1, 4, 160),      # ExtraDW
+    ("uir", 1, 3, 5, 1, 4, 160),      # ExtraDW
+    ("uir", 1, 3, 3, 1, 4, 160),      # ExtraDW
+    ("uir", 1, 3, 0, 1, 4, 160),      # ConvNext
+    ("uir", 1, 0, 0, 1, 2, 160),      # FFN
+    ("uir", 1, 3, 0, 1, 4, 160),      # ConvNext
+    ("uir", 1, 5, 5, 2, 6, 256),      # ExtraDW
+    ("uir", 1, 5, 5, 1, 4, 256),      # ExtraDW
+    ("uir", 2, 3, 5, 1, 4, 256),      # ExtraDW
+    ("uir", 1, 0, 0, 1, 4, 256),      # FFN
+    ("uir", 1, 3, 0, 1, 4, 256),      # ConvNext
+    ("uir", 1, 3, 5, 1, 2, 256),      # ExtraDW
+    ("uir", 1, 5, 5, 1, 4, 256),      # ExtraDW
+    ("uir", 2, 0, 0, 1, 4, 256),      # FFN
+    ("uir", 1, 5, 0, 1, 2, 256),      # ConvNext
+]
+
+V4_CONV_LARGE_STEM = 24
+V4_CONV_LARGE_BLOCKS = [
+    # block, n, a, k, s, e, c
+    ("er",  1, 0, 3, 2, 4, 48),
+    ("uir", 1, 3, 5, 2, 4, 96),       # ExtraDW
+    ("uir", 1, 3, 3, 1, 4, 96),       # ExtraDW
+    ("uir", 1, 3, 5, 2, 4, 192),      # ExtraDW
+    ("uir", 3, 3, 3, 1, 4, 192),      # ExtraDW
+    ("uir", 1, 3, 5, 1, 4, 192),      # ExtraDW
+    ("uir", 5, 5, 3, 1, 4, 192),      # ExtraDW
+    ("uir", 1, 3, 0, 1, 4, 192),      # ConvNext
+    ("uir", 4, 5, 5, 2, 4, 512),      # ExtraDW
+    ("uir", 1, 5, 0, 1, 4, 512),      # ConvNext
+    ("uir", 1, 5, 3, 1, 4, 512),      # ExtraDW
+    ("uir", 2, 5, 0, 1, 4, 512),      # ConvNext
+    ("uir", 1, 5, 3, 1, 4, 512),      # ExtraDW
+    ("uir", 1, 5, 5, 1, 4, 512),      # ExtraDW
+    ("uir", 3, 5, 0, 1, 4, 512),      # ConvNext
+]
+
+V4_HEAD = 960    # timm's "cn_r1_k1_s1_c960": the 1x1 conv before pooling, scaled with the width
+V4_LAST = 1280   # timm's num_features after pooling, never scaled
