@@ -215,7 +215,7 @@ def test_truncated_factorisation_is_the_best_low_rank_approximation(x, tmp_path)
 
 
 def test_factorised_and_pruned_models_quantize(x):
-    from npmobilenet.compression import qreference
+    from npmobilenet.ops import reference_int8 as qreference
     from npmobilenet.compression.quantize import quantize
 
     model = _trained_looking("mobilenet_v2")

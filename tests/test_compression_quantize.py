@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 import npmobilenet
 from npmobilenet import config
 from npmobilenet.compression import calibrate as cal
-from npmobilenet.compression import qkernels, qreference
+from npmobilenet.compression import qkernels
+from npmobilenet.ops import reference_int8 as qreference
 from npmobilenet.compression.qmodel import QuantizedModel
 from npmobilenet.compression.qops import quantize_multiplier
 from npmobilenet.compression.quantize import fold_model, quantize, quantize_weight

@@ -23,7 +23,7 @@ Padding taps contribute nothing: they hold the real value 0, i.e. q = z_x.
 The public wrappers in `npmobilenet.compression.quantize` validate; these kernels see only clean
 C-contiguous arrays and ints. Each convolution is a serial row kernel `_*_rows` (one range of
 output rows) plus a parallel driver that splits the rows into chunks with `prange` (disjoint
-writes); the slow reference they are tested against bit for bit is `qreference.py`.
+writes); the slow reference they are tested against bit for bit is `npmobilenet.ops.reference_int8`.
 """
 import numba
 import numpy as np
@@ -103,7 +103,7 @@ def _run_rows(rows_kernel, parallel_driver, args, rows, macs):
 
 # -- standard convolution: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> y (N, Ho, Wo, Cout) ---------
 @njit_serial
-def _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dh, dw, y, row_start, row_end):
+def _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, row_start, row_end):
     n_, h, wd, cin = x.shape
     kh, kw, _, cout = w.shape
     _, ho, wo, _ = y.shape
@@ -115,11 +115,11 @@ def _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt,
             for co in range(cout):
                 acc[co] = bias[co]
             for i in range(kh):
-                ih = oh * sh - pt + i * dh
+                ih = oh * sh - pt + i * dilation_h
                 if ih < 0 or ih >= h:
                     continue  # padding: real value 0
                 for j in range(kw):
-                    iw = ow * sw - pl + j * dw
+                    iw = ow * sw - pl + j * dilation_w
                     if iw < 0 or iw >= wd:
                         continue
                     for ci in range(cin):
@@ -131,26 +131,26 @@ def _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt,
 
 
 @njit_parallel
-def _conv2d_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dh, dw, y, chunks):
+def _conv2d_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, chunks):
     rows = y.shape[0] * y.shape[1]
     for c in numba.prange(chunks):
-        _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dh, dw, y,
+        _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y,
                           c * rows // chunks, (c + 1) * rows // chunks)
 
 
 def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, out_shape):
     """Standard convolution in int8 (clean arrays; see the module docstring). Returns y int8."""
     y = np.empty(out_shape, np.int8)
-    (sh, sw), (pt, _, pl, _), (dh, dw) = stride, padding, dilation
+    (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     rows = out_shape[0] * out_shape[1]
-    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dh, dw, y)
+    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dilation_h, dilation_w, y)
     _run_rows(_conv2d_int8_rows, _conv2d_int8_parallel, args, rows, y.size * w.shape[0] * w.shape[1] * w.shape[2])
     return y
 
 
 # -- depthwise convolution: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) ---------------------
 @njit_serial
-def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dh, dw, y, row_start, row_end):
+def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, row_start, row_end):
     n_, h, wd, c_ = x.shape
     kh, kw, channels = w.shape
     _, ho, wo, _ = y.shape
@@ -162,11 +162,11 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
             for c in range(channels):
                 acc[c] = bias[c]
             for i in range(kh):
-                ih = oh * sh - pt + i * dh
+                ih = oh * sh - pt + i * dilation_h
                 if ih < 0 or ih >= h:
                     continue
                 for j in range(kw):
-                    iw = ow * sw - pl + j * dw
+                    iw = ow * sw - pl + j * dilation_w
                     if iw < 0 or iw >= wd:
                         continue
                     # V1 paper, Eq. 3: each channel filtered by its own kernel.
@@ -177,19 +177,19 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
 
 
 @njit_parallel
-def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dh, dw, y, chunks):
+def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, chunks):
     rows = y.shape[0] * y.shape[1]
     for c in numba.prange(chunks):
-        _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dh, dw, y,
+        _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y,
                              c * rows // chunks, (c + 1) * rows // chunks)
 
 
 def depthwise_conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, out_shape):
     """Depthwise convolution in int8 (clean arrays). Returns y int8 `(N, Ho, Wo, C)`."""
     y = np.empty(out_shape, np.int8)
-    (sh, sw), (pt, _, pl, _), (dh, dw) = stride, padding, dilation
+    (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     rows = out_shape[0] * out_shape[1]
-    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dh, dw, y)
+    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dilation_h, dilation_w, y)
     _run_rows(_depthwise_int8_rows, _depthwise_int8_parallel, args, rows, y.size * w.shape[0] * w.shape[1])
     return y
 

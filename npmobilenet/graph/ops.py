@@ -21,8 +21,6 @@ the layer's own arrays (not copies): a consumer that keeps them copies them. A g
 several outputs, and a new op kind (bilinear resizing for a segmentation head, say) is a class
 here with its shape rule, plus a case in each consumer that supports it.
 """
-import math
-
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
 ACTIVATION_FUNCTIONS = ("relu", "relu6", "hardswish", "hardsigmoid")
@@ -124,9 +122,9 @@ class Conv(Op):
             raise ValueError(f"layer {self.name} expects an (N, H, W, C) input, got shape {tuple(x)}")
         _check_channels(self, x, self.in_channels)
         n, h, w, _ = x
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        (kh, kw), (sh, sw), (rh, rw) = self.kernel_size, self.stride, self.dilation
         top, bottom, left, right = self.padding_at(h, w)
-        ho, wo = output_size(h, kh, sh, top, bottom, dh), output_size(w, kw, sw, left, right, dw)
+        ho, wo = output_size(h, kh, sh, top, bottom, rh), output_size(w, kw, sw, left, right, rw)
         if ho < 1 or wo < 1:
             raise ValueError(f"layer {self.name}: a {kh}x{kw} kernel does not fit a padded {h}x{w} input")
         return (n, ho, wo, self.out_channels)
@@ -229,6 +227,3 @@ class Add(Op):
 
 OP_KINDS = {cls.kind: cls for cls in (Conv, BatchNorm, Activation, GlobalAvgPool, Linear, ChannelScale, Add)}
 
-
-def elements(shape):
-    return math.prod(shape)

@@ -9,7 +9,8 @@ dtype; the result has it too), any C-contiguous or strided array, `stride`/`dila
     depthwise_conv2d / depthwise_conv2d_backward  Numba loops, vectorised over channels
     pointwise_conv2d / pointwise_conv2d_backward  GEMM (BLAS)
 
-`reference` holds slow NumPy versions of all six (the test oracle). Kernels compile on first use
+`reference` holds slow NumPy versions of all six and of batch norm (the float oracle),
+`reference_int8` the int8 arithmetic (the integer oracle); neither shares code with a kernel. Kernels compile on first use
 and are cached on disk; parallel builds run above `config.PARALLEL_MIN_MACS`, on
 `get_num_threads()` threads.
 """

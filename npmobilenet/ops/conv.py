@@ -2,7 +2,7 @@
 
 x `(N, H, W, Cin)`, w `(KH, KW, Cin, Cout)` -> y `(N, Ho, Wo, Cout)`:
 
-    y[n, oh, ow, :] = sum_{i, j} x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, :] @ w[i, j]
+    y[n, oh, ow, :] = sum_{i, j} x[n, oh*sh - pt + i*rh, ow*sw - pl + j*rw, :] @ w[i, j]
 
 Cost: N * Ho * Wo * KH * KW * Cin * Cout MACs (MobileNet V1 paper, Eq. (1)). In MobileNets the
 standard convolution is only the stem (3x3, stride 2, Cin = 3), where a direct loop would run

@@ -2,7 +2,7 @@
 
 MobileNet V1 paper (Howard et al., 2017), Sec. 3.1, Eq. (3):
 
-    y[n, oh, ow, c] = sum_{i, j} x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c] * w[i, j, c]
+    y[n, oh, ow, c] = sum_{i, j} x[n, oh*sh - pt + i*rh, ow*sw - pl + j*rw, c] * w[i, j, c]
 
 x `(N, H, W, C)`, w `(KH, KW, C)` -> y `(N, Ho, Wo, C)`; taps that fall in the padding read zero.
 Cost: N * Ho * Wo * C * KH * KW multiply-accumulates (V1 Eq. (3) with D_K = KH = KW).
@@ -29,7 +29,7 @@ and LLVM vectorises it. On top of that:
 
 Backward (hand-written):
   * dx: at stride 1, dx is the same correlation run over dy with the kernel turned by 180 degrees
-    and padding (KH-1)*dh - pt (a gather), so the forward kernel computes it. At larger strides
+    and padding (KH-1)*rh - pt (a gather; rh, rw: the dilation), so the forward kernel computes it. At larger strides
     each input row gathers the output rows it fed, and adds their taps into its own columns.
   * dw[i, j, c] = sum over batch and output pixels of dy * x at tap (i, j): accumulated per chunk
     of output rows into that chunk's own buffer (one chunk per thread), the buffers summed after.
@@ -265,9 +265,9 @@ _depthwise_forward_serial, _depthwise_forward_parallel = serial_and_parallel(_de
 # -- backward, input gradient at stride > 1: dy (N, Ho, Wo, C), w (KH, KW, C) -> dx (N, H, W, C) -----
 def _depthwise_backward_input_strided(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w):
     # dy: (N, Ho, Wo, C), w: (KH, KW, C) -> dx: (N, H, W, C).
-    # Input row ih received output row oh through kernel row i when ih = oh*sh - pt + i*dh, i.e. when
-    # (ih + pt - i*dh) / sh is a whole row index; within that row pair, tap j sends output column
-    # ow to input column ow*sw - pl + j*dw. Each iteration writes only its own input row.
+    # Input row ih received output row oh through kernel row i when ih = oh*sh - pt + i*rh (rh: dilation),
+    # i.e. when (ih + pt - i*rh) / sh is a whole row index; within that row pair, tap j sends output column
+    # ow to input column ow*sw - pl + j*dilation_w. Each iteration writes only its own input row.
     batch, height, width, channels = dx.shape
     kernel_h, kernel_w, _ = w.shape
     out_height, out_width = dy.shape[1], dy.shape[2]

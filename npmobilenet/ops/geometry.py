@@ -134,21 +134,21 @@ def check_dy(dy, expected_shape, dtype):
 def conv_geometry(x_shape, kh, kw, stride, padding, dilation):
     """Validated geometry of a convolution of an `(N, H, W, C)` input by a `kh x kw` kernel.
 
-    Returns `(ho, wo, (sh, sw), (pt, pb, pl, pr), (dh, dw))`; raises ValueError when the padded
+    Returns `(ho, wo, (sh, sw), (pt, pb, pl, pr), (rh, rw))` (rh, rw: the dilation); raises ValueError when the padded
     input is smaller than the dilated kernel (there would be no output).
     """
     sh, sw = as_pair(stride, "stride")
-    dh, dw = as_pair(dilation, "dilation")
+    rh, rw = as_pair(dilation, "dilation")
     pt, pb, pl, pr = as_padding(padding)
     _, h, w, _ = x_shape
-    ho = output_size(h, kh, sh, pt, pb, dh)
-    wo = output_size(w, kw, sw, pl, pr, dw)
+    ho = output_size(h, kh, sh, pt, pb, rh)
+    wo = output_size(w, kw, sw, pl, pr, rw)
     if ho < 1 or wo < 1:
         raise ValueError(
             f"padded input {h + pt + pb}x{w + pl + pr} (x is {h}x{w}, padding {(pt, pb, pl, pr)}) is "
-            f"smaller than the dilated kernel {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}: no output"
+            f"smaller than the dilated kernel {rh * (kh - 1) + 1}x{rw * (kw - 1) + 1}: no output"
         )
-    return ho, wo, (sh, sw), (pt, pb, pl, pr), (dh, dw)
+    return ho, wo, (sh, sw), (pt, pb, pl, pr), (rh, rw)
 
 
 # -- serial and parallel builds of one kernel body ----------------------------------------------------

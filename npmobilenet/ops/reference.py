@@ -4,7 +4,7 @@ An algorithmic reference in the spirit of llm.c's naive layers. It deliberately 
 with the kernels or with `geometry.py` (its own argument parsing, padding and output size), so a
 bug there cannot hide in both. Each convolution is written as a sum over kernel taps:
 
-    y[n, oh, ow, :] = sum_{i, j} x_pad[n, oh*sh + i*dh, ow*sw + j*dw, :] (*) w[i, j]
+    y[n, oh, ow, :] = sum_{i, j} x_pad[n, oh*sh + i*rh, ow*sw + j*rw, :] (*) w[i, j]      (rh, rw: dilation)
 
 where (*) is a matrix product over channels for the standard and pointwise convolutions and an
 elementwise product for the depthwise one. The backward functions are the transposes of the same
@@ -45,17 +45,17 @@ def _pad(x, padding):
 
 
 def _taps(x_padded, kh, kw, stride, dilation):
-    """Yield (i, j, window) for every kernel tap; window[n, oh, ow] = x_padded[n, oh*sh + i*dh, ow*sw + j*dw]."""
+    """Yield (i, j, window) for every kernel tap; window[n, oh, ow] = x_padded[n, oh*sh + i*dilation_h, ow*sw + j*dilation_w]."""
     sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
+    dilation_h, dilation_w = _pair(dilation)
     _, hp, wp, _ = x_padded.shape
-    ho = (hp - dh * (kh - 1) - 1) // sh + 1
-    wo = (wp - dw * (kw - 1) - 1) // sw + 1
+    ho = (hp - dilation_h * (kh - 1) - 1) // sh + 1
+    wo = (wp - dilation_w * (kw - 1) - 1) // sw + 1
     assert ho >= 1 and wo >= 1, "reference: padded input smaller than the dilated kernel"
     for i in range(kh):
         for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
-            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            rows = slice(i * dilation_h, i * dilation_h + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dilation_w, j * dilation_w + sw * (wo - 1) + 1, sw)
             yield i, j, (slice(None), rows, cols, slice(None))
 
 

@@ -1,6 +1,7 @@
-"""Slow, readable integer arithmetic: the oracle the int8 kernels are tested against bit for bit.
+"""Slow, readable integer arithmetic: the oracle the int8 kernels are tested against bit for bit,
+beside `reference.py`, the float oracle.
 
-It shares no code with `qkernels.py`. Where the kernels follow gemmlowp's step-by-step integer
+It shares no code with the kernels (`npmobilenet.compression.qkernels`). Where the kernels follow gemmlowp's step-by-step integer
 recipes, this module writes the same roundings in closed form, on whole int64 arrays:
 
     saturating_rounding_doubling_high_mul(a, b) = floor((a*b + 2^30) / 2^31)     (round half up)
@@ -60,10 +61,10 @@ def _pad_to_zero_point(x, padding, zero_point):
 
 
 def _tap_windows(xp, kh, kw, stride, dilation, out_hw):
-    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_hw
+    (sh, sw), (dilation_h, dilation_w), (ho, wo) = stride, dilation, out_hw
     for i in range(kh):
         for j in range(kw):
-            yield i, j, xp[:, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw, :]
+            yield i, j, xp[:, i * dilation_h : i * dilation_h + sh * (ho - 1) + 1 : sh, j * dilation_w : j * dilation_w + sw * (wo - 1) + 1 : sw, :]
 
 
 def _out_hw(x, kh, kw, stride, padding, dilation):
