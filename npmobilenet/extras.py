@@ -11,6 +11,7 @@ EXTRAS = {
     "onnxruntime": ("onnxruntime", "onnx"),
     "matplotlib": ("matplotlib", None),
     "torch": ("torch", None),
+    "timm": ("timm", None),
 }
 
 

@@ -60,7 +60,7 @@ def run(args):
     # it was imported (a short spin; settings already in the environment are kept), before the
     # peers are imported below, so every engine runs under the same, stated settings.
     if peers:
-        for module in ("torch", "torchvision", "onnxruntime"):
+        for module in ("torch", "torchvision", "timm", "onnxruntime"):
             if available(module):
                 __import__(module)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -1,7 +1,7 @@
 """Inference latency and throughput, beside PyTorch and ONNX Runtime (the `npmobilenet bench` command).
 
 For each architecture and batch size it times `model.fuse()` (random weights, float32), and,
-where they are installed, torchvision's model of the same architecture in PyTorch eager mode
+where they are installed, torchvision's model of the same architecture (timm's for V4) in PyTorch eager mode
 (NCHW and channels-last) and the same npmobilenet model exported to ONNX
 (`npmobilenet.io.onnx_export`) in ONNX Runtime: all in this process, with the same thread count
 (`torch.set_num_threads`, ONNX Runtime's `intra_op_num_threads`). Engines are timed in blocks
@@ -27,8 +27,11 @@ import numpy as np
 
 from npmobilenet.extras import available
 
+# the PyTorch peers: torchvision's models (it has no V1), and timm's for V4 (torchvision has none)
 PEER_ARCHS = {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v3_large",
-              "mobilenet_v3_small": "mobilenet_v3_small"}   # torchvision has no V1
+              "mobilenet_v3_small": "mobilenet_v3_small"}
+TIMM_PEER_ARCHS = {"mobilenet_v4_conv_small": "mobilenetv4_conv_small", "mobilenet_v4_conv_medium": "mobilenetv4_conv_medium",
+                   "mobilenet_v4_conv_large": "mobilenetv4_conv_large"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,17 +126,30 @@ def _npmobilenet_engine(model, x, threads):
     return fused, (lambda: fused(x))
 
 
+def _torch_model(arch):
+    """The PyTorch peer of `arch` (random weights), or None where its library is not installed."""
+    if arch in PEER_ARCHS and available("torch") and available("torchvision"):
+        import torchvision
+
+        return getattr(torchvision.models, PEER_ARCHS[arch])(weights=None)
+    if arch in TIMM_PEER_ARCHS and available("torch") and available("timm"):
+        import timm
+
+        return timm.create_model(TIMM_PEER_ARCHS[arch], pretrained=False)
+    return None
+
+
 def _torch_engines(arch, x_nhwc, threads):
-    """[(name, fn)] for torchvision's model in eager NCHW and channels-last, or [] without torch."""
-    if arch not in PEER_ARCHS or not (available("torch") and available("torchvision")):
+    """[(name, fn)] for torchvision's (timm's for V4) model in eager NCHW and channels-last, or []
+    without torch."""
+    if _torch_model(arch) is None:
         return []
     import torch
-    import torchvision
 
     torch.set_num_threads(threads)
-    model = getattr(torchvision.models, PEER_ARCHS[arch])(weights=None).eval()
+    model = _torch_model(arch).eval()
     x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
-    model_cl = getattr(torchvision.models, PEER_ARCHS[arch])(weights=None).eval().to(memory_format=torch.channels_last)
+    model_cl = _torch_model(arch).eval().to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def eager():
