@@ -238,3 +238,18 @@ def test_train_eval_switch_every_layer():
     assert all(not m.training for _, m in block.modules())
     block.train()
     assert all(m.training for _, m in block.modules())
+
+
+def test_batch_norm_refuses_one_value_per_channel_in_training():
+    # batch statistics of a single value normalise it to beta: no gradient reaches the layers
+    # before (PyTorch raises here too); eval mode uses the running statistics and is fine
+    from npmobilenet.layers import BatchNorm
+
+    bn = BatchNorm(4)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        bn(np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        bn(np.ones((1, 1, 1, 4), np.float32))
+    assert bn(np.ones((2, 4), np.float32)).shape == (2, 4)
+    bn.eval()
+    assert bn(np.ones((1, 4), np.float32)).shape == (1, 4)

@@ -48,8 +48,12 @@ class BatchNorm(Layer):
     def _forward_maps(self, x):
         # x: (N, H, W, C) -> y: (N, H, W, C)
         if self.training:
-            mean, var = batch_statistics(x)
             count = x.size // self.channels
+            if count < 2:
+                # one value per channel is its own mean: every output would be beta (PyTorch refuses too)
+                raise ValueError(f"BatchNorm in training mode needs more than one value per channel, got input of "
+                                 f"shape {x.shape}: train on batches of at least 2 images, or call eval()")
+            mean, var = batch_statistics(x)
             unbiased = var * (count / max(count - 1, 1))
             self.running_mean[...] = (1 - self.momentum) * self.running_mean + self.momentum * mean
             self.running_var[...] = (1 - self.momentum) * self.running_var + self.momentum * unbiased
