@@ -236,3 +236,30 @@ def test_bad_ranks_are_named():
         factorize.factorize(model, ranks={"blocks.3.conv_dw": 2})
     with pytest.raises(ValueError, match="energy"):
         factorize.factorize(model, energy=0)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v4_conv_small", "mobilenet_v4_conv_medium"])
+def test_v4_expansions_prune_through_the_graph(arch, x, tmp_path):
+    # V4's universal inverted bottlenecks (pw_exp -> [dw_mid] -> pw_proj) and fused IBs
+    # (conv_exp -> conv_pwl) lose expansion channels by the same channel groups, with no V4 code:
+    # the pruned model equals the original with those channels silenced at every batch norm of
+    # the group
+    model = _trained_looking(arch)
+    pruned = prune.prune_channels(model, 0.5)
+    silenced = copy.deepcopy(model)
+    blocks = 0
+    for block, original in zip(silenced.blocks, model.blocks):
+        group = prune.expansion_group(block)
+        if group is None:
+            continue
+        blocks += 1
+        drop = np.setdiff1d(np.arange(group.width), prune.kept_channels(original, 0.5))
+        for op, name, _ in group.slices:
+            if op.kind == "batch_norm" and name in ("gamma", "beta"):
+                getattr(op, name)[drop] = 0            # the op holds the layer's own array
+    assert blocks >= 4
+    np.testing.assert_allclose(pruned(x), silenced(x), rtol=1e-4, atol=1e-5)
+    assert summarize(pruned, 32).macs < summarize(model, 32).macs
+    path = str(tmp_path / "pruned.npz")
+    save(pruned, path)
+    np.testing.assert_array_equal(checkpoint.load(path)(x), pruned(x))

@@ -277,7 +277,8 @@ def images():
     return rng.uniform(0, 1, (6, 32, 32, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v4_conv_small",
+                                  "mobilenet_v4_conv_medium"])
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_integer_graph_matches_reference_bit_for_bit_and_float_closely(arch, per_channel, images):
     model = _random_stats(npmobilenet.build(arch, width=0.35, num_classes=10)).eval()

@@ -62,3 +62,10 @@ def test_background_load_child_is_stopped():
     with bench.background_load() as child:
         assert child.poll() is None
     assert child.poll() is not None
+
+
+def test_bench_command_on_v4(capsys):
+    # V4 runs fused through the same graph as every other model
+    assert main(["bench", "mobilenet_v4_conv_small", "--batch", "1", "--resolution", "64", "--repeat", "2",
+                 "--threads", "1", "--no-peers"]) == 0
+    assert "mobilenet_v4_conv_small" in capsys.readouterr().out

@@ -153,7 +153,7 @@ def test_int8_model_exports_in_qdq_form_and_agrees_with_ours(tmp_path):
     assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.97
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v3_small", "mobilenet_v4_conv_medium"])
 def test_int8_qdq_export_of_every_op_kind(arch, tmp_path, capsys):
     # V1 (clamps only) and V3 (hard-swish tables, SE: mean, linear, gate, channel scale; residual adds)
     model = npmobilenet.build(arch, width=0.35, num_classes=10).eval()
@@ -167,3 +167,29 @@ def test_int8_qdq_export_of_every_op_kind(arch, tmp_path, capsys):
     assert main(["export-onnx", str(tmp_path / "int8.npz"), str(tmp_path / "cli.onnx")]) == 0
     out = capsys.readouterr().out
     assert "int8 in QDQ form" in out and "verified in ONNX Runtime" in out
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v4_conv_small", "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large"])
+@pytest.mark.parametrize("fold", [True, False])
+def test_v4_exports_through_the_graph(arch, fold, tmp_path):
+    # V4's blocks (universal inverted bottleneck, fused IB, conv rows) and its head (a 1x1 conv
+    # without bias after pooling, batch norm on the pooled vector) reach ONNX as the graph's ops
+    from npmobilenet.layers import BatchNorm
+
+    model = npmobilenet.build(arch, width=0.25, num_classes=10, seed=3)
+    rng = np.random.default_rng(4)
+    for _, layer in model.modules():
+        if isinstance(layer, BatchNorm):
+            layer.running_mean[...] = rng.standard_normal(layer.channels) * 0.2
+            layer.running_var[...] = rng.random(layer.channels) + 0.5
+            layer.gamma.data[...] = rng.random(layer.channels) + 0.5
+    model.eval()
+    path = export_onnx(model, tmp_path / "v4.onnx", fold_batchnorm=fold)
+    proto = onnx.load(path)
+    ops = collections.Counter(node.op_type for node in proto.graph.node)
+    assert ops["BatchNormalization"] == (0 if fold else sum(isinstance(m, BatchNorm) for _, m in model.modules()))
+    assert ops["Gemm"] == 2 and ops["Mul"] == 0 and ops["Add"] == sum(
+        1 for b in model.blocks if getattr(b, "use_residual", False))
+    for size in (224, 161):
+        x = rng.standard_normal((2, size, size, 3)).astype(np.float32)
+        assert_logits_match(model(x), run_onnx(path, x.transpose(0, 3, 1, 2)), f"{arch} {size}")
