@@ -10,23 +10,8 @@ from npmobilenet.graph import (
     Add, BatchNorm, Builder, Conv, Graph, Linear, fold_batch_norm, fold_scale, fuse_activations, inference_graph,
     lower,
 )
-from npmobilenet.layers import BatchNorm as BatchNormLayer
 from npmobilenet.layers import Layer
-
-
-def randomize_batch_norm(model, rng):
-    for _, layer in model.modules():
-        if isinstance(layer, BatchNormLayer):
-            c = layer.channels
-            layer.running_mean[...] = rng.standard_normal(c) * 0.2
-            layer.running_var[...] = rng.random(c) + 0.5
-            layer.gamma.data[...] = rng.random(c) + 0.5
-            layer.beta.data[...] = rng.standard_normal(c) * 0.2
-    return model
-
-
-def relative_error(actual, expected):
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+from test_inference_fuse import randomize_batch_norm, relative_error
 
 
 @pytest.mark.parametrize("arch", npmobilenet.ARCHS)
