@@ -107,3 +107,64 @@ def test_dropout_is_the_identity_and_training_mode_does_not_matter():
     assert kinds == ["global_avg_pool", "linear"]
     x = np.random.default_rng(3).standard_normal((1, 32, 32, 3)).astype(np.float32)
     assert np.array_equal(lower(model.train())(x), lower(model.eval())(x))
+
+
+def test_resize_samples_as_pytorch_does():
+    # bilinear, align_corners=False: output o reads (o + 0.5) * H / Ho - 0.5, clamped at 0
+    from npmobilenet.graph import Resize
+
+    a, b = 1.0, 5.0
+    x = np.array([a, b]).reshape(1, 1, 2, 1)
+    g = Builder(inputs=("input", "like"))
+    g.add(Resize("up", ("input", "like")))
+    graph = Graph(g.ops, inputs=("input", "like"))
+    values = graph.ops[0].output_shape(x.shape, (1, 1, 4, 1))
+    assert values == (1, 1, 4, 1)
+    from npmobilenet.graph.evaluate import resize
+
+    y = resize(graph.ops[0], x, np.zeros((1, 1, 4, 1)))
+    np.testing.assert_allclose(y.ravel(), [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b])
+    x = np.random.default_rng(5).standard_normal((2, 5, 7, 3))
+    np.testing.assert_allclose(resize(graph.ops[0], x, x), x)            # the same size: the identity
+
+
+def _two_headed_graph(rng):
+    """A segmentation-style head beside a classifier: a mask resized to the input and scores."""
+    from npmobilenet.graph import Activation, GlobalAvgPool, Resize
+
+    g = Builder()
+    f = g.add(Conv("features", ("input",), "standard", rng.standard_normal((3, 3, 3, 8)).astype(np.float32),
+                   rng.standard_normal(8).astype(np.float32), stride=(2, 2), padding=(1, 1, 1, 1)))
+    f = g.add(Activation("features.act", (f,), "relu"))
+    m = g.add(Conv("mask", (f,), "pointwise", rng.standard_normal((8, 2)).astype(np.float32)))
+    m = g.add(Resize("mask.up", (m, "input")))
+    s = g.add(GlobalAvgPool("pool", (f,)))
+    s = g.add(Linear("scores", (s,), rng.standard_normal((8, 4)).astype(np.float32), np.zeros(4, np.float32)))
+    return Graph(g.ops, outputs=(m, s))
+
+
+def test_a_graph_of_two_outputs_with_a_resize_evaluates_and_exports():
+    # the applications' heads (bilinear upsampling, several outputs) are ops of the same graph:
+    # the reference evaluates them and ONNX export writes them, with no walker of their own
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import tempfile
+
+    from npmobilenet.io.onnx_export import export_onnx
+
+    rng = np.random.default_rng(6)
+    graph = _two_headed_graph(rng)
+    x = rng.standard_normal((2, 33, 40, 3)).astype(np.float32)
+    mask, scores = graph(x)
+    assert mask.shape == (2, 33, 40, 2) and scores.shape == (2, 4)
+    assert graph.shapes(x.shape)[graph.outputs[0]] == mask.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(graph, f"{tmp}/heads.onnx", input_layout="nhwc")
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        theirs = session.run(list(graph.outputs), {"input": x})
+    np.testing.assert_allclose(theirs[0].transpose(0, 2, 3, 1), mask, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(theirs[1], scores, rtol=1e-4, atol=1e-4)
+    from npmobilenet.inference.compile import fused_layers
+
+    with pytest.raises(NotImplementedError, match="one output"):
+        fused_layers(graph)

@@ -45,6 +45,22 @@ def batch_norm(op, x):
     return (x - op.mean) / np.sqrt(op.var + op.eps) * op.gamma + op.beta
 
 
+def _bilinear_taps(size, out_size):
+    """(lower index, upper index, weight of the upper) per output position along one axis:
+    position (o + 0.5) size / out_size - 0.5, clamped at 0 (PyTorch, align_corners=False)."""
+    position = np.maximum((np.arange(out_size) + 0.5) * size / out_size - 0.5, 0.0)
+    lower = np.minimum(np.floor(position).astype(np.int64), size - 1)
+    upper = np.minimum(lower + 1, size - 1)
+    return lower, upper, position - lower
+
+
+def resize(op, x, like):
+    (top, bottom, wy), (left, right, wx) = (_bilinear_taps(x.shape[1], like.shape[1]),
+                                            _bilinear_taps(x.shape[2], like.shape[2]))
+    rows = x[:, top] * (1 - wy)[None, :, None, None] + x[:, bottom] * wy[None, :, None, None]
+    return rows[:, :, left] * (1 - wx)[None, None, :, None] + rows[:, :, right] * wx[None, None, :, None]
+
+
 STEPS = {
     "conv": conv,
     "linear": linear,
@@ -53,6 +69,7 @@ STEPS = {
     "global_avg_pool": lambda op, x: x.mean(axis=(1, 2)),
     "channel_scale": lambda op, x, gate: x * gate[:, None, None, :],
     "add": lambda op, a, b: a + b,
+    "resize": resize,
 }
 
 

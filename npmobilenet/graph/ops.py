@@ -14,12 +14,15 @@ and the summary read that list and dispatch on `op.kind`, never on layer or bloc
     linear           y = act(x w + b), x (N, Cin), w (Cin, Cout)
     channel_scale    x (N, H, W, C) times a per-image gate (N, C): squeeze-and-excitation's excite
     add              a + b, the residual shortcut
+    resize           x bilinearly resized to the height and width of a second tensor (a
+                     segmentation head's upsampling; PyTorch's align_corners=False)
 
 Ops name the layer they come from (`name`, a dotted path such as "blocks.3.conv_dw.conv"); an op
 writes the tensor `output` (by default its name) and reads the tensors `inputs`. Parameters are
 the layer's own arrays (not copies): a consumer that keeps them copies them. A graph may have
-several outputs, and a new op kind (bilinear resizing for a segmentation head, say) is a class
-here with its shape rule, plus a case in each consumer that supports it.
+several outputs (a detection head's boxes and scores), and a new op kind is a class here with
+its shape rule, plus a case in each consumer that supports it (a consumer names the op it cannot
+run in its error).
 """
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
@@ -225,5 +228,21 @@ class Add(Op):
         return tuple(a)
 
 
-OP_KINDS = {cls.kind: cls for cls in (Conv, BatchNorm, Activation, GlobalAvgPool, Linear, ChannelScale, Add)}
+class Resize(Op):
+    """inputs (x, like): x (N, H, W, C) resized bilinearly to like's (Ho, Wo): (N, Ho, Wo, C).
+
+    Sampling follows PyTorch's `interpolate(mode="bilinear", align_corners=False)` (ONNX's
+    "pytorch_half_pixel"): output pixel o reads input position (o + 0.5) H / Ho - 0.5, clamped at 0.
+    """
+
+    kind = "resize"
+
+    def output_shape(self, x, like):
+        if len(x) != 4 or len(like) != 4 or x[0] != like[0]:
+            raise ValueError(f"layer {self.name} resizes an (N, H, W, C) map to another's size, got {tuple(x)} "
+                             f"and {tuple(like)}")
+        return (x[0], like[1], like[2], x[3])
+
+
+OP_KINDS = {cls.kind: cls for cls in (Conv, BatchNorm, Activation, GlobalAvgPool, Linear, ChannelScale, Add, Resize)}
 

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from npmobilenet.extras import require
-from npmobilenet.graph import fold_batch_norm, lower
+from npmobilenet.graph import Graph, fold_batch_norm, lower
 from npmobilenet.io.files import atomic_write
 
 DEFAULT_OPSET = 17  # HardSwish needs 14; 17 is what current exporters emit by default
@@ -93,7 +93,7 @@ def _activation(g, function, x, name):
 
 def export_graph(g, graph, x):
     """Add the ops of a lowered `graph` (npmobilenet.graph) to `g` (a _GraphBuilder), reading the
-    NCHW tensor `x`; returns the name of the output. One ONNX node (or two) per op kind. The
+    NCHW tensor `x`; returns the names of its outputs. One ONNX node (or two) per op kind. The
     vectors of a squeeze-and-excitation gate stay (N, C, 1, 1): its fully connected layers are 1x1
     Conv nodes and the gate multiplies by broadcasting; elsewhere pooling is flattened to (N, C)
     for Gemm."""
@@ -135,16 +135,24 @@ def export_graph(g, graph, x):
             y = g.add("Mul", xs, f"{name}.scale")
         elif op.kind == "add":
             y = g.add("Add", xs, f"{name}.add")
+        elif op.kind == "resize":
+            # sizes: (N, C) of x, (H, W) of the tensor whose size it takes, both from NCHW shapes
+            sizes = g.add("Concat", [g.add("Shape", [xs[0]], f"{name}.batch_channels", start=0, end=2),
+                                     g.add("Shape", [xs[1]], f"{name}.spatial", start=2, end=4)], f"{name}.sizes", axis=0)
+            y = g.add("Resize", [xs[0], "", "", sizes], f"{name}.resize", mode="linear",
+                      coordinate_transformation_mode="pytorch_half_pixel")
         else:
             raise TypeError(f"cannot export {op.kind} op {name} to ONNX")
         if getattr(op, "activation", None) is not None:
             y = _activation(g, op.activation, y, name)
         values[op.output] = y
-    return values[graph.outputs[0]]
+    return [values[t] for t in graph.outputs]
 
 
 def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold_batchnorm=True):
-    """The ONNX ModelProto of `model` (eval-mode semantics: running statistics, no dropout)."""
+    """The ONNX ModelProto of `model` (eval-mode semantics: running statistics, no dropout), an
+    int8 `QuantizedModel`, or a lowered `npmobilenet.graph.Graph` (one output: `logits`; several:
+    named as the graph's outputs)."""
     onnx = require("onnx", "ONNX export")
     helper, TensorProto = onnx.helper, onnx.TensorProto
     if batch in (None, "dynamic"):
@@ -158,7 +166,7 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
         raise ValueError(f"opset must be an int >= 14 (HardSwish), got {opset!r}")
     config = getattr(model, "config", None)
-    if not isinstance(config, dict) or "arch" not in config:
+    if not isinstance(model, Graph) and (not isinstance(config, dict) or "arch" not in config):
         raise TypeError(f"model must be an npmobilenet model with a .config, got {type(model).__name__}")
 
     from npmobilenet.compression.qmodel import QuantizedModel
@@ -173,20 +181,26 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
     if isinstance(model, QuantizedModel):
         from npmobilenet.io.onnx_qdq import build_qdq_onnx
 
-        logits = build_qdq_onnx(model, graph, x, helper)
+        results = [build_qdq_onnx(model, graph, x, helper)]
     else:
-        lowered = lower(model)
-        logits = export_graph(graph, fold_batch_norm(lowered) if fold_batchnorm else lowered, x)
-    output = graph.add("Identity", [logits], "logits")
+        lowered = model if isinstance(model, Graph) else lower(model)
+        results = export_graph(graph, fold_batch_norm(lowered) if fold_batchnorm else lowered, x)
+    if len(results) == 1:           # a classifier: its logits
+        outputs = [helper.make_tensor_value_info(graph.add("Identity", results, "logits"), TensorProto.FLOAT,
+                                                 [batch_dim, config["num_classes"]] if "num_classes" in config else None)]
+    else:                           # several outputs, named as the graph names them (maps NCHW, as the input)
+        ranks = {t: len(shape) for t, shape in model.shapes((1, 64, 64, 3)).items()}
+        outputs = [helper.make_tensor_value_info(graph.add("Identity", [value], name), TensorProto.FLOAT,
+                                                 [batch_dim] + [f"{name}_{i}" for i in range(1, ranks[name])])
+                   for value, name in zip(results, model.outputs)]
+    arch = config.get("arch", "graph")
     proto_graph = helper.make_graph(
-        graph.nodes, f"npmobilenet_{config['arch']}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch_dim, config["num_classes"]])],
-        graph.initializers,
+        graph.nodes, f"npmobilenet_{arch}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)], outputs, graph.initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(proto_graph, opset_imports=opsets, producer_name="npmobilenet",
-                              doc_string=f"{config['arch']} exported by npmobilenet; input {input_layout.upper()} float32")
+                              doc_string=f"{arch} exported by npmobilenet; input {input_layout.upper()} float32")
     proto.ir_version = helper.find_min_ir_version_for(opsets)
     helper.set_model_props(proto, {"npmobilenet_config": json.dumps(config, sort_keys=True),
                                    "input_layout": input_layout.upper()})
