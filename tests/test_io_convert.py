@@ -86,3 +86,21 @@ def test_convert_tf_variant(tmp_path, capsys):
     convert(SRC, plain)
     with pytest.raises(ValueError, match="without TensorFlow padding"):
         from_weights(plain, variant="tf")
+
+
+def test_convert_timm_v4(tmp_path, capsys):
+    # timm's MobileNetV4-Conv medium (fixture made by timm at channel multiplier 0.05, a .pth):
+    # converted once, the .npz rebuilds the same model with NumPy alone
+    src = os.path.join(FIXTURES, "timm_mobilenetv4_conv_medium_w005.pth")
+    dst = str(tmp_path / "v4m.npz")
+    assert main(["convert", src, dst]) == 0
+    assert "timm naming -> mobilenet_v4_conv_medium, width 0.05, 10 classes\n" in capsys.readouterr().out
+    model = checkpoint.load(dst)
+    assert model.config == {"arch": "mobilenet_v4_conv_medium", "width": 0.05, "num_classes": 10}
+    x = np.random.default_rng(2).standard_normal((2, 97, 131, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), from_weights(src)(x))
+    np.testing.assert_array_equal(from_weights(dst)(x), model(x))
+    info = inspect_weights(dst)
+    assert (info.naming, info.arch, info.width, info.num_classes) == ("npmobilenet", "mobilenet_v4_conv_medium", 0.05, 10)
+    assert main(["convert", src, dst, "--width", "0.25"]) == 1
+    assert "holds a width-0.05 mobilenet_v4_conv_medium, not width 0.25" in capsys.readouterr().err

@@ -344,3 +344,150 @@ def test_tf_variant_needs_saying_and_is_checked(reference_logits):
         from_weights(fixture_path("timm_mobilenetv2_w010"), variant="tf")
     with pytest.raises(ValueError, match="MobileNetV3 only"):
         from_weights(fixture_path("tv_mobilenet_v3_small_w035"), variant="tf")
+
+
+# -- timm's MobileNetV4-Conv ------------------------------------------------------------------------
+V4_FIXTURES = sorted(name for name, entry in MODELS.items() if entry["arch"].startswith("mobilenet_v4"))
+with open(os.path.join(FIXTURES, "timm_mobilenetv4_shapes.json")) as _f:
+    TIMM_V4_SHAPES = json.load(_f)["models"]   # timm's keys and shapes at its published widths
+# timm's model name -> (our arch, width): timm's _035/_050 are channel multipliers of the small model
+TIMM_V4_MODELS = {
+    "mobilenetv4_conv_small_035": ("mobilenet_v4_conv_small", 0.35),
+    "mobilenetv4_conv_small_050": ("mobilenet_v4_conv_small", 0.5),
+    "mobilenetv4_conv_small": ("mobilenet_v4_conv_small", 1.0),
+    "mobilenetv4_conv_medium": ("mobilenet_v4_conv_medium", 1.0),
+    "mobilenetv4_conv_large": ("mobilenet_v4_conv_large", 1.0),
+}
+
+
+def test_there_are_v4_fixtures_of_every_size_in_both_formats():
+    assert {MODELS[name]["arch"] for name in V4_FIXTURES} == {
+        "mobilenet_v4_conv_small", "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large"}
+    assert {MODELS[name]["format"] for name in V4_FIXTURES} == {"safetensors", "pth"}
+    assert set(TIMM_V4_SHAPES) == set(TIMM_V4_MODELS)
+
+
+@pytest.mark.parametrize("name", V4_FIXTURES)
+def test_v4_loads_into_a_built_model_and_matches_timm_at_every_resolution(name, reference_logits):
+    # from_weights is checked at 224 and 161 with every fixture above; here the model is built by
+    # hand, and also run at timm's default input size for medium (256) and large (384)
+    entry = MODELS[name]
+    model = npmobilenet.build(entry["arch"], entry["width"], num_classes=10)
+    assert load_weights(model, fixture_path(name)) is model
+    model.eval()
+    for resolution in entry.get("resolutions", (224, 161)):
+        want = reference_logits[f"{name}/{resolution}"]
+        got = model(model_input(resolution))
+        scale = np.abs(want).max()
+        print(f"{name} {resolution}x{resolution} (built): max |diff| {np.abs(got - want).max():.2e}, logit scale {scale:.1f}")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=f"{name} at {resolution}")
+        np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+
+@pytest.mark.parametrize("name", V4_FIXTURES)
+def test_v4_round_trips_through_timm_names(name):
+    # our model's weights under timm's names are the file's, key for key (num_batches_tracked aside)
+    state = read_foreign_state(fixture_path(name))
+    again = foreign_state_dict(from_weights(fixture_path(name)), "timm")
+    assert set(again) == set(state)
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            assert again[key].shape == value.shape, key
+            np.testing.assert_array_equal(again[key], value.astype(np.float32), err_msg=key)
+
+
+@pytest.mark.parametrize("timm_name", sorted(TIMM_V4_MODELS))
+def test_timm_v4_published_widths_are_recognised(timm_name):
+    # timm's own keys and shapes (no weights): arch, width and classes are read from them, and our
+    # model at that width has exactly those keys and shapes under timm's names
+    arch, width = TIMM_V4_MODELS[timm_name]
+    shapes = {key: tuple(shape) for key, shape in TIMM_V4_SHAPES[timm_name]}
+    state = {key: np.broadcast_to(np.float32(0), shape) for key, shape in shapes.items()}
+    assert keymaps.detect_naming(state) == ("timm", arch)
+    assert keymaps.file_overrides(state, "timm", arch) == {}         # our builder makes timm's V4 choices
+    assert keymaps.count_blocks(state, "timm", arch) == len(builder.arch_spec(arch).blocks)
+    assert keymaps.num_classes_of(state, "timm", arch) == 1000
+    from npmobilenet.io.weights import infer_width
+
+    assert infer_width(state, "timm", arch) == width
+    ours = foreign_state_dict(npmobilenet.build(arch, width), "timm")
+    assert {key: value.shape for key, value in ours.items()} == shapes
+
+
+def test_timm_v4_small_050_loads_from_a_generated_file(tmp_path):
+    # a file with mobilenetv4_conv_small_050's keys and shapes: the stem stays 32 below width 1.0
+    # and the 1280 features after pooling are not scaled, so only width 0.5 builds it
+    st = pytest.importorskip("safetensors.numpy")
+    source = npmobilenet.build("mobilenet_v4_conv_small", 0.5, seed=3)
+    state = foreign_state_dict(source, "timm")
+    shapes = {key: tuple(shape) for key, shape in TIMM_V4_SHAPES["mobilenetv4_conv_small_050"]}
+    assert {key: value.shape for key, value in state.items()} == shapes
+    path = str(tmp_path / "mobilenetv4_conv_small_050.safetensors")
+    st.save_file(state, path)
+    info = inspect_weights(path)
+    assert (info.naming, info.arch, info.width, info.num_classes, info.overrides) == (
+        "timm", "mobilenet_v4_conv_small", 0.5, 1000, {})
+    model = from_weights(path)
+    assert model.config == {"arch": "mobilenet_v4_conv_small", "width": 0.5, "num_classes": 1000}
+    assert model.stem.conv.out_channels == 32 and model.classifier[0].out_channels == 1280
+    a, b = source.state_dict(), model.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_v4_file_into_another_model_is_named():
+    small = fixture_path("timm_mobilenetv4_conv_small_w010")
+    for arch in ("mobilenet_v3_small", "mobilenet_v4_conv_medium"):
+        model = npmobilenet.build(arch, width=0.1, num_classes=10)
+        with pytest.raises(ValueError, match=r"holds timm's mobilenetv4_conv_small\* \(mobilenet_v4_conv_small\) "
+                                             rf"weights, but the model is {arch}"):
+            load_weights(model, small)
+    with pytest.raises(ValueError, match="holds mobilenet_v4_conv_small weights .*not mobilenet_v4_conv_large"):
+        from_weights(small, arch="mobilenet_v4_conv_large")
+    # a V3 file into a V4 model, likewise
+    with pytest.raises(ValueError, match="holds timm's mobilenetv3_small_.*but the model is mobilenet_v4_conv_small"):
+        load_weights(npmobilenet.build("mobilenet_v4_conv_small", 0.1, 10), fixture_path("timm_mobilenetv3_small_w010"))
+    with pytest.raises(ValueError, match="torchvision has no mobilenet_v4_conv_small"):
+        foreign_state_dict(npmobilenet.build("mobilenet_v4_conv_small", 0.1, 10), "torchvision")
+
+
+def test_v4_wrong_width_lists_every_mismatch():
+    path = fixture_path("timm_mobilenetv4_conv_medium_w005")
+    model = npmobilenet.build("mobilenet_v4_conv_medium", width=0.25, num_classes=10)
+    with pytest.raises(ValueError) as info:
+        load_weights(model, path)
+    message = str(info.value)
+    assert "the file is width 0.05, the model width 0.25" in message
+    assert ("blocks.0.0.conv_pwl.weight -> blocks.0.conv_pwl.conv.weight: model expects (128, 16) in our layout "
+            "= (16, 128, 1, 1) in the file's (Cout, Cin, 1, 1); the file has (8, 128, 1, 1) = (128, 8) in ours") in message
+    assert ("conv_head.weight -> classifier.0.conv.weight: model expects (240, 1280) in our layout = (1280, 240, 1, 1) "
+            "in the file's (Cout, Cin, 1, 1); the file has (1280, 48, 1, 1)") in message
+    assert message.count(" -> ") > 300
+    with pytest.raises(ValueError, match="holds a width-0.05 mobilenet_v4_conv_medium, not width 0.25"):
+        from_weights(path, width=0.25)
+
+
+def test_v4_missing_keys_hybrids_and_other_depths_are_clear(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    state = read_foreign_state(fixture_path("timm_mobilenetv4_conv_small_w010"))
+
+    def save(edited, name):
+        path = str(tmp_path / name)
+        st.save_file(edited, path)
+        return path
+
+    # missing keys: still recognised by its structure, each missing key named with ours
+    edited = {k: v for k, v in state.items() if k not in ("norm_head.running_var", "blocks.2.0.dw_start.conv.weight")}
+    with pytest.raises(ValueError) as info:
+        load_weights(npmobilenet.build("mobilenet_v4_conv_small", 0.1, 10), save(edited, "missing.safetensors"))
+    message = str(info.value)
+    assert "missing from the file (2): " in message
+    assert "norm_head.running_var (for classifier.0.bn.running_var; model expects (1280,)" in message
+    assert "blocks.2.0.dw_start.conv.weight (for blocks.4.dw_start.conv.weight; model expects (8, 1, 5, 5)" in message
+    # timm's hybrid models (attention blocks) are refused by name
+    hybrid = dict(state, **{"blocks.3.2.attn.query.proj.weight": np.zeros((8, 16, 1, 1), np.float32)})
+    with pytest.raises(ValueError, match="MobileNetV4 hybrid keys .*attention blocks"):
+        from_weights(save(hybrid, "hybrid.safetensors"))
+    # a block fewer in stage 3: timm has no such V4
+    shallower = {k: v for k, v in state.items() if not k.startswith("blocks.3.5.")}
+    with pytest.raises(ValueError, match=r"first block a conv row \(small\), but \(2, 2, 6, 5\) blocks in stages 0-3"):
+        from_weights(save(shallower, "shallower.safetensors"))

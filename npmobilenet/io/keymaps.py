@@ -1,21 +1,25 @@
 """Foreign weight names and layouts, in one place: torchvision's and timm's MobileNets <-> ours.
 
-Everything that knows another library's naming or tensor layout is in this file. A map is derived
-from *our* model's tree (so it follows the model's actual blocks: which have an expansion layer,
-which have squeeze-and-excitation) and pairs every parameter and buffer with the foreign key it
-comes from and the layout transpose that turns one into the other.
+Everything that knows another library's naming or tensor layout is in this file. A map is read
+from *our* model's lowered graph (`npmobilenet.graph.lower`): every conv, batch-norm and linear
+op there holds the model's own arrays under the op's name, our dotted layer path
+("blocks.3.conv_pw.conv", "blocks.3.se.reduce"), so the map follows the model's actual blocks
+(which have an expansion, which have squeeze-and-excitation, which V4 block kind) without knowing
+any layer class. Each array is paired with the foreign key it comes from and the layout transpose
+that turns one into the other; the names are the tables below.
 
-Layouts (PyTorch -> ours; ours are NHWC-friendly, see STYLE.md):
+Layouts (PyTorch -> ours; ours are NHWC-friendly, see STYLE.md), by the op that holds the array:
 
-    conv       (Cout, Cin, KH, KW) -> (KH, KW, Cin, Cout)
-    depthwise  (C, 1, KH, KW)      -> (KH, KW, C)
-    pointwise  (Cout, Cin, 1, 1)   -> (Cin, Cout)     also SE's fc1/fc2 and timm's V3 conv_head,
-                                                      1x1 convs with bias that act on a pooled
-                                                      vector, i.e. our Linear layers
-    linear     (out, in)           -> (in, out)
-    vector     (C,)                -> (C,)            biases; BN weight/bias/running stats
+    conv       (Cout, Cin, KH, KW) -> (KH, KW, Cin, Cout)   conv op, variant standard
+    depthwise  (C, 1, KH, KW)      -> (KH, KW, C)           conv op, variant depthwise
+    pointwise  (Cout, Cin, 1, 1)   -> (Cin, Cout)           conv op, variant pointwise; also a linear
+                                                            op the library stores as a 1x1 conv on
+                                                            a pooled vector (SE's fc1/fc2, timm's
+                                                            V3 and V4 conv_head): FOREIGN_1X1_CONVS
+    linear     (out, in)           -> (in, out)             linear op
+    vector     (C,)                -> (C,)                  biases; batch-norm ops' four arrays
 
-Batch norm: weight -> gamma, bias -> beta, running_mean, running_var; num_batches_tracked ignored.
+Batch norm: gamma -> weight, beta -> bias, running_mean, running_var; num_batches_tracked ignored.
 
 How the libraries name the same network (block i counts from 0 over all blocks):
 
@@ -23,13 +27,15 @@ How the libraries name the same network (block i counts from 0 over all blocks):
     stem conv / bn      features.0.0 / features.0.1            conv_stem / bn1
     block i             features.{i+1}.conv.{k} (V2),          blocks.{stage}.{j} (stages of
                         features.{i+1}.block.{k} (V3),         TIMM_STAGE_REPEATS); parts by
-                        parts numbered in order                name: TIMM_BLOCK_PARTS
-    head conv / bn      features.{n+1}.0 / .1                  V2: conv_head / bn2;
-                                                               V3: blocks.{last stage}.0.conv / .bn1
-    classifier          classifier.{j}, as ours                V1: classifier; V2: classifier;
-                                                               V3: conv_head (1x1 conv with bias,
-                                                               after pooling) = our classifier.0,
-                                                               classifier = our classifier.3
+                        parts numbered in order                name: TIMM_BLOCKS
+    head conv / bn      features.{n+1}.0 / .1                  V2: conv_head / bn2; V3, V4:
+                                                               blocks.{last stage}.0.conv / .bn1
+    after pooling       classifier.{j}, as ours                V1, V2: classifier; V3: conv_head
+                                                               (1x1 conv with bias) = our
+                                                               classifier.0, classifier = .3; V4:
+                                                               conv_head (1x1, no bias) / norm_head
+                                                               = classifier.0.conv / .bn,
+                                                               classifier = classifier.2
 
 Where timm's architecture differs from torchvision's (the model built for a file follows the file;
 `file_overrides` reads the differences from the file's shapes):
@@ -38,13 +44,22 @@ Where timm's architecture differs from torchvision's (the model built for a file
 - V3: below width 0.75 the 16-channel stem is not scaled;
 - V3: expansion widths are make_divisible(in_channels * ratio) from the block's own input, where
   torchvision scales the paper's absolute expansion sizes (identical at width 1.0 only);
-- V1 exists only in timm (ReLU6, eps 1e-5, channels rounded to multiples of 8).
+- V1 exists only in timm (ReLU6, eps 1e-5, channels rounded to multiples of 8);
+- V4 exists only in timm, and our builder follows it (stem fixed below width 1.0, the 1280
+  features after pooling never scaled): no overrides. timm's `mobilenetv4_conv_aa_*` and
+  `_blur_*` (anti-aliased downsampling) have the keys and shapes of `mobilenetv4_conv_*` but
+  compute otherwise, and are not supported (the file cannot say which it is); its hybrid models
+  (attention blocks) are refused by name.
 timm's default `pad_type=''` pads symmetrically, as torchvision does and we do; timm's `tf_*`
 models pad as TensorFlow does ('same': asymmetric at stride 2 on even sizes) with batch-norm eps
 1e-3, and have the same keys and shapes: `from_weights(..., variant="tf")` builds that variant
 (`padding="same"`), since the file cannot tell.
 """
+import re
+
 import numpy as np
+
+from npmobilenet.graph import lower
 
 # -- layouts ---------------------------------------------------------------------------------------
 # kind: (PyTorch layout, our layout, PyTorch -> ours, ours -> PyTorch)
@@ -60,8 +75,11 @@ LAYOUTS = {
 }
 # the rank each kind has in PyTorch's layout (and extra checks a transpose relies on)
 _TORCH_RANK = {"conv": 4, "depthwise": 4, "pointwise": 4, "linear": 2, "vector": 1}
-
-BN_NAMES = {"gamma": "weight", "beta": "bias", "running_mean": "running_mean", "running_var": "running_var"}
+# a lowered conv op's variant -> the layout kind of its weight
+CONV_VARIANT_KINDS = {"standard": "conv", "depthwise": "depthwise", "pointwise": "pointwise"}
+# a lowered op's array -> the PyTorch parameter or buffer name it is stored under
+TORCH_ARRAY_NAMES = {"weight": "weight", "bias": "bias",
+                     "gamma": "weight", "beta": "bias", "mean": "running_mean", "var": "running_var"}
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
@@ -96,35 +114,90 @@ def our_shape(kind, torch_shape_):
 
 
 # -- names -----------------------------------------------------------------------------------------
+NAMINGS = ("torchvision", "timm")
+
+
+def family(arch):
+    """"mobilenet_v3" for mobilenet_v3_large and _small, "mobilenet_v4" for the mobilenet_v4_conv_*."""
+    return arch[:len("mobilenet_vN")]
+
+
+# Our op names outside the blocks -> the library's module names ({head}: the head's index: timm's
+# last stage, torchvision's last feature). torchvision's classifier is ours, index for index.
+TORCHVISION_TOP = {
+    family_: {"stem.conv": "features.0.0", "stem.bn": "features.0.1",
+              "head.conv": "features.{head}.0", "head.bn": "features.{head}.1"}
+    for family_ in ("mobilenet_v2", "mobilenet_v3")
+}
+TIMM_TOP = {
+    "mobilenet_v1": {"stem.conv": "conv_stem", "stem.bn": "bn1", "classifier.0": "classifier"},
+    "mobilenet_v2": {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head", "head.bn": "bn2",
+                     "classifier.1": "classifier"},
+    "mobilenet_v3": {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "blocks.{head}.0.conv",
+                     "head.bn": "blocks.{head}.0.bn1", "classifier.0": "conv_head", "classifier.3": "classifier"},
+    "mobilenet_v4": {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "blocks.{head}.0.conv",
+                     "head.bn": "blocks.{head}.0.bn1", "classifier.0.conv": "conv_head",
+                     "classifier.0.bn": "norm_head", "classifier.2": "classifier"},
+}
+
+# torchvision's blocks: features.{i+1}.{container}.{k}, with k counting the block's parts (our
+# conv_pw, conv_dw, se, conv_pwl) in order. Our op name inside a block (the full one, else its
+# last part) -> torchvision's, {k} the part's index, {k1} the next one. V2's projection is a bare
+# Conv2d + BatchNorm2d, two entries of its Sequential; V3's SE holds fc1, fc2 (1x1 convs).
+TORCHVISION_BLOCKS = {
+    "mobilenet_v2": ("conv", {"conv": "{k}.0", "bn": "{k}.1", "conv_pwl.conv": "{k}", "conv_pwl.bn": "{k1}"}),
+    "mobilenet_v3": ("block", {"conv": "{k}.0", "bn": "{k}.1", "se.reduce": "{k}.fc1", "se.expand": "{k}.fc2"}),
+}
+
+# timm's blocks, by the kind of block timm builds: our op names inside blocks.{i} -> timm's inside
+# blocks.{stage}.{j}. Our block is of the first kind whose `ours` ops it has (V2/V3 blocks without
+# expansion, and all of V1, are timm's DepthwiseSeparableConv "ds"). `file` names the two weights
+# whose shapes give the block's expanded and output widths in a timm file; a file's block is of
+# the first kind whose two weights it has.
+_SE = {"se.reduce": "se.conv_reduce", "se.expand": "se.conv_expand"}
+TIMM_BLOCKS = {
+    # V4's UniversalInvertedResidual: its parts keep our names
+    "uir": dict(ours=("pw_exp.conv",), file=("pw_exp.conv.weight", "pw_proj.conv.weight"),
+                names={f"{part}.{op}": f"{part}.{op}" for part in ("dw_start", "pw_exp", "dw_mid", "pw_proj")
+                       for op in ("conv", "bn")}),
+    # V4's EdgeResidual (FusedIB)
+    "er": dict(ours=("conv_exp.conv",), file=("conv_exp.weight", "conv_pwl.weight"),
+               names={"conv_exp.conv": "conv_exp", "conv_exp.bn": "bn1", "conv_pwl.conv": "conv_pwl",
+                      "conv_pwl.bn": "bn2"}),
+    # V2/V3's InvertedResidual
+    "ir": dict(ours=("conv_pw.conv", "conv_pwl.conv"), file=("conv_dw.weight", "conv_pwl.weight"),
+               names={"conv_pw.conv": "conv_pw", "conv_pw.bn": "bn1", "conv_dw.conv": "conv_dw",
+                      "conv_dw.bn": "bn2", "conv_pwl.conv": "conv_pwl", "conv_pwl.bn": "bn3", **_SE}),
+    # DepthwiseSeparableConv: V1's blocks, V2/V3's first; its pointwise conv is our projection
+    "ds": dict(ours=("conv_dw.conv",), file=("conv_dw.weight", "conv_pw.weight"),
+               names={"conv_dw.conv": "conv_dw", "conv_dw.bn": "bn1", "conv_pw.conv": "conv_pw",
+                      "conv_pw.bn": "bn2", "conv_pwl.conv": "conv_pw", "conv_pwl.bn": "bn2", **_SE}),
+    # ConvBnAct: V4's conv rows (our block is the conv -> BN -> ReLU itself)
+    "cn": dict(ours=("conv",), file=("conv.weight", "conv.weight"), names={"conv": "conv", "bn": "bn1"}),
+}
+
+# linear ops the library stores as 1x1 convolutions (the last part of its module name)
+FOREIGN_1X1_CONVS = {"torchvision": ("fc1", "fc2"), "timm": ("conv_reduce", "conv_expand", "conv_head")}
+
 # timm groups blocks into stages, one per row of its architecture definition (the papers' tables
-# with rows of equal output width merged). V3's last stage is the 1x1 head conv.
+# with rows of equal output width merged; V4: as its arch strings group them). V3's and V4's last
+# stage, the 1x1 head conv, is not counted.
 TIMM_STAGE_REPEATS = {
     "mobilenet_v1": (1, 2, 2, 6, 2),
     "mobilenet_v2": (1, 2, 3, 4, 3, 3, 1),
     "mobilenet_v3_large": (1, 2, 3, 4, 2, 3),
     "mobilenet_v3_small": (1, 2, 3, 2, 3),
+    "mobilenet_v4_conv_small": (2, 2, 6, 6),
+    "mobilenet_v4_conv_medium": (1, 2, 8, 11),
+    "mobilenet_v4_conv_large": (1, 2, 11, 13),
 }
 
-# Our block parts -> timm's names inside blocks.{stage}.{j}. timm's first block of V2/V3 (and all
-# of V1) is a DepthwiseSeparableConv ("ds": dw, [se], pw); the rest are InvertedResidual
-# ("ir": pw, dw, [se], pwl). Our V2/V3 blocks without expansion are the "ds" ones.
-TIMM_BLOCK_PARTS = {
-    "ds": {"conv_dw": ("conv_dw", "bn1"), "conv_pw": ("conv_pw", "bn2"), "conv_pwl": ("conv_pw", "bn2"),
-           "se.reduce": "se.conv_reduce", "se.expand": "se.conv_expand"},
-    "ir": {"conv_pw": ("conv_pw", "bn1"), "conv_dw": ("conv_dw", "bn2"), "conv_pwl": ("conv_pwl", "bn3"),
-           "se.reduce": "se.conv_reduce", "se.expand": "se.conv_expand"},
-}
-
-NAMINGS = ("torchvision", "timm")
 # batch-norm eps each library's model uses (V3 in torchvision takes TensorFlow's 1e-3)
 LIBRARY_BN_EPS = {
     ("torchvision", "mobilenet_v2"): 1e-5,
     ("torchvision", "mobilenet_v3_large"): 1e-3,
     ("torchvision", "mobilenet_v3_small"): 1e-3,
-    ("timm", "mobilenet_v1"): 1e-5,
-    ("timm", "mobilenet_v2"): 1e-5,
-    ("timm", "mobilenet_v3_large"): 1e-5,
-    ("timm", "mobilenet_v3_small"): 1e-5,
+    **{("timm", arch): 1e-5 for arch in TIMM_STAGE_REPEATS},
 }
 # the library's model name for each supported (naming, arch)
 LIBRARY_MODEL_NAMES = {
@@ -135,45 +208,84 @@ LIBRARY_MODEL_NAMES = {
     ("timm", "mobilenet_v2"): "mobilenetv2_*",
     ("timm", "mobilenet_v3_large"): "mobilenetv3_large_*",
     ("timm", "mobilenet_v3_small"): "mobilenetv3_small_*",
+    ("timm", "mobilenet_v4_conv_small"): "mobilenetv4_conv_small*",
+    ("timm", "mobilenet_v4_conv_medium"): "mobilenetv4_conv_medium",
+    ("timm", "mobilenet_v4_conv_large"): "mobilenetv4_conv_large",
 }
 
 
-def _block_parts(block):
-    """Our block's parts in execution order: names of ConvBNAct children and 'se'."""
-    return [name for name in ("conv_pw", "conv_dw", "se", "conv_pwl") if getattr(block, name, None) is not None]
+def _lowered_arrays(model):
+    """Every array the model's lowered graph holds, in execution order, as (op name, array role
+    (the op's attribute: weight, bias, gamma, beta, mean, var), our parameter or buffer name,
+    op kind, our layout kind: CONV_VARIANT_KINDS for a conv weight, "linear", or "vector")."""
+    # the ops hold the model's own arrays: identity finds each one's parameter or buffer name
+    names = {id(p.data): name for name, p in model.named_parameters()}
+    names.update({id(b): name for name, b in model.named_buffers()})
+    out = []
+    for op in lower(model):
+        for role in op.array_names:
+            array = getattr(op, role, None)
+            if array is None:
+                continue
+            if id(array) not in names:
+                raise ValueError(f"op {op.name} ({op.kind}) holds a {role} that is no parameter or buffer of the model")
+            if role != "weight":
+                kind = "vector"
+            elif op.kind == "conv":
+                kind = CONV_VARIANT_KINDS[op.variant]
+            elif op.kind == "linear":
+                kind = "linear"
+            else:
+                raise ValueError(f"op {op.name}: no PyTorch layout for a {op.kind} op's weight")
+            out.append((op.name, role, names[id(array)], op.kind, kind))
+    return out
 
 
-def _torchvision_modules(model):
-    """[(our module path, foreign conv-or-linear prefix, foreign bn prefix or None, kind of layer)]."""
-    arch = model.config["arch"]
+def _block_index(op_name):
+    """(block index, op name inside the block) of an op in blocks.{i}, else (None, op name)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", op_name)
+    return (int(match.group(1)), match.group(2)) if match else (None, op_name)
+
+
+def _blocks(op_names):
+    """{block index: [op names inside it, in order]}."""
+    blocks = {}
+    for name in op_names:
+        index, inner = _block_index(name)
+        if index is not None and inner not in blocks.setdefault(index, []):
+            blocks[index].append(inner)
+    return blocks
+
+
+def _torchvision_names(arch, op_names):
+    """{our op name: torchvision's module name}."""
     if arch not in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
         raise ValueError(f"torchvision has no {arch}; its MobileNets are mobilenet_v2 and mobilenet_v3_large/small")
-    out = [("stem", "features.0.0", "features.0.1")]
-    for i, block in enumerate(model.blocks):
-        if arch == "mobilenet_v2":
-            # features.{n}.conv = [ConvBNReLU expand]?, ConvBNReLU dw, Conv2d project, BatchNorm2d
-            c, k = f"features.{i + 1}.conv", 0
-            for part in _block_parts(block):
-                if part == "conv_pwl":
-                    out.append((f"blocks.{i}.conv_pwl", f"{c}.{k}", f"{c}.{k + 1}"))
-                else:
-                    out.append((f"blocks.{i}.{part}", f"{c}.{k}.0", f"{c}.{k}.1"))
-                    k += 1
-        else:
-            # features.{n}.block = [expand]?, dw, [SqueezeExcitation(fc1, fc2)]?, project; each Conv-BN(-act)
-            c = f"features.{i + 1}.block"
-            for k, part in enumerate(_block_parts(block)):
-                if part == "se":
-                    out.append((f"blocks.{i}.se.reduce", f"{c}.{k}.fc1", None))
-                    out.append((f"blocks.{i}.se.expand", f"{c}.{k}.fc2", None))
-                else:
-                    out.append((f"blocks.{i}.{part}", f"{c}.{k}.0", f"{c}.{k}.1"))
-    last = len(model.blocks) + 1
-    out.append(("head", f"features.{last}.0", f"features.{last}.1"))
-    for j, layer in enumerate(model.classifier):
-        if hasattr(layer, "weight"):
-            out.append((f"classifier.{j}", f"classifier.{j}", None))
-    return out
+    container, table = TORCHVISION_BLOCKS[family(arch)]
+    blocks = _blocks(op_names)
+    names = {}
+    for i, inner_names in blocks.items():
+        parts = []  # the block's parts in order: conv_pw, conv_dw, se, conv_pwl (those it has)
+        for inner in inner_names:
+            part = inner.split(".")[0]
+            if part not in parts:
+                parts.append(part)
+            k = parts.index(part)  # V2's bare projection takes two Sequential entries, k and k + 1
+            pattern = table.get(inner, table.get(inner.rsplit(".", 1)[-1]))
+            if pattern is None:
+                raise ValueError(f"torchvision's {arch} has no name for our blocks.{i}.{inner}")
+            names[f"blocks.{i}.{inner}"] = f"features.{i + 1}.{container}." + pattern.format(k=k, k1=k + 1)
+    top = {ours: theirs.format(head=len(blocks) + 1) for ours, theirs in TORCHVISION_TOP[family(arch)].items()}
+    for name in op_names:
+        if _block_index(name)[0] is None:
+            names[name] = top.get(name, name if name.startswith("classifier.") else None)
+    return names
+
+
+def _timm_block_kind(inner_names):
+    """timm's kind of block (a key of TIMM_BLOCKS) for our block with these op names inside it."""
+    present = set(inner_names)
+    return next((kind for kind, entry in TIMM_BLOCKS.items() if present.issuperset(entry["ours"])), None)
 
 
 def _timm_stages(arch, config):
@@ -183,75 +295,98 @@ def _timm_stages(arch, config):
     return tuple(repeats) if repeats is not None else TIMM_STAGE_REPEATS[arch]
 
 
-def _timm_modules(model):
-    arch = model.config["arch"]
-    repeats = _timm_stages(arch, model.config)
-    if sum(repeats) != len(model.blocks):
-        raise ValueError(f"timm's {arch} has {sum(repeats)} blocks; the model has {len(model.blocks)}")
+def _timm_names(arch, config, op_names):
+    """{our op name: timm's module name}."""
+    repeats = _timm_stages(arch, config)
+    blocks = _blocks(op_names)
+    if sum(repeats) != len(blocks):
+        raise ValueError(f"timm's {arch} has {sum(repeats)} blocks; the model has {len(blocks)}")
     positions = [(s, j) for s, n in enumerate(repeats) for j in range(n)]
-    out = [("stem", "conv_stem", "bn1")]
-    for i, block in enumerate(model.blocks):
-        prefix = "blocks.{}.{}".format(*positions[i])
-        parts = TIMM_BLOCK_PARTS["ir" if arch != "mobilenet_v1" and block.conv_pw is not None else "ds"]
-        for part in _block_parts(block):
-            if part == "se":
-                out.append((f"blocks.{i}.se.reduce", f"{prefix}.{parts['se.reduce']}", None))
-                out.append((f"blocks.{i}.se.expand", f"{prefix}.{parts['se.expand']}", None))
-            else:
-                conv, bn = parts[part]
-                out.append((f"blocks.{i}.{part}", f"{prefix}.{conv}", f"{prefix}.{bn}"))
-    if arch == "mobilenet_v1":
-        out.append(("classifier.0", "classifier", None))
-    elif arch == "mobilenet_v2":
-        out.append(("head", "conv_head", "bn2"))
-        out.append(("classifier.1", "classifier", None))
-    else:
-        out.append(("head", f"blocks.{len(repeats)}.0.conv", f"blocks.{len(repeats)}.0.bn1"))
-        out.append(("classifier.0", "conv_head", None))
-        out.append(("classifier.3", "classifier", None))
-    return out
+    names = {}
+    for i, inner_names in blocks.items():
+        kind = _timm_block_kind(inner_names)
+        table = TIMM_BLOCKS[kind]["names"] if kind else {}
+        for inner in inner_names:
+            if inner not in table:
+                raise ValueError(f"timm's {arch} has no name for our blocks.{i}.{inner} (timm block kind {kind})")
+            names[f"blocks.{i}.{inner}"] = "blocks.{}.{}.".format(*positions[i]) + table[inner]
+    top = {ours: theirs.format(head=len(repeats)) for ours, theirs in TIMM_TOP[family(arch)].items()}
+    names.update({name: top.get(name) for name in op_names if _block_index(name)[0] is None})
+    return names
 
 
 def key_map(model, naming):
     """Every parameter and buffer of `model` paired with its foreign key and layout kind.
 
-    Returns a list of (our name, foreign key, kind) with kind a key of LAYOUTS. A foreign
-    1x1 conv that feeds our Linear (SE, timm's V3 conv_head) has kind "pointwise".
+    Returns a list of (our name, foreign key, kind) with kind a key of LAYOUTS, read from the
+    model's lowered graph (module doc). A foreign 1x1 conv that is our linear op (SE, timm's V3
+    and V4 conv_head) has kind "pointwise".
     """
-    from npmobilenet.layers import Conv2d, DepthwiseConv2d, Linear, PointwiseConv2d
-
     if naming not in NAMINGS:
         raise ValueError(f"naming must be one of {NAMINGS}, got {naming!r}")
-    modules = dict(model.modules())
-    table = _torchvision_modules(model) if naming == "torchvision" else _timm_modules(model)
+    arch = model.config["arch"]
+    arrays = _lowered_arrays(model)
+    op_names = list(dict.fromkeys(op_name for op_name, *_ in arrays))
+    modules = (_torchvision_names(arch, op_names) if naming == "torchvision"
+               else _timm_names(arch, model.config, op_names))
     entries = []
-    for ours, theirs, theirs_bn in table:
-        layer = modules[ours]
-        if theirs_bn is not None:  # a ConvBNAct: conv + batch norm
-            conv = layer.conv
-            kind = {Conv2d: "conv", DepthwiseConv2d: "depthwise", PointwiseConv2d: "pointwise"}[type(conv)]
-            entries.append((f"{ours}.conv.weight", f"{theirs}.weight", kind))
-            if conv.bias is not None:
-                entries.append((f"{ours}.conv.bias", f"{theirs}.bias", "vector"))
-            for our_bn, their_bn in BN_NAMES.items():
-                entries.append((f"{ours}.bn.{our_bn}", f"{theirs_bn}.{their_bn}", "vector"))
-        else:
-            if not isinstance(layer, Linear):
-                raise TypeError(f"{ours} is a {type(layer).__name__}, expected a Linear")
-            # our Linear layers inside SE and timm's V3 conv_head are 1x1 convolutions in PyTorch
-            kind = "linear" if theirs.startswith("classifier") else "pointwise"
-            entries.append((f"{ours}.weight", f"{theirs}.weight", kind))
-            if layer.bias is not None:
-                entries.append((f"{ours}.bias", f"{theirs}.bias", "vector"))
+    for op_name, role, ours, op_kind, kind in arrays:
+        theirs = modules.get(op_name)
+        if theirs is None:
+            raise ValueError(f"{naming}'s {arch} has no name for our {op_name} ({op_kind})")
+        if kind == "linear" and theirs.rsplit(".", 1)[-1] in FOREIGN_1X1_CONVS[naming]:
+            kind = "pointwise"
+        entries.append((ours, f"{theirs}.{TORCH_ARRAY_NAMES[role]}", kind))
     return entries
 
 
 # -- recognising a file ------------------------------------------------------------------------------
+# timm's V4 models: keys only they have among timm's MobileNets and EfficientNets (the batch norm
+# after pooling, UIR blocks), and keys that mark its hybrid models (attention blocks and layer
+# scale), which we do not build
+TIMM_V4_MARKS = ("norm_head.", ".dw_start.", ".pw_exp.", ".dw_mid.")
+TIMM_HYBRID_MARKS = (".attn.", ".layer_scale.")
+
+
+def _stage_of(key):
+    """(stage, index) of a timm `blocks.{stage}.{j}.` key, else None."""
+    parts = key.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() and parts[2].isdigit():
+        return int(parts[1]), int(parts[2])
+    return None
+
+
+def _stage_counts(keys, stages):
+    """Blocks in each of the first `stages` timm stages (its `blocks.{stage}.{j}` keys)."""
+    found = [set() for _ in range(stages)]
+    for position in filter(None, map(_stage_of, keys)):
+        if position[0] < stages:
+            found[position[0]].add(position[1])
+    return tuple(len(js) for js in found)
+
+
+def _detect_timm_v4(keys):
+    hybrid = sorted(k for k in keys if any(mark in k for mark in TIMM_HYBRID_MARKS))
+    if hybrid:
+        raise ValueError(f"timm MobileNetV4 hybrid keys ({hybrid[0]}, ...): attention blocks, which npmobilenet does "
+                         "not build; supported are mobilenetv4_conv_small*, _medium and _large")
+    counts = {arch: repeats for arch, repeats in TIMM_STAGE_REPEATS.items() if family(arch) == "mobilenet_v4"}
+    found = _stage_counts(keys, 4)
+    for arch, repeats in counts.items():
+        if found == repeats:
+            return arch
+    known = ", ".join(f"{LIBRARY_MODEL_NAMES[('timm', arch)]} {repeats}" for arch, repeats in counts.items())
+    first = "a conv row (small)" if any(k.startswith("blocks.0.0.conv.") for k in keys) else "a FusedIB (medium, large)"
+    raise ValueError(f"timm MobileNetV4 keys, first block {first}, but {found} blocks in stages 0-3 where timm's "
+                     f"models have: {known}")
+
+
 def detect_naming(keys):
     """(naming, arch) of a state dict from its key names alone, or raise ValueError saying why not.
 
-    Decided by structure (how many features / stages, which head), not by any single key, so a
-    file missing a few keys is still recognised and its missing keys then listed one by one.
+    Decided by structure (how many features / stages, which head, which block kinds), not by any
+    single key, so a file missing a few keys is still recognised and its missing keys then listed
+    one by one.
     """
     keys = set(keys)
     if any(k.startswith("features.0.") for k in keys):
@@ -269,7 +404,9 @@ def detect_naming(keys):
             f"classifier keys {sorted(k for k in keys if k.startswith('classifier'))})"
         )
     if any(k.startswith(("conv_stem.", "blocks.0.0.")) for k in keys):
-        stages = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+        if any(mark in k for k in keys for mark in TIMM_V4_MARKS):
+            return "timm", _detect_timm_v4(keys)
+        stages = {position[0] for position in map(_stage_of, keys) if position}
         n_stages = max(stages) + 1 if stages else 0
         has_pwl = any(".conv_pwl." in k for k in keys)
         if n_stages == 5 and not has_pwl:
@@ -281,8 +418,8 @@ def detect_naming(keys):
         if n_stages == 6 and any(k.startswith("blocks.5.0.conv.") for k in keys):
             return "timm", "mobilenet_v3_small"
         raise ValueError(
-            f"timm-style keys (conv_stem, blocks.*) but not a supported timm MobileNet "
-            f"(mobilenetv1_100, mobilenetv2_*, mobilenetv3_large_*, mobilenetv3_small_*): {n_stages} stages"
+            f"timm-style keys (conv_stem, blocks.*) but not a supported timm MobileNet (mobilenetv1_100, "
+            f"mobilenetv2_*, mobilenetv3_large_*, mobilenetv3_small_*, mobilenetv4_conv_*): {n_stages} stages"
         )
     sample = ", ".join(sorted(keys)[:5])
     raise ValueError(
@@ -291,25 +428,17 @@ def detect_naming(keys):
     )
 
 
+def file_stage_repeats(state, arch):
+    """Blocks per stage in a timm file (its `blocks.{stage}.{j}` keys; V3's and V4's last stage,
+    the head conv, not counted)."""
+    return _stage_counts(state, len(TIMM_STAGE_REPEATS[arch]))
+
+
 def count_blocks(state, naming, arch):
     """How many blocks the file's network has (our builder makes the papers' count)."""
     if naming == "timm":
-        n_stages = len(TIMM_STAGE_REPEATS[arch])
-        return len({tuple(k.split(".")[1:3]) for k in state
-                    if k.startswith("blocks.") and k.split(".")[1].isdigit() and int(k.split(".")[1]) < n_stages})
+        return sum(file_stage_repeats(state, arch))
     return max(int(k.split(".")[1]) for k in state if k.startswith("features.")) - 1
-
-
-def file_stage_repeats(state, arch):
-    """Blocks per stage in a timm file (its `blocks.{stage}.{j}` keys; V3's last stage, the head
-    conv, not counted)."""
-    stages = len(TIMM_STAGE_REPEATS[arch])
-    found = [set() for _ in range(stages)]
-    for k in state:
-        parts = k.split(".")
-        if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() and parts[2].isdigit() and int(parts[1]) < stages:
-            found[int(parts[1])].add(int(parts[2]))
-    return tuple(len(js) for js in found)
 
 
 def _block_prefixes(state, naming, arch):
@@ -317,12 +446,30 @@ def _block_prefixes(state, naming, arch):
     if naming == "timm":
         return [f"blocks.{s}.{j}" for s, n in enumerate(file_stage_repeats(state, arch)) for j in range(n)]
     last = max(int(k.split(".")[1]) for k in state if k.startswith("features."))
-    container = "conv" if arch == "mobilenet_v2" else "block"
+    container = TORCHVISION_BLOCKS[family(arch)][0]
     return [f"features.{n}.{container}" for n in range(1, last)]
 
 
 def _index_path(key, prefix):
     return [int(t) for t in key[len(prefix):].split(".") if t.isdigit()]
+
+
+def _timm_block_weights(state, prefix):
+    """The weights giving a timm block's expanded and output widths (TIMM_BLOCKS' `file`)."""
+    for entry in TIMM_BLOCKS.values():
+        keys = [f"{prefix}.{name}" for name in entry["file"]]
+        if all(k in state for k in keys):
+            return state[keys[0]], state[keys[1]]
+    raise KeyError(f"{prefix}.*.weight (none of the weights of timm's {', '.join(TIMM_BLOCKS)} blocks)")
+
+
+# timm: the weights whose output widths are our head conv's and the layer after pooling's
+TIMM_HEAD_WEIGHTS = {
+    "mobilenet_v1": (None, None),
+    "mobilenet_v2": ("conv_head.weight", None),
+    "mobilenet_v3": ("blocks.{head}.0.conv.weight", "conv_head.weight"),
+    "mobilenet_v4": ("blocks.{head}.0.conv.weight", "conv_head.weight"),
+}
 
 
 def file_channels(state, naming, arch):
@@ -331,10 +478,7 @@ def file_channels(state, naming, arch):
     expanded, out = [], []
     for prefix in _block_prefixes(state, naming, arch):
         if naming == "timm":
-            dw = state[f"{prefix}.conv_dw.weight"]
-            project = state.get(f"{prefix}.conv_pwl.weight", state.get(f"{prefix}.conv_pw.weight"))
-            if project is None:
-                raise KeyError(f"{prefix}.conv_pwl.weight")
+            dw, project = _timm_block_weights(state, prefix)
         else:
             convs = sorted((k for k, v in state.items() if k.startswith(prefix + ".") and k.endswith(".weight")
                             and np.ndim(v) == 4 and ".fc" not in k), key=lambda k: _index_path(k, prefix))
@@ -346,9 +490,8 @@ def file_channels(state, naming, arch):
         out.append(int(np.shape(project)[0]))
     if naming == "timm":
         stem = state["conv_stem.weight"]
-        head = {"mobilenet_v1": None, "mobilenet_v2": "conv_head.weight"}.get(
-            arch, f"blocks.{len(TIMM_STAGE_REPEATS.get(arch, ()))}.0.conv.weight")
-        last = "conv_head.weight" if arch.startswith("mobilenet_v3") else None
+        head, last = (key.format(head=len(TIMM_STAGE_REPEATS[arch])) if key else None
+                      for key in TIMM_HEAD_WEIGHTS[family(arch)])
     else:
         stem = state["features.0.0.weight"]
         head = f"features.{len(out) + 1}.0.weight"
@@ -362,7 +505,8 @@ def file_overrides(state, naming, arch):
     """Build options that make our model follow the file's architecture (see the module doc):
     timm's V3 channel choices, read from the file's shapes, and its batch-norm constants; a
     depth-multiplied timm V1/V2 (mobilenetv2_110d, _120d): its blocks per table row, and its stem
-    and head widths, which timm keeps at 32 and 1280 for those (fix_stem_head)."""
+    and head widths, which timm keeps at 32 and 1280 for those (fix_stem_head). timm's V4 needs
+    none: our builder makes timm's choices."""
     if naming == "timm" and arch in ("mobilenet_v1", "mobilenet_v2"):
         repeats = file_stage_repeats(state, arch)
         if repeats == TIMM_STAGE_REPEATS[arch] or 0 in repeats:
@@ -375,7 +519,7 @@ def file_overrides(state, naming, arch):
         if channels["head"]:
             overrides["head_channels"] = channels["head"]
         return overrides
-    if naming == "timm" and arch.startswith("mobilenet_v3"):
+    if naming == "timm" and family(arch) == "mobilenet_v3":
         try:
             channels = file_channels(state, naming, arch)
         except KeyError as exc:

@@ -240,7 +240,7 @@ def _inspect_state(path, fmt, state):
     if blocks != expected:
         raise ValueError(f"{path}: this {naming} {arch} has {blocks} blocks where the paper's has {expected} "
                          f"(a depth-multiplied variant?); supported for timm's V1 and V2 (e.g. mobilenetv2_110d), "
-                         f"not for V3 or torchvision")
+                         f"not for V3, V4 or torchvision")
     try:
         num_classes = keymaps.num_classes_of(state, naming, arch)
     except KeyError as exc:
@@ -346,7 +346,8 @@ def load_weights(model, path):
 
     path: an npmobilenet .npz checkpoint, or a .safetensors / .pth / .pt file with torchvision's
     (mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small) or timm's (mobilenetv1_100,
-    mobilenetv2_*, mobilenetv3_large_*, mobilenetv3_small_*) key names, recognised automatically.
+    mobilenetv2_*, mobilenetv3_large_*, mobilenetv3_small_*, mobilenetv4_conv_small*,
+    mobilenetv4_conv_medium, mobilenetv4_conv_large) key names, recognised automatically.
     PyTorch layouts are transposed once, here (see `keymaps`). Raises one ValueError that lists
     every missing key, unexpected key and shape mismatch (with the model's expected shape beside
     the file's, in both layouts), and names an architecture, width, class-count or batch-norm
@@ -402,8 +403,8 @@ def from_weights(path, arch=None, width=None, num_classes=None, variant=None):
     """Build the model `path` describes and load it, in eval mode.
 
     For a foreign file, the architecture, width, class count and the library's variant (timm's
-    V3 batch-norm eps, unscaled stem and head, expansion widths, depth-multiplied V2) are read
-    from the file; `arch`, `width` and `num_classes`, if given, must agree with it (`width` is
+    V3 batch-norm eps, unscaled stem and head, expansion widths, depth-multiplied V2; timm's V4,
+    which our builder follows as it is) are read from the file; `arch`, `width` and `num_classes`, if given, must agree with it (`width` is
     needed only when it cannot be inferred). An npmobilenet .npz rebuilds from its saved config.
 
     `variant="tf"`: the file holds one of timm's `tf_mobilenetv3_*` models (weights ported from
