@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from npmobilenet.analysis.summary import summarize  # noqa: E402
-from npmobilenet.compression import factorize, prune, structure  # noqa: E402
+from npmobilenet.compression import factorize, prune  # noqa: E402
 from npmobilenet.io import checkpoint
 from npmobilenet.compression.quantize import quantize  # noqa: E402
 from npmobilenet.training import AdamW, CosineLR, load_digits, save, train  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from npmobilenet import cli  # noqa: E402
-from npmobilenet.compression import qmodel as qformat, structure  # noqa: E402
+from npmobilenet.compression import qmodel as qformat  # noqa: E402
 from npmobilenet.io import checkpoint
 from npmobilenet.compression.quantize import quantize  # noqa: E402
 from npmobilenet.training import load_digits  # noqa: E402

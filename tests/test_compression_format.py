@@ -8,7 +8,7 @@ import pytest
 
 import npmobilenet
 from npmobilenet.io.files import atomic_savez
-from npmobilenet.compression import qmodel as qformat, structure
+from npmobilenet.compression import qmodel as qformat
 from npmobilenet.io import checkpoint
 from npmobilenet.compression.quantize import quantize
 from npmobilenet.io.checkpoint import save

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 
 import npmobilenet
-from npmobilenet.io import keymaps
-from npmobilenet.io.weights import (
-    from_weights, inspect_weights, load_weights, read_foreign_state, read_safetensors, sniff_format,
-    foreign_state_dict, state_dict_from,
-)
+from npmobilenet.io import keymaps, recognise
+from npmobilenet.io.formats import read_foreign_state, read_safetensors, sniff_format, state_dict_from
+from npmobilenet.io.weights import foreign_state_dict, from_weights, inspect_weights, load_weights
 from npmobilenet.models import builder
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -403,10 +401,10 @@ def test_timm_v4_published_widths_are_recognised(timm_name):
     arch, width = TIMM_V4_MODELS[timm_name]
     shapes = {key: tuple(shape) for key, shape in TIMM_V4_SHAPES[timm_name]}
     state = {key: np.broadcast_to(np.float32(0), shape) for key, shape in shapes.items()}
-    assert keymaps.detect_naming(state) == ("timm", arch)
-    assert keymaps.file_overrides(state, "timm", arch) == {}         # our builder makes timm's V4 choices
-    assert keymaps.count_blocks(state, "timm", arch) == len(builder.arch_spec(arch).blocks)
-    assert keymaps.num_classes_of(state, "timm", arch) == 1000
+    assert recognise.detect_naming(state) == ("timm", arch)
+    assert recognise.file_overrides(state, "timm", arch) == {}         # our builder makes timm's V4 choices
+    assert recognise.count_blocks(state, "timm", arch) == len(builder.arch_spec(arch).blocks)
+    assert recognise.num_classes_of(state, "timm", arch) == 1000
     from npmobilenet.io.weights import infer_width
 
     assert infer_width(state, "timm", arch) == width

@@ -2,7 +2,7 @@
 import numpy as np
 
 from npmobilenet.layers import GlobalAvgPool, Layer
-from npmobilenet.ops.geometry import MIN_RESOLUTION, check_images  # noqa: F401 (MIN_RESOLUTION: the models' minimum)
+from npmobilenet.ops.geometry import check_images
 
 
 class MobileNet(Layer):
