@@ -7,9 +7,9 @@ fine-tuning). Then a cross-check against ONNX Runtime's static int8 quantization
 min/max, the same calibration images): top-1 of each int8 model and how often they agree with
 each other and with float. With matplotlib, `--plot FILE` draws accuracy against MACs.
 
-    /work/venv/bin/python benchmarks/compression.py                       # the fixture model, ~10 min
-    /work/venv/bin/python benchmarks/compression.py --quick               # no fine-tuning, fewer repeats
-    /work/venv/bin/python benchmarks/compression.py --checkpoint CKPT --finetune-epochs 3 --markdown
+    python benchmarks/compression.py                       # the fixture model, ~10 min
+    python benchmarks/compression.py --quick               # no fine-tuning, fewer repeats
+    python benchmarks/compression.py --checkpoint CKPT --finetune-epochs 3 --markdown
 
 Latency is the median wall time of one forward pass at batch 1 and per image at batch 64
 (`--threads` Numba/BLAS threads), after a warm-up: float models (pruned and factorised included)
