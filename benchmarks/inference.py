@@ -146,7 +146,7 @@ def compare_matmul(arch, resolution=224, repeat=20):
 
     import npmobilenet
     from npmobilenet.inference import kernels
-    from npmobilenet.inference.blas import find_blas, sgemm_address
+    from npmobilenet.ops.blas import find_blas, sgemm_address
 
     blas = find_blas()
     if blas is None:

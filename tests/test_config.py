@@ -34,8 +34,17 @@ def test_kernels_exist():
     names = set(_dispatchers())
     for kernel in ("npmobilenet.ops.depthwise._depthwise_forward_serial",
                    "npmobilenet.ops.depthwise._depthwise_forward_parallel",
-                   "npmobilenet.ops.conv._im2col_parallel"):
-        assert kernel in names
+                   "npmobilenet.ops.conv._im2col_parallel",
+                   # one forward tile per convolution kind, and their kernels (training, fused
+                   # inference and int8 share them)
+                   "npmobilenet.ops.conv.conv_tile", "npmobilenet.ops.conv._conv_forward_parallel",
+                   "npmobilenet.ops.depthwise.depthwise_tile",
+                   "npmobilenet.ops.pointwise.pointwise_tile", "npmobilenet.ops.pointwise._pointwise_forward_parallel",
+                   "npmobilenet.ops.epilogue.bias_act", "npmobilenet.ops.blas.matmul",
+                   "npmobilenet.inference.tiles._squeeze_excite_gate_parallel",
+                   "npmobilenet.inference.program._run_program_parallel",
+                   "npmobilenet.compression.qkernels._conv2d_int8_exact_parallel"):
+        assert kernel in names, kernel
 
 
 @pytest.mark.parametrize("name, dispatcher", sorted(_dispatchers().items()))

@@ -2,14 +2,19 @@
 
 The oracles are written here from the definitions (convolutions from `npmobilenet.ops.reference`,
 the slow tap-by-tap NumPy convolutions that share no code with any kernel), and every kernel is
-run both serial and parallel, through OpenBLAS's SGEMM and through the Numba matrix product.
+run both serial and parallel, through OpenBLAS's SGEMM and through the Numba matrix product. The
+convolution kernels are the tiles of `npmobilenet.ops` with their epilogues (bias, activation,
+residual, SE); training's tests (test_ops_*.py) run the same tiles without one.
 """
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from npmobilenet.inference import kernels
-from npmobilenet.inference.blas import find_blas
+from npmobilenet.inference import kernels, tiling
+from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import reference
+from npmobilenet.ops.blas import find_blas
 
 RTOL = 1e-5
 
@@ -44,6 +49,25 @@ def assert_close(actual, expected, what):
 
 def data(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
+
+
+@st.composite
+def windows(draw, max_channels=40, max_size=12, kernels=(1, 2, 3, 5, 7)):
+    """A KxK window (dilation 1, what fused inference runs): shapes, stride, asymmetric padding,
+    activation; half the examples over 3 input channels with a 3x3 kernel (the stem's path)."""
+    kh, kw = (3, 3) if draw(st.booleans()) else (draw(st.sampled_from(kernels)), draw(st.sampled_from(kernels)))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pt, pb, pl, pr = (draw(st.integers(0, 3)) for _ in range(4))
+    h = draw(st.integers(max(1, kh - pt - pb), max_size))
+    w = draw(st.integers(max(1, kw - pl - pr), max_size))
+    return dict(n=draw(st.integers(1, 3)), h=h, w=w, channels=draw(st.integers(1, max_channels)), kernel=(kh, kw),
+                stride=(sh, sw), padding=(pt, pb, pl, pr), activation=draw(st.sampled_from(list(ACTIVATION))),
+                parallel=draw(st.booleans()))
+
+
+def oracle_padding(padding):
+    pt, pb, pl, pr = padding
+    return ((pt, pb), (pl, pr))
 
 
 BACKENDS = [pytest.param(True, id="blas"), pytest.param(False, id="numba-matmul")]
@@ -153,6 +177,58 @@ def test_conv2d_stem(parallel):
     assert_close(y, expected, "2x5 conv over 4 channels")
 
 
+@given(g=windows(), cin=st.sampled_from([3, 3, 1, 5, 24, 32]), use_blas=st.booleans())
+def test_conv2d_tile_matches_reference(g, cin, use_blas):
+    # the stem's direct taps (3x3 over 3 channels) and the gathered-block GEMM path (any other)
+    rng = np.random.default_rng(7)
+    cout = g["channels"]
+    x, w, b = data(rng, g["n"], g["h"], g["w"], cin), data(rng, *g["kernel"], cin, cout), data(rng, cout)
+    y = kernels.conv2d(x, w, b, g["activation"], g["stride"], g["padding"], parallel=g["parallel"], use_blas=use_blas)
+    expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), stride=g["stride"],
+                                padding=oracle_padding(g["padding"]))
+    assert_close(y, ACTIVATION[g["activation"]](expected + b), f"conv {g}")
+
+
+@given(g=windows(max_channels=24))
+def test_depthwise_tile_matches_reference(g):
+    rng = np.random.default_rng(8)
+    c = g["channels"]
+    x, w, b = data(rng, g["n"], g["h"], g["w"], c), data(rng, *g["kernel"], c), data(rng, c)
+    y, sums = kernels.depthwise_conv(x, w, b, g["activation"], g["stride"], g["padding"], with_row_sums=True,
+                                     parallel=g["parallel"])
+    expected = ACTIVATION[g["activation"]](reference.depthwise_conv2d(
+        x.astype(np.float64), w.astype(np.float64), stride=g["stride"], padding=oracle_padding(g["padding"])) + b)
+    assert_close(y, expected, f"depthwise {g}")
+    assert_close(sums, expected.sum(axis=2), "row sums")
+
+
+@given(n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12), cin=st.integers(1, 40),
+       cout=st.integers(1, 300), activation=st.sampled_from(list(ACTIVATION)), parallel=st.booleans(),
+       gated=st.booleans(), residual=st.booleans())
+def test_pointwise_tile_matches_reference(n, h, w, cin, cout, activation, parallel, gated, residual):
+    rng = np.random.default_rng(9)
+    x, wt, b = data(rng, n, h, w, cin), data(rng, cin, cout), data(rng, cout)
+    gate = rng.random((n, cin)).astype(np.float32) if gated else None
+    res = data(rng, n, h, w, cout) if residual else None
+    activation = None if residual else activation
+    y = kernels.pointwise_conv(x, wt, b, activation, residual=res, gate=gate, parallel=parallel)
+    x64 = x.astype(np.float64) * (gate[:, None, None, :] if gated else 1)
+    expected = ACTIVATION[activation](reference.pointwise_conv2d(x64, wt.astype(np.float64)) + b)
+    assert_close(y, expected + (res if residual else 0), "pointwise")
+
+
+def test_conv2d_tiles_are_the_same_for_every_thread_count():
+    # V4's 3x3 over 32 channels: several tiles, each gathered into its worker's block; the serial
+    # build, the parallel build and the Numba product (no BLAS) give identical bits per backend
+    rng = np.random.default_rng(10)
+    x, w, b = data(rng, 1, 57, 63, 32), data(rng, 3, 3, 32, 24), data(rng, 24)
+    assert -(-29 * 32 // conv_ops.tile_pixels(29 * 32, 32, 3, 3)) > 2
+    for use_blas in (True, False):
+        serial = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=False, use_blas=use_blas)
+        parallel = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=True, use_blas=use_blas)
+        assert np.array_equal(serial, parallel)
+
+
 @pytest.mark.parametrize("use_blas", BACKENDS)
 def test_linear_and_pool(use_blas):
     rng = np.random.default_rng(6)
@@ -181,8 +257,12 @@ def test_tiling_rules_depend_on_shapes_only():
     # tiles are what makes results identical across thread counts: check their invariants
     for rows in (1, 7, 49, 196, 511, 512, 3136, 100_000):
         for cin, cout in ((16, 96), (960, 160), (320, 1280), (24, 24)):
-            tile_rows, tile_cols = kernels.pointwise_tiles(rows, cin, cout)
+            tile_rows, tile_cols = tiling.pointwise_tiles(rows, cin, cout)
             assert 1 <= tile_rows <= max(rows, 1) and 1 <= tile_cols
             tiles = -(-rows // tile_rows) * -(-cout // tile_cols)
             assert tiles >= min(2, rows), (rows, cin, cout)
-    assert kernels.linear_block_cols(1000) % 16 == 0
+    assert tiling.linear_block_cols(1000) % 16 == 0
+    for pixels in (1, 7, 200, 784, 3136, 12544, 100_000):    # the standard convolution's blocks
+        tile = conv_ops.tile_pixels(pixels, 32, 3, 3)
+        tiles = -(-pixels // tile)
+        assert 1 <= tile <= 128 and (tiles % 2 == 0 or tiles == 1), (pixels, tile)

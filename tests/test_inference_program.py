@@ -10,7 +10,7 @@ from numba import prange
 import npmobilenet
 from npmobilenet.config import njit_parallel
 from npmobilenet.inference.atomics import atomic_add, atomic_load
-from npmobilenet.inference.blas import find_blas
+from npmobilenet.ops.blas import find_blas
 from npmobilenet.inference.threads import numba_threads
 from npmobilenet.inference.plan import ALIGN
 from npmobilenet.inference.program import COLUMNS, TILES, X, Y, Program, op_row

@@ -31,9 +31,11 @@ from numba import prange
 
 from npmobilenet import config
 from npmobilenet.config import njit_parallel, njit_serial, serial_and_parallel
-from npmobilenet.inference.blas import single_threaded_blas
-from npmobilenet.inference.kernels import (
-    _EMPTY_SUMS, IDENTITY, _conv2d_tile, _depthwise_tile, _matmul)
+from npmobilenet.ops.blas import matmul, sgemm_address, single_threaded_blas
+from npmobilenet.ops.conv import conv_tile, tile_pixels, workspace_shape
+from npmobilenet.ops.depthwise import depthwise_tile, steps_per_image, tiled_weight
+from npmobilenet.ops.depthwise import tile_pixels as depthwise_run_pixels
+from npmobilenet.ops.epilogue import IDENTITY
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -264,10 +266,11 @@ def pointwise_int8(x2d, zx, w, bias, multiplier, shift, zy, lo, hi):
 # arithmetic in any order, with or without fused multiply-adds. With |q_x - z_x| <= 255 and
 # |q_w| <= max|w|, a sum over K taps is exact when K * 255 * max|w| < 2^24 (K <= 518 taps at
 # max|w| = 127): every depthwise and stem convolution, and a pointwise one in chunks of K. So
-# the int8 layers can run on the float kernels (OpenBLAS SGEMM tiles, the vectorised depthwise and
-# stem kernels of npmobilenet.inference) and still give exactly the integer accumulators, which
-# one vectorised requantization turns into int8: bit for bit the reference's result (tested),
-# 3-4x faster than the integer loops above on this machine.
+# the int8 layers can run on the float tiles every convolution kind has in npmobilenet.ops (the
+# ones fused inference and training run: SGEMM tiles, the vectorised depthwise rows, the stem's
+# direct taps or gathered receptive fields times SGEMM) and still give exactly the integer
+# accumulators, which one vectorised requantization turns into int8: bit for bit the
+# reference's result (tested), 3-4x faster than the integer loops above on this machine.
 EXACT = 1 << 24
 
 
@@ -319,14 +322,14 @@ def _pointwise_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, k_chun
         _to_float_rows(x[p0:p0 + n], zx, xf, 0, n)
         accf = np.empty((n, m), np.float32)
         if k <= k_chunk:
-            _matmul(sgemm, xf, 0, n, wf, 0, m, accf)
+            matmul(sgemm, xf, 0, n, wf, 0, m, accf)
             for p in range(n):
                 _requantize_row(accf[p], bias, multiplier, shift, zy, lo, hi, y[p0 + p])
         else:
             acc = np.zeros((n, m), np.int32)
             for k0 in range(0, k, k_chunk):
                 k1 = min(k, k0 + k_chunk)
-                _matmul(sgemm, xf[:, k0:k1], 0, n, wf[k0:k1], 0, m, accf)
+                matmul(sgemm, xf[:, k0:k1], 0, n, wf[k0:k1], 0, m, accf)
                 for p in range(n):
                     for c in range(m):
                         acc[p, c] += np.int32(accf[p, c])
@@ -341,43 +344,47 @@ def _image_row_to_float(x, zx, xf, r):
     _to_float_rows(x[n, r - n * x.shape[1]], zx, xf[n, r - n * x.shape[1]], 0, x.shape[2])
 
 
-@njit_serial
-def _requantize_image_row(yf, bias, multiplier, shift, zy, lo, hi, y, r):
-    """Output row r (= n * Ho + oh): the exact float accumulators requantized to int8."""
-    n = r // y.shape[1]
-    oh = r - n * y.shape[1]
-    for ow in range(y.shape[2]):
-        _requantize_row(yf[n, oh, ow], bias, multiplier, shift, zy, lo, hi, y[n, oh, ow])
-
-
-def _depthwise_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, xf, yf, zero, no_sums, y):
-    # x: (N, H, W, C) int8 -> xf float32 (q - z_x), the float depthwise kernel (bias 0, no
+def _depthwise_int8_exact(x, zx, wf_tiled, kernel_h, kernel_w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl,
+                          xf, yf, no_bias, no_sums, y):
+    # x: (N, H, W, C) int8 -> xf float32 (q - z_x), the float depthwise tile (no bias, no
     # activation: zero padding is the real value 0, q = z_x, as the reference has it), requantized.
     for r in prange(x.shape[0] * x.shape[1]):
         _image_row_to_float(x, zx, xf, r)
-    for r in prange(y.shape[0] * y.shape[1]):
-        _depthwise_tile(xf, wf, zero, IDENTITY, sh, sw, pt, pl, yf, no_sums, r)
-        _requantize_image_row(yf, bias, multiplier, shift, zy, lo, hi, y, r)
+    out_h = y.shape[1]
+    steps, rows_per_step = steps_per_image(out_h, kernel_h, kernel_w, sh, 1)
+    for t in prange(y.shape[0] * steps):
+        depthwise_tile(xf, wf_tiled, kernel_h, kernel_w, no_bias, IDENTITY, no_sums, sh, sw, pt, pl, 1, 1, yf, t)
+        n = t // steps
+        first = (t - n * steps) * rows_per_step
+        for oh in range(first, min(first + rows_per_step, out_h)):
+            for ow in range(y.shape[2]):
+                _requantize_row(yf[n, oh, ow], bias, multiplier, shift, zy, lo, hi, y[n, oh, ow])
 
 
-def _conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, xf, yf, zero, y):
-    # As the depthwise path, with the float standard-convolution kernel (the stem).
+def _conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, xf, yf, no_bias, cols, tile,
+                       sgemm, y):
+    # As the depthwise path, with the float standard-convolution tile (blocks of output pixels).
     for r in prange(x.shape[0] * x.shape[1]):
         _image_row_to_float(x, zx, xf, r)
-    for r in prange(y.shape[0] * y.shape[1]):
-        _conv2d_tile(xf, wf, zero, IDENTITY, sh, sw, pt, pl, yf, r)
-        _requantize_image_row(yf, bias, multiplier, shift, zy, lo, hi, y, r)
+    pixels = y.shape[0] * y.shape[1] * y.shape[2]
+    yf_rows, y_rows = yf.reshape(pixels, yf.shape[3]), y.reshape(pixels, y.shape[3])
+    tiles, workers = (pixels + tile - 1) // tile, cols.shape[0]
+    for worker in prange(workers):
+        for t in range(worker, tiles, workers):
+            conv_tile(xf, wf, no_bias, IDENTITY, sh, sw, pt, pl, 1, 1, cols[worker], tile, sgemm, yf, t)
+            for p in range(t * tile, min(pixels, (t + 1) * tile)):
+                _requantize_row(yf_rows[p], bias, multiplier, shift, zy, lo, hi, y_rows[p])
 
 
 _pointwise_int8_exact_serial, _pointwise_int8_exact_parallel = serial_and_parallel(_pointwise_int8_exact)
 _depthwise_int8_exact_serial, _depthwise_int8_exact_parallel = serial_and_parallel(_depthwise_int8_exact)
 _conv2d_int8_exact_serial, _conv2d_int8_exact_parallel = serial_and_parallel(_conv2d_int8_exact)
+_NO_BIAS = np.zeros(0, np.float32)
+_NO_SUMS = np.zeros((0, 1, 1), np.float32)
 
 
 def pointwise_int8_exact(x2d, zx, wf, k_chunk, bias, multiplier, shift, zy, lo, hi):
     """`pointwise_int8` on the float path: wf is the int8 weight as float32, k_chunk from `exact_chunk`."""
-    from npmobilenet.inference.blas import sgemm_address
-
     rows, cout = x2d.shape[0], wf.shape[1]
     y = np.empty((rows, cout), np.int8)
     args = (x2d, np.int32(zx), wf, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi),
@@ -394,9 +401,11 @@ def depthwise_conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, 
     (sh, sw), (pt, _, pl, _) = stride, padding
     xf = np.empty(x.shape, np.float32)
     yf = np.empty(out_shape, np.float32)
-    kernel = config.choose_kernel(_depthwise_int8_exact_serial, _depthwise_int8_exact_parallel, y.size * wf.shape[0] * wf.shape[1])
-    kernel(x, np.int32(zx), wf, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi), sh, sw, pt, pl,
-           xf, yf, np.zeros(out_shape[3], np.float32), _EMPTY_SUMS, y)
+    kh, kw, channels = wf.shape
+    wf_tiled = tiled_weight(wf, depthwise_run_pixels(channels, sw))
+    kernel = config.choose_kernel(_depthwise_int8_exact_serial, _depthwise_int8_exact_parallel, y.size * kh * kw)
+    kernel(x, np.int32(zx), wf_tiled, kh, kw, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi),
+           sh, sw, pt, pl, xf, yf, _NO_BIAS, _NO_SUMS, y)
     return y
 
 
@@ -406,9 +415,14 @@ def conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, stride, pa
     (sh, sw), (pt, _, pl, _) = stride, padding
     xf = np.empty(x.shape, np.float32)
     yf = np.empty(out_shape, np.float32)
+    kh, kw, cin, _ = wf.shape
+    tile = tile_pixels(y.size // out_shape[3], cin, kh, kw)
     kernel = config.choose_kernel(_conv2d_int8_exact_serial, _conv2d_int8_exact_parallel, y.size * wf[..., 0].size)
-    kernel(x, np.int32(zx), wf, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi), sh, sw, pt, pl,
-           xf, yf, np.zeros(out_shape[3], np.float32), y)
+    workers = config.get_num_threads() if kernel is _conv2d_int8_exact_parallel else 1
+    cols = np.empty(workspace_shape(workers, tile, kh, kw, cin), np.float32)
+    with single_threaded_blas():
+        kernel(x, np.int32(zx), np.ascontiguousarray(wf), bias, multiplier, shift, np.int64(zy), np.int64(lo),
+               np.int64(hi), sh, sw, pt, pl, xf, yf, _NO_BIAS, cols, tile, sgemm_address(), y)
     return y
 
 

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from npmobilenet.compression.qops import INT8_MAX, INT8_MIN, op_from_record
-from npmobilenet.inference.blas import single_threaded_blas
+from npmobilenet.ops.blas import single_threaded_blas
 from npmobilenet.io.files import atomic_savez, from_json_array, json_array, read_arrays
 from npmobilenet.ops.geometry import check_images
 

@@ -7,7 +7,8 @@ that the threads share.
     compile.py  inference graph -> fused layers (the residual and SE patterns)
     layers.py   the fused layer kinds: shapes, costs, kernel calls, op-table rows
     plan.py     the memory plan;  program.py  the network as one op table;  atomics.py
-    kernels.py  the fused kernels;  blas.py  SGEMM from Numba;  threads.py  thread counts, the governor
+    kernels.py  the per-layer kernels (convolution tiles from npmobilenet.ops);  tiles.py  SE gate,
+                pooling, linear;  tiling.py  tile sizes;  threads.py  thread counts, the governor
     bench.py    `npmobilenet bench`: latency beside PyTorch and ONNX Runtime
 """
 from npmobilenet.inference.model import FusedMobileNet, fold_batch_norm, fuse_model, planned_peak_bytes

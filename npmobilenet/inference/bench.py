@@ -85,7 +85,8 @@ def machine_peaks(threads=1, seconds=0.3):
     """Measured SGEMM GMAC/s (a 1024^3 product, in-kernel BLAS, `threads` threads) and copy
     bandwidth GB/s (bytes read + written, a 64 MB array, numpy, one thread): the roofline."""
     from npmobilenet.inference import kernels
-    from npmobilenet.inference.blas import find_blas, single_threaded_blas
+    from npmobilenet.ops.blas import find_blas, single_threaded_blas
+    from npmobilenet.ops.epilogue import IDENTITY, NO_ROWS
 
     n = 1024
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
@@ -95,7 +96,7 @@ def machine_peaks(threads=1, seconds=0.3):
     sgemm = blas.sgemm_address if blas is not None else 0
     tile_rows, tile_cols = 128, n
     kernel = kernels.POINTWISE[1]
-    args = (a, a, bias, kernels.IDENTITY, kernels._EMPTY_ROWS, kernels._EMPTY_ROWS, n, tile_rows, tile_cols, sgemm, c)
+    args = (a, a, bias, IDENTITY, NO_ROWS, NO_ROWS, n, tile_rows, tile_cols, sgemm, c)
     from npmobilenet.inference.threads import numba_threads
 
     with single_threaded_blas(), numba_threads(threads):
@@ -262,7 +263,7 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     runs: the whole batch, or one chunk of it when the batch runs in chunks (then `images` <
     `batch`, each chunk runs on one thread, and the figures are per chunk)."""
     import npmobilenet
-    from npmobilenet.inference.blas import single_threaded_blas
+    from npmobilenet.ops.blas import single_threaded_blas
     from npmobilenet.inference.threads import numba_threads
     from npmobilenet.inference.program import TILES
 

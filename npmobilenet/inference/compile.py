@@ -15,7 +15,7 @@ fused kernels do not compute raises NotImplementedError naming it.
 """
 import numpy as np
 
-from npmobilenet.inference.kernels import ACTIVATIONS
+from npmobilenet.ops.epilogue import ACTIVATIONS
 from npmobilenet.inference.layers import (
     FusedConv2d, FusedDepthwise, FusedGlobalPool, FusedLinear, FusedPointwise, FusedSqueezeExcite,
 )

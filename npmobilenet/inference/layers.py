@@ -12,7 +12,12 @@ import numpy as np
 
 from npmobilenet.inference import kernels
 from npmobilenet.inference.plan import ALIGN, aligned
-from npmobilenet.inference.program import CONV, DEPTHWISE, GATE_ROWS, LINEAR, POINTWISE, POOL, SE_GATE, op_row
+from npmobilenet.inference.program import (
+    CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, SE_GATE, op_row)
+from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles
+from npmobilenet.ops import conv as conv_ops
+from npmobilenet.ops import depthwise as depthwise_ops
+from npmobilenet.ops.epilogue import ACTIVATIONS, NO_ROW_SUMS, NO_ROWS
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
 FLOAT = np.float32
@@ -78,7 +83,9 @@ class _Windowed(FusedLayer):
 
 
 class FusedConv2d(_Windowed):
-    """Standard KxK convolution + bias + activation (the stem). weight (KH, KW, Cin, Cout)."""
+    """Standard KxK convolution + bias + activation. weight (KH, KW, Cin, Cout). Its tiles are
+    blocks of output pixels (`ops.conv.conv_tile`); but for the stem (3x3 over RGB, computed
+    tap by tap) they gather receptive fields into a workspace, a block per thread."""
 
     kind = "conv"
     weight_names = ("weight", "bias")
@@ -97,19 +104,34 @@ class FusedConv2d(_Windowed):
         kh, kw, cin, _ = self.weight.shape
         return n * ho * wo * cout * kh * kw * cin
 
+    def _tile(self, shapes):
+        """(output pixels per tile, number of tiles, workspace shape: a block per possible worker)."""
+        n, ho, wo, _ = self.output_shapes(shapes)[0]
+        kh, kw, cin, _ = self.weight.shape
+        tile = conv_ops.tile_pixels(n * ho * wo, cin, kh, kw)
+        return tile, -(-n * ho * wo // tile), conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin)
+
+    def workspace_shapes(self, shapes):
+        workspace = self._tile(shapes)[2]
+        return [workspace] if workspace[1] > 0 else []
+
     def call(self, tensors, parallel, sgemm):
-        x, y = tensors
+        x, y = tensors[:2]
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
+        tile, _, workspace = self._tile([x.shape])
+        cols = tensors[2] if workspace[1] > 0 else np.empty(workspace, FLOAT)
         return _pair_kernel(kernels.CONV2D, parallel), (
-            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y)
+            x, self.weight, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, 1, 1, cols, tile, sgemm, y)
 
     def program_ops(self, offsets, shapes):
         (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw = self.weight.shape[:2]
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
-        return [op_row(KIND=CONV, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n, XH=h,
+        tile, tiles, workspace = self._tile(shapes)
+        return [op_row(KIND=CONV, ACT=ACTIVATIONS[self.activation], TILES=tiles, X=offsets[0], N=n, XH=h,
                        XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets["weight"],
-                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl)]
+                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, TR=tile,
+                       AUX=offsets[2] if workspace[1] > 0 else -1, BLOCKS=workspace[0] if workspace[1] > 0 else 0)]
 
 
 class FusedPointwise(FusedLayer):
@@ -144,17 +166,17 @@ class FusedPointwise(FusedLayer):
         n, h, w, cin = x.shape
         cout = self.weight.shape[1]
         rows = n * h * w
-        residual = rest.pop(0).reshape(rows, cout) if self.residual else kernels._EMPTY_ROWS
-        gate = rest.pop(0) if self.gated else kernels._EMPTY_ROWS
+        residual = rest.pop(0).reshape(rows, cout) if self.residual else NO_ROWS
+        gate = rest.pop(0) if self.gated else NO_ROWS
         return _pair_kernel(kernels.POINTWISE, parallel), (
-            x.reshape(rows, cin), self.weight, self.bias, kernels.ACTIVATIONS[self.activation], residual, gate,
-            h * w, *kernels.pointwise_tiles(rows, cin, cout), sgemm, y.reshape(rows, cout))
+            x.reshape(rows, cin), self.weight, self.bias, ACTIVATIONS[self.activation], residual, gate,
+            h * w, *pointwise_tiles(rows, cin, cout), sgemm, y.reshape(rows, cout))
 
     def program_ops(self, offsets, shapes):
         n, h, w, cin = shapes[0]
         cout = self.weight.shape[1]
         rows = n * h * w
-        tile_rows, tile_cols = kernels.pointwise_tiles(rows, cin, cout)
+        tile_rows, tile_cols = pointwise_tiles(rows, cin, cout)
         row_tiles, col_tiles = -(-rows // tile_rows), -(-cout // tile_cols)
         rest = list(offsets[1:-1])
         residual = rest.pop(0) if self.residual else -1
@@ -163,7 +185,7 @@ class FusedPointwise(FusedLayer):
         if self.gated and col_tiles > 1:      # as the layer's own kernel: gate every row first
             ops.append(op_row(KIND=GATE_ROWS, TILES=row_tiles, X=offsets[0], N=n, XH=h, XW=w, XC=cin, AUX=gate,
                               TR=tile_rows))
-        ops.append(op_row(KIND=POINTWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
+        ops.append(op_row(KIND=POINTWISE, ACT=ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
                           X=offsets[0], N=n, XH=h, XW=w, XC=cin, Y=offsets[-1], YC=cout,
                           W=self.param_offsets["weight"], B=self.param_offsets["bias"], AUX=residual, AUX2=gate,
                           TR=tile_rows, TC=tile_cols))
@@ -173,16 +195,24 @@ class FusedPointwise(FusedLayer):
 class FusedDepthwise(_Windowed):
     """KxK depthwise convolution + bias + activation; with SE after it, also its row sums.
 
-    outputs: (y,) or (y, row_sums). weight (KH, KW, C).
+    outputs: (y,) or (y, row_sums). weight (KH, KW, C). The kernel reads the weight and bias
+    repeated for the pixels of one run (`ops.depthwise.tiled_weight`): `weight_tiled`,
+    `bias_tiled`, the arrays packed with the parameters.
     """
 
     kind = "depthwise"
-    weight_names = ("weight", "bias")
+    weight_names = ("weight_tiled", "bias_tiled")
 
     def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding = stride, padding
+        self.run = depthwise_ops.tile_pixels(weight.shape[2], stride[1])
+        self.weight_tiled = depthwise_ops.tiled_weight(np.asarray(weight, FLOAT), self.run)
+        self.bias_tiled = np.tile(np.asarray(bias, FLOAT), self.run)
+
+    def weight_bytes(self):
+        return self.weight.nbytes + self.bias.nbytes
 
     def describe(self):
         kh, kw, _ = self.weight.shape
@@ -204,19 +234,22 @@ class FusedDepthwise(_Windowed):
 
     def call(self, tensors, parallel, sgemm):
         x, y = tensors[0], tensors[1]
-        sums = tensors[2] if len(self.outputs) == 2 else kernels._EMPTY_SUMS
+        sums = tensors[2] if len(self.outputs) == 2 else NO_ROW_SUMS
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
+        kh, kw, _ = self.weight.shape
         return _pair_kernel(kernels.DEPTHWISE, parallel), (
-            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation], sh, sw, pt, pl, y, sums)
+            x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, 1, 1, y)
 
     def program_ops(self, offsets, shapes):
         (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw, _ = self.weight.shape
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
         sums = offsets[2] if len(self.outputs) == 2 else -1
-        return [op_row(KIND=DEPTHWISE, ACT=kernels.ACTIVATIONS[self.activation], TILES=n * ho, X=offsets[0], N=n,
-                       XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight"],
-                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, AUX=sums)]
+        steps, _ = depthwise_ops.steps_per_image(ho, kh, kw, sh, 1)
+        return [op_row(KIND=DEPTHWISE, ACT=ACTIVATIONS[self.activation], TILES=n * steps, X=offsets[0], N=n,
+                       XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
+                       B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, AUX=sums,
+                       RUN=self.run)]
 
 
 class FusedSqueezeExcite(FusedLayer):
@@ -298,14 +331,13 @@ class FusedLinear(FusedLayer):
     def call(self, tensors, parallel, sgemm):
         x, y = tensors
         return _pair_kernel(kernels.LINEAR, parallel), (
-            x, self.weight, self.bias, kernels.ACTIVATIONS[self.activation],
-            kernels.linear_block_cols(self.weight.shape[1]), sgemm, y)
+            x, self.weight, self.bias, ACTIVATIONS[self.activation], linear_block_cols(self.weight.shape[1]), sgemm, y)
 
     def program_ops(self, offsets, shapes):
         n, cin = shapes[0]
         cout = self.weight.shape[1]
-        block = kernels.linear_block_cols(cout)
-        return [op_row(KIND=LINEAR, ACT=kernels.ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
+        block = linear_block_cols(cout)
+        return [op_row(KIND=LINEAR, ACT=ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
                        N=n, XC=cin, Y=offsets[1], YC=cout, W=self.param_offsets["weight"],
                        B=self.param_offsets["bias"], TC=block)]
 

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from npmobilenet.graph import fold_scale, inference_graph
-from npmobilenet.inference.blas import sgemm_address, single_threaded_blas
+from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
 from npmobilenet.inference.compile import fused_layers
 from npmobilenet.inference.layers import FLOAT, pack_parameters
 from npmobilenet.inference.plan import MemoryPlan

@@ -5,9 +5,16 @@ Layouts: activations NHWC `(N, H, W, C)`; weights standard `(KH, KW, Cin, Cout)`
 dtype; the result has it too), any C-contiguous or strided array, `stride`/`dilation` as an int or
 `(vertical, horizontal)` and `padding` as an int, `(ph, pw)` or `((top, bottom), (left, right))`.
 
-    conv2d / conv2d_backward                      im2col (Numba) + GEMM (BLAS)
+    conv2d / conv2d_backward                      forward tile (stem taps, or gathered blocks x GEMM);
+                                                  backward im2col (Numba) + GEMM (BLAS)
     depthwise_conv2d / depthwise_conv2d_backward  Numba loops, vectorised over channels
     pointwise_conv2d / pointwise_conv2d_backward  GEMM (BLAS)
+
+Each convolution kind has one forward tile (`conv.conv_tile`, `depthwise.depthwise_tile`,
+`pointwise.pointwise_tile`) with an epilogue (bias, activation, residual, SE; `epilogue.py`),
+which training's forward, fused inference (`npmobilenet.inference`) and the exact int8 path
+(`npmobilenet.compression.qkernels`) share; training's pointwise forward stays one np.matmul
+(see pointwise.py). `blas.py` calls OpenBLAS's GEMM from inside Numba.
 
 `reference` holds slow NumPy versions of all six and of batch norm (the float oracle),
 `reference_int8` the int8 arithmetic (the integer oracle); neither shares code with a kernel. Kernels compile on first use

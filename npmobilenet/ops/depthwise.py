@@ -9,37 +9,49 @@ Cost: N * Ho * Wo * C * KH * KW multiply-accumulates (V1 Eq. (3) with D_K = KH =
 
 Everything here is Numba; there is no matrix product in a depthwise convolution, so no BLAS.
 
-Why it is fast. In NHWC a pixel's channels are contiguous, so every inner loop runs over channels
-and LLVM vectorises it. On top of that:
-  * Tiles. At horizontal stride 1 consecutive output pixels read consecutive input pixels, so a
-    tile of P output pixels is one contiguous run of P*C numbers in x and in y. The kernels loop
-    over that run against the weights repeated P times (`w_tiled`, `(KH*KW, P*C)`), which keeps
-    inner loops about `TILE_ELEMENTS` long even where C is small (C = 16 or 32 in the first
-    blocks, too short to vectorise well on its own). At other strides a tile is one pixel.
-  * 3x3 fused. For a 3x3 kernel (all of V1 and V2, most of V3) the nine taps are summed in one pass
-    over a tile, so y is written once instead of read and written nine times. A 5-wide kernel
-    (V3's 5x5) sums the five taps of a kernel row per pass; other sizes go tap by tap.
-  * Row pairs. Loads, not multiplies, bound these loops (each product needs an x and a w load).
-    At vertical stride and dilation 1, two adjacent output rows share two of their three input
-    rows, so a 3x3 step computes both: 12 x-loads and 9 w-loads for two outputs instead of 36.
-  * Borders apart. Only output pixels whose taps reach the padding test every tap; the interior
-    tests nothing.
-  * Inner loops index views (slices) with the bare loop counter: any other index makes Numba emit
-    a negative-index wraparound test per element, and LLVM then does not vectorise.
+One forward tile, `depthwise_tile`: one step of one image, two output rows where they share
+input rows (3x3, vertical stride and dilation 1), else one; with an epilogue (bias, activation,
+and each row's sum over its columns, squeeze-and-excitation's squeeze). Training's forward
+(`depthwise_conv2d`, float32 and float64, any dilation), the stride-1 input gradient (negative
+padding), fused inference and the exact int8 path all run it. How it is fast (the row loops are
+in `depthwise_rows.py`): in NHWC a pixel's channels are contiguous, so every inner loop runs over
+channels and LLVM vectorises it; at horizontal stride 1 a run of P output pixels is one contiguous
+run of P*C numbers, looped against the weight repeated P times (`tiled_weight`), so loops stay
+long where C is 16 or 32; a 3x3 kernel sums its nine taps in one pass, over two output rows at
+once when they share two input rows (12 x-loads and 9 w-loads for two outputs instead of 36:
+loads, not multiplies, bound these loops); one-pixel runs index x and y directly.
+
+Measured before the two forward kernels became this one (benchmarks/techniques.py depthwise,
+the kernels alone, every depthwise layer of V2, V3-Large and V4-Small at 224x224, one thread):
+training's kernel (runs, row pairs) took 4.0 ms at batch 1 and 165 ms at batch 32, fused
+inference's (one output row per tile, a loop over channels per pixel, clamped borders) 4.9 and
+175 ms. Training's won by up to 2.2x on 3x3 stride-1 layers of few channels (112x112x16: 0.135
+against 0.299 ms); inference's indexing won by 5-45% where a run is one pixel (stride 2), which
+the tile now uses there (`depthwise_rows._pixels_*`).
 
 Backward (hand-written):
   * dx: at stride 1, dx is the same correlation run over dy with the kernel turned by 180 degrees
-    and padding (KH-1)*rh - pt (a gather; rh, rw: the dilation), so the forward kernel computes it. At larger strides
-    each input row gathers the output rows it fed, and adds their taps into its own columns.
+    and padding (KH-1)*rh - pt (a gather; rh, rw: the dilation), so the forward tile computes it.
+    At larger strides each input row gathers the output rows it fed, and adds their taps into its
+    own columns.
   * dw[i, j, c] = sum over batch and output pixels of dy * x at tap (i, j): accumulated per chunk
     of output rows into that chunk's own buffer (one chunk per thread), the buffers summed after.
-Parallelism: `prange` over batch x output rows (forward), batch x input rows (dx at stride > 1)
-and row chunks (dw); no iteration writes where another does.
+Parallelism: `prange` over the forward tiles, batch x input rows (dx at stride > 1) and row chunks
+(dw); no iteration writes where another does.
 """
 import numpy as np
 from numba import prange
 
 from npmobilenet.config import choose_kernel, get_num_threads, njit_serial, serial_and_parallel
+from npmobilenet.ops.depthwise_rows import (
+    _border_columns_forward,
+    _interior_columns,
+    _interior_forward,
+    _interior_forward_3x3,
+    _interior_forward_3x3_pair,
+    _pixels_3x3,
+)
+from npmobilenet.ops.epilogue import IDENTITY, sum_rows
 from npmobilenet.ops.geometry import (
     check_array,
     check_dy,
@@ -52,214 +64,92 @@ from npmobilenet.ops.geometry import (
 TILE_ELEMENTS = 512
 
 
-def _tile_pixels(channels, stride_w):
-    """Output pixels per tile: only at horizontal stride 1 are neighbours contiguous in x."""
+def tile_pixels(channels, stride_w):
+    """Output pixels per run: only at horizontal stride 1 are neighbours contiguous in x."""
     return max(1, TILE_ELEMENTS // channels) if stride_w == 1 else 1
 
 
-def _tiled(w, tile_pixels):
-    """w `(KH, KW, C)` repeated `tile_pixels` times along the channels: `(KH*KW, tile_pixels*C)`."""
+def tiled_weight(w, pixels):
+    """w `(KH, KW, C)` repeated `pixels` times along the channels: `(KH*KW, pixels*C)`, the
+    weight the forward tile reads (row i*KW + j is tap (i, j); its first C entries are w[i, j])."""
     kernel_h, kernel_w, channels = w.shape
-    return np.ascontiguousarray(np.tile(w.reshape(kernel_h * kernel_w, channels), (1, tile_pixels)))
-
-
-# -- shared pieces of the kernels -------------------------------------------------------------------
-@njit_serial
-def _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w):
-    """Output columns `[lo, hi)` whose every tap lies inside the unpadded row of `width` pixels."""
-    lo = -(-pad_left // stride_w)  # ceil(pad_left / stride_w): first ow with ow*sw - pl >= 0
-    lo = min(max(lo, 0), out_width)
-    hi = (width - 1 + pad_left - (kernel_w - 1) * dilation_w) // stride_w + 1
-    hi = max(min(hi, out_width), lo)
-    return lo, hi
+    return np.ascontiguousarray(np.tile(w.reshape(kernel_h * kernel_w, channels), (1, pixels)))
 
 
 @njit_serial
-def _border_pixel_forward(x_row, w, i, y_row, ow, channels, width, stride_w, pad_left, dilation_w):
-    """y_row[ow] += kernel row i applied at ow, skipping taps in the padding (rows flat: W*C)."""
-    y_pixel = y_row[ow * channels:(ow + 1) * channels]
-    for j in range(w.shape[1]):
-        iw = ow * stride_w - pad_left + j * dilation_w
-        if iw < 0 or iw >= width:
-            continue
-        x_pixel = x_row[iw * channels:(iw + 1) * channels]
-        w_tap = w[i, j]
-        for c in range(channels):
-            y_pixel[c] += x_pixel[c] * w_tap[c]
+def steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h):
+    """(steps, rows per step): the forward tile computes one step, two output rows where they
+    share input rows (3x3, vertical stride and dilation 1), else one. Shapes only."""
+    rows = 2 if kernel_h == 3 and kernel_w == 3 and stride_h == 1 and dilation_h == 1 else 1
+    return (out_height + rows - 1) // rows, rows
 
 
+# -- the forward tile: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C), one step of rows ------------
 @njit_serial
-def _border_columns_forward(x_image, w, y_row, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w):
-    """Output columns [0, lo) and [hi, Wo) of one row (x_image: (H, W*C), y_row: Wo*C), tap by tap."""
-    height = x_image.shape[0]
-    channels = w.shape[2]
-    width = x_image.shape[1] // channels
-    out_width = y_row.shape[0] // channels
-    y_row[:lo * channels] = 0
-    y_row[hi * channels:] = 0
-    for i in range(w.shape[0]):
-        ih = top + i * dilation_h
-        if ih < 0 or ih >= height:
-            continue  # this kernel row lies in the padding
-        x_row = x_image[ih]
-        for ow in range(lo):
-            _border_pixel_forward(x_row, w, i, y_row, ow, channels, width, stride_w, pad_left, dilation_w)
-        for ow in range(hi, out_width):
-            _border_pixel_forward(x_row, w, i, y_row, ow, channels, width, stride_w, pad_left, dilation_w)
+def depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                   dilation_h, dilation_w, y, t):
+    """Step t (`steps_per_image`: one or two output rows of one image) of y = act(depthwise(x, w) + bias),
+    and each row's sum over its columns into row_sums[n, oh] when row_sums is not empty.
 
-
-@njit_serial
-def _interior_forward(x_image, w_tiled, kernel_w, y_row, top, lo, hi, tile_pixels, channels,
-                      stride_w, pad_left, dilation_h, dilation_w):
-    """y_row[lo:hi] = every kernel tap inside x, one tap at a time over whole tiles (any kernel size)."""
-    height = x_image.shape[0]
-    kernel_h = w_tiled.shape[0] // kernel_w
-    y_row[lo * channels:hi * channels] = 0
-    for i in range(kernel_h):
-        ih = top + i * dilation_h
-        if ih < 0 or ih >= height:
-            continue
-        x_row = x_image[ih]
-        if kernel_w == 5:
-            _interior_row_forward_5(x_row, w_tiled, i, y_row, lo, hi, tile_pixels, channels, stride_w, pad_left,
-                                    dilation_w)
-            continue
-        for start in range(lo, hi, tile_pixels):
-            length = (min(start + tile_pixels, hi) - start) * channels
-            y_tile = y_row[start * channels:start * channels + length]
-            for j in range(kernel_w):
-                offset = (start * stride_w - pad_left + j * dilation_w) * channels
-                x_tile = x_row[offset:offset + length]
-                w_tile = w_tiled[i * kernel_w + j]
-                for m in range(length):
-                    y_tile[m] += x_tile[m] * w_tile[m]
-
-
-@njit_serial
-def _interior_row_forward_5(x_row, w_tiled, i, y_row, lo, hi, tile_pixels, channels, stride_w, pad_left,
-                            dilation_w):
-    """y_row[lo:hi] += the five taps of kernel row i of a 5-wide kernel (V3's 5x5), in one pass per tile."""
-    step = dilation_w * channels
-    w0, w1, w2, w3, w4 = w_tiled[5 * i], w_tiled[5 * i + 1], w_tiled[5 * i + 2], w_tiled[5 * i + 3], w_tiled[5 * i + 4]
-    for start in range(lo, hi, tile_pixels):
-        length = (min(start + tile_pixels, hi) - start) * channels
-        y_tile = y_row[start * channels:start * channels + length]
-        first = (start * stride_w - pad_left) * channels
-        x0 = x_row[first:first + length]
-        x1 = x_row[first + step:first + step + length]
-        x2 = x_row[first + 2 * step:first + 2 * step + length]
-        x3 = x_row[first + 3 * step:first + 3 * step + length]
-        x4 = x_row[first + 4 * step:first + 4 * step + length]
-        for m in range(length):
-            y_tile[m] += x0[m] * w0[m] + x1[m] * w1[m] + x2[m] * w2[m] + x3[m] * w3[m] + x4[m] * w4[m]
-
-
-@njit_serial
-def _interior_forward_3x3(x_top, x_middle, x_bottom, w_tiled, y_row, lo, hi, tile_pixels, channels,
-                          stride_w, pad_left, dilation_w):
-    """y_row[lo:hi] = the nine taps of a 3x3 kernel over three input rows, summed in one pass per tile."""
-    step = dilation_w * channels
-    for start in range(lo, hi, tile_pixels):
-        length = (min(start + tile_pixels, hi) - start) * channels
-        y_tile = y_row[start * channels:start * channels + length]
-        left = (start * stride_w - pad_left) * channels
-        centre = left + step
-        right = centre + step
-        x00, x01, x02 = x_top[left:left + length], x_top[centre:centre + length], x_top[right:right + length]
-        x10, x11, x12 = x_middle[left:left + length], x_middle[centre:centre + length], x_middle[right:right + length]
-        x20, x21, x22 = x_bottom[left:left + length], x_bottom[centre:centre + length], x_bottom[right:right + length]
-        w00, w01, w02 = w_tiled[0], w_tiled[1], w_tiled[2]
-        w10, w11, w12 = w_tiled[3], w_tiled[4], w_tiled[5]
-        w20, w21, w22 = w_tiled[6], w_tiled[7], w_tiled[8]
-        for m in range(length):
-            y_tile[m] = (
-                x00[m] * w00[m] + x01[m] * w01[m] + x02[m] * w02[m]
-                + x10[m] * w10[m] + x11[m] * w11[m] + x12[m] * w12[m]
-                + x20[m] * w20[m] + x21[m] * w21[m] + x22[m] * w22[m]
-            )
-
-
-@njit_serial
-def _interior_forward_3x3_pair(x0, x1, x2, x3, w_tiled, y_upper, y_lower, lo, hi, tile_pixels, channels,
-                               stride_w, pad_left, dilation_w):
-    """Two adjacent output rows of a 3x3 kernel at vertical stride 1, dilation 1, in one pass.
-
-    They share input rows x1 and x2, so each tile costs 12 x-loads and 9 w-loads for two outputs
-    instead of 18 and 18: loads, not multiplies, bound this kernel.
+    x: (N, H, W, C) C-contiguous; w_tiled: `tiled_weight(w, P)` (KH*KW, P*C), P the output pixels
+    per run (`tile_pixels`); bias: the bias repeated P times (P*C,) like the weight, or empty for
+    none (then no epilogue: training); act: an `ops.epilogue` code; row_sums: (N, Ho, C) or
+    empty; y: (N, Ho, Wo, C). Each run of pixels is finished (bias, activation) right after its
+    taps are summed, while in L1.
+    pad_top/pad_left may be negative (the stride-1 input gradient runs through here).
     """
-    step = dilation_w * channels
-    for start in range(lo, hi, tile_pixels):
-        length = (min(start + tile_pixels, hi) - start) * channels
-        y_up = y_upper[start * channels:start * channels + length]
-        y_low = y_lower[start * channels:start * channels + length]
-        left = (start * stride_w - pad_left) * channels
-        centre = left + step
-        right = centre + step
-        x00, x01, x02 = x0[left:left + length], x0[centre:centre + length], x0[right:right + length]
-        x10, x11, x12 = x1[left:left + length], x1[centre:centre + length], x1[right:right + length]
-        x20, x21, x22 = x2[left:left + length], x2[centre:centre + length], x2[right:right + length]
-        x30, x31, x32 = x3[left:left + length], x3[centre:centre + length], x3[right:right + length]
-        w00, w01, w02 = w_tiled[0], w_tiled[1], w_tiled[2]
-        w10, w11, w12 = w_tiled[3], w_tiled[4], w_tiled[5]
-        w20, w21, w22 = w_tiled[6], w_tiled[7], w_tiled[8]
-        for m in range(length):
-            y_up[m] = (
-                x00[m] * w00[m] + x01[m] * w01[m] + x02[m] * w02[m]
-                + x10[m] * w10[m] + x11[m] * w11[m] + x12[m] * w12[m]
-                + x20[m] * w20[m] + x21[m] * w21[m] + x22[m] * w22[m]
-            )
-            y_low[m] = (
-                x10[m] * w00[m] + x11[m] * w01[m] + x12[m] * w02[m]
-                + x20[m] * w10[m] + x21[m] * w11[m] + x22[m] * w12[m]
-                + x30[m] * w20[m] + x31[m] * w21[m] + x32[m] * w22[m]
-            )
-
-
-# -- forward: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) -------------------------------------
-def _depthwise_forward(x, w, w_tiled, y, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                       tile_pixels):
-    # x: (N, H, W, C), w: (KH, KW, C), w_tiled: (KH*KW, tile_pixels*C) -> y: (N, Ho, Wo, C).
-    # pad_top/pad_left may be negative (the stride-1 input gradient runs through here).
-    batch, height, width, channels = x.shape
-    kernel_h, kernel_w, _ = w.shape
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height, out_width = y.shape[1], y.shape[2]
-    x_rows = x.reshape(batch, height, width * channels)
-    y_rows = y.reshape(batch, out_height, out_width * channels)
+    pixels = w_tiled.shape[1] // channels
     lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
+    steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
+    n = t // steps
+    first = (t - n * steps) * rows_per_step
+    last = min(first + rows_per_step, out_height)
+    x_image = x[n].reshape(height, width * channels)
+    y_image = y[n].reshape(out_height, out_width * channels)
+    for oh in range(first, last):
+        top = oh * stride_h - pad_top
+        _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
+                                stride_w, pad_left, dilation_h, dilation_w, bias, act)
+    top = first * stride_h - pad_top
     fused = kernel_h == 3 and kernel_w == 3
-    # a step is one output row, or two when they share input rows (3x3, vertical stride and dilation 1)
-    rows_per_step = 2 if fused and stride_h == 1 and dilation_h == 1 else 1
-    steps = (out_height + rows_per_step - 1) // rows_per_step
-    for task in prange(batch * steps):
-        n = task // steps
-        first = (task - n * steps) * rows_per_step
-        last = min(first + rows_per_step, out_height)
-        x_image = x_rows[n]
+    if last - first == 2 and top >= 0 and top + 3 < height:
+        _interior_forward_3x3_pair(
+            x_image[top], x_image[top + 1], x_image[top + 2], x_image[top + 3], w_tiled,
+            y_image[first], y_image[first + 1], lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
+        )
+    else:
         for oh in range(first, last):
             top = oh * stride_h - pad_top
-            _border_columns_forward(x_image, w, y_rows[n, oh], top, lo, hi, stride_w, pad_left, dilation_h, dilation_w)
-        top = first * stride_h - pad_top
-        if last - first == 2 and top >= 0 and top + 3 < height:
-            _interior_forward_3x3_pair(
-                x_image[top], x_image[top + 1], x_image[top + 2], x_image[top + 3], w_tiled,
-                y_rows[n, first], y_rows[n, first + 1], lo, hi, tile_pixels, channels, stride_w, pad_left, dilation_w,
-            )
-            continue
-        for oh in range(first, last):
-            top = oh * stride_h - pad_top
-            if fused and top >= 0 and top + 2 * dilation_h < height:
+            if fused and top >= 0 and top + 2 * dilation_h < height and pixels == 1:
+                _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act)
+            elif fused and top >= 0 and top + 2 * dilation_h < height:
                 _interior_forward_3x3(
-                    x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_rows[n, oh],
-                    lo, hi, tile_pixels, channels, stride_w, pad_left, dilation_w,
+                    x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_image[oh],
+                    lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
                 )
             else:
                 _interior_forward(
-                    x_image, w_tiled, kernel_w, y_rows[n, oh], top, lo, hi, tile_pixels, channels,
-                    stride_w, pad_left, dilation_h, dilation_w,
+                    x, n, oh, x_image, w_tiled, kernel_w, y, y_image[oh], top, lo, hi, pixels, channels,
+                    stride_w, pad_left, dilation_h, dilation_w, bias, act,
                 )
+    if row_sums.shape[0] > 0:
+        for oh in range(first, last):
+            sum_rows(y[n, oh], row_sums[n, oh])
+
+
+def _depthwise_forward(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                       dilation_h, dilation_w, y):
+    # x: (N, H, W, C) -> y: (N, Ho, Wo, C): every step of `depthwise_tile` (disjoint rows of y).
+    steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
+    for t in prange(y.shape[0] * steps):
+        depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                       dilation_h, dilation_w, y, t)
 
 
 _depthwise_forward_serial, _depthwise_forward_parallel = serial_and_parallel(_depthwise_forward)
+DEPTHWISE_FORWARD = (_depthwise_forward_serial, _depthwise_forward_parallel)
 
 
 # -- backward, input gradient at stride > 1: dy (N, Ho, Wo, C), w (KH, KW, C) -> dx (N, H, W, C) -----
@@ -362,6 +252,10 @@ _depthwise_backward_weight_serial, _depthwise_backward_weight_parallel = serial_
 
 
 # -- public functions ---------------------------------------------------------------------------------
+# (bias, activation, row sums) of a bare convolution: no bias (so no epilogue), no row sums
+_NO_EPILOGUE = {t: (np.zeros(0, t), IDENTITY, np.zeros((0, 1, 1), t)) for t in (np.float32, np.float64)}
+
+
 def _check_inputs(x, w):
     x = check_array(x, "x", 4, "(N, H, W, C)")
     w = check_array(w, "w", 3, "(KH, KW, C)")
@@ -386,9 +280,9 @@ def depthwise_conv2d(x, w, stride=1, padding=0, dilation=1):
         x.shape, kernel_h, kernel_w, stride, padding, dilation
     )
     y = np.empty((x.shape[0], out_h, out_w, channels), x.dtype)
-    tile_pixels = _tile_pixels(channels, stride_w)
-    kernel = choose_kernel(_depthwise_forward_serial, _depthwise_forward_parallel, y.size * kernel_h * kernel_w)
-    kernel(x, w, _tiled(w, tile_pixels), y, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, tile_pixels)
+    kernel = choose_kernel(*DEPTHWISE_FORWARD, y.size * kernel_h * kernel_w)
+    kernel(x, tiled_weight(w, tile_pixels(channels, stride_w)), kernel_h, kernel_w, *_NO_EPILOGUE[x.dtype.type],
+           stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, y)
     return y
 
 
@@ -406,24 +300,21 @@ def depthwise_conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1):
     if stride_h == 1 and stride_w == 1:
         # dx = dy correlated with the kernel turned by 180 degrees, padded by (K-1)*d - p
         w_turned = np.ascontiguousarray(w[::-1, ::-1])
-        tile_pixels = _tile_pixels(channels, 1)
-        kernel = choose_kernel(_depthwise_forward_serial, _depthwise_forward_parallel, macs)
-        kernel(
-            dy, w_turned, _tiled(w_turned, tile_pixels), dx, 1, 1,
-            (kernel_h - 1) * dilation_h - pad_top, (kernel_w - 1) * dilation_w - pad_left,
-            dilation_h, dilation_w, tile_pixels,
-        )
+        kernel = choose_kernel(*DEPTHWISE_FORWARD, macs)
+        kernel(dy, tiled_weight(w_turned, tile_pixels(channels, 1)), kernel_h, kernel_w, *_NO_EPILOGUE[x.dtype.type],
+               1, 1, (kernel_h - 1) * dilation_h - pad_top, (kernel_w - 1) * dilation_w - pad_left,
+               dilation_h, dilation_w, dx)
     else:
         kernel = choose_kernel(
             _depthwise_backward_input_strided_serial, _depthwise_backward_input_strided_parallel, macs
         )
         kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w)
 
-    tile_pixels = _tile_pixels(channels, stride_w)
+    pixels = tile_pixels(channels, stride_w)
     kernel = choose_kernel(_depthwise_backward_weight_serial, _depthwise_backward_weight_parallel, macs)
     chunks = 1 if kernel is _depthwise_backward_weight_serial else min(get_num_threads(), x.shape[0] * out_h)
-    dw_partial = np.zeros((chunks, kernel_h * kernel_w, tile_pixels * channels), x.dtype)
+    dw_partial = np.zeros((chunks, kernel_h * kernel_w, pixels * channels), x.dtype)
     kernel(x, dy, dw_partial, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h, kernel_w,
-           tile_pixels)
-    dw = dw_partial.sum(axis=0).reshape(kernel_h, kernel_w, tile_pixels, channels).sum(axis=2)
+           pixels)
+    dw = dw_partial.sum(axis=0).reshape(kernel_h, kernel_w, pixels, channels).sum(axis=2)
     return dx, dw

@@ -1,0 +1,110 @@
+"""The tiles of fused inference that are not convolutions, each with its per-layer kernel.
+
+The convolution tiles are in `npmobilenet.ops` (`conv_tile`, `depthwise_tile`, `pointwise_tile`:
+one per kind, shared with training's forward and the exact int8 path). Here:
+
+- `squeeze_excite_tile`: one image's squeeze-and-excitation gate from the row sums the depthwise
+  tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)`
+  (V3 paper, section 5.3). The gate is applied by the projection's tile as it reads its input.
+- `global_avg_pool_tile`: one image's mean over its positions.
+- `linear_tile`: a column block of a fully connected layer, bias and activation (at batch 1 the
+  classifier is a matrix-vector product bound by reading its weights, so its columns are split).
+
+Layout NHWC float32. Each tile function is what `program.py` calls; each kernel body below loops
+over the tiles (`prange`: disjoint writes) and is compiled serial and parallel.
+"""
+import numpy as np
+from numba import prange
+
+from npmobilenet.config import njit_serial, serial_and_parallel
+from npmobilenet.ops.blas import matmul
+from npmobilenet.ops.epilogue import bias_act
+
+_F32 = np.float32
+
+
+@njit_serial
+def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n):
+    """Image n's SE gate: gate[n] = hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count."""
+    out_h, channels = row_sums.shape[1], row_sums.shape[2]
+    squeeze = w_reduce.shape[1]
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    inv_count = _F32(1.0 / count)
+    mean = gate[n]                       # gate[n] holds the mean until it is overwritten
+    for c in range(channels):
+        mean[c] = 0
+    for oh in range(out_h):
+        for c in range(channels):
+            mean[c] += row_sums[n, oh, c]
+    for c in range(channels):
+        mean[c] *= inv_count
+    h = hidden[n]
+    for s in range(squeeze):
+        h[s] = b_reduce[s]
+    for c in range(channels):
+        m = mean[c]
+        for s in range(squeeze):
+            h[s] += m * w_reduce[c, s]
+    for s in range(squeeze):
+        h[s] = max(h[s], zero)
+    g = gate[n]
+    for c in range(channels):
+        g[c] = b_expand[c]
+    for s in range(squeeze):
+        hs = h[s]
+        for c in range(channels):
+            g[c] += hs * w_expand[s, c]
+    for c in range(channels):
+        g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
+
+
+def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate):
+    # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_expand: (S, C); hidden: (N, S)
+    # workspace; count = Ho * Wo. An image per tile.
+    for n in prange(row_sums.shape[0]):
+        squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n)
+
+
+@njit_serial
+def global_avg_pool_tile(x, y, n):
+    """y[n] = the mean of image n's positions. x: (N, H*W, C), y: (N, C)."""
+    positions, channels = x.shape[1], x.shape[2]
+    inv = _F32(1.0 / positions)
+    for c in range(channels):
+        y[n, c] = 0
+    for p in range(positions):
+        for c in range(channels):
+            y[n, c] += x[n, p, c]
+    for c in range(channels):
+        y[n, c] *= inv
+
+
+def _global_avg_pool(x, y):
+    # x: (N, H*W, C) -> y: (N, C). An image per tile.
+    for n in prange(x.shape[0]):
+        global_avg_pool_tile(x, y, n)
+
+
+@njit_serial
+def linear_tile(x, w, bias, act, block_cols, gemm, y, b):
+    """Columns b*block_cols.. of y = act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), y: (N, Cout)."""
+    m0 = b * block_cols
+    m1 = min(w.shape[1], m0 + block_cols)
+    matmul(gemm, x, 0, x.shape[0], w, m0, m1, y)
+    bias_act(y, 0, x.shape[0], m0, m1, bias, act)
+
+
+def _linear(x, w, bias, act, block_cols, gemm, y):
+    # x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> y: (N, Cout) = act(x @ w + bias). Column blocks.
+    for b in prange((w.shape[1] + block_cols - 1) // block_cols):
+        linear_tile(x, w, bias, act, block_cols, gemm, y, b)
+
+
+# (serial, parallel) builds (config.serial_and_parallel gives the parallel build its own cache file);
+# module attributes, so that tests/test_config.py checks their options
+_squeeze_excite_gate_serial, _squeeze_excite_gate_parallel = serial_and_parallel(_squeeze_excite_gate)
+_global_avg_pool_serial, _global_avg_pool_parallel = serial_and_parallel(_global_avg_pool)
+_linear_serial, _linear_parallel = serial_and_parallel(_linear)
+SE_GATE = (_squeeze_excite_gate_serial, _squeeze_excite_gate_parallel)
+GLOBAL_POOL = (_global_avg_pool_serial, _global_avg_pool_parallel)
+LINEAR = (_linear_serial, _linear_parallel)
