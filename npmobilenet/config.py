@@ -4,6 +4,8 @@
 reassociate and contract sums (so it can vectorise the channel loops) but keeps NaN and Inf
 semantics, because training must see a NaN loss to stop on it.
 """
+import glob
+import hashlib
 import os
 import types
 
@@ -43,9 +45,40 @@ def limit_openmp_spinning():
 limit_openmp_spinning()
 
 
+def kernel_sources_digest():
+    """A digest of the source of every module that defines or inlines kernels (ops/, inference/,
+    compression/ and this file)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.join(root, "config.py")]
+    for package in ("ops", "inference", "compression"):
+        paths += sorted(glob.glob(os.path.join(root, package, "*.py")))
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as source:
+            digest.update(source.read())
+    return digest.hexdigest()[:16]
+
+
+# Numba's on-disk cache keys a kernel by the source of its own file only. A kernel that inlines
+# functions from other files (the op table and the int8 paths inline the tiles of ops/) would
+# then load stale machine code after one of those files changed: wrong results (seen). So every
+# kernel's cache entry is also stamped with this digest: a change to any kernel source
+# recompiles every kernel once.
+KERNEL_SOURCES_DIGEST = kernel_sources_digest()
+
+
+def _stamp_cache(dispatcher):
+    """Add KERNEL_SOURCES_DIGEST to the dispatcher's cache stamp (checked when the cache loads)."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if cache_file is not None and hasattr(cache_file, "_source_stamp"):
+        cache_file._source_stamp = (cache_file._source_stamp, KERNEL_SOURCES_DIGEST)
+    return dispatcher
+
+
 def njit_serial(func):
     """Compile `func` as a serial kernel (`prange` runs as `range`)."""
-    return numba.njit(parallel=False, **KERNEL_OPTIONS)(func)
+    return _stamp_cache(numba.njit(parallel=False, **KERNEL_OPTIONS)(func))
 
 
 def njit_parallel(func):
@@ -60,7 +93,7 @@ def njit_parallel(func):
     twin = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
     twin.__qualname__ = func.__qualname__ + "_parallel"
     twin.__doc__, twin.__module__ = func.__doc__, func.__module__
-    return numba.njit(parallel=True, **KERNEL_OPTIONS)(twin)
+    return _stamp_cache(numba.njit(parallel=True, **KERNEL_OPTIONS)(twin))
 
 
 def serial_and_parallel(body):

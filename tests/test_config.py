@@ -60,6 +60,15 @@ def test_kernel_uses_config_options(name, dispatcher):
     assert options.get("parallel") in (True, False), f"{name}: parallel must be set explicitly"
 
 
+def test_kernel_caches_are_stamped_with_every_kernel_source():
+    # a kernel inlines tiles from other files (program.py, qkernels.py inline ops/): its cache
+    # entry must go stale when any kernel source changes, not only its own file
+    for name, dispatcher in _dispatchers().items():
+        stamp = dispatcher._cache._cache_file._source_stamp
+        assert isinstance(stamp, tuple) and stamp[1] == config.KERNEL_SOURCES_DIGEST, name
+    assert config.kernel_sources_digest() == config.KERNEL_SOURCES_DIGEST
+
+
 def test_cached_kernels_never_share_cache_files():
     # Numba names cache files by module, qualified name and line, and does not key them by
     # parallel=: a serial and a parallel build of one function must not share files, or one loads

@@ -189,7 +189,7 @@ def test_conv2d_tile_matches_reference(g, cin, use_blas):
     assert_close(y, ACTIVATION[g["activation"]](expected + b), f"conv {g}")
 
 
-@given(g=windows(max_channels=24))
+@given(g=windows(max_channels=80))
 def test_depthwise_tile_matches_reference(g):
     rng = np.random.default_rng(8)
     c = g["channels"]

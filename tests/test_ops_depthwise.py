@@ -117,9 +117,9 @@ def test_parallel_builds_really_ran_in_parallel(monkeypatch):
         assert kernel.targetoptions["parallel"]
 
 
-# Hypothesis keeps channels <= 8 and widths <= 12, so a row is one tile; these cases have several
-# tiles per row (at the default tile size and at a small one), odd output heights (the last row of
-# a pair step alone), and every kernel path.
+# Hypothesis keeps channels <= 8 and widths <= 12, so a row is one run; these cases have several
+# runs per row (at the default run length and at a short one), odd output heights (the last row of
+# a pair step alone), 64 channels or more (one-pixel runs), and every kernel path.
 @pytest.mark.parametrize("tile_elements", [depthwise.TILE_ELEMENTS, 64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
@@ -128,8 +128,10 @@ def test_parallel_builds_really_ran_in_parallel(monkeypatch):
         ((2, 11, 30, 40), (3, 3), 1, 1, 1),  # paired 3x3 rows, several tiles per row
         ((1, 9, 17, 24), (3, 3), 2, ((0, 1), (0, 1)), 1),  # TF SAME at stride 2: asymmetric padding
         ((1, 12, 12, 33), (3, 3), 1, 2, 2),  # dilated 3x3: fused single rows
-        ((2, 10, 14, 72), (5, 5), 1, 2, 1),  # V3's 5x5: tap-by-tap interior
+        ((2, 10, 14, 72), (5, 5), 1, 2, 1),  # V3's 5x5, 64 channels or more: pixel by pixel
         ((1, 10, 14, 72), (5, 5), 2, 2, 1),
+        ((2, 10, 14, 24), (5, 5), 1, 2, 1),  # 5x5 over runs of pixels, a kernel row per pass
+        ((2, 9, 12, 80), (3, 3), 1, 1, 1),   # paired 3x3 rows, pixel by pixel
         ((1, 8, 30, 16), (3, 3), (1, 2), (1, 0), 1),
     ],
 )

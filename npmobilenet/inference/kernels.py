@@ -6,7 +6,7 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
 
 - `POINTWISE`, `DEPTHWISE`, `CONV2D`: the convolution kinds' tiles and kernels in `npmobilenet.ops`
   (`pointwise_tile`: SGEMM called from Numba on a block of rows and columns, optionally SE-gated
-  input; `depthwise_tile`: one or two output rows, also their sums for SE; `conv_tile`: a block of
+  input; `depthwise_tile`: two output rows, also their sums for SE; `conv_tile`: a block of
   output pixels, the stem's 3x3 RGB taps directly, any other kernel as gathered receptive fields
   times SGEMM), the same tiles training's forward and the exact int8 path run.
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`: `tiles.py`.

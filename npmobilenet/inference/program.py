@@ -14,7 +14,7 @@ tile that has not been taken, so any number of threads, including one running th
 iterations one after another, finishes without deadlock.
 
 The tiles are those of the per-layer kernels (`kernels.py`): the convolution kinds' tiles of
-`npmobilenet.ops` (a block of output pixels of a standard convolution, one or two output rows of a
+`npmobilenet.ops` (a block of output pixels of a standard convolution, two output rows of a
 depthwise one, a block of rows and columns of a pointwise one) and `tiles.py`'s (an image of SE
 or pooling, a column block of a linear layer). Their sizes depend on shapes only, so a tile is
 computed by the same instructions whichever thread takes it: outputs are bitwise identical for

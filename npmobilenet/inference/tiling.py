@@ -2,7 +2,7 @@
 
 A tile is computed by the same instructions whichever thread takes it, so with tiles that depend
 on shapes alone, outputs are bitwise identical for every thread count (see `program.py`). The
-convolution tiles' own rules live beside them: `ops.depthwise.steps_per_image` (one or two output
+convolution tiles' own rules live beside them: `ops.depthwise.steps_per_image` (two output
 rows) and `ops.conv.tile_pixels` (a block of output pixels); here are the matrix products'.
 """
 import math

@@ -9,25 +9,28 @@ Cost: N * Ho * Wo * C * KH * KW multiply-accumulates (V1 Eq. (3) with D_K = KH =
 
 Everything here is Numba; there is no matrix product in a depthwise convolution, so no BLAS.
 
-One forward tile, `depthwise_tile`: one step of one image, two output rows where they share
-input rows (3x3, vertical stride and dilation 1), else one; with an epilogue (bias, activation,
-and each row's sum over its columns, squeeze-and-excitation's squeeze). Training's forward
-(`depthwise_conv2d`, float32 and float64, any dilation), the stride-1 input gradient (negative
-padding), fused inference and the exact int8 path all run it. How it is fast (the row loops are
-in `depthwise_rows.py`): in NHWC a pixel's channels are contiguous, so every inner loop runs over
-channels and LLVM vectorises it; at horizontal stride 1 a run of P output pixels is one contiguous
-run of P*C numbers, looped against the weight repeated P times (`tiled_weight`), so loops stay
-long where C is 16 or 32; a 3x3 kernel sums its nine taps in one pass, over two output rows at
-once when they share two input rows (12 x-loads and 9 w-loads for two outputs instead of 36:
-loads, not multiplies, bound these loops); one-pixel runs index x and y directly.
+One forward tile, `depthwise_tile`: two output rows of one image (a step; computed together
+where they share input rows: 3x3, vertical stride and dilation 1), with an epilogue (bias,
+activation, and each row's sum over its columns, squeeze-and-excitation's squeeze). Training's
+forward (`depthwise_conv2d`, float32 and float64, any dilation), the stride-1 input gradient
+(negative padding), fused inference and the exact int8 path all run it. How it is fast (the row
+loops are in `depthwise_rows.py`): in NHWC a pixel's channels are contiguous, so every inner loop
+runs over channels and LLVM vectorises it; at horizontal stride 1 and fewer than 64 channels a
+run of P output pixels is one contiguous run of P*C numbers, looped against the weight repeated P
+times (`tiled_weight`), so loops stay long where C is 16 or 32; otherwise pixels are indexed
+directly, one at a time; a 3x3 kernel sums its nine taps in one pass, over two output rows at once
+when they share two input rows (12 x-loads and 9 w-loads for two outputs instead of 36: loads, not
+multiplies, bound these loops); pixels whose taps reach the padding are computed with clamped
+indices and zero weights; two rows per tile halve the per-tile work of the op table (V3-Small's
+5x5 layers at 14x14 and 7x7 ran 1.5x faster than with one row per tile).
 
 Measured before the two forward kernels became this one (benchmarks/techniques.py depthwise,
 the kernels alone, every depthwise layer of V2, V3-Large and V4-Small at 224x224, one thread):
 training's kernel (runs, row pairs) took 4.0 ms at batch 1 and 165 ms at batch 32, fused
 inference's (one output row per tile, a loop over channels per pixel, clamped borders) 4.9 and
 175 ms. Training's won by up to 2.2x on 3x3 stride-1 layers of few channels (112x112x16: 0.135
-against 0.299 ms); inference's indexing won by 5-45% where a run is one pixel (stride 2), which
-the tile now uses there (`depthwise_rows._pixels_*`).
+against 0.299 ms); inference's direct indexing won by 5-45% at stride 2 and from 64 channels on,
+and its clamped borders on small images: the tile uses each where it won.
 
 Backward (hand-written):
   * dx: at stride 1, dx is the same correlation run over dy with the kernel turned by 180 degrees
@@ -44,12 +47,15 @@ from numba import prange
 
 from npmobilenet.config import choose_kernel, get_num_threads, njit_serial, serial_and_parallel
 from npmobilenet.ops.depthwise_rows import (
+    _bias_act_pixels,
     _border_columns_forward,
     _interior_columns,
     _interior_forward,
     _interior_forward_3x3,
     _interior_forward_3x3_pair,
+    _masked_pixels,
     _pixels_3x3,
+    _pixels_3x3_pair,
 )
 from npmobilenet.ops.epilogue import IDENTITY, sum_rows
 from npmobilenet.ops.geometry import (
@@ -64,9 +70,16 @@ from npmobilenet.ops.geometry import (
 TILE_ELEMENTS = 512
 
 
+# Runs of several pixels for fewer channels than this; one pixel at a time (indexed directly) from
+# it on. Measured on V2/V3/V4 layers at 224 (one thread): runs took 1.2-1.6x the time of pixels
+# at 56x56x144, 28x28x192 (3x3) and 14x14x120 (5x5), pixels 1.3-1.5x that of runs at C = 16-32.
+RUN_MAX_CHANNELS = 64
+
+
 def tile_pixels(channels, stride_w):
-    """Output pixels per run: only at horizontal stride 1 are neighbours contiguous in x."""
-    return max(1, TILE_ELEMENTS // channels) if stride_w == 1 else 1
+    """Output pixels per run: only at horizontal stride 1 are neighbours contiguous in x, and only
+    few channels need the longer loops."""
+    return max(1, TILE_ELEMENTS // channels) if stride_w == 1 and channels < RUN_MAX_CHANNELS else 1
 
 
 def tiled_weight(w, pixels):
@@ -78,17 +91,16 @@ def tiled_weight(w, pixels):
 
 @njit_serial
 def steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h):
-    """(steps, rows per step): the forward tile computes one step, two output rows where they
-    share input rows (3x3, vertical stride and dilation 1), else one. Shapes only."""
-    rows = 2 if kernel_h == 3 and kernel_w == 3 and stride_h == 1 and dilation_h == 1 else 1
-    return (out_height + rows - 1) // rows, rows
+    """(steps, rows per step): the forward tile computes one step of two output rows (computed
+    together where they share input rows: 3x3, vertical stride and dilation 1). Shapes only."""
+    return (out_height + 1) // 2, 2
 
 
 # -- the forward tile: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C), one step of rows ------------
 @njit_serial
 def depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
                    dilation_h, dilation_w, y, t):
-    """Step t (`steps_per_image`: one or two output rows of one image) of y = act(depthwise(x, w) + bias),
+    """Step t (`steps_per_image`: two output rows of one image) of y = act(depthwise(x, w) + bias),
     and each row's sum over its columns into row_sums[n, oh] when row_sums is not empty.
 
     x: (N, H, W, C) C-contiguous; w_tiled: `tiled_weight(w, P)` (KH*KW, P*C), P the output pixels
@@ -108,13 +120,27 @@ def depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h
     last = min(first + rows_per_step, out_height)
     x_image = x[n].reshape(height, width * channels)
     y_image = y[n].reshape(out_height, out_width * channels)
+    masked = kernel_h == kernel_w and (kernel_h == 3 or kernel_h == 5)   # borders by clamped taps
+    span = (kernel_h - 1) * dilation_h
     for oh in range(first, last):
         top = oh * stride_h - pad_top
-        _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
-                                stride_w, pad_left, dilation_h, dilation_w, bias, act)
+        if not masked:
+            _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
+                                    stride_w, pad_left, dilation_h, dilation_w, bias, act)
+        elif top >= 0 and top + span < height:
+            for a, b in ((0, lo), (hi, out_width)):
+                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h, dilation_w)
+                _bias_act_pixels(y, n, oh, a, b, bias, act)
+        else:                                 # a row whose taps reach the top or bottom padding
+            _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, 0, out_width, stride_w, pad_left, dilation_h,
+                           dilation_w)
+            _bias_act_pixels(y, n, oh, 0, out_width, bias, act)
     top = first * stride_h - pad_top
     fused = kernel_h == 3 and kernel_w == 3
-    if last - first == 2 and top >= 0 and top + 3 < height:
+    paired = fused and stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
+    if paired and pixels == 1:
+        _pixels_3x3_pair(x, w_tiled, y, n, first, top, lo, hi, stride_w, pad_left, dilation_w, bias, act)
+    elif paired:
         _interior_forward_3x3_pair(
             x_image[top], x_image[top + 1], x_image[top + 2], x_image[top + 3], w_tiled,
             y_image[first], y_image[first + 1], lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
@@ -122,9 +148,12 @@ def depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h
     else:
         for oh in range(first, last):
             top = oh * stride_h - pad_top
-            if fused and top >= 0 and top + 2 * dilation_h < height and pixels == 1:
+            inside = top >= 0 and top + span < height
+            if masked and not inside:
+                continue                      # done above
+            if fused and inside and pixels == 1:
                 _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act)
-            elif fused and top >= 0 and top + 2 * dilation_h < height:
+            elif fused and inside:
                 _interior_forward_3x3(
                     x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_image[oh],
                     lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,

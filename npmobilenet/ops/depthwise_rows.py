@@ -7,16 +7,23 @@ repeated P times (`w_tiled`, `(KH*KW, P*C)`), so they stay about `TILE_ELEMENTS`
 C is 16 or 32. A 3x3 kernel sums its nine taps in one pass (two output rows at once when they
 share input rows: loads, not multiplies, bound these loops); a 5-wide kernel sums a kernel row
 per pass; other sizes go tap by tap. Where a run is one pixel (horizontal stride > 1, or C of
-TILE_ELEMENTS or more) the `_pixels_*` loops index x and y directly instead. Output columns whose
-taps reach the padding are done apart (`_border_columns_forward`), tap by tap; the interior tests
-nothing. Each run is finished by its epilogue (bias, activation) right after its taps.
+TILE_ELEMENTS or more) the `_pixels_*` loops index x and y directly instead. Output pixels whose
+taps reach the padding are done apart, the interior tests nothing: for 3x3 and 5x5 kernels
+(`_masked_pixels`) with indices clamped into x and the padding's taps multiplied by 0 (no branch
+per tap: at 14x14 and 7x7, with a 5x5 kernel, half the pixels are border pixels), for other
+sizes tap by tap (`_border_columns_forward`). Each run is finished by its epilogue (bias,
+activation) right after its taps.
 
 Inner loops index views (slices) with the bare loop counter, or unsigned indices (`epilogue._U`):
 any other index makes Numba emit a negative-index wraparound test per element, and LLVM then does
 not vectorise.
 """
+import numpy as np
+
 from npmobilenet.config import njit_serial
-from npmobilenet.ops.epilogue import _U, bias_act_run
+from npmobilenet.ops.epilogue import _U, HARDSWISH, RELU, RELU6, bias_act_run
+
+_F32 = np.float32
 
 
 @njit_serial
@@ -99,7 +106,9 @@ def _interior_forward(x, n, oh, x_image, w_tiled, kernel_w, y, y_row, top, lo, h
                 w_tile = w_tiled[i * kernel_w + j]
                 for m in range(length):
                     y_tile[m] += x_tile[m] * w_tile[m]
-    if bias.shape[0] > 0:
+    if tile_pixels == 1:
+        _bias_act_pixels(y, n, oh, lo, hi, bias, act)
+    elif bias.shape[0] > 0:
         for start in range(lo, hi, tile_pixels):
             length = (min(start + tile_pixels, hi) - start) * channels
             bias_act_run(y_row[start * channels:start * channels + length], bias, act)
@@ -124,6 +133,90 @@ def _interior_row_forward_5(x_row, w_tiled, i, y_row, lo, hi, tile_pixels, chann
             y_tile[m] += x0[m] * w0[m] + x1[m] * w1[m] + x2[m] * w2[m] + x3[m] * w3[m] + x4[m] * w4[m]
 
 
+@njit_serial
+def _bias_act_pixels(y, n, oh, lo, hi, bias, act):
+    """y[n, oh, lo:hi] = act(y + bias) in place (bias: its first C entries), indexing y directly:
+    the epilogue of one-pixel runs and of border pixels (a view per pixel would cost more than a
+    pixel of few channels)."""
+    if bias.shape[0] == 0:
+        return
+    un, uoh = _U(n), _U(oh)
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    for ow in range(lo, hi):
+        uow = _U(ow)
+        if act == RELU:
+            for c in range(y.shape[3]):
+                y[un, uoh, uow, c] = max(y[un, uoh, uow, c] + bias[c], zero)
+        elif act == RELU6:
+            for c in range(y.shape[3]):
+                y[un, uoh, uow, c] = min(max(y[un, uoh, uow, c] + bias[c], zero), six)
+        elif act == HARDSWISH:
+            for c in range(y.shape[3]):
+                v = y[un, uoh, uow, c] + bias[c]
+                y[un, uoh, uow, c] = v * min(max(v + three, zero), six) * sixth
+        else:
+            for c in range(y.shape[3]):
+                y[un, uoh, uow, c] += bias[c]
+
+
+@njit_serial
+def _activate_pixels(y, n, oh, lo, hi, act):
+    """y[n, oh, lo:hi] = act(y) in place (nothing for IDENTITY), indexing y directly."""
+    un, uoh = _U(n), _U(oh)
+    zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
+    for ow in range(lo, hi):
+        uow = _U(ow)
+        if act == RELU:
+            for c in range(y.shape[3]):
+                y[un, uoh, uow, c] = max(y[un, uoh, uow, c], zero)
+        elif act == RELU6:
+            for c in range(y.shape[3]):
+                y[un, uoh, uow, c] = min(max(y[un, uoh, uow, c], zero), six)
+        elif act == HARDSWISH:
+            for c in range(y.shape[3]):
+                v = y[un, uoh, uow, c]
+                y[un, uoh, uow, c] = v * min(max(v + three, zero), six) * sixth
+
+
+@njit_serial
+def _masked_pixels(x, w_tiled, kernel_size, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w):
+    """y[n, oh, lo:hi] for a 3x3 or 5x5 kernel where taps reach the padding (border pixels, and
+    whole rows at the top and bottom): indices clamped into x, taps in the padding multiplied by 0,
+    a kernel row per pass, the channel loop innermost (no branch per tap, no slices)."""
+    height, width = x.shape[1], x.shape[2]
+    un, uoh = _U(n), _U(oh)
+    zero, one = _F32(0), _F32(1)
+    for ow in range(lo, hi):
+        for c in range(x.shape[3]):
+            y[un, uoh, _U(ow), c] = zero
+    for i in range(kernel_size):
+        ih = top + i * dilation_h
+        if ih < 0 or ih >= height:
+            continue                          # a kernel row in the padding
+        row = _U(ih)
+        k = kernel_size * i
+        for ow in range(lo, hi):
+            uow = _U(ow)
+            iw = ow * stride_w - pad_left
+            j0, j1, j2 = _U(min(max(iw, 0), width - 1)), _U(min(max(iw + dilation_w, 0), width - 1)), _U(
+                min(max(iw + 2 * dilation_w, 0), width - 1))
+            k0 = one if 0 <= iw < width else zero
+            k1 = one if 0 <= iw + dilation_w < width else zero
+            k2 = one if 0 <= iw + 2 * dilation_w < width else zero
+            if kernel_size == 3:
+                for c in range(x.shape[3]):
+                    y[un, uoh, uow, c] += (k0 * x[un, row, j0, c] * w_tiled[k + 0, c] + k1 * x[un, row, j1, c] * w_tiled[k + 1, c]
+                                           + k2 * x[un, row, j2, c] * w_tiled[k + 2, c])
+            else:
+                j3, j4 = _U(min(max(iw + 3 * dilation_w, 0), width - 1)), _U(min(max(iw + 4 * dilation_w, 0), width - 1))
+                k3 = one if 0 <= iw + 3 * dilation_w < width else zero
+                k4 = one if 0 <= iw + 4 * dilation_w < width else zero
+                for c in range(x.shape[3]):
+                    y[un, uoh, uow, c] += (k0 * x[un, row, j0, c] * w_tiled[k + 0, c] + k1 * x[un, row, j1, c] * w_tiled[k + 1, c]
+                                           + k2 * x[un, row, j2, c] * w_tiled[k + 2, c] + k3 * x[un, row, j3, c] * w_tiled[k + 3, c]
+                                           + k4 * x[un, row, j4, c] * w_tiled[k + 4, c])
+
+
 # One pixel per run (horizontal stride > 1, or C >= TILE_ELEMENTS): slices per pixel cost more
 # than the pixel's arithmetic, so these index x and y directly, the channel loop innermost (at
 # stride 2: 5-25% faster for 3x3, 10-45% for 5x5, measured on V2/V3/V4 layer shapes).
@@ -131,37 +224,59 @@ def _interior_row_forward_5(x_row, w_tiled, i, y_row, lo, hi, tile_pixels, chann
 def _pixels_row_5(x, w_tiled, i, y, n, oh, ih, lo, hi, stride_w, pad_left, dilation_w):
     """y[n, oh, lo:hi] += the five taps of kernel row i of a 5-wide kernel, input row ih."""
     un, uoh, uih = _U(n), _U(oh), _U(ih)
-    w0, w1, w2, w3, w4 = w_tiled[5 * i], w_tiled[5 * i + 1], w_tiled[5 * i + 2], w_tiled[5 * i + 3], w_tiled[5 * i + 4]
+    k = 5 * i
     for ow in range(lo, hi):
         uow = _U(ow)
         iw = ow * stride_w - pad_left
         j0, j1, j2 = _U(iw), _U(iw + dilation_w), _U(iw + 2 * dilation_w)
         j3, j4 = _U(iw + 3 * dilation_w), _U(iw + 4 * dilation_w)
         for c in range(x.shape[3]):
-            y[un, uoh, uow, c] += (x[un, uih, j0, c] * w0[c] + x[un, uih, j1, c] * w1[c] + x[un, uih, j2, c] * w2[c]
-                                   + x[un, uih, j3, c] * w3[c] + x[un, uih, j4, c] * w4[c])
+            y[un, uoh, uow, c] += (x[un, uih, j0, c] * w_tiled[k + 0, c] + x[un, uih, j1, c] * w_tiled[k + 1, c] + x[un, uih, j2, c] * w_tiled[k + 2, c]
+                                   + x[un, uih, j3, c] * w_tiled[k + 3, c] + x[un, uih, j4, c] * w_tiled[k + 4, c])
 
 
 @njit_serial
 def _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act):
     """y[n, oh, lo:hi] = the nine taps of a 3x3 kernel from input rows top, top + rh, top + 2 rh
-    (all inside x), each pixel finished by its epilogue."""
+    (all inside x), then their epilogue."""
     un, uoh = _U(n), _U(oh)
     i0, i1, i2 = _U(top), _U(top + dilation_h), _U(top + 2 * dilation_h)
-    w00, w01, w02 = w_tiled[0], w_tiled[1], w_tiled[2]
-    w10, w11, w12 = w_tiled[3], w_tiled[4], w_tiled[5]
-    w20, w21, w22 = w_tiled[6], w_tiled[7], w_tiled[8]
+    has_bias = bias.shape[0] > 0
+    zero = y.dtype.type(0)
     for ow in range(lo, hi):
         uow = _U(ow)
         iw = ow * stride_w - pad_left
         j0, j1, j2 = _U(iw), _U(iw + dilation_w), _U(iw + 2 * dilation_w)
         for c in range(x.shape[3]):
             y[un, uoh, uow, c] = (
-                x[un, i0, j0, c] * w00[c] + x[un, i0, j1, c] * w01[c] + x[un, i0, j2, c] * w02[c]
-                + x[un, i1, j0, c] * w10[c] + x[un, i1, j1, c] * w11[c] + x[un, i1, j2, c] * w12[c]
-                + x[un, i2, j0, c] * w20[c] + x[un, i2, j1, c] * w21[c] + x[un, i2, j2, c] * w22[c])
-        if bias.shape[0] > 0:
-            bias_act_run(y[n, oh, ow], bias, act)
+                (bias[c] if has_bias else zero)
+                + x[un, i0, j0, c] * w_tiled[0, c] + x[un, i0, j1, c] * w_tiled[1, c] + x[un, i0, j2, c] * w_tiled[2, c]
+                + x[un, i1, j0, c] * w_tiled[3, c] + x[un, i1, j1, c] * w_tiled[4, c] + x[un, i1, j2, c] * w_tiled[5, c]
+                + x[un, i2, j0, c] * w_tiled[6, c] + x[un, i2, j1, c] * w_tiled[7, c] + x[un, i2, j2, c] * w_tiled[8, c])
+    _activate_pixels(y, n, oh, lo, hi, act)
+
+
+@njit_serial
+def _pixels_3x3_pair(x, w_tiled, y, n, first, top, lo, hi, stride_w, pad_left, dilation_w, bias, act):
+    """Output rows first and first + 1 at vertical stride 1 (input rows top..top+3, all inside x),
+    pixel by pixel: `_interior_forward_3x3_pair` for one-pixel runs."""
+    un, u0, u1 = _U(n), _U(first), _U(first + 1)
+    i0, i1, i2, i3 = _U(top), _U(top + 1), _U(top + 2), _U(top + 3)
+    for ow in range(lo, hi):
+        uow = _U(ow)
+        iw = ow * stride_w - pad_left
+        j0, j1, j2 = _U(iw), _U(iw + dilation_w), _U(iw + 2 * dilation_w)
+        for c in range(x.shape[3]):
+            a0, a1, a2 = x[un, i0, j0, c], x[un, i0, j1, c], x[un, i0, j2, c]
+            b0, b1, b2 = x[un, i1, j0, c], x[un, i1, j1, c], x[un, i1, j2, c]
+            c0, c1, c2 = x[un, i2, j0, c], x[un, i2, j1, c], x[un, i2, j2, c]
+            d0, d1, d2 = x[un, i3, j0, c], x[un, i3, j1, c], x[un, i3, j2, c]
+            y[un, u0, uow, c] = (a0 * w_tiled[0, c] + a1 * w_tiled[1, c] + a2 * w_tiled[2, c] + b0 * w_tiled[3, c] + b1 * w_tiled[4, c] + b2 * w_tiled[5, c]
+                                 + c0 * w_tiled[6, c] + c1 * w_tiled[7, c] + c2 * w_tiled[8, c])
+            y[un, u1, uow, c] = (b0 * w_tiled[0, c] + b1 * w_tiled[1, c] + b2 * w_tiled[2, c] + c0 * w_tiled[3, c] + c1 * w_tiled[4, c] + c2 * w_tiled[5, c]
+                                 + d0 * w_tiled[6, c] + d1 * w_tiled[7, c] + d2 * w_tiled[8, c])
+    _bias_act_pixels(y, n, first, lo, hi, bias, act)
+    _bias_act_pixels(y, n, first + 1, lo, hi, bias, act)
 
 
 @njit_serial
