@@ -101,7 +101,18 @@ def steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h):
 def depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
                    dilation_h, dilation_w, y, t):
     """Step t (`steps_per_image`: two output rows of one image) of y = act(depthwise(x, w) + bias),
-    and each row's sum over its columns into row_sums[n, oh] when row_sums is not empty.
+    and each row's sum over its columns into row_sums[n, oh] when row_sums is not empty: what
+    `depthwise_steps` computes for steps t..t."""
+    depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                    dilation_h, dilation_w, y, t, t + 1)
+
+
+@njit_serial
+def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                    dilation_h, dilation_w, y, t0, t1):
+    """Steps t0..t1-1 (over N x `steps_per_image`, each two output rows of one image) of
+    y = act(depthwise(x, w) + bias), and each row's sum over its columns into row_sums[n, oh]
+    when row_sums is not empty. Each step is computed alike however the steps are grouped.
 
     x: (N, H, W, C) C-contiguous; w_tiled: `tiled_weight(w, P)` (KH*KW, P*C), P the output pixels
     per run (`tile_pixels`); bias: the bias repeated P times (P*C,) like the weight, or empty for
@@ -112,69 +123,74 @@ def depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h
     """
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height, out_width = y.shape[1], y.shape[2]
-    pixels = w_tiled.shape[1] // channels
     lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
     steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
-    n = t // steps
-    first = (t - n * steps) * rows_per_step
-    last = min(first + rows_per_step, out_height)
-    x_image = x[n].reshape(height, width * channels)
-    y_image = y[n].reshape(out_height, out_width * channels)
+    x_rows = x.reshape(x.shape[0], height, width * channels)
+    y_rows = y.reshape(y.shape[0], out_height, out_width * channels)
     masked = kernel_h == kernel_w and (kernel_h == 3 or kernel_h == 5)   # borders by clamped taps
     span = (kernel_h - 1) * dilation_h
-    for oh in range(first, last):
-        top = oh * stride_h - pad_top
-        if not masked:
-            _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
-                                    stride_w, pad_left, dilation_h, dilation_w, bias, act)
-        elif top >= 0 and top + span < height:
-            for a, b in ((0, lo), (hi, out_width)):
-                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h, dilation_w)
-                _bias_act_pixels(y, n, oh, a, b, bias, act)
-        else:                                 # a row whose taps reach the top or bottom padding
-            _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, 0, out_width, stride_w, pad_left, dilation_h,
-                           dilation_w)
-            _bias_act_pixels(y, n, oh, 0, out_width, bias, act)
-    top = first * stride_h - pad_top
-    fused = kernel_h == 3 and kernel_w == 3
-    paired = fused and stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
-    if paired and pixels == 1:
-        _pixels_3x3_pair(x, w_tiled, y, n, first, top, lo, hi, stride_w, pad_left, dilation_w, bias, act)
-    elif paired:
-        _interior_forward_3x3_pair(
-            x_image[top], x_image[top + 1], x_image[top + 2], x_image[top + 3], w_tiled,
-            y_image[first], y_image[first + 1], lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
-        )
-    else:
+    pixels = w_tiled.shape[1] // channels
+    for t in range(t0, t1):
+        n = t // steps
+        first = (t - n * steps) * rows_per_step
+        last = min(first + rows_per_step, out_height)
+        x_image, y_image = x_rows[n], y_rows[n]
         for oh in range(first, last):
             top = oh * stride_h - pad_top
-            inside = top >= 0 and top + span < height
-            if masked and not inside:
-                continue                      # done above
-            if fused and inside and pixels == 1:
-                _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act)
-            elif fused and inside:
-                _interior_forward_3x3(
-                    x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_image[oh],
-                    lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
-                )
-            else:
-                _interior_forward(
-                    x, n, oh, x_image, w_tiled, kernel_w, y, y_image[oh], top, lo, hi, pixels, channels,
-                    stride_w, pad_left, dilation_h, dilation_w, bias, act,
-                )
-    if row_sums.shape[0] > 0:
-        for oh in range(first, last):
-            sum_rows(y[n, oh], row_sums[n, oh])
+            if not masked:
+                _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
+                                        stride_w, pad_left, dilation_h, dilation_w, bias, act)
+            elif top >= 0 and top + span < height:
+                for a, b in ((0, lo), (hi, out_width)):
+                    _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h, dilation_w)
+                    _bias_act_pixels(y, n, oh, a, b, bias, act)
+            else:                                 # a row whose taps reach the top or bottom padding
+                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, 0, out_width, stride_w, pad_left, dilation_h,
+                               dilation_w)
+                _bias_act_pixels(y, n, oh, 0, out_width, bias, act)
+        top = first * stride_h - pad_top
+        fused = kernel_h == 3 and kernel_w == 3
+        paired = fused and stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
+        if paired and pixels == 1:
+            _pixels_3x3_pair(x, w_tiled, y, n, first, top, lo, hi, stride_w, pad_left, dilation_w, bias, act)
+        elif paired:
+            _interior_forward_3x3_pair(
+                x_image[top], x_image[top + 1], x_image[top + 2], x_image[top + 3], w_tiled,
+                y_image[first], y_image[first + 1], lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
+            )
+        else:
+            for oh in range(first, last):
+                top = oh * stride_h - pad_top
+                inside = top >= 0 and top + span < height
+                if masked and not inside:
+                    continue                      # done above
+                if fused and inside and pixels == 1:
+                    _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act)
+                elif fused and inside:
+                    _interior_forward_3x3(
+                        x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_image[oh],
+                        lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
+                    )
+                else:
+                    _interior_forward(
+                        x, n, oh, x_image, w_tiled, kernel_w, y, y_image[oh], top, lo, hi, pixels, channels,
+                        stride_w, pad_left, dilation_h, dilation_w, bias, act,
+                    )
+        if row_sums.shape[0] > 0:
+            for oh in range(first, last):
+                sum_rows(y[n, oh], row_sums[n, oh])
 
 
 def _depthwise_forward(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
                        dilation_h, dilation_w, y):
-    # x: (N, H, W, C) -> y: (N, Ho, Wo, C): every step of `depthwise_tile` (disjoint rows of y).
+    # x: (N, H, W, C) -> y: (N, Ho, Wo, C): every step of `depthwise_steps` (disjoint rows of y),
+    # an image's steps per iteration from 8 images on (a call per step cost training's small
+    # images up to 1.5x), else a step per iteration.
     steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
-    for t in prange(y.shape[0] * steps):
-        depthwise_tile(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                       dilation_h, dilation_w, y, t)
+    group = steps if y.shape[0] >= 8 else 1
+    for g in prange(y.shape[0] * steps // group):
+        depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                        dilation_h, dilation_w, y, g * group, (g + 1) * group)
 
 
 _depthwise_forward_serial, _depthwise_forward_parallel = serial_and_parallel(_depthwise_forward)
