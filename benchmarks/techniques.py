@@ -1,19 +1,20 @@
 """The forward techniques of each convolution kind, side by side on MobileNet layer shapes.
 
-Each kind is written more than once: training's forward (`npmobilenet.ops`) and fused inference's
-tile (`npmobilenet.inference.kernels`) use different techniques. This times the kernels alone
-(no argument checking), on every distinct layer shape of the given models, median of calls
-interleaved round-robin (a change of load on a shared machine reaches every technique alike),
-with GMAC/s in brackets and the sum over the models' layers.
+Each kind has one forward tile (`npmobilenet.ops`) that training, fused inference and the exact
+int8 path share; this times it as each of them calls it (training: no epilogue, float32 and
+float64; inference: bias and activation, float32), beside the techniques it is measured against:
+whole-batch im2col + np.matmul for the standard convolution, np.matmul for the pointwise one (what
+training keeps). Kernels alone (no argument checking), every distinct layer shape of the given
+models, median of calls interleaved round-robin (a change of load on a shared machine reaches
+every technique alike), GMAC/s in brackets, and the sum over the models' layers.
 
     python benchmarks/techniques.py depthwise --batch 1,32 --float64
     python benchmarks/techniques.py conv --archs mobilenet_v2,mobilenet_v3_large,mobilenet_v4_conv_small,mobilenet_v4_conv_medium,mobilenet_v4_conv_large
     python benchmarks/techniques.py pointwise --archs mobilenet_v2 --width 0.35 --resolution 32 --batch 64
 
-depthwise: training's kernel (runs of pixels against a tiled weight, row pairs) against fused
-inference's (a row per tile, a channel loop per pixel). conv: training's im2col + np.matmul
-against fused inference's direct 3x3 RGB path and its general tap-by-tap path. pointwise:
-np.matmul against the fused tiles (SGEMM called from Numba).
+The techniques the tiles replaced (fused inference's own depthwise tile and tap-by-tap standard
+convolution, training's im2col forward) are timed by this script as of commit be44c49; the
+ops/ docstrings quote those measurements.
 """
 import argparse
 import os
@@ -39,16 +40,18 @@ if ARGS is not None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
 
-import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import npmobilenet  # noqa: E402
-from npmobilenet import config, ops  # noqa: E402
+from npmobilenet import config  # noqa: E402
 from npmobilenet.graph import lower  # noqa: E402
-from npmobilenet.inference import kernels  # noqa: E402
-from npmobilenet.inference.blas import sgemm_address, single_threaded_blas  # noqa: E402
+from npmobilenet.inference.tiling import pointwise_tiles  # noqa: E402
+from npmobilenet.ops import conv, depthwise, pointwise  # noqa: E402
+from npmobilenet.ops.blas import gemm_address, single_threaded_blas  # noqa: E402
+from npmobilenet.ops.epilogue import IDENTITY, NO_ROWS, RELU6  # noqa: E402
 from npmobilenet.ops.geometry import output_size  # noqa: E402
+from npmobilenet.ops.pointwise import pointwise_conv2d  # noqa: E402
 
 VARIANT = {"depthwise": "depthwise", "conv": "standard", "pointwise": "pointwise"}
 
@@ -67,68 +70,69 @@ def layer_shapes(kind, archs, width, resolution):
     return found
 
 
-@numba.njit(cache=False, nogil=True, fastmath=set(config.FASTMATH))
-def _general_conv(x, w, bias, sh, sw, pt, pl, y):
-    # the fused engine's general path (`_conv_pixel`) for every pixel, one row after another
-    for r in range(y.shape[0] * y.shape[1]):
-        n = r // y.shape[1]
-        oh = r - n * y.shape[1]
-        for ow in range(y.shape[2]):
-            kernels._conv_pixel(x, w, bias, y, n, oh, ow, oh * sh - pt, ow * sw - pl)
-
-
 def techniques(kind, n, key, rng, threads, float64):
-    """{name: call} for one layer shape."""
+    """{name: call} for one layer shape, and its MACs."""
     h, w, c, wshape, (sh, sw), (pt, pb, pl, pr) = key
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     weight = (rng.standard_normal(wshape) * 0.1).astype(np.float32)
     cout = wshape[-1]
-    bias = np.zeros(cout, np.float32)
-    padding = ((pt, pb), (pl, pr))
+    bias = rng.standard_normal(cout).astype(np.float32)
     kh, kw = wshape[:2] if kind != "pointwise" else (1, 1)
     ho, wo = output_size(h, kh, sh, pt, pb, 1), output_size(w, kw, sw, pl, pr, 1)
     macs = n * ho * wo * cout * kh * kw * (1 if kind == "depthwise" else c)
     par = threads > 1 and macs >= config.PARALLEL_MIN_MACS
     pick = lambda pair: pair[1] if par else pair[0]  # noqa: E731
+    workers = threads if par else 1
     y = np.empty((n, ho, wo, cout), np.float32)
+    dtypes = (np.float32, np.float64) if float64 else (np.float32,)
     calls = {}
+
+    def blas_guarded(call):
+        def run():
+            with single_threaded_blas():     # GEMM called from several threads: OpenBLAS on one
+                call()
+        return run
+
     if kind == "depthwise":
-        from npmobilenet.ops import depthwise as dwmod
-        tp = dwmod._tile_pixels(c, sw)
-        wt = dwmod._tiled(weight, tp)
-        tk = pick((dwmod._depthwise_forward_serial, dwmod._depthwise_forward_parallel))
-        calls["training kernel f32"] = lambda: tk(x, weight, wt, y, sh, sw, pt, pl, 1, 1, tp)
-        if float64:
-            x64, w64 = x.astype(np.float64), weight.astype(np.float64)
-            wt64, y64 = wt.astype(np.float64), y.astype(np.float64)
-            calls["training kernel f64"] = lambda: tk(x64, w64, wt64, y64, sh, sw, pt, pl, 1, 1, tp)
-        kernel = pick(kernels.DEPTHWISE)
-        calls["fused tile f32"] = lambda: kernel(x, weight, bias, kernels.IDENTITY, sh, sw, pt, pl, y, kernels._EMPTY_SUMS)
+        kernel = pick(depthwise.DEPTHWISE_FORWARD)
+        pixels = depthwise.tile_pixels(c, sw)
+        for dtype in dtypes:
+            xd, yd = x.astype(dtype), y.astype(dtype)
+            wt = depthwise.tiled_weight(weight.astype(dtype), pixels)
+            nb, ns = np.zeros(0, dtype), np.zeros((0, 1, 1), dtype)
+            calls[f"tile, training {np.dtype(dtype).name}"] = (
+                lambda xd=xd, yd=yd, wt=wt, nb=nb, ns=ns: kernel(xd, wt, kh, kw, nb, IDENTITY, ns, sh, sw, pt, pl, 1, 1, yd))
+        wt, bt = depthwise.tiled_weight(weight, pixels), np.tile(bias, pixels)
+        ns = np.zeros((0, 1, 1), np.float32)
+        calls["tile + bias, relu6 float32"] = lambda: kernel(x, wt, kh, kw, bt, RELU6, ns, sh, sw, pt, pl, 1, 1, y)
     elif kind == "conv":
-        calls["im2col+matmul (ops) f32"] = lambda: ops.conv2d(x, weight, stride=(sh, sw), padding=padding)
-        if float64:
-            x64, w64 = x.astype(np.float64), weight.astype(np.float64)
-            calls["im2col+matmul (ops) f64"] = lambda: ops.conv2d(x64, w64, stride=(sh, sw), padding=padding)
-        kernel = pick(kernels.CONV2D)
-        if wshape[:3] == (3, 3, 3):
-            calls["fused: direct 3x3 RGB"] = lambda: kernel(x, weight, bias, kernels.IDENTITY, sh, sw, pt, pl, y)
-        calls["fused: general (_conv_pixel)"] = lambda: _general_conv(x, weight, bias, sh, sw, pt, pl, y)
+        kernel = pick(conv.CONV_FORWARD)
+        tile = conv.tile_pixels(n * ho * wo, c, kh, kw)
+        for dtype in dtypes:
+            xd, wd, yd = x.astype(dtype), weight.astype(dtype), y.astype(dtype)
+            cols = np.empty(conv.workspace_shape(workers, tile, kh, kw, c), dtype)
+            nb, gemm = np.zeros(0, dtype), gemm_address(dtype)
+            calls[f"tile, training {np.dtype(dtype).name}"] = blas_guarded(
+                lambda xd=xd, wd=wd, yd=yd, cols=cols, nb=nb, gemm=gemm:
+                kernel(xd, wd, nb, IDENTITY, sh, sw, pt, pl, 1, 1, cols, tile, gemm, yd))
+        cols = np.empty(conv.workspace_shape(workers, tile, kh, kw, c), np.float32)
+        calls["tile + bias, relu6 float32"] = blas_guarded(
+            lambda: kernel(x, weight, bias, RELU6, sh, sw, pt, pl, 1, 1, cols, tile, gemm_address(np.float32), y))
+        for dtype in dtypes:
+            xd, wd = x.astype(dtype), weight.astype(dtype).reshape(-1, cout)
+            calls[f"im2col + np.matmul {np.dtype(dtype).name}"] = (
+                lambda xd=xd, wd=wd: np.matmul(conv._columns(xd, kh, kw, ho, wo, (sh, sw), (pt, pb, pl, pr), (1, 1)), wd))
     else:
         w2 = weight.reshape(c, cout)
-        calls["np.matmul (ops) f32"] = lambda: ops.pointwise_conv2d(x, w2)
-        if float64:
-            x64, w64 = x.astype(np.float64), w2.astype(np.float64)
-            calls["np.matmul (ops) f64"] = lambda: ops.pointwise_conv2d(x64, w64)
-        kernel = pick(kernels.POINTWISE)
+        for dtype in dtypes:
+            xd, wd = x.astype(dtype), w2.astype(dtype)
+            calls[f"np.matmul (training) {np.dtype(dtype).name}"] = lambda xd=xd, wd=wd: pointwise_conv2d(xd, wd)
+        kernel = pick(pointwise.POINTWISE_FORWARD)
         rows = n * h * w
-        tr, tc = kernels.pointwise_tiles(rows, c, cout)
-        x2, y2, address = x.reshape(rows, c), y.reshape(rows, cout), sgemm_address()
-
-        def fused():
-            with single_threaded_blas():     # SGEMM called from several threads: OpenBLAS on one
-                kernel(x2, w2, bias, kernels.IDENTITY, kernels._EMPTY_ROWS, kernels._EMPTY_ROWS, h * w, tr, tc,
-                       address, y2)
-        calls["fused tile (SGEMM) f32"] = fused
+        tile_rows, tile_cols = pointwise_tiles(rows, c, cout)
+        x2, y2, address = x.reshape(rows, c), y.reshape(rows, cout), gemm_address(np.float32)
+        calls["tile + bias, relu6 float32"] = blas_guarded(
+            lambda: kernel(x2, w2, bias, RELU6, NO_ROWS, NO_ROWS, h * w, tile_rows, tile_cols, address, y2))
     return calls, macs
 
 
@@ -162,7 +166,8 @@ def main(args):
             names = names or []
             names += [name for name in ms if name not in names]
             h, w, c, wshape, stride, pads = key
-            label = f"{n}x{h}x{w}x{c} k{wshape[0]}x{wshape[1]}->{wshape[-1]} s{stride[0]} p{pads}"
+            kernel = "1x1" if len(wshape) == 2 else f"{wshape[0]}x{wshape[1]}"
+            label = f"{n}x{h}x{w}x{c} k{kernel}->{wshape[-1]} s{stride[0]} p{pads}"
             rows.append((label, len(users), macs, ms))
             for name, t in ms.items():
                 totals[name] = totals.get(name, 0.0) + len(users) * t

@@ -22,7 +22,11 @@ replaced: on V4's 3x3 layers of 24-32 input channels at 224x224 the gathered-blo
 0.68/0.45/2.6/1.5 ms at batch 1 where whole-batch im2col + np.matmul (training's) took
 1.06/0.53/2.9/1.7 and fused inference's tap-by-tap loop (`_conv_pixel`) 4.1/2.5/5.8/9.9; at
 batch 32, 33/18/86/54 ms against 57/21/106/70 and 119/89/377/271. On the stem the direct taps
-took 0.43 ms (batch 1) and 21 ms (batch 32) against 0.52 and 35 ms for im2col + np.matmul.
+took 0.43 ms (batch 1) and 21 ms (batch 32) against 0.52 and 35 ms for im2col + np.matmul. One
+place the old technique stays ahead: training's demo stem (64 images of 32x32, 16x16 outputs, an
+eighth of them border pixels) took 0.54-0.62 ms against 0.50-0.52 for im2col + np.matmul, about
+0.3% of a training step (unchanged within noise: 34.8 against 34.9 ms), so one technique serves
+all. (The gathered-block GEMM on the stem, K = 27, took 0.73 ms there.)
 
 Backward, with a whole-batch im2col (`_im2col`, prange over batch x output rows; each writes its
 own rows of cols):

@@ -19,8 +19,8 @@ input rows first scaled by squeeze-and-excitation's gate when the layer has one.
 Training keeps its own technique, one `np.matmul` over the whole batch (BLAS threads are
 OpenBLAS's own, OPENBLAS_NUM_THREADS): it has no epilogue to fuse, float64 would need the tiles'
 DGEMM too, and the tiles cost it speed (benchmarks/techniques.py pointwise at the training
-benchmark's shapes, MobileNetV2 0.35 at 32x32, batch 64, all pointwise layers: one thread 1.96 ms
-np.matmul against 2.08 ms in tiles).
+benchmark's shapes, MobileNetV2 0.35 at 32x32, batch 64, all pointwise layers, one thread:
+1.96-2.07 ms np.matmul against 2.08-2.29 ms in tiles, two runs).
 """
 import numpy as np
 from numba import prange
