@@ -10,7 +10,7 @@ pair (3x3 depthwise + pointwise) with the standard 3x3 convolution it replaces, 
 the analytic ratio 1/Cout + 1/(KH*KW) (MobileNet V1 paper, Eq. (5)).
 
     python benchmarks/kernels.py --quick                 # under a minute
-    /work/torchvenv/bin/python benchmarks/kernels.py --threads 2 --batch 1,32 --markdown
+    python benchmarks/kernels.py --threads 2 --batch 1,32 --markdown
 """
 import argparse
 import os

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import npmobilenet
 from npmobilenet import config
 from npmobilenet.compression import calibrate as cal
-from npmobilenet.compression import qkernels
+from npmobilenet.compression import qexact, qkernels
 from npmobilenet.ops import reference_int8 as qreference
 from npmobilenet.compression.qmodel import QuantizedModel
 from npmobilenet.compression.qops import quantize_multiplier
@@ -168,7 +168,7 @@ def test_vectorised_requantization_equals_the_scalar_one():
     acc32 = acc.astype(np.int32)
     for zy, lo, hi in ((0, -128, 127), (-7, 0, 90), (100, -128, 127)):
         y = np.empty(size, np.int8)
-        qkernels._requantize_row(acc32, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi), y)
+        qexact._requantize_row(acc32, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi), y)
         total = np.clip(acc32.astype(np.int64) + bias, -(2**31), 2**31 - 1)  # the reference adds in int32
         expected = [qkernels._requantize_store(np.int32(a), m, s, zy, lo, hi) for a, m, s in zip(total, multiplier, shift)]
         ok = (acc32.astype(np.int64) + bias == total)   # no int32 overflow in acc + bias
@@ -179,9 +179,9 @@ def test_exact_chunk_is_the_most_taps_float32_sums_exactly():
     w = np.array([[-127, 5], [3, 0]], np.int8)
     for zx in (-128, 0, 127):
         step = max(127 - zx, zx + 128) * 127
-        chunk = qkernels.exact_chunk(zx, w)
+        chunk = qexact.exact_chunk(zx, w)
         assert chunk * step < 2**24 <= (chunk + 1) * step
-    assert qkernels.exact_chunk(0, np.zeros((3, 3), np.int8)) == (2**24 - 1) // 128
+    assert qexact.exact_chunk(0, np.zeros((3, 3), np.int8)) == (2**24 - 1) // 128
 
 
 @given(st.integers(1, 300), st.integers(1, 40), st.integers(1, 24), st.integers(1, 50), st.integers(0, 2**16))
@@ -195,8 +195,8 @@ def test_pointwise_exact_path_matches_reference_bit_for_bit(rows, cin, cout, chu
     expected = qreference.pointwise(x, zx, w, *args)
     wf = w.astype(np.float32)
     # any chunk no larger than exact_chunk is exact; small ones exercise the int32 sum of chunks
-    for k_chunk in (min(chunk, qkernels.exact_chunk(zx, w)), qkernels.exact_chunk(zx, w)):
-        assert np.array_equal(qkernels.pointwise_int8_exact(x, zx, wf, k_chunk, *args), expected)
+    for k_chunk in (min(chunk, qexact.exact_chunk(zx, w)), qexact.exact_chunk(zx, w)):
+        assert np.array_equal(qexact.pointwise_int8_exact(x, zx, wf, k_chunk, *args), expected)
 
 
 @given(conv_cases)
@@ -210,12 +210,12 @@ def test_conv_exact_paths_match_reference_bit_for_bit(c):
     w = _int8(rng, (c["k"], c["k"], c["cin"]))
     args = _requant_args(rng, c["cin"], c["k"] * c["k"])
     expected = qreference.depthwise_conv2d(x, zx, w, *args, *geometry)
-    got = qkernels.depthwise_conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
+    got = qexact.depthwise_conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
     assert got.dtype == np.int8 and np.array_equal(got, expected)
     w = _int8(rng, (c["k"], c["k"], c["cin"], c["cout"]))
     args = _requant_args(rng, c["cout"], c["k"] * c["k"] * c["cin"])
     expected = qreference.conv2d(x, zx, w, *args, *geometry)
-    got = qkernels.conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
+    got = qexact.conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
     assert np.array_equal(got, expected)
 
 
@@ -229,11 +229,11 @@ def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, imag
     args = _requant_args(rng, 6, 9)
     w = _int8(rng, (5, 5, 6))
     expected = qreference.depthwise_conv2d(x, 3, w, *args, (2, 1), (2, 2, 1, 2), (1, 1))
-    got = qkernels.depthwise_conv2d_int8_exact(x, 3, w.astype(np.float32), *args, (2, 1), (2, 2, 1, 2), expected.shape)
+    got = qexact.depthwise_conv2d_int8_exact(x, 3, w.astype(np.float32), *args, (2, 1), (2, 2, 1, 2), expected.shape)
     assert np.array_equal(got, expected)
     x2, w2 = _int8(rng, (300, 40)), _int8(rng, (40, 6))
     expected = qreference.pointwise(x2, -3, w2, *args)
-    assert np.array_equal(qkernels.pointwise_int8_exact(x2, -3, w2.astype(np.float32), 7, *args), expected)
+    assert np.array_equal(qexact.pointwise_int8_exact(x2, -3, w2.astype(np.float32), 7, *args), expected)
     for arch in ("mobilenet_v2", "mobilenet_v3_small"):
         model = _random_stats(npmobilenet.build(arch, width=0.35, num_classes=10)).eval()
         qmodel = quantize(model, images)

@@ -6,6 +6,7 @@ low-rank factorisation.
     qops.py        the int8 ops (conv, lookup, mean, channel scale, add), fixed-point multipliers
     qmodel.py      QuantizedModel (integer-only inference) and its versioned checkpoint
     qkernels.py    integer Numba kernels (conv, depthwise, pointwise/linear, add, mean, SE scale, lookup tables)
+    qexact.py      the same integer sums, exactly, on the float tiles of npmobilenet.ops (integer_only=False)
     prune.py       prune_channels (structured), magnitude_prune (unstructured), MaskedOptimizer
     factorize.py   factorize: truncated SVD of 1x1 convolutions and classifier layers
     structure.py   compressed architectures as config: build(config)

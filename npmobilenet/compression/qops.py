@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from npmobilenet.compression import qkernels
+from npmobilenet.compression import qexact, qkernels
 from npmobilenet.ops.geometry import conv_geometry, tf_same_sides
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -164,7 +164,7 @@ class QConv(QOp):
         """(the int8 weight as float32, the taps a float32 sum holds exactly) for input zero point zx."""
         cached = getattr(self, "_exact", None)
         if cached is None or cached[0] != zx:
-            self._exact = (zx, self.weight.astype(np.float32), qkernels.exact_chunk(zx, self.weight))
+            self._exact = (zx, self.weight.astype(np.float32), qexact.exact_chunk(zx, self.weight))
         return self._exact[1:]
 
     def evaluate(self, values, zero_points, float_kernels=False):
@@ -182,7 +182,7 @@ class QConv(QOp):
         if self.variant in ("linear", "pointwise"):
             x2d = x.reshape(-1, x.shape[-1])
             if exact:
-                y = k.pointwise_int8_exact(x2d, zx, wf, chunk, *args)
+                y = qexact.pointwise_int8_exact(x2d, zx, wf, chunk, *args)
             else:
                 y = k.pointwise_int8(x2d, zx, self.weight, *args)
             return y.reshape(*x.shape[:-1], -1)
@@ -191,7 +191,7 @@ class QConv(QOp):
         padding = resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation)
         taps = self.weight.size // self.out_channels if self.variant == "standard" else self.weight[..., 0].size
         if exact and self.dilation == (1, 1) and taps <= chunk:
-            kernel = k.depthwise_conv2d_int8_exact if self.variant == "depthwise" else k.conv2d_int8_exact
+            kernel = qexact.depthwise_conv2d_int8_exact if self.variant == "depthwise" else qexact.conv2d_int8_exact
             return kernel(x, zx, wf, *args, self.stride, padding, out_shape)
         geometry = (self.stride, padding, self.dilation, out_shape)
         if self.variant == "depthwise":

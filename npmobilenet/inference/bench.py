@@ -16,7 +16,6 @@ The ratio column is npmobilenet's time over the peer's (below 1: npmobilenet is 
 `--cold-start` times the first call in fresh processes with an empty, then a warm Numba cache.
 """
 import contextlib
-import json
 import os
 import subprocess
 import sys
