@@ -25,6 +25,26 @@ def assert_close(analytic, numeric, what, rtol=1e-4, atol=1e-7):
     )
 
 
+def check_model_gradients(net, x, weights, parameters, rng, label):
+    """The whole model's backward pass against central differences (float64): d<weights, net(x)>
+    with respect to the input at 4 random coordinates and to each `parameters` entry (name,
+    coordinates) at that many random coordinates. Returns dx (a caller can check it is not zero)."""
+    def loss():
+        return float(np.sum(weights * net(x)))
+
+    net(x)
+    dx = net.backward(weights)
+    grads = {name: p.grad.copy() for name, p in net.named_parameters()}
+    for idx in sample_indices(x.shape, 4, rng):
+        assert_close(dx[idx], numeric_grad(loss, x, idx, h=1e-7), f"{label} dx{idx}", rtol=2e-3, atol=1e-6)
+    params = dict(net.named_parameters())
+    for name, coords in parameters:
+        for idx in sample_indices(params[name].shape, coords, rng):
+            assert_close(grads[name][idx], numeric_grad(loss, params[name].data, idx, h=1e-7),
+                         f"{label} d{name}{idx}", rtol=2e-3, atol=1e-6)
+    return dx
+
+
 # -- checks shared by every convolution op: op(x, w, **geometry) and op_backward(dy, x, w, **geometry)
 def check_op_finite_differences(op, op_backward, x, w, geometry, rng, coords=3):
     """dx and dw of <r, op(x, w)> against central differences at a few random coordinates (float64)."""
