@@ -156,3 +156,32 @@ def batch_norm_backward(dy, x, mean, var, gamma, eps, training):
     dvar = (dx_hat * (x - mean)).sum(axis=(0, 1, 2)) * -0.5 * (var + eps) ** -1.5
     dmean = -(dx_hat / std).sum(axis=(0, 1, 2)) + dvar * (-2.0 * (x - mean)).mean(axis=(0, 1, 2))
     return dx_hat / std + dvar * 2.0 * (x - mean) / count + dmean / count, dgamma, dbeta
+
+
+# -- bilinear resize (PyTorch's align_corners=False): x (N, H, W, C) -> y (N, Ho, Wo, C) ------------
+def _interpolation_matrix(size, out_size):
+    """(out_size, size): row o holds the weights output position o gives the input positions.
+    Output o samples the input at (o + 0.5) size / out_size - 0.5, moved up to 0 if below it,
+    between its two neighbouring pixels (one pixel past the last)."""
+    matrix = np.zeros((out_size, size))
+    for o in range(out_size):
+        source = max((o + 0.5) * size / out_size - 0.5, 0.0)
+        below = int(np.floor(source))
+        if below >= size - 1:
+            matrix[o, size - 1] = 1.0
+        else:
+            matrix[o, below] = 1.0 - (source - below)
+            matrix[o, below + 1] = source - below
+    return matrix
+
+
+def bilinear_resize(x, size):
+    """y[n, o, p] = sum_{h, w} A_h[o, h] A_w[p, w] x[n, h, w]: separable interpolation matrices."""
+    rows, columns = _interpolation_matrix(x.shape[1], size[0]), _interpolation_matrix(x.shape[2], size[1])
+    return np.einsum("oh,nhwc,pw->nopc", rows, x, columns).astype(x.dtype, copy=False)
+
+
+def bilinear_resize_backward(dy, input_size):
+    """The transpose: dx[n, h, w] = sum_{o, p} A_h[o, h] A_w[p, w] dy[n, o, p]."""
+    rows, columns = _interpolation_matrix(input_size[0], dy.shape[1]), _interpolation_matrix(input_size[1], dy.shape[2])
+    return np.einsum("oh,nopc,pw->nhwc", rows, dy, columns).astype(dy.dtype, copy=False)
