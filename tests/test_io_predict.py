@@ -15,7 +15,7 @@ from npmobilenet.cli import main  # noqa: E402
 from npmobilenet.io.images import (  # noqa: E402
     IMAGENET_MEAN, IMAGENET_STD, Preprocess, load_batch, load_image, preprocess_image,
 )
-from npmobilenet.io.predict import classify, imagenet_classes, softmax, top_k  # noqa: E402
+from npmobilenet.io.predict import Predictor, imagenet_classes, iter_image_paths, open_predictor, softmax, top_k  # noqa: E402
 from npmobilenet.io import checkpoint  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -190,32 +190,100 @@ def test_predict_labels_with_imagenet_names_and_batches(imagenet_checkpoint, tmp
     Image.fromarray(_photo(tmp_path)).save(tmp_path / "synthetic.png")
     images = [path, str(tmp_path / "synthetic.png")]
     model = checkpoint.load(imagenet_checkpoint)
-    results = classify(model, images, topk=3)
-    single = classify(model, images, topk=3, batch_size=1)
-    assert results == single  # batching changes nothing
+    predictor = Predictor(model, Preprocess(), imagenet_classes())
+    results = predictor.predict_files(images, topk=3)
+    assert results == predictor.predict_files(images, topk=3, batch_size=1)  # batching changes nothing
     names = imagenet_classes()
     logits = model(load_batch(images))
     for result, row in zip(results, logits):
+        assert result["error"] is None
         assert [t["index"] for t in result["top"]] == np.argsort(-row, kind="stable")[:3].tolist()
+        assert [t["rank"] for t in result["top"]] == [1, 2, 3]
         assert all(t["label"] == names[t["index"]] for t in result["top"])
         probabilities = [t["probability"] for t in result["top"]]
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
         np.testing.assert_allclose(probabilities[0], softmax(row[None])[0].max(), rtol=1e-6)
 
 
+def test_open_predictor_fuses_and_agrees_with_the_model(imagenet_checkpoint, tmp_path):
+    Image.fromarray(_photo(tmp_path)).save(tmp_path / "rgb.png")
+    predictor = open_predictor(imagenet_checkpoint, threads=1)
+    assert type(predictor.model).__name__ == "FusedMobileNet" and predictor.labels == imagenet_classes()
+    assert predictor.preprocess == Preprocess()       # no stored resolution: ImageNet's
+    assert predictor.warm_up() > 0
+    x = load_batch([tmp_path / "rgb.png"])
+    expected = softmax(checkpoint.load(imagenet_checkpoint)(x))
+    np.testing.assert_allclose(predictor.predict_arrays(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="non-finite"):
+        predictor.predict_arrays(np.full((1, 224, 224, 3), np.nan, np.float32))
+
+
+def test_unreadable_images_give_error_rows_in_order(imagenet_checkpoint, tmp_path):
+    Image.fromarray(_photo(tmp_path)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_text("not an image")
+    Image.fromarray(_photo(tmp_path)).save(tmp_path / "c.png")
+    predictor = open_predictor(imagenet_checkpoint, batch_size=2)
+    rows = predictor.predict_files([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "missing.png",
+                                    tmp_path / "c.png"], topk=2)
+    assert [os.path.basename(r["path"]) for r in rows] == ["a.png", "b.png", "missing.png", "c.png"]
+    assert rows[0]["error"] is None and rows[3]["error"] is None and rows[0]["top"] == rows[3]["top"]
+    assert "not an image Pillow can read" in rows[1]["error"] and rows[1]["top"] == []
+    assert "does not exist" in rows[2]["error"] and "\n" not in rows[2]["error"]
+
+
+def test_iter_image_paths_walks_sorted_and_lazily(tmp_path):
+    for name in ("b/z.png", "b/y.JPG", "a.jpeg", "b/notes.txt", ".hidden/x.png", "c/d/e.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    root = str(tmp_path)
+    walked = [os.path.relpath(p, root) for p in iter_image_paths(root)]
+    assert walked == ["a.jpeg", "b/y.JPG", "b/z.png", "c/d/e.webp"]
+    assert [os.path.relpath(p, root) for p in iter_image_paths(os.path.join(root, "**", "*.png"))] == ["b/z.png"]
+    assert [os.path.relpath(p, root) for p in iter_image_paths(os.path.join(root, "*", "*"))] == [
+        "b/notes.txt", "b/y.JPG", "b/z.png", "c/d/e.webp"]          # a glob's files as matched, directories walked
+    given = [os.path.join(root, "b", "notes.txt"), os.path.join(root, "absent.png")]
+    assert list(iter_image_paths(given)) == given                   # files as given, even non-images
+    with pytest.raises(ValueError, match="matches no file"):
+        list(iter_image_paths(os.path.join(root, "*.gif")))
+    lazy = iter_image_paths([root, os.path.join(root, "*.gif")])
+    assert os.path.basename(next(lazy)) == "a.jpeg"                  # nothing listed ahead of need
+
+
 def test_predict_command_text_and_json(imagenet_checkpoint, tmp_path, capsys):
     Image.fromarray(_photo(tmp_path)).convert("L").save(tmp_path / "gray.png")
     Image.fromarray(_photo(tmp_path)).save(tmp_path / "rgb.png")
-    assert main(["predict", str(tmp_path / "gray.png"), str(tmp_path / "rgb.png"),
-                 "--weights", imagenet_checkpoint, "--topk", "2"]) == 0
+    assert main(["predict", str(tmp_path), "--weights", imagenet_checkpoint, "--topk", "2"]) == 0
     captured = capsys.readouterr()
     assert "gray.png: grayscale (L) image converted to RGB" in captured.err
-    assert captured.out.count("  1. ") == 2 and captured.out.count("  2. ") == 2
-    assert "mobilenet_v3_small width 0.1: 2 image(s) in" in captured.out
+    lines = captured.out.splitlines()
+    assert lines[0].endswith("gray.png") and lines[3].endswith("rgb.png")
+    ranked = [line for line in lines if line.startswith("   1  ") or line.startswith("   2  ")]
+    assert len(ranked) == 4 and len({len(line) for line in ranked[:2]}) == 1   # aligned
+    assert "mobilenet_v3_small width 0.1, 1000 classes: 2 image(s) in" in captured.out
     assert main(["predict", str(tmp_path / "rgb.png"), "--weights", imagenet_checkpoint, "--json", "--topk", "4"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["arch"] == "mobilenet_v3_small" and len(report["results"][0]["top"]) == 4
+    top = report["results"][0]["top"][0]
+    assert top["rank"] == 1 and top["label"] == imagenet_classes()[top["index"]]
     assert report["time"]["images"] == 1 and report["time"]["predict_s"] > 0
+
+
+def test_predict_command_csv(imagenet_checkpoint, tmp_path, capsys):
+    import csv
+
+    Image.fromarray(_photo(tmp_path)).save(tmp_path / "rgb.png")
+    (tmp_path / "bad.png").write_text("hello")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "rgb.png"), str(tmp_path / "bad.png"), "--weights", imagenet_checkpoint,
+                 "--topk", "3", "--csv", str(out)]) == 1          # one image failed: said, and the exit status
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["rank"] for r in rows[:3]] == ["1", "2", "3"] and rows[0]["path"].endswith("rgb.png")
+    assert rows[0]["label"] == imagenet_classes()[int(rows[0]["index"])] and 0 < float(rows[0]["probability"]) <= 1
+    assert rows[3]["path"].endswith("bad.png") and "not an image" in rows[3]["error"]
+    assert "bad.png" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "rgb.png"), "--weights", imagenet_checkpoint, "--csv", imagenet_checkpoint]) == 1
+    assert "would destroy the input" in capsys.readouterr().err
 
 
 def test_predict_command_errors(imagenet_checkpoint, tmp_path, capsys):
@@ -231,12 +299,20 @@ def test_predict_command_errors(imagenet_checkpoint, tmp_path, capsys):
     assert "holds a width-0.35 mobilenet_v3_small, not width 1" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "rgb.png"), "--weights", imagenet_checkpoint, "--arch", "mobilenet_v2"]) == 1
     assert "holds mobilenet_v3_small weights" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "rgb.png"), "--weights", imagenet_checkpoint, "--width", "0.5"]) == 1
+    assert "holds a width-0.1 mobilenet_v3_small, not width 0.5" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "rgb.png"), "--weights", imagenet_checkpoint, "--tf"]) == 1
+    assert "--tf applies to timm" in capsys.readouterr().err
     # a 10-class model without labels prints class indices; wrong label count is refused
     assert main(["predict", str(tmp_path / "rgb.png"), "--weights", fixture, "--topk", "1"]) == 0
     assert "class " in capsys.readouterr().out
     (tmp_path / "labels.txt").write_text("a\nb\n")
     assert main(["predict", str(tmp_path / "rgb.png"), "--weights", fixture, "--labels", str(tmp_path / "labels.txt")]) == 1
     assert "2 labels given for a model with 10 classes" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "*.gif"), "--weights", fixture]) == 1
+    assert "matches no file" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "rgb.png"), "--model", "mobilenet_v9.IMAGENET1K_V1"]) == 1
+    assert "unknown weights name 'mobilenet_v9.IMAGENET1K_V1'" in capsys.readouterr().err
 
 
 def test_top_k_and_softmax():

@@ -1,67 +1,171 @@
-"""`npmobilenet predict IMAGE... --weights FILE`: classify images with any weights file npmobilenet
-reads (`npmobilenet.io.predict.classify`).
+"""`npmobilenet predict IMAGES_OR_DIRS (--model NAME | --weights FILE) [--topk K] [--json | --csv OUT]
+[--threads N]`: classify images (`npmobilenet.io.predict`).
 
-    npmobilenet predict cat.jpg dog.png --weights mobilenet_v3_large-8738ca79.pth --topk 5
-    npmobilenet predict *.jpg --weights model.npz --json
+    npmobilenet predict cat.jpg photos/ 'shots/**/*.png' --model mobilenet_v2.IMAGENET1K_V1
+    npmobilenet predict digits/ --weights digits.npz --csv predictions.csv
+
+Directories are walked and globs expanded; images stream through the fused model in batches.
+An npmobilenet checkpoint's stored resolution, mean, std and class names are used, a registry
+name's own preprocessing; the flags override them. Kernel compilation happens once, announced,
+before the timed inference.
 """
+import csv
 import json
 import sys
+import threading
 import time
 
-from npmobilenet.io.images import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocess
+from npmobilenet.io.images import INTERPOLATIONS
+
+CSV_FIELDS = ("path", "rank", "index", "label", "probability", "error")
 
 
 def add_arguments(parser):
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow opens)")
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="npmobilenet .npz, or torchvision/timm .safetensors/.pth")
-    parser.add_argument("--arch", default=None, help="expected architecture (checked against the file)")
-    parser.add_argument("--width", type=float, default=None, help="width multiplier, if the file's cannot be inferred")
-    parser.add_argument("--tf", action="store_true", help="the weights are one of timm's tf_mobilenetv3_* (see convert --tf)")
+    parser.add_argument("images", nargs="+", metavar="IMAGES_OR_DIRS",
+                        help="image files, directories (walked recursively) or globs ('photos/**/*.jpg')")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="NAME", help="registry weights, e.g. mobilenet_v2.IMAGENET1K_V1 "
+                        "(`npmobilenet download --list`)")
+    source.add_argument("--weights", metavar="FILE",
+                        help="npmobilenet .npz (float or int8), or torchvision/timm .pth/.safetensors (or a registry name)")
+    add_weights_arguments(parser)
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--labels", default=None, metavar="FILE", help="class names, one per line (default: ImageNet's for 1000 classes)")
-    parser.add_argument("--resize", type=int, default=256, help="shorter side after resizing (default 256)")
-    parser.add_argument("--crop", type=int, default=224, help="centre crop size (default 224)")
-    parser.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, metavar=("R", "G", "B"))
-    parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, metavar=("R", "G", "B"))
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+    out.add_argument("--csv", metavar="OUT", help="write CSV rows (path, rank, index, label, probability, error) to OUT")
+    parser.add_argument("--labels", default=None, metavar="FILE", help="class names, one per line (default: the weights')")
+    parser.add_argument("--resize", type=int, default=None, help="shorter side after resizing (default: the weights')")
+    parser.add_argument("--crop", type=int, default=None, help="centre crop size (default: the weights')")
+    parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"))
+    parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"))
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default=None)
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    add_threads_argument(parser)
+    parser.add_argument("--engine", choices=("local", "dask"), default="local",
+                        help="local (default), or dask: a Dask cluster (`npmobilenet.distributed`)")
+    try:
+        from npmobilenet.cli import distributed
+    except ModuleNotFoundError as exc:
+        if exc.name != "npmobilenet.cli.distributed":
+            raise
+    else:
+        distributed.add_arguments(parser)
+
+
+def add_weights_arguments(parser):
+    """The flags every command reading weights takes, with one meaning: checks against the weights."""
+    parser.add_argument("--arch", default=None, help="expected architecture (checked against the weights)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="expected width multiplier (checked; needed only when a file's cannot be inferred)")
+    parser.add_argument("--tf", action="store_true",
+                        help="the weights are one of timm's tf_mobilenetv3_* (TensorFlow padding; the file cannot say so)")
+
+
+def add_threads_argument(parser):
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for the computation (default: NUMBA_NUM_THREADS)")
+
+
+def _announce_if_slow(seconds=0.5):
+    """A timer that says kernels are compiling if the warm-up takes longer than `seconds` (with a
+    warm Numba cache it does not, and nothing is said)."""
+    timer = threading.Timer(seconds, lambda: print("compiling kernels (first run only)...", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def format_rows(row, width=None):
+    """An image's result as aligned lines: rank, probability, label, class index."""
+    if row["error"] is not None:
+        return [f"{row['path']}: error: {row['error']}"]
+    names = [t["label"] if t["label"] is not None else f"class {t['index']}" for t in row["top"]]
+    width = width or max((len(n) for n in names), default=0)
+    lines = [row["path"]]
+    for t, name in zip(row["top"], names):
+        lines.append(f"  {t['rank']:>2}  {100 * t['probability']:6.2f}%  {name:<{width}}  {t['index']:>5}")
+    return lines
 
 
 def run(args):
-    from npmobilenet.compression.qmodel import is_quantized, load_quantized
-    from npmobilenet.io.predict import classify
-    from npmobilenet.io.weights import from_weights
+    if args.engine == "dask":
+        from npmobilenet.cli import distributed
+
+        return distributed.run(args)
+    from npmobilenet.io.predict import iter_image_paths, open_predictor
+    from npmobilenet.io.sources import describe
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    preprocess = Preprocess(args.resize, args.crop, tuple(args.mean), tuple(args.std), args.interpolation)
-    labels = None
-    if args.labels:
-        with open(args.labels, encoding="utf-8") as f:
-            labels = [line.rstrip("\n") for line in f if line.strip()]
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    weights = args.model or args.weights
+    if args.csv:
+        from npmobilenet.io.files import check_output
+
+        check_output(args.csv, [weights, *args.images], "--csv")
     t0 = time.perf_counter()
-    if is_quantized(args.weights):
-        model = load_quantized(args.weights)   # int8, integer-only inference
-    else:
-        model = from_weights(args.weights, arch=args.arch, width=args.width, variant="tf" if args.tf else None)
+    predictor = open_predictor(weights, arch=args.arch, width=args.width, tf=args.tf, resize=args.resize,
+                               crop=args.crop, mean=args.mean, std=args.std, interpolation=args.interpolation,
+                               labels=args.labels, threads=args.threads, batch_size=args.batch_size)
+    load_s = time.perf_counter() - t0
+    timer = _announce_if_slow()
+    try:
+        warm_s = predictor.warm_up()
+    finally:
+        timer.cancel()
+
+    notes, rows, failed, images = [], [], 0, 0
     t1 = time.perf_counter()
-    notes = []
-    results = classify(model, args.images, args.topk, preprocess, labels, args.batch_size, notes)
-    t2 = time.perf_counter()
-    for path, note in notes:
-        print(f"npmobilenet predict: {path}: {note}", file=sys.stderr)
-    config = model.config
-    timing = {"load_weights_s": round(t1 - t0, 4), "predict_s": round(t2 - t1, 4), "images": len(results)}
+    for row in predictor.iter_predictions(iter_image_paths(args.images), args.topk, notes=notes):
+        for path, note in notes:
+            print(f"npmobilenet predict: {path}: {note}", file=sys.stderr)
+        notes.clear()
+        images += 1
+        if row["error"] is not None:
+            failed += 1
+            print(f"npmobilenet predict: {row['path']}: {row['error']}", file=sys.stderr)
+        if args.json or args.csv:
+            rows.append(row)
+        elif row["error"] is None:
+            print("\n".join(format_rows(row)), flush=True)
+    predict_s = time.perf_counter() - t1
+    if images == 0:
+        raise ValueError(f"no images found in {' '.join(args.images)}")
+    config = predictor.model.config
+    timing = {"load_weights_s": round(load_s, 4), "warm_up_s": round(warm_s, 4), "predict_s": round(predict_s, 4),
+              "images": images, "failed": failed}
+    p = predictor.preprocess
+    preprocess = {"resize": p.resize, "crop": p.crop, "interpolation": p.interpolation,
+                  "mean": list(p.mean), "std": list(p.std)}
     if args.json:
-        print(json.dumps({"weights": args.weights, "arch": config["arch"], "width": config["width"],
-                          "results": results, "time": timing}, indent=1))
-        return 0
-    for result in results:
-        print(result["image"])
-        for rank, entry in enumerate(result["top"], 1):
-            print(f"  {rank}. {entry['probability']:7.2%}  {entry['label']}  ({entry['index']})")
-    print(f"{config['arch']} width {config['width']:g}: {len(results)} image(s) in {t2 - t1:.3f} s "
-          f"(loading, preprocessing and inference; weights loaded in {t1 - t0:.3f} s)")
-    return 0
+        print(json.dumps({"weights": weights, "arch": config["arch"], "width": config["width"],
+                          "num_classes": config["num_classes"], "preprocess": preprocess,
+                          "results": rows, "time": timing}, indent=1))
+    elif args.csv:
+        from npmobilenet.io.files import atomic_write
+
+        def write(f):   # the whole file at the end, atomically: a failed run leaves no half-written CSV
+            import io
+
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            for row in rows:
+                if row["error"] is not None:
+                    writer.writerow({"path": row["path"], "error": row["error"]})
+                for t in row["top"]:
+                    writer.writerow({"path": row["path"], "rank": t["rank"], "index": t["index"],
+                                     "label": "" if t["label"] is None else t["label"],
+                                     "probability": repr(t["probability"]), "error": ""})
+            text.flush()
+            text.detach()
+
+        atomic_write(args.csv, write)
+        print(f"wrote {args.csv}: {images - failed} image(s), top {args.topk}", file=sys.stderr)
+    if not args.json:
+        print(f"{describe(predictor.model, predictor.meta)}: {images - failed} image(s) in {predict_s:.3f} s "
+              f"({preprocess['resize']}/{preprocess['crop']} {preprocess['interpolation']}; weights loaded in "
+              f"{load_s:.3f} s, kernels ready in {warm_s:.3f} s)" + (f"; {failed} failed" if failed else ""),
+              file=sys.stderr if args.csv else sys.stdout)
+    return 1 if failed else 0

@@ -1,28 +1,135 @@
-"""Classify image files with a model (the `npmobilenet predict` command).
+"""Classify image files with a model (`npmobilenet predict`, and the Dask batch prediction on top).
 
-Images go through `images.Preprocess` (ImageNet's resize 256 / crop 224 / mean-std by default),
-are batched, and run through the model in eval mode. A 1000-class model is labelled with the
-ImageNet category names (npmobilenet/data/imagenet_classes.txt, torchvision's list); other class
-counts print as class indices unless --labels names them.
+    iter_image_paths(inputs)        files as given, directories walked (sorted, image files only),
+                                    globs expanded: lazily, one directory listing at a time
+    open_predictor(weights, ...)    -> Predictor: the weights (`sources.open_model`: a registry
+                                    name, an npmobilenet checkpoint float or int8, a torchvision or
+                                    timm file), fused, with the preprocessing and class names the
+                                    weights come with (arguments override)
+    Predictor.predict_files(paths)  -> rows {"path", "top": [{"rank", "index", "label",
+                                    "probability"}], "error"}: an unreadable image gives a row with
+                                    its error, never an exception
+
+Preprocessing (`images.Preprocess`): a registry name uses its entry's (torchvision's evaluation
+transform); an npmobilenet checkpoint the resolution, mean and std its training stored (whole
+images resized to the training resolution, as training and `eval` see them); a foreign file
+ImageNet's resize 256 / crop 224 / mean-std.
 """
-from importlib import resources
+import fnmatch
+import glob
+import os
+import time
 
 import numpy as np
 
-from npmobilenet.io.images import Preprocess, load_batch
+from npmobilenet.io.images import Preprocess, load_image, preprocess_image
+from npmobilenet.io.registry import imagenet_classes
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+DEFAULT_BATCH = 32
+
+__all__ = ["iter_image_paths", "open_predictor", "Predictor", "imagenet_classes", "softmax", "top_k"]
 
 
-def imagenet_classes():
-    """The 1000 ImageNet-1k category names, index order (as torchvision's weights metadata lists them)."""
-    text = resources.files("npmobilenet").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
-    names = text.splitlines()
-    if len(names) != 1000:
-        raise RuntimeError(f"npmobilenet/data/imagenet_classes.txt has {len(names)} lines, expected 1000")
-    return names
+# -- which files ---------------------------------------------------------------------------------------------
+def is_image_name(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _walk(directory):
+    """Image files under `directory`, sorted, depth first; hidden files and directories skipped."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            yield from _walk(entry.path)
+        elif entry.is_file() and is_image_name(entry.name):
+            yield entry.path
+
+
+def _glob(pattern):
+    """Paths matching `pattern` ('*', '?', '[...]', and '**' for any depth), in sorted order,
+    listing one directory at a time (glob.glob would build the whole list first)."""
+    parts = pattern.split(os.sep)
+    root = os.sep if pattern.startswith(os.sep) else os.curdir
+    if parts and parts[0] == "":
+        parts = parts[1:]
+    start = [] if root == os.curdir else [root]
+
+    def join(prefix, name):
+        return os.path.join(*prefix, name) if prefix else name
+
+    def match(prefix, i):
+        if i == len(parts):
+            yield os.path.join(*prefix) if prefix else os.curdir
+            return
+        part = parts[i]
+        here = os.path.join(*prefix) if prefix else os.curdir
+        if part == "**":
+            yield from match(prefix, i + 1)      # zero directories
+            try:
+                names = sorted(e.name for e in os.scandir(here) if e.is_dir() and not e.name.startswith("."))
+            except OSError:
+                return
+            for name in names:
+                yield from match(prefix + [name], i)
+            return
+        if not glob.has_magic(part):
+            if os.path.lexists(join(prefix, part)) or part in ("", os.curdir, os.pardir):
+                yield from match(prefix + [part], i + 1)
+            return
+        try:
+            names = sorted(e.name for e in os.scandir(here))
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(".") and not part.startswith("."):
+                continue
+            if fnmatch.fnmatchcase(name, part):
+                yield from match(prefix + [name], i + 1)
+
+    yield from match(start, 0)
+
+
+def iter_image_paths(inputs):
+    """Image file paths from `inputs` (a path or an iterable of paths), lazily:
+
+    - a file: yielded as given (whatever its extension: a non-image then gives an error row);
+    - a directory: its image files (by extension), recursively, sorted, hidden ones skipped;
+    - a glob ('*.jpg', 'photos/**/*.png'): its matches in sorted order (directories walked);
+      ValueError if it matches nothing;
+    - a path that does not exist: yielded as given (its row says so).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    for item in inputs:
+        path = os.fspath(item)
+        if os.path.isdir(path):
+            yield from _walk(path)
+        elif not os.path.exists(path) and glob.has_magic(path):
+            matched = False
+            pattern = path
+            while pattern.endswith(os.sep + "**") or pattern == "**":
+                pattern = pattern[:-3] or os.curdir   # 'DIR/**': everything under DIR, each file once
+            for match in _glob(pattern):
+                matched = True
+                if os.path.isdir(match):
+                    yield from _walk(match)
+                else:
+                    yield match
+            if not matched:
+                raise ValueError(f"{path!r} matches no file")
+        else:
+            yield path
+
+
+# -- scores ----------------------------------------------------------------------------------------------------
 def softmax(logits):
-    """Row-wise softmax, stable: (N, K) -> (N, K)."""
+    """Row-wise softmax, stable: (N, K) -> (N, K) float32."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z.astype(np.float64))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -34,28 +141,169 @@ def top_k(scores, k):
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def classify(model, paths, topk=5, preprocess=Preprocess(), labels=None, batch_size=32, notes=None):
-    """Classify image files: a list of {"image", "top": [{"index", "label", "probability"}]}.
-
-    model: in eval mode (this sets it); paths: image files; labels: class names (default: ImageNet's
-    for 1000 classes, else None). `notes`, if a list, receives (path, note) for converted images.
-    """
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+def _check_topk(topk):
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise ValueError(f"topk must be a positive int, got {topk!r}")
-    num_classes = model.config["num_classes"]
-    if labels is None and num_classes == 1000:
-        labels = imagenet_classes()
-    if labels is not None and len(labels) != num_classes:
-        raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes")
-    model.eval()
-    results = []
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start:start + batch_size])
-        logits = model(load_batch(chunk, preprocess, notes))
+    return int(topk)
+
+
+# -- the predictor -------------------------------------------------------------------------------------------
+class Predictor:
+    """A model ready to classify images: preprocessing, class names, threads.
+
+    model: a fused float model (`FusedMobileNet`) or an int8 `QuantizedModel` (anything mapping
+    (N, H, W, 3) float32 to (N, K) logits); preprocess: `images.Preprocess`; labels: K names or
+    None; meta: what `sources.open_model` said about the weights.
+    """
+
+    def __init__(self, model, preprocess=Preprocess(), labels=None, meta=None, threads=None, batch_size=DEFAULT_BATCH):
+        num_classes = model.config["num_classes"]
+        if labels is not None:
+            labels = [str(label) for label in labels]
+            if len(labels) != num_classes:
+                raise ValueError(f"{len(labels)} labels given for a model with {num_classes} classes")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model = model
+        self.preprocess = preprocess
+        self.labels = labels
+        self.meta = dict(meta or {})
+        self.threads = threads
+        self.batch_size = int(batch_size)
+        self.num_classes = num_classes
+        self.warmed = False
+
+    def _logits(self, batch):
+        from npmobilenet.inference.threads import numba_threads
+
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"batch must be (N, H, W, 3) NHWC float32, got shape {batch.shape}")
+        # the fused model holds its own thread count; the int8 model runs on Numba's setting
+        with numba_threads(self.threads):
+            logits = np.asarray(self.model(batch), dtype=np.float32)
+        bad = ~np.isfinite(logits).all(axis=1)
+        if bad.any():
+            raise ValueError(f"the model gave non-finite logits (NaN or inf) for {int(bad.sum())} of {len(logits)} "
+                             "image(s): the weights are damaged or overflow float32")
+        return logits
+
+    def warm_up(self):
+        """Run a batch of zeros once (compiles the kernels, or loads them from Numba's cache, and
+        allocates the memory plan); returns the seconds it took."""
+        size = self.preprocess.crop
+        start = time.perf_counter()
+        self._logits(np.zeros((1, size, size, 3), np.float32))
+        self.warmed = True
+        return time.perf_counter() - start
+
+    def predict_arrays(self, batch):
+        """Preprocessed images (N, H, W, 3) NHWC float32 -> class probabilities (N, K) float32.
+        Non-finite logits raise ValueError (they are never turned into probabilities)."""
+        return softmax(self._logits(batch))
+
+    def label(self, index):
+        return self.labels[index] if self.labels is not None else None
+
+    def _rows(self, paths, images, topk):
+        logits = self._logits(np.stack(images))
         probabilities = softmax(logits)
         # rank by logits: probabilities rounded to float32 can tie where the logits do not
-        for path, p, best in zip(chunk, probabilities, top_k(logits, topk)):
-            results.append({"image": str(path), "top": [
-                {"index": int(i), "label": labels[i] if labels is not None else f"class {i}",
-                 "probability": float(p[i])} for i in best]})
-    return results
+        for path, p, best in zip(paths, probabilities, top_k(logits, topk)):
+            yield {"path": path, "top": [{"rank": rank, "index": int(i), "label": self.label(int(i)),
+                                          "probability": float(p[i])} for rank, i in enumerate(best, 1)],
+                   "error": None}
+
+    def iter_predictions(self, paths, topk=5, batch_size=None, notes=None):
+        """Rows (see `predict_files`) as the images are read, `batch_size` images per forward pass,
+        in the order of `paths` (any iterable, consumed lazily). `notes`, if a list, receives
+        (path, note) for each image converted on reading (grayscale, alpha, palette, 16-bit)."""
+        topk = _check_topk(topk)
+        batch_size = self.batch_size if batch_size is None else batch_size
+        pending = []          # rows in input order: error rows, or (path, image) awaiting the batch
+        images = 0
+
+        def flush():
+            ready = [item for item in pending if isinstance(item, tuple)]
+            rows = iter(self._rows([p for p, _ in ready], [x for _, x in ready], topk)) if ready else iter(())
+            for item in pending:
+                yield next(rows) if isinstance(item, tuple) else item
+            pending.clear()
+
+        for path in paths:
+            path = os.fspath(path)
+            try:
+                image, note = load_image(path)
+                x = preprocess_image(image, self.preprocess)
+            except (ValueError, OSError) as exc:
+                pending.append({"path": path, "top": [], "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
+                continue
+            if note is not None and notes is not None:
+                notes.append((path, note))
+            pending.append((path, x))
+            images += 1
+            if images == batch_size:
+                yield from flush()
+                images = 0
+        yield from flush()
+
+    def predict_files(self, paths, topk=5, batch_size=None, notes=None):
+        """[{"path", "top": [{"rank", "index", "label", "probability"}], "error"}] for image files
+        `paths`, in order: `topk` classes each, most probable first (label None where the model's
+        classes have no names). An unreadable, missing or corrupt image gives a row with `top` empty
+        and `error` a one-line message; every other row has `error` None."""
+        return list(self.iter_predictions(paths, topk, batch_size, notes))
+
+    def __repr__(self):
+        c = self.model.config
+        return (f"Predictor({c.get('arch')} width {c.get('width')}, {self.num_classes} classes, "
+                f"{type(self.model).__name__}, {self.preprocess})")
+
+
+def _labels_from(labels):
+    """`labels`: a list of names, or a text file with one per line."""
+    if labels is None or isinstance(labels, (list, tuple)):
+        return labels
+    with open(os.fspath(labels), encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def open_predictor(weights, *, arch=None, width=None, tf=False, resize=None, crop=None, mean=None, std=None,
+                   interpolation=None, labels=None, threads=None, batch_size=DEFAULT_BATCH, fuse=True):
+    """A `Predictor` for `weights`: a registry name (e.g. "mobilenet_v2.IMAGENET1K_V1"), an
+    npmobilenet checkpoint (float or int8) or a torchvision/timm .pth/.safetensors file.
+
+    arch, width, tf: checked against the weights (see `sources.open_model`). resize, crop, mean,
+    std, interpolation: override the weights' own preprocessing (a checkpoint's stored resolution,
+    mean and std; a registry entry's; ImageNet's for a foreign file); `resize` alone sets `crop` to
+    it when the weights' crop would not fit. labels: names (list or a file, one per line) in place
+    of the weights' (a checkpoint's stored classes, the registry's categories, ImageNet's for a
+    1000-class foreign file). threads: for the fused model (None: Numba's setting). A float model
+    is fused (`model.fuse(threads)`); an int8 model runs as it is.
+    """
+    from npmobilenet.compression.qmodel import QuantizedModel
+    from npmobilenet.inference.threads import check_threads
+    from npmobilenet.io.sources import open_model
+
+    threads = check_threads(threads)
+    model, meta = open_model(weights, arch=arch, width=width, tf=tf)
+    base = meta.get("preprocess") or {}
+    default = Preprocess()
+    chosen_resize = resize if resize is not None else base.get("resize", default.resize)
+    chosen_crop = crop if crop is not None else base.get("crop", default.crop)
+    if crop is None and resize is not None and chosen_crop > chosen_resize:
+        chosen_crop = chosen_resize
+    preprocess = Preprocess(
+        chosen_resize, chosen_crop,
+        tuple(mean) if mean is not None else tuple(base.get("mean", default.mean)),
+        tuple(std) if std is not None else tuple(base.get("std", default.std)),
+        interpolation if interpolation is not None else base.get("interpolation", default.interpolation),
+    )
+    names = _labels_from(labels) if labels is not None else meta.get("classes")
+    if names is not None and labels is None and len(names) != model.config["num_classes"]:
+        names = None   # stored names that do not fit: show indices rather than wrong names
+    if names is None and model.config["num_classes"] == 1000:
+        names = imagenet_classes()   # 1000 classes without names of their own: ImageNet-1k's
+    if fuse and not isinstance(model, QuantizedModel):
+        model = model.fuse(threads)
+    return Predictor(model, preprocess, names, meta, threads, batch_size)
