@@ -185,3 +185,27 @@ def bilinear_resize_backward(dy, input_size):
     """The transpose: dx[n, h, w] = sum_{o, p} A_h[o, h] A_w[p, w] dy[n, o, p]."""
     rows, columns = _interpolation_matrix(input_size[0], dy.shape[1]), _interpolation_matrix(input_size[1], dy.shape[2])
     return np.einsum("oh,nopc,pw->nhwc", rows, dy, columns).astype(dy.dtype, copy=False)
+
+
+# -- non-maximum suppression, brute force: boxes (K, 4) (x1, y1, x2, y2), scores (K,) -------------------
+def _overlap(a, b):
+    """IoU of two boxes, written out."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def non_max_suppression(boxes, scores, labels, iou_threshold):
+    """Kept indices, by decreasing score: repeatedly take the best remaining box (the first of equal
+    scores) and drop every remaining box of its label overlapping it with IoU > iou_threshold."""
+    remaining = list(range(len(scores)))
+    keep = []
+    while remaining:
+        best = max(remaining, key=lambda i: (scores[i], -i))
+        keep.append(best)
+        remaining = [i for i in remaining
+                     if i != best and not (labels[i] == labels[best] and _overlap(boxes[best], boxes[i]) > iou_threshold)]
+    return np.array(keep, np.int64)
