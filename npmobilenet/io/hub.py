@@ -220,6 +220,6 @@ def pretrained(name, check=True):
     if check:
         check_file(path, entry)
     started = time.perf_counter()
-    model = from_weights(path, arch=entry.arch, width=1.0)
+    model = from_weights(path, arch=entry.arch, width=entry.width)
     model.meta = dict(entry.meta(), path=path, load_seconds=round(time.perf_counter() - started, 4))
     return model.eval()

@@ -46,6 +46,7 @@ class WeightsEntry:
     std: tuple = IMAGENET_STD
     dataset: str = IMAGENET_1K
     recipe: str = ""      # where torchvision documents how they were trained
+    width: float = 1.0    # width multiplier
 
     @property
     def url(self):
@@ -66,7 +67,7 @@ class WeightsEntry:
     def meta(self):
         """Everything known about these weights, as a plain dict (what `pretrained(name).meta` holds)."""
         return {
-            "name": self.name, "arch": self.arch, "file_name": self.file_name, "url": self.url,
+            "name": self.name, "arch": self.arch, "width": self.width, "file_name": self.file_name, "url": self.url,
             "sha256_prefix": self.sha256_prefix, "num_params": self.num_params,
             "preprocess": {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
                            "mean": list(self.mean), "std": list(self.std)},

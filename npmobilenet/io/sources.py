@@ -60,7 +60,7 @@ def open_model(spec, arch=None, width=None, tf=False):
         entry = registry.get(spec)
         if tf:
             raise ValueError(f"{spec} are torchvision's weights; --tf applies to timm's tf_mobilenetv3_* files")
-        _check_config({"arch": entry.arch, "width": 1.0}, spec, arch, width)
+        _check_config({"arch": entry.arch, "width": entry.width}, spec, arch, width)
         model = pretrained(spec)
         meta = dict(model.meta, source=spec, kind="registry", classes=model.meta["categories"])
         return model, meta
