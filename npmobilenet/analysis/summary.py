@@ -119,6 +119,12 @@ class Summary:
             items.append(f" {json.dumps(key)}: [\n{entries}\n ]")
         return "{\n" + ",\n".join(items) + "\n}"
 
+    def __repr__(self):
+        # what a person wants at the prompt: the table, not the nested dataclass fields
+        return self.format_table()
+
+    __str__ = __repr__
+
     def format_table(self):
         """The per-layer table, totals, and the breakdown by type, as text."""
         header = (f"{'#':>3}  {'name':<28} {'type':<9} {'input':>13} {'output':>13} {'kernel':>6} "
