@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from npmobilenet.cli.options import add_threads_argument, add_weights_arguments
 from npmobilenet.io.images import INTERPOLATIONS
 
 CSV_FIELDS = ("path", "rank", "index", "label", "probability", "error")
@@ -50,20 +51,6 @@ def add_arguments(parser):
             raise
     else:
         distributed.add_arguments(parser)
-
-
-def add_weights_arguments(parser):
-    """The flags every command reading weights takes, with one meaning: checks against the weights."""
-    parser.add_argument("--arch", default=None, help="expected architecture (checked against the weights)")
-    parser.add_argument("--width", type=float, default=None,
-                        help="expected width multiplier (checked; needed only when a file's cannot be inferred)")
-    parser.add_argument("--tf", action="store_true",
-                        help="the weights are one of timm's tf_mobilenetv3_* (TensorFlow padding; the file cannot say so)")
-
-
-def add_threads_argument(parser):
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for the computation (default: NUMBA_NUM_THREADS)")
 
 
 def _announce_if_slow(seconds=0.5):

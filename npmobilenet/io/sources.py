@@ -25,12 +25,16 @@ from npmobilenet.io import registry
 KINDS = ("registry", "checkpoint", "int8", "foreign")
 
 
-def _check_config(config, source, arch, width):
+def check_config(config, source, arch, width, tf=False):
+    """ValueError if --arch, --width or --tf contradict what `config` (a loaded model's) holds."""
     if arch is not None and arch != config.get("arch"):
         raise ValueError(f"{source} holds {config.get('arch')} weights, not {arch} (--arch)")
     if width is not None and abs(float(width) - float(config.get("width", 1.0))) > 1e-9:
         raise ValueError(f"{source} holds a width-{float(config.get('width', 1.0)):g} {config.get('arch')}, "
                          f"not width {float(width):g} (--width)")
+    if tf and config.get("padding") != "same":
+        raise ValueError(f"{source} is an npmobilenet checkpoint of a model without TensorFlow padding; "
+                         "--tf applies to timm's tf_mobilenetv3_* weight files")
 
 
 def checkpoint_preprocess(meta):
@@ -60,7 +64,7 @@ def open_model(spec, arch=None, width=None, tf=False):
         entry = registry.get(spec)
         if tf:
             raise ValueError(f"{spec} are torchvision's weights; --tf applies to timm's tf_mobilenetv3_* files")
-        _check_config({"arch": entry.arch, "width": entry.width}, spec, arch, width)
+        check_config({"arch": entry.arch, "width": entry.width}, spec, arch, width)
         model = pretrained(spec)
         meta = dict(model.meta, source=spec, kind="registry", classes=model.meta["categories"])
         return model, meta
@@ -78,10 +82,7 @@ def open_model(spec, arch=None, width=None, tf=False):
 
         model, stored = load_with_meta(path)
         kind = "int8" if isinstance(model, QuantizedModel) else "checkpoint"
-        _check_config(model.config, path, arch, width)
-        if tf and model.config.get("padding") != "same":
-            raise ValueError(f"{path} is an npmobilenet checkpoint of a model without TensorFlow padding; "
-                             "--tf applies to timm's tf_mobilenetv3_* weight files")
+        check_config(model.config, path, arch, width, tf)
         meta = dict(stored, source=spec, path=path, kind=kind, preprocess=checkpoint_preprocess(stored),
                     classes=stored.get("classes"))
         return model.eval(), meta
