@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from npmobilenet.cli.options import add_threads_argument, add_weights_arguments, threads_context
+
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="method_name", metavar="{quantize,prune,factorize}")
@@ -26,6 +28,8 @@ def add_arguments(parser):
                        help="'digits', 'cifar10:DIR' or an image folder: calibration/fine-tuning (train split) and --eval (test split)")
         p.add_argument("--eval", action="store_true", help="report top-1 before and after on the test split")
         p.add_argument("--batch-size", type=int, default=64)
+        add_weights_arguments(p)
+        add_threads_argument(p)
 
     q = sub.add_parser("quantize", help="int8 post-training quantization (integer-only inference)")
     common(q, data_required=True)
@@ -134,20 +138,53 @@ def _parse_ranks(items):
     return ranks
 
 
+def _check_arguments(args):
+    """Every argument checked before any work starts (the output path first: never the input)."""
+    from npmobilenet.io.files import check_output
+
+    if not os.path.exists(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    check_output(args.out, [args.checkpoint], "OUT")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.eval and args.data is None:
+        raise ValueError("--eval needs --data")
+    if getattr(args, "epochs", 0) < 0:
+        raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
+    if getattr(args, "epochs", 0) and args.data is None:
+        raise ValueError("fine-tuning (--epochs) needs --data")
+    if args.method_name == "quantize" and args.calibration_images < 1:
+        raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
+    if args.method_name == "prune" and args.unstructured and args.sparsity is None:
+        raise ValueError("--unstructured needs --sparsity (fraction of weights to zero)")
+    if args.method_name == "prune" and not args.unstructured and args.fraction is None:
+        raise ValueError("prune needs --fraction (of expansion channels to remove), or --unstructured --sparsity")
+    if args.method_name == "factorize":
+        _parse_ranks(args.rank)
+
+
 def run(args):
+    with threads_context(args.threads):
+        return _run(args)
+
+
+def _run(args):
     from npmobilenet.analysis.summary import summarize
     from npmobilenet.compression.qmodel import is_quantized
     from npmobilenet.io import checkpoint
+    from npmobilenet.io.sources import check_config
 
+    _check_arguments(args)
     if is_quantized(args.checkpoint):
         raise ValueError(f"{args.checkpoint} is already an int8 quantized checkpoint; compress the float checkpoint "
                          "it came from")
     ckpt = checkpoint.load_checkpoint(args.checkpoint)
+    check_config(ckpt.config, args.checkpoint, args.arch, args.width, args.tf)   # refused, not ignored
     model, meta = ckpt.model.eval(), ckpt.meta
-    keep_meta = {k: meta[k] for k in ("resolution", "mean", "std", "split_seed") if k in meta}
+    # what `eval` and `predict` need to read data as the model was trained: the input side and the split
+    keep_meta = {k: meta[k] for k in ("resolution", "mean", "std", "split_seed", "classes", "data", "val_fraction")
+                 if k in meta}
     resolution = meta.get("resolution") or 224
-    if args.eval and args.data is None:
-        raise ValueError("--eval needs --data")
     before = _top1(model, meta, args.data) if args.eval else None
 
     if args.method_name == "quantize":

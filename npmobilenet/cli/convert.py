@@ -4,7 +4,8 @@ import os
 
 
 def add_arguments(parser):
-    parser.add_argument("src", metavar="SRC", help="torchvision/timm .safetensors or .pth (or an npmobilenet .npz)")
+    parser.add_argument("src", metavar="SRC", help="torchvision/timm .safetensors or .pth (or an npmobilenet .npz), "
+                        "or a registry name (e.g. mobilenet_v2.IMAGENET1K_V1: its file, found as `download` puts it)")
     parser.add_argument("dst", metavar="DST.npz", help="npmobilenet checkpoint to write")
     parser.add_argument("--arch", default=None, help="expected architecture (checked against the file; detected if omitted)")
     parser.add_argument("--width", type=float, default=None, help="width multiplier (checked; inferred if omitted)")
@@ -15,8 +16,15 @@ def add_arguments(parser):
 
 def run(args):
     from npmobilenet.io.convert import convert
+    from npmobilenet.io import hub, registry
+    from npmobilenet.io.files import check_output
     from npmobilenet.io.weights import inspect_weights
 
+    if registry.is_weights_name(args.src) and not os.path.exists(args.src):
+        args.src = hub.check_file(hub.locate(args.src), registry.get(args.src))
+    if not os.path.exists(args.src):
+        raise FileNotFoundError(f"weights file {args.src} does not exist")
+    check_output(args.dst, [args.src], "DST")
     info = inspect_weights(args.src)
     model = convert(args.src, args.dst, args.arch, args.width, variant="tf" if args.tf else None)
     config = model.config

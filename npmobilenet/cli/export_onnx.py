@@ -1,8 +1,11 @@
 """`npmobilenet export-onnx CHECKPOINT OUT.onnx [--batch dynamic|N] [--layout nchw|nhwc] [--no-fold-bn]`:
 a float or int8 checkpoint as an ONNX graph (`npmobilenet.io.onnx_export`), checked against
 npmobilenet in ONNX Runtime after writing."""
+import os
+
 import numpy as np
 
+from npmobilenet.cli.options import add_weights_arguments
 from npmobilenet.io.onnx_export import DEFAULT_OPSET
 
 
@@ -20,7 +23,7 @@ def _batch_argument(text):
 
 def add_arguments(parser):
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="npmobilenet .npz (float or int8: int8 is written in QDQ form), or torchvision/timm weights")
+                        help="npmobilenet .npz (float or int8: int8 is written in QDQ form), torchvision/timm weights, or a registry name")
     parser.add_argument("out", metavar="OUT.onnx", help="ONNX file to write")
     parser.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 14)")
@@ -28,17 +31,24 @@ def add_arguments(parser):
                         help="input layout of the graph (default nchw, as ONNX vision models take)")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization nodes instead of folding")
     parser.add_argument("--no-verify", action="store_true", help="skip checking the graph against npmobilenet in ONNX Runtime")
+    add_weights_arguments(parser)
 
 
 def run(args):
-    from npmobilenet.compression.qmodel import is_quantized, load_quantized
     from npmobilenet.extras import available
     from npmobilenet.io.onnx_export import export_onnx, run_onnx
-    from npmobilenet.io.weights import from_weights
+    from npmobilenet.io.registry import is_weights_name
+    from npmobilenet.io.sources import open_model
+
+    from npmobilenet.io.files import check_output
 
     batch = _batch_argument(args.batch)
-    quantized = is_quantized(args.checkpoint)
-    model = load_quantized(args.checkpoint) if quantized else from_weights(args.checkpoint)
+    if not os.path.exists(args.checkpoint) and not is_weights_name(args.checkpoint):
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    check_output(args.out, [args.checkpoint], "OUT.onnx")
+    model, meta = open_model(args.checkpoint, arch=args.arch, width=args.width, tf=args.tf)
+    check_output(args.out, [meta["path"]], "OUT.onnx")   # a registry name's file too
+    quantized = meta["kind"] == "int8"
     export_onnx(model, args.out, batch, args.opset, args.layout, not args.no_fold_bn)
     config = model.config
     print(f"wrote {args.out}: {config['arch']} width {config['width']:g}, {config['num_classes']} classes, "

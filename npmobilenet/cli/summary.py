@@ -1,6 +1,8 @@
-"""`npmobilenet summary ARCH|CHECKPOINT [--width W] [--resolution R] [--classes K] [--json]`: per-layer
-parameters and multiply-accumulates (`npmobilenet.analysis.summarize`), and the fused model's
-planned activation memory."""
+"""`npmobilenet summary ARCH|WEIGHTS [--width W] [--resolution R] [--classes K] [--tf] [--json]`: per-layer
+parameters and multiply-accumulates (`npmobilenet.analysis.summary.summarize`), and the fused model's
+planned activation memory. WEIGHTS is anything `npmobilenet.io.sources.open_model` reads (a registry
+name, an npmobilenet checkpoint float or int8, a torchvision/timm file); --width and --classes are
+then checked against it, not ignored."""
 import json
 import os
 
@@ -8,37 +10,53 @@ import os
 def add_arguments(parser):
     from npmobilenet.models import ARCHS
 
-    parser.add_argument("arch", metavar="ARCH|CHECKPOINT",
-                        help=f"one of: {', '.join(ARCHS)}; or a checkpoint (.npz: float, pruned, factorised or int8)")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier alpha (default 1.0)")
+    parser.add_argument("arch", metavar="ARCH|WEIGHTS",
+                        help=f"one of: {', '.join(ARCHS)}; or weights: a registry name, a checkpoint (.npz: float, "
+                        "pruned, factorised or int8), a torchvision/timm .pth/.safetensors")
+    parser.add_argument("--width", type=float, default=None,
+                        help="width multiplier alpha (default 1.0; for weights: checked against them)")
+    parser.add_argument("--tf", action="store_true", help="the weights are one of timm's tf_mobilenetv3_*")
     parser.add_argument("--resolution", type=int, default=None,
                         help="input height and width (default 224, or the checkpoint's training resolution)")
-    parser.add_argument("--classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="classifier outputs (default 1000; for weights: checked against them)")
     parser.add_argument("--json", action="store_true", help="print JSON: {params, macs, layers, breakdown}")
 
 
-def _load(path):
-    """The model in a checkpoint and its training resolution (None if not recorded)."""
-    from npmobilenet.io.checkpoint import load_with_meta
+def _load(args):
+    """The model the weights hold and its training resolution (None if not recorded); --width,
+    --classes and --tf checked against them."""
+    from npmobilenet.io.sources import open_model
 
-    model, meta = load_with_meta(path)
-    return model, meta.get("resolution")
+    model, meta = open_model(args.arch, width=args.width, tf=args.tf)
+    if args.classes is not None and args.classes != model.config["num_classes"]:
+        raise ValueError(f"{args.arch} has {model.config['num_classes']} classes, not {args.classes} (--classes)")
+    return model, meta.get("resolution") or (meta.get("preprocess") or {}).get("crop")
 
 
 def run(args):
     from npmobilenet.analysis.summary import summarize
+    from npmobilenet.io.registry import is_weights_name
     from npmobilenet.models import ARCHS, build
     from npmobilenet.ops.geometry import MIN_RESOLUTION
 
-    if args.arch in ARCHS:
-        model, trained_at = build(args.arch, width=args.width, num_classes=args.classes), None
-    elif os.path.exists(args.arch):
-        model, trained_at = _load(args.arch)
+    if args.resolution is not None and args.resolution < MIN_RESOLUTION:
+        raise ValueError(f"--resolution must be at least {MIN_RESOLUTION}, got {args.resolution}")
+    if args.arch in ARCHS and not os.path.exists(args.arch):
+        if args.tf:
+            raise ValueError("--tf describes a weights file, not an architecture")
+        model = build(args.arch, width=1.0 if args.width is None else args.width,
+                      num_classes=1000 if args.classes is None else args.classes)
+        trained_at = None
+    elif os.path.exists(args.arch) or is_weights_name(args.arch):
+        model, trained_at = _load(args)
     else:
-        raise ValueError(f"ARCH must be one of {', '.join(ARCHS)} or an existing checkpoint file, got {args.arch!r}")
-    resolution = args.resolution or trained_at or 224
+        raise ValueError(f"ARCH must be one of {', '.join(ARCHS)}, a weights name or an existing weights file, "
+                         f"got {args.arch!r}")
+    resolution = args.resolution if args.resolution is not None else (trained_at or 224)
     if resolution < MIN_RESOLUTION:
-        raise ValueError(f"--resolution must be at least {MIN_RESOLUTION}, got {resolution}")
+        raise ValueError(f"{args.arch} was trained at {resolution}x{resolution}; pass --resolution of at least "
+                         f"{MIN_RESOLUTION}")
     if not hasattr(model, "modules"):
         # An int8 model is a graph of integer ops, not layers: report its totals.
         macs, params = model.macs((1, resolution, resolution, 3)), model.num_parameters()

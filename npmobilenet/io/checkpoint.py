@@ -21,7 +21,11 @@ optimizer state and metadata a resumed run needs).
 over the destination, so a crash mid-write leaves the previous checkpoint as it was. `load` and
 `load_checkpoint` turn every way a file can be wrong (not a zip, truncated, bad CRC, not a
 checkpoint, newer version, config and arrays that disagree) into a `ValueError` that names the
-file and the problem.
+file and the problem. Nothing is allocated or built on the file's word alone: array headers are
+checked against the file's byte budget before reading (`files.read_arrays`), the stored config
+against `limits.CONFIG_BOUNDS` and against the arrays actually stored before the model is built,
+and the metadata's resolution, mean, std and classes before a command uses them. Weights holding
+NaN or infinity load with a RuntimeWarning naming them.
 """
 import os
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from npmobilenet.compression import structure
 from npmobilenet.compression.qmodel import FORMAT as INT8_FORMAT
 from npmobilenet.compression.qmodel import QuantizedModel
 from npmobilenet.io.files import atomic_savez, from_json_array, json_array, read_arrays
+from npmobilenet.io.limits import MAX_RESOLUTION, check_config, warn_non_finite
 
 FORMAT = "npmobilenet.checkpoint"
 VERSION = 1
@@ -160,19 +165,24 @@ def _from_arrays(arrays, path, model=None):
     meta = from_json_array(arrays["__meta__"], "__meta__", path)
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {path}: __config__ must be a JSON object, got {type(config).__name__}")
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint {path}: __meta__ must be a JSON object, got {type(meta).__name__}")
+    check_meta(meta, path)
 
+    state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     if model is None:
+        check_config(config, sum(int(v.size) for v in state.values()), f"checkpoint {path}")
         try:
             model = _build(config)
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"checkpoint {path}: cannot build a model from its config {config}: {exc}") from exc
     elif getattr(model, "config", None) != config:
         raise ValueError(f"checkpoint {path} holds config {config}, but the given model has {model.config}")
-    state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     try:
         model.load_state_dict(state)
     except ValueError as exc:
         raise ValueError(f"checkpoint {path} does not match its config {config}: {exc}") from exc
+    warn_non_finite(state, path)
     try:
         set_rng_states(model, meta.pop("rng_states", {}))
     except (ValueError, KeyError, TypeError) as exc:
@@ -188,6 +198,29 @@ def _from_arrays(arrays, path, model=None):
     epoch = meta.pop("epoch", None)
     meta.pop("optimizer", None)
     return Checkpoint(model=model, config=config, epoch=epoch, optimizer_state=optimizer_state, meta=meta)
+
+
+def check_meta(meta, path):
+    """Refuse training metadata a command would act on wrongly: a resolution that is not an int in
+    [1, MAX_RESOLUTION], a mean or std that is not a list of finite numbers (std > 0), classes that
+    are not a list of names."""
+    resolution = meta.get("resolution")
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                   or not 1 <= resolution <= MAX_RESOLUTION):
+        raise ValueError(f"checkpoint {path}: its metadata has resolution {resolution!r:.40}; expected an int "
+                         f"between 1 and {MAX_RESOLUTION}")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not 1 <= len(value) <= 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value) \
+                or (key == "std" and min(value) <= 0):
+            raise ValueError(f"checkpoint {path}: its metadata has {key} {value!r:.80}; expected a list of finite "
+                             "numbers, one per channel" + (" (> 0)" if key == "std" else ""))
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"checkpoint {path}: its metadata has classes {classes!r:.80}; expected a list of names")
 
 
 def load(path, model=None):
@@ -210,6 +243,10 @@ def load_with_meta(path):
     arrays = read_arrays(path)
     if "__format__" in arrays and str(arrays["__format__"]) == INT8_FORMAT:
         model = QuantizedModel.from_arrays(arrays, path)
-        return model, dict(model.info.get("meta", {}))
+        meta = model.info.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ValueError(f"quantized checkpoint {path}: its metadata is not a JSON object")
+        check_meta(meta, path)
+        return model, dict(meta)
     checkpoint = _from_arrays(arrays, path)
     return checkpoint.model, checkpoint.meta

@@ -3,11 +3,15 @@
 
 The model is built to follow the file (arch, width, classes, the library's variant; see
 `keymaps`), loaded, and saved with `npmobilenet.io.checkpoint.save`: its config rebuilds it
-with `npmobilenet.build(**config)`.
+with `npmobilenet.build(**config)`. An npmobilenet .npz given as the source keeps its metadata
+(the normalisation, resolution, classes and data split `eval` and `predict` need, the history).
+The destination is never the source (checked before any work).
 """
 import os
 
 import numpy as np
+
+from npmobilenet.io.files import check_output
 
 
 def convert(src, dst, arch=None, width=None, variant=None):
@@ -19,9 +23,17 @@ def convert(src, dst, arch=None, width=None, variant=None):
     dst = os.fspath(dst)
     if not dst.endswith(".npz"):
         raise ValueError(f"DST must be an .npz file name, got {dst}")
+    check_output(dst, [src], "DST")
     info = inspect_weights(src)
     model = from_weights(src, arch=arch, width=width, variant=variant)
-    checkpoint.save(model, dst, source=os.path.basename(os.fspath(src)), source_naming=info.naming)
+    meta, epoch = dict(source=os.path.basename(os.fspath(src)), source_naming=info.naming), None
+    if info.format == "npz":
+        if not hasattr(model, "modules"):
+            raise ValueError(f"{src} is an int8 quantized checkpoint: it is already an npmobilenet file")
+        kept = checkpoint.load_checkpoint(src, model)
+        meta.update(kept.meta)
+        epoch = kept.epoch
+    checkpoint.save(model, dst, epoch=epoch, **meta)
     # read it back: the file must rebuild the same model with the same numbers
     reloaded = checkpoint.load(dst)
     original, again = model.state_dict(), reloaded.state_dict()

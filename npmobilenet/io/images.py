@@ -8,15 +8,19 @@ exactly as torchvision's `Resize(256), CenterCrop(224), ToTensor(), Normalize(me
 PIL image (the sizes, rounding and float32 arithmetic follow torchvision's code), but producing
 NHWC arrays, our layout. Every step is configurable through `Preprocess`.
 
-Images that are not 8-bit RGB are converted, and `load_image` says how (grayscale replicated to
-three channels, alpha dropped, palette expanded, 16-bit scaled to 8 bits), so the caller can tell
-the user.
+Images that are not 8-bit RGB are converted (`to_rgb8`, shared with training's image folders),
+and `load_image` says how (grayscale replicated to three channels, alpha dropped, palette
+expanded, 16-bit scaled to 8 bits), so the caller can tell the user. An image's size is checked
+from its header before it is decoded (`check_image_size`, `open_image`).
 """
+import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from npmobilenet.extras import require
+from npmobilenet.io.limits import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,29 +54,65 @@ class Preprocess:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
 
-def load_image(path):
-    """Open `path` with Pillow as an 8-bit RGB image: (image, note), note None or how it was converted.
+def check_image_size(width, height, path):
+    """Refuse, from the header's size alone, an image that would cost far more to decode and
+    resize than a photograph: over `limits.MAX_IMAGE_PIXELS` pixels, or a side more than
+    `limits.MAX_ASPECT_RATIO` times the other (its shorter side resized to 256, a 50000 x 1 image
+    would be 12.8 million pixels wide)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{path} is {width}x{height} pixels: an empty image")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path} is {width}x{height} = {width * height:,} pixels; npmobilenet reads images of up to "
+                         f"{MAX_IMAGE_PIXELS:,} pixels (shrink it first)")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(f"{path} is {width}x{height} pixels, one side over {MAX_ASPECT_RATIO} times the other; "
+                         "crop it first")
 
-    Raises ValueError for a file that is not an image or is truncated, FileNotFoundError if absent.
+
+def open_image(path):
+    """Open `path` with Pillow and decode it, after checking its size from the header
+    (`check_image_size`); Pillow's decompression-bomb limit is reported as a ValueError too.
+
+    Raises ValueError for a file that is not an image, is truncated or too large,
+    FileNotFoundError if absent.
     """
     Image = require("PIL.Image", "reading images")
-    from PIL import ImageOps, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here, with its name
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            try:
+                check_image_size(*image.size, path)
+                image.load()  # decode now, so a truncated file fails here, with its name
+            except BaseException:
+                image.close()
+                raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} does not exist") from None
     except (IsADirectoryError, PermissionError) as exc:
         raise ValueError(f"cannot read image {path}: {exc.strerror}") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{path} is too large to decode safely ({exc})") from None
+    except ValueError:
+        raise
+    except (OSError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError, struct.error) as exc:
         raise ValueError(f"{path} is a damaged or truncated image ({exc})") from None
-    try:
-        image = ImageOps.exif_transpose(image)  # photographs: honour the camera's orientation tag
-    except (OSError, ValueError, TypeError):
-        pass
+    return image
+
+
+def to_rgb8(image):
+    """A decoded PIL image as 8-bit RGB: (image, note), note None or how it was converted.
+
+    The one conversion training and prediction share: grayscale repeated over three channels,
+    16-bit scaled by 1/257 (65535 -> 255), 32-bit integers by their maximum, alpha dropped,
+    palettes expanded; floating-point images refused.
+    """
+    from PIL import Image
+
     mode, note = image.mode, None
     if mode == "RGB":
         return image, None
@@ -83,7 +123,7 @@ def load_image(path):
         image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) * scale + 0.5, 0, 255).astype(np.uint8), "L")
         note = f"{mode} grayscale image scaled to 8 bits and converted to RGB"
     elif mode == "F":
-        raise ValueError(f"{path} is a floating-point image (mode F); save it as 8-bit RGB first")
+        raise ValueError("a floating-point image (mode F); save it as 8-bit RGB first")
     elif mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         note = f"{mode} image: alpha channel dropped, converted to RGB"
     elif mode == "P":
@@ -91,6 +131,26 @@ def load_image(path):
     else:
         note = f"{mode} image converted to RGB"
     return image.convert("RGB"), note
+
+
+def load_image(path):
+    """Open `path` with Pillow as an 8-bit RGB image: (image, note), note None or how it was converted
+    (`open_image`, the camera's orientation tag applied, then `to_rgb8`).
+
+    Raises ValueError for a file that is not an image, is truncated or too large,
+    FileNotFoundError if absent.
+    """
+    from PIL import ImageOps
+
+    image = open_image(path)
+    try:
+        image = ImageOps.exif_transpose(image)  # photographs: honour the camera's orientation tag
+    except (OSError, ValueError, TypeError, SyntaxError, IndexError, struct.error):
+        pass
+    try:
+        return to_rgb8(image)
+    except ValueError as exc:
+        raise ValueError(f"{path} is {exc}") from None
 
 
 def resize_shorter_side(image, size, interpolation="bilinear"):

@@ -25,15 +25,29 @@ Two layouts are read (both as written by torch.save):
 
 Tensors come back as C-contiguous NumPy arrays in PyTorch's own layout (no transposes here; those live
 in `keymaps.py`). bfloat16 becomes float32 exactly (NumPy has no bfloat16).
+
+Reading costs what the file declares, within `limits`: the pickle is read whole only below
+MAX_PICKLE_BYTES; its object graph is walked without recursion, each object once (a pickle sharing
+references, `x = [x, x]` sixty times over, stays a DAG: a tensor referenced 2^30 times is one array),
+at most MAX_NESTING containers deep, and a container holding itself is refused; a tensor must be a
+view whose elements are distinct elements of its storage (stride 0 and overlapping views are
+refused); each storage record is read (decompressed) only up to the size the pickle declares for
+it; and the storages together, and the arrays made from them, must each stay within `max_bytes`.
 """
 import collections
 import io
 import os
 import pickle
+import reprlib
 import struct
 import zipfile
 
 import numpy as np
+
+from npmobilenet.io.limits import MAX_NESTING, MAX_PICKLE_BYTES, BudgetExceededError, ByteBudget
+
+MAX_DIMS = 64          # NumPy's limit on an array's dimensions
+MAX_DIM_SIZE = 2 ** 62
 
 # torch storage class name -> (NumPy dtype of the stored bytes, itemsize)
 STORAGE_DTYPES = {
@@ -61,6 +75,11 @@ class UnsafeCheckpointError(ValueError):
 
 class CheckpointFormatError(ValueError):
     """The file is not a readable PyTorch checkpoint (truncated, corrupt, or another format)."""
+
+
+def _short(obj):
+    """A bounded repr of something from the file (its nesting and length cut)."""
+    return reprlib.repr(obj)
 
 
 # -- inert stand-ins the restricted unpickler hands to the pickle ------------------------------------
@@ -152,11 +171,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     if not isinstance(storage, Storage):
         raise UnsafeCheckpointError(f"tensor rebuild expects a storage, got {type(storage).__name__}")
     if not _is_int(storage_offset) or storage_offset < 0:
-        raise CheckpointFormatError(f"bad tensor storage offset {storage_offset!r}")
-    if not isinstance(size, tuple) or not all(_is_int(s) and s >= 0 for s in size):
-        raise CheckpointFormatError(f"bad tensor size {size!r}")
-    if not isinstance(stride, tuple) or len(stride) != len(size) or not all(_is_int(s) and s >= 0 for s in stride):
-        raise CheckpointFormatError(f"bad tensor stride {stride!r} for size {size!r}")
+        raise CheckpointFormatError(f"bad tensor storage offset {_short(storage_offset)}")
+    if not isinstance(size, tuple) or len(size) > MAX_DIMS or not all(_is_int(s) and 0 <= s < MAX_DIM_SIZE for s in size):
+        raise CheckpointFormatError(f"bad tensor size {_short(size)}")
+    if not isinstance(stride, tuple) or len(stride) != len(size) or not all(_is_int(s) and 0 <= s < MAX_DIM_SIZE for s in stride):
+        raise CheckpointFormatError(f"bad tensor stride {_short(stride)} for size {_short(size)}")
     if all(s > 0 for s in size):
         last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
         if last >= storage.numel:
@@ -164,7 +183,25 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
                 f"tensor of size {size} (stride {stride}, offset {storage_offset}) reaches element {last} "
                 f"of a storage with {storage.numel} elements"
             )
+        if _overlaps(size, stride):
+            raise CheckpointFormatError(
+                f"tensor of size {size} with stride {stride} reads some storage elements more than once "
+                f"(stride 0 or overlapping rows); a state dict's tensors do not, and such a view can declare "
+                f"a huge tensor over a few stored values: re-save the tensors with .contiguous()"
+            )
     return TensorRecord(storage, storage_offset, size, stride)
+
+
+def _overlaps(size, stride):
+    """True unless every element of the view is a distinct storage element: with the dimensions
+    of more than one element sorted by stride, each stride must pass the span of those before it
+    (contiguous tensors, transposes and slices do; stride 0 and overlapping windows do not)."""
+    span = 0
+    for st, n in sorted((st, n) for n, st in zip(size, stride) if n > 1):
+        if st <= span:
+            return True
+        span += (n - 1) * st
+    return False
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -187,7 +224,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
 def _latin1_encode(text, encoding="latin1"):
     # Protocol-2 pickles store bytes as _codecs.encode(str, "latin1"); allow that and nothing else.
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafeCheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
+        raise UnsafeCheckpointError(f"refusing _codecs.encode with encoding {_short(encoding)}")
     return text.encode("latin-1")
 
 
@@ -225,17 +262,17 @@ class RestrictedUnpickler(pickle.Unpickler):
         # zip:    ('storage', storage_type, key, location, numel)
         # legacy: ('storage', storage_type, root_key, location, numel, view_metadata)
         if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
-            raise UnsafeCheckpointError(f"unexpected persistent id {pid!r:.80} (only tensor storages are allowed)")
+            raise UnsafeCheckpointError(f"unexpected persistent id {_short(pid)} (only tensor storages are allowed)")
         expected = 6 if self._legacy else 5
         if len(pid) != expected:
             raise CheckpointFormatError(f"storage id has {len(pid)} fields, expected {expected}")
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, StorageType):
-            raise UnsafeCheckpointError(f"storage id names {storage_type!r:.80}, not a torch storage type")
+            raise UnsafeCheckpointError(f"storage id names {_short(storage_type)}, not a torch storage type")
         if isinstance(key, bytes):
             key = key.decode("ascii")
         if not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise CheckpointFormatError(f"bad storage id {pid!r:.120}")
+            raise CheckpointFormatError(f"bad storage id {_short(pid)}")
         if self._legacy and pid[5] is not None:
             raise CheckpointFormatError("legacy storage views are not supported; re-save the file with torch>=1.6")
         storage = self._storages.get(key)
@@ -252,8 +289,18 @@ def _unpickle(data, storages, legacy=False):
         return RestrictedUnpickler(io.BytesIO(data) if isinstance(data, bytes) else data, storages, legacy).load()
     except (UnsafeCheckpointError, CheckpointFormatError):
         raise
+    except MemoryError:
+        raise CheckpointFormatError("the checkpoint's pickle asks for more memory than there is") from None
     except Exception as exc:  # a malformed pickle: EOFError, UnpicklingError, TypeError from a bad REDUCE...
-        raise CheckpointFormatError(f"cannot read the checkpoint's pickle ({type(exc).__name__}: {exc})") from None
+        raise CheckpointFormatError(f"cannot read the checkpoint's pickle ({type(exc).__name__}: "
+                                    f"{_short(str(exc))})") from None
+
+
+def _charge_storages(storages, budget):
+    """Every storage's declared bytes against the budget, before any is read."""
+    for key, storage in storages.items():
+        budget.take(storage.numel * storage.storage_type.dtype.itemsize,
+                    f"storage {key} ({storage.numel:,} x {storage.storage_type.name})")
 
 
 def _storage_array(storage, raw, byteorder):
@@ -271,10 +318,17 @@ def _storage_array(storage, raw, byteorder):
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
-def _read_zip(path):
+def _read_member(archive, name, limit):
+    """At most `limit` bytes of zip member `name`: a member that inflates beyond what the file
+    declares for it is never decompressed past that."""
+    with archive.open(name) as member:
+        return member.read(limit)
+
+
+def _read_zip(path, budget):
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         raise CheckpointFormatError(f"{path}: not a readable zip checkpoint ({exc}); the file may be truncated") from None
     with archive:
         names = archive.namelist()
@@ -287,22 +341,33 @@ def _read_zip(path):
             raise CheckpointFormatError(f"{path}: zip file without exactly one <dir>/data.pkl; not a torch.save file")
         prefix = pickles[0][: -len("data.pkl")]
         try:
-            byteorder = archive.read(prefix + "byteorder").decode("ascii").strip() if prefix + "byteorder" in names else "little"
+            byteorder = "little"
+            if prefix + "byteorder" in names:
+                byteorder = _read_member(archive, prefix + "byteorder", 16).decode("ascii", "replace").strip()
             if byteorder not in ("little", "big"):
                 raise CheckpointFormatError(f"{path}: unknown byte order {byteorder!r}")
+            data = _read_member(archive, pickles[0], MAX_PICKLE_BYTES + 1)
+            if len(data) > MAX_PICKLE_BYTES:
+                raise CheckpointFormatError(f"{path}: its pickle is over {MAX_PICKLE_BYTES:,} bytes; a state dict's "
+                                            "is kilobytes (its tensors are stored beside it)")
             storages = {}
-            obj = _unpickle(archive.read(pickles[0]), storages)
+            obj = _unpickle(data, storages)
+            del data
+            _charge_storages(storages, budget)
             for key, storage in storages.items():
                 record = f"{prefix}data/{key}"
                 if record not in names:
                     raise CheckpointFormatError(f"{path}: storage record {record} is missing")
-                storage.array = _storage_array(storage, archive.read(record), byteorder)
-        except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
+                expected = storage.numel * storage.storage_type.dtype.itemsize
+                storage.array = _storage_array(storage, _read_member(archive, record, expected), byteorder)
+        except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, NotImplementedError, ValueError) as exc:
+            if isinstance(exc, (CheckpointFormatError, UnsafeCheckpointError, BudgetExceededError)):
+                raise
             raise CheckpointFormatError(f"{path}: corrupt or truncated zip checkpoint ({exc})") from None
     return obj
 
 
-def _read_legacy(path):
+def _read_legacy(path, budget):
     with open(path, "rb") as f:
         storages = {}
         magic = _unpickle(f, storages, legacy=True)
@@ -310,13 +375,15 @@ def _read_legacy(path):
             raise CheckpointFormatError(f"{path}: bad magic number; not a torch.save file")
         version = _unpickle(f, storages, legacy=True)
         if version != LEGACY_PROTOCOL_VERSION:
-            raise CheckpointFormatError(f"{path}: unsupported legacy protocol version {version!r}")
+            raise CheckpointFormatError(f"{path}: unsupported legacy protocol version {_short(version)}")
         sys_info = _unpickle(f, storages, legacy=True)
         byteorder = "little" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else "big"
         obj = _unpickle(f, storages, legacy=True)
         keys = _unpickle(f, storages, legacy=True)
-        if not isinstance(keys, list) or set(map(str, keys)) != set(storages):
+        if not isinstance(keys, list) or not all(isinstance(k, (str, int)) for k in keys) \
+                or set(map(str, keys)) != set(storages):
             raise CheckpointFormatError(f"{path}: the storage key list does not match the tensors")
+        _charge_storages(storages, budget)
         fmt = "<q" if byteorder == "little" else ">q"
         for key in keys:
             storage = storages[str(key)]
@@ -331,43 +398,100 @@ def _read_legacy(path):
     return obj
 
 
-def _materialise(obj):
-    """Replace every TensorRecord in nested dicts/lists/tuples by its NumPy array."""
-    if isinstance(obj, TensorRecord):
-        return obj.to_numpy()
-    if isinstance(obj, Namespace):
-        return {k: _materialise(v) for k, v in obj.fields.items()}
-    if isinstance(obj, collections.OrderedDict):
-        return collections.OrderedDict((k, _materialise(v)) for k, v in obj.items())
+# -- from the unpickled objects to plain containers of arrays -------------------------------------------
+def _children(obj):
+    """The objects `obj` holds that `_materialise` rebuilds, or None for a leaf."""
     if isinstance(obj, dict):
-        return {k: _materialise(v) for k, v in obj.items()}
+        return list(obj.values())
+    if isinstance(obj, Namespace):
+        return list(obj.fields.values())
+    if isinstance(obj, (list, tuple)):
+        return obj
+    return None
+
+
+def _rebuilt(obj, done):
+    """`obj` with each child replaced by what it became (`done`: id -> result)."""
+    if isinstance(obj, Namespace):
+        return {k: done[id(v)] for k, v in obj.fields.items()}
+    if isinstance(obj, collections.OrderedDict):
+        return collections.OrderedDict((k, done[id(v)]) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: done[id(v)] for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_materialise(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_materialise(v) for v in obj)
+        return [done[id(v)] for v in obj]
+    return tuple(done[id(v)] for v in obj)
+
+
+def _leaf(obj, budget):
+    if isinstance(obj, TensorRecord):
+        budget.take(int(np.prod(obj.size, dtype=object)) * obj.storage.array.dtype.itemsize,
+                    f"a tensor of size {obj.size}")
+        return obj.to_numpy()
     if isinstance(obj, _Inert):
         raise UnsafeCheckpointError(f"the checkpoint holds a bare {type(obj).__name__}, not a tensor")
+    if isinstance(obj, (set, frozenset)) and any(isinstance(v, _Inert) for v in obj):
+        raise CheckpointFormatError("the checkpoint holds tensors in a set; a state dict keeps them in a dict")
     return obj
 
 
-def load_torch_file(path):
+def _materialise(root, budget):
+    """Replace every TensorRecord in nested dicts/lists/tuples by its NumPy array.
+
+    Walked with an explicit stack, each object once (shared objects stay shared, so a DAG costs
+    its size, not its unrolled size), at most MAX_NESTING deep; a container inside itself is refused.
+    """
+    done = {}       # id(object) -> what it became
+    open_ = set()   # ids of the containers on the current path
+    stack = [(root, 0, False)]
+    while stack:
+        obj, depth, children_done = stack.pop()
+        key = id(obj)
+        if children_done:
+            open_.discard(key)
+            done[key] = _rebuilt(obj, done)
+            continue
+        if key in done:
+            continue
+        children = _children(obj)
+        if children is None:
+            done[key] = _leaf(obj, budget)
+            continue
+        if depth >= MAX_NESTING:
+            raise CheckpointFormatError(f"the checkpoint nests containers over {MAX_NESTING} deep; a state dict "
+                                        "is a dict of tensors")
+        open_.add(key)
+        stack.append((obj, depth, True))
+        for child in children:
+            if id(child) in open_:
+                raise CheckpointFormatError("the checkpoint holds a container that contains itself; a state dict "
+                                            "is a dict of tensors")
+            if id(child) not in done:
+                stack.append((child, depth + 1, False))
+    return done[id(root)]
+
+
+def load_torch_file(path, max_bytes=None):
     """Read a `torch.save` file without torch: nested dicts/lists with NumPy arrays for tensors.
 
     Raises `UnsafeCheckpointError` if the pickle names anything but tensors and plain containers,
-    `CheckpointFormatError` if the file is truncated, corrupt or not a torch.save file.
+    `CheckpointFormatError` if the file is truncated, corrupt or not a torch.save file, and
+    `limits.BudgetExceededError` (a ValueError) if its storages, or the arrays made from them,
+    take more than `max_bytes` (default `limits.MAX_LOAD_BYTES`).
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
         head = f.read(len(LEGACY_PREFIX))
+    budget = ByteBudget(max_bytes, path)
     if head[:4] == b"PK\x03\x04":
-        obj = _read_zip(path)
+        obj = _read_zip(path, budget)
     elif head == LEGACY_PREFIX:
-        obj = _read_legacy(path)
+        obj = _read_legacy(path, budget)
     elif head[:2] == b"PK" or zipfile.is_zipfile(path):
-        obj = _read_zip(path)
+        obj = _read_zip(path, budget)
     else:
         raise CheckpointFormatError(
             f"{path}: neither a zip nor a legacy torch.save file (first bytes {head[:8]!r}); "
             f"if it is a tar-format checkpoint from torch < 0.4, re-save it with a recent torch"
         )
-    return _materialise(obj)
+    return _materialise(obj, ByteBudget(budget.limit, path))

@@ -19,6 +19,7 @@ import numpy as np
 from npmobilenet.io import keymaps, recognise
 from npmobilenet.io.files import from_json_array, read_arrays
 from npmobilenet.io.formats import read_foreign_state, sniff_format
+from npmobilenet.io.limits import warn_non_finite
 
 # -- what a file holds -----------------------------------------------------------------------------------
 @dataclass
@@ -198,6 +199,7 @@ def _load_npz(model, path):
             model.load_state_dict(state)
         except ValueError as exc:
             raise ValueError(f"{path} does not fit the model: {exc}") from None
+        warn_non_finite(state, path)
         return model
     model_config = getattr(model, "config", {})
     if config != model_config:
@@ -263,6 +265,7 @@ def _load_foreign(model, path, state, info):
         raise ValueError(head + "\n  " + "\n  ".join(problems)
                          + "\n  (npmobilenet.io.from_weights(path) builds the model the file describes)")
     model.load_state_dict(converted)
+    warn_non_finite(converted, path)
     return model
 
 

@@ -12,7 +12,9 @@
 """
 import codecs
 import importlib
+import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,30 +106,44 @@ def stratified_split(labels, test_fraction, seed=0):
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
+def _image_files(directory, extensions):
+    return sorted(f for f in directory.iterdir() if f.suffix.lower() in extensions and f.is_file())
+
+
 class ImageFolder(ArrayDataset):
     """Every image under `root/<class name>/`, loaded into memory as uint8 RGB `(N, H, W, 3)`.
 
     Classes are the sub-directory names sorted, labels their indices; files are read in sorted
-    order. Images must share one size unless `size` is given (then each is resized bilinearly).
+    order. A class folder without images is left out, with a warning; fewer than two classes is
+    an error (there is nothing to tell apart). Images are read and converted to 8-bit RGB as
+    `predict` reads them (`npmobilenet.io.images.load_image`: 16-bit scaled, sizes checked before
+    decoding). Images must share one size unless `size` is given (then each is resized bilinearly).
     """
 
     def __init__(self, root, size=None, extensions=IMAGE_EXTENSIONS):
-        image_module = require("PIL.Image", "reading an image folder")
-        root = Path(root)
+        require("PIL.Image", "reading an image folder")
+        from npmobilenet.io.images import load_image
+
+        root = Path(os.path.expanduser(os.fspath(root)))
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
+        folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not folders:
             raise ValueError(f"{root} has no class sub-directories (expected root/<class>/*.png)")
+        files_of = {name: _image_files(root / name, extensions) for name in folders}
+        empty = [name for name in folders if not files_of[name]]
+        if empty:
+            warnings.warn(f"{root}: class folder(s) without {'/'.join(extensions)} images left out: {', '.join(empty)}",
+                          UserWarning, stacklevel=2)
+        classes = [name for name in folders if files_of[name]]
+        if len(classes) == 1:
+            raise ValueError(f"{root} has images of one class only ({classes[0]}); a classifier needs at least two "
+                             "class folders with images")
         images, labels = [], []
         for label, name in enumerate(classes):
-            files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in extensions and f.is_file())
-            for f in files:
-                try:
-                    with image_module.open(f) as img:
-                        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-                except (OSError, ValueError) as exc:
-                    raise ValueError(f"cannot read image {f}: {exc}") from exc
+            for f in files_of[name]:
+                image, _ = load_image(f)
+                array = np.asarray(image, dtype=np.uint8)
                 if size is not None:
                     array = augment.resize(array[None], size)[0]
                 elif images and array.shape != images[0].shape:
@@ -149,7 +165,7 @@ _CIFAR_RECORD = 1 + 32 * 32 * 3  # label byte, then 1024 red, 1024 green, 1024 b
 
 
 def _cifar_dir(root):
-    root = Path(root)
+    root = Path(os.path.expanduser(os.fspath(root)))
     for candidate in (root, root / "cifar-10-batches-bin", root / "cifar-10-batches-py"):
         if candidate.is_dir() and (any(candidate.glob("data_batch_*")) or any(candidate.glob("test_batch*"))):
             return candidate
@@ -389,6 +405,8 @@ def datasets_from_spec(spec, resolution=None, val_fraction=0.1, split_seed=0):
     `val` is None when there is nothing to validate on.
     """
     spec = str(spec)
+    if val_fraction is None or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in [0, 1), got {val_fraction!r}")
     if spec == "digits":
         return load_digits(resolution or 32, 0.2, split_seed)
     if spec.startswith("cifar10:"):
@@ -402,7 +420,7 @@ def datasets_from_spec(spec, resolution=None, val_fraction=0.1, split_seed=0):
             train = ArrayDataset(augment.resize(train.images, resolution), train.labels, train.classes)
             val = val and ArrayDataset(augment.resize(val.images, resolution), val.labels, val.classes)
         return train, val
-    root = Path(spec)
+    root = Path(os.path.expanduser(spec))
     if not root.is_dir():
         raise FileNotFoundError(f"--data {spec!r} is neither 'digits', 'cifar10:DIR' nor a directory")
     if (root / "train").is_dir():
@@ -418,4 +436,9 @@ def datasets_from_spec(spec, resolution=None, val_fraction=0.1, split_seed=0):
     if not val_fraction:
         return everything, None
     train_idx, val_idx = stratified_split(everything.labels, val_fraction, split_seed)
+    if val_idx.size == 0:
+        counts = np.bincount(everything.labels, minlength=everything.num_classes)
+        raise ValueError(f"holding out {val_fraction:g} of each class of {root} leaves no validation images (the "
+                         f"classes have {counts.min()} to {counts.max()} images); raise the validation fraction "
+                         f"(--val-fraction), add images, or give {root}/train/ and {root}/val/")
     return everything.subset(train_idx), everything.subset(val_idx)
