@@ -173,14 +173,13 @@ def _npy_header(f, member):
     """(shape, fortran_order, dtype) of the .npy in `f` (a zip member), or `_Corrupt`."""
     fmt = np.lib.format
     version = fmt.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=_MAX_NPY_HEADER)
-    elif version == (2, 0):
-        shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=_MAX_NPY_HEADER)
-    elif version == (3, 0) and hasattr(fmt, "_read_array_header"):  # utf-8 field names
-        shape, fortran, dtype = fmt._read_array_header(f, version, max_header_size=_MAX_NPY_HEADER)
-    else:
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    if version not in readers:
         raise _Corrupt(f"member {member} has .npy format version {version}, which is not read")
+    try:
+        shape, fortran, dtype = readers[version](f, max_header_size=_MAX_NPY_HEADER)
+    except Exception as exc:   # NumPy parses the header as a Python literal: any parser error
+        raise _Corrupt(f"member {member} has an unreadable .npy header ({type(exc).__name__})") from None
     if dtype.hasobject:
         raise _Corrupt(f"member {member} holds pickled data, which is never loaded (allow_pickle=False)")
     return shape, fortran, dtype
