@@ -61,13 +61,21 @@ def same_padding(kernel_size, dilation=1):
     return (kernel_size - 1) // 2 * dilation
 
 
+def conv_stride(stride, dilation):
+    """The stride a block's KxK convolution runs at: a dilated block runs at stride 1, its table
+    stride replaced by the dilation (torchvision's V3 with `dilated=True`; `models.builder.dilate`)."""
+    return 1 if dilation > 1 else stride
+
+
 class DepthwiseSeparable(Layer):
     """V1 block: depthwise KxK (stride s) -> BN -> act, then pointwise -> BN -> act."""
 
-    def __init__(self, in_channels, out_channels, stride, kernel_size=3, activation="relu6", bn_eps=1e-5, bn_momentum=0.1, rng=None):
+    def __init__(self, in_channels, out_channels, stride, kernel_size=3, activation="relu6", bn_eps=1e-5, bn_momentum=0.1,
+                 rng=None, dilation=1):
         super().__init__()
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        dw = DepthwiseConv2d(in_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+        self.in_channels, self.out_channels, self.stride, self.dilation = in_channels, out_channels, stride, dilation
+        dw = DepthwiseConv2d(in_channels, kernel_size, conv_stride(stride, dilation), same_padding(kernel_size, dilation),
+                             dilation, rng=rng)
         self.conv_dw = self.add_child("conv_dw", ConvBNAct(dw, bn_eps, bn_momentum, activation))
         pw = PointwiseConv2d(in_channels, out_channels, rng=rng)
         self.conv_pw = self.add_child("conv_pw", ConvBNAct(pw, bn_eps, bn_momentum, activation))
@@ -82,7 +90,7 @@ class DepthwiseSeparable(Layer):
         return self.lower_children(graph, x, name)
 
     def extra_repr(self):
-        return f"{self.in_channels} -> {self.out_channels}, stride={self.stride}"
+        return f"{self.in_channels} -> {self.out_channels}, stride={self.stride}" + _dilation_repr(self.dilation)
 
 
 class InvertedResidual(Layer):
@@ -90,20 +98,22 @@ class InvertedResidual(Layer):
 
     The expansion is absent when the expanded width equals the input width (V2's t=1 row, V3's
     first rows); the projection has no activation: the linear bottleneck (V2 paper, section 3.2).
+    `dilation` > 1 dilates the depthwise convolution and runs it at stride 1 (`conv_stride`).
     """
 
     def __init__(self, in_channels, expanded_channels, out_channels, kernel_size, stride, activation,
-                 se_channels=None, bn_eps=1e-5, bn_momentum=0.1, rng=None):
+                 se_channels=None, bn_eps=1e-5, bn_momentum=0.1, rng=None, dilation=1):
         super().__init__()
         self.in_channels, self.expanded_channels, self.out_channels = in_channels, expanded_channels, out_channels
-        self.kernel_size, self.stride, self.activation = kernel_size, stride, activation
+        self.kernel_size, self.stride, self.activation, self.dilation = kernel_size, stride, activation, dilation
         # V2 paper, Fig. 3b: the shortcut joins the bottlenecks when shapes agree.
         self.use_residual = stride == 1 and in_channels == out_channels
         self.conv_pw = None
         if expanded_channels != in_channels:
             pw = PointwiseConv2d(in_channels, expanded_channels, rng=rng)
             self.conv_pw = self.add_child("conv_pw", ConvBNAct(pw, bn_eps, bn_momentum, activation))
-        dw = DepthwiseConv2d(expanded_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+        dw = DepthwiseConv2d(expanded_channels, kernel_size, conv_stride(stride, dilation),
+                             same_padding(kernel_size, dilation), dilation, rng=rng)
         self.conv_dw = self.add_child("conv_dw", ConvBNAct(dw, bn_eps, bn_momentum, activation))
         self.se = self.add_child("se", SqueezeExcite(expanded_channels, se_channels, rng=rng)) if se_channels else None
         pwl = PointwiseConv2d(expanded_channels, out_channels, rng=rng)
@@ -133,7 +143,7 @@ class InvertedResidual(Layer):
     def extra_repr(self):
         se = f", se={self.se.squeeze_channels}" if self.se is not None else ""
         return (f"{self.in_channels} -> {self.expanded_channels} -> {self.out_channels}, "
-                f"k={self.kernel_size}, stride={self.stride}, act={self.activation}{se}")
+                f"k={self.kernel_size}, stride={self.stride}{_dilation_repr(self.dilation)}, act={self.activation}{se}")
 
 
 class _Chain(Layer):
@@ -168,28 +178,32 @@ class UniversalInvertedBottleneck(_Chain):
     stride when there is one, else the start one; the start depthwise conv has no activation and
     the projection none (the linear bottleneck). The shortcut joins when the stride is 1 and the
     width unchanged. Children are named as timm's `UniversalInvertedResidual` names them
-    (dw_start, pw_exp, dw_mid, pw_proj); absent ones are not registered.
+    (dw_start, pw_exp, dw_mid, pw_proj); absent ones are not registered. `dilation` > 1 dilates
+    both depthwise convolutions (as timm's) and runs them at stride 1.
     """
 
     def __init__(self, in_channels, expanded_channels, out_channels, start_kernel_size, mid_kernel_size, stride,
-                 activation="relu", bn_eps=1e-5, bn_momentum=0.1, rng=None):
+                 activation="relu", bn_eps=1e-5, bn_momentum=0.1, rng=None, dilation=1):
         super().__init__()
         if stride != 1 and not (start_kernel_size or mid_kernel_size):
             raise ValueError(f"a universal inverted bottleneck of stride {stride} needs a depthwise convolution "
                              "(start_kernel_size or mid_kernel_size > 0) to take the stride")
         self.in_channels, self.expanded_channels, self.out_channels = in_channels, expanded_channels, out_channels
         self.start_kernel_size, self.mid_kernel_size = start_kernel_size, mid_kernel_size
-        self.stride, self.activation = stride, activation
+        self.stride, self.activation, self.dilation = stride, activation, dilation
         self.use_residual = stride == 1 and in_channels == out_channels
         self.dw_start = self.dw_mid = None
+        stride = conv_stride(stride, dilation)
         if start_kernel_size:
             start_stride = 1 if mid_kernel_size else stride
-            dw = DepthwiseConv2d(in_channels, start_kernel_size, start_stride, same_padding(start_kernel_size), rng=rng)
+            dw = DepthwiseConv2d(in_channels, start_kernel_size, start_stride, same_padding(start_kernel_size, dilation),
+                                 dilation, rng=rng)
             self.dw_start = self.add_child("dw_start", ConvBNAct(dw, bn_eps, bn_momentum, None))
         pw = PointwiseConv2d(in_channels, expanded_channels, rng=rng)
         self.pw_exp = self.add_child("pw_exp", ConvBNAct(pw, bn_eps, bn_momentum, activation))
         if mid_kernel_size:
-            dw = DepthwiseConv2d(expanded_channels, mid_kernel_size, stride, same_padding(mid_kernel_size), rng=rng)
+            dw = DepthwiseConv2d(expanded_channels, mid_kernel_size, stride, same_padding(mid_kernel_size, dilation),
+                                 dilation, rng=rng)
             self.dw_mid = self.add_child("dw_mid", ConvBNAct(dw, bn_eps, bn_momentum, activation))
         pw = PointwiseConv2d(expanded_channels, out_channels, rng=rng)
         self.pw_proj = self.add_child("pw_proj", ConvBNAct(pw, bn_eps, bn_momentum, None))
@@ -202,8 +216,8 @@ class UniversalInvertedBottleneck(_Chain):
 
     def extra_repr(self):
         return (f"{self.variant}: {self.in_channels} -> {self.expanded_channels} -> {self.out_channels}, "
-                f"k_start={self.start_kernel_size}, k_mid={self.mid_kernel_size}, stride={self.stride}, "
-                f"act={self.activation}")
+                f"k_start={self.start_kernel_size}, k_mid={self.mid_kernel_size}, stride={self.stride}"
+                f"{_dilation_repr(self.dilation)}, act={self.activation}")
 
 
 class FusedInvertedBottleneck(_Chain):
@@ -215,16 +229,21 @@ class FusedInvertedBottleneck(_Chain):
     """
 
     def __init__(self, in_channels, expanded_channels, out_channels, kernel_size, stride, activation="relu",
-                 bn_eps=1e-5, bn_momentum=0.1, rng=None):
+                 bn_eps=1e-5, bn_momentum=0.1, rng=None, dilation=1):
         super().__init__()
         self.in_channels, self.expanded_channels, self.out_channels = in_channels, expanded_channels, out_channels
-        self.kernel_size, self.stride, self.activation = kernel_size, stride, activation
+        self.kernel_size, self.stride, self.activation, self.dilation = kernel_size, stride, activation, dilation
         self.use_residual = stride == 1 and in_channels == out_channels
-        conv = Conv2d(in_channels, expanded_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+        conv = Conv2d(in_channels, expanded_channels, kernel_size, conv_stride(stride, dilation),
+                      same_padding(kernel_size, dilation), dilation, rng=rng)
         self.conv_exp = self.add_child("conv_exp", ConvBNAct(conv, bn_eps, bn_momentum, activation))
         pw = PointwiseConv2d(expanded_channels, out_channels, rng=rng)
         self.conv_pwl = self.add_child("conv_pwl", ConvBNAct(pw, bn_eps, bn_momentum, None))
 
     def extra_repr(self):
         return (f"{self.in_channels} -> {self.expanded_channels} -> {self.out_channels}, "
-                f"k={self.kernel_size}, stride={self.stride}, act={self.activation}")
+                f"k={self.kernel_size}, stride={self.stride}{_dilation_repr(self.dilation)}, act={self.activation}")
+
+
+def _dilation_repr(dilation):
+    return f", dilation={dilation}" if dilation > 1 else ""

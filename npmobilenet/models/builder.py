@@ -5,7 +5,7 @@ width, batch-norm eps and momentum, dropout, classifier head) follow torchvision
 their published weights load without changing the architecture; V4, which torchvision lacks,
 follows timm's (`timm.models.mobilenetv3._gen_mobilenet_v4`), whose weights are the published ones.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class BlockSpec:
     activation: str
     se_channels: int = 0      # 0: no squeeze-and-excitation
     start_kernel_size: int = 0  # universal inverted bottleneck: the depthwise kernel before the expansion (0: none)
+    dilation: int = 1         # > 1: the block's KxK convolutions are dilated and run at stride 1 (output_stride < 32)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ DEFAULTS = {
 # Per-block overrides: one int per block of the architecture.
 PER_BLOCK = ("expanded_channels", "se_channels")
 OVERRIDES = ("bn_eps", "bn_momentum", "dropout", "stem_channels", "head_channels", "last_channels",
-             "repeats", "padding") + PER_BLOCK
+             "repeats", "padding", "output_stride") + PER_BLOCK
+OUTPUT_STRIDES = (8, 16, 32)
+STEM_STRIDE = 2  # every MobileNet's first convolution
 # V4's tables: (stem width, block rows).
 V4_TABLES = {
     "mobilenet_v4_conv_small": (tables.V4_CONV_SMALL_STEM, tables.V4_CONV_SMALL_BLOCKS),
@@ -189,8 +192,30 @@ DECODERS = {
 }
 
 
+def dilate(blocks, output_stride):
+    """The blocks with the strides that would take the network past `output_stride` replaced by
+    dilation, as torchvision's `_mobilenet_v3_conf(..., dilated=True)` does for output stride 16
+    (and DeepLab for 16 and 8): a block whose stride is removed, and every block after it,
+    dilates its KxK convolutions by the product of the strides removed so far, so the receptive
+    field grows as before while the maps stay at `output_stride`.
+
+    As torchvision, the block whose stride is removed is dilated too (DeepLab and timm keep that
+    one block at the previous rate), and it keeps its table stride for the shortcut rule (no
+    shortcut, as before); a block runs its convolutions at stride 1 when its dilation is > 1.
+    """
+    reduction, dilation, dilated = STEM_STRIDE, 1, []
+    for block in blocks:
+        if block.stride > 1:
+            if reduction * block.stride > output_stride:
+                dilation *= block.stride
+            else:
+                reduction *= block.stride
+        dilated.append(replace(block, dilation=dilation))
+    return tuple(dilated)
+
+
 def arch_spec(arch, width=1.0, **overrides):
-    """The decoded architecture: every block's channels, kernel, stride, activation and SE width."""
+    """The decoded architecture: every block's channels, kernel, stride, dilation, activation and SE width."""
     _check_args(arch, width, 1, overrides)
     options = dict(DEFAULTS[arch])
     options.update({k: v for k, v in overrides.items() if v is not None})
@@ -200,7 +225,8 @@ def arch_spec(arch, width=1.0, **overrides):
         for key in given:
             if len(overrides[key]) != count:
                 raise ValueError(f"{key} must list one width per block ({count} for {arch}), got {len(overrides[key])}")
-    return DECODERS[arch](width, options)
+    spec = DECODERS[arch](width, options)
+    return replace(spec, blocks=dilate(spec.blocks, options.get("output_stride", 32)))
 
 
 def _check_args(arch, width, num_classes, overrides):
@@ -238,6 +264,10 @@ def _check_args(arch, width, num_classes, overrides):
         if not isinstance(repeats, (list, tuple)) or len(repeats) != rows or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in repeats):
             raise ValueError(f"repeats must list one int >= 1 per row of {arch}'s table ({rows} rows), got {repeats!r}")
+    output_stride = overrides.get("output_stride")
+    if output_stride is not None and (isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES):
+        raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} (the input size over "
+                         f"the last feature map's; below 32 the last strides become dilation), got {output_stride!r}")
     padding = overrides.get("padding")
     if padding is not None and padding not in ("symmetric", "same"):
         raise ValueError(f"padding must be 'symmetric' (torchvision's and timm's default) or 'same' "
@@ -250,13 +280,14 @@ def _check_args(arch, width, num_classes, overrides):
         raise ValueError(f"bn_eps must be > 0, got {eps!r}")
 
 
-def _row_conv(in_channels, out_channels, kernel_size, stride, rng):
+def _row_conv(in_channels, out_channels, kernel_size, stride, dilation, rng):
     """A conv row's convolution: 1x1 as a pointwise layer, else a standard KxK one."""
     if kernel_size == 1:
         if stride != 1:
             raise ValueError(f"a 1x1 conv row must have stride 1, got {stride}")
         return PointwiseConv2d(in_channels, out_channels, rng=rng)
-    return Conv2d(in_channels, out_channels, kernel_size, stride, same_padding(kernel_size), rng=rng)
+    stride = 1 if dilation > 1 else stride
+    return Conv2d(in_channels, out_channels, kernel_size, stride, same_padding(kernel_size, dilation), dilation, rng=rng)
 
 
 def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
@@ -266,8 +297,9 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     num_classes: classifier outputs; seed: initialisation and dropout seed. `overrides` change the
     architecture's free choices (bn_eps, bn_momentum, dropout, stem_channels, head_channels,
     last_channels, repeats per table row for V1, V2 and V4, padding 'same' for TensorFlow's
-    padding, and per block expanded_channels and se_channels), e.g. to follow timm's variant of a
-    model or to describe a pruned one. The model's `config` records all of it, so
+    padding, output_stride 16 or 8 for denser feature maps (the strides that would pass it
+    become dilation, see `dilate`), and per block expanded_channels and se_channels), e.g. to
+    follow timm's variant of a model or to describe a pruned one. The model's `config` records all of it, so
     `build(**model.config)` rebuilds the same architecture.
 
     V4 (`mobilenet_v4_conv_*`): `width` is timm's channel multiplier (every block's output and the
@@ -285,19 +317,20 @@ def build(arch, width=1.0, num_classes=1000, seed=0, **overrides):
     blocks = Sequential()
     for b in spec.blocks:
         if b.kind == "separable":
-            blocks.append(DepthwiseSeparable(b.in_channels, b.out_channels, b.stride, b.kernel_size, b.activation, eps, momentum, rng))
+            blocks.append(DepthwiseSeparable(b.in_channels, b.out_channels, b.stride, b.kernel_size, b.activation, eps,
+                                             momentum, rng, b.dilation))
         elif b.kind == "inverted_residual":
             blocks.append(InvertedResidual(b.in_channels, b.expanded_channels, b.out_channels, b.kernel_size, b.stride,
-                                           b.activation, b.se_channels, eps, momentum, rng))
+                                           b.activation, b.se_channels, eps, momentum, rng, b.dilation))
         elif b.kind == "universal_inverted_bottleneck":
             blocks.append(UniversalInvertedBottleneck(b.in_channels, b.expanded_channels, b.out_channels,
                                                       b.start_kernel_size, b.kernel_size, b.stride, b.activation,
-                                                      eps, momentum, rng))
+                                                      eps, momentum, rng, b.dilation))
         elif b.kind == "fused_inverted_bottleneck":
             blocks.append(FusedInvertedBottleneck(b.in_channels, b.expanded_channels, b.out_channels, b.kernel_size,
-                                                  b.stride, b.activation, eps, momentum, rng))
+                                                  b.stride, b.activation, eps, momentum, rng, b.dilation))
         else:  # "conv": V4's conv -> BN -> ReLU rows, no shortcut
-            blocks.append(ConvBNAct(_row_conv(b.in_channels, b.out_channels, b.kernel_size, b.stride, rng),
+            blocks.append(ConvBNAct(_row_conv(b.in_channels, b.out_channels, b.kernel_size, b.stride, b.dilation, rng),
                                     eps, momentum, b.activation))
     features = spec.blocks[-1].out_channels
     head = None
