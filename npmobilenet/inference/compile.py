@@ -122,13 +122,13 @@ def fused_layers(graph):
 
 def _conv_layer(op, residual_of, gate_of, sums_of):
     _check_activation(op)
-    if op.variant != "pointwise" and op.dilation != (1, 1):
-        raise _unsupported(op, "the fused kernels support dilation 1 only")
     if op.variant == "standard":
-        return FusedConv2d(op.name, op.inputs, (op.output,), op.weight, _bias(op), op.activation, op.stride, op.padding)
+        return FusedConv2d(op.name, op.inputs, (op.output,), op.weight, _bias(op), op.activation, op.stride, op.padding,
+                           op.dilation)
     if op.variant == "depthwise":
         outputs = (op.output, sums_of[op.output]) if op.output in sums_of else (op.output,)
-        return FusedDepthwise(op.name, op.inputs, outputs, op.weight, _bias(op), op.activation, op.stride, op.padding)
+        return FusedDepthwise(op.name, op.inputs, outputs, op.weight, _bias(op), op.activation, op.stride, op.padding,
+                              op.dilation)
     inputs, output = list(op.inputs), op.output
     gated = op.inputs[0] in gate_of
     if gated:                                   # read the depthwise output, scaled by the SE gate

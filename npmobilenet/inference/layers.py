@@ -69,17 +69,18 @@ def _pair_kernel(pair, parallel):
 
 
 class _Windowed(FusedLayer):
-    """A KxK window (dilation 1): stride (sh, sw) and padding (top, bottom, left, right), or
-    "same" (TensorFlow's, resolved for each input size: `pads(h, w)`)."""
+    """A KxK window: stride (sh, sw), dilation (rh, rw) and padding (top, bottom, left, right),
+    or "same" (TensorFlow's, resolved for each input size: `pads(h, w)`)."""
 
     def pads(self, h, w):
         if self.padding != "same":
             return self.padding
-        return tf_same_sides(h, w, self.weight.shape[:2], self.stride)
+        return tf_same_sides(h, w, self.weight.shape[:2], self.stride, self.dilation)
 
     def output_hw(self, h, w):
         (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.weight.shape[:2], self.stride, self.pads(h, w)
-        return output_size(h, kh, sh, pt, pb, 1), output_size(w, kw, sw, pl, pr, 1)
+        rh, rw = self.dilation
+        return output_size(h, kh, sh, pt, pb, rh), output_size(w, kw, sw, pl, pr, rw)
 
 
 class FusedConv2d(_Windowed):
@@ -90,10 +91,11 @@ class FusedConv2d(_Windowed):
     kind = "conv"
     weight_names = ("weight", "bias")
 
-    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1)):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right) or "same"
+        self.dilation = tuple(dilation)                      # (rh, rw)
 
     def output_shapes(self, shapes):
         n, h, w, _ = shapes[0]
@@ -109,7 +111,7 @@ class FusedConv2d(_Windowed):
         n, ho, wo, _ = self.output_shapes(shapes)[0]
         kh, kw, cin, _ = self.weight.shape
         tile = conv_ops.tile_pixels(n * ho * wo, cin, kh, kw)
-        return tile, -(-n * ho * wo // tile), conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin)
+        return tile, -(-n * ho * wo // tile), conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
 
     def workspace_shapes(self, shapes):
         workspace = self._tile(shapes)[2]
@@ -120,8 +122,9 @@ class FusedConv2d(_Windowed):
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
         tile, _, workspace = self._tile([x.shape])
         cols = tensors[2] if workspace[1] > 0 else np.empty(workspace, FLOAT)
+        rh, rw = self.dilation
         return _pair_kernel(kernels.CONV2D, parallel), (
-            x, self.weight, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, 1, 1, cols, tile, sgemm, y)
+            x, self.weight, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols, tile, sgemm, y)
 
     def program_ops(self, offsets, shapes):
         (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
@@ -130,8 +133,9 @@ class FusedConv2d(_Windowed):
         tile, tiles, workspace = self._tile(shapes)
         return [op_row(KIND=CONV, ACT=ACTIVATIONS[self.activation], TILES=tiles, X=offsets[0], N=n, XH=h,
                        XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets["weight"],
-                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, TR=tile,
-                       AUX=offsets[2] if workspace[1] > 0 else -1, BLOCKS=workspace[0] if workspace[1] > 0 else 0)]
+                       B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, RH=self.dilation[0],
+                       RW=self.dilation[1], TR=tile, AUX=offsets[2] if workspace[1] > 0 else -1,
+                       BLOCKS=workspace[0] if workspace[1] > 0 else 0)]
 
 
 class FusedPointwise(FusedLayer):
@@ -203,10 +207,10 @@ class FusedDepthwise(_Windowed):
     kind = "depthwise"
     weight_names = ("weight_tiled", "bias_tiled")
 
-    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding):
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1)):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
-        self.stride, self.padding = stride, padding
+        self.stride, self.padding, self.dilation = stride, padding, tuple(dilation)
         self.run = depthwise_ops.tile_pixels(weight.shape[2], stride[1])
         self.weight_tiled = depthwise_ops.tiled_weight(np.asarray(weight, FLOAT), self.run)
         self.bias_tiled = np.tile(np.asarray(bias, FLOAT), self.run)
@@ -237,19 +241,20 @@ class FusedDepthwise(_Windowed):
         sums = tensors[2] if len(self.outputs) == 2 else NO_ROW_SUMS
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
         kh, kw, _ = self.weight.shape
+        rh, rw = self.dilation
         return _pair_kernel(kernels.DEPTHWISE, parallel), (
-            x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, 1, 1, y)
+            x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, rh, rw, y)
 
     def program_ops(self, offsets, shapes):
         (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw, _ = self.weight.shape
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
         sums = offsets[2] if len(self.outputs) == 2 else -1
-        steps, _ = depthwise_ops.steps_per_image(ho, kh, kw, sh, 1)
+        steps, _ = depthwise_ops.steps_per_image(ho, kh, kw, sh, self.dilation[0])
         return [op_row(KIND=DEPTHWISE, ACT=ACTIVATIONS[self.activation], TILES=n * steps, X=offsets[0], N=n,
                        XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
-                       B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, AUX=sums,
-                       RUN=self.run)]
+                       B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl,
+                       RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=self.run)]
 
 
 class FusedSqueezeExcite(FusedLayer):

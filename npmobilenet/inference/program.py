@@ -24,7 +24,7 @@ a tile can make the serial and parallel builds, or the op table and a layer's ke
 the last bit.)
 
 Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
-- CONV: X (N, XH, XW, XC) -> Y (N, YH, YW, YC) with W (KH, KW, XC, YC), B; stride, padding;
+- CONV: X (N, XH, XW, XC) -> Y (N, YH, YW, YC) with W (KH, KW, XC, YC), B; stride, padding, dilation;
   TR output pixels per tile; AUX: the workspace (BLOCKS, TR, KH*KW*XC) its GEMM path gathers
   receptive fields into, a block per worker (`ops.conv.workspace_shape`), or -1 (the stem).
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
@@ -41,7 +41,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import njit_serial, serial_and_parallel
+from npmobilenet.config import njit_parallel, njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_load, cpu_relax
 from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, squeeze_excite_tile
 from npmobilenet.ops.conv import conv_tile
@@ -54,9 +54,9 @@ CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR = range(7)
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
 
 COLUMNS = ("KIND", "ACT", "TILES", "X", "N", "XH", "XW", "XC", "Y", "YH", "YW", "YC", "W", "B", "KH", "KW",
-           "SH", "SW", "PT", "PL", "AUX", "AUX2", "W2", "B2", "S", "COUNT", "TR", "TC", "RUN", "BLOCKS")
+           "SH", "SW", "PT", "PL", "RH", "RW", "AUX", "AUX2", "W2", "B2", "S", "COUNT", "TR", "TC", "RUN", "BLOCKS")
 (KIND, ACT, TILES, X, N, XH, XW, XC, Y, YH, YW, YC, W, B, KH, KW,
- SH, SW, PT, PL, AUX, AUX2, W2, B2, S, COUNT, TR, TC, RUN, BLOCKS) = range(len(COLUMNS))
+ SH, SW, PT, PL, RH, RW, AUX, AUX2, W2, B2, S, COUNT, TR, TC, RUN, BLOCKS) = range(len(COLUMNS))
 
 
 def op_row(**fields):
@@ -97,7 +97,7 @@ def _run_tile(op, params, arena, sgemm, t, worker):
         w = _view(params, op[W], op[KH] * op[KW] * run).reshape((op[KH] * op[KW], run))
         bias = _view(params, op[B], run)
         sums = _view(arena, op[AUX], n * yh * yc).reshape((n if op[AUX] >= 0 else 0, yh, yc))
-        depthwise_tile(x, w, op[KH], op[KW], bias, act, sums, op[SH], op[SW], op[PT], op[PL], 1, 1, y, t)
+        depthwise_tile(x, w, op[KH], op[KW], bias, act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW], y, t)
     elif kind == SE_GATE:
         s = op[S]
         sums = _view(arena, op[X], n * xh * xc).reshape((n, xh, xc))
@@ -121,7 +121,8 @@ def _run_tile(op, params, arena, sgemm, t, worker):
             block = _view(arena, op[AUX] + worker * op[TR] * k, op[TR] * k).reshape((op[TR], k))
         else:
             block = _view(arena, -1, 0).reshape((0, k))     # the direct path needs none
-        conv_tile(x, w, _view(params, op[B], yc), act, op[SH], op[SW], op[PT], op[PL], 1, 1, block, op[TR], sgemm, y, t)
+        conv_tile(x, w, _view(params, op[B], yc), act, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW], block, op[TR],
+                  sgemm, y, t)
     elif kind == POOL:
         x = _view(arena, op[X], n * xh * xw * xc).reshape((n, xh * xw, xc))
         global_avg_pool_tile(x, _view(arena, op[Y], n * xc).reshape((n, xc)), t)
@@ -151,14 +152,13 @@ def _take_tiles(ops, first_tile, params, arena, sgemm, counters, worker):
         atomic_add(counters, 1, 1)
 
 
+@njit_parallel
 def _run_program(ops, first_tile, params, arena, sgemm, counters, workers):
     # ops: (K, len(COLUMNS)) int64; counters: (2,) int64, zero on entry; workers <= MAX_WORKERS.
+    # Parallel build only: one worker calls _take_tiles directly. A serial build of this function
+    # would recompile every tile kernel inlined once more (about a fifth of a cold start).
     for worker in prange(workers):
         _take_tiles(ops, first_tile, params, arena, sgemm, counters, worker)
-
-
-_run_program_serial, _run_program_parallel = serial_and_parallel(_run_program)
-RUN_PROGRAM = (_run_program_serial, _run_program_parallel)
 
 
 class Program:
@@ -187,8 +187,10 @@ class Program:
             ops_, first_tile = self.ops[k0:k1], self.first_tile[k0:k1 + 1] - self.first_tile[k0]
         self.counters[:] = 0
         workers = min(int(threads), MAX_WORKERS)     # a workspace block each (see CONV)
-        kernel = RUN_PROGRAM[1] if workers > 1 else RUN_PROGRAM[0]
-        kernel(ops_, first_tile, self.params, self.arena, self.sgemm, self.counters, workers)
+        if workers > 1:
+            _run_program(ops_, first_tile, self.params, self.arena, self.sgemm, self.counters, workers)
+        else:   # one worker taking every tile: no parallel region, and no serial build to compile
+            _take_tiles(ops_, first_tile, self.params, self.arena, self.sgemm, self.counters, 0)
 
     def describe(self):
         """[(kind name, tiles)] per op, for reading the table."""
