@@ -437,3 +437,10 @@ atomic_write({str(path)!r}, write)
     atomic_savez(path, {"a": np.arange(3)})
     assert os.listdir(tmp_path) == ["ckpt.npz"]
     np.testing.assert_array_equal(read_arrays(path)["a"], np.arange(3))
+
+
+def test_a_tensor_as_a_dict_key_is_refused(tmp_path):
+    body = b"\x80\x02}" + _tensor((4,), (1,), 4) + _small(1) + b"s."
+    path = _write(tmp_path, "key.pth", _torch_zip(body, {"0": b"\x00" * 16}))
+    with pytest.raises(CheckpointFormatError, match="tensor as a dict key"):
+        load_torch_file(path)

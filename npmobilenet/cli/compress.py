@@ -204,14 +204,10 @@ def _run(args):
             from npmobilenet.compression import prune
 
             if args.unstructured:
-                if args.sparsity is None:
-                    raise ValueError("--unstructured needs --sparsity (fraction of weights to zero)")
                 compressed = checkpoint.load_checkpoint(args.checkpoint).model
                 masks = prune.magnitude_prune(compressed, args.sparsity, args.scope)
                 kind = f"magnitude-pruned to {prune.sparsity_of(compressed):.1%} sparsity"
             else:
-                if args.fraction is None:
-                    raise ValueError("prune needs --fraction (of expansion channels to remove), or --unstructured --sparsity")
                 compressed = prune.prune_channels(model, args.fraction, args.criterion)
                 kind = f"{args.fraction:.0%} of expansion channels removed ({args.criterion})"
         else:

@@ -402,6 +402,8 @@ def _read_legacy(path, budget):
 def _children(obj):
     """The objects `obj` holds that `_materialise` rebuilds, or None for a leaf."""
     if isinstance(obj, dict):
+        if any(isinstance(k, _Inert) for k in obj):
+            raise CheckpointFormatError("the checkpoint uses a tensor as a dict key; a state dict's keys are names")
         return list(obj.values())
     if isinstance(obj, Namespace):
         return list(obj.fields.values())
