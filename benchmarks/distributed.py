@@ -114,11 +114,13 @@ def in_plain_process(paths, weights, environment):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(paths, f)
     try:
-        out = subprocess.run([sys.executable, __file__, "--classify-timed", f.name, weights], env=env,
-                             check=True, capture_output=True, text=True).stdout
+        done = subprocess.run([sys.executable, __file__, "--classify-timed", f.name, weights], env=env,
+                              capture_output=True, text=True)
     finally:
         os.unlink(f.name)
-    return json.loads(out.strip().splitlines()[-1])
+    if done.returncode != 0:
+        raise RuntimeError(f"the timed process failed ({environment}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def in_dask_worker(paths, weights, ours):
