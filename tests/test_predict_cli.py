@@ -67,3 +67,14 @@ def test_flags_override_and_contradictions_are_refused(digit_pngs, capsys):
     assert "holds mobilenet_v2 weights, not mobilenet_v3_small" in capsys.readouterr().err
     assert main(["predict", image, "--weights", CHECKPOINT, "--width", "1.0"]) != 0
     assert "holds a width-0.35 mobilenet_v2, not width 1" in capsys.readouterr().err
+
+
+def test_dask_engine_flags_without_the_engine_are_refused(digit_pngs, tmp_path, capsys):
+    pytest.importorskip("dask")
+    root, _ = digit_pngs
+    image = str(root / "3" / sorted(os.listdir(root / "3"))[0])
+    for extra in (["--out", str(tmp_path / "r.parquet")], ["--workers", "2"], ["--resume"]):
+        assert main(["predict", image, "--weights", CHECKPOINT, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "belong(s) to --engine dask" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r.parquet").exists()

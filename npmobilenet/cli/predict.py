@@ -79,6 +79,13 @@ def run(args):
         from npmobilenet.cli import distributed
 
         return distributed.run(args)
+    # the Dask engine's flags (cli/distributed.py) mean nothing to the local engine: refuse, not ignore
+    given = [flag for flag, default in (("--scheduler", None), ("--workers", None), ("--out", None),
+                                        ("--resume", False), ("--threads-per-worker", 1), ("--partition-size", 256))
+             if getattr(args, flag[2:].replace("-", "_"), default) != default]
+    if given:
+        raise ValueError(f"{', '.join(given)} belong(s) to --engine dask; without it, "
+                         "predict prints its results (or writes --csv OUT)")
     from npmobilenet.io.predict import iter_image_paths, open_predictor
     from npmobilenet.io.sources import describe
 
