@@ -215,9 +215,11 @@ def test_command_writes_parquet_and_says_the_throughput(folder, expected, tmp_pa
     from npmobilenet.cli import main
 
     out = str(tmp_path / "results.parquet")
+    environment = dict(os.environ)
     code = main(["predict", str(folder), "--weights", FIXTURE, "--engine", "dask", "--workers", "2",
                  "--out", out, "--topk", "3", "--partition-size", "8"])
     assert code == 0
+    assert dict(os.environ) == environment     # the nanny's pre-spawn variables do not stay in the caller
     printed = capsys.readouterr().out
     assert "39 image(s)" in printed and "images/s on 2 worker(s)" in printed and "2 unreadable" in printed
     assert_rows_equal(pd.read_parquet(out), expected)

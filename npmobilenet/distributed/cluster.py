@@ -72,5 +72,18 @@ def dask_client(client=None, scheduler=None, workers=None, threads_per_worker=1,
         with joined:
             yield joined
         return
-    with start_local_cluster(workers, threads_per_worker, numba_cache_dir) as cluster, Client(cluster) as local:
-        yield local
+    # Dask's nanny writes its workers' pre-spawn variables (MALLOC_TRIM_THRESHOLD_, OMP_NUM_THREADS=1,
+    # ...) into this process's os.environ as it starts them: put the caller's environment back.
+    caller_environment = dict(os.environ)
+    try:
+        with start_local_cluster(workers, threads_per_worker, numba_cache_dir) as cluster, Client(cluster) as local:
+            _restore_environment(caller_environment)
+            yield local
+    finally:
+        _restore_environment(caller_environment)
+
+
+def _restore_environment(environment):
+    for name in set(os.environ) - set(environment):
+        del os.environ[name]
+    os.environ.update(environment)
