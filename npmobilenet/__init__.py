@@ -5,7 +5,8 @@ use, and the training, interop and compression parts load when first touched.
 """
 __version__ = "0.1.0"
 
-from npmobilenet.models import ARCHS, build  # noqa: E402
+from npmobilenet.models import ARCHS  # noqa: E402
+from npmobilenet.applications import APPLICATIONS, build  # noqa: E402  (classifiers, LR-ASPP, SSDLite)
 
 # Public names that live in modules loaded on first use: name -> module.
 _LAZY = {
@@ -20,6 +21,7 @@ _LAZY = {
     "export_onnx": "npmobilenet.io.onnx_export",
     "quantize": "npmobilenet.compression.quantize",
     "load_quantized": "npmobilenet.compression.qmodel",
+    "pretrained": "npmobilenet.io.hub",
 }
 
 
@@ -32,4 +34,9 @@ def __getattr__(name):
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["ARCHS", "build", *_LAZY]
+def __dir__():
+    # the lazily loaded names too, so dir() and tab completion show them before first use
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["ARCHS", "APPLICATIONS", "build", *_LAZY]

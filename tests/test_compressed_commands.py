@@ -25,7 +25,7 @@ def test_summary_of_float_and_int8_checkpoints(int8_checkpoint, capsys):
     # Same network, same multiply-accumulates; int8 drops the folded batch-norm parameters.
     assert int8_summary["quantized"] and int8_summary["macs"] == float_summary["macs"] == 1_196_592
     assert int8_summary["params"] < float_summary["params"] == 408_938
-    assert main(["summary", "no-such-file.npz"]) == 1
+    assert main(["summary", "no-such-file.npz"]) == 2
 
 
 def test_eval_of_int8_checkpoint(int8_checkpoint, capsys):
@@ -46,7 +46,7 @@ def test_bench_times_compressed_checkpoints_beside_float(int8_checkpoint, tmp_pa
     assert [r["engine"] for r in int8["rows"]] == ["npmobilenet int8", "npmobilenet fused fp32"]
     assert int8["macs"] == fp32["macs"] == 1_196_592
     assert all(r["ms"] > 0 for result in results for r in result["rows"])
-    assert main(["bench", "no-such-model"]) == 1
+    assert main(["bench", "no-such-model"]) == 2
 
 
 def test_predict_with_int8_weights(int8_checkpoint, tmp_path, capsys):

@@ -75,9 +75,9 @@ def test_compress_command_end_to_end(tmp_path, capsys):
     assert cli.main(["compress", "quantize", pruned, out, "--data", "digits", "--calibration-images", "16"]) == 0
 
     capsys.readouterr()
-    assert cli.main(["compress", "prune", FIXTURE, pruned, "--fraction", "1.0"]) == 1
+    assert cli.main(["compress", "prune", FIXTURE, pruned, "--fraction", "1.0"]) == 2
     assert "every channel" in capsys.readouterr().err
-    assert cli.main(["compress", "factorize", FIXTURE, factored, "--rank", "head=999"]) == 1
+    assert cli.main(["compress", "factorize", FIXTURE, factored, "--rank", "head=999"]) == 2
     assert "not allowed" in capsys.readouterr().err
-    assert cli.main(["compress", "quantize", out, str(tmp_path / "qq.npz"), "--data", "digits"]) == 1
+    assert cli.main(["compress", "quantize", out, str(tmp_path / "qq.npz"), "--data", "digits"]) == 2
     assert "already an int8 quantized checkpoint" in capsys.readouterr().err

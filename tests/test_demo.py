@@ -36,5 +36,5 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
 def test_demo_rejects_a_too_small_resolution(capsys):
     pytest.importorskip("sklearn")
-    assert main(["demo", "--resolution", "16"]) == 1
+    assert main(["demo", "--resolution", "16"]) == 2
     assert "--resolution must be at least 32" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_bench_command_small(tmp_path, capsys, monkeypatch):
     (["bench", "--repeat", "0"], "--repeat must be >= 1"),
 ])
 def test_bench_rejects_bad_arguments(argv, message, capsys):
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 

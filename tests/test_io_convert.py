@@ -42,9 +42,9 @@ def test_convert_command(tmp_path, capsys):
 
 def test_convert_refuses_a_mismatched_request(tmp_path, capsys):
     dst = str(tmp_path / "x.npz")
-    assert main(["convert", SRC, dst, "--arch", "mobilenet_v3_large"]) == 1
+    assert main(["convert", SRC, dst, "--arch", "mobilenet_v3_large"]) == 2
     assert "holds mobilenet_v3_small weights (torchvision naming), not mobilenet_v3_large" in capsys.readouterr().err
-    assert main(["convert", SRC, dst, "--width", "0.5"]) == 1
+    assert main(["convert", SRC, dst, "--width", "0.5"]) == 2
     assert "holds a width-0.35 mobilenet_v3_small, not width 0.5" in capsys.readouterr().err
     assert not os.path.exists(dst)
     with pytest.raises(ValueError, match="must be an .npz"):
@@ -102,5 +102,5 @@ def test_convert_timm_v4(tmp_path, capsys):
     np.testing.assert_array_equal(from_weights(dst)(x), model(x))
     info = inspect_weights(dst)
     assert (info.naming, info.arch, info.width, info.num_classes) == ("npmobilenet", "mobilenet_v4_conv_medium", 0.05, 10)
-    assert main(["convert", src, dst, "--width", "0.25"]) == 1
+    assert main(["convert", src, dst, "--width", "0.25"]) == 2
     assert "holds a width-0.05 mobilenet_v4_conv_medium, not width 0.25" in capsys.readouterr().err

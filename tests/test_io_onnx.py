@@ -91,7 +91,7 @@ def test_export_onnx_command(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "wrote" in text and "opset 17, input 2x3xHxW (NCHW)" in text and "verified in ONNX Runtime" in text
     onnx.checker.check_model(onnx.load(out), full_check=True)
-    assert main(["export-onnx", os.path.join(FIXTURES, PER_ARCH["mobilenet_v2"]), out, "--batch", "zero"]) == 1
+    assert main(["export-onnx", os.path.join(FIXTURES, PER_ARCH["mobilenet_v2"]), out, "--batch", "zero"]) == 2
     assert "--batch must be 'dynamic' or a positive int" in capsys.readouterr().err
 
 

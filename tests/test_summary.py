@@ -183,7 +183,7 @@ def test_cli_table(capsys):
     out = capsys.readouterr().out
     assert "total: 3,504,872 parameters" in out and "300,774,272 multiply-accumulates" in out
     assert "blocks.16.conv_pwl.conv" in out and "1x1 conv" in out and "batch norm" in out
-    assert cli.main(["summary", "mobilenet_v2", "--resolution", "8"]) == 1
+    assert cli.main(["summary", "mobilenet_v2", "--resolution", "8"]) == 2
     assert "--resolution must be at least 32" in capsys.readouterr().err
 
 
