@@ -25,7 +25,7 @@ from npmobilenet.detection.anchors import (
 from npmobilenet.detection.postprocess import postprocess_detections
 from npmobilenet.graph.graph import INPUT, Builder, Graph
 from npmobilenet.layers import (
-    ConvBNAct, DepthwiseConv2d, InvertedResidual, Layer, PointwiseConv2d, Sequential,
+    Conv2d, ConvBNAct, DepthwiseConv2d, InvertedResidual, Layer, Linear, PointwiseConv2d, Sequential,
 )
 from npmobilenet.layers.backbone import Backbone
 from npmobilenet.models import build, make_divisible, scale_channels
@@ -59,6 +59,17 @@ def _reduce_tail(network, width, rng):
     network.head = network.add_child("head", ConvBNAct(PointwiseConv2d(out, head, rng=rng), spec.bn_eps,
                                                        spec.bn_momentum, spec.head_activation))
     network.spec = replace(spec, blocks=tuple(blocks), head_channels=head)
+
+
+def normal_init(model, rng, std=0.03):
+    """torchvision's SSDLite initialisation (`_normal_init`): every convolution's weight ~ N(0, std^2)
+    and its bias 0, the backbone's included when it is not pretrained; here also the
+    squeeze-and-excitation layers, which torchvision holds as 1x1 convolutions."""
+    for _, layer in model.modules():
+        if isinstance(layer, (Conv2d, DepthwiseConv2d, PointwiseConv2d, Linear)):
+            layer.weight.data[...] = rng.normal(0.0, std, layer.weight.data.shape)
+            if layer.bias is not None:
+                layer.bias.data[...] = 0.0
 
 
 def extra_block(in_channels, out_channels, rng):
@@ -208,4 +219,6 @@ def ssdlite320_mobilenet_v3_large(num_classes=91, width=1.0, seed=0, extra_width
     config = dict(arch=ARCH, width=float(width), num_classes=int(num_classes), **overrides)
     if extra_width != 1.0:
         config["extra_width"] = float(extra_width)
-    return SSDLite(config, network, int(num_classes), extra, rng)
+    model = SSDLite(config, network, int(num_classes), extra, rng)
+    normal_init(model, rng)
+    return model

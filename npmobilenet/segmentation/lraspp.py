@@ -31,7 +31,8 @@ class Sigmoid(Layer):
     """1 / (1 + exp(-x)), elementwise; the derivative s (1 - s)."""
 
     def forward(self, x):
-        self._y = 1.0 / (1.0 + np.exp(-x))
+        e = np.exp(-np.abs(x))                  # never overflows: exp of a non-positive number
+        self._y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
         return self._y
 
     def backward(self, dy):
