@@ -1,7 +1,8 @@
 """Cost analysis: parameters and multiply-accumulates by formula, per op and per layer.
 
 `npmobilenet.analysis.ops` holds the per-op formulas (shapes in, costs out, no arrays);
-`npmobilenet.analysis.summary` walks a model with them (the `npmobilenet summary` command).
+`npmobilenet.analysis.summary` walks a model with them (the `npmobilenet summary` command):
+`summarize(model, resolution)` -> `Summary`, whose repr is the per-layer table.
 """
 from npmobilenet.analysis.ops import (
     OpCost,
@@ -15,6 +16,7 @@ from npmobilenet.analysis.ops import (
     separable_ratio,
     sliding_window_count,
 )
+from npmobilenet.analysis.summary import Summary, summarize  # the graph it reads is loaded with npmobilenet
 
 __all__ = [
     "OpCost",
@@ -27,4 +29,6 @@ __all__ = [
     "separable_conv2d_cost",
     "separable_ratio",
     "sliding_window_count",
+    "Summary",
+    "summarize",
 ]

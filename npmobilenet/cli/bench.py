@@ -1,8 +1,13 @@
 """`npmobilenet bench [ARCH|CHECKPOINT ...] [--batch 1,32] [--resolution 224] [--threads N] [--repeat K]
-[--per-layer] [--background-load] [--no-peers] [--cold-start] [--json PATH]`: fused inference
-timed beside PyTorch and ONNX Runtime (`npmobilenet.inference.bench`)."""
+[--per-layer] [--background-load] [--no-peers] [--cold-start] [--json [PATH]]`: fused inference
+timed beside PyTorch and ONNX Runtime (`npmobilenet.inference.bench`).
+
+`--json` means what it means in every command, one JSON document on stdout (the tables then go to
+stderr, as progress); `--json PATH` writes that document to PATH instead and keeps the tables on
+stdout."""
 import json
 import os
+import sys
 import tempfile
 
 from npmobilenet.extras import available
@@ -31,7 +36,9 @@ def add_arguments(parser):
     parser.add_argument("--background-load", action="store_true", help="measure while a spinning process holds one core")
     parser.add_argument("--no-peers", action="store_true", help="time npmobilenet only (no PyTorch / ONNX Runtime)")
     parser.add_argument("--cold-start", action="store_true", help="also time the first call with an empty and a warm Numba cache")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="print the results as JSON on stdout (the tables go to stderr); "
+                             "with PATH, write the JSON to that file instead")
 
 
 def run(args):
@@ -40,7 +47,12 @@ def run(args):
     from npmobilenet.inference import bench
     from npmobilenet.models import ARCHS
 
-    archs = args.archs or ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+    archs = list(args.archs)
+    json_path = args.json
+    if json_path not in (None, "-") and (json_path in ARCHS or (os.path.isfile(json_path) and not json_path.endswith(".json"))):
+        # `bench --json mobilenet_v2`: argparse gave the model to --json's optional PATH
+        archs, json_path = [json_path] + archs, "-"
+    archs = archs or ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
     checkpoints = [a for a in archs if a not in ARCHS and os.path.isfile(a)]
     unknown = [a for a in archs if a not in ARCHS and a not in checkpoints]
     if unknown:
@@ -54,6 +66,12 @@ def run(args):
     threads = args.threads if args.threads is not None else numba.config.NUMBA_NUM_THREADS
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
+    if json_path not in (None, "-"):
+        from npmobilenet.io.files import check_output
+
+        check_output(json_path, inputs=checkpoints, name="--json")
+    # the tables are progress when the JSON document is what stdout carries
+    text = sys.stderr if json_path == "-" else sys.stdout
     peers = not args.no_peers
     # PyTorch's libgomp and Numba's OpenMP layer are one library in one process (same soname):
     # whichever loads first reads the OpenMP environment for both. npmobilenet.config set it when
@@ -67,11 +85,11 @@ def run(args):
     print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, random weights, "
           f"median of {args.repeat}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; load average before: {load:.2f}"
-          + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""))
+          + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""), file=text)
     if peers:
         missing = [m for m in ("torch", "torchvision", "onnxruntime") if not available(m)]
         if missing:
-            print(f"(not installed, skipped: {', '.join(missing)})")
+            print(f"(not installed, skipped: {', '.join(missing)})", file=text)
     results, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="npmobilenet-bench-") as workdir, bench.background_load(args.background_load):
         for arch in archs + checkpoints:
@@ -81,7 +99,7 @@ def run(args):
                 else:
                     result = bench.bench_model(arch, batch, args.resolution, threads, args.repeat, peers, workdir)
                 results.append(result)
-                print(bench.format_results([result]).split("\n", 2)[2] if len(results) > 1 else bench.format_results([result]), flush=True)
+                print(bench.format_results([result]).split("\n", 2)[2] if len(results) > 1 else bench.format_results([result]), file=text, flush=True)
         if args.per_layer:
             peaks = {1: bench.machine_peaks(1)}
             for arch in archs:
@@ -93,22 +111,24 @@ def run(args):
                         peaks[layer_threads] = bench.machine_peaks(layer_threads)
                     profile["machine"] = peaks[layer_threads]
                     profiles.append(profile)
-                    print()
-                    print(bench.format_profile(profile, profile["machine"]), flush=True)
+                    print(file=text)
+                    print(bench.format_profile(profile, profile["machine"]), file=text, flush=True)
     cold = None
     if args.cold_start:
         cold = bench.cold_start(archs[0])
         print(f"\ncold start ({archs[0]}, batch 1, 224, fresh processes): first call "
               f"{cold['cold'][0]:.2f} s with an empty Numba cache, {cold['warm'][0]:.2f} s with a warm one "
               f"(second call {cold['warm'][1] * 1e3:.1f} ms; import to first result {cold['cold'][2]:.2f} s / "
-              f"{cold['warm'][2]:.2f} s)")
-    if args.json:
+              f"{cold['warm'][2]:.2f} s)", file=text)
+    if json_path is not None:
         payload = {"results": results, "profiles": profiles, "cold_start": cold, "threads": threads,
                    "background_load": args.background_load, "load_average": load,
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
-        directory = os.path.dirname(os.path.abspath(args.json))
-        fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, args.json)
+        document = json.dumps(payload, indent=1)
+        if json_path == "-":
+            print(document, flush=True)
+        else:
+            from npmobilenet.io.files import atomic_write
+
+            atomic_write(json_path, lambda f: f.write(document.encode()))
     return 0

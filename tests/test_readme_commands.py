@@ -1,0 +1,52 @@
+"""Commands as the README writes them, where running them found a difference (fast checks)."""
+import json
+
+from npmobilenet.cli import main
+
+SMALL_BENCH = ["--batch", "1", "--resolution", "32", "--repeat", "1", "--threads", "1", "--no-peers"]
+
+
+def test_bench_json_without_path_prints_one_json_document_on_stdout(capsys):
+    # `--json` means JSON on stdout in every command; the tables are progress, on stderr
+    assert main(["bench", "mobilenet_v3_small", *SMALL_BENCH, "--json"]) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert [(r["arch"], r["batch"]) for r in payload["results"]] == [("mobilenet_v3_small", 1)]
+    assert payload["results"][0]["rows"][0]["ms"] > 0
+    assert "mobilenet_v3_small" in captured.err and "ms/img" in captured.err
+
+
+def test_bench_json_followed_by_a_model_is_not_a_path(tmp_path, monkeypatch, capsys):
+    # argparse hands `mobilenet_v3_small` to --json's optional PATH; it is the model, not a file to write
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", *SMALL_BENCH, "--json", "mobilenet_v3_small"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [r["arch"] for r in payload["results"]] == ["mobilenet_v3_small"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_json_path_writes_the_file_and_keeps_the_tables_on_stdout(tmp_path, capsys):
+    out = tmp_path / "t1.json"
+    assert main(["bench", "mobilenet_v3_small", *SMALL_BENCH, "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "ms/img" in captured.out
+    assert [r["arch"] for r in json.loads(out.read_text())["results"]] == ["mobilenet_v3_small"]
+    assert [p.name for p in tmp_path.iterdir()] == ["t1.json"]  # written atomically: no temporary left
+
+
+def test_bench_json_path_in_a_missing_directory_is_refused_before_timing(tmp_path, capsys):
+    assert main(["bench", "mobilenet_v3_small", *SMALL_BENCH, "--json", str(tmp_path / "no" / "t.json")]) == 2
+    captured = capsys.readouterr()
+    assert "--json" in captured.err and "does not exist" in captured.err
+    assert "ms/img" not in captured.out
+
+
+def test_summarize_is_importable_from_npmobilenet_analysis():
+    import npmobilenet
+    from npmobilenet.analysis import summarize
+    from npmobilenet.analysis.summary import summarize as summarize_in_module
+
+    assert summarize is summarize_in_module
+    table = repr(summarize(npmobilenet.build("mobilenet_v1"), 224))
+    assert table.startswith("mobilenet_v1, width 1.0, input 224x224x3")
+    assert "568,740,352" in table
