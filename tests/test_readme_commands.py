@@ -50,3 +50,25 @@ def test_summarize_is_importable_from_npmobilenet_analysis():
     table = repr(summarize(npmobilenet.build("mobilenet_v1"), 224))
     assert table.startswith("mobilenet_v1, width 1.0, input 224x224x3")
     assert "568,740,352" in table
+
+
+def test_compression_names_are_the_functions_whatever_was_imported_first():
+    # the README's `from npmobilenet.compression import quantize, ...` gave the module `quantize`
+    # (a submodule's import sets the package attribute); checked in a fresh interpreter, both orders
+    import subprocess
+    import sys
+
+    script = """
+import sys, types
+if sys.argv[1] == "top-level first":
+    import npmobilenet
+    npmobilenet.quantize
+    import npmobilenet.compression.factorize
+from npmobilenet.compression import quantize, load_quantized, prune_channels, factorize
+import npmobilenet.compression as compression
+names = (quantize, load_quantized, prune_channels, factorize, compression.quantize, compression.factorize)
+print(all(isinstance(f, types.FunctionType) for f in names))
+"""
+    for order in ("fresh", "top-level first"):
+        done = subprocess.run([sys.executable, "-c", script, order], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "True", (order, done.stdout, done.stderr)

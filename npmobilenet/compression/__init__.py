@@ -13,9 +13,16 @@ low-rank factorisation.
 
 `load` is `npmobilenet.load` (any checkpoint, float or int8); the command is `npmobilenet compress`.
 
-Names are loaded on first use.
+Names are loaded on first use, except `quantize` and `factorize`: they are also the names of
+their modules, and importing a submodule sets the package's attribute to the module, so a lazy
+`from npmobilenet.compression import quantize` returned the module (the name was looked up twice,
+and the first look-up imported the module). Imported here, the functions are bound after their
+modules and stay bound.
 """
 import importlib
+
+from npmobilenet.compression.factorize import factorize
+from npmobilenet.compression.quantize import quantize
 
 _LAZY = {
     "quantize": "quantize", "QuantizedModel": "qmodel", "fold_model": "quantize",
