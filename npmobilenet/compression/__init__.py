@@ -25,10 +25,9 @@ from npmobilenet.compression.factorize import factorize
 from npmobilenet.compression.quantize import quantize
 
 _LAZY = {
-    "quantize": "quantize", "QuantizedModel": "qmodel", "fold_model": "quantize",
+    "QuantizedModel": "qmodel", "fold_model": "quantize",
     "save_quantized": "qmodel", "load_quantized": "qmodel", "is_quantized": "qmodel",
     "prune_channels": "prune", "magnitude_prune": "prune", "MaskedOptimizer": "prune", "sparsity_of": "prune",
-    "factorize": "factorize",
     "build": "structure", "load": "npmobilenet.io.checkpoint",
 }
 
@@ -41,4 +40,5 @@ def __getattr__(name):
     return getattr(importlib.import_module(path), name)
 
 
-__all__ = sorted(_LAZY)
+__all__ = ["factorize", "quantize"]
+__all__ += sorted(_LAZY)
