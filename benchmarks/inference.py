@@ -146,7 +146,7 @@ def compare_matmul(arch, resolution=224, repeat=20):
 
     import npmobilenet
     from npmobilenet.inference import kernels
-    from npmobilenet.ops.blas import find_blas, sgemm_address
+    from npmobilenet.ops.blas import find_blas, numba_gemm_address, sgemm_address
 
     blas = find_blas()
     if blas is None:
@@ -166,7 +166,7 @@ def compare_matmul(arch, resolution=224, repeat=20):
                 rows, k = args[0].shape
                 n = args[1].shape[1]
                 best = {}
-                for name, address in (("sgemm", sgemm_address()), ("numba", 0)):
+                for name, address in (("sgemm", sgemm_address()), ("numba", numba_gemm_address(np.float32))):
                     call = args[:-2] + (address, args[-1])
                     gate = args[5]
                     if gate.shape[0]:                      # the gate scales x in place: keep it at 1

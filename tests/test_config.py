@@ -42,7 +42,7 @@ def test_kernels_exist():
                    "npmobilenet.ops.pointwise.pointwise_tile", "npmobilenet.ops.pointwise._pointwise_forward_parallel",
                    "npmobilenet.ops.epilogue.bias_act", "npmobilenet.ops.blas.matmul",
                    "npmobilenet.inference.tiles._squeeze_excite_gate_parallel",
-                   "npmobilenet.inference.program._run_program",
+                   "npmobilenet.inference.program._take_tiles", "npmobilenet.inference.program._lead",
                    "npmobilenet.compression.qexact._conv2d_int8_exact_parallel"):
         assert kernel in names, kernel
 

@@ -13,7 +13,8 @@ from npmobilenet.inference.atomics import atomic_add, atomic_load
 from npmobilenet.ops.blas import find_blas
 from npmobilenet.inference.threads import numba_threads
 from npmobilenet.inference.plan import ALIGN
-from npmobilenet.inference.program import COLUMNS, TILES, X, Y, Program, op_row
+from npmobilenet.inference.program import COLUMNS, DONE, NEXT, TILES, X, Y, Program, _take_tiles, op_row
+from npmobilenet.inference.workers import tile_workers
 from test_inference_fuse import randomize_batch_norm
 
 
@@ -63,11 +64,18 @@ def test_program_equals_the_layers_own_kernels_bitwise(arch):
             with numba_threads(threads):
                 plan.program.run(threads)
             assert np.array_equal(plan.output, expected), threads
-        # more workers than threads: the region runs them one after another, and still finishes
+        # more threads asked for than there are workspace blocks: capped, and still the same
         np.copyto(plan.input, x)      # (the input's slot is reused by later tensors)
         with numba_threads(1):
             plan.program.run(4)
         assert np.array_equal(plan.output, expected)
+        # the helpers busy (another caller holds them): the calling thread takes every tile
+        helpers = tile_workers()
+        if helpers is not None:
+            np.copyto(plan.input, x)
+            with helpers.lock:
+                plan.program.run(2)
+            assert np.array_equal(plan.output, expected)
         # layer by layer, each layer's ops alone (how `bench --per-layer` times them)
         np.copyto(plan.input, x)
         for name in (layer.name for layer in fused.layers):
@@ -122,3 +130,19 @@ def test_concurrent_calls_from_python_threads_are_serialised_and_correct():
         results = list(pool.map(fused, inputs * 5))
     for i, result in enumerate(results):
         assert np.array_equal(result, expected[i % 4])
+
+
+def test_a_helper_arriving_after_its_run_takes_nothing():
+    # a helper woken late calls _take_tiles for a run that has ended (or for the next one to
+    # start): the compare-and-swap against the run's end gives it no tile
+    fused = _model("mobilenet_v3_small")
+    x = np.random.default_rng(2).standard_normal((1, 40, 40, 3)).astype(np.float32)
+    expected = fused(x)
+    program = fused.plan(x.shape).program
+    rows, first_tile, counters = program._job(None)
+    before = counters.copy()
+    assert before[NEXT] == before[DONE] > 0 and before[NEXT] % program.tiles == 0    # whole runs, all done
+    _take_tiles(rows, first_tile, program.params, program.arena, program.sgemm, counters, program.addresses, 1)
+    assert np.array_equal(counters, before)
+    fused.set_threads(numba.config.NUMBA_NUM_THREADS, adaptive=False)
+    assert np.array_equal(fused(x), expected)

@@ -1,9 +1,12 @@
-"""Atomic integer operations for Numba kernels (LLVM's `atomicrmw` and atomic loads).
+"""Atomic integer operations for Numba kernels (LLVM's `atomicrmw`, `cmpxchg`, atomic loads and
+stores), a spin-wait hint and the CPU's cycle counter.
 
-Numba has no atomics; `program.py` needs two to let threads share out the tiles of a network
-without a lock: a fetch-and-add that hands each thread the next tile, and an acquiring load that
-waits until the tiles a layer depends on are finished (sequentially consistent add, acquire load:
-the writes of a finished tile are visible to the thread that sees it counted).
+Numba has no atomics; `program.py` needs them to let threads share out the tiles of a network
+without a lock: a compare-and-swap that hands a thread the next tile only while the run it
+belongs to lasts, a fetch-and-add that counts finished tiles, and an acquiring load that waits
+until the tiles a layer depends on are finished (sequentially consistent add and swap, acquire
+load, release store: the writes of a finished tile are visible to the thread that sees it
+counted). `workers.py` waits for work by spinning a bounded number of cycles.
 """
 from llvmlite import ir
 from numba import types
@@ -49,6 +52,58 @@ def atomic_load(typingctx, counters, index):
 
 
 @intrinsic
+def atomic_cas(typingctx, counters, index, expected, value):
+    """If counters[index] == expected, set it to value; atomically. Returns whether it did."""
+    if not (_int64_vector(counters) and isinstance(index, types.Integer) and isinstance(expected, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+    sig = types.boolean(counters, index, expected, value)
+
+    def codegen(context, builder, signature, args):
+        array, i, old, new = args
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        i = context.cast(builder, i, signature.args[1], types.int64)
+        old = context.cast(builder, old, signature.args[2], types.int64)
+        new = context.cast(builder, new, signature.args[3], types.int64)
+        pair = builder.cmpxchg(builder.gep(data, [i]), old, new, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_store(typingctx, counters, index, value):
+    """counters[index] = value, atomically (release: writes before it are visible to a thread
+    that reads the value with `atomic_load`)."""
+    if not (_int64_vector(counters) and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
+        return None
+    sig = types.void(counters, index, value)
+
+    def codegen(context, builder, signature, args):
+        array, i, v = args
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        i = context.cast(builder, i, signature.args[1], types.int64)
+        v = context.cast(builder, v, signature.args[2], types.int64)
+        builder.store_atomic(v, builder.gep(data, [i]), "release", 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def cycle_counter(typingctx):
+    """The CPU's cycle counter (x86 `rdtsc`; LLVM's `readcyclecounter`, 0 where there is none)."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        read = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
+        return builder.call(read, [])
+
+    return sig, codegen
+
+
+@intrinsic
 def cpu_relax(typingctx):
     """A spin-wait hint (x86 `pause`: the waiting thread yields the core's pipeline to its
     sibling hyperthread and leaves the loop without a memory-order flush); nothing elsewhere."""
@@ -64,4 +119,4 @@ def cpu_relax(typingctx):
     return sig, codegen
 
 
-__all__ = ["atomic_add", "atomic_load", "cpu_relax"]
+__all__ = ["atomic_add", "atomic_cas", "atomic_load", "atomic_store", "cpu_relax", "cycle_counter"]

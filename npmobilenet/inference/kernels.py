@@ -26,7 +26,7 @@ from npmobilenet.inference import tiles
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import depthwise as depthwise_ops
-from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
+from npmobilenet.ops.blas import numba_gemm_address, sgemm_address, single_threaded_blas
 from npmobilenet.ops.epilogue import IDENTITY, NO_ROW_SUMS, NO_ROWS, activation_code
 from npmobilenet.ops.geometry import output_size
 from npmobilenet.ops.pointwise import POINTWISE_FORWARD
@@ -99,7 +99,7 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
     y = np.empty((rows, m), np.float32)
     tile_rows, tile_cols = pointwise_tiles(rows, k, m)
     _run(POINTWISE, parallel, x.reshape(rows, k), w, bias, act, res, g, h * wd,
-         tile_rows, tile_cols, sgemm_address() if use_blas else 0, y)
+         tile_rows, tile_cols, sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y.reshape(n, h, wd, m)
 
 
@@ -155,7 +155,7 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     tile = conv_ops.tile_pixels(x.shape[0] * ho * wo, cin, kh, kw)
     cols = np.empty(conv_ops.workspace_shape(get_num_threads() if parallel else 1, tile, kh, kw, cin), np.float32)
     _run(CONV2D, parallel, x, w, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile,
-         sgemm_address() if use_blas else 0, y)
+         sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y
 
 
@@ -177,5 +177,5 @@ def linear(x, w, bias, activation=None, parallel=True, use_blas=True):
         raise ValueError(f"w must be ({x.shape[1]}, Cout) and bias (Cout,), got {w.shape}, {bias.shape}")
     y = np.empty((x.shape[0], w.shape[1]), np.float32)
     _run(LINEAR, parallel, x, w, bias, activation_code(activation), linear_block_cols(w.shape[1]),
-         sgemm_address() if use_blas else 0, y)
+         sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y

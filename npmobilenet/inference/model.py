@@ -7,8 +7,8 @@ weight into one array (`layers.pack_parameters`). Nothing here knows a block cla
 model lowers to is what runs.
 
 Threads: one image (or a small batch of small images) runs as one call of the plan's op table
-(`program.py`), every layer cut into tiles that the threads take in turn, one parallel region
-for the whole network; a larger batch is cut into chunks of about two 224x224 images that worker
+(`program.py`), every layer cut into tiles that the calling thread and its helper threads
+(`workers.py`) take in turn, one compiled call each for the whole network; a larger batch is cut into chunks of about two 224x224 images that worker
 threads run through the whole network, each with its own plan (`chunk_images`). A
 `ThreadGovernor` (threads.py) drops the single-image path to one thread while parallel calls are
 slower (another process holding a core). The work is cut by shapes only, so outputs are bitwise
@@ -26,7 +26,7 @@ from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
 from npmobilenet.inference.compile import fused_layers
 from npmobilenet.inference.layers import FLOAT, pack_parameters
 from npmobilenet.inference.plan import MemoryPlan
-from npmobilenet.inference.threads import ThreadGovernor, check_threads, numba_threads, worker_pool
+from npmobilenet.inference.threads import ThreadGovernor, check_threads, worker_pool
 from npmobilenet.ops.geometry import MIN_RESOLUTION, check_images
 
 
@@ -135,11 +135,10 @@ class FusedMobileNet:
         return logits
 
     def _run_whole(self, x, threads):
-        """One plan; every layer's tiles shared by `threads` threads, in one parallel region."""
+        """One plan; every layer's tiles shared by `threads` threads (this one and helpers)."""
         plan = self.plan(x.shape)
         np.copyto(plan.input, x)
-        with numba_threads(threads):
-            plan.program.run(threads)
+        plan.program.run(threads)
         return plan.output.copy()
 
     def _run_chunks(self, x, chunk, threads):

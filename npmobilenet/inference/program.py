@@ -6,12 +6,13 @@ region, whose worker has often gone to sleep during the serial layer before (ten
 so most small layers were left serial, and 2 threads bought little (V3-Small: 3.2 -> 2.0 ms).
 Here the network is data: an int64 table, one row per op (kind, activation, tensor offsets into
 one activation arena, weight offsets into one parameter array, shapes, strides, padding, tiling).
-One parallel region runs it: each thread takes the next tile number from a shared counter
-(`atomic_add`), finds its op, waits until every tile of the ops before it is finished (a second
-counter: tiles are taken in order, so "all tiles of earlier ops are done" is "the done-count has
-reached this op's first tile"), computes the tile, and counts it done. Threads never wait for a
-tile that has not been taken, so any number of threads, including one running the region's
-iterations one after another, finishes without deadlock.
+The calling thread and helper threads (`workers.py`) run it, each in one compiled call: each
+thread takes the next tile number from a shared counter (compare-and-swap), finds its op, waits
+until every tile of the ops before it is finished (a second counter: tiles are taken in order,
+so "all tiles of earlier ops are done" is "the done-count has reached this op's first tile"),
+computes the tile, and counts it done. Threads never wait for a tile that has not been taken, so
+any number of threads, including the caller alone when its helpers are late or busy, finishes
+without deadlock.
 
 The tiles are those of the per-layer kernels (`kernels.py`): the convolution kinds' tiles of
 `npmobilenet.ops` (a block of output pixels of a standard convolution, two output rows of a
@@ -20,8 +21,9 @@ or pooling, a column block of a linear layer). Their sizes depend on shapes only
 computed by the same instructions whichever thread takes it: outputs are bitwise identical for
 every thread count, and equal to the layer-by-layer path's. (Tested for every model: with
 fastmath the order of a sum is the compiler's choice wherever a tile is inlined, and a change to
-a tile can make the serial and parallel builds, or the op table and a layer's kernel, differ in
-the last bit.)
+a tile can make the op table and a layer's kernel differ in the last bit.) The table calls each
+kind's tile through its address (`TILE_CALLS`, `indirect.py`), so a tile is compiled once, and
+only for the kinds a model has.
 
 Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - CONV: X (N, XH, XW, XC) -> Y (N, YH, YW, YC) with W (KH, KW, XC, YC), B; stride, padding, dilation;
@@ -39,18 +41,22 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 """
 import numba
 import numpy as np
-from numba import prange
+from numba import types
 
-from npmobilenet.config import njit_parallel, njit_serial
-from npmobilenet.inference.atomics import atomic_add, atomic_load, cpu_relax
+from npmobilenet.config import njit_serial
+from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
+from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, squeeze_excite_tile
+from npmobilenet.inference.views import view
+from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_tile
-from npmobilenet.ops.depthwise import depthwise_tile
+from npmobilenet.ops.depthwise import depthwise_steps
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR = range(7)
+KINDS = 7
 
-# Workers of one run (one per thread at most); workspaces hold a block for each.
+# Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
 
 COLUMNS = ("KIND", "ACT", "TILES", "X", "N", "XH", "XW", "XC", "Y", "YH", "YW", "YC", "W", "B", "KH", "KW",
@@ -67,100 +73,136 @@ def op_row(**fields):
     return row
 
 
-@njit_serial
-def _view(a, offset, size):
-    """a[offset:offset+size], or an empty view for offset -1."""
-    if offset < 0:
-        return a[0:0]
-    return a[offset:offset + size]
+# Each kind's tile, compiled once in its own module and called through its address (see
+# indirect.py: linked into the table's loop, every tile was optimised and compiled again at each
+# level of calls above it). The argument types are those `_run_tile` passes, checked when it
+# compiles.
+_I = types.int64
+_A1, _A2, _A3, _A4 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3, 4))
+TILE_CALLS = {
+    POINTWISE: CompiledCall(pointwise_tile, (_A2, _A2, _A1, _I, _A2, _A2, _I, _I, _I, _I, _A2, _I)),
+    DEPTHWISE: CompiledCall(depthwise_steps, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
+    SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
+    GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
+    CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
+    POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
+    LINEAR: CompiledCall(linear_tile, (_A2, _A2, _A1, _I, _I, _I, _A2, _I)),
+}
+_pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
+_gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
+
+
+def tile_addresses(kinds):
+    """int64 (KINDS + 1,): the address of each kind's tile for the kinds in `kinds` (compiling
+    them on first use), 0 for the others (a model compiles only the kinds it has); last, that of
+    `_run_tile`."""
+    addresses = np.zeros(KINDS + 1, np.int64)
+    for kind in sorted(set(int(k) for k in kinds)):
+        addresses[kind] = TILE_CALLS[kind].address()
+    addresses[RUN_TILE] = _RUN_TILE.address()
+    return addresses
 
 
 @njit_serial
-def _run_tile(op, params, arena, sgemm, t, worker):
-    """Tile t of op `op` (a row of the table), run by worker `worker` (whose workspace blocks it uses)."""
+def _run_tile(op, params, arena, sgemm, t, worker, addresses):
+    """Tile t of op `op` (a row of the table), run by worker `worker` (whose workspace blocks it
+    uses), by calling its kind's tile at `addresses[kind]`. Tensors are views of the arena and
+    weights of the parameters (`views.view`); an absent one (offset -1) is given no rows."""
     kind, act = op[KIND], op[ACT]
     n, xh, xw, xc = op[N], op[XH], op[XW], op[XC]
     yh, yw, yc = op[YH], op[YW], op[YC]
     if kind == POINTWISE:
         rows = n * xh * xw
-        x = _view(arena, op[X], rows * xc).reshape((rows, xc))
-        y = _view(arena, op[Y], rows * yc).reshape((rows, yc))
-        w = _view(params, op[W], xc * yc).reshape((xc, yc))
-        bias = _view(params, op[B], yc)
-        residual = _view(arena, op[AUX], rows * yc).reshape((rows if op[AUX] >= 0 else 0, yc))
-        gate = _view(arena, op[AUX2], n * xc).reshape((n if op[AUX2] >= 0 else 0, xc))
-        pointwise_tile(x, w, bias, act, residual, gate, xh * xw, op[TR], op[TC], sgemm, y, t)
+        residual = view(arena, op[AUX], (rows if op[AUX] >= 0 else 0, yc))
+        gate = view(arena, op[AUX2], (n if op[AUX2] >= 0 else 0, xc))
+        _pointwise(addresses[POINTWISE], (view(arena, op[X], (rows, xc)), view(params, op[W], (xc, yc)),
+                                          view(params, op[B], (yc,)), act, residual, gate, xh * xw, op[TR], op[TC],
+                                          sgemm, view(arena, op[Y], (rows, yc)), t))
     elif kind == DEPTHWISE:
-        x = _view(arena, op[X], n * xh * xw * xc).reshape((n, xh, xw, xc))
-        y = _view(arena, op[Y], n * yh * yw * yc).reshape((n, yh, yw, yc))
         run = op[RUN] * xc
-        w = _view(params, op[W], op[KH] * op[KW] * run).reshape((op[KH] * op[KW], run))
-        bias = _view(params, op[B], run)
-        sums = _view(arena, op[AUX], n * yh * yc).reshape((n if op[AUX] >= 0 else 0, yh, yc))
-        depthwise_tile(x, w, op[KH], op[KW], bias, act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW], y, t)
+        sums = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, yh, yc))
+        # depthwise_tile(..., t) is depthwise_steps(..., t, t + 1)
+        _depthwise(addresses[DEPTHWISE], (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH] * op[KW], run)),
+                                          op[KH], op[KW], view(params, op[B], (run,)), act, sums, op[SH], op[SW],
+                                          op[PT], op[PL], op[RH], op[RW], view(arena, op[Y], (n, yh, yw, yc)), t, t + 1))
     elif kind == SE_GATE:
         s = op[S]
-        sums = _view(arena, op[X], n * xh * xc).reshape((n, xh, xc))
-        gate = _view(arena, op[Y], n * xc).reshape((n, xc))
-        hidden = _view(arena, op[AUX], n * s).reshape((n, s))
-        w_reduce = _view(params, op[W], xc * s).reshape((xc, s))
-        w_expand = _view(params, op[W2], s * xc).reshape((s, xc))
-        squeeze_excite_tile(sums, op[COUNT], w_reduce, _view(params, op[B], s), w_expand,
-                            _view(params, op[B2], xc), hidden, gate, t)
+        _se_gate(addresses[SE_GATE], (view(arena, op[X], (n, xh, xc)), op[COUNT], view(params, op[W], (xc, s)),
+                                      view(params, op[B], (s,)), view(params, op[W2], (s, xc)), view(params, op[B2], (xc,)),
+                                      view(arena, op[AUX], (n, s)), view(arena, op[Y], (n, xc)), t))
     elif kind == GATE_ROWS:
-        rows = n * xh * xw
-        x = _view(arena, op[X], rows * xc).reshape((rows, xc))
-        gate = _view(arena, op[AUX], n * xc).reshape((n, xc))
-        gate_rows_tile(x, gate, xh * xw, op[TR], t)
+        _gate_rows(addresses[GATE_ROWS], (view(arena, op[X], (n * xh * xw, xc)), view(arena, op[AUX], (n, xc)),
+                                          xh * xw, op[TR], t))
     elif kind == CONV:
-        x = _view(arena, op[X], n * xh * xw * xc).reshape((n, xh, xw, xc))
-        y = _view(arena, op[Y], n * yh * yw * yc).reshape((n, yh, yw, yc))
-        w = _view(params, op[W], op[KH] * op[KW] * xc * yc).reshape((op[KH], op[KW], xc, yc))
         k = op[KH] * op[KW] * xc
-        if op[BLOCKS] > 0:
-            block = _view(arena, op[AUX] + worker * op[TR] * k, op[TR] * k).reshape((op[TR], k))
-        else:
-            block = _view(arena, -1, 0).reshape((0, k))     # the direct path needs none
-        conv_tile(x, w, _view(params, op[B], yc), act, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW], block, op[TR],
-                  sgemm, y, t)
+        blocks = op[BLOCKS] > 0                # the direct path needs no workspace
+        block = view(arena, op[AUX] + worker * op[TR] * k if blocks else 0, (op[TR] if blocks else 0, k))
+        _conv(addresses[CONV], (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH], op[KW], xc, yc)),
+                                view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
+                                block, op[TR], sgemm, view(arena, op[Y], (n, yh, yw, yc)), t))
     elif kind == POOL:
-        x = _view(arena, op[X], n * xh * xw * xc).reshape((n, xh * xw, xc))
-        global_avg_pool_tile(x, _view(arena, op[Y], n * xc).reshape((n, xc)), t)
+        _pool(addresses[POOL], (view(arena, op[X], (n, xh * xw, xc)), view(arena, op[Y], (n, xc)), t))
     elif kind == LINEAR:
-        x = _view(arena, op[X], n * xc).reshape((n, xc))
-        y = _view(arena, op[Y], n * yc).reshape((n, yc))
-        w = _view(params, op[W], xc * yc).reshape((xc, yc))
-        linear_tile(x, w, _view(params, op[B], yc), act, op[TC], sgemm, y, t)
+        _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], (xc, yc)),
+                                    view(params, op[B], (yc,)), act, op[TC], sgemm, view(arena, op[Y], (n, yc)), t))
+
+
+# _run_tile is called through its address too (addresses[RUN_TILE]): linked into the table loop,
+# its views of seven kinds were compiled again in the loop and in the function that leads a run.
+RUN_TILE = KINDS
+_RUN_TILE = CompiledCall(_run_tile, (types.Array(types.int64, 1, "C"), _A1, _A1, _I, _I, _I,
+                                     types.Array(types.int64, 1, "C")))
+_run_tile_at = _RUN_TILE.call
+
+# counters of a job (one per op table and range of ops; a cache line): tiles numbered across runs
+NEXT, DONE, END = 0, 1, 2
 
 
 @njit_serial
-def _take_tiles(ops, first_tile, params, arena, sgemm, counters, worker):
-    """Worker `worker` takes tiles in order until none are left: counters[0] is the next tile,
-    counters[1] the number finished. first_tile[k] is op k's first tile number; first_tile[-1]
-    the total."""
+def _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, worker):
+    """Worker `worker` takes tiles in order until none are left.
+
+    Tiles are numbered on across runs: run r has tiles r*total..(r+1)*total-1 (first_tile[k] is
+    op k's first tile within a run, first_tile[-1] the total). counters[NEXT] is the next tile,
+    counters[DONE] the number finished, counters[END] the end of the current run. A tile is taken
+    by compare-and-swap only while NEXT < END, so a helper arriving after its run ended (or while
+    the next one starts) takes nothing it may not compute.
+    """
     total = first_tile[first_tile.shape[0] - 1]
-    k = 0
+    k, run_base = 0, -1
     while True:
-        t = atomic_add(counters, 0, 1)
-        if t >= total:
+        t = atomic_load(counters, NEXT)
+        if t >= atomic_load(counters, END):
             return
-        while first_tile[k + 1] <= t:
+        if not atomic_cas(counters, NEXT, t, t + 1):
+            continue                            # another worker took it
+        base = t - t % total
+        if base != run_base:
+            k, run_base = 0, base
+        local = t - base
+        while first_tile[k + 1] <= local:
             k += 1
-        while atomic_load(counters, 1) < first_tile[k]:
-            cpu_relax()                 # an earlier op is still being finished by another thread
-        _run_tile(ops[k], params, arena, sgemm, t - first_tile[k], worker)
-        atomic_add(counters, 1, 1)
+        while atomic_load(counters, DONE) < base + first_tile[k]:
+            cpu_relax()                         # an earlier op is still being finished by another thread
+        _run_tile_at(addresses[RUN_TILE], (ops[k], params, arena, sgemm, local - first_tile[k], worker, addresses))
+        atomic_add(counters, DONE, 1)
 
 
-@njit_parallel
-def _run_program(ops, first_tile, params, arena, sgemm, counters, workers):
-    # ops: (K, len(COLUMNS)) int64; counters: (2,) int64, zero on entry; workers <= MAX_WORKERS.
-    # Parallel build only: one worker calls _take_tiles directly. A serial build of this function
-    # would recompile every tile kernel inlined once more (about a fifth of a cold start).
-    for worker in prange(workers):
-        _take_tiles(ops, first_tile, params, arena, sgemm, counters, worker)
+@njit_serial
+def _lead(ops, first_tile, params, arena, sgemm, counters, addresses, control):
+    """One run, led by the calling thread (worker 0): open it (counters[END]), let the helpers in
+    (control[GENERATION] += 1; `control` empty: no helpers), take tiles, and return when every
+    tile is finished."""
+    end = atomic_load(counters, NEXT) + first_tile[first_tile.shape[0] - 1]   # the last run is finished
+    atomic_store(counters, END, end)
+    if control.shape[0] > 0:
+        atomic_add(control, GENERATION, 1)
+    _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, 0)
+    while atomic_load(counters, DONE) < end:
+        cpu_relax()                             # a helper is finishing its last tile
 
 
+_NO_HELPERS = np.zeros(0, np.int64)
 class Program:
     """An op table over one plan's arena and a model's packed parameters; `run(threads)`."""
 
@@ -171,26 +213,42 @@ class Program:
             raise ValueError("every op needs at least one tile")
         self.first_tile = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int64)
         self.params, self.arena, self.sgemm = params, arena, int(sgemm)
-        self.counters = np.zeros(2, np.int64)
+        self.addresses = tile_addresses(self.ops[:, KIND])
+        self._jobs = {}
 
     @property
     def tiles(self):
         return int(self.first_tile[-1])
 
+    def _job(self, ops):
+        """(ops, first_tile, counters) of the whole table or of ops k0..k1-1: each range counts its
+        own tiles, so a helper still holding one range never takes a tile of another."""
+        if ops not in self._jobs:
+            if ops is None:
+                rows, first_tile = self.ops, self.first_tile
+            else:
+                k0, k1 = ops
+                rows, first_tile = self.ops[k0:k1], self.first_tile[k0:k1 + 1] - self.first_tile[k0]
+            self._jobs[ops] = (np.ascontiguousarray(rows), np.ascontiguousarray(first_tile), np.zeros(8, np.int64))
+        return self._jobs[ops]
+
     def run(self, threads=1, ops=None):
         """Every op (or ops k0..k1-1 for `ops=(k0, k1)`, e.g. one layer's, to time it alone) on
-        `threads` threads; fewer running threads still finish. The caller keeps OpenBLAS
-        single-threaded (see blas.py)."""
-        ops_, first_tile = self.ops, self.first_tile
-        if ops is not None:
-            k0, k1 = ops
-            ops_, first_tile = self.ops[k0:k1], self.first_tile[k0:k1 + 1] - self.first_tile[k0]
-        self.counters[:] = 0
-        workers = min(int(threads), MAX_WORKERS)     # a workspace block each (see CONV)
-        if workers > 1:
-            _run_program(ops_, first_tile, self.params, self.arena, self.sgemm, self.counters, workers)
-        else:   # one worker taking every tile: no parallel region, and no serial build to compile
-            _take_tiles(ops_, first_tile, self.params, self.arena, self.sgemm, self.counters, 0)
+        `threads` threads: the calling thread and helpers (`workers.py`); when they are busy
+        (another caller) or late, the calling thread takes their tiles. One call at a time per
+        table. The caller keeps OpenBLAS single-threaded (see blas.py)."""
+        rows, first_tile, counters = self._job(None if ops is None else tuple(int(k) for k in ops))
+        args = (rows, first_tile, self.params, self.arena, self.sgemm, counters, self.addresses)
+        workers = min(int(threads), MAX_WORKERS)       # a workspace block each (see CONV)
+        helpers = tile_workers() if workers > 1 else None
+        if helpers is not None and helpers.lock.acquire(blocking=False):
+            try:
+                helpers.publish(workers, lambda worker: _take_tiles(*args, worker))
+                _lead(*args, helpers.control)
+            finally:
+                helpers.lock.release()
+        else:
+            _lead(*args, _NO_HELPERS)
 
     def describe(self):
         """[(kind name, tiles)] per op, for reading the table."""

@@ -41,9 +41,9 @@ def numba_threads(threads):
 class ThreadGovernor:
     """Chooses, call by call, between running the parallel layers on `threads` threads or on one.
 
-    On a shared machine a parallel region waits for its slowest thread; when another process
-    holds a core, that thread may be descheduled for a whole scheduler tick, and a network of
-    ~50 parallel regions becomes many times slower than one thread (measured 100 ms against 25
+    On a shared machine the threads running a network wait for each other at every layer; when
+    another process holds a core, one of them may be descheduled for a whole scheduler tick, and
+    a network of ~50 layers becomes many times slower than one thread (measured 100 ms against 25
     ms for MobileNetV2 at batch 1 with the load average near 6). So the governor times calls:
     it keeps the median of the last three call times with `threads` threads and with one, runs
     the faster, and now and then probes the other (every `probe_interval` calls, doubling up to

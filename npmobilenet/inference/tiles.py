@@ -90,8 +90,9 @@ def linear_tile(x, w, bias, act, block_cols, gemm, y, b):
     """Columns b*block_cols.. of y = act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), y: (N, Cout)."""
     m0 = b * block_cols
     m1 = min(w.shape[1], m0 + block_cols)
-    matmul(gemm, x, 0, x.shape[0], w, m0, m1, y)
-    bias_act(y, 0, x.shape[0], m0, m1, bias, act)
+    first = np.int64(0)     # not 0: a literal argument would compile the callee a second time
+    matmul(gemm, x, first, x.shape[0], w, m0, m1, y)
+    bias_act(y, first, x.shape[0], m0, m1, bias, act)
 
 
 def _linear(x, w, bias, act, block_cols, gemm, y):

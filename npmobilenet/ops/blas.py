@@ -19,22 +19,27 @@ OpenBLAS must run single-threaded while our threads call it (its own thread pool
 two threads at once, serialises and spins: measured 50-100x slowdowns), so `single_threaded()`
 sets its thread count to 1 for the duration of a forward pass and restores it afterwards.
 
-If no such library is found (another BLAS, or `NPMOBILENET_BLAS=0`), `find_blas()` returns None,
-the addresses are 0 and `matmul` uses its Numba loop instead: slower, same results within rounding.
+If no such library is found (another BLAS, or `NPMOBILENET_BLAS=0`), `find_blas()` returns None
+and the addresses are those of a Numba GEMM with the same C signature (`numba_gemm_address`,
+compiled on first use): slower, same results within rounding. So a kernel always calls a GEMM
+by address and never compiles a matrix product of its own (a Numba loop in `matmul` was
+compiled, optimised and turned into machine code once more inside every tile that calls it:
+about 2 s of a cold start).
 """
 import contextlib
 import ctypes
 import glob
 import os
 import threading
+import types as pytypes
 
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba import carray, cfunc
 from numba.extending import intrinsic
 
-from npmobilenet.config import njit_serial
-from npmobilenet.ops.epilogue import _U
+from npmobilenet.config import FASTMATH, njit_serial
 
 # (sgemm, dgemm, set-threads, get-threads symbols); all take/return 64-bit ints (ILP64).
 _SYMBOLS = (
@@ -140,16 +145,16 @@ def single_threaded_blas():
 
 
 def sgemm_address():
-    """The address float32 kernels take as `gemm` (0: use the Numba matrix product)."""
-    blas = find_blas()
-    return 0 if blas is None else blas.sgemm_address
+    """The address float32 kernels take as `gemm`: OpenBLAS's SGEMM, or the Numba one."""
+    return gemm_address(np.float32)
 
 
 def gemm_address(dtype):
-    """The address of OpenBLAS's GEMM for `dtype` (float32: SGEMM, float64: DGEMM), or 0."""
+    """The address of OpenBLAS's GEMM for `dtype` (float32: SGEMM, float64: DGEMM), or of the
+    Numba GEMM with its signature when there is no OpenBLAS (`numba_gemm_address`)."""
     blas = find_blas()
     if blas is None:
-        return 0
+        return numba_gemm_address(dtype)
     return blas.sgemm_address if np.dtype(dtype) == np.float32 else blas.dgemm_address
 
 
@@ -195,57 +200,77 @@ def gemm_call(typingctx, address, a, b, c):
 
 
 # ---------------------------------------------------------------------------------------------
-# the matrix product of a tile, as kernels call it
+# a GEMM in Numba with CBLAS's signature, for machines without OpenBLAS (and for tests)
 # ---------------------------------------------------------------------------------------------
-@njit_serial
-def _matmul_numba(a, p0, p1, w, m0, m1, c):
-    """c[p0:p1, m0:m1] = a[p0:p1] @ w[:, m0:m1]. Four rows at a time: each row of w loaded once
-    feeds four rows of c (the vectorised loop runs over the contiguous column axis)."""
-    k = a.shape[1]
-    p = p0
-    while p + 4 <= p1:
+def _gemm_numba(layout, trans_a, trans_b, m, n, k, alpha, a_data, lda, b_data, ldb, beta, c_data, ldc):
+    # c = a @ b, row-major, no transposes, alpha 1, beta 0 (all `gemm_call` passes): a (m, k),
+    # b (k, n), c (m, n) with leading dimensions lda, ldb, ldc. Four rows at a time: each row of
+    # b loaded once feeds four rows of c (the vectorised loop runs over the contiguous columns).
+    a = carray(a_data, (m, lda))
+    b = carray(b_data, (k, ldb))
+    c = carray(c_data, (m, ldc))
+    p = 0
+    while p + 4 <= m:
         c0, c1, c2, c3 = c[p], c[p + 1], c[p + 2], c[p + 3]
-        for j in range(m0, m1):
-            uj = _U(j)
-            c0[uj] = 0
-            c1[uj] = 0
-            c2[uj] = 0
-            c3[uj] = 0
+        for j in range(n):
+            c0[j] = 0
+            c1[j] = 0
+            c2[j] = 0
+            c3[j] = 0
         for q in range(k):
             a0, a1, a2, a3 = a[p, q], a[p + 1, q], a[p + 2, q], a[p + 3, q]
-            wq = w[q]
-            for j in range(m0, m1):
-                uj = _U(j)
-                wv = wq[uj]
-                c0[uj] += a0 * wv
-                c1[uj] += a1 * wv
-                c2[uj] += a2 * wv
-                c3[uj] += a3 * wv
+            bq = b[q]
+            for j in range(n):
+                bv = bq[j]
+                c0[j] += a0 * bv
+                c1[j] += a1 * bv
+                c2[j] += a2 * bv
+                c3[j] += a3 * bv
         p += 4
-    while p < p1:
+    while p < m:
         cp = c[p]
-        for j in range(m0, m1):
-            cp[_U(j)] = 0
+        for j in range(n):
+            cp[j] = 0
         for q in range(k):
             ap = a[p, q]
-            wq = w[q]
-            for j in range(m0, m1):
-                uj = _U(j)
-                cp[uj] += ap * wq[uj]
+            bq = b[q]
+            for j in range(n):
+                cp[j] += ap * bq[j]
         p += 1
 
 
+_numba_gemms = {}
+
+
+def numba_gemm_address(dtype):
+    """The address of a Numba GEMM with CBLAS's row-major signature (`gemm_call`'s) for float32
+    or float64, compiled (or loaded from the cache) on first use."""
+    kind = np.dtype(dtype)
+    if kind not in (np.float32, np.float64):
+        raise TypeError(f"the Numba GEMM takes float32 or float64, got {kind}")
+    if kind not in _numba_gemms:
+        real = types.float32 if kind == np.float32 else types.float64
+        pointer = types.CPointer(real)
+        signature = types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, real,
+                               pointer, types.int64, pointer, types.int64, real, pointer, types.int64)
+        # a copy per dtype, named for it: Numba's cache names its files by qualified name
+        body = pytypes.FunctionType(_gemm_numba.__code__, _gemm_numba.__globals__, f"_gemm_numba_{kind.name}")
+        body.__qualname__ = body.__name__
+        _numba_gemms[kind] = cfunc(signature, cache=True, fastmath=set(FASTMATH))(body)
+    return _numba_gemms[kind].address
+
+
+# ---------------------------------------------------------------------------------------------
+# the matrix product of a tile, as kernels call it
+# ---------------------------------------------------------------------------------------------
 @njit_serial
 def matmul(gemm, a, p0, p1, w, m0, m1, c):
-    """c[p0:p1, m0:m1] = a[p0:p1] @ w[:, m0:m1], by the OpenBLAS GEMM at address `gemm` (that of
-    the arrays' dtype: `gemm_address`), or by Numba when `gemm` is 0. a: (P, K), w: (K, M),
-    c: (P, M), rows contiguous."""
+    """c[p0:p1, m0:m1] = a[p0:p1] @ w[:, m0:m1], by the GEMM at address `gemm` (that of the
+    arrays' dtype: `gemm_address`). a: (P, K), w: (K, M), c: (P, M), rows contiguous."""
     if p1 <= p0 or m1 <= m0:
         return
-    if gemm != 0:
-        gemm_call(gemm, a[p0:p1], w[:, m0:m1], c[p0:p1, m0:m1])
-    else:
-        _matmul_numba(a, p0, p1, w, m0, m1, c)
+    gemm_call(gemm, a[p0:p1], w[:, m0:m1], c[p0:p1, m0:m1])
 
 
-__all__ = ["Blas", "find_blas", "gemm_address", "gemm_call", "matmul", "sgemm_address", "single_threaded_blas"]
+__all__ = ["Blas", "find_blas", "gemm_address", "gemm_call", "matmul", "numba_gemm_address", "sgemm_address",
+           "single_threaded_blas"]

@@ -202,7 +202,7 @@ def conv_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h
     x: (N, H, W, Cin), w: (KH, KW, Cin, Cout), y: (N, Ho, Wo, Cout), all C-contiguous; bias:
     (Cout,), or empty for none (no epilogue: training); act: an `ops.epilogue` code; block:
     (tile, KH*KW*Cin), the caller's block of `workspace_shape` (not read by the direct path);
-    gemm: the address of the GEMM of x's dtype or 0 (`ops/blas.py`). A 3x3 kernel over 3
+    gemm: the address of the GEMM of x's dtype (`ops/blas.py`). A 3x3 kernel over 3
     channels is computed tap by tap; any other gathers the tile's receptive fields into the block
     and multiplies them by w as a (KH*KW*Cin, Cout) matrix.
     """
@@ -246,9 +246,10 @@ def conv_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h
             oh = (p - n * out_h * out_w) // out_w
             _gather_field(x_rows, in_channels, n, oh, p % out_w, block[p - p0], kernel_h, kernel_w, stride_h,
                           stride_w, pad_top, pad_left, dilation_h, dilation_w)
-        matmul(gemm, block, 0, p1 - p0, w_matrix, 0, out_channels, y_rows[p0:p1])
+        # (np.int64(0), not 0: a literal argument would compile the callee a second time)
+        matmul(gemm, block, np.int64(0), p1 - p0, w_matrix, np.int64(0), out_channels, y_rows[p0:p1])
         if bias.shape[0] > 0:
-            bias_act(y_rows, p0, p1, 0, out_channels, bias, act)
+            bias_act(y_rows, p0, p1, np.int64(0), out_channels, bias, act)
 
 
 def _conv_forward(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, cols, tile, gemm,

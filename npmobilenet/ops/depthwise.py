@@ -145,9 +145,10 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
                     _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h, dilation_w)
                     _bias_act_pixels(y, n, oh, a, b, bias, act)
             else:                                 # a row whose taps reach the top or bottom padding
-                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, 0, out_width, stride_w, pad_left, dilation_h,
-                               dilation_w)
-                _bias_act_pixels(y, n, oh, 0, out_width, bias, act)
+                # (np.int64(0), not 0: a literal argument would compile the callee a second time)
+                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, np.int64(0), out_width, stride_w, pad_left,
+                               dilation_h, dilation_w)
+                _bias_act_pixels(y, n, oh, np.int64(0), out_width, bias, act)
         top = first * stride_h - pad_top
         fused = kernel_h == 3 and kernel_w == 3
         paired = fused and stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height

@@ -44,7 +44,7 @@ def pointwise_tile(x, w, bias, act, residual, gate, rows_per_image, tile_rows, t
 
     x: (P, K), w: (K, M), bias: (M,), residual: (P, M) or empty, gate: (N, K) or empty (x' = x
     scaled in place by the gate of each row's image; `rows_per_image` = H*W), y: (P, M); `gemm`:
-    the address of the GEMM of x's dtype, or 0 (`ops/blas.py`). With one column tile, the tile
+    the address of the GEMM of x's dtype (`ops/blas.py`). With one column tile, the tile
     first gates its own input rows (no other tile reads them); with several, the caller runs
     `gate_rows_tile` over all rows first.
     """

@@ -1,0 +1,115 @@
+"""Two threads against one at batch 1, over several fresh processes (launches).
+
+    python benchmarks/threads.py                          # V2, V3-Large, V3-Small; 10 launches
+    python benchmarks/threads.py --peers                  # each npmobilenet block right after
+                                                          # ONNX Runtime and PyTorch calls (2 threads)
+    python benchmarks/threads.py --launches 3 --archs mobilenet_v3_small --json out.json
+
+Each launch is a new Python process: it builds each model (random weights), fuses it twice
+(`fuse(threads=1)` and `fuse(threads=2)`, the governor left on, as a user gets it) and times
+blocks of calls of each in turn, in rounds (the median of each is the launch's figure). With
+`--peers` (run it with the Python that has torch and onnxruntime), every block of npmobilenet
+calls comes right after a block of ONNX Runtime and PyTorch channels-last calls on 2 threads, with
+no pause between them: the case where another runtime's thread pool is still awake. Prints, per
+model, each launch's 1-thread and 2-thread medians and the speed-up, then the speed-ups' spread
+(min, median, max) over the launches, and how often the governor ran the 2-thread model on one.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ARCHS = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+
+
+def _child(archs, repeat, rounds, peers):
+    import npmobilenet
+    from npmobilenet.inference import bench
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="npmobilenet-threads-") as workdir:
+        for arch in archs:
+            model = npmobilenet.build(arch, seed=0).eval()
+            x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+            one, two = model.fuse(threads=1), model.fuse(threads=2)
+            if not np.array_equal(one(x), two(x)):
+                raise SystemExit(f"{arch}: 1 and 2 threads gave different logits")
+            peer_calls = []
+            if peers:
+                peer_calls += [fn for _, fn in bench._onnxruntime_engine(model, x, 2, workdir)[0]]
+                peer_calls += [fn for name, fn in bench._torch_engines(arch, x, 2) if name == "torch channels-last"]
+                if not peer_calls:
+                    raise SystemExit("--peers needs onnxruntime or torch (run with the peer Python)")
+            times = {1: [], 2: []}
+            used = []
+            per_round = max(1, repeat // rounds)
+            for _ in range(rounds):
+                for threads, fused in ((1, one), (2, two)):
+                    if peer_calls:
+                        for fn in peer_calls:       # the peers' pools are awake when we start
+                            for _ in range(5):
+                                fn()
+                    else:
+                        time.sleep(0.1)
+                    for _ in range(2):
+                        fused(x)
+                    for _ in range(per_round):
+                        start = time.perf_counter()
+                        fused(x)
+                        times[threads].append(time.perf_counter() - start)
+                        if threads == 2:
+                            used.append(fused.last_threads)
+            results[arch] = {"t1_ms": float(np.median(times[1]) * 1e3), "t2_ms": float(np.median(times[2]) * 1e3),
+                             "t2_on_one_thread": float(np.mean(np.array(used) == 1))}
+    print(json.dumps(results))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", nargs="+", default=ARCHS)
+    parser.add_argument("--launches", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=60, help="timed calls per thread count and launch")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", action="store_true", help="time right after ONNX Runtime / PyTorch calls")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.archs, args.repeat, args.rounds, args.peers)
+        return
+    launches = []
+    for launch in range(args.launches):
+        command = [sys.executable, os.path.abspath(__file__), "--child", "--archs", *args.archs,
+                   "--repeat", str(args.repeat), "--rounds", str(args.rounds)] + (["--peers"] if args.peers else [])
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        launches.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"launch {launch + 1}: " + "; ".join(
+            f"{arch} {r['t1_ms']:.2f} / {r['t2_ms']:.2f} ms = {r['t1_ms'] / r['t2_ms']:.2f}x"
+            for arch, r in launches[-1].items()), flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{len(launches)} launches{' after ONNX Runtime/PyTorch calls' if args.peers else ''}; "
+          f"load average after: {load:.2f}")
+    print(f"{'model':20s} {'1 thread ms':>12s} {'2 threads ms':>13s} {'speed-up min':>13s} {'median':>7s} "
+          f"{'max':>6s} {'2-thread calls run on 1':>24s}")
+    summary = {}
+    for arch in args.archs:
+        t1 = np.array([r[arch]["t1_ms"] for r in launches])
+        t2 = np.array([r[arch]["t2_ms"] for r in launches])
+        speedup = t1 / t2
+        fallback = np.mean([r[arch]["t2_on_one_thread"] for r in launches])
+        summary[arch] = {"t1_ms": t1.tolist(), "t2_ms": t2.tolist(), "speedup": speedup.tolist(),
+                         "t2_on_one_thread": fallback}
+        print(f"{arch:20s} {np.median(t1):12.2f} {np.median(t2):13.2f} {speedup.min():13.2f} "
+              f"{np.median(speedup):7.2f} {speedup.max():6.2f} {fallback * 100:23.1f}%")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"peers": args.peers, "launches": launches, "summary": summary}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
