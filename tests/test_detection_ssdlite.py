@@ -6,7 +6,7 @@ import pytest
 import npmobilenet
 from gradcheck import assert_close, numeric_grad, sample_indices
 from npmobilenet.detection.anchors import default_boxes
-from npmobilenet.graph import INPUT, Builder, Graph, lower
+from npmobilenet.graph import lower
 from npmobilenet.layers import BatchNorm
 
 
@@ -74,10 +74,9 @@ def test_whole_model_gradients(training):
 def test_lowered_graph_computes_the_heads():
     net = _small().eval()
     x = np.random.default_rng(1).standard_normal((1, 128, 128, 3))
-    builder = Builder()
-    outputs = net.lower(builder, INPUT, "")
-    graph = Graph(builder.ops, (INPUT,), outputs)           # a graph of twelve outputs: the heads' maps
-    assert len(graph.outputs) == 12 and len(lower(net).ops) == len(graph.ops)
+    graph = lower(net)                                      # a graph of twelve outputs: the heads' maps
+    assert len(graph.outputs) == 12
+    assert [graph.producer(t).name for t in graph.outputs[:2]] == ["classification_head.0.1", "classification_head.1.1"]
     cls, box = net.head_outputs(graph(x))
     want_cls, want_box = net.astype(np.float64)(x)
     np.testing.assert_allclose(cls, want_cls, rtol=1e-9, atol=1e-9)

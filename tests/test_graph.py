@@ -168,3 +168,37 @@ def test_a_graph_of_two_outputs_with_a_resize_evaluates_and_exports():
 
     with pytest.raises(NotImplementedError, match="one output"):
         fused_layers(graph)
+
+
+def test_sigmoid_activation_is_in_the_op_set():
+    # LR-ASPP's gate (V3 paper, sec. 6.3): 1 / (1 + exp(-x)), finite at any magnitude
+    from npmobilenet.graph import ACTIVATION_FUNCTIONS, Activation
+
+    assert "sigmoid" in ACTIVATION_FUNCTIONS
+    g = Builder()
+    g.add(Activation("gate", ("input",), "sigmoid"))
+    x = np.array([-800.0, -30.0, -1.0, 0.0, 2.0, 30.0, 800.0]).reshape(1, 1, 7, 1)
+    with np.errstate(over="raise"):
+        y = Graph(g.ops)(x).ravel()
+    want = [0.0, np.exp(-30.0) / (1 + np.exp(-30.0)), 1 / (1 + np.e), 0.5, 1 / (1 + np.exp(-2.0)),
+            1 / (1 + np.exp(-30.0)), 1.0]
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Activation("gate", ("input",), "swish")
+
+
+def test_lower_takes_the_tuple_of_outputs_a_model_returns():
+    rng = np.random.default_rng(8)
+
+    class TwoHeads(Layer):
+        def lower(self, graph, x, name):
+            a = graph.add(Conv("a", (x,), "pointwise", rng.standard_normal((3, 2)).astype(np.float32)))
+            b = graph.add(Conv("b", (x,), "pointwise", rng.standard_normal((3, 5)).astype(np.float32)))
+            return (b, a)
+
+    graph = lower(TwoHeads())
+    assert graph.outputs == ("b", "a")
+    x = rng.standard_normal((1, 4, 4, 3))
+    b, a = graph(x)
+    np.testing.assert_allclose(a, x @ graph.ops[0].weight, rtol=1e-12)
+    assert b.shape == (1, 4, 4, 5)

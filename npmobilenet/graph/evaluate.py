@@ -13,11 +13,17 @@ def _hardsigmoid(x):
     return np.clip(x + 3, 0, 6) / 6
 
 
+def _sigmoid(x):
+    # 1 / (1 + exp(-x)) = exp(min(x, 0)) / (1 + exp(-|x|)): exp never overflows, no cancellation
+    return np.exp(np.minimum(x, 0)) / (1 + np.exp(-np.abs(x)))
+
+
 ACTIVATIONS = {
     "relu": lambda x: np.maximum(x, 0),
     "relu6": lambda x: np.clip(x, 0, 6),
     "hardsigmoid": _hardsigmoid,                   # relu6(x + 3) / 6 (V3 paper, sec. 5.2)
     "hardswish": lambda x: x * _hardsigmoid(x),    # V3 paper, Eq. (2)
+    "sigmoid": _sigmoid,                           # LR-ASPP's gate (V3 paper, sec. 6.3)
 }
 CONVOLUTIONS = {"standard": reference.conv2d, "depthwise": reference.depthwise_conv2d}
 
@@ -42,7 +48,8 @@ def linear(op, x):
 
 
 def batch_norm(op, x):
-    return (x - op.mean) / np.sqrt(op.var + op.eps) * op.gamma + op.beta
+    mean, var, gamma, beta = (np.asarray(a, x.dtype) for a in (op.mean, op.var, op.gamma, op.beta))
+    return (x - mean) / np.sqrt(var + op.eps) * gamma + beta        # var + eps in x's dtype too
 
 
 def _bilinear_taps(size, out_size):

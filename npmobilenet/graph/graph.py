@@ -105,8 +105,11 @@ def lower(model):
     """The `Graph` of a model (or any layer): each layer's `lower()`, in execution order.
 
     The graph is the model in eval mode whatever mode the model is in (batch norm with its
-    running statistics, dropout the identity); it shares the model's arrays.
+    running statistics, dropout the identity); it shares the model's arrays. A model whose
+    `lower()` returns a tuple of tensors (SSDLite's twelve head maps) gives a graph with those
+    outputs, in that order.
     """
     builder = Builder()
     output = model.lower(builder, INPUT, "")
-    return Graph(builder.ops, (INPUT,), (output,), getattr(model, "config", None))
+    outputs = tuple(output) if isinstance(output, (tuple, list)) else (output,)
+    return Graph(builder.ops, (INPUT,), outputs, getattr(model, "config", None))

@@ -9,7 +9,8 @@ and the summary read that list and dispatch on `op.kind`, never on layer or bloc
                      (top, bottom, left, right) or TensorFlow's "same"
     batch_norm       y = gamma (x - mean) / sqrt(var + eps) + beta over the last axis; eval-mode
                      statistics. `passes.fold_batch_norm` folds it into the conv or linear before it
-    activation       relu, relu6, hardswish, hardsigmoid (V3 paper, sec. 5.2), elementwise
+    activation       relu, relu6, hardswish, hardsigmoid (V3 paper, sec. 5.2), sigmoid (LR-ASPP's
+                     gate, V3 paper sec. 6.3), elementwise
     global_avg_pool  (N, H, W, C) -> (N, C)
     linear           y = act(x w + b), x (N, Cin), w (Cin, Cout)
     channel_scale    x (N, H, W, C) times a per-image gate (N, C): squeeze-and-excitation's excite
@@ -26,7 +27,7 @@ run in its error).
 """
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
-ACTIVATION_FUNCTIONS = ("relu", "relu6", "hardswish", "hardsigmoid")
+ACTIVATION_FUNCTIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid")
 
 
 def _check_channels(op, shape, channels):
