@@ -11,6 +11,7 @@ from npmobilenet.models import build as build_classifier
 
 APPLICATIONS = ("lraspp_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large")
 DEFAULT_CLASSES = {"lraspp_mobilenet_v3_large": 21, "ssdlite320_mobilenet_v3_large": 91}  # VOC's 21, COCO's 91
+DEFAULT_RESOLUTION = {"lraspp_mobilenet_v3_large": 520, "ssdlite320_mobilenet_v3_large": 320}  # torchvision's inputs
 
 
 def build(arch, width=1.0, num_classes=None, seed=0, **overrides):

@@ -8,18 +8,21 @@ import os
 
 
 def add_arguments(parser):
+    from npmobilenet.applications import APPLICATIONS
     from npmobilenet.models import ARCHS
 
     parser.add_argument("arch", metavar="ARCH|WEIGHTS",
-                        help=f"one of: {', '.join(ARCHS)}; or weights: a registry name, a checkpoint (.npz: float, "
+                        help=f"one of: {', '.join(ARCHS + APPLICATIONS)}; or weights: a registry name, a checkpoint (.npz: float, "
                         "pruned, factorised or int8), a torchvision/timm .pth/.safetensors")
     parser.add_argument("--width", type=float, default=None,
                         help="width multiplier alpha (default 1.0; for weights: checked against them)")
     parser.add_argument("--tf", action="store_true", help="the weights are one of timm's tf_mobilenetv3_*")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="input height and width (default 224, or the checkpoint's training resolution)")
+                        help="input height and width (default 224 for a classifier, 520 for LR-ASPP, 320 for "
+                        "SSDLite, or the checkpoint's training resolution)")
     parser.add_argument("--classes", type=int, default=None,
-                        help="classifier outputs (default 1000; for weights: checked against them)")
+                        help="classes (default 1000 for a classifier, 21 for LR-ASPP, 91 for SSDLite; for weights: "
+                        "checked against them)")
     parser.add_argument("--json", action="store_true", help="print JSON: {params, macs, layers, breakdown}")
 
 
@@ -36,22 +39,25 @@ def _load(args):
 
 def run(args):
     from npmobilenet.analysis.summary import summarize
+    from npmobilenet.applications import APPLICATIONS, DEFAULT_RESOLUTION, build
     from npmobilenet.io.registry import is_weights_name
-    from npmobilenet.models import ARCHS, build
+    from npmobilenet.models import ARCHS
     from npmobilenet.ops.geometry import MIN_RESOLUTION
 
     if args.resolution is not None and args.resolution < MIN_RESOLUTION:
         raise ValueError(f"--resolution must be at least {MIN_RESOLUTION}, got {args.resolution}")
-    if args.arch in ARCHS and not os.path.exists(args.arch):
+    if args.arch in ARCHS + APPLICATIONS and not os.path.exists(args.arch):
         if args.tf:
             raise ValueError("--tf describes a weights file, not an architecture")
-        model = build(args.arch, width=1.0 if args.width is None else args.width,
-                      num_classes=1000 if args.classes is None else args.classes)
-        trained_at = None
+        if args.classes is not None and args.classes < 1:
+            raise ValueError(f"--classes must be at least 1, got {args.classes}")
+        # num_classes None: each model's own default (1000, LR-ASPP's 21, SSDLite's 91)
+        model = build(args.arch, width=1.0 if args.width is None else args.width, num_classes=args.classes)
+        trained_at = DEFAULT_RESOLUTION.get(args.arch)
     elif os.path.exists(args.arch) or is_weights_name(args.arch):
         model, trained_at = _load(args)
     else:
-        raise ValueError(f"ARCH must be one of {', '.join(ARCHS)}, a weights name or an existing weights file, "
+        raise ValueError(f"ARCH must be one of {', '.join(ARCHS + APPLICATIONS)}, a weights name or an existing weights file, "
                          f"got {args.arch!r}")
     resolution = args.resolution if args.resolution is not None else (trained_at or 224)
     if resolution < MIN_RESOLUTION:
