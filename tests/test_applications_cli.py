@@ -1,6 +1,10 @@
 """The applications (LR-ASPP, SSDLite) through the command line: summary's counts, demo --task,
 predict's mask and boxes."""
 import json
+import re
+
+import numpy as np
+import pytest
 
 from npmobilenet.cli import main
 
@@ -35,3 +39,48 @@ def test_summary_refuses_bad_classes(capsys):
     assert main(["summary", "ssdlite320_mobilenet_v3_large", "--classes", "0"]) == 2
     err = capsys.readouterr().err
     assert "--classes must be at least 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_task_segmentation_writes_its_picture(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    picture = tmp_path / "masks.png"
+    assert main(["demo", "--task", "segmentation", "--quick", "--resolution", "64", "--batch-size", "8",
+                 "--picture", str(picture)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1: loss" in out and re.search(r"test mIoU \d\.\d{3} .*all-background baseline \d\.\d{3}", out)
+    from PIL import Image
+    assert np.asarray(Image.open(picture)).shape == (3 * 64, 8 * 64, 3)     # images, true and predicted masks
+
+
+def test_demo_task_detection_writes_its_picture_under_out(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    assert main(["demo", "--task", "detection", "--quick", "--resolution", "64", "--batch-size", "16",
+                 "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"test mAP@0\.5 \d\.\d{3} .*mean-box baseline \d\.\d{3}", out)
+    from PIL import Image
+    assert np.asarray(Image.open(tmp_path / "run" / "detection_demo.png")).shape == (2 * 64, 8 * 2 * 64, 3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "segmentation", "--progress", "plain"], "--progress applies to the classification demo"),
+    (["--task", "detection", "--no-summary"], "--no-summary applies to the classification demo"),
+    (["--picture", "x.png"], "--picture applies to --task segmentation or detection"),
+    (["--task", "segmentation", "--picture", "x.jpg"], "--picture must name a .png file"),
+    (["--task", "detection", "--picture", "/missing/dir/x.png"], "does not exist"),
+    (["--task", "segmentation", "--resolution", "16"], "--resolution must be at least 32"),
+    (["--task", "detection", "--epochs", "0"], "--epochs must be >= 1"),
+])
+def test_demo_task_refuses_what_does_not_apply(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert list(tmp_path.iterdir()) == []                    # checked before any work: nothing written
+
+
+def test_demo_knows_three_tasks(capsys):
+    with pytest.raises(SystemExit) as exited:              # argparse's own refusal
+        main(["demo", "--task", "tracking"])
+    assert exited.value.code == 2
+    assert "choose from 'classification', 'segmentation', 'detection'" in capsys.readouterr().err
