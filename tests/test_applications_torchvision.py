@@ -76,3 +76,26 @@ def test_recognised_by_keys_and_refused_clearly():
         from_application_weights(os.path.join(FIXTURES, "tv_ssdlite_w010.safetensors"), arch="lraspp_mobilenet_v3_large")
     with pytest.raises(ValueError, match="has 5 classes, not 21"):
         from_application_weights(os.path.join(FIXTURES, "tv_lraspp_w010.pth"), num_classes=21)
+
+
+def test_from_weights_recognises_the_applications(expected):
+    # npmobilenet.io.from_weights(path): the one loader for any weights file knows these two too
+    from npmobilenet.io import from_weights
+
+    seg = from_weights(os.path.join(FIXTURES, "tv_lraspp_w010.pth"))
+    assert seg.arch == "lraspp_mobilenet_v3_large" and seg.num_classes == 5 and not seg.training
+    want = expected["lraspp_logits"]
+    assert np.abs(seg(model_input((1, 97, 83, 3), 1)) - want).max() <= 1e-4 * np.abs(want).max()
+    path = os.path.join(FIXTURES, "tv_ssdlite_w010.safetensors")
+    det = from_weights(path, arch="ssdlite320_mobilenet_v3_large", width=0.1, num_classes=5)
+    cls_logits, _ = det(model_input((1, 320, 320, 3), 2))
+    want = expected["ssdlite_cls_logits"]
+    assert np.abs(cls_logits - want).max() <= 1e-4 * np.abs(want).max()
+    with pytest.raises(ValueError, match=r"tv_ssdlite_w010.safetensors: the file holds ssdlite320_mobilenet_v3_large weights, not mobilenet_v3_large"):
+        from_weights(path, arch="mobilenet_v3_large")
+    with pytest.raises(ValueError, match="holds a width-0.1 ssdlite320_mobilenet_v3_large, not width 0.5"):
+        from_weights(path, width=0.5)
+    with pytest.raises(ValueError, match="has 5 classes, not 91"):
+        from_weights(path, num_classes=91)
+    with pytest.raises(ValueError, match="variant='tf' is timm's"):
+        from_weights(path, variant="tf")

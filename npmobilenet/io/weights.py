@@ -301,6 +301,9 @@ def from_weights(path, arch=None, width=None, num_classes=None, variant=None):
                              "variant='tf' applies to timm's tf_* weight files")
         return checkpoint.load(path)
     state = read_foreign_state(path)
+    application = _from_application(path, state, arch, width, num_classes, variant)
+    if application is not None:
+        return application
     info = _inspect_state(path, fmt, state)
     if variant == "tf":
         if info.naming != "timm" or not info.arch.startswith("mobilenet_v3"):
@@ -320,6 +323,26 @@ def from_weights(path, arch=None, width=None, num_classes=None, variant=None):
                          f"it needs the build options {sorted(kwargs)}") from None
     _load_foreign(model, path, state, info)
     return model.eval()
+
+
+def _from_application(path, state, arch, width, num_classes, variant):
+    """torchvision's LR-ASPP or SSDLite (recognised by key names: `application_weights`), built
+    and loaded; None for any other file."""
+    from npmobilenet.application_weights import detect_application, from_application_state
+
+    found = detect_application(state)
+    if found is None:
+        return None
+    if variant is not None:
+        raise ValueError(f"{path} holds torchvision's {found}; variant='tf' is timm's tf_mobilenetv3_*")
+    try:
+        model = from_application_state(state, arch, num_classes)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if width is not None and abs(float(width) - model.config["width"]) > 1e-9:
+        raise ValueError(f"{path} holds a width-{model.config['width']:g} {found}, not width {float(width):g}")
+    warn_non_finite(state, path)
+    return model
 
 
 def _check_requested(path, info, arch, width, num_classes):
