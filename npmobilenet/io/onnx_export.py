@@ -12,12 +12,18 @@ The model's lowered graph (`npmobilenet.graph`), op by op, in standard operators
                           (its vectors stay (N, C, 1, 1), as the graph's `gate_ops` say)
     Add                   the inverted residual's shortcut
     GlobalAveragePool, Flatten, Gemm   the classifier (dropout is the identity at inference)
+    Sigmoid, Resize       LR-ASPP's gate and its bilinear upsampling (mode linear, half_pixel:
+                          PyTorch's align_corners=False), to the size of another tensor (Shape, Concat)
 
 Input layout: the graph takes NCHW float32 images, `input` of shape (N, 3, H, W), the convention
 of ONNX vision models (torchvision's exports, ONNX Runtime's samples), so it drops into existing
 pipelines; `input_layout="nhwc"` instead prepends a Transpose and takes our NHWC layout. N is
 symbolic unless `batch` fixes it; H and W are symbolic (any size >= 32 works). Output: `logits`
-(N, num_classes). The model's config and the input layout are stored in the graph's metadata.
+(N, num_classes), or (N, num_classes, H, W) for LR-ASPP; SSDLite's graph ends at its twelve head
+maps (NCHW, named as the lowered graph names them: classification_head.{i}.1, then
+regression_head.{i}.1): the reshape to (N, anchors, K), the concatenation (`SSDLite.head_outputs`
+on the maps transposed to NHWC), box decoding and NMS (`postprocess_detections`) stay outside the
+graph. The model's config and the input layout are stored in the graph's metadata.
 """
 import json
 import os
@@ -88,6 +94,8 @@ def _activation(g, function, x, name):
     if function == "hardsigmoid":
         # relu6(x + 3) / 6 = max(0, min(1, x / 6 + 1 / 2))
         return g.add("HardSigmoid", [x], f"{name}.hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
+    if function == "sigmoid":
+        return g.add("Sigmoid", [x], f"{name}.sigmoid")
     raise TypeError(f"cannot export activation {function!r} ({name}) to ONNX")
 
 
@@ -139,8 +147,10 @@ def export_graph(g, graph, x):
             # sizes: (N, C) of x, (H, W) of the tensor whose size it takes, both from NCHW shapes
             sizes = g.add("Concat", [g.add("Shape", [xs[0]], f"{name}.batch_channels", start=0, end=2),
                                      g.add("Shape", [xs[1]], f"{name}.spatial", start=2, end=4)], f"{name}.sizes", axis=0)
+            # PyTorch's align_corners=False reads (o + 0.5) H / Ho - 0.5 for every output length,
+            # 1 included: ONNX's half_pixel (its pytorch_half_pixel reads 0 for a length of 1)
             y = g.add("Resize", [xs[0], "", "", sizes], f"{name}.resize", mode="linear",
-                      coordinate_transformation_mode="pytorch_half_pixel")
+                      coordinate_transformation_mode="half_pixel")
         else:
             raise TypeError(f"cannot export {op.kind} op {name} to ONNX")
         if getattr(op, "activation", None) is not None:
@@ -149,10 +159,31 @@ def export_graph(g, graph, x):
     return [values[t] for t in graph.outputs]
 
 
+PROBE_SHAPE = (1, 65, 71, 3)    # an odd input size: an output of this height and width follows the input's
+
+
+def _output_signature(graph, batch_dim):
+    """Names and dims of a lowered graph's outputs. One output is `logits`: (N, K) for a
+    classifier, (N, K, H, W) for a segmentation model (H, W the input's when they follow it);
+    several (SSDLite's twelve head maps) keep the graph's tensor names, maps NCHW with symbolic
+    height and width."""
+    shapes = graph.shapes(PROBE_SHAPE)
+    names = ["logits"] if len(graph.outputs) == 1 else list(graph.outputs)
+    dims = []
+    for name, tensor in zip(names, graph.outputs):
+        shape = shapes[tensor]
+        if len(shape) == 4:
+            spatial = ["H", "W"] if shape[1:3] == PROBE_SHAPE[1:3] else [f"{name}_height", f"{name}_width"]
+            dims.append([batch_dim, shape[3]] + spatial)
+        else:
+            dims.append([batch_dim] + list(shape[1:]))
+    return names, dims
+
+
 def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold_batchnorm=True):
     """The ONNX ModelProto of `model` (eval-mode semantics: running statistics, no dropout), an
     int8 `QuantizedModel`, or a lowered `npmobilenet.graph.Graph` (one output: `logits`; several:
-    named as the graph's outputs)."""
+    named as the graph's outputs; `_output_signature`)."""
     onnx = require("onnx", "ONNX export")
     helper, TensorProto = onnx.helper, onnx.TensorProto
     if batch in (None, "dynamic"):
@@ -182,17 +213,13 @@ def build_onnx(model, batch=None, opset=DEFAULT_OPSET, input_layout="nchw", fold
         from npmobilenet.io.onnx_qdq import build_qdq_onnx
 
         results = [build_qdq_onnx(model, graph, x, helper)]
+        names, dims = ["logits"], [[batch_dim, config["num_classes"]]]
     else:
         lowered = model if isinstance(model, Graph) else lower(model)
         results = export_graph(graph, fold_batch_norm(lowered) if fold_batchnorm else lowered, x)
-    if len(results) == 1:           # a classifier: its logits
-        outputs = [helper.make_tensor_value_info(graph.add("Identity", results, "logits"), TensorProto.FLOAT,
-                                                 [batch_dim, config["num_classes"]] if "num_classes" in config else None)]
-    else:                           # several outputs, named as the graph names them (maps NCHW, as the input)
-        ranks = {t: len(shape) for t, shape in model.shapes((1, 64, 64, 3)).items()}
-        outputs = [helper.make_tensor_value_info(graph.add("Identity", [value], name), TensorProto.FLOAT,
-                                                 [batch_dim] + [f"{name}_{i}" for i in range(1, ranks[name])])
-                   for value, name in zip(results, model.outputs)]
+        names, dims = _output_signature(lowered, batch_dim)
+    outputs = [helper.make_tensor_value_info(graph.add("Identity", [value], name), TensorProto.FLOAT, shape)
+               for value, name, shape in zip(results, names, dims)]
     arch = config.get("arch", "graph")
     proto_graph = helper.make_graph(
         graph.nodes, f"npmobilenet_{arch}",
