@@ -63,10 +63,10 @@ import sys, types
 if sys.argv[1] == "top-level first":
     import npmobilenet
     npmobilenet.quantize
-    import npmobilenet.compression.factorize
-from npmobilenet.compression import quantize, load_quantized, prune_channels, factorize
+    import npmobilenet.compression.quantize
+from npmobilenet.compression import quantize, load_quantized, prune_channels
 import npmobilenet.compression as compression
-names = (quantize, load_quantized, prune_channels, factorize, compression.quantize, compression.factorize)
+names = (quantize, load_quantized, prune_channels, compression.quantize)
 print(all(isinstance(f, types.FunctionType) for f in names))
 """
     for order in ("fresh", "top-level first"):

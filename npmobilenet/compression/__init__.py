@@ -13,21 +13,22 @@ low-rank factorisation.
 
 `load` is `npmobilenet.load` (any checkpoint, float or int8); the command is `npmobilenet compress`.
 
-Names are loaded on first use, except `quantize` and `factorize`: they are also the names of
-their modules, and importing a submodule sets the package's attribute to the module, so a lazy
-`from npmobilenet.compression import quantize` returned the module (the name was looked up twice,
-and the first look-up imported the module). Imported here, the functions are bound after their
-modules and stay bound.
+Names are loaded on first use, except `quantize`: it is also its module's name, and importing a
+submodule sets the package's attribute to the module, so a lazy `from npmobilenet.compression
+import quantize` returned the module (the name is looked up twice, and the first look-up imported
+the module). Imported here, the function is bound after its module and stays bound. `from
+npmobilenet.compression import factorize` gives the module (`factorize.factorize` is the function),
+as the tests and benchmarks use it.
 """
 import importlib
 
-from npmobilenet.compression.factorize import factorize
 from npmobilenet.compression.quantize import quantize
 
 _LAZY = {
     "QuantizedModel": "qmodel", "fold_model": "quantize",
     "save_quantized": "qmodel", "load_quantized": "qmodel", "is_quantized": "qmodel",
     "prune_channels": "prune", "magnitude_prune": "prune", "MaskedOptimizer": "prune", "sparsity_of": "prune",
+    "factorize": "factorize",
     "build": "structure", "load": "npmobilenet.io.checkpoint",
 }
 
@@ -40,5 +41,5 @@ def __getattr__(name):
     return getattr(importlib.import_module(path), name)
 
 
-__all__ = ["factorize", "quantize"]
+__all__ = ["quantize"]
 __all__ += sorted(_LAZY)
