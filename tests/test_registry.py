@@ -14,12 +14,17 @@ NAME = "mobilenet_v2.IMAGENET1K_V1"
 def test_the_table_is_torchvisions():
     assert registry.names() == ["mobilenet_v2.IMAGENET1K_V1", "mobilenet_v2.IMAGENET1K_V2",
                                 "mobilenet_v3_large.IMAGENET1K_V1", "mobilenet_v3_large.IMAGENET1K_V2",
-                                "mobilenet_v3_small.IMAGENET1K_V1"]
+                                "mobilenet_v3_small.IMAGENET1K_V1", "lraspp_mobilenet_v3_large.COCO_WITH_VOC_LABELS_V1",
+                                "ssdlite320_mobilenet_v3_large.COCO_V1"]
     prefixes = {e.name: e.sha256_prefix for e in registry.WEIGHTS.values()}
     assert prefixes == {"mobilenet_v2.IMAGENET1K_V1": "b0353104", "mobilenet_v2.IMAGENET1K_V2": "7ebf99e0",
                         "mobilenet_v3_large.IMAGENET1K_V1": "8738ca79", "mobilenet_v3_large.IMAGENET1K_V2": "5c1a4163",
-                        "mobilenet_v3_small.IMAGENET1K_V1": "047dcff4"}
+                        "mobilenet_v3_small.IMAGENET1K_V1": "047dcff4",
+                        "lraspp_mobilenet_v3_large.COCO_WITH_VOC_LABELS_V1": "d234d4ea",
+                        "ssdlite320_mobilenet_v3_large.COCO_V1": "a79551df"}
     for entry in registry.WEIGHTS.values():
+        if entry.task != "classification":
+            continue                                # test_the_applications_entries
         assert entry.arch in ARCHS and entry.name.startswith(entry.arch + ".")
         assert entry.url == "https://download.pytorch.org/models/" + entry.file_name
         assert entry.preprocess.crop == 224 and entry.resize == (232 if entry.name.endswith("V2") else 256)
@@ -30,6 +35,31 @@ def test_the_table_is_torchvisions():
     assert meta["categories"][:2] == ["tench", "goldfish"] and len(meta["categories"]) == 1000
     assert meta["reported_accuracy"] == {"source": "torchvision (quoted, not measured by npmobilenet)",
                                          "dataset": "ImageNet-1k validation", "top1": 71.878, "top5": 90.286}
+
+
+def test_the_applications_entries():
+    # torchvision's LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1 and
+    # SSDLite320_MobileNet_V3_Large_Weights.COCO_V1, with their metrics quoted as theirs
+    seg = registry.get("lraspp_mobilenet_v3_large.COCO_WITH_VOC_LABELS_V1").meta()
+    assert seg["url"] == "https://download.pytorch.org/models/lraspp_mobilenet_v3_large-d234d4ea.pth"
+    assert seg["task"] == "segmentation" and seg["num_params"] == 3_221_538
+    assert seg["preprocess"] == {"resize": 520, "crop": None, "interpolation": "bilinear",
+                                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert seg["reported_accuracy"] == {"source": "torchvision (quoted, not measured by npmobilenet)",
+                                        "dataset": "COCO-val2017-VOC-labels", "miou": 57.9, "pixel_acc": 91.2}
+    assert len(seg["categories"]) == 21 and seg["categories"][15] == "person"
+    det = registry.get("ssdlite320_mobilenet_v3_large.COCO_V1").meta()
+    assert det["url"] == "https://download.pytorch.org/models/ssdlite320_mobilenet_v3_large_coco-a79551df.pth"
+    assert det["task"] == "detection" and det["num_params"] == 3_440_060
+    assert det["preprocess"] == {"size": [320, 320], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert det["reported_accuracy"] == {"source": "torchvision (quoted, not measured by npmobilenet)",
+                                        "dataset": "COCO-val2017", "box_map": 21.3}
+    assert len(det["categories"]) == 91 and det["categories"][1] == "person" and det["categories"][12] == "N/A"
+    for name in ("lraspp_mobilenet_v3_large.COCO_WITH_VOC_LABELS_V1", "ssdlite320_mobilenet_v3_large.COCO_V1"):
+        entry = registry.get(name)
+        assert npmobilenet.build(entry.arch).num_parameters() == entry.num_params
+        with pytest.raises(ValueError, match="preprocessing is meta"):
+            entry.preprocess
 
 
 def test_unknown_names_are_named_with_the_known_ones():

@@ -1,4 +1,5 @@
-"""Classify image files with a model (`npmobilenet predict`, and the Dask batch prediction on top).
+"""Classify image files with a model (`npmobilenet predict`, and the Dask batch prediction on top);
+segment them or detect objects in them with LR-ASPP or SSDLite weights (`DensePredictor`).
 
     iter_image_paths(inputs)        files as given, directories walked (sorted, image files only),
                                     globs expanded: lazily, one directory listing at a time
@@ -9,6 +10,11 @@
     Predictor.predict_files(paths)  -> rows {"path", "top": [{"rank", "index", "label",
                                     "probability"}], "error"}: an unreadable image gives a row with
                                     its error, never an exception
+    DensePredictor.iter_predictions(paths, draw_dir)
+                                    -> rows {"path", "size", "classes" (segmentation: share of the
+                                    pixels) or "detections" ({"index", "label", "score", "xyxy"} in
+                                    the image's pixels), "drawn", "error"}; the mask or boxes drawn
+                                    over each image to draw_dir (PNG; detection also a JSON of boxes)
 
 Preprocessing (`images.Preprocess`): a registry name uses its entry's (torchvision's evaluation
 transform); an npmobilenet checkpoint the resolution, mean and std its training stored (whole
@@ -17,6 +23,7 @@ ImageNet's resize 256 / crop 224 / mean-std.
 """
 import fnmatch
 import glob
+import json
 import os
 import time
 
@@ -269,7 +276,7 @@ def _labels_from(labels):
 
 
 def open_predictor(weights, *, arch=None, width=None, tf=False, resize=None, crop=None, mean=None, std=None,
-                   interpolation=None, labels=None, threads=None, batch_size=DEFAULT_BATCH, fuse=True):
+                   interpolation=None, labels=None, threads=None, batch_size=DEFAULT_BATCH, fuse=True, min_score=None):
     """A `Predictor` for `weights`: a registry name (e.g. "mobilenet_v2.IMAGENET1K_V1"), an
     npmobilenet checkpoint (float or int8) or a torchvision/timm .pth/.safetensors file.
 
@@ -280,13 +287,22 @@ def open_predictor(weights, *, arch=None, width=None, tf=False, resize=None, cro
     of the weights' (a checkpoint's stored classes, the registry's categories, ImageNet's for a
     1000-class foreign file). threads: for the fused model (None: Numba's setting). A float model
     is fused (`model.fuse(threads)`); an int8 model runs as it is.
+
+    LR-ASPP and SSDLite weights give a `DensePredictor` (its `task` says which) with their own
+    preprocessing (resize: segmentation's shorter side; crop and interpolation refused) and
+    `min_score` (detection: the lowest score reported, default 0.5).
     """
+    from npmobilenet.applications import APPLICATIONS
     from npmobilenet.compression.qmodel import QuantizedModel
     from npmobilenet.inference.threads import check_threads
     from npmobilenet.io.sources import open_model
 
     threads = check_threads(threads)
     model, meta = open_model(weights, arch=arch, width=width, tf=tf)
+    if model.config["arch"] in APPLICATIONS:
+        return _dense_predictor(model, meta, resize, crop, mean, std, interpolation, labels, threads, min_score)
+    if min_score is not None:
+        raise ValueError("min_score applies to detection weights (SSDLite), not to a classifier")
     base = meta.get("preprocess") or {}
     default = Preprocess()
     chosen_resize = resize if resize is not None else base.get("resize", default.resize)
@@ -307,3 +323,187 @@ def open_predictor(weights, *, arch=None, width=None, tf=False, resize=None, cro
     if fuse and not isinstance(model, QuantizedModel):
         model = model.fuse(threads)
     return Predictor(model, preprocess, names, meta, threads, batch_size)
+
+
+# -- segmentation and detection ---------------------------------------------------------------------------------
+def voc_palette(count):
+    """(count, 3) uint8: Pascal VOC's colour map (class index bits spread over R, G, B, high bits
+    first), so class c has the colour of VOC's annotations; 0, the background, is black."""
+    palette = np.zeros((count, 3), np.uint8)
+    for c in range(count):
+        code, colour = c, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((code >> channel) & 1) << bit
+            code >>= 3
+        palette[c] = colour
+    return palette
+
+
+class DensePredictor:
+    """LR-ASPP (task "segmentation") or SSDLite ("detection") on image files, as torchvision
+    preprocesses for them; the unfused model in eval mode (fused inference has no resize, sigmoid
+    or several outputs).
+
+    segmentation: the shorter side resized to `resize` (Pillow, bilinear), ImageNet's mean and
+    std; the logits resized back to the image's size (bilinear) before the argmax, so the mask is
+    the original image's. detection: pixels scaled to [0, 1], normalised, the whole image resized
+    to `size` (bilinear, align_corners=False: torchvision's transform inside the model); boxes
+    scaled back to the original image's pixels; `min_score` keeps the boxes reported and drawn.
+    """
+
+    def __init__(self, model, task, mean, std, resize=None, size=None, labels=None, meta=None, threads=None,
+                 min_score=0.5):
+        if task not in ("segmentation", "detection"):
+            raise ValueError(f"task must be 'segmentation' or 'detection', got {task!r}")
+        if labels is not None and len(labels) != model.num_classes:
+            raise ValueError(f"{len(labels)} labels given for a model with {model.num_classes} classes")
+        if not 0 <= min_score <= 1:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score!r}")
+        self.model, self.task, self.mean, self.std = model.eval(), task, tuple(mean), tuple(std)
+        self.resize, self.size, self.labels, self.meta = resize, size, labels, dict(meta or {})
+        self.threads, self.min_score, self.num_classes = threads, float(min_score), model.num_classes
+        self.palette = voc_palette(self.num_classes)
+
+    def label(self, index):
+        return self.labels[index] if self.labels is not None else None
+
+    def _run(self, fn, *args):
+        from npmobilenet.inference.threads import numba_threads
+
+        with numba_threads(self.threads):
+            return fn(*args)
+
+    def warm_up(self):
+        """One small forward pass (compiles the kernels or loads them from Numba's cache); seconds."""
+        start = time.perf_counter()
+        self._run(self.model, np.zeros((1, 64, 64, 3), np.float32))
+        return time.perf_counter() - start
+
+    def segment(self, image):
+        """A PIL RGB image -> the class of each of its pixels (H, W) int64."""
+        from npmobilenet.io.images import normalise, resize_shorter_side
+        from npmobilenet.ops.resize import bilinear_resize
+
+        width, height = image.size
+        x = normalise(np.asarray(resize_shorter_side(image, self.resize), np.uint8), self.mean, self.std)[None]
+        logits = self._run(self.model, np.ascontiguousarray(x))
+        # class by class, so that memory stays at a few maps of the original image's size
+        best = np.full((height, width), -np.inf, np.float32)
+        mask = np.zeros((height, width), np.int64)
+        for k in range(logits.shape[3]):
+            up = self._run(bilinear_resize, np.ascontiguousarray(logits[..., k:k + 1]), (height, width))[0, :, :, 0]
+            better = up > best
+            best[better], mask[better] = up[better], k
+        return mask
+
+    def detect(self, image):
+        """A PIL RGB image -> [{"index", "label", "score", "xyxy"}] with score >= min_score, boxes
+        in the image's pixels, by decreasing score."""
+        from npmobilenet.io.images import normalise
+        from npmobilenet.ops.resize import bilinear_resize
+
+        width, height = image.size
+        x = normalise(np.asarray(image, np.uint8), self.mean, self.std)[None]
+        x = self._run(bilinear_resize, np.ascontiguousarray(x), self.size)
+        found = self._run(self.model.detect, x)[0]
+        scale = np.array([width / self.size[1], height / self.size[0]] * 2, np.float64)
+        return [{"index": int(label), "label": self.label(int(label)), "score": float(score),
+                 "xyxy": [round(float(v), 2) for v in box * scale]}
+                for box, score, label in zip(found["boxes"], found["scores"], found["labels"])
+                if score >= self.min_score]
+
+    def predict_image(self, image):
+        """A PIL RGB image -> (result dict, the array to draw: mask or detections)."""
+        if self.task == "segmentation":
+            mask = self.segment(image)
+            counts = np.bincount(mask.ravel(), minlength=self.num_classes)
+            classes = [{"index": int(k), "label": self.label(int(k)), "fraction": round(float(counts[k]) / mask.size, 6)}
+                       for k in np.argsort(-counts, kind="stable") if counts[k]]
+            return {"classes": classes}, mask
+        detections = self.detect(image)
+        return {"detections": detections}, detections
+
+    def draw(self, image, drawn):
+        """The image with the mask blended over it (half opacity, background left as it is) or the
+        boxes drawn (colour by class, label and score): a PIL RGB image."""
+        from PIL import Image, ImageDraw
+
+        if self.task == "segmentation":
+            pixels = np.asarray(image, np.float32)
+            blended = np.where((drawn > 0)[..., None], 0.5 * pixels + 0.5 * self.palette[drawn], pixels)
+            return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+        out = image.copy()
+        draw = ImageDraw.Draw(out)
+        line = max(2, min(image.size) // 200)
+        for d in drawn:
+            colour = tuple(int(c) for c in self.palette[d["index"] % len(self.palette)])
+            colour = colour if colour != (0, 0, 0) else (255, 255, 255)
+            draw.rectangle(d["xyxy"], outline=colour, width=line)
+            name = d["label"] if d["label"] is not None else f"class {d['index']}"
+            draw.text((d["xyxy"][0] + line + 1, d["xyxy"][1] + line), f"{name} {d['score']:.2f}", fill=colour)
+        return out
+
+    def iter_predictions(self, paths, draw_dir=None, notes=None):
+        """Rows {"path", "size": [W, H], "classes" or "detections", "drawn" (PNG written to
+        `draw_dir`, or None), "boxes_json" (detection: the JSON of boxes beside it), "error"}, one
+        per path in order; an unreadable image gives a row with its error."""
+        from npmobilenet.io.files import atomic_write, check_output
+
+        suffix = ".mask" if self.task == "segmentation" else ".boxes"
+        taken = set()
+        for path in paths:
+            path = os.fspath(path)
+            try:
+                image, note = load_image(path)
+            except (ValueError, OSError) as exc:
+                yield {"path": path, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+                continue
+            if note is not None and notes is not None:
+                notes.append((path, note))
+            result, drawn = self.predict_image(image)
+            row = {"path": path, "size": list(image.size), **result, "drawn": None, "error": None}
+            if draw_dir is not None:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                name, k = stem, 1
+                while name in taken:                    # photos/a.jpg and shots/a.jpg: a, a_2
+                    k += 1
+                    name = f"{stem}_{k}"
+                taken.add(name)
+                picture = check_output(os.path.join(draw_dir, name + suffix + ".png"), [path], "--draw")
+                atomic_write(picture, lambda f: self.draw(image, drawn).save(f, format="PNG"))
+                row["drawn"] = picture
+                if self.task == "detection":
+                    boxes = check_output(os.path.join(draw_dir, name + ".boxes.json"), [path], "--draw")
+                    text = json.dumps({"path": path, "size": row["size"], "detections": result["detections"]}, indent=1)
+                    atomic_write(boxes, lambda f: f.write(text.encode("utf-8")))
+                    row["boxes_json"] = boxes
+            yield row
+
+    def __repr__(self):
+        c = self.model.config
+        return f"DensePredictor({c.get('arch')} width {c.get('width')}, {self.num_classes} classes, {self.task})"
+
+
+def _dense_predictor(model, meta, resize, crop, mean, std, interpolation, labels, threads, min_score):
+    """open_predictor's case for LR-ASPP and SSDLite weights."""
+    from npmobilenet.io.registry import APPLICATION_WEIGHTS
+
+    task = "segmentation" if model.config["arch"] == "lraspp_mobilenet_v3_large" else "detection"
+    for name, value in (("crop", crop), ("interpolation", interpolation)):
+        if value is not None:
+            raise ValueError(f"{name} applies to classifiers; {task} resizes the whole image, uncropped, bilinearly")
+    if task == "detection" and resize is not None:
+        raise ValueError("resize applies to classifiers and segmentation; SSDLite320 takes the image at 320x320")
+    entry = next(e for e in APPLICATION_WEIGHTS.values() if e.arch == model.config["arch"])
+    base = meta.get("preprocess") or entry.meta()["preprocess"]   # a foreign file: torchvision's own
+    names = _labels_from(labels) if labels is not None else meta.get("classes")
+    if names is None and model.num_classes == len(entry.categories()):
+        names = entry.categories()              # VOC's 21 or COCO's 91 classes: torchvision's names
+    if names is not None and labels is None and len(names) != model.num_classes:
+        names = None
+    return DensePredictor(model, task, mean if mean is not None else base["mean"],
+                          std if std is not None else base["std"],
+                          resize=resize if resize is not None else base.get("resize"),
+                          size=tuple(base["size"]) if "size" in base else None, labels=names, meta=meta,
+                          threads=threads, min_score=0.5 if min_score is None else min_score)

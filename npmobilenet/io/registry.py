@@ -7,6 +7,12 @@ file name (torchvision's `check_hash` convention: the part after the last '-'), 
 preprocessing its accuracy was measured with, its categories, its parameter count, and the
 accuracy torchvision reports on ImageNet-1k's validation set. Those accuracies are torchvision's
 figures, quoted, not measured here.
+
+The applications' weights (`APPLICATION_WEIGHTS`, `task` "segmentation" or "detection") hold the
+same, with the metrics torchvision reports for them (mIoU and pixel accuracy on COCO val2017 with
+VOC's labels; box mAP on COCO val2017; quoted) and their own preprocessing: LR-ASPP's shorter
+side resized to 520 (no crop, ImageNet mean and std); SSDLite's whole image resized to 320 x 320
+after scaling to mean = std = 0.5 (torchvision's transform inside the model).
 """
 from dataclasses import dataclass
 from importlib import resources
@@ -26,7 +32,26 @@ def imagenet_classes():
     return names
 
 
-CATEGORIES = {IMAGENET_1K: imagenet_classes}
+# torchvision's _VOC_CATEGORIES and _COCO_CATEGORIES (COCO's 91 ids, "N/A" for the unused ones)
+VOC_CATEGORIES = (
+    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+COCO_CATEGORIES = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag",
+    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork", "knife", "spoon",
+    "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
+    "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop",
+    "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+COCO_VOC_LABELS = "COCO-val2017-VOC-labels"
+COCO_2017 = "COCO-val2017"
+CATEGORIES = {IMAGENET_1K: imagenet_classes, COCO_VOC_LABELS: lambda: list(VOC_CATEGORIES),
+              COCO_2017: lambda: list(COCO_CATEGORIES)}
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class WeightsEntry:
     dataset: str = IMAGENET_1K
     recipe: str = ""      # where torchvision documents how they were trained
     width: float = 1.0    # width multiplier
+    task: str = "classification"
 
     @property
     def url(self):
@@ -66,6 +92,8 @@ class WeightsEntry:
 
     def meta(self):
         """Everything known about these weights, as a plain dict (what `pretrained(name).meta` holds)."""
+        if self.task != "classification":
+            return self._application_meta()
         return {
             "name": self.name, "arch": self.arch, "width": self.width, "file_name": self.file_name, "url": self.url,
             "sha256_prefix": self.sha256_prefix, "num_params": self.num_params,
@@ -95,14 +123,59 @@ _ROWS = (
     ("mobilenet_v3_small.IMAGENET1K_V1", "mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth", 2542856,
      67.668, 87.402, 256, _TV_RECIPES + "#mobilenetv3-large--small"),
 )
-# Not listed until npmobilenet builds those models: torchvision's lraspp_mobilenet_v3_large
-# (lraspp_mobilenet_v3_large-d234d4ea.pth) and ssdlite320_mobilenet_v3_large
-# (ssdlite320_mobilenet_v3_large_coco-a79551df.pth).
 
 WEIGHTS = {
     name: WeightsEntry(name, arch, file_name, params, top1, top5, resize, recipe=recipe)
     for name, arch, file_name, params, top1, top5, resize, recipe in _ROWS
 }
+
+
+@dataclass(frozen=True)
+class ApplicationWeightsEntry(WeightsEntry):
+    """Weights of a segmentation or detection model: `reported` holds torchvision's metrics
+    ((name, value) pairs on `dataset`); `crop` None (no crop); `fixed_size` (height, width) the
+    whole image is resized to (SSDLite), else the shorter side is resized to `resize`."""
+
+    reported: tuple = ()
+    fixed_size: tuple = None
+
+    @property
+    def preprocess(self):
+        raise ValueError(f"{self.name} are {self.task} weights: their preprocessing is meta()['preprocess'], "
+                         "not a classifier's resize and crop")
+
+    def _application_meta(self):
+        preprocess = {"interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
+        preprocess.update({"size": list(self.fixed_size)} if self.fixed_size else {"resize": self.resize, "crop": None})
+        return {
+            "name": self.name, "arch": self.arch, "task": self.task, "width": self.width, "file_name": self.file_name,
+            "url": self.url, "sha256_prefix": self.sha256_prefix, "num_params": self.num_params,
+            "preprocess": preprocess, "dataset": self.dataset, "categories": self.categories(),
+            "reported_accuracy": {"source": "torchvision (quoted, not measured by npmobilenet)",
+                                  "dataset": self.dataset, **dict(self.reported)},
+            "recipe": self.recipe,
+        }
+
+
+_TV_REFERENCES = "https://github.com/pytorch/vision/tree/main/references/"
+APPLICATION_WEIGHTS = {e.name: e for e in (
+    # torchvision's LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1: trained on the COCO images
+    # of VOC's 20 categories; SemanticSegmentation(resize_size=520)
+    ApplicationWeightsEntry(
+        "lraspp_mobilenet_v3_large.COCO_WITH_VOC_LABELS_V1", "lraspp_mobilenet_v3_large",
+        "lraspp_mobilenet_v3_large-d234d4ea.pth", 3221538, None, None, 520, crop=None, dataset=COCO_VOC_LABELS,
+        recipe=_TV_REFERENCES + "segmentation#lraspp_mobilenet_v3_large", task="segmentation",
+        reported=(("miou", 57.9), ("pixel_acc", 91.2))),
+    # torchvision's SSDLite320_MobileNet_V3_Large_Weights.COCO_V1: images scaled to [0, 1], then inside
+    # the model normalised with mean = std = 0.5 and resized to 320 x 320 (bilinear, align_corners=False)
+    ApplicationWeightsEntry(
+        "ssdlite320_mobilenet_v3_large.COCO_V1", "ssdlite320_mobilenet_v3_large",
+        "ssdlite320_mobilenet_v3_large_coco-a79551df.pth", 3440060, None, None, 320, crop=None,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), dataset=COCO_2017,
+        recipe=_TV_REFERENCES + "detection#ssdlite320-mobilenetv3-large", task="detection",
+        reported=(("box_map", 21.3),), fixed_size=(320, 320)),
+)}
+WEIGHTS.update(APPLICATION_WEIGHTS)
 
 
 def names():
