@@ -84,3 +84,14 @@ def test_demo_knows_three_tasks(capsys):
         main(["demo", "--task", "tracking"])
     assert exited.value.code == 2
     assert "choose from 'classification', 'segmentation', 'detection'" in capsys.readouterr().err
+
+
+def test_summary_of_torchvisions_application_files(capsys):
+    # a weights file: built as the file says, at the model's own default resolution
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "tv_ssdlite_w010.safetensors")
+    s = _summary_json(capsys, path)
+    assert s["arch"] == "ssdlite320_mobilenet_v3_large" and s["resolution"] == [320, 320] and s["width"] == 0.1
+    assert main(["summary", path, "--classes", "91"]) == 2
+    assert "has 5 classes, not 91" in capsys.readouterr().err

@@ -34,7 +34,10 @@ def _load(args):
     model, meta = open_model(args.arch, width=args.width, tf=args.tf)
     if args.classes is not None and args.classes != model.config["num_classes"]:
         raise ValueError(f"{args.arch} has {model.config['num_classes']} classes, not {args.classes} (--classes)")
-    return model, meta.get("resolution") or (meta.get("preprocess") or {}).get("crop")
+    from npmobilenet.applications import DEFAULT_RESOLUTION
+
+    return model, (meta.get("resolution") or (meta.get("preprocess") or {}).get("crop")
+                   or DEFAULT_RESOLUTION.get(model.config["arch"]))
 
 
 def run(args):
