@@ -20,7 +20,7 @@ mIoU 0.30 with lr 3e-3, 8 epochs and V3's batch-norm momentum 0.01; SSDLite stay
 (mAP 0.017) until its convolutions started from torchvision's N(0, 0.03) (`ssdlite.normal_init`).
 
 Each writes a PNG of predictions over test images (Pillow): the image, the true mask and the
-predicted one; or the predicted boxes (score >= 0.3, colour by class) with the true boxes thin.
+predicted one; or the predicted boxes (score >= 0.5, colour by class) with the true boxes thin.
 """
 import time
 
@@ -182,7 +182,7 @@ def run_detection(options=None, log=print):
                 truth=truths, detections=detections)
 
 
-def detection_picture(result, count=8, min_score=0.3, scale=2):
+def detection_picture(result, count=8, min_score=0.5, scale=2):
     """(H scale, count W scale, 3) uint8: test images with the detections (score >= min_score,
     coloured by class, labelled with the score) and the true boxes (thin, white)."""
     from npmobilenet.extras import require
