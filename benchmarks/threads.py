@@ -5,9 +5,10 @@
                                                           # ONNX Runtime and PyTorch calls (2 threads)
     python benchmarks/threads.py --launches 3 --archs mobilenet_v3_small --json out.json
 
-Each launch is a new Python process: it builds each model (random weights), fuses it twice
-(`fuse(threads=1)` and `fuse(threads=2)`, the governor left on, as a user gets it) and times
-blocks of calls of each in turn, in rounds (the median of each is the launch's figure). With
+Each launch is a new Python process: it builds each model (random weights), fuses it three
+times (`fuse(threads=1)`; `fuse(threads=2)`, the governor left on, as a user gets it; and 2
+threads pinned, `set_threads(2, adaptive=False)`) and times blocks of calls of each in turn, in
+rounds (the median of each is the launch's figure). With
 `--peers` (run it with the Python that has torch and onnxruntime), every block of npmobilenet
 calls comes right after a block of ONNX Runtime and PyTorch channels-last calls on 2 threads, with
 no pause between them: the case where another runtime's thread pool is still awake. Prints, per
@@ -37,7 +38,8 @@ def _child(archs, repeat, rounds, peers):
             model = npmobilenet.build(arch, seed=0).eval()
             x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
             one, two = model.fuse(threads=1), model.fuse(threads=2)
-            if not np.array_equal(one(x), two(x)):
+            pinned = model.fuse().set_threads(2, adaptive=False)      # no fallback to one thread
+            if not (np.array_equal(one(x), two(x)) and np.array_equal(one(x), pinned(x))):
                 raise SystemExit(f"{arch}: 1 and 2 threads gave different logits")
             peer_calls = []
             if peers:
@@ -45,11 +47,11 @@ def _child(archs, repeat, rounds, peers):
                 peer_calls += [fn for name, fn in bench._torch_engines(arch, x, 2) if name == "torch channels-last"]
                 if not peer_calls:
                     raise SystemExit("--peers needs onnxruntime or torch (run with the peer Python)")
-            times = {1: [], 2: []}
+            times = {1: [], 2: [], "pinned": []}
             used = []
             per_round = max(1, repeat // rounds)
             for _ in range(rounds):
-                for threads, fused in ((1, one), (2, two)):
+                for threads, fused in ((1, one), (2, two), ("pinned", pinned)):
                     if peer_calls:
                         for fn in peer_calls:       # the peers' pools are awake when we start
                             for _ in range(5):
@@ -65,6 +67,7 @@ def _child(archs, repeat, rounds, peers):
                         if threads == 2:
                             used.append(fused.last_threads)
             results[arch] = {"t1_ms": float(np.median(times[1]) * 1e3), "t2_ms": float(np.median(times[2]) * 1e3),
+                             "t2_pinned_ms": float(np.median(times["pinned"]) * 1e3),
                              "t2_on_one_thread": float(np.mean(np.array(used) == 1))}
     print(json.dumps(results))
 
@@ -89,23 +92,25 @@ def main():
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         launches.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"launch {launch + 1}: " + "; ".join(
-            f"{arch} {r['t1_ms']:.2f} / {r['t2_ms']:.2f} ms = {r['t1_ms'] / r['t2_ms']:.2f}x"
+            f"{arch} {r['t1_ms']:.2f} / {r['t2_ms']:.2f} ms = {r['t1_ms'] / r['t2_ms']:.2f}x "
+            f"(pinned {r['t2_pinned_ms']:.2f} ms = {r['t1_ms'] / r['t2_pinned_ms']:.2f}x)"
             for arch, r in launches[-1].items()), flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{len(launches)} launches{' after ONNX Runtime/PyTorch calls' if args.peers else ''}; "
           f"load average after: {load:.2f}")
-    print(f"{'model':20s} {'1 thread ms':>12s} {'2 threads ms':>13s} {'speed-up min':>13s} {'median':>7s} "
-          f"{'max':>6s} {'2-thread calls run on 1':>24s}")
+    print(f"{'model':20s} {'2 threads':10s} {'1 thread ms':>12s} {'2 threads ms':>13s} {'speed-up min':>13s} "
+          f"{'median':>7s} {'max':>6s} {'calls run on 1':>15s}")
     summary = {}
     for arch in args.archs:
         t1 = np.array([r[arch]["t1_ms"] for r in launches])
-        t2 = np.array([r[arch]["t2_ms"] for r in launches])
-        speedup = t1 / t2
-        fallback = np.mean([r[arch]["t2_on_one_thread"] for r in launches])
-        summary[arch] = {"t1_ms": t1.tolist(), "t2_ms": t2.tolist(), "speedup": speedup.tolist(),
-                         "t2_on_one_thread": fallback}
-        print(f"{arch:20s} {np.median(t1):12.2f} {np.median(t2):13.2f} {speedup.min():13.2f} "
-              f"{np.median(speedup):7.2f} {speedup.max():6.2f} {fallback * 100:23.1f}%")
+        summary[arch] = {"t1_ms": t1.tolist()}
+        for label, key in (("governed", "t2_ms"), ("pinned", "t2_pinned_ms")):
+            t2 = np.array([r[arch][key] for r in launches])
+            speedup = t1 / t2
+            fallback = np.mean([r[arch]["t2_on_one_thread"] for r in launches]) if label == "governed" else 0.0
+            summary[arch][label] = {"t2_ms": t2.tolist(), "speedup": speedup.tolist(), "on_one_thread": fallback}
+            print(f"{arch:20s} {label:10s} {np.median(t1):12.2f} {np.median(t2):13.2f} {speedup.min():13.2f} "
+                  f"{np.median(speedup):7.2f} {speedup.max():6.2f} {fallback * 100:14.1f}%")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"peers": args.peers, "launches": launches, "summary": summary}, out, indent=1)

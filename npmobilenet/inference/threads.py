@@ -48,10 +48,19 @@ class ThreadGovernor:
     it keeps the median of the last three call times with `threads` threads and with one, runs
     the faster, and now and then probes the other (every `probe_interval` calls, doubling up to
     `max_interval` while the probe confirms the choice, back to the start when it does not).
+
     The first call after a (re)start is not counted: it pays for allocating the plan's buffers.
+    Then each count is measured three times, alternately, before the first choice: single early
+    samples were noisy (the helper threads start, caches are cold), and the governor then often
+    kept one thread for hundreds of calls on a quiet machine (`npmobilenet bench` timed V2 on "2
+    threads" at its 1-thread time, 9.2 ms). A probe is two calls, of which the faster counts: the
+    first of them may wake helpers that slept while one thread ran.
     Thread counts change only *which threads* compute a tile, never how: outputs are bitwise
     identical whichever is chosen.
     """
+
+    WARM_SAMPLES = 3        # samples of each count before the first choice
+    PROBE_CALLS = 2         # calls per probe (the faster counts)
 
     def __init__(self, probe_interval=8, max_interval=256):
         self.first_interval, self.max_interval = probe_interval, max_interval
@@ -62,27 +71,31 @@ class ThreadGovernor:
         self.interval = self.first_interval
         self.since_probe = 0
         self._skip = 1              # the first call allocates the plan: do not count it
-        self._probing = None
+        self._probe = None          # (best, probed count, its times so far) while probing
+        self._warming = True        # until both counts have WARM_SAMPLES samples
 
     @property
     def estimate(self):
         """thread count -> median seconds per call of its recent samples."""
-        return {n: sorted(v)[len(v) // 2] for n, v in self.samples.items() if v}
+        return {n: sorted(v)[(len(v) - 1) // 2] for n, v in self.samples.items() if v}
 
     def choose(self, threads):
         if threads <= 1:
             return 1
-        for n in (threads, 1):      # measure both first
-            if len(self.samples.get(n, ())) < 1:
-                return n
+        if self._warming:                           # measure both, alternately, first
+            counts = [len(self.samples.get(n, ())) for n in (threads, 1)]
+            if min(counts) < self.WARM_SAMPLES:
+                return threads if counts[0] <= counts[1] else 1
+            self._warming = False
+        if self._probe is not None:
+            return self._probe[1]
         estimate = self.estimate
         best = threads if estimate[threads] <= estimate[1] else 1
         self.since_probe += 1
         if self.since_probe >= self.interval:
             self.since_probe = 0
             other = 1 if best == threads else threads
-            self.samples[other] = []        # its old samples are stale: the load may have changed
-            self._probing = (best, other)
+            self._probe = (best, other, [])
             return other
         return best
 
@@ -90,14 +103,20 @@ class ThreadGovernor:
         if self._skip:
             self._skip -= 1
             return
+        if self._probe is not None and self._probe[1] == n:
+            best, probed, times = self._probe
+            times.append(seconds)
+            if len(times) < self.PROBE_CALLS:
+                return
+            self._probe = None
+            won = min(times) < self.estimate[best]
+            # its old samples are stale (the load may have changed): the probe replaces them
+            self.samples[probed] = [min(times)]
+            self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
+            return
         samples = self.samples.setdefault(n, [])
         samples.append(seconds)
         del samples[:-3]
-        if self._probing and self._probing[1] == n:
-            best, probed = self._probing
-            won = self.estimate[probed] < self.estimate[best]
-            self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
-            self._probing = None
 
 
 _pool = []
