@@ -10,7 +10,7 @@ from npmobilenet.graph import Builder, Conv, Graph, Resize
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from npmobilenet.io.onnx_export import export_onnx  # noqa: E402
+from npmobilenet.io.onnx_export import export_onnx, run_onnx  # noqa: E402
 
 
 def _randomise_statistics(model, rng):
@@ -42,6 +42,7 @@ def test_lraspp_in_onnx_runtime(tmp_path):
     ours = model(x)
     assert theirs.shape == (2, 4, 45, 61)
     assert np.abs(theirs.transpose(0, 2, 3, 1) - ours).max() <= 1e-4 * np.abs(ours).max()
+    np.testing.assert_array_equal(run_onnx(path, x.transpose(0, 3, 1, 2)), theirs.transpose(0, 2, 3, 1))   # NHWC
 
 
 def test_ssdlite_in_onnx_runtime(tmp_path):
@@ -59,6 +60,10 @@ def test_ssdlite_in_onnx_runtime(tmp_path):
     assert cls_logits.shape == (2, 3234, 5) and bbox_regression.shape == (2, 3234, 4)
     assert np.abs(cls_logits - want_cls).max() <= 1e-4 * np.abs(want_cls).max()
     assert np.abs(bbox_regression - want_box).max() <= 1e-4 * np.abs(want_box).max()
+    # run_onnx gives what the model's forward gives: the maps reassembled outside the graph
+    again_cls, again_box = run_onnx(path, x)
+    np.testing.assert_array_equal(again_cls, cls_logits)
+    np.testing.assert_array_equal(again_box, bbox_regression)
 
 
 def test_resize_to_one_pixel_samples_the_centre_as_pytorch_does(tmp_path):

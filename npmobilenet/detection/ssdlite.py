@@ -168,10 +168,7 @@ class SSDLite(Layer):
     def head_outputs(self, maps):
         """The lowered graph's outputs (`lower`: classification maps, then regression maps) ->
         (cls_logits (N, A, K), bbox_regression (N, A, 4)), as `forward` returns them."""
-        half = len(maps) // 2
-        n = maps[0].shape[0]
-        return (np.concatenate([m.reshape(n, -1, self.num_classes) for m in maps[:half]], axis=1),
-                np.concatenate([m.reshape(n, -1, 4) for m in maps[half:]], axis=1))
+        return concatenate_heads(maps, self.num_classes)
 
     # -- anchors and detections -----------------------------------------------------------------
     def grid_sizes(self, image_size=IMAGE_SIZE):
@@ -204,6 +201,16 @@ class SSDLite(Layer):
 
     def extra_repr(self):
         return f"{self.config['arch']}, width={self.config['width']}, num_classes={self.num_classes}"
+
+
+def concatenate_heads(maps, num_classes):
+    """SSDLite's head maps NHWC, the classification maps (N, h, w, A K) then as many regression
+    maps (N, h, w, A 4) -> (cls_logits (N, A_total, K), bbox_regression (N, A_total, 4)) in
+    torchvision's anchor order (map by map, cell by cell, box by box)."""
+    half = len(maps) // 2
+    n = maps[0].shape[0]
+    return (np.concatenate([np.reshape(m, (n, -1, num_classes)) for m in maps[:half]], axis=1),
+            np.concatenate([np.reshape(m, (n, -1, 4)) for m in maps[half:]], axis=1))
 
 
 def ssdlite320_mobilenet_v3_large(num_classes=91, width=1.0, seed=0, extra_width=1.0, **overrides):

@@ -252,9 +252,23 @@ def export_onnx(model, path, batch=None, opset=DEFAULT_OPSET, input_layout="nchw
 
 
 def run_onnx(path, x):
-    """Run an exported graph with ONNX Runtime on `x` (its input layout): the logits."""
+    """Run an exported graph with ONNX Runtime on `x` (its input layout); its outputs as our
+    model returns them: a classifier's logits (N, K); LR-ASPP's logits NHWC (N, H, W, K);
+    SSDLite's (cls_logits (N, A, K), bbox_regression (N, A, 4)), its twelve head maps reshaped
+    and concatenated outside the graph (`ssdlite.concatenate_heads`); another graph's several
+    outputs as a tuple, maps NHWC."""
     ort = require("onnxruntime", "running ONNX graphs")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
+    names = [o.name for o in session.get_outputs()]
+    outputs = [y.transpose(0, 2, 3, 1) if y.ndim == 4 else y
+               for y in session.run(names, {"input": np.ascontiguousarray(x, dtype=np.float32)})]
+    if len(outputs) == 1:
+        return outputs[0]
+    config = json.loads(session.get_modelmeta().custom_metadata_map.get("npmobilenet_config", "{}"))
+    if config.get("arch") == "ssdlite320_mobilenet_v3_large":
+        from npmobilenet.detection.ssdlite import concatenate_heads
+
+        return concatenate_heads(outputs, config["num_classes"])
+    return tuple(outputs)
