@@ -1,6 +1,8 @@
 """Commands as the README writes them, where running them found a difference (fast checks)."""
 import json
 
+import pytest
+
 from npmobilenet.cli import main
 
 SMALL_BENCH = ["--batch", "1", "--resolution", "32", "--repeat", "1", "--threads", "1", "--no-peers"]
@@ -72,3 +74,14 @@ print(all(isinstance(f, types.FunctionType) for f in names))
     for order in ("fresh", "top-level first"):
         done = subprocess.run([sys.executable, "-c", script, order], capture_output=True, text=True, timeout=120)
         assert done.stdout.strip() == "True", (order, done.stdout, done.stderr)
+
+
+def test_top_level_help_names_what_train_and_predict_take(capsys):
+    # the README trains on `--data digits` and predicts with `--model NAME`; the help said neither
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    train = next(line for line in out.splitlines() if line.strip().startswith("train "))
+    predict = next(line for line in out.splitlines() if line.strip().startswith("predict "))
+    assert "digits" in train and "fine-tune" in train
+    assert "name" in predict

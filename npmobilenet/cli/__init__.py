@@ -26,9 +26,9 @@ EXIT_BROKEN_PIPE = 141          # 128 + SIGPIPE
 COMMANDS = {
     "demo": ("npmobilenet.cli.demo", "train MobileNetV2 on the scikit-learn digits and report (the main job)"),
     "summary": ("npmobilenet.cli.summary", "per-layer parameters and multiply-accumulates of a model"),
-    "train": ("npmobilenet.cli.train", "train a model on an image folder or CIFAR-10"),
+    "train": ("npmobilenet.cli.train", "train or fine-tune a model on the digits, an image folder or CIFAR-10"),
     "eval": ("npmobilenet.cli.eval", "top-1/top-5 accuracy and confusion matrix of a checkpoint"),
-    "predict": ("npmobilenet.cli.predict", "classify images with a weights file"),
+    "predict": ("npmobilenet.cli.predict", "classify images with a weights file or name"),
     "convert": ("npmobilenet.cli.convert", "convert torchvision/timm weights to an npmobilenet .npz"),
     "export-onnx": ("npmobilenet.cli.export_onnx", "export a checkpoint as an ONNX graph"),
     "bench": ("npmobilenet.cli.bench", "inference latency and throughput, beside PyTorch and ONNX Runtime"),
