@@ -145,3 +145,13 @@ def test_lazy_names_are_listed():
     names = dir(npmobilenet)
     assert {"pretrained", "build", "load", "from_weights", "quantize"} <= set(names)
     assert callable(npmobilenet.pretrained)
+
+
+def test_download_list_shows_the_applications(tmp_path, monkeypatch, capsys):
+    # their metrics are not ImageNet's top-1/top-5: '-' in those columns, the file named
+    monkeypatch.setenv("NPMOBILENET_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert main(["download", "--list"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert lines["ssdlite320_mobilenet_v3_large.COCO_V1"][1:3] == ["-", "-"]
+    assert "(lraspp_mobilenet_v3_large-d234d4ea.pth)" in lines["lraspp_mobilenet_v3_large.COCO_WITH_VOC_LABELS_V1"]
