@@ -146,3 +146,6 @@ def test_a_helper_arriving_after_its_run_takes_nothing():
     assert np.array_equal(counters, before)
     fused.set_threads(numba.config.NUMBA_NUM_THREADS, adaptive=False)
     assert np.array_equal(fused(x), expected)
+    helpers = tile_workers()
+    if helpers is not None:
+        assert helpers._job is None         # after a run the helpers hold no plan's arrays

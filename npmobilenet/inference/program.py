@@ -246,6 +246,7 @@ class Program:
                 helpers.publish(workers, lambda worker: _take_tiles(*args, worker))
                 _lead(*args, helpers.control)
             finally:
+                helpers.retire()
                 helpers.lock.release()
         else:
             _lead(*args, _NO_HELPERS)

@@ -70,6 +70,11 @@ class TileWorkers:
         self._job = (int(workers), take)
         self._wake.set()
 
+    def retire(self):
+        """The run is over: drop the job (a helper arriving now takes nothing anyway), so that
+        the helpers keep no plan's arrays alive."""
+        self._job = None
+
     def _start(self):
         with self._start_lock:
             if self._threads:
@@ -92,6 +97,7 @@ class TileWorkers:
             job = self._job                      # stored before the generation was bumped
             if job is not None and worker < job[0]:
                 job[1](worker)
+            job = None                           # hold no plan's arrays while idle
 
 
 _workers = []
