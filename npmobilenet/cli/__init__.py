@@ -24,7 +24,7 @@ EXIT_BROKEN_PIPE = 141          # 128 + SIGPIPE
 
 # command: (module, one-line help)
 COMMANDS = {
-    "demo": ("npmobilenet.cli.demo", "train MobileNetV2 on the scikit-learn digits and report (the main job)"),
+    "demo": ("npmobilenet.cli.demo", "train MobileNetV2 on the scikit-learn digits and report (the main job); --task segmentation|detection for LR-ASPP and SSDLite"),
     "summary": ("npmobilenet.cli.summary", "per-layer parameters and multiply-accumulates of a model"),
     "train": ("npmobilenet.cli.train", "train or fine-tune a model on the digits, an image folder or CIFAR-10"),
     "eval": ("npmobilenet.cli.eval", "top-1/top-5 accuracy and confusion matrix of a checkpoint"),

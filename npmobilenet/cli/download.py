@@ -44,8 +44,9 @@ def run(args):
             return 0
         width = max(len(r["name"]) for r in rows)
         print(f"{'name':<{width}}  {'top-1':>6}  {'top-5':>6}  where (top-1/top-5: torchvision's reports, ImageNet-1k val)")
-        for r in rows:
-            print(f"{r['name']:<{width}}  {r['reported_top1']:6.2f}  {r['reported_top5']:6.2f}  "
+        for r in rows:   # segmentation and detection weights report other metrics (their meta): '-'
+            top1, top5 = (f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (r["reported_top1"], r["reported_top5"]))
+            print(f"{r['name']:<{width}}  {top1}  {top5}  "
                   f"{r['found'] or 'not downloaded (' + r['file_name'] + ')'}")
         print(f"looked in {hub.weights_dir()}, {hub.torch_hub_dir()} and the {hub.OFFLINE_PACKAGE} package")
         return 0

@@ -16,7 +16,7 @@ checkpoint saved with `npmobilenet.save` describes it completely:
 """
 import numpy as np
 
-from npmobilenet.models import build as build_model
+from npmobilenet.applications import build as build_model   # classifiers and the applications (LR-ASPP, SSDLite)
 
 
 def _layer(model, name):

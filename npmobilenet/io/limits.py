@@ -74,10 +74,17 @@ def _lower_bound_parameters(config):
     """Parameters the model `config` describes has at least: each block's last projection
     (expanded x out; a conv row's in x out), the head conv and the classifier's linear layers.
     Layers replaced by a low-rank pair (`factorized`) are left out."""
+    from npmobilenet.applications import APPLICATIONS
     from npmobilenet.models import arch_spec
 
     factorized = config.get("factorized") or {}
     options = {k: v for k, v in config.items() if k not in ("arch", "width", "num_classes", "factorized")}
+    if config["arch"] in APPLICATIONS:
+        # LR-ASPP and SSDLite hold a V3-Large backbone: its blocks before the last stage (SSDLite
+        # halves that stage) are a lower bound; the heads' other options are theirs, not the backbone's
+        spec = arch_spec("mobilenet_v3_large", config.get("width", 1.0))
+        return sum(block.expanded_channels * block.out_channels for block in spec.blocks[:-3]
+                   if block.kind != "conv") + int(config.get("num_classes", 21))
     spec = arch_spec(config["arch"], config.get("width", 1.0), **options)
     total = 0
     for i, block in enumerate(spec.blocks):
