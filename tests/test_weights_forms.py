@@ -66,3 +66,16 @@ def test_registry_name_works_in_every_command(tmp_path, monkeypatch, capsys):
     assert main(["summary", entry.name, "--width", "0.5"]) != 0
     assert "not width 0.5" in capsys.readouterr().err
     assert hub.locate(entry.name) == str(tmp_path / "home" / "weights" / entry.file_name)
+
+
+def test_compress_takes_a_foreign_weights_file(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "q.npz"
+    assert main(["compress", "quantize", TV_V2, str(out), "--data", "digits", "--calibration-images", "8"]) == 0
+    assert "int8 per-channel" in capsys.readouterr().out
+    from npmobilenet.io.checkpoint import load_with_meta
+
+    model, meta = load_with_meta(str(out))
+    assert model.config["arch"] == "mobilenet_v2" and meta["resolution"] == 224   # read as ImageNet's 224
+    assert main(["compress", "prune", TV_V2, str(tmp_path / "p.npz"), "--fraction", "0.5"]) == 0
+    assert main(["summary", str(tmp_path / "p.npz")]) == 0

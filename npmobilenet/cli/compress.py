@@ -172,18 +172,26 @@ def _run(args):
     from npmobilenet.analysis.summary import summarize
     from npmobilenet.compression.qmodel import is_quantized
     from npmobilenet.io import checkpoint
-    from npmobilenet.io.sources import check_config
+    from npmobilenet.io.images import IMAGENET_MEAN, IMAGENET_STD
+    from npmobilenet.io.sources import open_model
 
     _check_arguments(args)
-    if is_quantized(args.checkpoint):
+    if os.path.exists(args.checkpoint) and is_quantized(args.checkpoint):
         raise ValueError(f"{args.checkpoint} is already an int8 quantized checkpoint; compress the float checkpoint "
                          "it came from")
-    ckpt = checkpoint.load_checkpoint(args.checkpoint)
-    check_config(ckpt.config, args.checkpoint, args.arch, args.width, args.tf)   # refused, not ignored
-    model, meta = ckpt.model.eval(), ckpt.meta
+    # any weights a command reads: an npmobilenet checkpoint, a torchvision/timm file or a registry
+    # name (--arch/--width/--tf refused when they contradict it, not ignored)
+    model, meta = open_model(args.checkpoint, args.arch, args.width, args.tf)
+    source_path = meta["path"]
+    if meta["kind"] != "checkpoint":
+        # foreign weights record no training data: read --data as the weights' own evaluation
+        # preprocessing does (a registry entry's), else at 224 with ImageNet's statistics
+        preprocess = meta.get("preprocess") or {}
+        meta = {"resolution": preprocess.get("crop", 224), "mean": list(preprocess.get("mean", IMAGENET_MEAN)),
+                "std": list(preprocess.get("std", IMAGENET_STD)), "classes": meta.get("classes")}
     # what `eval` and `predict` need to read data as the model was trained: the input side and the split
     keep_meta = {k: meta[k] for k in ("resolution", "mean", "std", "split_seed", "classes", "data", "val_fraction")
-                 if k in meta}
+                 if meta.get(k) is not None}
     resolution = meta.get("resolution") or 224
     before = _top1(model, meta, args.data) if args.eval else None
 
@@ -204,7 +212,7 @@ def _run(args):
             from npmobilenet.compression import prune
 
             if args.unstructured:
-                compressed = checkpoint.load_checkpoint(args.checkpoint).model
+                compressed = open_model(args.checkpoint)[0]       # a copy to prune in place
                 masks = prune.magnitude_prune(compressed, args.sparsity, args.scope)
                 kind = f"magnitude-pruned to {prune.sparsity_of(compressed):.1%} sparsity"
             else:
@@ -226,8 +234,8 @@ def _run(args):
     print(f"{args.checkpoint} -> {args.out}: {kind}")
     print(f"  MACs   {base.macs:>12,} -> {macs:>12,}  ({macs / base.macs:.2f}x)  at {resolution}x{resolution}")
     print(f"  params {base.params:>12,} -> {params:>12,}")
-    print(f"  file   {_size(args.checkpoint):>12,} -> {_size(args.out):>12,} bytes "
-          f"({_size(args.checkpoint) / _size(args.out):.2f}x smaller)")
+    print(f"  file   {_size(source_path):>12,} -> {_size(args.out):>12,} bytes "
+          f"({_size(source_path) / _size(args.out):.2f}x smaller)")
     if args.eval:
         after = _top1(checkpoint.load(args.out), meta, args.data)
         print(f"  top-1  {100 * before:.2f}% -> {100 * after:.2f}%  ({args.data} test split)")
