@@ -25,18 +25,26 @@ _LAZY = {
 }
 
 
+# Subpackages imported on first use, so `npmobilenet.analysis.summarize(...)` works after a plain
+# `import npmobilenet` (each still imports only when touched).
+_SUBPACKAGES = ("analysis", "applications", "compression", "config", "detection", "distributed", "graph",
+                "inference", "io", "layers", "models", "ops", "segmentation", "training")
+
+
 def __getattr__(name):
+    import importlib
+
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"npmobilenet.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'npmobilenet' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
 
 def __dir__():
     # the lazily loaded names too, so dir() and tab completion show them before first use
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
 
 
 __all__ = ["ARCHS", "APPLICATIONS", "build", *_LAZY]

@@ -85,3 +85,15 @@ def test_top_level_help_names_what_train_and_predict_take(capsys):
     predict = next(line for line in out.splitlines() if line.strip().startswith("predict "))
     assert "digits" in train and "fine-tune" in train
     assert "name" in predict
+
+
+def test_subpackages_are_reachable_after_a_plain_import():
+    # `npmobilenet.analysis.summarize(...)` after `import npmobilenet`, and dir() lists the subpackages
+    import subprocess
+    import sys
+
+    code = ("import sys, npmobilenet; s = npmobilenet.analysis.summarize(npmobilenet.build('mobilenet_v2'), 224); "
+            "assert s.params == 3504872, s.params; assert {'analysis', 'io', 'distributed'} <= set(dir(npmobilenet)); "
+            "assert 'torch' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

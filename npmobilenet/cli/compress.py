@@ -226,7 +226,7 @@ def _run(args):
             kind = f"{done} layers factorised (energy {args.energy})"
         compressed = _finetune(compressed, meta, args, masks)
         if args.epochs:
-            kind += f", fine-tuned {args.epochs} epochs"
+            kind += f", fine-tuned {args.epochs} epoch{'s' if args.epochs != 1 else ''}"
         checkpoint.save(compressed, args.out, **keep_meta)
         cost = summarize(compressed, resolution)
         macs, params = cost.macs, cost.params
