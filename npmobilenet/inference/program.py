@@ -49,12 +49,13 @@ from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, squeeze_excite_tile
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
-from npmobilenet.ops.conv import conv_tile
+from npmobilenet.ops.conv import conv_direct_tile, conv_tile
 from npmobilenet.ops.depthwise import depthwise_steps
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR = range(7)
 KINDS = 7
+CONV_DIRECT, RUN_TILE = KINDS, KINDS + 1      # further slots of the address table (`tile_addresses`)
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
@@ -85,20 +86,25 @@ TILE_CALLS = {
     SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
+    # the stem (3x3 over RGB, BLOCKS 0): conv_tile's direct path alone, without the GEMM path
+    CONV_DIRECT: CompiledCall(conv_direct_tile, (_A4, _A4, _A1, _I, _I, _I, _I, _I, _I, _A4, _I)),
     POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
     LINEAR: CompiledCall(linear_tile, (_A2, _A2, _A1, _I, _I, _I, _A2, _I)),
 }
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
 _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
+_conv_direct = TILE_CALLS[CONV_DIRECT].call
 
 
-def tile_addresses(kinds):
-    """int64 (KINDS + 1,): the address of each kind's tile for the kinds in `kinds` (compiling
-    them on first use), 0 for the others (a model compiles only the kinds it has); last, that of
-    `_run_tile`."""
-    addresses = np.zeros(KINDS + 1, np.int64)
-    for kind in sorted(set(int(k) for k in kinds)):
-        addresses[kind] = TILE_CALLS[kind].address()
+def tile_addresses(ops):
+    """int64 (KINDS + 2,): the address of the tile of each kind in the table `ops` (compiling it on
+    first use; CONV_DIRECT for convolutions without workspace blocks), 0 for the others (a model
+    compiles only the kinds it has); last, that of `_run_tile`."""
+    addresses = np.zeros(RUN_TILE + 1, np.int64)
+    for row in ops:
+        kind = CONV_DIRECT if row[KIND] == CONV and row[BLOCKS] <= 0 else int(row[KIND])
+        if addresses[kind] == 0:
+            addresses[kind] = TILE_CALLS[kind].address()
     addresses[RUN_TILE] = _RUN_TILE.address()
     return addresses
 
@@ -133,10 +139,14 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == GATE_ROWS:
         _gate_rows(addresses[GATE_ROWS], (view(arena, op[X], (n * xh * xw, xc)), view(arena, op[AUX], (n, xc)),
                                           xh * xw, op[TR], t))
+    elif kind == CONV and op[BLOCKS] <= 0:      # the stem: taps directly, no workspace
+        _conv_direct(addresses[CONV_DIRECT], (view(arena, op[X], (n, xh, xw, xc)),
+                                              view(params, op[W], (op[KH], op[KW], xc, yc)), view(params, op[B], (yc,)),
+                                              act, op[SH], op[SW], op[PT], op[PL], op[TR],
+                                              view(arena, op[Y], (n, yh, yw, yc)), t))
     elif kind == CONV:
         k = op[KH] * op[KW] * xc
-        blocks = op[BLOCKS] > 0                # the direct path needs no workspace
-        block = view(arena, op[AUX] + worker * op[TR] * k if blocks else 0, (op[TR] if blocks else 0, k))
+        block = view(arena, op[AUX] + worker * op[TR] * k, (op[TR], k))
         _conv(addresses[CONV], (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH], op[KW], xc, yc)),
                                 view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
                                 block, op[TR], sgemm, view(arena, op[Y], (n, yh, yw, yc)), t))
@@ -149,7 +159,6 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
 
 # _run_tile is called through its address too (addresses[RUN_TILE]): linked into the table loop,
 # its views of seven kinds were compiled again in the loop and in the function that leads a run.
-RUN_TILE = KINDS
 _RUN_TILE = CompiledCall(_run_tile, (types.Array(types.int64, 1, "C"), _A1, _A1, _I, _I, _I,
                                      types.Array(types.int64, 1, "C")))
 _run_tile_at = _RUN_TILE.call
@@ -213,7 +222,7 @@ class Program:
             raise ValueError("every op needs at least one tile")
         self.first_tile = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int64)
         self.params, self.arena, self.sgemm = params, arena, int(sgemm)
-        self.addresses = tile_addresses(self.ops[:, KIND])
+        self.addresses = tile_addresses(self.ops)
         self._jobs = {}
 
     @property

@@ -195,6 +195,43 @@ def _conv_pixel(x, w, y_pixel, n, ih0, iw0):
 
 
 @njit_serial
+def conv_direct_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, tile, y, t):
+    """`conv_tile`'s direct path: output pixels t*tile..(t+1)*tile-1 of a 3x3 convolution over 3
+    input channels (dilation 1), tap by tap. Fused inference calls it alone for the stem, so that
+    a model whose only standard convolution is its stem never compiles the GEMM path."""
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = y.shape[1], y.shape[2]
+    pixels = y.shape[0] * out_h * out_w
+    p0 = t * tile
+    p1 = min(pixels, p0 + tile)
+    y_rows = y.reshape(pixels, y.shape[3])
+    # output columns whose taps all land inside x
+    col_lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
+    col_hi = max(col_lo, min(out_w, (width - 3 + pad_left) // stride_w + 1))
+    r = p0 // out_w
+    while r * out_w < p1:                # the tile's pieces of output rows r = n * Ho + oh
+        n = r // out_h
+        oh = r - n * out_h
+        ih = oh * stride_h - pad_top
+        a, b = max(p0 - r * out_w, 0), min(p1 - r * out_w, out_w)
+        lo, hi = a, a                    # the columns done directly
+        if ih >= 0 and ih + 3 <= height:
+            lo, hi = min(max(col_lo, a), b), max(min(col_hi, b), a)
+            _conv3x3_rgb_row(x, w, bias, act, y, n, oh, ih, stride_w, pad_left, lo, hi)
+            if act != IDENTITY:
+                activate_run(y_rows[r * out_w + lo:r * out_w + hi].reshape(-1), act)
+        for ow in range(a, b):
+            if ow < lo or ow >= hi:
+                # (the bias in a pass of its own: folded into _conv_pixel's sum, the compiler
+                # contracted it differently inlined in the op table and in the layer's kernel,
+                # whose outputs then differed in the last bit; test_inference_program)
+                _conv_pixel(x, w, y[n, oh, ow], n, ih, ow * stride_w - pad_left)
+                if bias.shape[0] > 0:
+                    bias_act_run(y[n, oh, ow], bias, act)
+        r += 1
+
+
+@njit_serial
 def conv_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, block, tile, gemm,
               y, t):
     """Output pixels t*tile..(t+1)*tile-1 (over N*Ho*Wo, row-major) of y = act(conv(x, w) + bias).
@@ -203,11 +240,14 @@ def conv_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h
     (Cout,), or empty for none (no epilogue: training); act: an `ops.epilogue` code; block:
     (tile, KH*KW*Cin), the caller's block of `workspace_shape` (not read by the direct path);
     gemm: the address of the GEMM of x's dtype (`ops/blas.py`). A 3x3 kernel over 3
-    channels is computed tap by tap; any other gathers the tile's receptive fields into the block
-    and multiplies them by w as a (KH*KW*Cin, Cout) matrix.
+    channels is computed tap by tap (`conv_direct_tile`); any other gathers the tile's receptive
+    fields into the block and multiplies them by w as a (KH*KW*Cin, Cout) matrix.
     """
     height, width, in_channels = x.shape[1], x.shape[2], x.shape[3]
     kernel_h, kernel_w, _, out_channels = w.shape
+    if _direct_path(kernel_h, kernel_w, in_channels, dilation_h, dilation_w):
+        conv_direct_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, tile, y, t)
+        return
     out_h, out_w = y.shape[1], y.shape[2]
     pixels = y.shape[0] * out_h * out_w
     p0 = t * tile
@@ -215,41 +255,15 @@ def conv_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h
     y_rows = y.reshape(pixels, out_channels)
     x_rows = x.reshape(x.shape[0], height, width * in_channels)
     w_matrix = w.reshape(kernel_h * kernel_w * in_channels, out_channels)
-    if _direct_path(kernel_h, kernel_w, in_channels, dilation_h, dilation_w):
-        # output columns whose taps all land inside x
-        col_lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
-        col_hi = max(col_lo, min(out_w, (width - kernel_w + pad_left) // stride_w + 1))
-        r = p0 // out_w
-        while r * out_w < p1:                # the tile's pieces of output rows r = n * Ho + oh
-            n = r // out_h
-            oh = r - n * out_h
-            ih = oh * stride_h - pad_top
-            a, b = max(p0 - r * out_w, 0), min(p1 - r * out_w, out_w)
-            lo, hi = a, a                    # the columns done directly
-            if ih >= 0 and ih + 3 <= height:
-                lo, hi = min(max(col_lo, a), b), max(min(col_hi, b), a)
-                _conv3x3_rgb_row(x, w, bias, act, y, n, oh, ih, stride_w, pad_left, lo, hi)
-                if act != IDENTITY:
-                    activate_run(y_rows[r * out_w + lo:r * out_w + hi].reshape(-1), act)
-            for ow in range(a, b):
-                if ow < lo or ow >= hi:
-                    # (the bias in a pass of its own: folded into _conv_pixel's sum, the compiler
-                    # contracted it differently inlined in the op table and in the layer's kernel,
-                    # whose outputs then differed in the last bit; test_inference_program)
-                    _conv_pixel(x, w, y[n, oh, ow], n, ih, ow * stride_w - pad_left)
-                    if bias.shape[0] > 0:
-                        bias_act_run(y[n, oh, ow], bias, act)
-            r += 1
-    else:
-        for p in range(p0, p1):
-            n = p // (out_h * out_w)
-            oh = (p - n * out_h * out_w) // out_w
-            _gather_field(x_rows, in_channels, n, oh, p % out_w, block[p - p0], kernel_h, kernel_w, stride_h,
-                          stride_w, pad_top, pad_left, dilation_h, dilation_w)
-        # (np.int64(0), not 0: a literal argument would compile the callee a second time)
-        matmul(gemm, block, np.int64(0), p1 - p0, w_matrix, np.int64(0), out_channels, y_rows[p0:p1])
-        if bias.shape[0] > 0:
-            bias_act(y_rows, p0, p1, np.int64(0), out_channels, bias, act)
+    for p in range(p0, p1):
+        n = p // (out_h * out_w)
+        oh = (p - n * out_h * out_w) // out_w
+        _gather_field(x_rows, in_channels, n, oh, p % out_w, block[p - p0], kernel_h, kernel_w, stride_h,
+                      stride_w, pad_top, pad_left, dilation_h, dilation_w)
+    # (np.int64(0), not 0: a literal argument would compile the callee a second time)
+    matmul(gemm, block, np.int64(0), p1 - p0, w_matrix, np.int64(0), out_channels, y_rows[p0:p1])
+    if bias.shape[0] > 0:
+        bias_act(y_rows, p0, p1, np.int64(0), out_channels, bias, act)
 
 
 def _conv_forward(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, cols, tile, gemm,
