@@ -50,12 +50,12 @@ from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, squee
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
-from npmobilenet.ops.depthwise import depthwise_steps
+from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR = range(7)
 KINDS = 7
-CONV_DIRECT, RUN_TILE = KINDS, KINDS + 1      # further slots of the address table (`tile_addresses`)
+CONV_DIRECT, DEPTHWISE_3X3, RUN_TILE = KINDS, KINDS + 1, KINDS + 2   # more slots of the address table
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
@@ -82,7 +82,10 @@ _I = types.int64
 _A1, _A2, _A3, _A4 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3, 4))
 TILE_CALLS = {
     POINTWISE: CompiledCall(pointwise_tile, (_A2, _A2, _A1, _I, _A2, _A2, _I, _I, _I, _I, _A2, _I)),
-    DEPTHWISE: CompiledCall(depthwise_steps, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
+    # depthwise: 3x3 kernels and the others apart (`ops.depthwise.depthwise_steps`), so that a model
+    # with 3x3 kernels only compiles none of the other sizes' code
+    DEPTHWISE: CompiledCall(depthwise_steps_kxk, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
+    DEPTHWISE_3X3: CompiledCall(depthwise_steps_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
     SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
@@ -93,18 +96,28 @@ TILE_CALLS = {
 }
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
 _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
-_conv_direct = TILE_CALLS[CONV_DIRECT].call
+_conv_direct, _depthwise_3x3 = TILE_CALLS[CONV_DIRECT].call, TILE_CALLS[DEPTHWISE_3X3].call
+
+
+def _slot(row):
+    """The address slot of an op table row: its kind's, but CONV_DIRECT for a convolution without
+    workspace blocks (the stem) and DEPTHWISE_3X3 for a 3x3 depthwise convolution."""
+    if row[KIND] == CONV and row[BLOCKS] <= 0:
+        return CONV_DIRECT
+    if row[KIND] == DEPTHWISE and row[KH] == 3 and row[KW] == 3:
+        return DEPTHWISE_3X3
+    return int(row[KIND])
 
 
 def tile_addresses(ops):
-    """int64 (KINDS + 2,): the address of the tile of each kind in the table `ops` (compiling it on
-    first use; CONV_DIRECT for convolutions without workspace blocks), 0 for the others (a model
-    compiles only the kinds it has); last, that of `_run_tile`."""
+    """int64 (RUN_TILE + 1,): the address of the tile of each slot (`_slot`) the table `ops` uses
+    (compiling it on first use), 0 for the others (a model compiles only the kinds it has); last,
+    that of `_run_tile`."""
     addresses = np.zeros(RUN_TILE + 1, np.int64)
     for row in ops:
-        kind = CONV_DIRECT if row[KIND] == CONV and row[BLOCKS] <= 0 else int(row[KIND])
-        if addresses[kind] == 0:
-            addresses[kind] = TILE_CALLS[kind].address()
+        slot = _slot(row)
+        if addresses[slot] == 0:
+            addresses[slot] = TILE_CALLS[slot].address()
     addresses[RUN_TILE] = _RUN_TILE.address()
     return addresses
 
@@ -127,10 +140,14 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == DEPTHWISE:
         run = op[RUN] * xc
         sums = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, yh, yc))
-        # depthwise_tile(..., t) is depthwise_steps(..., t, t + 1)
-        _depthwise(addresses[DEPTHWISE], (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH] * op[KW], run)),
-                                          op[KH], op[KW], view(params, op[B], (run,)), act, sums, op[SH], op[SW],
-                                          op[PT], op[PL], op[RH], op[RW], view(arena, op[Y], (n, yh, yw, yc)), t, t + 1))
+        # depthwise_tile(..., t) is depthwise_steps(..., t, t + 1), which runs one of these two
+        args = (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH] * op[KW], run)), op[KH], op[KW],
+                view(params, op[B], (run,)), act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
+                view(arena, op[Y], (n, yh, yw, yc)), t, t + 1)
+        if op[KH] == 3 and op[KW] == 3:
+            _depthwise_3x3(addresses[DEPTHWISE_3X3], args)
+        else:
+            _depthwise(addresses[DEPTHWISE], args)
     elif kind == SE_GATE:
         s = op[S]
         _se_gate(addresses[SE_GATE], (view(arena, op[X], (n, xh, xc)), op[COUNT], view(params, op[W], (xc, s)),

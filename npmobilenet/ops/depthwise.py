@@ -120,14 +120,29 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
     empty; y: (N, Ho, Wo, C). Each run of pixels is finished (bias, activation) right after its
     taps are summed, while in L1.
     pad_top/pad_left may be negative (the stride-1 input gradient runs through here).
+
+    3x3 kernels run `depthwise_steps_3x3`, the others `depthwise_steps_kxk`: two functions (same
+    arguments), so that fused inference compiles only the one its model has (V2: 3x3 only).
     """
+    if kernel_h == 3 and kernel_w == 3:
+        depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top,
+                            pad_left, dilation_h, dilation_w, y, t0, t1)
+    else:
+        depthwise_steps_kxk(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top,
+                            pad_left, dilation_h, dilation_w, y, t0, t1)
+
+
+@njit_serial
+def depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                        dilation_h, dilation_w, y, t0, t1):
+    """`depthwise_steps` for a 3x3 kernel (kernel_h = kernel_w = 3): borders by clamped taps, the
+    nine taps in one pass, two output rows at once where they share input rows."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height, out_width = y.shape[1], y.shape[2]
     lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
     steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
     x_rows = x.reshape(x.shape[0], height, width * channels)
     y_rows = y.reshape(y.shape[0], out_height, out_width * channels)
-    masked = kernel_h == kernel_w and (kernel_h == 3 or kernel_h == 5)   # borders by clamped taps
     span = (kernel_h - 1) * dilation_h
     pixels = w_tiled.shape[1] // channels
     for t in range(t0, t1):
@@ -135,14 +150,12 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
         first = (t - n * steps) * rows_per_step
         last = min(first + rows_per_step, out_height)
         x_image, y_image = x_rows[n], y_rows[n]
-        for oh in range(first, last):
+        for oh in range(first, last):         # borders: clamped taps where they reach the padding
             top = oh * stride_h - pad_top
-            if not masked:
-                _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
-                                        stride_w, pad_left, dilation_h, dilation_w, bias, act)
-            elif top >= 0 and top + span < height:
+            if top >= 0 and top + span < height:
                 for a, b in ((0, lo), (hi, out_width)):
-                    _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h, dilation_w)
+                    _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h,
+                                   dilation_w)
                     _bias_act_pixels(y, n, oh, a, b, bias, act)
             else:                                 # a row whose taps reach the top or bottom padding
                 # (np.int64(0), not 0: a literal argument would compile the callee a second time)
@@ -150,8 +163,7 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
                                dilation_h, dilation_w)
                 _bias_act_pixels(y, n, oh, np.int64(0), out_width, bias, act)
         top = first * stride_h - pad_top
-        fused = kernel_h == 3 and kernel_w == 3
-        paired = fused and stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
+        paired = stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
         if paired and pixels == 1:
             _pixels_3x3_pair(x, w_tiled, y, n, first, top, lo, hi, stride_w, pad_left, dilation_w, bias, act)
         elif paired:
@@ -162,21 +174,61 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
         else:
             for oh in range(first, last):
                 top = oh * stride_h - pad_top
-                inside = top >= 0 and top + span < height
-                if masked and not inside:
-                    continue                      # done above
-                if fused and inside and pixels == 1:
+                if not (top >= 0 and top + span < height):
+                    continue                      # done with the borders above
+                if pixels == 1:
                     _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act)
-                elif fused and inside:
+                else:
                     _interior_forward_3x3(
                         x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_image[oh],
                         lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
                     )
-                else:
-                    _interior_forward(
-                        x, n, oh, x_image, w_tiled, kernel_w, y, y_image[oh], top, lo, hi, pixels, channels,
-                        stride_w, pad_left, dilation_h, dilation_w, bias, act,
-                    )
+        if row_sums.shape[0] > 0:
+            for oh in range(first, last):
+                sum_rows(y[n, oh], row_sums[n, oh])
+
+
+@njit_serial
+def depthwise_steps_kxk(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                        dilation_h, dilation_w, y, t0, t1):
+    """`depthwise_steps` for any kernel but 3x3: 5x5 with borders by clamped taps, other sizes
+    with borders tap by tap; the interior a kernel row (5 wide) or a tap at a time."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    out_height, out_width = y.shape[1], y.shape[2]
+    lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
+    steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
+    x_rows = x.reshape(x.shape[0], height, width * channels)
+    y_rows = y.reshape(y.shape[0], out_height, out_width * channels)
+    masked = kernel_h == kernel_w and kernel_h == 5   # borders by clamped taps
+    span = (kernel_h - 1) * dilation_h
+    pixels = w_tiled.shape[1] // channels
+    for t in range(t0, t1):
+        n = t // steps
+        first = (t - n * steps) * rows_per_step
+        last = min(first + rows_per_step, out_height)
+        x_image, y_image = x_rows[n], y_rows[n]
+        for oh in range(first, last):             # borders (the same loop as depthwise_steps_3x3's)
+            top = oh * stride_h - pad_top
+            if not masked:
+                _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
+                                        stride_w, pad_left, dilation_h, dilation_w, bias, act)
+            elif top >= 0 and top + span < height:
+                for a, b in ((0, lo), (hi, out_width)):
+                    _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h,
+                                   dilation_w)
+                    _bias_act_pixels(y, n, oh, a, b, bias, act)
+            else:
+                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, np.int64(0), out_width, stride_w, pad_left,
+                               dilation_h, dilation_w)
+                _bias_act_pixels(y, n, oh, np.int64(0), out_width, bias, act)
+        for oh in range(first, last):
+            top = oh * stride_h - pad_top
+            if masked and not (top >= 0 and top + span < height):
+                continue                          # done with the borders above
+            _interior_forward(
+                x, n, oh, x_image, w_tiled, kernel_w, y, y_image[oh], top, lo, hi, pixels, channels,
+                stride_w, pad_left, dilation_h, dilation_w, bias, act,
+            )
         if row_sums.shape[0] > 0:
             for oh in range(first, last):
                 sum_rows(y[n, oh], row_sums[n, oh])
