@@ -97,3 +97,14 @@ def test_subpackages_are_reachable_after_a_plain_import():
             "assert 'torch' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_bench_header_names_the_weights_it_times(capsys):
+    import os
+
+    from npmobilenet.cli import main
+
+    ckpt = os.path.join(os.path.dirname(__file__), "fixtures", "compression", "digits_v2_w035.npz")
+    assert main(["bench", ckpt, "--resolution", "32", "--batch", "1", "--repeat", "2", "--no-peers"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "checkpoints' own weights" in header and "random weights" not in header

@@ -82,7 +82,10 @@ def run(args):
             if available(module):
                 __import__(module)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, random weights, "
+    # architectures by name run with random weights; checkpoints with their own (an int8 one beside
+    # the fused float model of its architecture)
+    weights = ", ".join(filter(None, ["random weights" if archs else "", "checkpoints' own weights" if checkpoints else ""]))
+    print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, {weights}, "
           f"median of {args.repeat}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; load average before: {load:.2f}"
           + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""), file=text)
