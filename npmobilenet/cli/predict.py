@@ -130,29 +130,9 @@ def run(args):
     if args.draw is not None:
         raise ValueError("--draw applies to segmentation and detection weights (LR-ASPP, SSDLite), not a classifier")
     args.topk = 5 if args.topk is None else args.topk
-    timer = _announce_if_slow()
-    try:
-        warm_s = predictor.warm_up()
-    finally:
-        timer.cancel()
-
-    notes, rows, failed, images = [], [], 0, 0
-    t1 = time.perf_counter()
-    for row in predictor.iter_predictions(iter_image_paths(args.images), args.topk, notes=notes):
-        for path, note in notes:
-            print(f"npmobilenet predict: {path}: {note}", file=sys.stderr)
-        notes.clear()
-        images += 1
-        if row["error"] is not None:
-            failed += 1
-            print(f"npmobilenet predict: {row['path']}: {row['error']}", file=sys.stderr)
-        if args.json or args.csv:
-            rows.append(row)
-        elif row["error"] is None:
-            print("\n".join(format_rows(row)), flush=True)
-    predict_s = time.perf_counter() - t1
-    if images == 0:
-        raise ValueError(f"no images found in {' '.join(args.images)}")
+    warm_s, rows, images, failed, predict_s = _stream(
+        args, lambda notes: predictor.iter_predictions(iter_image_paths(args.images), args.topk, notes=notes),
+        predictor, keep=bool(args.json or args.csv), format_row=format_rows)
     config = predictor.model.config
     timing = {"load_weights_s": round(load_s, 4), "warm_up_s": round(warm_s, 4), "predict_s": round(predict_s, 4),
               "images": images, "failed": failed}
@@ -211,6 +191,35 @@ def format_dense_row(row):
     return lines
 
 
+def _stream(args, predictions, predictor, keep, format_row):
+    """Warm the kernels (announced when slow, not timed as inference), then stream `predictions(notes)`:
+    notes and per-image errors to stderr, rows kept (`keep`, for --json/--csv) or printed as they
+    come. Returns (warm-up s, kept rows, images, failed, predict s)."""
+    timer = _announce_if_slow()
+    try:
+        warm_s = predictor.warm_up()
+    finally:
+        timer.cancel()
+    notes, rows, failed, images = [], [], 0, 0
+    t1 = time.perf_counter()
+    for row in predictions(notes):
+        for path, note in notes:
+            print(f"npmobilenet predict: {path}: {note}", file=sys.stderr)
+        notes.clear()
+        images += 1
+        if row["error"] is not None:
+            failed += 1
+            print(f"npmobilenet predict: {row['path']}: {row['error']}", file=sys.stderr)
+        if keep:
+            rows.append(row)
+        elif row["error"] is None:
+            print("\n".join(format_row(row)), flush=True)
+    predict_s = time.perf_counter() - t1
+    if images == 0:
+        raise ValueError(f"no images found in {' '.join(args.images)}")
+    return warm_s, rows, images, failed, predict_s
+
+
 def _run_dense(args, predictor, weights, load_s):
     """predict with LR-ASPP or SSDLite weights: a mask or boxes per image (`io.predict.DensePredictor`)."""
     from npmobilenet.io.predict import iter_image_paths
@@ -223,28 +232,9 @@ def _run_dense(args, predictor, weights, load_s):
     if given:
         raise ValueError(f"{', '.join(given)} do(es) not apply to {task}: it prints each image's "
                          + ("classes" if task == "segmentation" else "boxes") + " (or --json), and --draw DIR draws them")
-    timer = _announce_if_slow()
-    try:
-        warm_s = predictor.warm_up()
-    finally:
-        timer.cancel()
-    notes, rows, failed, images = [], [], 0, 0
-    t1 = time.perf_counter()
-    for row in predictor.iter_predictions(iter_image_paths(args.images), args.draw, notes):
-        for path, note in notes:
-            print(f"npmobilenet predict: {path}: {note}", file=sys.stderr)
-        notes.clear()
-        images += 1
-        if row["error"] is not None:
-            failed += 1
-            print(f"npmobilenet predict: {row['path']}: {row['error']}", file=sys.stderr)
-        if args.json:
-            rows.append(row)
-        elif row["error"] is None:
-            print("\n".join(format_dense_row(row)), flush=True)
-    predict_s = time.perf_counter() - t1
-    if images == 0:
-        raise ValueError(f"no images found in {' '.join(args.images)}")
+    warm_s, rows, images, failed, predict_s = _stream(
+        args, lambda notes: predictor.iter_predictions(iter_image_paths(args.images), args.draw, notes),
+        predictor, keep=bool(args.json), format_row=format_dense_row)
     config = predictor.model.config
     timing = {"load_weights_s": round(load_s, 4), "warm_up_s": round(warm_s, 4), "predict_s": round(predict_s, 4),
               "images": images, "failed": failed}
