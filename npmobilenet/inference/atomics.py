@@ -18,6 +18,12 @@ def _int64_vector(a):
     return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
 
 
+def _element(context, builder, signature, array, i):
+    """A pointer to array[i] of the intrinsic's int64 vector argument (its first) at index i (its second)."""
+    data = context.make_array(signature.args[0])(context, builder, array).data
+    return builder.gep(data, [context.cast(builder, i, signature.args[1], types.int64)])
+
+
 @intrinsic
 def atomic_add(typingctx, counters, index, value):
     """counters[index] += value, atomically; returns the value before the add."""
@@ -27,10 +33,9 @@ def atomic_add(typingctx, counters, index, value):
 
     def codegen(context, builder, signature, args):
         array, i, v = args
-        data = context.make_array(signature.args[0])(context, builder, array).data
-        i = context.cast(builder, i, signature.args[1], types.int64)
+        element = _element(context, builder, signature, array, i)
         v = context.cast(builder, v, signature.args[2], types.int64)
-        return builder.atomic_rmw("add", builder.gep(data, [i]), v, "seq_cst")
+        return builder.atomic_rmw("add", element, v, "seq_cst")
 
     return sig, codegen
 
@@ -44,9 +49,8 @@ def atomic_load(typingctx, counters, index):
 
     def codegen(context, builder, signature, args):
         array, i = args
-        data = context.make_array(signature.args[0])(context, builder, array).data
-        i = context.cast(builder, i, signature.args[1], types.int64)
-        return builder.load_atomic(builder.gep(data, [i]), "acquire", 8)
+        element = _element(context, builder, signature, array, i)
+        return builder.load_atomic(element, "acquire", 8)
 
     return sig, codegen
 
@@ -61,11 +65,10 @@ def atomic_cas(typingctx, counters, index, expected, value):
 
     def codegen(context, builder, signature, args):
         array, i, old, new = args
-        data = context.make_array(signature.args[0])(context, builder, array).data
-        i = context.cast(builder, i, signature.args[1], types.int64)
+        element = _element(context, builder, signature, array, i)
         old = context.cast(builder, old, signature.args[2], types.int64)
         new = context.cast(builder, new, signature.args[3], types.int64)
-        pair = builder.cmpxchg(builder.gep(data, [i]), old, new, "seq_cst", "seq_cst")
+        pair = builder.cmpxchg(element, old, new, "seq_cst", "seq_cst")
         return builder.extract_value(pair, 1)
 
     return sig, codegen
@@ -81,10 +84,9 @@ def atomic_store(typingctx, counters, index, value):
 
     def codegen(context, builder, signature, args):
         array, i, v = args
-        data = context.make_array(signature.args[0])(context, builder, array).data
-        i = context.cast(builder, i, signature.args[1], types.int64)
+        element = _element(context, builder, signature, array, i)
         v = context.cast(builder, v, signature.args[2], types.int64)
-        builder.store_atomic(v, builder.gep(data, [i]), "release", 8)
+        builder.store_atomic(v, element, "release", 8)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -133,6 +133,24 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
 
 
 @njit_serial
+def _clamped_borders(x, w_tiled, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h, dilation_w,
+                     bias, act):
+    """Output row `oh` of image `n` where its taps reach the padding, by clamped taps, finished
+    (bias, activation): the columns left of `lo` and from `hi` on, or the whole row when its taps
+    reach the top or bottom padding (`top`: its first input row; `span`: the kernel's height in rows)."""
+    out_width = y.shape[2]
+    if top >= 0 and top + span < x.shape[1]:
+        for a, b in ((0, lo), (hi, out_width)):
+            _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h, dilation_w)
+            _bias_act_pixels(y, n, oh, a, b, bias, act)
+    else:
+        # (np.int64(0), not 0: a literal argument would compile the callee a second time)
+        _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, np.int64(0), out_width, stride_w, pad_left, dilation_h,
+                       dilation_w)
+        _bias_act_pixels(y, n, oh, np.int64(0), out_width, bias, act)
+
+
+@njit_serial
 def depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
                         dilation_h, dilation_w, y, t0, t1):
     """`depthwise_steps` for a 3x3 kernel (kernel_h = kernel_w = 3): borders by clamped taps, the
@@ -151,17 +169,8 @@ def depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
         last = min(first + rows_per_step, out_height)
         x_image, y_image = x_rows[n], y_rows[n]
         for oh in range(first, last):         # borders: clamped taps where they reach the padding
-            top = oh * stride_h - pad_top
-            if top >= 0 and top + span < height:
-                for a, b in ((0, lo), (hi, out_width)):
-                    _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h,
-                                   dilation_w)
-                    _bias_act_pixels(y, n, oh, a, b, bias, act)
-            else:                                 # a row whose taps reach the top or bottom padding
-                # (np.int64(0), not 0: a literal argument would compile the callee a second time)
-                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, np.int64(0), out_width, stride_w, pad_left,
-                               dilation_h, dilation_w)
-                _bias_act_pixels(y, n, oh, np.int64(0), out_width, bias, act)
+            _clamped_borders(x, w_tiled, kernel_h, y, n, oh, oh * stride_h - pad_top, lo, hi, span, stride_w, pad_left,
+                             dilation_h, dilation_w, bias, act)
         top = first * stride_h - pad_top
         paired = stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
         if paired and pixels == 1:
@@ -212,15 +221,9 @@ def depthwise_steps_kxk(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
             if not masked:
                 _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
                                         stride_w, pad_left, dilation_h, dilation_w, bias, act)
-            elif top >= 0 and top + span < height:
-                for a, b in ((0, lo), (hi, out_width)):
-                    _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, a, b, stride_w, pad_left, dilation_h,
-                                   dilation_w)
-                    _bias_act_pixels(y, n, oh, a, b, bias, act)
             else:
-                _masked_pixels(x, w_tiled, kernel_h, y, n, oh, top, np.int64(0), out_width, stride_w, pad_left,
-                               dilation_h, dilation_w)
-                _bias_act_pixels(y, n, oh, np.int64(0), out_width, bias, act)
+                _clamped_borders(x, w_tiled, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h,
+                                 dilation_w, bias, act)
         for oh in range(first, last):
             top = oh * stride_h - pad_top
             if masked and not (top >= 0 and top + span < height):
