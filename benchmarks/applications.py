@@ -1,14 +1,14 @@
-"""LR-ASPP and SSDLite320 (full width, random weights) at batch 1: npmobilenet's forward pass
-beside ONNX Runtime running the same model exported through the lowered graph.
+"""LR-ASPP and SSDLite320 (full width, random weights) at batch 1: npmobilenet's fused inference
+(`model.fuse()`) and its unfused eval-mode forward pass beside ONNX Runtime running the same model
+exported through the lowered graph.
 
     python benchmarks/applications.py --threads 1,2 --repeat 10
 
-npmobilenet runs the unfused model in eval mode (the layers' Numba kernels, batch norm as its
-own op): fused inference has no bilinear resize, sigmoid or graph of several outputs yet, so it
-cannot run these models. ONNX Runtime gets the same thread count (intra-op; inter-op 1) and the
-graph `export_onnx` writes (batch norm folded). Before timing, both engines' outputs are checked
-to agree within 1e-4 of the largest value. SSDLite's post-processing (softmax, decoding, per-class
-NMS as a Numba kernel; outside the ONNX graph for both engines) is timed on its own.
+ONNX Runtime gets the same thread count (intra-op; inter-op 1) and the graph `export_onnx` writes
+(batch norm folded). Before timing, the engines' outputs are checked to agree within 1e-4 of the
+largest value. SSDLite's post-processing (softmax, decoding, per-class NMS as a Numba kernel;
+outside the ONNX graph for both engines) is timed on its own. `npmobilenet bench NAME` times the
+fused models beside ONNX Runtime and PyTorch too, in alternating blocks.
 
 Times are medians in ms over `--repeat` calls after two untimed ones. On a shared machine,
 run it alone.
@@ -46,10 +46,9 @@ def onnxruntime_session(model, threads, workdir):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def check_agreement(model, session, x):
-    """ONNX Runtime's outputs against our forward pass: the largest difference relative to the
-    largest output value (AssertionError above 1e-4)."""
-    ours = model(x)
+def check_agreement(model, session, x, ours):
+    """ONNX Runtime's outputs against ours (a forward pass's): the largest difference relative to
+    the largest output value (AssertionError above 1e-4)."""
     names = [o.name for o in session.get_outputs()]
     theirs = session.run(names, {"input": x})
     if isinstance(ours, tuple):                  # SSDLite: its twelve head maps, reshaped outside the graph
@@ -69,11 +68,13 @@ def measure(arch, threads, repeat, workdir):
     config.set_num_threads(threads)
     model = npmobilenet.build(arch).eval()
     x = np.random.default_rng(0).standard_normal((1, *MODELS[arch], 3)).astype(np.float32)
+    fused = model.fuse(threads)
     session = onnxruntime_session(model, threads, workdir)
-    error = check_agreement(model, session, x)
+    error = max(check_agreement(model, session, x, model(x)), check_agreement(model, session, x, fused(x)))
     names = [o.name for o in session.get_outputs()]
     row = {"arch": arch, "input": MODELS[arch], "threads": threads, "agreement": error,
-           "npmobilenet_ms": median_ms(lambda: model(x), repeat),
+           "fused_ms": median_ms(lambda: fused(x), repeat),
+           "unfused_ms": median_ms(lambda: model(x), repeat),
            "onnxruntime_ms": median_ms(lambda: session.run(names, {"input": x}), repeat)}
     if arch.startswith("ssdlite"):
         cls_logits, bbox_regression = model(x)
@@ -94,10 +95,10 @@ def main():
             for threads in (int(t) for t in args.threads.split(",")):
                 r = measure(arch, threads, args.repeat, workdir)
                 extra = f", post-processing {r['postprocess_ms']:.1f} ms" if "postprocess_ms" in r else ""
-                print(f"{arch} {r['input'][0]}x{r['input'][1]}, {threads} thread(s): npmobilenet (unfused) "
-                      f"{r['npmobilenet_ms']:.1f} ms, ONNX Runtime {r['onnxruntime_ms']:.1f} ms, ratio "
-                      f"{r['npmobilenet_ms'] / r['onnxruntime_ms']:.2f}{extra} (outputs agree to {r['agreement']:.1e})",
-                      flush=True)
+                print(f"{arch} {r['input'][0]}x{r['input'][1]}, {threads} thread(s): npmobilenet fused "
+                      f"{r['fused_ms']:.1f} ms (unfused {r['unfused_ms']:.1f} ms), ONNX Runtime "
+                      f"{r['onnxruntime_ms']:.1f} ms, fused / ONNX Runtime {r['fused_ms'] / r['onnxruntime_ms']:.2f}"
+                      f"{extra} (outputs agree to {r['agreement']:.1e})", flush=True)
 
 
 if __name__ == "__main__":

@@ -164,10 +164,16 @@ def test_a_graph_of_two_outputs_with_a_resize_evaluates_and_exports():
         theirs = session.run(list(graph.outputs), {"input": x})
     np.testing.assert_allclose(theirs[0].transpose(0, 2, 3, 1), mask, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(theirs[1], scores, rtol=1e-4, atol=1e-4)
+    # fused inference runs it too: a resize kernel, both outputs kept to the end of the plan
+    from npmobilenet.graph import fuse_activations
+    from npmobilenet.inference import FusedMobileNet
     from npmobilenet.inference.compile import fused_layers
 
-    with pytest.raises(NotImplementedError, match="one output"):
-        fused_layers(graph)
+    fused_graph = fuse_activations(graph)
+    fused = FusedMobileNet(fused_layers(fused_graph), {}, outputs=fused_graph.outputs)
+    fused_mask, fused_scores = fused(x.astype(np.float32))
+    np.testing.assert_allclose(fused_mask, mask, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused_scores, scores, rtol=1e-4, atol=1e-4)
 
 
 def test_sigmoid_activation_is_in_the_op_set():

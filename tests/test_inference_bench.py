@@ -17,7 +17,7 @@ def test_bench_command_small(tmp_path, capsys, monkeypatch):
     assert code == 0
     text = capsys.readouterr().out
     assert "mobilenet_v3_small" in text and "mobilenet_v1" in text and "ms/img" in text
-    assert "ridge point 2.5 MAC/byte" in text and "by kind:" in text
+    assert "ridge point 2.5 MAC/byte" in text and "by kind (roofline" in text and "roofline " in text
     payload = json.loads(out.read_text())
     assert [(r["arch"], r["batch"]) for r in payload["results"]] == [
         ("mobilenet_v3_small", 1), ("mobilenet_v3_small", 2), ("mobilenet_v1", 1), ("mobilenet_v1", 2)]
@@ -69,3 +69,34 @@ def test_bench_command_on_v4(capsys):
     assert main(["bench", "mobilenet_v4_conv_small", "--batch", "1", "--resolution", "64", "--repeat", "2",
                  "--threads", "1", "--no-peers"]) == 0
     assert "mobilenet_v4_conv_small" in capsys.readouterr().out
+
+
+def test_roofline_fraction():
+    peaks = {"sgemm_gmacs": 50.0, "bandwidth_gbs": 20.0}
+    # 1 MAC/byte is below the ridge (2.5): bound by bandwidth, 20 GMAC/s attainable
+    assert bench.roofline_fraction(10e9, 10e9, 1.0, peaks) == pytest.approx(0.5)
+    # 100 MAC/byte: bound by the SGEMM peak
+    assert bench.roofline_fraction(25e9, 0.25e9, 1.0, peaks) == pytest.approx(0.5)
+    # no MACs (resize, pooling): the share of the bandwidth
+    assert bench.roofline_fraction(0, 5e9, 1.0, peaks) == pytest.approx(0.25)
+
+
+def test_bench_command_on_the_applications(tmp_path, capsys):
+    # LR-ASPP and SSDLite run fused, beside ONNX Runtime on their exported graphs (where installed),
+    # whose outputs they are checked against
+    out = tmp_path / "apps.json"
+    assert main(["bench", "lraspp_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large", "--batch", "1",
+                 "--resolution", "64", "--repeat", "2", "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lraspp_mobilenet_v3_large" in text and "ssdlite320_mobilenet_v3_large" in text
+    payload = json.loads(out.read_text())
+    assert [r["arch"] for r in payload["results"]] == ["lraspp_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large"]
+    for result in payload["results"]:
+        assert result["rows"][0]["engine"] == "npmobilenet" and result["resolution"] == 64
+        if any(row["engine"] == "onnxruntime" for row in result["rows"]):
+            assert result["onnx_relative_difference"] < 1e-4
+
+
+def test_bench_default_resolutions():
+    assert [bench.default_resolution(a) for a in ("mobilenet_v2", "lraspp_mobilenet_v3_large",
+                                                  "ssdlite320_mobilenet_v3_large")] == [224, 520, 320]

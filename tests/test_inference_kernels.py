@@ -6,12 +6,14 @@ run both serial and parallel, through OpenBLAS's SGEMM and through the Numba mat
 convolution kernels are the tiles of `npmobilenet.ops` with their epilogues (bias, activation,
 residual, SE); training's tests (test_ops_*.py) run the same tiles without one.
 """
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from npmobilenet.inference import kernels, tiling
+from npmobilenet.inference.threads import numba_threads
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import reference
 from npmobilenet.ops.blas import find_blas
@@ -238,6 +240,44 @@ def test_linear_and_pool(use_blas):
                      ACTIVATION[activation](x.astype(np.float64) @ w + b), f"linear {activation}")
     images = data(rng, 2, 7, 5, 11)
     assert_close(kernels.global_avg_pool(images), images.astype(np.float64).mean(axis=(1, 2)), "global average pool")
+
+
+def test_linear_sigmoid():
+    # LR-ASPP's gate: sigmoid(x w), its own epilogue loop; saturates without overflow
+    rng = np.random.default_rng(16)
+    x, w, b = data(rng, 3, 40), data(rng, 40, 70) * 10, data(rng, 70)
+    want = 1 / (1 + np.exp(-(x.astype(np.float64) @ w + b)))
+    assert_close(kernels.linear(x, w, b, "sigmoid"), want, "linear sigmoid")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        kernels.pointwise_conv(data(rng, 1, 2, 2, 4), data(rng, 4, 4), data(rng, 4), "sigmoid")
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("in_size, out_size", [((5, 7), (13, 9)), ((9, 8), (4, 3)), ((1, 1), (3, 5)), ((6, 6), (6, 6))])
+def test_resize_matches_reference(parallel, in_size, out_size):
+    # the fused tile computes its taps itself; the reference multiplies by interpolation matrices
+    rng = np.random.default_rng(17)
+    x = data(rng, 2, *in_size, 19)
+    assert_close(kernels.resize(x, out_size, parallel=parallel), reference.bilinear_resize(x, out_size), "resize")
+    gate = data(rng, 2, 19)
+    assert_close(kernels.resize(x, out_size, gate, parallel=parallel),
+                 reference.bilinear_resize(x * gate[:, None, None, :], out_size), "gated resize")
+
+
+def test_resize_tiles_are_the_same_for_every_thread_count():
+    rng = np.random.default_rng(18)
+    x, gate = data(rng, 2, 17, 13, 40), data(rng, 2, 40)
+    assert tiling.resize_tile_rows(200, 40) == 2         # several output rows per tile
+    # the parallel build on any number of threads gives the same bits (the fused model's op table
+    # calls the tile as the serial build does: tests/test_inference_program.py)
+    runs = []
+    for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+        with numba_threads(threads):
+            runs.append(kernels.resize(x, (61, 200), gate, parallel=True))
+    assert all(np.array_equal(runs[0], run) for run in runs)
+    assert_close(kernels.resize(x, (61, 200), gate, parallel=False), runs[0], "serial and parallel builds")
+    with pytest.raises(ValueError, match="gate must be"):
+        kernels.resize(x, (4, 4), gate[:1])
 
 
 def test_blas_is_found_and_single_threaded_restores():

@@ -1,4 +1,4 @@
-"""`npmobilenet bench [ARCH|CHECKPOINT ...] [--batch 1,32] [--resolution 224] [--threads N] [--repeat K]
+"""`npmobilenet bench [ARCH|CHECKPOINT ...] [--batch 1,32] [--resolution R] [--threads N] [--repeat K]
 [--per-layer] [--background-load] [--no-peers] [--cold-start] [--json [PATH]]`: fused inference
 timed beside PyTorch and ONNX Runtime (`npmobilenet.inference.bench`).
 
@@ -24,12 +24,14 @@ def _int_list(text):
 
 
 def add_arguments(parser):
+    from npmobilenet.applications import APPLICATIONS
     from npmobilenet.models import ARCHS
 
-    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"architectures (default: V2, V3-Large, V3-Small); any of {', '.join(ARCHS)}; or checkpoint files "
+    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"architectures (default: V2, V3-Large, V3-Small); any of {', '.join(ARCHS + APPLICATIONS)}; or checkpoint files "
                         "(float, pruned, factorised, int8: an int8 model is timed beside the fused float model)")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
-    parser.add_argument("--resolution", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input height and width (default 224; LR-ASPP 520 and SSDLite 320, torchvision's)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: NUMBA_NUM_THREADS)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per engine (default 20; median reported)")
     parser.add_argument("--per-layer", action="store_true", help="also time each fused layer, with its MACs and bytes")
@@ -44,23 +46,29 @@ def add_arguments(parser):
 def run(args):
     import numba
 
+    from npmobilenet.applications import APPLICATIONS
     from npmobilenet.inference import bench
     from npmobilenet.models import ARCHS
 
+    known = ARCHS + APPLICATIONS
+
     archs = list(args.archs)
     json_path = args.json
-    if json_path not in (None, "-") and (json_path in ARCHS or (os.path.isfile(json_path) and not json_path.endswith(".json"))):
+    if json_path not in (None, "-") and (json_path in known or (os.path.isfile(json_path) and not json_path.endswith(".json"))):
         # `bench --json mobilenet_v2`: argparse gave the model to --json's optional PATH
         archs, json_path = [json_path] + archs, "-"
     archs = archs or ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
-    checkpoints = [a for a in archs if a not in ARCHS and os.path.isfile(a)]
-    unknown = [a for a in archs if a not in ARCHS and a not in checkpoints]
+    checkpoints = [a for a in archs if a not in known and os.path.isfile(a)]
+    unknown = [a for a in archs if a not in known and a not in checkpoints]
     if unknown:
-        raise ValueError(f"unknown architecture(s) {unknown}; known: {', '.join(ARCHS)}, or a checkpoint file")
-    archs = [a for a in archs if a in ARCHS]
+        raise ValueError(f"unknown architecture(s) {unknown}; known: {', '.join(known)}, or a checkpoint file")
+    archs = [a for a in archs if a in known]
     batches = _int_list(args.batch)
-    if args.resolution < 32:
+    if args.resolution is not None and args.resolution < 32:
         raise ValueError(f"--resolution must be at least 32, got {args.resolution}")
+
+    def resolution(arch):
+        return args.resolution if args.resolution is not None else bench.default_resolution(arch)
     if args.repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
     threads = args.threads if args.threads is not None else numba.config.NUMBA_NUM_THREADS
@@ -85,7 +93,8 @@ def run(args):
     # architectures by name run with random weights; checkpoints with their own (an int8 one beside
     # the fused float model of its architecture)
     weights = ", ".join(filter(None, ["random weights" if archs else "", "checkpoints' own weights" if checkpoints else ""]))
-    print(f"npmobilenet bench: {threads} thread(s), {args.resolution}x{args.resolution}, float32, {weights}, "
+    sizes = sorted({resolution(a) for a in archs + checkpoints})
+    print(f"npmobilenet bench: {threads} thread(s), {', '.join(f'{r}x{r}' for r in sizes)}, float32, {weights}, "
           f"median of {args.repeat}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; load average before: {load:.2f}"
           + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""), file=text)
@@ -98,16 +107,16 @@ def run(args):
         for arch in archs + checkpoints:
             for batch in batches:
                 if arch in checkpoints:
-                    result = bench.bench_checkpoint(arch, batch, args.resolution, threads, args.repeat)
+                    result = bench.bench_checkpoint(arch, batch, resolution(arch), threads, args.repeat)
                 else:
-                    result = bench.bench_model(arch, batch, args.resolution, threads, args.repeat, peers, workdir)
+                    result = bench.bench_model(arch, batch, resolution(arch), threads, args.repeat, peers, workdir)
                 results.append(result)
                 print(bench.format_results([result]).split("\n", 2)[2] if len(results) > 1 else bench.format_results([result]), file=text, flush=True)
         if args.per_layer:
             peaks = {1: bench.machine_peaks(1)}
             for arch in archs:
                 for batch in batches:
-                    profile = bench.per_layer_profile(arch, batch, args.resolution, threads, args.repeat)
+                    profile = bench.per_layer_profile(arch, batch, resolution(arch), threads, args.repeat)
                     # a chunk runs on one thread; a whole batch's large layers on all of them
                     layer_threads = 1 if profile["images"] < batch else threads
                     if layer_threads not in peaks:

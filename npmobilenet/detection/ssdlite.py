@@ -199,8 +199,74 @@ class SSDLite(Layer):
         return postprocess_detections(cls_logits, bbox_regression, self.anchors_for(x.shape[1:3]), x.shape[1:3],
                                       **options)
 
+    def fuse(self, threads=None):
+        """An inference-only copy (`FusedSSDLite`): the lowered graph, batch norm folded, run by
+        fused inference (`npmobilenet.inference.fuse_model`). The model must be in eval mode."""
+        from npmobilenet.inference import fuse_model
+
+        return FusedSSDLite(fuse_model(self, threads))
+
     def extra_repr(self):
         return f"{self.config['arch']}, width={self.config['width']}, num_classes={self.num_classes}"
+
+
+class FusedSSDLite:
+    """SSDLite's fused inference: `fused(x) -> (cls_logits (N, A, K), bbox_regression (N, A, 4))`
+    and `detect(x)`, as the model computes them. `network` (a `FusedMobileNet`) runs the lowered
+    graph, whose twelve outputs are the heads' maps; their concatenation in torchvision's anchor
+    order, the default boxes (from the maps' sizes) and the post-processing stay outside it, as
+    in the ONNX export. Built by `SSDLite.fuse()`."""
+
+    training = False
+
+    def __init__(self, network):
+        self.network = network
+        self.config = network.config
+        self.num_classes = network.num_classes
+        self._anchors = {}
+
+    def __call__(self, x):
+        return concatenate_heads(self.network(x), self.num_classes)
+
+    forward = __call__
+
+    def detect(self, x, **options):
+        """As `SSDLite.detect`: per image a dict of `boxes`, `scores`, `labels`."""
+        x = check_images(x, np.float32)
+        maps = self.network(x)
+        size = tuple(x.shape[1:3])
+        if size not in self._anchors:
+            grids = [m.shape[1:3] for m in maps[:len(maps) // 2]]
+            self._anchors[size] = default_boxes(grids, size, SSDLITE_ASPECT_RATIOS, SSDLITE_MIN_RATIO,
+                                                SSDLITE_MAX_RATIO)
+        cls_logits, bbox_regression = concatenate_heads(maps, self.num_classes)
+        return postprocess_detections(cls_logits, bbox_regression, self._anchors[size], size, **options)
+
+    @property
+    def threads(self):
+        return self.network.threads
+
+    @property
+    def last_threads(self):
+        return self.network.last_threads
+
+    @property
+    def activation_bytes(self):
+        return self.network.activation_bytes
+
+    def set_threads(self, threads, adaptive=None):
+        self.network.set_threads(threads, adaptive)
+        return self
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        self.network.train(mode)
+        return self
+
+    def __repr__(self):
+        return "FusedSSDLite(" + repr(self.network)[len("FusedMobileNet("):]
 
 
 def concatenate_heads(maps, num_classes):

@@ -31,6 +31,19 @@ PEER_ARCHS = {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3_large": "mobilenet_v
               "mobilenet_v3_small": "mobilenet_v3_small"}
 TIMM_PEER_ARCHS = {"mobilenet_v4_conv_small": "mobilenetv4_conv_small", "mobilenet_v4_conv_medium": "mobilenetv4_conv_medium",
                    "mobilenet_v4_conv_large": "mobilenetv4_conv_large"}
+# the applications: torchvision's models (random weights), timed up to what the exported ONNX
+# graph computes (LR-ASPP: the logits; SSDLite: backbone and heads, without the transform and
+# the post-processing)
+APPLICATION_PEERS = {"lraspp_mobilenet_v3_large": ("segmentation", "lraspp_mobilenet_v3_large"),
+                     "ssdlite320_mobilenet_v3_large": ("detection", "ssdlite320_mobilenet_v3_large")}
+
+
+def default_resolution(arch):
+    """The input size `arch` is benchmarked at by default: 224, torchvision's 520 for LR-ASPP and
+    320 for SSDLite320."""
+    from npmobilenet.applications import DEFAULT_RESOLUTION
+
+    return DEFAULT_RESOLUTION.get(arch, 224)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +140,11 @@ def _npmobilenet_engine(model, x, threads):
 
 def _torch_model(arch):
     """The PyTorch peer of `arch` (random weights), or None where its library is not installed."""
+    if arch in APPLICATION_PEERS and available("torch") and available("torchvision"):
+        import torchvision
+
+        package, name = APPLICATION_PEERS[arch]
+        return getattr(getattr(torchvision.models, package), name)(weights=None, weights_backbone=None)
     if arch in PEER_ARCHS and available("torch") and available("torchvision"):
         import torchvision
 
@@ -151,19 +169,25 @@ def _torch_engines(arch, x_nhwc, threads):
     model_cl = _torch_model(arch).eval().to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
+    def forward(net, images):
+        if APPLICATION_PEERS.get(arch, ("",))[0] == "detection":      # SSD: backbone and heads only
+            return net.head(list(net.backbone(images).values()))
+        return net(images)
+
     def eager():
         with torch.inference_mode():
-            model(x)
+            forward(model, x)
 
     def channels_last():
         with torch.inference_mode():
-            model_cl(x_cl)
+            forward(model_cl, x_cl)
 
     return [("torch eager", eager), ("torch channels-last", channels_last)]
 
 
 def _onnxruntime_engine(model, x_nhwc, threads, workdir):
-    """[(name, fn)] for ONNX Runtime on the exported model, and the logits it gives, or []."""
+    """[(name, fn)] for ONNX Runtime on the exported model, and its outputs (NCHW maps where the
+    graph gives maps), or ([], None)."""
     if not (available("onnx") and available("onnxruntime")):
         return [], None
     import onnxruntime as ort
@@ -178,8 +202,18 @@ def _onnxruntime_engine(model, x_nhwc, threads, workdir):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     feed = {"input": np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))}
-    logits = session.run(["logits"], feed)[0]
-    return [("onnxruntime", lambda: session.run(["logits"], feed))], logits
+    outputs = session.run(None, feed)
+    return [("onnxruntime", lambda: session.run(None, feed))], outputs
+
+
+def _relative_difference(model, ours, theirs):
+    """The largest difference between our outputs and ONNX Runtime's (NCHW), relative to the
+    largest of theirs: a classifier's logits, LR-ASPP's map, SSDLite's concatenated heads."""
+    if isinstance(ours, tuple):                       # SSDLite: its head maps, concatenated outside the graph
+        theirs = model.head_outputs([m.transpose(0, 2, 3, 1) for m in theirs])
+    else:
+        ours, theirs = (ours,), (theirs[0] if theirs[0].ndim == 2 else theirs[0].transpose(0, 2, 3, 1),)
+    return max(float(np.abs(a - b).max() / max(1e-12, np.abs(b).max())) for a, b in zip(ours, theirs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,11 +230,10 @@ def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=No
     check = None
     if peers:
         engines += _torch_engines(arch, x, threads)
-        ort_engines, ort_logits = _onnxruntime_engine(model, x, threads, workdir)
+        ort_engines, ort_outputs = _onnxruntime_engine(model, x, threads, workdir)
         engines += ort_engines
-        if ort_logits is not None:
-            ours = fused(x)
-            check = float(np.abs(ours - ort_logits).max() / max(1e-12, np.abs(ort_logits).max()))
+        if ort_outputs is not None:
+            check = _relative_difference(model, fused(x), ort_outputs)
     times = blocked_times(engines, repeat)
     macs = analytic_macs(arch, resolution, batch)
     rows = []
@@ -267,6 +300,7 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
 
     model = npmobilenet.build(arch, seed=seed).eval()
     fused = model.fuse(threads=threads)
+    fused = getattr(fused, "network", fused)       # SSDLite: the network its heads' maps come from
     images = fused.chunk_images(batch, resolution, resolution)
     x = np.random.default_rng(seed).standard_normal((images, resolution, resolution, 3)).astype(np.float32)
     if images < batch:
@@ -335,16 +369,16 @@ def cold_start(arch="mobilenet_v2"):
 # ---------------------------------------------------------------------------------------------
 def format_results(results):
     lines = []
-    header = f"{'model':20s} {'batch':>5s} {'engine':22s} {'ms':>9s} {'ms/img':>8s} {'img/s':>8s} {'GMAC/s':>7s} {'npm/peer':>8s}"
+    header = f"{'model':29s} {'batch':>5s} {'engine':22s} {'ms':>9s} {'ms/img':>8s} {'img/s':>8s} {'GMAC/s':>7s} {'npm/peer':>8s}"
     lines.append(header)
     lines.append("-" * len(header))
     for result in results:
         for row in result["rows"]:
             ratio = "" if row is result["rows"][0] else f"{row['ratio']:.2f}"
-            lines.append(f"{result['arch']:20s} {result['batch']:5d} {row['engine']:22s} {row['ms']:9.2f} "
+            lines.append(f"{result['arch']:29s} {result['batch']:5d} {row['engine']:22s} {row['ms']:9.2f} "
                          f"{row['ms_per_image']:8.2f} {row['images_per_s']:8.1f} {row['gmacs']:7.1f} {ratio:>8s}")
         if result.get("onnx_relative_difference") is not None:
-            lines.append(f"{'':27s}(npmobilenet vs ONNX Runtime logits: max relative difference "
+            lines.append(f"{'':36s}(npmobilenet vs ONNX Runtime outputs: max relative difference "
                          f"{result['onnx_relative_difference']:.1e}; planned activation memory "
                          f"{result['planned_peak_bytes'] / 2**20:.1f} MiB)")
     return "\n".join(lines)
@@ -375,8 +409,24 @@ def format_profile(profile, peaks=None):
         k[0] += layer["ms"]
         k[1] += layer["macs"]
         k[2] += layer["bytes"]
-    lines.append("by kind:")
+    lines.append("by kind" + (" (roofline: the share of what the kind's MAC/byte allows, min(SGEMM peak, "
+                              "MAC/byte x bandwidth); without MACs, of the bandwidth)" if peaks else "") + ":")
     for kind, (ms, macs, nbytes) in kinds.items():
+        roofline = ""
+        if peaks and ms:
+            fraction = roofline_fraction(macs, nbytes, ms / 1e3, peaks)
+            roofline = f"  roofline {fraction * 100:5.1f}%"
         lines.append(f"  {kind:18s} {ms:7.2f} ms ({ms / profile['total_ms'] * 100:4.1f}%) {macs / 1e6:8.1f} MMAC "
-                     f"{macs / ms / 1e6 if ms else 0:6.1f} GMAC/s {nbytes / ms / 1e6 if ms else 0:6.1f} GB/s")
+                     f"{macs / ms / 1e6 if ms else 0:6.1f} GMAC/s {nbytes / ms / 1e6 if ms else 0:6.1f} GB/s{roofline}")
     return "\n".join(lines)
+
+
+def roofline_fraction(macs, nbytes, seconds, peaks):
+    """Achieved speed over the roofline's bound for work of `macs` MACs moving `nbytes` bytes:
+    min(SGEMM peak, MAC/byte x bandwidth) in MAC/s; for work without MACs (pooling, resizing),
+    bytes per second over the bandwidth."""
+    bandwidth = peaks["bandwidth_gbs"] * 1e9
+    if macs == 0:
+        return nbytes / seconds / bandwidth
+    attainable = min(peaks["sgemm_gmacs"] * 1e9, macs / nbytes * bandwidth)
+    return macs / seconds / attainable

@@ -8,17 +8,23 @@ layers around them instead of as layers of their own:
 - squeeze-and-excitation, `channel_scale(x, hardsigmoid(linear(relu(linear(pool(x))))))` with x a
   depthwise convolution's output and the scaled tensor read by one pointwise convolution: the
   depthwise kernel also sums its output rows, the gate is computed from those sums (no second
-  pass over x), and the pointwise kernel multiplies its input by the gate as it reads it.
+  pass over x), and the pointwise kernel multiplies its input by the gate as it reads it;
+- any other `channel_scale(x, gate)` read by one bilinear `resize` alone (LR-ASPP's head,
+  V3 paper sec. 6.3): the resize multiplies each pixel by its gate as it reads it.
 
 Everything is decided from op kinds and tensor names; nothing here knows a block class. An op the
 fused kernels do not compute raises NotImplementedError naming it.
 """
 import numpy as np
 
-from npmobilenet.ops.epilogue import ACTIVATIONS
+from npmobilenet.ops.epilogue import ACTIVATIONS, LINEAR_ACTIVATIONS
 from npmobilenet.inference.layers import (
-    FusedConv2d, FusedDepthwise, FusedGlobalPool, FusedLinear, FusedPointwise, FusedSqueezeExcite,
+    FusedConv2d, FusedDepthwise, FusedGlobalPool, FusedLinear, FusedPointwise, FusedResize, FusedSqueezeExcite,
 )
+
+# What the fused kernels compute after a convolution or a linear layer: what `fuse_model`
+# asks `graph.inference_graph` to fuse into them.
+FUSED_ACTIVATIONS = ("relu", "relu6", "hardswish", "sigmoid")
 
 
 def _bias(op):
@@ -29,9 +35,9 @@ def _unsupported(op, why):
     return NotImplementedError(f"fused inference cannot run {op.kind} op {op.name} ({op.describe()}): {why}")
 
 
-def _check_activation(op):
-    if op.activation not in ACTIVATIONS:
-        raise _unsupported(op, f"the fused kernels apply {sorted(a for a in ACTIVATIONS if a)} or no activation")
+def _check_activation(op, codes=ACTIVATIONS):
+    if op.activation not in codes:
+        raise _unsupported(op, f"the fused kernels apply {sorted(a for a in codes if a)} or no activation")
 
 
 class _Graph:
@@ -40,6 +46,7 @@ class _Graph:
     def __init__(self, graph):
         self.graph = graph
         self.producer = {op.output: op for op in graph.ops}
+        self.position = {op.output: i for i, op in enumerate(graph.ops)}     # the graph input: absent
         self.readers = {}
         for op in graph.ops:
             for t in op.inputs:
@@ -71,18 +78,21 @@ class _Graph:
 
 def fused_layers(graph):
     """The inference graph `graph` as a flat list of fused layers over named tensors, from the
-    graph's input ("input") to its output (the last layer's first output)."""
-    if len(graph.outputs) != 1:
-        raise NotImplementedError(f"fused inference runs graphs of one output, this one has {graph.outputs}")
+    graph's input ("input") to its outputs (`graph.outputs`: tensors the layers write)."""
     g = _Graph(graph)
-    skip, residual_of, gate_of, sums_of, se_after = set(), {}, {}, {}, {}
+    skip, residual_of, gate_of, sums_of, se_after, resize_gate = set(), {}, {}, {}, {}, {}
     # first the patterns that fold ops into the layers around them
     for op in graph.ops:
         if op.kind == "channel_scale":
             se = g.squeeze_excite(op)
             if se is None:
-                raise _unsupported(op, "only squeeze-and-excitation between a depthwise and a pointwise "
-                                       "convolution runs fused")
+                reader = g.only_reader(op.output)
+                if reader is None or reader.kind != "resize" or reader.inputs[0] != op.output:
+                    raise _unsupported(op, "a channel scale runs fused as squeeze-and-excitation between a depthwise "
+                                           "and a pointwise convolution, or into the one resize that reads it")
+                resize_gate[id(reader)] = op.inputs
+                skip.add(id(op))
+                continue
             skip.update(id(o) for o in (se["pool"], se["reduce"], se["expand"], se["gate"], op))
             sums_of[se["depthwise"].output] = f"{se['depthwise'].output}.row_sums"
             gate_of[op.output] = (se, op)
@@ -92,7 +102,9 @@ def fused_layers(graph):
                 projection = g.producer.get(op.inputs[mine])
                 if (projection is not None and projection.kind == "conv" and projection.variant == "pointwise"
                         and projection.activation is None and g.only_reader(projection.output) is op
-                        and id(projection) not in residual_of):
+                        and id(projection) not in residual_of
+                        # the shortcut exists when the projection runs (LR-ASPP adds two classifiers)
+                        and g.position.get(op.inputs[other], -1) < g.position[projection.output]):
                     residual_of[id(projection)] = (op.inputs[other], op.output)
                     skip.add(id(op))
                     break
@@ -111,10 +123,16 @@ def fused_layers(graph):
                     scale_op.name, (sums_of[op.output], op.output), (scale_op.output,),
                     se["reduce"].weight, _bias(se["reduce"]), se["expand"].weight, _bias(se["expand"])))
         elif op.kind == "linear":
-            _check_activation(op)
+            _check_activation(op, LINEAR_ACTIVATIONS)
             layers.append(FusedLinear(op.name, op.inputs, (op.output,), op.weight, _bias(op), op.activation))
         elif op.kind == "global_avg_pool":
             layers.append(FusedGlobalPool(op.name, op.inputs, (op.output,)))
+        elif op.kind == "resize":
+            if id(op) in resize_gate:             # resize(x * gate): the gate applied as x is read
+                x, gate = resize_gate[id(op)]
+                layers.append(FusedResize(op.name, (x, op.inputs[1], gate), (op.output,), gated=True))
+            else:
+                layers.append(FusedResize(op.name, op.inputs, (op.output,)))
         else:
             raise _unsupported(op, "no fused kernel computes it here")
     return layers

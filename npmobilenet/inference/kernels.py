@@ -9,7 +9,7 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   input; `depthwise_tile`: two output rows, also their sums for SE; `conv_tile`: a block of
   output pixels, the stem's 3x3 RGB taps directly, any other kernel as gathered receptive fields
   times SGEMM), the same tiles training's forward and the exact int8 path run.
-- `SE_GATE`, `GLOBAL_POOL`, `LINEAR`: `tiles.py`.
+- `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
 The tiling (`tiling.py`, and the ops' own rules) depends on shapes only, so every output element
 is computed by the same instructions whatever the number of threads: results are bitwise
@@ -23,19 +23,19 @@ import numpy as np
 
 from npmobilenet.config import get_num_threads
 from npmobilenet.inference import tiles
-from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles
+from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import depthwise as depthwise_ops
 from npmobilenet.ops.blas import numba_gemm_address, sgemm_address, single_threaded_blas
-from npmobilenet.ops.epilogue import IDENTITY, NO_ROW_SUMS, NO_ROWS, activation_code
+from npmobilenet.ops.epilogue import IDENTITY, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS, activation_code
 from npmobilenet.ops.geometry import output_size
 from npmobilenet.ops.pointwise import POINTWISE_FORWARD
 
 POINTWISE = POINTWISE_FORWARD
 DEPTHWISE = depthwise_ops.DEPTHWISE_FORWARD
 CONV2D = conv_ops.CONV_FORWARD
-SE_GATE, GLOBAL_POOL, LINEAR = tiles.SE_GATE, tiles.GLOBAL_POOL, tiles.LINEAR
-ALL_KERNELS = (POINTWISE, DEPTHWISE, SE_GATE, CONV2D, GLOBAL_POOL, LINEAR)
+SE_GATE, GLOBAL_POOL, LINEAR, RESIZE = tiles.SE_GATE, tiles.GLOBAL_POOL, tiles.LINEAR, tiles.RESIZE
+ALL_KERNELS = (POINTWISE, DEPTHWISE, SE_GATE, CONV2D, GLOBAL_POOL, LINEAR, RESIZE)
 
 
 def _f32(name, a, ndim, layout):
@@ -169,13 +169,31 @@ def global_avg_pool(x, parallel=False):
 
 
 def linear(x, w, bias, activation=None, parallel=True, use_blas=True):
-    """act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> (N, Cout)."""
+    """act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> (N, Cout); act also "sigmoid"."""
     x = _f32("x", x, 2, "(N, Cin)")
     w = _f32("w", w, 2, "(Cin, Cout)")
     bias = _f32("bias", bias, 1, "(Cout,)")
     if w.shape[0] != x.shape[1] or bias.shape != (w.shape[1],):
         raise ValueError(f"w must be ({x.shape[1]}, Cout) and bias (Cout,), got {w.shape}, {bias.shape}")
     y = np.empty((x.shape[0], w.shape[1]), np.float32)
-    _run(LINEAR, parallel, x, w, bias, activation_code(activation), linear_block_cols(w.shape[1]),
+    _run(LINEAR, parallel, x, w, bias, activation_code(activation, LINEAR_ACTIVATIONS), linear_block_cols(w.shape[1]),
          sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
+    return y
+
+
+def resize(x, size, gate=None, parallel=True):
+    """x (N, H, W, C) [times gate (N, C) per image and channel] resized bilinearly to size (Ho, Wo)
+    (PyTorch's align_corners=False) -> (N, Ho, Wo, C)."""
+    x = _f32("x", x, 4, "(N, H, W, C)")
+    ho, wo = (int(s) for s in size)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"size must be two positive ints (Ho, Wo), got {size!r}")
+    if gate is None:
+        gate = NO_ROWS
+    else:
+        gate = _f32("gate", gate, 2, "(N, C)")
+        if gate.shape != (x.shape[0], x.shape[3]):
+            raise ValueError(f"gate must be (N, C) = {(x.shape[0], x.shape[3])}, got {gate.shape}")
+    y = np.empty((x.shape[0], ho, wo, x.shape[3]), np.float32)
+    _run(RESIZE, parallel, x, gate, resize_tile_rows(wo, x.shape[3]), y)
     return y

@@ -3,7 +3,8 @@
 A fused layer is one or more graph ops run as one kernel: a convolution with its bias and
 activation (and, for a pointwise projection, the residual add and squeeze-and-excitation's gate),
 the depthwise convolution that also sums its output rows for SE, SE's gate, global pooling, and
-a fully connected layer. `compile.py` makes them from the inference graph; the memory plan gives
+a fully connected layer, and a bilinear resize (with, for LR-ASPP, the gate it multiplies its
+input by). `compile.py` makes them from the inference graph; the memory plan gives
 their tensors buffers; `program.py` runs their op-table rows.
 """
 import math
@@ -13,11 +14,11 @@ import numpy as np
 from npmobilenet.inference import kernels
 from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
-    CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, SE_GATE, op_row)
-from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles
+    CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
+from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import depthwise as depthwise_ops
-from npmobilenet.ops.epilogue import ACTIVATIONS, NO_ROW_SUMS, NO_ROWS
+from npmobilenet.ops.epilogue import ACTIVATIONS, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
 FLOAT = np.float32
@@ -318,7 +319,7 @@ class FusedGlobalPool(FusedLayer):
 
 
 class FusedLinear(FusedLayer):
-    """Fully connected + bias + activation. weight (Cin, Cout)."""
+    """Fully connected + bias + activation (also the sigmoid). weight (Cin, Cout)."""
 
     kind = "linear"
     weight_names = ("weight", "bias")
@@ -336,15 +337,57 @@ class FusedLinear(FusedLayer):
     def call(self, tensors, parallel, sgemm):
         x, y = tensors
         return _pair_kernel(kernels.LINEAR, parallel), (
-            x, self.weight, self.bias, ACTIVATIONS[self.activation], linear_block_cols(self.weight.shape[1]), sgemm, y)
+            x, self.weight, self.bias, LINEAR_ACTIVATIONS[self.activation], linear_block_cols(self.weight.shape[1]),
+            sgemm, y)
 
     def program_ops(self, offsets, shapes):
         n, cin = shapes[0]
         cout = self.weight.shape[1]
         block = linear_block_cols(cout)
-        return [op_row(KIND=LINEAR, ACT=ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
+        return [op_row(KIND=LINEAR, ACT=LINEAR_ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
                        N=n, XC=cin, Y=offsets[1], YC=cout, W=self.param_offsets["weight"],
                        B=self.param_offsets["bias"], TC=block)]
+
+
+class FusedResize(FusedLayer):
+    """Bilinear resize (PyTorch's align_corners=False) to the height and width of a second tensor.
+
+    inputs: (x (N, H, W, C), the tensor whose size it takes (read for its shape only)) + (gate
+    (N, C),) if `gated`: then y = resize(x * gate), the gate multiplied as x is read. No MACs
+    (the papers' convention)."""
+
+    kind = "resize"
+
+    def __init__(self, name, inputs, outputs, gated=False):
+        super().__init__(name, inputs, outputs)
+        self.gated = gated
+
+    def describe(self):
+        return "bilinear resize" + (" (gated input)" if self.gated else "")
+
+    def output_shapes(self, shapes):
+        n, _, _, c = shapes[0]
+        return [(n, shapes[1][1], shapes[1][2], c)]
+
+    def macs(self, shapes):
+        return 0
+
+    def bytes_moved(self, shapes):
+        y = self.output_shapes(shapes)[0]
+        gate = math.prod(shapes[2]) if self.gated else 0
+        return 4 * (math.prod(shapes[0]) + gate + math.prod(y))
+
+    def call(self, tensors, parallel, sgemm):
+        x, y = tensors[0], tensors[-1]
+        gate = tensors[2] if self.gated else NO_ROWS
+        return _pair_kernel(kernels.RESIZE, parallel), (x, gate, resize_tile_rows(y.shape[2], y.shape[3]), y)
+
+    def program_ops(self, offsets, shapes):
+        n, h, w, c = shapes[0]
+        _, ho, wo, _ = self.output_shapes(shapes)[0]
+        rows = resize_tile_rows(wo, c)
+        return [op_row(KIND=RESIZE, TILES=-(-n * ho // rows), X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[-1],
+                       YH=ho, YW=wo, YC=c, AUX=offsets[2] if self.gated else -1, TR=rows)]
 
 
 def pack_parameters(layers):

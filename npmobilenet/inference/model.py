@@ -23,7 +23,7 @@ import numpy as np
 
 from npmobilenet.graph import fold_scale, inference_graph
 from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
-from npmobilenet.inference.compile import fused_layers
+from npmobilenet.inference.compile import FUSED_ACTIVATIONS, fused_layers
 from npmobilenet.inference.layers import FLOAT, pack_parameters
 from npmobilenet.inference.plan import MemoryPlan
 from npmobilenet.inference.threads import ThreadGovernor, check_threads, worker_pool
@@ -50,6 +50,11 @@ def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
 class FusedMobileNet:
     """An inference-only MobileNet: `fused(x) -> logits`, x: (N, H, W, 3) float, H, W >= 32.
 
+    It runs any lowered graph the fused layers compute: a classifier returns logits (N, K); a
+    graph of several outputs (`outputs`, the graph's output tensors: SSDLite's head maps) returns
+    a tuple of arrays, one per output, each (N, ...) as the graph gives it (LR-ASPP: its logits
+    (N, H, W, K)).
+
     Built by `model.fuse()`. Holds folded float32 weights (copies: later changes to the source
     model do not reach it) and memory plans for the last input shape seen. `threads` is the
     number of threads it uses (None: Numba's current setting, `NUMBA_NUM_THREADS` or
@@ -61,8 +66,9 @@ class FusedMobileNet:
 
     training = False
 
-    def __init__(self, layers, config_, threads=None, adaptive=True):
+    def __init__(self, layers, config_, threads=None, adaptive=True, outputs=None):
         self.layers = layers
+        self.outputs = tuple(outputs) if outputs else (layers[-1].outputs[0],)
         self.params = pack_parameters(layers)      # every weight, in one array (see program.py)
         self.config = dict(config_)
         self.threads = check_threads(threads)
@@ -86,7 +92,7 @@ class FusedMobileNet:
         input_shape = tuple(int(d) for d in input_shape)
         if self._plan is None or self._plan.input_shape != input_shape:
             self._plan = None  # release the old buffers before allocating the new ones
-            self._plan = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params)
+            self._plan = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params, self.outputs)
             self.governor.reset()
         return self._plan
 
@@ -94,7 +100,7 @@ class FusedMobileNet:
         """Worker `worker`'s plan for a chunk of `input_shape` (run on that worker's thread alone)."""
         key = (worker, input_shape)
         if key not in self._worker_plans:
-            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params)
+            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params, self.outputs)
         return self._worker_plans[key]
 
     def chunk_images(self, batch, height, width):
@@ -139,7 +145,10 @@ class FusedMobileNet:
         plan = self.plan(x.shape)
         np.copyto(plan.input, x)
         plan.program.run(threads)
-        return plan.output.copy()
+        return self._result([out.copy() for out in plan.outputs])
+
+    def _result(self, arrays):
+        return arrays[0] if len(self.outputs) == 1 else tuple(arrays)
 
     def _run_chunks(self, x, chunk, threads):
         """The batch in chunks of `chunk` images, each run through the whole network by one
@@ -149,7 +158,8 @@ class FusedMobileNet:
         batch = x.shape[0]
         if self._worker_plans and next(iter(self._worker_plans))[1][1:] != x.shape[1:]:
             self._worker_plans = {}                           # a new resolution: re-plan
-        out = np.empty((batch, self.num_classes), FLOAT)
+        first = self._worker_plan(0, (chunk,) + x.shape[1:])   # its outputs' shapes: those of a chunk
+        outs = [np.empty((batch,) + a.shape[1:], FLOAT) for a in first.outputs]
         chunks = iter(range(0, batch, chunk))                 # next() on it is atomic under the GIL
 
         def work(worker):
@@ -158,7 +168,8 @@ class FusedMobileNet:
                 plan = self._worker_plan(worker, (stop - start,) + x.shape[1:])
                 np.copyto(plan.input, x[start:stop])
                 plan.program.run(1)
-                out[start:stop] = plan.output
+                for out, a in zip(outs, plan.outputs):
+                    out[start:stop] = a
 
         workers = min(threads, -(-batch // chunk))
         futures = [worker_pool().submit(work, w) for w in range(1, workers)]
@@ -167,7 +178,7 @@ class FusedMobileNet:
         finally:
             for future in futures:
                 future.result()
-        return out
+        return self._result(outs)
 
     forward = __call__
 
@@ -196,7 +207,7 @@ class FusedMobileNet:
     # -- costs ----------------------------------------------------------------------------------
     def layer_costs(self, resolution=224, batch=1):
         """[(name, description, macs, bytes moved)] per fused layer for a square input."""
-        return MemoryPlan.costs(self.layers, (batch, resolution, resolution, 3))
+        return MemoryPlan.costs(self.layers, (batch, resolution, resolution, 3), self.outputs)
 
     def macs(self, resolution=224, batch=1):
         return sum(c[2] for c in self.layer_costs(resolution, batch))
@@ -225,7 +236,8 @@ def fuse_model(model, threads=None):
             "call model.eval() first")
     if np.dtype(model.dtype) not in (np.float32, np.float64):
         raise TypeError(f"fuse() needs a float32 or float64 model, got {model.dtype}")
-    return FusedMobileNet(fused_layers(inference_graph(model)), model.config, threads)
+    graph = inference_graph(model, FUSED_ACTIVATIONS)
+    return FusedMobileNet(fused_layers(graph), model.config, threads, outputs=graph.outputs)
 
 
 def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
@@ -249,12 +261,16 @@ def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     fused = isinstance(model, FusedMobileNet)
-    layers = model.layers if fused else fused_layers(inference_graph(model))
+    if fused:
+        layers, outputs = model.layers, model.outputs
+    else:
+        graph = inference_graph(model, FUSED_ACTIVATIONS)
+        layers, outputs = fused_layers(graph), graph.outputs
     chunk = chunk_images(int(batch), h, w, model.chunk_pixels if fused else CHUNK_PIXELS)
     if chunk >= batch:
-        return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3))
+        return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3), outputs)
     chunks, remainder = divmod(int(batch), chunk)
-    total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3))
+    total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3), outputs)
     if remainder:
-        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3))
+        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3), outputs)
     return total

@@ -31,7 +31,7 @@ def aligned(size):
     return -(-int(size) // ALIGN) * ALIGN
 
 
-def _liveness(layers, input_shape):
+def _liveness(layers, input_shape, outputs=None):
     """Shapes of every tensor and the steps that write and last read it."""
     shapes = {"input": tuple(input_shape)}
     first, last = {"input": -1}, {"input": -1}
@@ -49,7 +49,10 @@ def _liveness(layers, input_shape):
             shapes[name] = tuple(int(d) for d in shape)
             first[name] = last[name] = i
         steps.append((layer, in_shapes, list(layer.inputs) + list(layer.outputs) + work_names))
-    last[layers[-1].outputs[0]] = len(layers)  # the logits outlive the last step
+    for name in outputs or (layers[-1].outputs[0],):
+        if name not in shapes:
+            raise ValueError(f"output {name!r} is written by no layer")
+        last[name] = len(layers)               # the outputs (logits, maps) outlive the last step
     return shapes, first, last, steps
 
 
@@ -83,12 +86,14 @@ class MemoryPlan:
     over the arena (`program.py`; what the fused model runs), `layer_ops`: layer name -> its ops
     (k0, k1) in the table (with `params`, the model's packed weights); `calls`: [(kernel, args)],
     each layer by its own serial kernel, which computes the same tiles as the program (a second
-    path to test it against, and to time a layer's kernel alone); `input`/`output`: the views the model copies in and out.
+    path to test it against, and to time a layer's kernel alone); `input`/`outputs`: the views the model copies
+    in and out (the tensors named `outputs`, by default the last layer's first output; `output`: the
+    first).
     """
 
-    def __init__(self, layers, input_shape, sgemm, params=None):
+    def __init__(self, layers, input_shape, sgemm, params=None, outputs=None):
         self.input_shape = tuple(input_shape)
-        shapes, first, last, steps = _liveness(layers, input_shape)
+        shapes, first, last, steps = _liveness(layers, input_shape, outputs)
         slot_of, capacity = _assign_slots(shapes, first, last)
         # the slots are consecutive 64-byte-aligned pieces of one arena, which the op table of
         # `program.py` addresses by offset
@@ -103,7 +108,8 @@ class MemoryPlan:
         self.slot_of = slot_of
         self.calls = [layer.call([self.tensors[n] for n in names], False, sgemm) for layer, _, names in steps]
         self.input = self.tensors["input"]
-        self.output = self.tensors[layers[-1].outputs[0]]
+        self.outputs = [self.tensors[name] for name in outputs or (layers[-1].outputs[0],)]
+        self.output = self.outputs[0]
         # the same layers as one op table (all of them tiled; run by `program.run(threads)`)
         self.program, self.layer_ops = None, {}
         if params is not None:
@@ -119,13 +125,13 @@ class MemoryPlan:
         return self.arena.nbytes
 
     @staticmethod
-    def costs(layers, input_shape):
+    def costs(layers, input_shape, outputs=None):
         """[(name, description, macs, bytes moved)] per layer for `input_shape`."""
-        _, _, _, steps = _liveness(layers, input_shape)
+        _, _, _, steps = _liveness(layers, input_shape, outputs)
         return [(layer.name, layer.describe(), layer.macs(s), layer.bytes_moved(s)) for layer, s, _ in steps]
 
     @staticmethod
-    def layout_bytes(layers, input_shape):
+    def layout_bytes(layers, input_shape, outputs=None):
         """What a plan for `input_shape` allocates, in bytes, without allocating it."""
-        shapes, first, last, _ = _liveness(layers, input_shape)
+        shapes, first, last, _ = _liveness(layers, input_shape, outputs)
         return 4 * sum(aligned(size) for size in _assign_slots(shapes, first, last)[1])

@@ -38,6 +38,8 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile.
 - POOL: X (N, XH*XW, XC) -> Y (N, XC).
 - LINEAR: X (N, XC) -> Y (N, YC) with W (XC, YC), B; TC columns per tile.
+- RESIZE: X (N, XH, XW, XC) -> Y (N, YH, YW, XC) bilinear; AUX: gate (N, XC) or -1; TR output
+  rows per tile.
 """
 import numba
 import numpy as np
@@ -46,15 +48,15 @@ from numba import types
 from npmobilenet.config import njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
 from npmobilenet.inference.indirect import CompiledCall
-from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, squeeze_excite_tile
+from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, resize_tile, squeeze_excite_tile
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile
 
-CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR = range(7)
-KINDS = 7
+CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
+KINDS = 8
 CONV_DIRECT, DEPTHWISE_3X3, RUN_TILE = KINDS, KINDS + 1, KINDS + 2   # more slots of the address table
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
@@ -93,10 +95,12 @@ TILE_CALLS = {
     CONV_DIRECT: CompiledCall(conv_direct_tile, (_A4, _A4, _A1, _I, _I, _I, _I, _I, _I, _A4, _I)),
     POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
     LINEAR: CompiledCall(linear_tile, (_A2, _A2, _A1, _I, _I, _I, _A2, _I)),
+    RESIZE: CompiledCall(resize_tile, (_A4, _A2, _I, _A4, _I)),
 }
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
 _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
 _conv_direct, _depthwise_3x3 = TILE_CALLS[CONV_DIRECT].call, TILE_CALLS[DEPTHWISE_3X3].call
+_resize = TILE_CALLS[RESIZE].call
 
 
 def _slot(row):
@@ -172,6 +176,10 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == LINEAR:
         _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], (xc, yc)),
                                     view(params, op[B], (yc,)), act, op[TC], sgemm, view(arena, op[Y], (n, yc)), t))
+    elif kind == RESIZE:
+        gate = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, xc))
+        _resize(addresses[RESIZE], (view(arena, op[X], (n, xh, xw, xc)), gate, op[TR],
+                                    view(arena, op[Y], (n, yh, yw, xc)), t))
 
 
 # _run_tile is called through its address too (addresses[RUN_TILE]): linked into the table loop,
@@ -279,5 +287,5 @@ class Program:
 
     def describe(self):
         """[(kind name, tiles)] per op, for reading the table."""
-        names = ("conv", "depthwise", "se-gate", "gate-rows", "pointwise", "pool", "linear")
+        names = ("conv", "depthwise", "se-gate", "gate-rows", "pointwise", "pool", "linear", "resize")
         return [(names[row[KIND]], int(row[TILES])) for row in self.ops]

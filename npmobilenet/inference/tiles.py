@@ -9,6 +9,9 @@ one per kind, shared with training's forward and the exact int8 path). Here:
 - `global_avg_pool_tile`: one image's mean over its positions.
 - `linear_tile`: a column block of a fully connected layer, bias and activation (at batch 1 the
   classifier is a matrix-vector product bound by reading its weights, so its columns are split).
+- `resize_tile`: a block of output rows of a bilinear resize (LR-ASPP's upsampling, V3 paper,
+  sec. 6.3), optionally of the input times a per-image gate (LR-ASPP's `x * sigmoid(...)`,
+  multiplied as each input pixel is read, as the projection applies SE's gate).
 
 Layout NHWC float32. Each tile function is what `program.py` calls; each kernel body below loops
 over the tiles (`prange`: disjoint writes) and is compiled serial and parallel.
@@ -101,11 +104,56 @@ def _linear(x, w, bias, act, block_cols, gemm, y):
         linear_tile(x, w, bias, act, block_cols, gemm, y, b)
 
 
+@njit_serial
+def _source(o, scale, size):
+    """Output position o's source along an axis of `size` pixels (`scale` = size / output size):
+    the half-pixel rule of `ops/resize.py`, in float32 as it computes it there: (lower pixel,
+    upper pixel, weight of the lower, weight of the upper)."""
+    position = max(scale * (_F32(o) + _F32(0.5)) - _F32(0.5), _F32(0))
+    lower = min(np.int64(position), size - 1)     # a cast is floor: position >= 0
+    upper = min(lower + 1, size - 1)
+    weight_upper = position - _F32(lower)
+    return lower, upper, _F32(1) - weight_upper, weight_upper
+
+
+@njit_serial
+def resize_tile(x, gate, rows, y, t):
+    """Output rows t*rows.. (over images and rows) of y = bilinear resize of x, or of x times
+    gate[image] per channel when `gate` is not empty. x: (N, H, W, C), gate: (N, C) or (0, 1),
+    y: (N, Ho, Wo, C)."""
+    images, height, width, channels = x.shape
+    out_h, out_w = y.shape[1], y.shape[2]
+    scale_h, scale_w = _F32(height) / _F32(out_h), _F32(width) / _F32(out_w)
+    for row in range(t * rows, min((t + 1) * rows, images * out_h)):
+        n, oh = row // out_h, row % out_h
+        top, bottom, a, b = _source(oh, scale_h, height)
+        x_top, x_bottom, y_row = x[n, top], x[n, bottom], y[n, oh]
+        for ow in range(out_w):
+            left, right, p, q = _source(ow, scale_w, width)
+            if gate.shape[0] > 0:
+                g = gate[n]
+                for c in range(channels):
+                    y_row[ow, c] = (a * (p * (x_top[left, c] * g[c]) + q * (x_top[right, c] * g[c]))
+                                    + b * (p * (x_bottom[left, c] * g[c]) + q * (x_bottom[right, c] * g[c])))
+            else:
+                for c in range(channels):
+                    y_row[ow, c] = (a * (p * x_top[left, c] + q * x_top[right, c])
+                                    + b * (p * x_bottom[left, c] + q * x_bottom[right, c]))
+
+
+def _resize(x, gate, rows, y):
+    # x: (N, H, W, C) [* gate (N, C)] -> y: (N, Ho, Wo, C), bilinear. Blocks of output rows.
+    for t in prange((y.shape[0] * y.shape[1] + rows - 1) // rows):
+        resize_tile(x, gate, rows, y, t)
+
+
 # (serial, parallel) builds (config.serial_and_parallel gives the parallel build its own cache file);
 # module attributes, so that tests/test_config.py checks their options
 _squeeze_excite_gate_serial, _squeeze_excite_gate_parallel = serial_and_parallel(_squeeze_excite_gate)
 _global_avg_pool_serial, _global_avg_pool_parallel = serial_and_parallel(_global_avg_pool)
 _linear_serial, _linear_parallel = serial_and_parallel(_linear)
+_resize_serial, _resize_parallel = serial_and_parallel(_resize)
 SE_GATE = (_squeeze_excite_gate_serial, _squeeze_excite_gate_parallel)
 GLOBAL_POOL = (_global_avg_pool_serial, _global_avg_pool_parallel)
 LINEAR = (_linear_serial, _linear_parallel)
+RESIZE = (_resize_serial, _resize_parallel)

@@ -33,3 +33,9 @@ def pointwise_tile_count(rows, in_channels, out_channels):
 def linear_block_cols(out_features):
     """Columns per block of the classifier: about 4 blocks, multiples of 16 (SGEMM's panel width)."""
     return max(16, min(out_features, math.ceil(out_features / 4 / 16) * 16))
+
+
+def resize_tile_rows(out_width, channels):
+    """Output rows per tile of a bilinear resize: about 16k outputs (a few microseconds of work,
+    well above a tile's bookkeeping), at least one row."""
+    return max(1, 16384 // max(1, out_width * channels))

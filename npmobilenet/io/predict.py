@@ -300,6 +300,8 @@ def open_predictor(weights, *, arch=None, width=None, tf=False, resize=None, cro
     threads = check_threads(threads)
     model, meta = open_model(weights, arch=arch, width=width, tf=tf)
     if model.config["arch"] in APPLICATIONS:
+        if fuse:
+            model = model.eval().fuse(threads)
         return _dense_predictor(model, meta, resize, crop, mean, std, interpolation, labels, threads, min_score)
     if min_score is not None:
         raise ValueError("min_score applies to detection weights (SSDLite), not to a classifier")
@@ -342,8 +344,8 @@ def voc_palette(count):
 
 class DensePredictor:
     """LR-ASPP (task "segmentation") or SSDLite ("detection") on image files, as torchvision
-    preprocesses for them; the unfused model in eval mode (fused inference has no resize, sigmoid
-    or several outputs).
+    preprocesses for them; `model` fused (`model.fuse()`, what `open_predictor` gives) or an
+    unfused one, put in eval mode.
 
     segmentation: the shorter side resized to `resize` (Pillow, bilinear), ImageNet's mean and
     std; the logits resized back to the image's size (bilinear) before the argmax, so the mask is

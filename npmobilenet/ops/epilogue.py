@@ -19,8 +19,11 @@ import numpy as np
 from npmobilenet.config import njit_serial
 
 # Activation codes the kernels take.
-IDENTITY, RELU, RELU6, HARDSWISH = 0, 1, 2, 3
+IDENTITY, RELU, RELU6, HARDSWISH, SIGMOID = 0, 1, 2, 3, 4
 ACTIVATIONS = {None: IDENTITY, "relu": RELU, "relu6": RELU6, "hardswish": HARDSWISH}
+# A linear layer's epilogue (`bias_act`) also computes the logistic sigmoid: LR-ASPP's gate
+# (V3 paper, sec. 6.3). The convolution tiles have their own activation loops without it.
+LINEAR_ACTIVATIONS = dict(ACTIVATIONS, sigmoid=SIGMOID)
 
 _F32 = np.float32
 # Indices the compiler cannot prove non-negative are made unsigned (`_U`): Numba wraps negative
@@ -33,11 +36,12 @@ NO_ROWS = np.zeros((0, 1), np.float32)         # "no bias / residual / gate" (fl
 NO_ROW_SUMS = np.zeros((0, 1, 1), np.float32)  # "no row sums"
 
 
-def activation_code(activation):
-    """The int code of `activation` (None, "relu", "relu6" or "hardswish"), or a ValueError."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(k for k in ACTIVATIONS if k)} or None, got {activation!r}")
-    return ACTIVATIONS[activation]
+def activation_code(activation, codes=ACTIVATIONS):
+    """The int code of `activation` in `codes` (the convolutions': None, "relu", "relu6" or
+    "hardswish"; `LINEAR_ACTIVATIONS` adds "sigmoid"), or a ValueError."""
+    if activation not in codes:
+        raise ValueError(f"activation must be one of {sorted(k for k in codes if k)} or None, got {activation!r}")
+    return codes[activation]
 
 
 @njit_serial
@@ -76,6 +80,10 @@ def bias_act(y, p0, p1, m0, m1, bias, act):
                 uc = _U(c)
                 v = row[uc] + bias[uc]
                 row[uc] = v * min(max(v + three, zero), six) * sixth    # x relu6(x + 3) / 6 (V3, Eq. 2)
+        elif act == SIGMOID:
+            for c in range(m0, m1):
+                uc = _U(c)
+                row[uc] = _F32(1) / (_F32(1) + np.exp(-(row[uc] + bias[uc])))
         else:
             for c in range(m0, m1):
                 uc = _U(c)

@@ -132,6 +132,13 @@ class LRASPP(Layer):
         """x (N, H, W, 3) -> the class of each pixel (N, H, W) int64."""
         return self.forward(x).argmax(axis=3)
 
+    def fuse(self, threads=None):
+        """An inference-only copy: the lowered graph, batch norm folded, run by fused inference
+        (`npmobilenet.inference.fuse_model`): `fused(x)` -> logits (N, H, W, K). Eval mode only."""
+        from npmobilenet.inference import fuse_model
+
+        return fuse_model(self, threads)
+
     def extra_repr(self):
         return f"{self.config['arch']}, width={self.config['width']}, num_classes={self.num_classes}"
 
