@@ -1,13 +1,14 @@
 """int8 against fused float32 latency at 224x224: integer-only, on the float kernels, and float.
 
-    python benchmarks/int8_latency.py --threads 1,2 --repeat 15
+    python benchmarks/int8_latency.py --threads 1,2 --batch 1,32 --repeat 15
 
 For each architecture: a random-weight model, quantized per channel on a few random images (the
-latency does not depend on the weights), timed at batch 1 three ways, in three rounds of blocks
+latency does not depend on the weights), timed at each batch size three ways, in three rounds of blocks
 of calls (two untimed calls open each block, so that the previous engine's idle threads,
 spinning or asleep, do not fall on the next one's timings): int8 integer-only (the default), int8 with
-`integer_only = False` (layers of at least `EXACT_MIN_MACS` compute their integer sums on the
-exact float32 paths of `compression/qkernels.py`), and the fused float model. Medians in ms, and
+`integer_only = False` (without VNNI, layers of at least `EXACT_MIN_MACS` compute their integer
+sums on the exact float32 paths of `compression/qexact.py`; with it, the same kernels as
+integer-only), and the fused float model. Medians in ms, and
 each int8 variant's ratio to float (above 1: slower than float). Checks first that both int8
 variants give the same int8 logits.
 
@@ -39,16 +40,16 @@ def _onnxruntime_engines(model, qmodel, x, threads, workdir):
     return engines
 
 
-def measure(arch, threads, repeat, seed=0, onnxruntime=False):
+def measure(arch, threads, repeat, seed=0, onnxruntime=False, batch=1):
     import npmobilenet
     from npmobilenet import config, quantize
 
     config.set_num_threads(threads)
     model = npmobilenet.build(arch, seed=seed).eval()
-    images = np.random.default_rng(seed).uniform(-1, 1, (4, 224, 224, 3)).astype(np.float32)
-    qmodel = quantize(model, images)
+    images = np.random.default_rng(seed).uniform(-1, 1, (max(4, batch), 224, 224, 3)).astype(np.float32)
+    qmodel = quantize(model, images[:4])
     fused = model.fuse(threads=threads)
-    x = images[:1]
+    x = images[:batch]
     xq = qmodel.quantize_input(x)
 
     def run(integer_only):
@@ -83,20 +84,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="*", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime on the float and QDQ exports")
     args = parser.parse_args(argv)
-    header = "| model | threads | int8 integer-only ms (vs float) | int8 on float kernels ms (vs float) | fused float32 ms |"
+    header = "| model | batch | threads | int8 integer-only ms (vs float) | int8 on float kernels ms (vs float) | fused float32 ms |"
     if args.onnxruntime:
         header += " ONNX Runtime float32 ms | ONNX Runtime int8 QDQ ms (vs its float) |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for threads in (int(t) for t in args.threads.split(",")):
+    for batch, threads in ((int(b), int(t)) for b in args.batch.split(",") for t in args.threads.split(",")):
         for arch in args.archs:
-            r = measure(arch, threads, args.repeat, onnxruntime=args.onnxruntime)
+            r = measure(arch, threads, args.repeat, onnxruntime=args.onnxruntime, batch=batch)
             fl = r["fused float32"]
             a, b = r["int8, integer-only"], r["int8, float kernels"]
-            line = f"| {arch} | {threads} | {a:.2f} ({a / fl:.2f}x) | {b:.2f} ({b / fl:.2f}x) | {fl:.2f} |"
+            line = f"| {arch} | {batch} | {threads} | {a:.2f} ({a / fl:.2f}x) | {b:.2f} ({b / fl:.2f}x) | {fl:.2f} |"
             if args.onnxruntime:
                 of, oq = r["onnxruntime float32"], r["onnxruntime int8 (QDQ)"]
                 line += f" {of:.2f} | {oq:.2f} ({oq / of:.2f}x) |"

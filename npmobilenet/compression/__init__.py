@@ -5,6 +5,7 @@ low-rank factorisation.
     calibrate.py   activation ranges: min/max, percentile, MSE
     qops.py        the int8 ops (conv, lookup, mean, channel scale, add), fixed-point multipliers
     qmodel.py      QuantizedModel (integer-only inference) and its versioned checkpoint
+    qplan.py       an int8 model's ops bound once to buffers per input shape (residual adds fused)
     qkernels.py    integer Numba kernels (conv, depthwise, pointwise/linear, add, mean, SE scale, lookup tables)
     qexact.py      the same integer sums, exactly, on the float tiles of npmobilenet.ops (integer_only=False)
     prune.py       prune_channels (structured), magnitude_prune (unstructured), MaskedOptimizer

@@ -29,10 +29,16 @@ import numba
 import numpy as np
 
 from npmobilenet import config
+from npmobilenet.compression import vnni
+from npmobilenet.compression.vnni import (
+    add16, broadcast16, dpbusd, load16, load16_int8, load16_part, mul16, multiply16, requantize16, requantize16_right,
+    splat16, store16, store16_int8, sub16,
+)
 from npmobilenet.config import njit_parallel, njit_serial
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
+ADD_LEFT_SHIFT = 20  # TFLite's quantized Add: 20 bits of headroom before summing
 
 
 # -- fixed-point requantization (gemmlowp fixedpoint.h, TFLite common.h) --------------------------
@@ -88,88 +94,155 @@ def _requantize_store(acc, multiplier, shift, zy, lo, hi):
     return v
 
 
-def _run_rows(rows_kernel, parallel_driver, args, rows, macs):
-    """Run `rows_kernel(*args, 0, rows)` serially, or, when the work pays for threads (the one
-    threshold in npmobilenet.config), `parallel_driver(*args, chunks)` over chunks of rows."""
+def _rows_call(rows_kernel, parallel_driver, args, rows, macs):
+    """(kernel, args) that runs `rows_kernel(*args, 0, rows)` serially, or, when the work pays for
+    threads (the one threshold in npmobilenet.config), `parallel_driver(*args, chunks)` over
+    chunks of rows."""
     if config.choose_kernel(False, True, macs):
-        parallel_driver(*args, min(rows, 4 * numba.get_num_threads()))
-    else:
-        rows_kernel(*args, 0, rows)
+        return parallel_driver, (*args, min(rows, 4 * numba.get_num_threads()))
+    return rows_kernel, (*args, 0, rows)
+
+
+def _run_rows(rows_kernel, parallel_driver, args, rows, macs):
+    kernel, args = _rows_call(rows_kernel, parallel_driver, args, rows, macs)
+    kernel(*args)
 
 
 # -- standard convolution: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> y (N, Ho, Wo, Cout) ---------
 @njit_serial
-def _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, row_start, row_end):
+def _im2col_int8_rows(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols, row_start, row_end):
+    # x (N, H, W, Cin) int8 -> cols (N, Ho, Wo, KH * KW * Cin) int8, output rows (n, oh) in
+    # [row_start, row_end): each pixel's receptive field, padding taps z_x (the real value 0).
+    # Flat indices, and one inside-or-padding test per tap, not per byte.
     n_, h, wd, cin = x.shape
-    kh, kw, _, cout = w.shape
-    _, ho, wo, _ = y.shape
-    acc = np.empty(cout, np.int32)
+    ho, wo, taps = cols.shape[1], cols.shape[2], cols.shape[3]
+    xf, cf = x.reshape(-1), cols.reshape(-1)
     for row in range(row_start, row_end):
         n = row // ho
         oh = row % ho
         for ow in range(wo):
-            for co in range(cout):
-                acc[co] = bias[co]
+            k = (row * wo + ow) * taps
             for i in range(kh):
                 ih = oh * sh - pt + i * dilation_h
-                if ih < 0 or ih >= h:
-                    continue  # padding: real value 0
                 for j in range(kw):
                     iw = ow * sw - pl + j * dilation_w
-                    if iw < 0 or iw >= wd:
-                        continue
-                    for ci in range(cin):
-                        xv = np.int32(x[n, ih, iw, ci]) - zx
-                        for co in range(cout):
-                            acc[co] += xv * np.int32(w[i, j, ci, co])
-            for co in range(cout):
-                y[n, oh, ow, co] = _requantize_store(acc[co], multiplier[co], shift[co], zy, lo, hi)
+                    if ih >= 0 and ih < h and iw >= 0 and iw < wd:
+                        src = ((n * h + ih) * wd + iw) * cin
+                        for ci in range(cin):
+                            cf[_U(k + ci)] = xf[_U(src + ci)]
+                    else:
+                        for ci in range(cin):
+                            cf[_U(k + ci)] = zx
+                    k += cin
 
 
 @njit_parallel
-def _conv2d_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, chunks):
-    rows = y.shape[0] * y.shape[1]
+def _im2col_int8_parallel(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols, chunks):
+    rows = cols.shape[0] * cols.shape[1]
     for c in numba.prange(chunks):
-        _conv2d_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y,
+        _im2col_int8_rows(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols,
                           c * rows // chunks, (c + 1) * rows // chunks)
 
 
-def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, out_shape):
-    """Standard convolution in int8 (clean arrays; see the module docstring). Returns y int8."""
-    y = np.empty(out_shape, np.int8)
+def conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, cols, y):
+    """[(kernel, args)] of `conv2d_int8` into y (N, Ho, Wo, Cout), through cols (N, Ho, Wo, KH*KW*Cin) int8."""
+    kh, kw, cin, cout = w.shape
+    n, ho, wo, _ = y.shape
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
-    rows = out_shape[0] * out_shape[1]
-    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dilation_h, dilation_w, y)
-    _run_rows(_conv2d_int8_rows, _conv2d_int8_parallel, args, rows, y.size * w.shape[0] * w.shape[1] * w.shape[2])
+    args = (x, np.int8(zx), kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols)
+    return [_rows_call(_im2col_int8_rows, _im2col_int8_parallel, args, n * ho, cols.size),
+            pointwise_int8_call(cols.reshape(n * ho * wo, -1), zx, w.reshape(kh * kw * cin, cout), bias, multiplier,
+                                shift, zy, lo, hi, y.reshape(n * ho * wo, cout))]
+
+
+def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, out_shape):
+    """Standard convolution in int8 (clean arrays; see the module docstring). Returns y int8.
+
+    Each output pixel's receptive field gathered (im2col, padding z_x), then `pointwise_int8`
+    over the KH*KW*Cin taps: the stem's 27 taps run on the VNNI kernel where there is one."""
+    kh, kw, cin, _ = w.shape
+    y = np.empty(out_shape, np.int8)
+    cols = np.empty((*out_shape[:3], kh * kw * cin), np.int8)
+    for kernel, args in conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, cols, y):
+        kernel(*args)
     return y
 
 
 # -- depthwise convolution: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) ---------------------
 @njit_serial
+def any_left_shift(shift):
+    """Whether some channel's M is >= 1 (shift > 0): only then does requantization shift left."""
+    for c in range(shift.shape[0]):
+        if shift[c] > 0:
+            return True
+    return False
+
+
+@njit_serial
 def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, row_start, row_end):
-    n_, h, wd, c_ = x.shape
-    kh, kw, channels = w.shape
+    # 16 channels at a time in int32 lanes (vnni.py's vector type: generic LLVM vector code, which
+    # every CPU runs, in one 512-bit register where there is one), the taps summed in registers,
+    # requantized there and stored; the tail of the channels masked.
+    n_, h, wd, channels = x.shape
+    kh, kw, _ = w.shape
     _, ho, wo, _ = y.shape
-    acc = np.empty(channels, np.int32)
+    zx16 = splat16(zx)
+    left = any_left_shift(shift)
     for row in range(row_start, row_end):
         n = row // ho
         oh = row % ho
-        for ow in range(wo):
-            for c in range(channels):
-                acc[c] = bias[c]
-            for i in range(kh):
-                ih = oh * sh - pt + i * dilation_h
-                if ih < 0 or ih >= h:
-                    continue
-                for j in range(kw):
-                    iw = ow * sw - pl + j * dilation_w
-                    if iw < 0 or iw >= wd:
+        for c0 in range(0, channels, 16):
+            count = min(16, channels - c0)
+            b, m, s = load16_part(bias, c0, count), load16_part(multiplier, c0, count), load16_part(shift, c0, count)
+            if kh == 3 and kw == 3 and dilation_h == 1 and dilation_w == 1 and oh * sh - pt >= 0 and oh * sh - pt + 2 < h:
+                # the common case, 3x3 with all three input rows inside: the nine weight vectors
+                # held in registers, and no tap checks away from the left and right edges
+                w0, w1, w2 = load16_int8(w, c0, count), load16_int8(w, channels + c0, count), load16_int8(w, 2 * channels + c0, count)
+                w3, w4, w5 = load16_int8(w, 3 * channels + c0, count), load16_int8(w, 4 * channels + c0, count), load16_int8(w, 5 * channels + c0, count)
+                w6, w7, w8 = load16_int8(w, 6 * channels + c0, count), load16_int8(w, 7 * channels + c0, count), load16_int8(w, 8 * channels + c0, count)
+                r0 = (n * h + oh * sh - pt) * wd * channels + c0
+                r1, r2 = r0 + wd * channels, r0 + 2 * wd * channels
+                for ow in range(wo):
+                    iw = ow * sw - pl
+                    if iw >= 0 and iw + 2 < wd:
+                        p0 = iw * channels
+                        p1, p2 = p0 + channels, p0 + 2 * channels
+                        acc = add16(b, mul16(sub16(load16_int8(x, r0 + p0, count), zx16), w0))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r0 + p1, count), zx16), w1))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r0 + p2, count), zx16), w2))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r1 + p0, count), zx16), w3))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r1 + p1, count), zx16), w4))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r1 + p2, count), zx16), w5))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r2 + p0, count), zx16), w6))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r2 + p1, count), zx16), w7))
+                        acc = add16(acc, mul16(sub16(load16_int8(x, r2 + p2, count), zx16), w8))
+                        q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                        store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
                         continue
-                    # V1 paper, Eq. 3: each channel filtered by its own kernel.
-                    for c in range(channels):
-                        acc[c] += (np.int32(x[n, ih, iw, c]) - zx) * np.int32(w[i, j, c])
-            for c in range(channels):
-                y[n, oh, ow, c] = _requantize_store(acc[c], multiplier[c], shift[c], zy, lo, hi)
+                    acc = b
+                    for i in range(3):
+                        for j in range(3):
+                            if iw + j >= 0 and iw + j < wd:
+                                xv = sub16(load16_int8(x, r0 + (i * wd + iw + j) * channels, count), zx16)
+                                acc = add16(acc, mul16(xv, load16_int8(w, (i * 3 + j) * channels + c0, count)))
+                    q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                    store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
+                continue
+            for ow in range(wo):
+                acc = b
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dilation_h
+                    if ih < 0 or ih >= h:
+                        continue  # padding: real value 0
+                    for j in range(kw):
+                        iw = ow * sw - pl + j * dilation_w
+                        if iw < 0 or iw >= wd:
+                            continue
+                        # V1 paper, Eq. 3: each channel filtered by its own kernel.
+                        xv = sub16(load16_int8(x, ((n * h + ih) * wd + iw) * channels + c0, count), zx16)
+                        acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
+                q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
 
 
 @njit_parallel
@@ -180,13 +253,20 @@ def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, 
                              c * rows // chunks, (c + 1) * rows // chunks)
 
 
+def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y):
+    """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8."""
+    (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
+    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl,
+            dilation_h, dilation_w, y)
+    return _rows_call(_depthwise_int8_rows, _depthwise_int8_parallel, args, y.shape[0] * y.shape[1],
+                      y.size * w.shape[0] * w.shape[1])
+
+
 def depthwise_conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, out_shape):
     """Depthwise convolution in int8 (clean arrays). Returns y int8 `(N, Ho, Wo, C)`."""
     y = np.empty(out_shape, np.int8)
-    (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
-    rows = out_shape[0] * out_shape[1]
-    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dilation_h, dilation_w, y)
-    _run_rows(_depthwise_int8_rows, _depthwise_int8_parallel, args, rows, y.size * w.shape[0] * w.shape[1])
+    kernel, args = depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y)
+    kernel(*args)
     return y
 
 
@@ -245,12 +325,118 @@ def _pointwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, c
         _pointwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, c * rows // chunks, (c + 1) * rows // chunks)
 
 
+# AVX-512 VNNI (vnni.py): a register tile of 8 pixels x 16 output channels of int32 accumulators
+# over the whole Cin, each step one 64-byte load of packed weights and 8 vpdpbusd, their 4 input
+# bytes broadcast from x + 128 (u8); then requantized in the same registers (vnni.requantize16).
+# The x + 128 words of 64 pixels are made once and reused by every 16-channel column block, whose
+# packed weights (16 bytes per input channel) stay in L1.
+VNNI_TILE_ROWS = 8
+VNNI_CHUNK_ROWS = 64
+
+
+@njit_serial
+def _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start, row_end):
+    # x: (P, Cin) int8, words: packed w (ceil(Cin/4) * width,) int32 -> y: (P, Cout) int8; with a
+    # residual (P, Cout) int8 (none: 0 rows), y is the quantized add of the requantized output
+    # and the residual (`_add_int8`'s integers; `add`: `ADD_PARAMS`), the output never stored.
+    cin, cout = x.shape[1], y.shape[1]
+    groups, width = (cin + 3) // 4, colsum.shape[0]
+    start = np.zeros(width, np.int32)  # b - (128 + z_x) colsum: acc of the u8 input x + 128
+    multipliers, shifts = np.zeros(width, np.int32), np.zeros(width, np.int32)  # padded to width
+    for c in range(cout):
+        start[c] = bias[c] - (128 + zx) * colsum[c]
+        multipliers[c], shifts[c] = multiplier[c], shift[c]
+    left = any_left_shift(shift)
+    fused_add = residual.shape[0] > 0
+    za16, zb16, scale20 = splat16(zy), splat16(add[0]), splat16(1 << ADD_LEFT_SHIFT)
+    ma16, sa16, mb16, sb16 = splat16(add[1]), splat16(add[2]), splat16(add[3]), splat16(add[4])
+    my16, sy16, zo = splat16(add[6]), splat16(add[7]), add[5]
+    x_u8 = np.zeros(VNNI_CHUNK_ROWS * groups * 4, np.uint8)
+    x_words = x_u8.view(np.int32)
+    acc = np.empty(VNNI_TILE_ROWS * 16, np.int32)
+    for p0 in range(row_start, row_end, VNNI_CHUNK_ROWS):
+        rows = min(VNNI_CHUNK_ROWS, row_end - p0)
+        for r in range(rows):
+            for ci in range(cin):
+                x_u8[_U(r * groups * 4 + ci)] = np.uint8(np.int32(x[_U(p0 + r), _U(ci)]) + 128)
+        for c0 in range(0, width, 16):
+            m, s, count = load16(multipliers, c0), load16(shifts, c0), min(16, cout - c0)
+            # rows past the chunk's last hold stale words: computed, never stored
+            for r0 in range(0, rows, VNNI_TILE_ROWS):
+                a0 = load16(start, c0)
+                a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+                x0 = r0 * groups
+                for k in range(groups):
+                    wk = load16(words, k * width + c0)
+                    a0 = dpbusd(a0, broadcast16(x_words, x0 + k), wk)
+                    a1 = dpbusd(a1, broadcast16(x_words, x0 + groups + k), wk)
+                    a2 = dpbusd(a2, broadcast16(x_words, x0 + 2 * groups + k), wk)
+                    a3 = dpbusd(a3, broadcast16(x_words, x0 + 3 * groups + k), wk)
+                    a4 = dpbusd(a4, broadcast16(x_words, x0 + 4 * groups + k), wk)
+                    a5 = dpbusd(a5, broadcast16(x_words, x0 + 5 * groups + k), wk)
+                    a6 = dpbusd(a6, broadcast16(x_words, x0 + 6 * groups + k), wk)
+                    a7 = dpbusd(a7, broadcast16(x_words, x0 + 7 * groups + k), wk)
+                store16(acc, 0, a0)
+                store16(acc, 16, a1)
+                store16(acc, 32, a2)
+                store16(acc, 48, a3)
+                store16(acc, 64, a4)
+                store16(acc, 80, a5)
+                store16(acc, 96, a6)
+                store16(acc, 112, a7)
+                for r in range(min(VNNI_TILE_ROWS, rows - r0)):
+                    a = load16(acc, 16 * r)
+                    q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+                    if fused_add:
+                        b = load16_int8(residual, (p0 + r0 + r) * cout + c0, count)
+                        ra = multiply16(mul16(sub16(q, za16), scale20), ma16, sa16)
+                        rb = multiply16(mul16(sub16(b, zb16), scale20), mb16, sb16)
+                        q = requantize16(add16(ra, rb), my16, sy16, zo, -128, 127)
+                    store16_int8(y, (p0 + r0 + r) * cout + c0, q, count)
+
+
+@njit_parallel
+def _pointwise_int8_vnni_parallel(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, chunks):
+    rows = y.shape[0]
+    for c in numba.prange(chunks):
+        _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y,
+                                  c * rows // chunks, (c + 1) * rows // chunks)
+
+
+NO_RESIDUAL = np.zeros((0, 1), np.int8)
+NO_ADD = np.zeros(8, np.int32)
+
+
+def add_params(zb, ma, sa, mb, sb, zo, my, so):
+    """`add` of the fused residual: the conv output a (zero point: the conv's z_y) and the
+    residual b, each rescaled (ma, sa), (mb, sb), summed, requantized (my, so) to zero point zo."""
+    return np.array([zb, ma, sa, mb, sb, zo, my, so], np.int32)
+
+
+def pointwise_int8_call(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, y, residual=None, add=None):
+    """(kernel, args): `kernel(*args)` writes `pointwise_int8`'s result into y (P, Cout) int8. A
+    `residual` (P, Cout) int8 with its `add_params` makes y the quantized add of the two (VNNI only)."""
+    rows = x2d.shape[0]
+    requant = (bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi))
+    if vnni.vnni_enabled():
+        words, colsum = vnni.packed_weight(w)
+        residual = NO_RESIDUAL if residual is None else residual
+        args = (x2d, np.int32(zx), words, colsum, *requant, residual, NO_ADD if add is None else add, y)
+        return _rows_call(_pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel, args, rows, rows * w.size)
+    if residual is not None:
+        raise ValueError("the residual add is fused into the VNNI kernel only")
+    args = (x2d, np.int32(zx), w, *requant, y)
+    return _rows_call(_pointwise_int8_rows, _pointwise_int8_parallel, args, rows, rows * w.size)
+
+
 def pointwise_int8(x2d, zx, w, bias, multiplier, shift, zy, lo, hi):
-    """A 1x1 convolution over pixels, or a linear layer: x (P, Cin) int8 -> y (P, Cout) int8."""
-    rows, cout = x2d.shape[0], w.shape[1]
-    y = np.empty((rows, cout), np.int8)
-    args = (x2d, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), y)
-    _run_rows(_pointwise_int8_rows, _pointwise_int8_parallel, args, rows, rows * w.size)
+    """A 1x1 convolution over pixels, or a linear layer: x (P, Cin) int8 -> y (P, Cout) int8.
+
+    On a CPU with AVX-512 VNNI (unless NPMOBILENET_NO_VNNI=1) the VNNI kernel, on the weight packed
+    once (`vnni.packed_weight`); elsewhere the portable one. Both give the same bits."""
+    y = np.empty((x2d.shape[0], w.shape[1]), np.int8)
+    kernel, args = pointwise_int8_call(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, y)
+    kernel(*args)
     return y
 
 
@@ -262,28 +448,48 @@ def _lookup_int8(x, table, y):
         y[i] = table[np.int32(x[i]) + 128]
 
 
+def lookup_int8_call(x, table, y):
+    """(kernel, args) of `lookup_int8` into y (x's shape, int8)."""
+    return _lookup_int8, (x.reshape(-1), table, y.reshape(-1))
+
+
 def lookup_int8(x, table):
     """y = table[x + 128] elementwise: x int8 (any shape), table int8 (256,)."""
-    y = np.empty(x.size, np.int8)
-    _lookup_int8(x.reshape(-1), table, y)
-    return y.reshape(x.shape)
+    y = np.empty(x.shape, np.int8)
+    kernel, args = lookup_int8_call(np.ascontiguousarray(x), table, y)
+    kernel(*args)
+    return y
 
 
 @njit_serial
 def _add_int8(a, za, ma, sa, b, zb, mb, sb, left_shift, zy, my, sy, lo, hi, y):
     # TFLite's quantized Add: both inputs brought to a common scale 2*max(s_a, s_b) / 2^left_shift
     # (20 fractional bits of headroom), summed in int32, then requantized to the output scale.
-    for i in range(a.size):
-        ra = multiply_by_quantized_multiplier((np.int64(a[i]) - za) << left_shift, ma, sa)
-        rb = multiply_by_quantized_multiplier((np.int64(b[i]) - zb) << left_shift, mb, sb)
-        y[i] = _requantize_store(ra + rb, my, sy, zy, lo, hi)
+    # 16 values at a time (vnni.py's vectors); |(q - z) 2^20| < 2^28 and each rescaled term is
+    # at most half of it, so every step fits int32 lanes.
+    za16, zb16, scale = splat16(za), splat16(zb), splat16(1 << left_shift)
+    ma16, sa16, mb16, sb16, my16, sy16 = splat16(ma), splat16(sa), splat16(mb), splat16(sb), splat16(my), splat16(sy)
+    for i in range(0, a.size, 16):
+        count = min(16, a.size - i)
+        ra = multiply16(mul16(sub16(load16_int8(a, i, count), za16), scale), ma16, sa16)
+        rb = multiply16(mul16(sub16(load16_int8(b, i, count), zb16), scale), mb16, sb16)
+        store16_int8(y, i, requantize16(add16(ra, rb), my16, sy16, zy, lo, hi), count)
+
+
+def add_int8_call(a, za, ma, sa, b, zb, mb, sb, left_shift, zy, my, sy, lo, hi, y):
+    """(kernel, args) of `add_int8` into y (a's shape, int8)."""
+    i32 = np.int32
+    return _add_int8, (a.reshape(-1), i32(za), i32(ma), i32(sa), b.reshape(-1), i32(zb), i32(mb), i32(sb),
+                       i32(left_shift), i32(zy), i32(my), i32(sy), i32(lo), i32(hi), y.reshape(-1))
 
 
 def add_int8(a, za, ma, sa, b, zb, mb, sb, left_shift, zy, my, sy, lo=-128, hi=127):
     """Residual add of two int8 tensors of one shape, each with its own (multiplier, shift)."""
-    y = np.empty(a.size, np.int8)
-    _add_int8(a.reshape(-1), za, ma, sa, b.reshape(-1), zb, mb, sb, left_shift, zy, my, sy, lo, hi, y)
-    return y.reshape(a.shape)
+    y = np.empty(a.shape, np.int8)
+    kernel, args = add_int8_call(np.ascontiguousarray(a), za, ma, sa, np.ascontiguousarray(b), zb, mb, sb, left_shift,
+                                 zy, my, sy, lo, hi, y)
+    kernel(*args)
+    return y
 
 
 @njit_serial
@@ -302,11 +508,17 @@ def _mean_int8(x, zx, multiplier, shift, zy, y):
             y[n, c] = _requantize_store(acc[c], multiplier, shift, zy, -128, 127)
 
 
+def mean_int8_call(x, zx, multiplier, shift, zy, y):
+    """(kernel, args) of `mean_int8` into y (N, C) int8."""
+    n, h, w, c = x.shape
+    return _mean_int8, (x.reshape(n, h * w, c), np.int32(zx), np.int32(multiplier), np.int32(shift), np.int32(zy), y)
+
+
 def mean_int8(x, zx, multiplier, shift, zy):
     """Global average pool in int8: x (N, H, W, C) -> y (N, C)."""
-    n, h, w, c = x.shape
-    y = np.empty((n, c), np.int8)
-    _mean_int8(x.reshape(n, h * w, c), np.int32(zx), np.int32(multiplier), np.int32(shift), np.int32(zy), y)
+    y = np.empty((x.shape[0], x.shape[3]), np.int8)
+    kernel, args = mean_int8_call(np.ascontiguousarray(x), zx, multiplier, shift, zy, y)
+    kernel(*args)
     return y
 
 
@@ -322,10 +534,17 @@ def _channel_scale_int8(x, zx, g, zg, multiplier, shift, zy, y):
                 y[n, p, c] = _requantize_store(prod, multiplier, shift, zy, -128, 127)
 
 
+def channel_scale_int8_call(x, zx, g, zg, multiplier, shift, zy, y):
+    """(kernel, args) of `channel_scale_int8` into y (x's shape, int8)."""
+    n, h, w, c = x.shape
+    return _channel_scale_int8, (x.reshape(n, h * w, c), np.int32(zx), g, np.int32(zg), np.int32(multiplier),
+                                 np.int32(shift), np.int32(zy), y.reshape(n, h * w, c))
+
+
 def channel_scale_int8(x, zx, g, zg, multiplier, shift, zy):
     """x (N, H, W, C) int8 times a per-image, per-channel gate g (N, C) int8 -> y (N, H, W, C) int8."""
-    n, h, w, c = x.shape
-    y = np.empty((n, h * w, c), np.int8)
-    _channel_scale_int8(x.reshape(n, h * w, c), np.int32(zx), g, np.int32(zg), np.int32(multiplier),
-                        np.int32(shift), np.int32(zy), y)
-    return y.reshape(x.shape)
+    y = np.empty(x.shape, np.int8)
+    kernel, args = channel_scale_int8_call(np.ascontiguousarray(x), zx, np.ascontiguousarray(g), zg, multiplier, shift,
+                                           zy, y)
+    kernel(*args)
+    return y

@@ -23,10 +23,14 @@ one (3.6-3.8x smaller for the MobileNets measured). A float checkpoint given to 
 is expected, is named as such.
 """
 import os
+import threading
 
 import numpy as np
 
+from npmobilenet import config
+from npmobilenet.compression import vnni
 from npmobilenet.compression.qops import INT8_MAX, INT8_MIN, op_from_record
+from npmobilenet.compression.qplan import Int8Plan
 from npmobilenet.ops.blas import single_threaded_blas
 from npmobilenet.io.files import atomic_savez, from_json_array, json_array, read_arrays
 from npmobilenet.ops.geometry import check_images
@@ -71,15 +75,36 @@ class QuantizedModel:
         return np.ascontiguousarray(q.astype(np.int8))
 
     def run(self, xq, record=False):
-        """int8 input (N, H, W, 3) -> int8 logits (N, num_classes); every tensor if `record`."""
-        env = {"input": xq}
-        zp = {name: z for name, (_, z) in self.tensors.items()}
+        """int8 input (N, H, W, 3) -> int8 logits (N, num_classes); every tensor if `record`.
+
+        Without `record`, on a plan (`qplan.Int8Plan`) made once per input shape, mode, thread
+        count and kernel choice: buffers and kernel arguments bound once. With it, op by op
+        (the same kernels, no fusion: every tensor is kept)."""
         # OpenBLAS (the exact float32 paths' SGEMM) on the calling threads only, for the whole pass:
         # its own threads would spin between calls and take the cores from the kernels' threads.
         with single_threaded_blas():
+            lock = self.__dict__.setdefault("_plan_lock", threading.Lock())
+            # the plan's buffers serve one call at a time; a concurrent call goes op by op
+            if not record and lock.acquire(blocking=False):
+                try:
+                    return self._plan(xq.shape).run(xq)
+                finally:
+                    lock.release()
+            env = {"input": xq}
+            zp = {name: z for name, (_, z) in self.tensors.items()}
             for op in self.ops:
                 env[op.output] = op.evaluate(env, zp, not self.integer_only)
-        return env if record else env[self.output]
+            return env if record else env[self.output]
+
+    def _plan(self, input_shape):
+        key = (tuple(input_shape), self.integer_only, vnni.vnni_enabled(), config.get_num_threads(),
+               config.PARALLEL_MIN_MACS)
+        plans = self.__dict__.setdefault("_plans", {})
+        if key not in plans:
+            if len(plans) >= 4:
+                plans.clear()       # a few shapes at a time: each plan holds every activation
+            plans[key] = Int8Plan(self, input_shape, not self.integer_only)
+        return plans[key]
 
     def dequantize(self, q, name=None):
         scale, zero_point = self.tensors[name or self.output]

@@ -17,11 +17,11 @@ import math
 
 import numpy as np
 
-from npmobilenet.compression import qexact, qkernels
+from npmobilenet.compression import qexact, qkernels, vnni
 from npmobilenet.ops.geometry import conv_geometry, tf_same_sides
 
 INT8_MIN, INT8_MAX = -128, 127
-ADD_LEFT_SHIFT = 20  # TFLite's quantized Add: 20 bits of headroom before summing
+ADD_LEFT_SHIFT = qkernels.ADD_LEFT_SHIFT  # TFLite's quantized Add: 20 bits of headroom before summing
 # Layers of at least this many MACs run on the exact float32 paths of qkernels; smaller ones on the
 # integer loops, whose fewer passes win there. Measured (1 thread, ms per batch-1 call at thresholds
 # 0 / 1e5 / 3e5 / 1e6 / never): MobileNetV2 224: 17.9 / 17.7 / 17.6 / 17.4 / 23.8; V3-Small 224:
@@ -96,6 +96,16 @@ class QOp:
 
     def evaluate(self, values, zero_points, float_kernels=False):
         """This op's int8 output from `values` (tensor -> int8 array) and the tensors' zero points."""
+        xs = [np.ascontiguousarray(values[t]) for t in self.inputs]
+        y = np.empty(self.output_shape(xs[0].shape), np.int8)
+        for kernel, args in self.calls(xs, zero_points, y, float_kernels):
+            kernel(*args)
+        return y
+
+    def calls(self, xs, zero_points, y, float_kernels=False):
+        """[(kernel, args)]: `kernel(*args)` in turn write this op's output into y (int8, of
+        `output_shape`) from its inputs xs (C-contiguous int8, in the order of `inputs`). Bound
+        once, they run again on whatever the arrays then hold (`qplan.py`)."""
         raise NotImplementedError
 
     def output_shape(self, x_shape):
@@ -167,36 +177,46 @@ class QConv(QOp):
             self._exact = (zx, self.weight.astype(np.float32), qexact.exact_chunk(zx, self.weight))
         return self._exact[1:]
 
-    def evaluate(self, values, zero_points, float_kernels=False):
-        x = np.ascontiguousarray(values[self.inputs[0]])
-        return self.run(x, zero_points[self.inputs[0]], zero_points[self.output], float_kernels)
+    def exact_path(self, x_shape, zx, float_kernels):
+        """Whether this layer runs on the exact float32 paths (qexact.py): with `float_kernels`, a
+        pointwise, linear or standard layer of at least EXACT_MIN_MACS on a CPU without VNNI
+        (whose integer kernels are faster still), the float kernels computing it exactly."""
+        if not float_kernels or vnni.vnni_enabled() or self.variant == "depthwise":
+            return False
+        if self.macs(x_shape) < EXACT_MIN_MACS:
+            return False
+        if self.variant == "standard":
+            return self.dilation == (1, 1) and self.weight[..., 0].size <= self._exact_float(zx)[1]
+        return True
 
-    def run(self, x, zx, zy, float_kernels=False):
-        # With `float_kernels`, a layer the float kernels compute exactly (see qkernels, "exact
-        # float32 paths") runs on them, unless it is so small that their extra passes cost more
-        # than they save; the integer loops do the rest (and everything by default).
-        k = qkernels
+    def calls(self, xs, zero_points, y, float_kernels=False, residual=None, add=None):
+        # `residual`, `add`: a residual add fused into a pointwise layer (`qkernels.pointwise_int8_call`)
+        x = xs[0]
+        zx, zy = zero_points[self.inputs[0]], zero_points[self.output]
         args = (self.bias, self.multiplier, self.shift, zy, self.lo, self.hi)
-        exact = float_kernels and self.macs(x.shape) >= EXACT_MIN_MACS
-        wf, chunk = self._exact_float(zx) if exact else (None, 0)
+        if self.exact_path(x.shape, zx, float_kernels):
+            return [(self._run_exact, (x, zx, zy, y))]
+        if self.variant in ("linear", "pointwise"):
+            residual = None if residual is None else residual.reshape(-1, y.shape[-1])
+            return [qkernels.pointwise_int8_call(x.reshape(-1, x.shape[-1]), zx, self.weight, *args,
+                                                 y.reshape(-1, y.shape[-1]), residual, add)]
+        kh, kw = self.weight.shape[:2]
+        geometry = (self.stride, resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation), self.dilation)
+        if self.variant == "depthwise":
+            return [qkernels.depthwise_conv2d_int8_call(x, zx, self.weight, *args, *geometry, y)]
+        cols = np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)
+        return qkernels.conv2d_int8_calls(x, zx, self.weight, *args, *geometry, cols, y)
+
+    def _run_exact(self, x, zx, zy, y):
+        wf, chunk = self._exact_float(zx)
+        args = (self.bias, self.multiplier, self.shift, zy, self.lo, self.hi)
         if self.variant in ("linear", "pointwise"):
             x2d = x.reshape(-1, x.shape[-1])
-            if exact:
-                y = qexact.pointwise_int8_exact(x2d, zx, wf, chunk, *args)
-            else:
-                y = k.pointwise_int8(x2d, zx, self.weight, *args)
-            return y.reshape(*x.shape[:-1], -1)
-        out_shape = self.output_shape(x.shape)
-        kh, kw = self.weight.shape[:2]
-        padding = resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation)
-        taps = self.weight.size // self.out_channels if self.variant == "standard" else self.weight[..., 0].size
-        if exact and self.dilation == (1, 1) and taps <= chunk:
-            kernel = qexact.depthwise_conv2d_int8_exact if self.variant == "depthwise" else qexact.conv2d_int8_exact
-            return kernel(x, zx, wf, *args, self.stride, padding, out_shape)
-        geometry = (self.stride, padding, self.dilation, out_shape)
-        if self.variant == "depthwise":
-            return k.depthwise_conv2d_int8(x, zx, self.weight, *args, *geometry)
-        return k.conv2d_int8(x, zx, self.weight, *args, *geometry)
+            y[...] = qexact.pointwise_int8_exact(x2d, zx, wf, chunk, *args).reshape(y.shape)
+        else:
+            kh, kw = self.weight.shape[:2]
+            padding = resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation)
+            y[...] = qexact.conv2d_int8_exact(x, zx, wf, *args, self.stride, padding, y.shape)
 
 
 class QLookup(QOp):
@@ -212,11 +232,8 @@ class QLookup(QOp):
     def attrs(self):
         return dict(super().attrs(), function=self.function)
 
-    def evaluate(self, values, zero_points, float_kernels=False):
-        return self.run(values[self.inputs[0]])
-
-    def run(self, x):
-        return qkernels.lookup_int8(x, self.table)
+    def calls(self, xs, zero_points, y, float_kernels=False):
+        return [qkernels.lookup_int8_call(xs[0], self.table, y)]
 
 
 class QMean(QOp):
@@ -244,12 +261,10 @@ class QMean(QOp):
     def output_shape(self, x_shape):
         return (x_shape[0], x_shape[3])
 
-    def evaluate(self, values, zero_points, float_kernels=False):
-        return self.run(values[self.inputs[0]], zero_points[self.inputs[0]], zero_points[self.output])
-
-    def run(self, x, zx, zy):
+    def calls(self, xs, zero_points, y, float_kernels=False):
+        x = xs[0]
         m, s = self.multiplier(x.shape[1] * x.shape[2])
-        return qkernels.mean_int8(x, zx, m, s, zy)
+        return [qkernels.mean_int8_call(x, zero_points[self.inputs[0]], m, s, zero_points[self.output], y)]
 
 
 class QChannelScale(QOp):
@@ -262,12 +277,10 @@ class QChannelScale(QOp):
         super().__init__(name, inputs, output)
         self.requant = np.asarray(requant, np.int32)  # (multiplier, shift)
 
-    def evaluate(self, values, zero_points, float_kernels=False):
-        (x, g), (zx, zg) = ([values[t] for t in self.inputs]), ([zero_points[t] for t in self.inputs])
-        return self.run(x, zx, g, zg, zero_points[self.output])
-
-    def run(self, x, zx, g, zg, zy):
-        return qkernels.channel_scale_int8(x, zx, g, zg, int(self.requant[0]), int(self.requant[1]), zy)
+    def calls(self, xs, zero_points, y, float_kernels=False):
+        (x, g), (zx, zg) = xs, [zero_points[t] for t in self.inputs]
+        return [qkernels.channel_scale_int8_call(x, zx, g, zg, int(self.requant[0]), int(self.requant[1]),
+                                                 zero_points[self.output], y)]
 
 
 class QAdd(QOp):
@@ -287,13 +300,21 @@ class QAdd(QOp):
         return [quantize_multiplier(sa / twice_max), quantize_multiplier(sb / twice_max),
                 quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy))]
 
-    def evaluate(self, values, zero_points, float_kernels=False):
-        (a, b), (za, zb) = ([values[t] for t in self.inputs]), ([zero_points[t] for t in self.inputs])
-        return self.run(a, za, b, zb, zero_points[self.output])
-
-    def run(self, a, za, b, zb, zy):
+    def calls(self, xs, zero_points, y, float_kernels=False):
+        (a, b), (za, zb) = xs, [zero_points[t] for t in self.inputs]
         (ma, sa), (mb, sb), (my, sy) = (tuple(int(v) for v in row) for row in self.requant)
-        return qkernels.add_int8(a, za, ma, sa, b, zb, mb, sb, ADD_LEFT_SHIFT, zy, my, sy)
+        return [qkernels.add_int8_call(a, za, ma, sa, b, zb, mb, sb, ADD_LEFT_SHIFT, zero_points[self.output], my, sy,
+                                       -128, 127, y)]
+
+    def fused_params(self, conv_output, zero_points):
+        """(residual tensor, `qkernels.add_params`) that fuse this add into the pointwise layer
+        writing `conv_output`, one of its inputs: that input's rescaling is applied to the
+        layer's requantized output in registers."""
+        (ma, sa), (mb, sb), (my, sy) = (tuple(int(v) for v in row) for row in self.requant)
+        if self.inputs[0] != conv_output:
+            (ma, sa), (mb, sb) = (mb, sb), (ma, sa)
+        residual = self.inputs[1] if self.inputs[0] == conv_output else self.inputs[0]
+        return residual, qkernels.add_params(zero_points[residual], ma, sa, mb, sb, zero_points[self.output], my, sy)
 
 
 OP_TYPES = {cls.kind: cls for cls in (QConv, QLookup, QMean, QChannelScale, QAdd)}

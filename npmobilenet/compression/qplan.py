@@ -1,0 +1,66 @@
+"""An int8 model's ops bound once to buffers for one input shape: a list of kernel calls.
+
+Why: at batch 1 a MobileNet is ~60 int8 ops of 10-200 us each, and `op.evaluate` spent ~20 us
+of Python per op on shapes, padding, allocation and argument checks. A plan does that once:
+every tensor gets a buffer, every op its `calls` (qops.py: kernels with their arguments bound to
+those buffers), and a run copies the input in, calls each kernel in turn and copies the logits
+out. The kernels are the ones `evaluate` runs, so the bits are the same.
+
+Fusion: where VNNI is enabled, a pointwise layer whose output only a residual add reads, right
+after it, writes the add's output directly (`qkernels.pointwise_int8_call` with a residual): the
+layer's int8 output is computed in registers, exactly as stored, and added there.
+"""
+import numpy as np
+
+from npmobilenet.compression import vnni
+
+
+def _fusable_add(ops, k, readers, output):
+    """The add that op k's output feeds and that can be fused into it, or None."""
+    op = ops[k]
+    if op.kind != "conv" or op.variant != "pointwise" or k + 1 >= len(ops) or not vnni.vnni_enabled():
+        return None
+    add = ops[k + 1]
+    if add.kind != "add" or op.output not in add.inputs or add.inputs[0] == add.inputs[1]:
+        return None
+    if readers[op.output] != 1 or op.output == output:
+        return None
+    return add
+
+
+class Int8Plan:
+    """`QuantizedModel` ops bound to buffers for input (N, H, W, 3) int8; `run(xq)` -> int8 logits."""
+
+    def __init__(self, qmodel, input_shape, float_kernels=False):
+        ops, zero_points = qmodel.ops, {name: z for name, (_, z) in qmodel.tensors.items()}
+        shapes = {"input": tuple(input_shape)}
+        for op in ops:
+            shapes[op.output] = op.output_shape(shapes[op.inputs[0]])
+        readers = {name: 0 for name in shapes}
+        for op in ops:
+            for name in op.inputs:
+                readers[name] += 1
+        self.buffers = {name: np.empty(shape, np.int8) for name, shape in shapes.items()}
+        self.output = qmodel.output
+        self.calls, self.fused = [], []
+        k = 0
+        while k < len(ops):
+            op = ops[k]
+            xs = [self.buffers[name] for name in op.inputs]
+            add = _fusable_add(ops, k, readers, qmodel.output)
+            if add is not None:
+                residual, params = add.fused_params(op.output, zero_points)
+                self.calls += op.calls(xs, zero_points, self.buffers[add.output], float_kernels,
+                                       self.buffers[residual], params)
+                del self.buffers[op.output]
+                self.fused.append((op.name, add.name))
+                k += 2
+                continue
+            self.calls += op.calls(xs, zero_points, self.buffers[op.output], float_kernels)
+            k += 1
+
+    def run(self, xq):
+        self.buffers["input"][...] = xq
+        for kernel, args in self.calls:
+            kernel(*args)
+        return self.buffers[self.output].copy()

@@ -1,0 +1,379 @@
+"""AVX-512 VNNI for the int8 pointwise kernel: a 16-lane int32 vector type, the few intrinsics
+that use it, and the packed weight layout they read.
+
+`vpdpbusd` (LLVM's `llvm.x86.avx512.vpdpbusd.512`) adds to each of 16 int32 lanes the sum of 4
+products of unsigned bytes of `a` with signed bytes of `b`: 64 multiply-adds in one instruction.
+Numba has no vector type, so `int32x16` is one: a Numba type whose LLVM value is `<16 x i32>`, a
+register once LLVM promotes the kernel's locals. The intrinsics load, broadcast, multiply-add,
+requantize (the integers of `qkernels._requantize_store`, 16 lanes at a time) and store such
+vectors; the kernel (`qkernels._pointwise_int8_vnni_rows`) is written with them. All but
+`dpbusd` are LLVM's generic vector instructions, which every CPU runs (in narrower registers
+where it has no 512-bit ones): the depthwise and add kernels use them on any CPU.
+
+vpdpbusd multiplies unsigned by signed bytes, so the kernel feeds it x + 128 (the int8 input with
+its sign bit flipped) and the weights as they are, and corrects the sum by the column sums:
+
+    sum_ci (x - z_x) w[ci, c] = sum_ci (x + 128) w[ci, c] - (128 + z_x) colsum[c]
+
+Every sum is int32 arithmetic modulo 2^32 (vpdpbusd does not saturate), as the portable kernel's
+is, so the two give the same accumulators bit for bit, in any order.
+
+Packed layout: w (Cin, Cout) int8 -> (ceil(Cin/4), ceil(Cout/16)*16, 4) int8, zero padded, read
+as int32 words: word [k, c] holds w[4k:4k+4, c], so one 64-byte load gives 16 output channels of 4
+input channels. Zero weights make the padding input channels contribute nothing.
+"""
+import os
+import weakref
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config as numba_config, datamodel
+from numba.extending import intrinsic
+
+LANES = 16  # int32 lanes of a 512-bit register: output channels per vector
+GROUP = 4   # input channels in each lane's dot product
+
+
+# -- the CPU ----------------------------------------------------------------------------------------
+_HAS_VNNI = None
+
+
+def has_vnni():
+    """Whether the CPU Numba compiles for has AVX-512 VNNI (and BW, for the byte loads).
+
+    Numba targets the host's features unless NUMBA_CPU_FEATURES names others (a portable cache),
+    so this reads the same list it does.
+    """
+    global _HAS_VNNI
+    if _HAS_VNNI is None:
+        features = numba_config.CPU_FEATURES
+        if features is None:
+            features = llvm.get_host_cpu_features().flatten()
+        enabled = set(f[1:] for f in features.split(",") if f.startswith("+"))
+        _HAS_VNNI = {"avx512f", "avx512bw", "avx512vnni"} <= enabled
+    return _HAS_VNNI
+
+
+def vnni_enabled():
+    """VNNI kernels run when the CPU has VNNI and NPMOBILENET_NO_VNNI is unset (or 0); the
+    variable forces the portable kernels, e.g. to test them on a VNNI machine."""
+    return os.environ.get("NPMOBILENET_NO_VNNI", "0") in ("", "0") and has_vnni()
+
+
+# -- the vector type --------------------------------------------------------------------------------
+class Int32x16(types.Type):
+    """16 int32 lanes, held in one 512-bit register."""
+
+    def __init__(self):
+        super().__init__(name="int32x16")
+
+
+int32x16 = Int32x16()
+_VECTOR = ir.VectorType(ir.IntType(32), LANES)
+
+
+@datamodel.register_default(Int32x16)
+class _Int32x16Model(datamodel.models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _int32_array(a):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.int32
+
+
+def _element(context, builder, signature, array, i):
+    """A pointer to element i (flat, C order; no bounds check, no wraparound) of the intrinsic's
+    first argument, a C-contiguous array, i its second."""
+    data = context.make_array(signature.args[0])(context, builder, array).data
+    return builder.gep(data, [context.cast(builder, i, signature.args[1], types.intp)])
+
+
+def _splat(builder, value, element_type):
+    """A 16-lane vector of one scalar (truncated or sign-extended to element_type)."""
+    if value.type.width > element_type.width:
+        value = builder.trunc(value, element_type)
+    elif value.type.width < element_type.width:
+        value = builder.sext(value, element_type)
+    vector = ir.VectorType(element_type, LANES)
+    lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _const(element_type, value):
+    return ir.Constant(ir.VectorType(element_type, LANES), [value] * LANES)
+
+
+def _smin(builder, a, b):
+    return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+
+def _smax(builder, a, b):
+    return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+
+# -- the intrinsics ---------------------------------------------------------------------------------
+@intrinsic
+def load16(typingctx, array, index):
+    """array[index:index + 16] as a vector: array 1-D C-contiguous int32 (any alignment)."""
+    if not (_int32_array(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        element = _element(context, builder, signature, *args)
+        return builder.load(builder.bitcast(element, _VECTOR.as_pointer()), typ=_VECTOR, align=4)
+
+    return int32x16(array, index), codegen
+
+
+@intrinsic
+def load16_part(typingctx, array, index, count):
+    """array[index + j] for j < count (<= 16), 0 in the other lanes, which are not read: array
+    1-D C-contiguous int32."""
+    if not (_int32_array(array) and isinstance(index, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array, index, count = args
+        element = builder.bitcast(_element(context, builder, signature, array, index), _VECTOR.as_pointer())
+        mask = builder.icmp_signed("<", ir.Constant(_VECTOR, list(range(LANES))), _splat(builder, count, ir.IntType(32)))
+        fnty = ir.FunctionType(_VECTOR, [element.type, ir.IntType(32), mask.type, _VECTOR])
+        load = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i32.p0")
+        return builder.call(load, [element, ir.Constant(ir.IntType(32), 4), mask, _const(ir.IntType(32), 0)])
+
+    return int32x16(array, index, count), codegen
+
+
+@intrinsic
+def broadcast16(typingctx, array, index):
+    """array[index] in all 16 lanes: array 1-D C-contiguous int32."""
+    if not (_int32_array(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        word = builder.load(_element(context, builder, signature, *args), typ=ir.IntType(32), align=4)
+        return _splat(builder, word, ir.IntType(32))
+
+    return int32x16(array, index), codegen
+
+
+@intrinsic
+def dpbusd(typingctx, acc, a, b):
+    """acc + (per lane) the sum of the 4 products of a's unsigned bytes and b's signed bytes."""
+    if not (acc == int32x16 and a == int32x16 and b == int32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_VECTOR, [_VECTOR] * 3)
+        vpdpbusd = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(vpdpbusd, list(args))
+
+    return int32x16(acc, a, b), codegen
+
+
+@intrinsic
+def store16(typingctx, array, index, vector):
+    """array[index:index + 16] = vector: array 1-D C-contiguous int32 (any alignment)."""
+    if not (_int32_array(array) and isinstance(index, types.Integer) and vector == int32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        element = _element(context, builder, signature, args[0], args[1])
+        builder.store(args[2], builder.bitcast(element, _VECTOR.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(array, index, vector), codegen
+
+
+def _multiply(builder, acc, multiplier, shift, left_shift=True):
+    """acc * M per lane, M = multiplier * 2^(shift - 31), rounded: the integers of
+    `qkernels.multiply_by_quantized_multiplier` in vector instructions (LLVM's generic vector IR):
+
+        v    = clamp(acc * 2^max(shift, 0), int32)                       saturating left shift
+        high = min(floor((v * multiplier + 2^30) / 2^31), 2^31 - 1)      rounding doubling high
+                 multiply: the closed form of its nudge-and-truncate; the min saturates its one
+                 overflow, v = multiplier = -2^31
+        q    = high / 2^max(-shift, 0), rounded half away from zero      rounding right shift
+
+    64-bit lanes up to the high multiply (vpmuldq), 32-bit lanes after it. Without `left_shift`
+    (every shift <= 0, as when every M < 1) v is acc: no shift, nothing to saturate."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v64 = ir.VectorType(i64, LANES)
+    right = _smax(builder, builder.sub(_const(i32, 0), shift), _const(i32, 0))
+    v = builder.sext(acc, v64)
+    if left_shift:
+        v = builder.shl(v, builder.zext(_smax(builder, shift, _const(i32, 0)), v64))
+        v = _smin(builder, _smax(builder, v, _const(i64, -(1 << 31))), _const(i64, (1 << 31) - 1))
+    product = builder.mul(v, builder.sext(multiplier, v64))
+    high = builder.ashr(builder.add(product, _const(i64, 1 << 30)), _const(i64, 31))
+    high = builder.trunc(_smin(builder, high, _const(i64, (1 << 31) - 1)), _VECTOR)
+    mask = builder.sub(builder.shl(_const(i32, 1), right), _const(i32, 1))
+    # ties away from zero: the threshold is one more for a negative high
+    threshold = builder.sub(builder.ashr(mask, _const(i32, 1)), builder.ashr(high, _const(i32, 31)))
+    round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _VECTOR)
+    return builder.add(builder.ashr(high, right), round_up)
+
+
+def _clamp_offset(builder, q, zy, lo, hi):
+    """clamp(q + zy, lo, hi), computed as clamp(q, lo - zy, hi - zy) + zy: q + zy can pass 2^31 - 1."""
+    i32 = ir.IntType(32)
+    zy, lo, hi = (_splat(builder, a, i32) for a in (zy, lo, hi))
+    q = _smin(builder, _smax(builder, q, builder.sub(lo, zy)), builder.sub(hi, zy))
+    return builder.add(q, zy)
+
+
+def _requantize_intrinsic(name, left_shift):
+    def requantize(typingctx, acc, multiplier, shift, zy, lo, hi):
+        if not (acc == int32x16 and multiplier == int32x16 and shift == int32x16
+                and all(isinstance(a, types.Integer) for a in (zy, lo, hi))):
+            return None
+
+        def codegen(context, builder, signature, args):
+            acc, multiplier, shift, zy, lo, hi = args
+            return _clamp_offset(builder, _multiply(builder, acc, multiplier, shift, left_shift), zy, lo, hi)
+
+        return int32x16(acc, multiplier, shift, zy, lo, hi), codegen
+
+    requantize.__name__ = requantize.__qualname__ = name
+    return requantize
+
+
+requantize16 = intrinsic(_requantize_intrinsic("requantize16", True))
+requantize16.__doc__ = """clamp(z_y + M * acc, lo, hi) per lane, M = multiplier * 2^(shift - 31): the integers of
+    `qkernels._requantize_store` (see `_multiply`)."""
+requantize16_right = intrinsic(_requantize_intrinsic("requantize16_right", False))
+requantize16_right.__doc__ = """`requantize16` for shifts that are all <= 0 (M < 1 in every lane; the
+    caller checks): no left shift, so no 64-bit saturation, fewer instructions per lane."""
+
+
+@intrinsic
+def multiply16(typingctx, acc, multiplier, shift):
+    """acc * M per lane, not offset or clamped (`_multiply`): the rescaling steps of a quantized add."""
+    if not (acc == int32x16 and multiplier == int32x16 and shift == int32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _multiply(builder, *args)
+
+    return int32x16(acc, multiplier, shift), codegen
+
+
+@intrinsic
+def splat16(typingctx, value):
+    """value (an integer, truncated to int32) in all 16 lanes."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _splat(builder, args[0], ir.IntType(32))
+
+    return int32x16(value), codegen
+
+
+def _binary(name, operation):
+    def typer(typingctx, a, b):
+        if not (a == int32x16 and b == int32x16):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, operation)(*args)
+
+        return int32x16(a, b), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+add16 = intrinsic(_binary("add16", "add"))
+sub16 = intrinsic(_binary("sub16", "sub"))
+mul16 = intrinsic(_binary("mul16", "mul"))  # low 32 bits of each lane's product
+
+
+@intrinsic
+def load16_int8(typingctx, array, index, count):
+    """array[index + j] (int8, sign-extended to int32) for j < count (<= 16), 0 in the other lanes,
+    which are not read: array C-contiguous int8 (any shape, flat index)."""
+    if not (isinstance(array, types.Array) and array.layout == "C" and array.dtype == types.int8
+            and isinstance(index, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array, index, count = args
+        element = _element(context, builder, signature, array, index)
+        i8x16 = ir.VectorType(ir.IntType(8), LANES)
+        lanes = ir.Constant(_VECTOR, list(range(LANES)))
+        mask = builder.icmp_signed("<", lanes, _splat(builder, count, ir.IntType(32)))
+        fnty = ir.FunctionType(i8x16, [element.type, ir.IntType(32), mask.type, i8x16])
+        load = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i8.p0")
+        bytes_ = builder.call(load, [element, ir.Constant(ir.IntType(32), 1), mask, ir.Constant(i8x16, [0] * LANES)])
+        return builder.sext(bytes_, _VECTOR)
+
+    return int32x16(array, index, count), codegen
+
+
+@intrinsic
+def store16_int8(typingctx, array, index, vector, count):
+    """array[index + j] = vector[j] (as int8) for j < count (<= 16), the other lanes masked off:
+    array C-contiguous int8 (any shape, flat index)."""
+    if not (isinstance(array, types.Array) and array.layout == "C" and array.dtype == types.int8
+            and isinstance(index, types.Integer) and vector == int32x16 and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array, index, vector, count = args
+        element = _element(context, builder, signature, array, index)
+        i8x16 = ir.VectorType(ir.IntType(8), LANES)
+        lanes = ir.Constant(_VECTOR, list(range(LANES)))
+        mask = builder.icmp_signed("<", lanes, _splat(builder, count, ir.IntType(32)))
+        fnty = ir.FunctionType(ir.VoidType(), [i8x16, element.type, ir.IntType(32), mask.type])
+        store = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16i8.p0")
+        builder.call(store, [builder.trunc(vector, i8x16), element, ir.Constant(ir.IntType(32), 1), mask])
+        return context.get_dummy_value()
+
+    return types.void(array, index, vector, count), codegen
+
+
+# -- packed weights ---------------------------------------------------------------------------------
+def pack_weight(w):
+    """w (Cin, Cout) int8 -> (words, colsum): words int32 (ceil(Cin/4) * width,), word k * width + c
+    holding w[4k:4k+4, c] (zero padded; width = Cout rounded up to 16), colsum int32 (width,)."""
+    cin, cout = w.shape
+    groups, width = -(-cin // GROUP), -(-cout // LANES) * LANES
+    padded = np.zeros((groups * GROUP, width), np.int8)
+    padded[:cin, :cout] = w
+    # x86 is little-endian: byte j of word [k, c] is w[4k + j, c]
+    words = np.ascontiguousarray(padded.reshape(groups, GROUP, width).transpose(0, 2, 1)).view(np.int32)
+    return words.reshape(-1), padded.astype(np.int32).sum(axis=0, dtype=np.int32)
+
+
+_PACKED = {}  # id(w) -> (weak reference to w, its data pointer, its shape, pack_weight(w))
+
+
+def packed_weight(w):
+    """pack_weight(w), computed once per weight array.
+
+    The caller, `QConv.run` (qops.py), hands `pointwise_int8` the same weight array on every call
+    and keeps no per-kernel state, so the packed copy is kept here, keyed by the array's id and
+    checked against the array itself: a weak reference drops the entry when the array is freed
+    (a later array that reuses the id is packed afresh), and the data pointer and shape must
+    still match. Weights are read as constants, as QConv's are: writing into a weight array after
+    it has run is not seen. (The bias and z_x are call arguments, so their correction is folded
+    into the accumulators' start by the kernel, Cout operations per call.)
+    """
+    key = id(w)
+    entry = _PACKED.get(key)
+    if entry is not None:
+        ref, pointer, shape, packed = entry
+        if ref() is w and pointer == w.ctypes.data and shape == w.shape:
+            return packed
+    packed = pack_weight(w)
+    _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)), w.ctypes.data, w.shape, packed)
+    return packed
+
+
+__all__ = ["GROUP", "LANES", "add16", "broadcast16", "dpbusd", "has_vnni", "int32x16", "load16", "load16_int8", "load16_part",
+           "mul16", "multiply16", "pack_weight", "packed_weight", "requantize16", "requantize16_right", "splat16",
+           "store16", "store16_int8", "sub16", "vnni_enabled"]

@@ -1,0 +1,151 @@
+"""The fast int8 path bit for bit against `ops.reference_int8`: the vectorised depthwise kernel
+(its 3x3 interior path and the general one, left and right shifts), the standard convolution as
+im2col + pointwise, the vector add, the residual add fused into the VNNI pointwise kernel, the
+right-shift-only requantization, and whole models run on a plan (`qplan.Int8Plan`) at 1 and 2
+threads, serial and parallel kernels, in both modes."""
+import numba
+import numpy as np
+import pytest
+
+import npmobilenet
+from npmobilenet import config
+from npmobilenet.compression import qkernels, vnni
+from npmobilenet.compression.qops import quantize_multiplier, quantize_multipliers
+from npmobilenet.compression.quantize import quantize
+from npmobilenet.ops import reference_int8 as qreference
+
+needs_vnni = pytest.mark.skipif(not vnni.has_vnni(), reason="this CPU has no AVX-512 VNNI (avx512vnni, avx512bw)")
+
+
+def _int8(rng, shape):
+    return rng.integers(-128, 128, size=shape).astype(np.int8)
+
+
+def _requant_args(rng, cout, largest):
+    # multipliers up to `largest`: above 1, requantization shifts left (and saturates)
+    bias = rng.integers(-5000, 5000, cout).astype(np.int32)
+    multiplier, shift = quantize_multipliers(np.exp(rng.uniform(np.log(1e-4), np.log(largest), cout)))
+    zy = int(rng.integers(-128, 128))
+    lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
+    return bias, multiplier, shift, zy, lo, hi
+
+
+@pytest.mark.parametrize("largest", [0.5, 4.0])
+@pytest.mark.parametrize("n, h, w, c, k, stride, padding, dilation", [
+    (1, 9, 7, 20, 3, 1, (1, 1, 1, 1), 1),     # 3x3: interior rows and columns, and the edges
+    (2, 8, 8, 33, 3, 2, (0, 1, 0, 1), 1),     # TF 'same' at stride 2: padding after only
+    (1, 3, 3, 17, 3, 1, (1, 1, 1, 1), 1),     # no interior at all
+    (2, 8, 9, 40, 5, 2, (2, 2, 2, 2), 1),     # 5x5: the general path
+    (1, 12, 12, 7, 3, 1, (2, 2, 2, 2), 2),    # dilated 3x3: the general path
+    (1, 6, 5, 1, 3, 2, (1, 1, 1, 1), 1),      # one channel: a vector of one lane
+])
+def test_depthwise_kernel_matches_reference(n, h, w, c, k, stride, padding, dilation, largest):
+    rng = np.random.default_rng(h * 100 + c)
+    x, wt = _int8(rng, (n, h, w, c)), _int8(rng, (k, k, c))
+    zx = int(rng.integers(-128, 128))
+    args = _requant_args(rng, c, largest)
+    geometry = ((stride, stride), padding, (dilation, dilation))
+    expected = qreference.depthwise_conv2d(x, zx, wt, *args, *geometry)
+    assert np.array_equal(qkernels.depthwise_conv2d_int8(x, zx, wt, *args, *geometry, expected.shape), expected)
+    rows = n * expected.shape[1]
+    for chunks in (1, 3, rows):    # the parallel driver, any split of the rows
+        y = np.zeros_like(expected)
+        bias, multiplier, shift, zy, lo, hi = args
+        qkernels._depthwise_int8_parallel(x, np.int32(zx), wt, bias, multiplier, shift, np.int32(zy), np.int32(lo),
+                                          np.int32(hi), stride, stride, padding[0], padding[2], dilation, dilation, y,
+                                          chunks)
+        assert np.array_equal(y, expected)
+
+
+@pytest.mark.parametrize("cin, k, stride, padding", [(3, 3, 2, (0, 1, 0, 1)), (5, 3, 1, (1, 1, 1, 1)), (2, 1, 1, (0, 0, 0, 0))])
+def test_standard_convolution_as_im2col_matches_reference(cin, k, stride, padding):
+    rng = np.random.default_rng(cin)
+    x, wt = _int8(rng, (2, 9, 8, cin)), _int8(rng, (k, k, cin, 21))
+    zx = int(rng.integers(-128, 128))
+    args = _requant_args(rng, 21, 0.5)
+    geometry = ((stride, stride), padding, (1, 1))
+    expected = qreference.conv2d(x, zx, wt, *args, *geometry)
+    assert np.array_equal(qkernels.conv2d_int8(x, zx, wt, *args, *geometry, expected.shape), expected)
+
+
+def _add_multipliers(rng):
+    sa, sb, sy = np.exp(rng.uniform(-4, 0, 3))
+    twice_max = 2 * max(sa, sb)
+    return (quantize_multiplier(sa / twice_max), quantize_multiplier(sb / twice_max),
+            quantize_multiplier(twice_max / (2**20 * sy)))
+
+
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 100])
+def test_vector_add_matches_reference(size):
+    rng = np.random.default_rng(size)
+    a, b = _int8(rng, (size,)), _int8(rng, (size,))
+    za, zb, zy = (int(v) for v in rng.integers(-128, 128, 3))
+    (ma, sa), (mb, sb), (my, sy) = _add_multipliers(rng)
+    expected = qreference.add(a, za, ma, sa, b, zb, mb, sb, 20, zy, my, sy)
+    assert np.array_equal(qkernels.add_int8(a, za, ma, sa, b, zb, mb, sb, 20, zy, my, sy), expected)
+
+
+@needs_vnni
+@pytest.mark.parametrize("rows, cin, cout", [(1, 8, 16), (70, 24, 33), (9, 61, 5)])
+def test_residual_add_fused_into_the_vnni_kernel_matches_reference(rows, cin, cout, monkeypatch):
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")  # the fused add runs on the VNNI kernel only
+    rng = np.random.default_rng(rows + cin)
+    x, w, residual = _int8(rng, (rows, cin)), _int8(rng, (cin, cout)), _int8(rng, (rows, cout))
+    zx, zb, zo = (int(v) for v in rng.integers(-128, 128, 3))
+    args = _requant_args(rng, cout, 0.05)
+    (ma, sa), (mb, sb), (my, sy) = _add_multipliers(rng)
+    conv = qreference.pointwise(x, zx, w, *args)
+    expected = qreference.add(conv, args[3], ma, sa, residual, zb, mb, sb, 20, zo, my, sy)
+    y = np.zeros_like(expected)
+    kernel, call_args = qkernels.pointwise_int8_call(x, zx, w, *args, y, residual,
+                                                     qkernels.add_params(zb, ma, sa, mb, sb, zo, my, sy))
+    kernel(*call_args)
+    assert np.array_equal(y, expected)
+
+
+@numba.njit
+def _requantize_right(acc, multiplier, shift, zy, lo, hi, y):
+    for c0 in range(0, acc.shape[0], 16):
+        q = vnni.requantize16_right(vnni.load16(acc, c0), vnni.load16(multiplier, c0), vnni.load16(shift, c0), zy, lo, hi)
+        vnni.store16_int8(y, c0, q, min(16, acc.shape[0] - c0))
+
+
+def test_right_shift_requantization_matches_reference():
+    rng = np.random.default_rng(3)
+    lanes = 16 * 1024
+    acc = rng.integers(-(2**31), 2**31 - 1, lanes, endpoint=True).astype(np.int32)
+    acc[:3] = [-(2**31), 2**31 - 1, 0]
+    multiplier = rng.integers(-(2**31), 2**31 - 1, lanes, endpoint=True).astype(np.int32)
+    multiplier[:2] = -(2**31)             # the one overflow of the high multiply
+    shift = -rng.integers(0, 31, lanes).astype(np.int32)
+    y = np.zeros(lanes, np.int8)
+    _requantize_right(acc, multiplier, shift, 5, -100, 120, y)
+    assert np.array_equal(y, qreference.to_int8(acc, multiplier, shift, 5, -100, 120))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).uniform(-1, 1, (3, 40, 40, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_whole_models_on_a_plan_match_reference(arch, images, monkeypatch):
+    model = npmobilenet.build(arch, width=0.35, num_classes=10, seed=1).eval()
+    qmodel = quantize(model, images)
+    xq = qmodel.quantize_input(images[:2])
+    expected = qreference.run_graph(qmodel, xq)[qmodel.output]
+    threads = config.get_num_threads()
+    try:
+        for parallel_min_macs, count in ((config.PARALLEL_MIN_MACS, 1), (0, 2), (0, 1)):
+            monkeypatch.setattr(config, "PARALLEL_MIN_MACS", parallel_min_macs)
+            config.set_num_threads(min(count, threads))
+            for integer_only in (True, False):
+                qmodel.integer_only = integer_only
+                first = qmodel.run(xq)
+                assert np.array_equal(first, expected), (arch, parallel_min_macs, count, integer_only)
+                qmodel.run(xq[:1])                        # another shape: its own plan
+                assert np.array_equal(qmodel.run(xq), expected) and np.array_equal(first, expected)  # not aliased
+    finally:
+        config.set_num_threads(threads)
+    plan = qmodel._plan(xq.shape)
+    assert bool(plan.fused) == vnni.vnni_enabled()    # the residual adds fused where VNNI runs
