@@ -1,15 +1,17 @@
 """The fast int8 path bit for bit against `ops.reference_int8`: the vectorised depthwise kernel
 (its 3x3 interior path and the general one, left and right shifts), the standard convolution as
 im2col + pointwise, the vector add, the residual add fused into the VNNI pointwise kernel, the
-right-shift-only requantization, and whole models run on a plan (`qplan.Int8Plan`) at 1 and 2
-threads, serial and parallel kernels, in both modes."""
+right-shift-only requantization, every kernel in the op table (`qprogram.py`) split into tiles,
+and whole models run on a plan (`qplan.Int8Plan`) at 1 and 2 threads, on the table and from
+Python, in both modes."""
 import numba
 import numpy as np
 import pytest
 
 import npmobilenet
 from npmobilenet import config
-from npmobilenet.compression import qkernels, vnni
+from npmobilenet.compression import qkernels, qprogram, vnni
+from npmobilenet.compression.qplan import Int8Plan
 from npmobilenet.compression.qops import quantize_multiplier, quantize_multipliers
 from npmobilenet.compression.quantize import quantize
 from npmobilenet.ops import reference_int8 as qreference
@@ -123,6 +125,57 @@ def test_right_shift_requantization_matches_reference():
     assert np.array_equal(y, qreference.to_int8(acc, multiplier, shift, 5, -100, 120))
 
 
+@pytest.mark.parametrize("use_vnni", ["1", "0"])
+def test_op_table_runs_every_kernel_in_tiles(use_vnni, monkeypatch):
+    # shapes that split every kind into several tiles, the last one partial
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0" if use_vnni == "1" and vnni.has_vnni() else "1")
+    rng = np.random.default_rng(11)
+    n, h, w, c, cout = 2, 23, 29, 24, 40
+    shapes = {"x": (n, h, w, c), "cols": (n, 11, 14, 27), "conv": (n, 11, 14, cout), "dw": (n, h, w, c),
+              "pw": (n, h, w, cout), "res": (n, h, w, cout), "look": (n, h, w, cout), "add": (n, h, w, cout),
+              "gate": (n, cout), "scaled": (n, h, w, cout), "mean": (n, cout)}
+    arena = qprogram.Arena(sum(qprogram.Arena.size(np.prod(s)) for s in shapes.values()))
+    b = {name: arena.take(shape) for name, shape in shapes.items()}
+    b["x"][...], b["res"][...], b["gate"][...] = _int8(rng, shapes["x"]), _int8(rng, shapes["res"]), _int8(rng, (n, cout))
+    x3, wt3 = b["x"][..., :3].copy(), _int8(rng, (3, 3, 3, cout))
+    wdw, wpw, table = _int8(rng, (3, 3, c)), _int8(rng, (c, cout)), _int8(rng, (256,))
+    conv_args, dw_args, pw_args = (_requant_args(rng, k, 0.5) for k in (cout, c, cout))
+    (ma, sa), (mb, sb), (my, sy) = _add_multipliers(rng)
+    stem = qprogram.Arena(qprogram.Arena.size(x3.size))  # the stem's input: another array, copied as a constant
+    x3a = stem.take(x3.shape)
+    x3a[...] = x3
+    geometry = ((2, 2), (0, 1, 0, 1), (1, 1))
+    calls = (qkernels.conv2d_int8_calls(x3a, 5, wt3, *conv_args, *geometry, b["cols"], b["conv"])
+             + [qkernels.depthwise_conv2d_int8_call(b["x"], 3, wdw, *dw_args, (1, 1), (1, 1, 1, 1), (1, 1), b["dw"]),
+                qkernels.pointwise_int8_call(b["dw"].reshape(-1, c), -7, wpw, *pw_args, b["pw"].reshape(-1, cout)),
+                qkernels.lookup_int8_call(b["pw"], table, b["look"]),
+                qkernels.add_int8_call(b["look"], 4, ma, sa, b["res"], -9, mb, sb, 20, 2, my, sy, -128, 127, b["add"]),
+                qkernels.channel_scale_int8_call(b["add"], 1, b["gate"], -3, *quantize_multiplier(0.01), 6, b["scaled"]),
+                qkernels.mean_int8_call(b["scaled"], 6, *quantize_multiplier(1 / (h * w)), -1, b["mean"])])
+    program = qprogram.build(calls, arena)
+    assert program is not None and all(tiles > 1 for tiles in program.ops[1:, qprogram.TILES])
+    whole = program.arena.view(np.int8)
+    out = {name: whole[arena.offset(a):arena.offset(a) + a.size].reshape(a.shape) for name, a in b.items()}
+    expected = {"conv": qreference.conv2d(x3, 5, wt3, *conv_args, *geometry),
+                "dw": qreference.depthwise_conv2d(b["x"], 3, wdw, *dw_args, (1, 1), (1, 1, 1, 1), (1, 1))}
+    expected["pw"] = qreference.pointwise(expected["dw"].reshape(-1, c), -7, wpw, *pw_args).reshape(shapes["pw"])
+    expected["look"] = qreference.lookup(expected["pw"], table)
+    expected["add"] = qreference.add(expected["look"], 4, ma, sa, b["res"], -9, mb, sb, 20, 2, my, sy)
+    expected["scaled"] = qreference.channel_scale(expected["add"], 1, b["gate"], -3, *quantize_multiplier(0.01), 6)
+    expected["mean"] = qreference.mean(expected["scaled"], 6, *quantize_multiplier(1 / (h * w)), -1)
+    for threads in (1, 2, 1):
+        for name in expected:
+            out[name][...] = 0
+        program.run(threads)
+        for name, want in expected.items():
+            assert np.array_equal(out[name], want), (name, threads)
+
+
+def test_op_table_declines_a_call_it_has_no_kernel_for():
+    arena = qprogram.Arena(64)
+    assert qprogram.build([(print, ("not a kernel",))], arena) is None
+
+
 @pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(0).uniform(-1, 1, (3, 40, 40, 3)).astype(np.float32)
@@ -147,5 +200,10 @@ def test_whole_models_on_a_plan_match_reference(arch, images, monkeypatch):
                 assert np.array_equal(qmodel.run(xq), expected) and np.array_equal(first, expected)  # not aliased
     finally:
         config.set_num_threads(threads)
+    qmodel.integer_only = True
     plan = qmodel._plan(xq.shape)
     assert bool(plan.fused) == vnni.vnni_enabled()    # the residual adds fused where VNNI runs
+    assert plan.program is not None                   # integer-only: on the table (without VNNI, the exact
+    #                                                   float paths of integer_only=False run call by call)
+    by_call = Int8Plan(qmodel, xq.shape, table=False)  # and from Python, call by call
+    assert by_call.program is None and np.array_equal(by_call.run(xq), expected)

@@ -113,27 +113,39 @@ def _run_rows(rows_kernel, parallel_driver, args, rows, macs):
 def _im2col_int8_rows(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols, row_start, row_end):
     # x (N, H, W, Cin) int8 -> cols (N, Ho, Wo, KH * KW * Cin) int8, output rows (n, oh) in
     # [row_start, row_end): each pixel's receptive field, padding taps z_x (the real value 0).
-    # Flat indices, and one inside-or-padding test per tap, not per byte.
+    # Flat indices; a kernel row inside the image (dilation 1) is one contiguous run of KW * Cin
+    # bytes (the stem: 9), copied at once; else one inside-or-padding test per tap.
     n_, h, wd, cin = x.shape
     ho, wo, taps = cols.shape[1], cols.shape[2], cols.shape[3]
     xf, cf = x.reshape(-1), cols.reshape(-1)
+    run = kw * cin
     for row in range(row_start, row_end):
         n = row // ho
         oh = row % ho
         for ow in range(wo):
             k = (row * wo + ow) * taps
+            iw0 = ow * sw - pl
+            columns_inside = dilation_w == 1 and iw0 >= 0 and iw0 + kw <= wd
             for i in range(kh):
                 ih = oh * sh - pt + i * dilation_h
-                for j in range(kw):
-                    iw = ow * sw - pl + j * dilation_w
-                    if ih >= 0 and ih < h and iw >= 0 and iw < wd:
-                        src = ((n * h + ih) * wd + iw) * cin
-                        for ci in range(cin):
-                            cf[_U(k + ci)] = xf[_U(src + ci)]
-                    else:
-                        for ci in range(cin):
-                            cf[_U(k + ci)] = zx
-                    k += cin
+                if ih < 0 or ih >= h:
+                    for e in range(run):
+                        cf[_U(k + e)] = zx
+                elif columns_inside:
+                    src = ((n * h + ih) * wd + iw0) * cin
+                    for e in range(run):
+                        cf[_U(k + e)] = xf[_U(src + e)]
+                else:
+                    for j in range(kw):
+                        iw = iw0 + j * dilation_w
+                        if iw >= 0 and iw < wd:
+                            src = ((n * h + ih) * wd + iw) * cin
+                            for ci in range(cin):
+                                cf[_U(k + j * cin + ci)] = xf[_U(src + ci)]
+                        else:
+                            for ci in range(cin):
+                                cf[_U(k + j * cin + ci)] = zx
+                k += run
 
 
 @njit_parallel
@@ -335,15 +347,17 @@ VNNI_CHUNK_ROWS = 64
 
 
 @njit_serial
-def _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start, row_end):
+def _pointwise_int8_vnni_block(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start, row_end,
+                               col_start, col_end):
     # x: (P, Cin) int8, words: packed w (ceil(Cin/4) * width,) int32 -> y: (P, Cout) int8; with a
     # residual (P, Cout) int8 (none: 0 rows), y is the quantized add of the requantized output
     # and the residual (`_add_int8`'s integers; `add`: `ADD_PARAMS`), the output never stored.
+    # Output channels col_start..col_end-1 (multiples of 16, col_end at most the padded width).
     cin, cout = x.shape[1], y.shape[1]
     groups, width = (cin + 3) // 4, colsum.shape[0]
     start = np.zeros(width, np.int32)  # b - (128 + z_x) colsum: acc of the u8 input x + 128
     multipliers, shifts = np.zeros(width, np.int32), np.zeros(width, np.int32)  # padded to width
-    for c in range(cout):
+    for c in range(col_start, min(cout, col_end)):
         start[c] = bias[c] - (128 + zx) * colsum[c]
         multipliers[c], shifts[c] = multiplier[c], shift[c]
     left = any_left_shift(shift)
@@ -359,7 +373,7 @@ def _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy,
         for r in range(rows):
             for ci in range(cin):
                 x_u8[_U(r * groups * 4 + ci)] = np.uint8(np.int32(x[_U(p0 + r), _U(ci)]) + 128)
-        for c0 in range(0, width, 16):
+        for c0 in range(col_start, col_end, 16):
             m, s, count = load16(multipliers, c0), load16(shifts, c0), min(16, cout - c0)
             # rows past the chunk's last hold stale words: computed, never stored
             for r0 in range(0, rows, VNNI_TILE_ROWS):
@@ -393,6 +407,12 @@ def _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy,
                         rb = multiply16(mul16(sub16(b, zb16), scale20), mb16, sb16)
                         q = requantize16(add16(ra, rb), my16, sy16, zo, -128, 127)
                     store16_int8(y, (p0 + r0 + r) * cout + c0, q, count)
+
+
+@njit_serial
+def _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start, row_end):
+    _pointwise_int8_vnni_block(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start,
+                               row_end, 0, colsum.shape[0])
 
 
 @njit_parallel

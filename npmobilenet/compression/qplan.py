@@ -6,13 +6,19 @@ every tensor gets a buffer, every op its `calls` (qops.py: kernels with their ar
 those buffers), and a run copies the input in, calls each kernel in turn and copies the logits
 out. The kernels are the ones `evaluate` runs, so the bits are the same.
 
+Threads: the calls are then written into an op table (`qprogram.py`) that the caller and helper
+threads run together, as the float model's, when every call has a table kernel (all but the
+exact float32 paths); otherwise the calls run in turn from Python, each kernel parallel on its own.
+
 Fusion: where VNNI is enabled, a pointwise layer whose output only a residual add reads, right
 after it, writes the add's output directly (`qkernels.pointwise_int8_call` with a residual): the
 layer's int8 output is computed in registers, exactly as stored, and added there.
 """
 import numpy as np
 
-from npmobilenet.compression import vnni
+from npmobilenet import config
+from npmobilenet.compression import qprogram, vnni
+from npmobilenet.ops.blas import single_threaded_blas
 
 
 def _fusable_add(ops, k, readers, output):
@@ -31,7 +37,8 @@ def _fusable_add(ops, k, readers, output):
 class Int8Plan:
     """`QuantizedModel` ops bound to buffers for input (N, H, W, 3) int8; `run(xq)` -> int8 logits."""
 
-    def __init__(self, qmodel, input_shape, float_kernels=False):
+    def __init__(self, qmodel, input_shape, float_kernels=False, table=True):
+        """`table=False`: run the calls from Python even where the op table could."""
         ops, zero_points = qmodel.ops, {name: z for name, (_, z) in qmodel.tensors.items()}
         shapes = {"input": tuple(input_shape)}
         for op in ops:
@@ -40,7 +47,8 @@ class Int8Plan:
         for op in ops:
             for name in op.inputs:
                 readers[name] += 1
-        self.buffers = {name: np.empty(shape, np.int8) for name, shape in shapes.items()}
+        arena = qprogram.Arena(sum(qprogram.Arena.size(np.prod(shape)) for shape in shapes.values()))
+        self.buffers = {name: arena.take(shape) for name, shape in shapes.items()}
         self.output = qmodel.output
         self.calls, self.fused = [], []
         k = 0
@@ -58,9 +66,21 @@ class Int8Plan:
                 continue
             self.calls += op.calls(xs, zero_points, self.buffers[op.output], float_kernels)
             k += 1
+        self.program = qprogram.build(self.calls, arena) if table else None
+        if self.program is not None:
+            # the table runs on its own arena (the activations' bytes first, then the constants)
+            whole = self.program.arena.view(np.int8)
+            for name, buffer in self.buffers.items():
+                start = arena.offset(buffer)
+                self.buffers[name] = whole[start:start + buffer.size].reshape(buffer.shape)
 
-    def run(self, xq):
+    def run(self, xq, threads=None):
+        """int8 logits of xq, on `threads` (default: `config.get_num_threads()`)."""
         self.buffers["input"][...] = xq
-        for kernel, args in self.calls:
-            kernel(*args)
+        if self.program is not None:
+            with single_threaded_blas():
+                self.program.run(config.get_num_threads() if threads is None else threads)
+        else:
+            for kernel, args in self.calls:
+                kernel(*args)
         return self.buffers[self.output].copy()

@@ -240,14 +240,15 @@ _NO_HELPERS = np.zeros(0, np.int64)
 class Program:
     """An op table over one plan's arena and a model's packed parameters; `run(threads)`."""
 
-    def __init__(self, rows, params, arena, sgemm):
+    def __init__(self, rows, params, arena, sgemm, addresses=None):
         self.ops = np.ascontiguousarray(np.stack(rows), np.int64)
         tiles = self.ops[:, TILES]
         if np.any(tiles < 1):
             raise ValueError("every op needs at least one tile")
         self.first_tile = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int64)
         self.params, self.arena, self.sgemm = params, arena, int(sgemm)
-        self.addresses = tile_addresses(self.ops)
+        # `addresses`: another table's tile addresses and its own `_run_tile`'s (the int8 table)
+        self.addresses = tile_addresses(self.ops) if addresses is None else addresses
         self._jobs = {}
 
     @property

@@ -1,0 +1,296 @@
+"""An int8 plan's kernel calls as one op table, run by the float model's table runner.
+
+Why: bound once (`qplan.py`), an int8 MobileNet at batch 1 is still ~60 kernel calls from Python,
+each of which, to use a second thread, opens its own Numba parallel region and wakes a sleeping
+worker: at batch 1 two threads were slower than one. The float model solved this once
+(`inference/program.py`): the network is a table, and the caller and helper threads take its tiles
+in order from a shared counter, in one compiled call each. This module writes an int8 plan's calls
+into such a table and runs it with the same runner (`Program`, `_take_tiles`, the helper threads
+of `inference/workers.py`); only the tile dispatch (`_run_qtile`) is int8's.
+
+How a call becomes a row: each call is `(kernel, args)` as an op's `calls` binds it (qops.py), so
+the zero points, multipliers and packed weights are prepared by the same code as the Python plan's.
+Every array argument is a view of one byte arena (activations, and a copy of each weight, bias,
+multiplier and workspace) and is written into the row as its offset and shape; every scalar as its
+value. `_run_qtile` rebuilds the arguments from the row, typed as each kernel takes them, and calls
+the kernel, by its address (`inference/indirect.py`), on tile t's rows: the row kernels of
+qkernels.py (pointwise, depthwise, the standard convolution's gather) take a range of rows; the
+elementwise kernels (lookup, add) a range of elements; the pooled kernels (mean, SE channel scale)
+an image, or a range of an image's pixels. A tile's integers do not depend on which thread
+computes it, so results are the same bits as the Python plan's for every thread count.
+
+A call the table does not know (the exact float32 paths of qexact.py) makes `build` return None:
+the plan then runs its calls from Python.
+"""
+import numpy as np
+from numba import types
+
+from npmobilenet.compression import qkernels as qk
+from npmobilenet.config import njit_serial
+from npmobilenet.inference.indirect import CompiledCall
+from npmobilenet.inference.program import RUN_TILE, TILES, Program, _A1 as _F1
+from npmobilenet.inference.views import view
+
+# kinds, and the columns of a row: KIND, TC (output channels per tile: pointwise), TILES, TR (rows,
+# elements or pixels per tile),
+# TOTAL (of them), then SLOT columns per argument: an array's offset (in its dtype's elements) and
+# up to four dimensions, or a scalar's value
+PW_VNNI, PW, DEPTHWISE, IM2COL, LOOKUP, ADD, MEAN, CHANNEL_SCALE = range(8)
+KIND, TC, TR, TOTAL, ARGS, SLOT = 0, 1, 3, 4, 5, 5
+MAX_ARGS = 16
+
+_I, _i32, _i8 = types.int64, types.int32, types.int8
+_B1, _B2, _B3, _B4 = (types.Array(types.int8, n, "C") for n in (1, 2, 3, 4))
+_W1 = types.Array(types.int32, 1, "C")
+
+# kernel -> (kind, argument types without the row range, whether it takes a row range)
+KERNELS = {
+    qk._pointwise_int8_vnni_rows: (PW_VNNI, (_B2, _i32, _W1, _W1, _W1, _W1, _W1, _i32, _i32, _i32, _B2, _W1, _B2), True),
+    qk._pointwise_int8_rows: (PW, (_B2, _i32, _B2, _W1, _W1, _W1, _i32, _i32, _i32, _B2), True),
+    qk._depthwise_int8_rows: (DEPTHWISE, (_B4, _i32, _B3, _W1, _W1, _W1, _i32, _i32, _i32) + (_I,) * 6 + (_B4,), True),
+    qk._im2col_int8_rows: (IM2COL, (_B4, _i8) + (_I,) * 8 + (_B4,), True),
+    qk._lookup_int8: (LOOKUP, (_B1, _B1, _B1), False),
+    qk._add_int8: (ADD, (_B1,) + (_i32,) * 3 + (_B1,) + (_i32,) * 9 + (_B1,), False),
+    qk._mean_int8: (MEAN, (_B3, _i32, _i32, _i32, _i32, _B2), False),
+    qk._channel_scale_int8: (CHANNEL_SCALE, (_B3, _i32, _B2, _i32, _i32, _i32, _i32, _B3), False),
+}
+PARALLEL = {qk._pointwise_int8_vnni_parallel: qk._pointwise_int8_vnni_rows,
+            qk._pointwise_int8_parallel: qk._pointwise_int8_rows,
+            qk._depthwise_int8_parallel: qk._depthwise_int8_rows,
+            qk._im2col_int8_parallel: qk._im2col_int8_rows}
+CALLS = {kind: CompiledCall(kernel, argtypes + ((_I, _I) if ranged else ()))
+         for kernel, (kind, argtypes, ranged) in KERNELS.items()}
+# the VNNI pointwise kernel by blocks of rows and of output channels: a layer of few pixels (7x7,
+# a classifier at batch 1) is still split between threads
+CALLS[PW_VNNI] = CompiledCall(qk._pointwise_int8_vnni_block, KERNELS[qk._pointwise_int8_vnni_rows][1] + (_I,) * 4)
+_pw_vnni, _pw, _depthwise, _im2col = (CALLS[k].call for k in (PW_VNNI, PW, DEPTHWISE, IM2COL))
+_lookup, _add, _mean, _channel_scale = (CALLS[k].call for k in (LOOKUP, ADD, MEAN, CHANNEL_SCALE))
+
+
+# -- rebuilding arguments from a row ----------------------------------------------------------------
+@njit_serial
+def _at(i):
+    return ARGS + SLOT * i
+
+
+@njit_serial
+def _s32(op, i):
+    return np.int32(op[_at(i)])
+
+
+@njit_serial
+def _v1(buffer, op, i):
+    c = _at(i)
+    return view(buffer, op[c], (op[c + 1],))
+
+
+@njit_serial
+def _part(buffer, op, i, start, end):
+    # elements start..end-1 of argument i, a 1-D array
+    return view(buffer, op[_at(i)] + start, (end - start,))
+
+
+@njit_serial
+def _v2(buffer, op, i):
+    c = _at(i)
+    return view(buffer, op[c], (op[c + 1], op[c + 2]))
+
+
+@njit_serial
+def _v3(buffer, op, i):
+    c = _at(i)
+    return view(buffer, op[c], (op[c + 1], op[c + 2], op[c + 3]))
+
+
+@njit_serial
+def _v4(buffer, op, i):
+    c = _at(i)
+    return view(buffer, op[c], (op[c + 1], op[c + 2], op[c + 3], op[c + 4]))
+
+
+@njit_serial
+def _pixels(buffer, op, i, n, p0, count):
+    # argument i, an (N, HW, C) array, as image n's pixels p0..p0+count-1: (1, count, C)
+    c = _at(i)
+    hw, channels = op[c + 2], op[c + 3]
+    return view(buffer, op[c] + (n * hw + p0) * channels, (1, count, channels))
+
+
+@njit_serial
+def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
+    """Tile t of int8 op `op` (a row): its kernel, at `addresses[kind]`, on the arguments the row
+    names (views of the byte arena `arena`; `params` and `sgemm` are unused, the runner's)."""
+    b, w = arena.view(np.int8), arena.view(np.int32)
+    kind, tr, total = op[KIND], op[TR], op[TOTAL]
+    start = t * tr
+    end = min(start + tr, total)
+    if kind == PW_VNNI:
+        width = op[_at(3) + 1]                  # colsum's length: Cout padded to 16
+        col_tiles = (width + op[TC] - 1) // op[TC]
+        start = (t // col_tiles) * tr
+        end = min(start + tr, total)
+        c0 = (t % col_tiles) * op[TC]
+        _pw_vnni(addresses[PW_VNNI], (_v2(b, op, 0), _s32(op, 1), _v1(w, op, 2), _v1(w, op, 3), _v1(w, op, 4),
+                                      _v1(w, op, 5), _v1(w, op, 6), _s32(op, 7), _s32(op, 8), _s32(op, 9),
+                                      _v2(b, op, 10), _v1(w, op, 11), _v2(b, op, 12), start, end, c0,
+                                      min(c0 + op[TC], width)))
+    elif kind == PW:
+        _pw(addresses[PW], (_v2(b, op, 0), _s32(op, 1), _v2(b, op, 2), _v1(w, op, 3), _v1(w, op, 4), _v1(w, op, 5),
+                            _s32(op, 6), _s32(op, 7), _s32(op, 8), _v2(b, op, 9), start, end))
+    elif kind == DEPTHWISE:
+        _depthwise(addresses[DEPTHWISE], (_v4(b, op, 0), _s32(op, 1), _v3(b, op, 2), _v1(w, op, 3), _v1(w, op, 4),
+                                          _v1(w, op, 5), _s32(op, 6), _s32(op, 7), _s32(op, 8), op[_at(9)],
+                                          op[_at(10)], op[_at(11)], op[_at(12)], op[_at(13)],
+                                          op[_at(14)], _v4(b, op, 15), start, end))
+    elif kind == IM2COL:
+        _im2col(addresses[IM2COL], (_v4(b, op, 0), np.int8(op[_at(1)]), op[_at(2)], op[_at(3)],
+                                    op[_at(4)], op[_at(5)], op[_at(6)], op[_at(7)], op[_at(8)],
+                                    op[_at(9)], _v4(b, op, 10), start, end))
+    elif kind == LOOKUP:
+        _lookup(addresses[LOOKUP], (_part(b, op, 0, start, end), _v1(b, op, 1), _part(b, op, 2, start, end)))
+    elif kind == ADD:
+        _add(addresses[ADD], (_part(b, op, 0, start, end), _s32(op, 1), _s32(op, 2), _s32(op, 3),
+                              _part(b, op, 4, start, end), _s32(op, 5), _s32(op, 6), _s32(op, 7), _s32(op, 8),
+                              _s32(op, 9), _s32(op, 10), _s32(op, 11), _s32(op, 12), _s32(op, 13),
+                              _part(b, op, 14, start, end)))
+    elif kind == MEAN:
+        n = t                                   # one image per tile
+        c = _at(0)
+        x = _pixels(b, op, 0, n, 0, op[c + 2])
+        y = view(b, op[_at(5)] + n * op[c + 3], (1, op[c + 3]))
+        _mean(addresses[MEAN], (x, _s32(op, 1), _s32(op, 2), _s32(op, 3), _s32(op, 4), y))
+    elif kind == CHANNEL_SCALE:
+        per_image = (total + tr - 1) // tr      # tiles of tr pixels, image by image
+        n, p0 = t // per_image, (t % per_image) * tr
+        count = min(tr, total - p0)
+        channels = op[_at(0) + 3]
+        g = view(b, op[_at(2)] + n * channels, (1, channels))
+        _channel_scale(addresses[CHANNEL_SCALE], (_pixels(b, op, 0, n, p0, count), _s32(op, 1), g, _s32(op, 3),
+                                                  _s32(op, 4), _s32(op, 5), _s32(op, 6), _pixels(b, op, 7, n, p0, count)))
+
+
+_RUN_QTILE = CompiledCall(_run_qtile, (types.Array(types.int64, 1, "C"), _F1, _F1, _I, _I, _I,
+                                       types.Array(types.int64, 1, "C")))
+
+
+# -- building the table -----------------------------------------------------------------------------
+class Arena:
+    """One byte buffer (held as float32, the runner's type) for a plan's activations and copies
+    of its constants; `take(shape)` an int8 array of it, 64-byte aligned."""
+
+    ALIGN = 64
+
+    def __init__(self, nbytes):
+        self.buffer = np.zeros(-(-nbytes // 4), np.float32)
+        self.bytes = self.buffer.view(np.int8)
+        self.used = 0
+
+    @staticmethod
+    def size(nbytes):
+        return -(-int(nbytes) // Arena.ALIGN) * Arena.ALIGN
+
+    def take(self, shape, dtype=np.int8):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        start = self.used
+        self.used += self.size(nbytes)
+        if self.used > self.bytes.shape[0]:
+            raise ValueError("the int8 arena is too small (a plan's sizes are wrong)")
+        return self.bytes[start:start + nbytes].view(dtype).reshape(shape)
+
+    def offset(self, a):
+        """a's first element as an offset in a's dtype into this arena, or None if a is not in it."""
+        if a.size == 0:
+            return 0                                # never read
+        start = a.ctypes.data - self.bytes.ctypes.data
+        if start < 0 or start + a.nbytes > self.bytes.shape[0]:
+            return None
+        return start // a.itemsize
+
+
+def _table_kernel(kernel, args):
+    """(the row kernel, its arguments without the row range) of a call, or (None, None)."""
+    kernel = PARALLEL.get(kernel, kernel)
+    if kernel not in KERNELS:
+        return None, None
+    _, argtypes, _ = KERNELS[kernel]
+    return kernel, args[:len(argtypes)]
+
+
+def _tiling(kind, args):
+    """(TR, TOTAL, tiles, TC) of a call: rows, elements or pixels per tile and in all, and output
+    channels per tile (pointwise with VNNI; else 0). Shapes only."""
+    if kind in (PW_VNNI, PW):
+        rows = args[-1].shape[0]                              # y (P, Cout)
+        tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * 128)))
+        row_tiles = -(-rows // tr)
+        if kind == PW:
+            return tr, rows, row_tiles, 0
+        width = args[3].shape[0]                              # colsum: Cout padded to 16
+        # at least 8 tiles where the layer has the columns for them, blocks of 16 channels
+        col_tiles = min(width // 16, max(1, -(-8 // row_tiles)))
+        tc = 16 * -(-width // (16 * col_tiles))
+        return tr, rows, row_tiles * -(-width // tc), tc
+    if kind in (DEPTHWISE, IM2COL):
+        out = args[-1]                                        # y or cols (N, Ho, Wo, C)
+        rows = out.shape[0] * out.shape[1]
+        tr = max(1, -(-rows // 128))
+        return tr, rows, -(-rows // tr), 0
+    if kind in (LOOKUP, ADD):
+        size = args[0].size
+        tr = max(4096, -(-size // (64 * 64)) * 64)            # a multiple of the vector width
+        return tr, size, max(1, -(-size // tr)), 0
+    if kind == MEAN:
+        return 1, args[0].shape[0], args[0].shape[0], 0
+    n, hw = args[0].shape[:2]                                 # CHANNEL_SCALE: x (N, HW, C)
+    tr = max(256, -(-hw // 32))
+    return tr, hw, n * -(-hw // tr), 0
+
+
+def build(calls, arena):
+    """A `Program` of `calls` (from `qplan.Int8Plan`, whose buffers are `arena`'s), or None when a
+    call has no table kernel. Constants are copied into a new arena that includes the old one."""
+    rows, constants = [], {}                  # (data pointer, nbytes) -> its copy's byte offset
+    extra = 0
+    for kernel, args in calls:
+        kernel, args = _table_kernel(kernel, args)
+        if kernel is None:
+            return None
+        for a in args:
+            if isinstance(a, np.ndarray) and arena.offset(a) is None and (a.ctypes.data, a.nbytes) not in constants:
+                constants[(a.ctypes.data, a.nbytes)] = arena.used + extra
+                extra += Arena.size(a.nbytes)
+    whole = Arena(arena.used + extra)
+    whole.used = arena.used + extra
+    whole.bytes[:arena.used] = arena.bytes[:arena.used]
+    copied = set()
+    for kernel, args in calls:
+        kernel, args = _table_kernel(kernel, args)
+        kind = KERNELS[kernel][0]
+        tr, total, tiles, tc = _tiling(kind, args)
+        row = np.full(ARGS + SLOT * MAX_ARGS, -1, np.int64)
+        row[[KIND, TC, TILES, TR, TOTAL]] = kind, tc, tiles, tr, total
+        for i, a in enumerate(args):
+            c = ARGS + SLOT * i
+            if not isinstance(a, np.ndarray):
+                row[c] = int(a)
+                continue
+            if not a.flags.c_contiguous:
+                raise ValueError("the int8 table's arrays must be C-contiguous")
+            start = arena.offset(a)
+            if start is None:
+                byte = constants[(a.ctypes.data, a.nbytes)]
+                if byte not in copied:
+                    whole.bytes[byte:byte + a.nbytes] = np.ascontiguousarray(a).view(np.int8).reshape(-1)
+                    copied.add(byte)
+                start = byte // a.itemsize
+            row[c] = start
+            row[c + 1:c + 1 + a.ndim] = a.shape
+        rows.append(row)
+    addresses = np.zeros(RUN_TILE + 1, np.int64)
+    for kind in {int(r[KIND]) for r in rows}:
+        addresses[kind] = CALLS[kind].address()
+    addresses[RUN_TILE] = _RUN_QTILE.address()
+    return Program(rows, np.zeros(0, np.float32), whole.buffer, 0, addresses)
+
+
+__all__ = ["Arena", "build"]
