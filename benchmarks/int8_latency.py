@@ -4,13 +4,17 @@
 
 For each architecture: a random-weight model, quantized per channel on a few random images (the
 latency does not depend on the weights), timed at each batch size three ways, in three rounds of blocks
-of calls (two untimed calls open each block, so that the previous engine's idle threads,
-spinning or asleep, do not fall on the next one's timings): int8 integer-only (the default), int8 with
+of calls (each block opens with a pause of 0.25 s and two untimed calls, so that the previous
+engine's idle threads, spinning or asleep, do not fall on the next one's timings, as
+`npmobilenet bench` does): int8 integer-only (the default), int8 with
 `integer_only = False` (without VNNI, layers of at least `EXACT_MIN_MACS` compute their integer
 sums on the exact float32 paths of `compression/qexact.py`; with it, the same kernels as
 integer-only), and the fused float model. Medians in ms, and
 each int8 variant's ratio to float (above 1: slower than float). Checks first that both int8
 variants give the same int8 logits.
+
+`--scaling` times only the int8 model (integer-only, its op table) on 1 and on 2 threads, in
+alternating blocks, and prints the speed-up of the second thread.
 
 `--onnxruntime` also times ONNX Runtime, same threads, same loop, on the float model exported by
 `export_onnx` and on the int8 model exported in QDQ form (which ONNX Runtime runs on its own
@@ -71,13 +75,37 @@ def measure(arch, threads, repeat, seed=0, onnxruntime=False, batch=1):
     rounds = 3
     for _ in range(rounds):
         for name, fn in engines.items():
-            for _ in range(2):          # untimed: let the last engine's threads go quiet
+            time.sleep(0.25)            # the last engine's spinning threads go to sleep
+            for _ in range(2):          # untimed: wake this engine's threads
                 fn()
             for _ in range(max(1, repeat // rounds)):
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+
+
+def scaling(arch, batch, repeat, rounds=5, seed=0):
+    """(1-thread ms, 2-thread ms) of the int8 integer-only model alone, in alternating blocks."""
+    import npmobilenet
+    from npmobilenet import quantize
+
+    model = npmobilenet.build(arch, seed=seed).eval()
+    images = np.random.default_rng(seed).uniform(-1, 1, (max(4, batch), 224, 224, 3)).astype(np.float32)
+    qmodel = quantize(model, images[:4])
+    xq = qmodel.quantize_input(images[:batch])
+    plan = qmodel._plan(xq.shape)
+    plan.run(xq, 2)
+    times = {1: [], 2: []}
+    for _ in range(rounds):
+        for threads in (1, 2):
+            time.sleep(0.25)
+            plan.run(xq, threads)
+            for _ in range(max(1, repeat // rounds)):
+                start = time.perf_counter()
+                plan.run(xq, threads)
+                times[threads].append(time.perf_counter() - start)
+    return tuple(float(np.median(times[t])) * 1e3 for t in (1, 2))
 
 
 def main(argv=None):
@@ -87,7 +115,16 @@ def main(argv=None):
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime on the float and QDQ exports")
+    parser.add_argument("--scaling", action="store_true",
+                        help="only the int8 model alone on 1 and 2 threads (its op table), in alternating blocks")
     args = parser.parse_args(argv)
+    if args.scaling:
+        print("| model | batch | 1 thread ms | 2 threads ms | speed-up |\n|---|---|---|---|---|")
+        for batch in (int(b) for b in args.batch.split(",")):
+            for arch in args.archs:
+                one, two = scaling(arch, batch, max(args.repeat, 50))
+                print(f"| {arch} | {batch} | {one:.2f} | {two:.2f} | {one / two:.2f}x |", flush=True)
+        return
     header = "| model | batch | threads | int8 integer-only ms (vs float) | int8 on float kernels ms (vs float) | fused float32 ms |"
     if args.onnxruntime:
         header += " ONNX Runtime float32 ms | ONNX Runtime int8 QDQ ms (vs its float) |"
