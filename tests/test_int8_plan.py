@@ -105,6 +105,15 @@ def test_residual_add_fused_into_the_vnni_kernel_matches_reference(rows, cin, co
     assert np.array_equal(y, expected)
 
 
+@pytest.mark.parametrize("scale", [0.003, 0.7, 3.5])     # right shifts, and a left one (M > 1)
+def test_vector_channel_scale_matches_reference(scale):
+    rng = np.random.default_rng(int(scale * 1000))
+    x, g = _int8(rng, (2, 5, 7, 37)), _int8(rng, (2, 37))
+    m, e = quantize_multiplier(scale)
+    assert np.array_equal(qkernels.channel_scale_int8(x, 3, g, -11, m, e, 4),
+                          qreference.channel_scale(x, 3, g, -11, m, e, 4))
+
+
 @numba.njit
 def _requantize_right(acc, multiplier, shift, zy, lo, hi, y):
     for c0 in range(0, acc.shape[0], 16):
