@@ -1,0 +1,77 @@
+"""Layer by layer beside ONNX Runtime: where a model's gap to the peer is.
+
+    python benchmarks/layers_vs_onnxruntime.py [ARCH] [--threads 1] [--repeat 30]
+
+npmobilenet's side is `npmobilenet bench --per-layer`'s profile (each fused layer run alone
+through the op table, median of `--repeat`); ONNX Runtime's is its own profiler
+(`enable_profiling`) on the graph `export_onnx` writes, `--repeat` runs after 5 untimed ones,
+the median of each node's kernel time. Both at batch 1, 224x224, random weights, one process.
+Nodes and layers are matched by name (ONNX Runtime names a fused node after its last op, e.g.
+`blocks.3.act.relu`, or its own prefix, e.g. `fused classifier.0`): the table lists each of our
+layers with the ONNX Runtime nodes whose names contain it, and the totals per kind.
+Run it with the Python that has ONNX Runtime; on a shared machine, run it alone.
+"""
+import argparse
+import collections
+import json
+import os
+import tempfile
+
+import numpy as np
+
+
+def onnxruntime_node_times(model, threads, repeat):
+    """{node name: median kernel ms} from ONNX Runtime's profiler."""
+    import onnxruntime as ort
+
+    from npmobilenet.io.onnx_export import export_onnx
+
+    workdir = tempfile.mkdtemp()
+    path = export_onnx(model, os.path.join(workdir, "model.onnx"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(workdir, "profile")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    for _ in range(5 + repeat):
+        session.run(None, {"input": x})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    durations = collections.defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            durations[event["name"][:-len("_kernel_time")]].append(event["dur"])
+    return {name: float(np.median(d[5:] or d)) / 1e3 for name, d in durations.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("arch", nargs="?", default="mobilenet_v4_conv_small")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    import npmobilenet
+    from npmobilenet.inference.bench import per_layer_profile
+
+    profile = per_layer_profile(args.arch, 1, 224, args.threads, args.repeat)
+    nodes = onnxruntime_node_times(npmobilenet.build(args.arch, seed=0).eval(), args.threads, args.repeat)
+    print(f"{args.arch}, batch 1, 224x224, {args.threads} thread(s): npmobilenet's layers alone "
+          f"{profile['total_ms']:.2f} ms, ONNX Runtime's nodes {sum(nodes.values()):.2f} ms")
+    print("| layer | kind | npmobilenet ms | GMAC/s | ONNX Runtime ms | ratio |\n|---|---|---|---|---|---|")
+    kinds = collections.defaultdict(lambda: [0.0, 0.0])
+    for layer in profile["layers"]:
+        prefix = layer["name"] + "."
+        theirs = sum(ms for name, ms in nodes.items() if (name.split(" ")[-1] + ".").startswith(prefix))
+        kinds[layer["kind"]][0] += layer["ms"]
+        kinds[layer["kind"]][1] += theirs
+        ratio = f"{layer['ms'] / theirs:.2f}" if theirs > 0 else "-"
+        print(f"| {layer['name']} | {layer['kind']} | {layer['ms']:.3f} | {layer['gmacs']:.1f} | {theirs:.3f} | {ratio} |")
+    print("\n| kind | npmobilenet ms | ONNX Runtime ms (matched nodes) |\n|---|---|---|")
+    for kind, (ours, theirs) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+        print(f"| {kind} | {ours:.3f} | {theirs:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
