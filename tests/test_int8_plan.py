@@ -1,7 +1,7 @@
 """The fast int8 path bit for bit against `ops.reference_int8`: the vectorised depthwise kernel
 (its 3x3 interior path and the general one, left and right shifts), the standard convolution as
 im2col + pointwise, the vector add, the residual add fused into the VNNI pointwise kernel, the
-right-shift-only requantization, every kernel in the op table (`qprogram.py`) split into tiles,
+right-shift-only requantization, the VBMI table lookup, every kernel in the op table (`qprogram.py`) split into tiles,
 and whole models run on a plan (`qplan.Int8Plan`) at 1 and 2 threads, on the table and from
 Python, in both modes."""
 import numba
@@ -112,6 +112,18 @@ def test_vector_channel_scale_matches_reference(scale):
     m, e = quantize_multiplier(scale)
     assert np.array_equal(qkernels.channel_scale_int8(x, 3, g, -11, m, e, 4),
                           qreference.channel_scale(x, 3, g, -11, m, e, 4))
+
+
+@pytest.mark.skipif(not vnni.has_vbmi(), reason="this CPU has no AVX-512 VBMI")
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 256, 1000])
+def test_vbmi_lookup_matches_reference(size):
+    rng = np.random.default_rng(size)
+    x = np.resize(np.arange(-128, 128, dtype=np.int8), size)       # every value, in order
+    rng.shuffle(x)
+    table = _int8(rng, (256,))
+    y = np.zeros_like(x)
+    qkernels._lookup_int8_vbmi(x, table, y)
+    assert np.array_equal(y, qreference.lookup(x, table))
 
 
 @numba.njit

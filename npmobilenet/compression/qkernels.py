@@ -31,8 +31,8 @@ import numpy as np
 from npmobilenet import config
 from npmobilenet.compression import vnni
 from npmobilenet.compression.vnni import (
-    add16, broadcast16, dpbusd, load16, load16_int8, load16_part, mul16, multiply16, requantize16, requantize16_right,
-    splat16, store16, store16_int8, sub16,
+    add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16, requantize16_right,
+    splat16, store16, store16_int8, store64_int8, sub16,
 )
 from npmobilenet.config import njit_parallel, njit_serial
 
@@ -468,9 +468,22 @@ def _lookup_int8(x, table, y):
         y[i] = table[np.int32(x[i]) + 128]
 
 
+@njit_serial
+def _lookup_int8_vbmi(x, table, y):
+    # The same with AVX-512 VBMI (vnni.lookup64): the table held in four registers, 64 values per
+    # step (two byte permutes and a select), the tail masked.
+    t0, t1 = load64_int8(table, 0, 64), load64_int8(table, 64, 64)
+    t2, t3 = load64_int8(table, 128, 64), load64_int8(table, 192, 64)
+    for i in range(0, x.size, 64):
+        count = min(64, x.size - i)
+        store64_int8(y, i, lookup64(t0, t1, t2, t3, load64_int8(x, i, count)), count)
+
+
 def lookup_int8_call(x, table, y):
-    """(kernel, args) of `lookup_int8` into y (x's shape, int8)."""
-    return _lookup_int8, (x.reshape(-1), table, y.reshape(-1))
+    """(kernel, args) of `lookup_int8` into y (x's shape, int8): the VBMI kernel where the CPU has
+    it and VNNI is enabled (NPMOBILENET_NO_VNNI=1 keeps every int8 kernel portable)."""
+    kernel = _lookup_int8_vbmi if vnni.vnni_enabled() and vnni.has_vbmi() else _lookup_int8
+    return kernel, (x.reshape(-1), table, y.reshape(-1))
 
 
 def lookup_int8(x, table):

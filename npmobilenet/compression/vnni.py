@@ -56,6 +56,22 @@ def has_vnni():
     return _HAS_VNNI
 
 
+_HAS_VBMI = None
+
+
+def has_vbmi():
+    """Whether the CPU Numba compiles for has AVX-512 VBMI (`vpermi2b`: 64 byte lookups in a
+    128-byte table per instruction), read as `has_vnni` reads its features."""
+    global _HAS_VBMI
+    if _HAS_VBMI is None:
+        features = numba_config.CPU_FEATURES
+        if features is None:
+            features = llvm.get_host_cpu_features().flatten()
+        enabled = set(f[1:] for f in features.split(",") if f.startswith("+"))
+        _HAS_VBMI = {"avx512f", "avx512bw", "avx512vbmi"} <= enabled
+    return _HAS_VBMI
+
+
 def vnni_enabled():
     """VNNI kernels run when the CPU has VNNI and NPMOBILENET_NO_VNNI is unset (or 0); the
     variable forces the portable kernels, e.g. to test them on a VNNI machine."""
@@ -336,6 +352,89 @@ def store16_int8(typingctx, array, index, vector, count):
     return types.void(array, index, vector, count), codegen
 
 
+# -- 64 int8 lanes: the lookup tables (hard-swish, hard-sigmoid) with VBMI --------------------------
+class Int8x64(types.Type):
+    """64 int8 lanes, held in one 512-bit register."""
+
+    def __init__(self):
+        super().__init__(name="int8x64")
+
+
+int8x64 = Int8x64()
+_BYTES = ir.VectorType(ir.IntType(8), 64)
+
+
+@datamodel.register_default(Int8x64)
+class _Int8x64Model(datamodel.models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _BYTES)
+
+
+def _int8_array(a):
+    return isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.int8
+
+
+def _byte_mask(builder, count):
+    count = builder.trunc(count, ir.IntType(32)) if count.type.width > 32 else builder.sext(count, ir.IntType(32))
+    lanes = ir.Constant(ir.VectorType(ir.IntType(32), 64), list(range(64)))
+    splat = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), 64), ir.Undefined), count, ir.Constant(ir.IntType(32), 0)),
+        ir.Constant(ir.VectorType(ir.IntType(32), 64), ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64))
+    return builder.icmp_signed("<", lanes, splat)
+
+
+@intrinsic
+def load64_int8(typingctx, array, index, count):
+    """array[index + j] for j < count (<= 64), 0 in the other lanes, which are not read."""
+    if not (_int8_array(array) and isinstance(index, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        element = builder.bitcast(_element(context, builder, signature, args[0], args[1]), _BYTES.as_pointer())
+        fnty = ir.FunctionType(_BYTES, [element.type, ir.IntType(32), ir.VectorType(ir.IntType(1), 64), _BYTES])
+        load = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v64i8.p0")
+        return builder.call(load, [element, ir.Constant(ir.IntType(32), 1), _byte_mask(builder, args[2]),
+                                   ir.Constant(_BYTES, [0] * 64)])
+
+    return int8x64(array, index, count), codegen
+
+
+@intrinsic
+def store64_int8(typingctx, array, index, vector, count):
+    """array[index + j] = vector[j] for j < count (<= 64); the other lanes are not written."""
+    if not (_int8_array(array) and isinstance(index, types.Integer) and vector == int8x64
+            and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        element = builder.bitcast(_element(context, builder, signature, args[0], args[1]), _BYTES.as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [_BYTES, element.type, ir.IntType(32), ir.VectorType(ir.IntType(1), 64)])
+        store = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v64i8.p0")
+        builder.call(store, [args[2], element, ir.Constant(ir.IntType(32), 1), _byte_mask(builder, args[3])])
+        return context.get_dummy_value()
+
+    return types.void(array, index, vector, count), codegen
+
+
+@intrinsic
+def lookup64(typingctx, t0, t1, t2, t3, x):
+    """table[x + 128] in each of 64 lanes, the 256-entry table given as its four 64-byte quarters:
+    x < 0 (entries 0..127) from t0, t1 and x >= 0 (128..255) from t2, t3, each by one `vpermi2b`,
+    which indexes 128 bytes by the low 7 bits of x (x + 128 and x agree on them)."""
+    if not all(v == int8x64 for v in (t0, t1, t2, t3, x)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        t0, t1, t2, t3, x = args
+        fnty = ir.FunctionType(_BYTES, [_BYTES] * 3)
+        permute = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpermi2var.qi.512")
+        negative = builder.call(permute, [t0, x, t1])
+        positive = builder.call(permute, [t2, x, t3])
+        return builder.select(builder.icmp_signed("<", x, ir.Constant(_BYTES, [0] * 64)), negative, positive)
+
+    return int8x64(t0, t1, t2, t3, x), codegen
+
+
 # -- packed weights ---------------------------------------------------------------------------------
 def pack_weight(w):
     """w (Cin, Cout) int8 -> (words, colsum): words int32 (ceil(Cin/4) * width,), word k * width + c
@@ -374,6 +473,7 @@ def packed_weight(w):
     return packed
 
 
-__all__ = ["GROUP", "LANES", "add16", "broadcast16", "dpbusd", "has_vnni", "int32x16", "load16", "load16_int8", "load16_part",
+__all__ = ["GROUP", "LANES", "add16", "broadcast16", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
+           "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
            "mul16", "multiply16", "pack_weight", "packed_weight", "requantize16", "requantize16_right", "splat16",
            "store16", "store16_int8", "sub16", "vnni_enabled"]
