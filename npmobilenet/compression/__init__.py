@@ -6,7 +6,9 @@ low-rank factorisation.
     qops.py        the int8 ops (conv, lookup, mean, channel scale, add), fixed-point multipliers
     qmodel.py      QuantizedModel (integer-only inference) and its versioned checkpoint
     qplan.py       an int8 model's ops bound once to buffers per input shape (residual adds fused)
+    qprogram.py    those bound calls as an op table, run by the float model's table runner (2 threads)
     qkernels.py    integer Numba kernels (conv, depthwise, pointwise/linear, add, mean, SE scale, lookup tables)
+    vnni.py        x86 vectors for them: int32x16 and vpdpbusd (VNNI), int8x64 and vpermi2b (VBMI lookups)
     qexact.py      the same integer sums, exactly, on the float tiles of npmobilenet.ops (integer_only=False)
     prune.py       prune_channels (structured), magnitude_prune (unstructured), MaskedOptimizer
     factorize.py   factorize: truncated SVD of 1x1 convolutions and classifier layers

@@ -1,5 +1,6 @@
 """AVX-512 VNNI for the int8 pointwise kernel: a 16-lane int32 vector type, the few intrinsics
-that use it, and the packed weight layout they read.
+that use it, and the packed weight layout they read; and a 64-lane int8 type for the table
+lookups of AVX-512 VBMI (`lookup64`: hard-swish and hard-sigmoid in four registers).
 
 `vpdpbusd` (LLVM's `llvm.x86.avx512.vpdpbusd.512`) adds to each of 16 int32 lanes the sum of 4
 products of unsigned bytes of `a` with signed bytes of `b`: 64 multiply-adds in one instruction.
