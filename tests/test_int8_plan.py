@@ -228,3 +228,15 @@ def test_whole_models_on_a_plan_match_reference(arch, images, monkeypatch):
     #                                                   float paths of integer_only=False run call by call)
     by_call = Int8Plan(qmodel, xq.shape, table=False)  # and from Python, call by call
     assert by_call.program is None and np.array_equal(by_call.run(xq), expected)
+
+
+def test_plan_reuses_activation_memory(images):
+    # a tensor's bytes serve a later one once its last reader has run; the results stay the
+    # reference's (the whole-model test above), and no op reads bytes another op of it rewrote
+    model = npmobilenet.build("mobilenet_v2", width=0.35, num_classes=10, seed=1).eval()
+    qmodel = quantize(model, images)
+    xq = qmodel.quantize_input(images)
+    plan = Int8Plan(qmodel, xq.shape)
+    every = sum(buffer.nbytes for buffer in plan.buffers.values())
+    assert plan.activation_bytes < every / 2
+    assert np.array_equal(plan.run(xq, 2), qreference.run_graph(qmodel, xq)[qmodel.output])
