@@ -242,6 +242,17 @@ def test_linear_and_pool(use_blas):
     assert_close(kernels.global_avg_pool(images), images.astype(np.float64).mean(axis=(1, 2)), "global average pool")
 
 
+@pytest.mark.parametrize("use_blas", BACKENDS)
+def test_one_row_views_with_any_row_stride(use_blas):
+    # x[None] is C-contiguous with a row stride of 0: the GEMM's leading dimension must still be
+    # at least the row's length (OpenBLAS refused it, printed an error and left y unwritten)
+    rng = np.random.default_rng(17)
+    x, w, b = data(rng, 40), data(rng, 40, 100), data(rng, 100)
+    assert x[None].strides[0] == 0
+    assert_close(kernels.linear(x[None], w, b, "relu", use_blas=use_blas),
+                 np.maximum(x[None].astype(np.float64) @ w + b, 0), "linear on x[None]")
+
+
 def test_linear_sigmoid():
     # LR-ASPP's gate: sigmoid(x w), its own epilogue loop; saturates without overflow
     rng = np.random.default_rng(16)

@@ -184,8 +184,12 @@ def gemm_call(typingctx, address, a, b, c):
         arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[1:], (a_value, b_value, c_value))]
         a_arr, b_arr, c_arr = arrays
         shape = lambda arr, i: builder.sext(builder.extract_value(arr.shape, i), i64)  # noqa: E731
-        # leading dimension in elements: row stride (bytes) / itemsize
-        lead = lambda arr: builder.sdiv(builder.sext(builder.extract_value(arr.strides, 0), i64), ir.Constant(i64, itemsize))  # noqa: E731
+        # leading dimension in elements: row stride (bytes) / itemsize, at least the row's length
+        # (CBLAS's rule): a matrix of one row may carry any row stride (x[None] has 0)
+        def lead(arr):
+            stride = builder.sdiv(builder.sext(builder.extract_value(arr.strides, 0), i64), ir.Constant(i64, itemsize))
+            cols = shape(arr, 1)
+            return builder.select(builder.icmp_signed("<", stride, cols), cols, stride)
         m, k, n = shape(a_arr, 0), shape(a_arr, 1), shape(b_arr, 1)
         address_value = builder.sext(address_value, i64) if address_value.type.width < 64 else address_value
         fn = builder.inttoptr(address_value, fnty.as_pointer())
