@@ -253,6 +253,20 @@ def test_one_row_views_with_any_row_stride(use_blas):
                  np.maximum(x[None].astype(np.float64) @ w + b, 0), "linear on x[None]")
 
 
+@pytest.mark.parametrize("use_blas", BACKENDS)
+@pytest.mark.parametrize("rows", [1, 4, 5, 9])
+def test_linear_on_packed_column_blocks(rows, use_blas):
+    # up to tiles.GEMV_MAX_ROWS rows a streaming loop, above it SGEMM, both on the column blocks
+    # of `linear_blocks` (the last one padded: 100 columns in blocks of 32)
+    from npmobilenet.inference import tiles
+    rng = np.random.default_rng(rows)
+    x, w, b = data(rng, rows, 40), data(rng, 40, 100), data(rng, 100)
+    blocks = tiles.linear_blocks(w, tiling.linear_block_cols(100))
+    assert blocks.shape == (4, 40, 32) and np.array_equal(np.concatenate(list(blocks), axis=1)[:, :100], w)
+    assert_close(kernels.linear(x, w, b, "relu6", use_blas=use_blas),
+                 np.clip(x.astype(np.float64) @ w + b, 0, 6), f"linear, {rows} rows")
+
+
 def test_linear_sigmoid():
     # LR-ASPP's gate: sigmoid(x w), its own epilogue loop; saturates without overflow
     rng = np.random.default_rng(16)

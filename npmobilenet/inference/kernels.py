@@ -176,8 +176,8 @@ def linear(x, w, bias, activation=None, parallel=True, use_blas=True):
     if w.shape[0] != x.shape[1] or bias.shape != (w.shape[1],):
         raise ValueError(f"w must be ({x.shape[1]}, Cout) and bias (Cout,), got {w.shape}, {bias.shape}")
     y = np.empty((x.shape[0], w.shape[1]), np.float32)
-    _run(LINEAR, parallel, x, w, bias, activation_code(activation, LINEAR_ACTIVATIONS), linear_block_cols(w.shape[1]),
-         sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
+    _run(LINEAR, parallel, x, tiles.linear_blocks(w, linear_block_cols(w.shape[1])),
+         bias, activation_code(activation, LINEAR_ACTIVATIONS), sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y
 
 

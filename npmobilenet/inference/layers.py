@@ -15,6 +15,7 @@ from npmobilenet.inference import kernels
 from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
+from npmobilenet.inference.tiles import linear_blocks
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import depthwise as depthwise_ops
@@ -319,34 +320,43 @@ class FusedGlobalPool(FusedLayer):
 
 
 class FusedLinear(FusedLayer):
-    """Fully connected + bias + activation (also the sigmoid). weight (Cin, Cout)."""
+    """Fully connected + bias + activation (also the sigmoid). weight (Cin, Cout), held packed by
+    column blocks (`tiles.linear_blocks`: each tile's block of weights contiguous), `weight_blocks`."""
 
     kind = "linear"
-    weight_names = ("weight", "bias")
+    weight_names = ("weight_blocks", "bias")
 
     def __init__(self, name, inputs, outputs, weight, bias, activation=None):
         super().__init__(name, inputs, outputs)
-        self.weight, self.bias, self.activation = weight, bias, activation
+        self.in_features, self.out_features = weight.shape
+        self.block = linear_block_cols(self.out_features)
+        self.weight_blocks = linear_blocks(np.asarray(weight, FLOAT), self.block)
+        self.bias, self.activation = bias, activation
+
+    @property
+    def weight(self):
+        """The (Cin, Cout) weight, rebuilt from its blocks (a copy)."""
+        return np.concatenate(list(self.weight_blocks), axis=1)[:, :self.out_features]
+
+    def weight_bytes(self):
+        return 4 * self.in_features * self.out_features + self.bias.nbytes   # the padding is not read
 
     def output_shapes(self, shapes):
-        return [(shapes[0][0], self.weight.shape[1])]
+        return [(shapes[0][0], self.out_features)]
 
     def macs(self, shapes):
-        return shapes[0][0] * self.weight.shape[0] * self.weight.shape[1]
+        return shapes[0][0] * self.in_features * self.out_features
 
     def call(self, tensors, parallel, sgemm):
         x, y = tensors
         return _pair_kernel(kernels.LINEAR, parallel), (
-            x, self.weight, self.bias, LINEAR_ACTIVATIONS[self.activation], linear_block_cols(self.weight.shape[1]),
-            sgemm, y)
+            x, self.weight_blocks, self.bias, LINEAR_ACTIVATIONS[self.activation], sgemm, y)
 
     def program_ops(self, offsets, shapes):
         n, cin = shapes[0]
-        cout = self.weight.shape[1]
-        block = linear_block_cols(cout)
-        return [op_row(KIND=LINEAR, ACT=LINEAR_ACTIVATIONS[self.activation], TILES=-(-cout // block), X=offsets[0],
-                       N=n, XC=cin, Y=offsets[1], YC=cout, W=self.param_offsets["weight"],
-                       B=self.param_offsets["bias"], TC=block)]
+        return [op_row(KIND=LINEAR, ACT=LINEAR_ACTIVATIONS[self.activation], TILES=self.weight_blocks.shape[0],
+                       X=offsets[0], N=n, XC=cin, Y=offsets[1], YC=self.out_features,
+                       W=self.param_offsets["weight_blocks"], B=self.param_offsets["bias"], TC=self.block)]
 
 
 class FusedResize(FusedLayer):

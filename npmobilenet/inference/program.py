@@ -37,7 +37,8 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile.
 - POOL: X (N, XH*XW, XC) -> Y (N, XC).
-- LINEAR: X (N, XC) -> Y (N, YC) with W (XC, YC), B; TC columns per tile.
+- LINEAR: X (N, XC) -> Y (N, YC) with W packed by column blocks of TC (`tiles.linear_blocks`:
+  (YC/TC rounded up, XC, TC)), B; a block per tile.
 - RESIZE: X (N, XH, XW, XC) -> Y (N, YH, YW, XC) bilinear; AUX: gate (N, XC) or -1; TR output
   rows per tile.
 """
@@ -94,7 +95,7 @@ TILE_CALLS = {
     # the stem (3x3 over RGB, BLOCKS 0): conv_tile's direct path alone, without the GEMM path
     CONV_DIRECT: CompiledCall(conv_direct_tile, (_A4, _A4, _A1, _I, _I, _I, _I, _I, _I, _A4, _I)),
     POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
-    LINEAR: CompiledCall(linear_tile, (_A2, _A2, _A1, _I, _I, _I, _A2, _I)),
+    LINEAR: CompiledCall(linear_tile, (_A2, _A3, _A1, _I, _I, _A2, _I)),
     RESIZE: CompiledCall(resize_tile, (_A4, _A2, _I, _A4, _I)),
 }
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
@@ -174,8 +175,9 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == POOL:
         _pool(addresses[POOL], (view(arena, op[X], (n, xh * xw, xc)), view(arena, op[Y], (n, xc)), t))
     elif kind == LINEAR:
-        _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], (xc, yc)),
-                                    view(params, op[B], (yc,)), act, op[TC], sgemm, view(arena, op[Y], (n, yc)), t))
+        tc = op[TC]
+        _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], ((yc + tc - 1) // tc, xc, tc)),
+                                    view(params, op[B], (yc,)), act, sgemm, view(arena, op[Y], (n, yc)), t))
     elif kind == RESIZE:
         gate = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, xc))
         _resize(addresses[RESIZE], (view(arena, op[X], (n, xh, xw, xc)), gate, op[TR],

@@ -7,8 +7,10 @@ one per kind, shared with training's forward and the exact int8 path). Here:
   tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)`
   (V3 paper, section 5.3). The gate is applied by the projection's tile as it reads its input.
 - `global_avg_pool_tile`: one image's mean over its positions.
-- `linear_tile`: a column block of a fully connected layer, bias and activation (at batch 1 the
-  classifier is a matrix-vector product bound by reading its weights, so its columns are split).
+- `linear_tile`: a column block of a fully connected layer, bias and activation, on weights
+  packed by column block (`linear_blocks`): at batch 1 the classifier is a matrix-vector product
+  bound by reading its weights, so each tile streams its block once, in order (its columns are
+  split so that both cores read).
 - `resize_tile`: a block of output rows of a bilinear resize (LR-ASPP's upsampling, V3 paper,
   sec. 6.3), optionally of the input times a per-image gate (LR-ASPP's `x * sigmoid(...)`,
   multiplied as each input pixel is read, as the projection applies SE's gate).
@@ -20,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from npmobilenet.config import njit_serial, serial_and_parallel
-from npmobilenet.ops.blas import matmul
+from npmobilenet.ops.blas import gemm_call
 from npmobilenet.ops.epilogue import bias_act
 
 _F32 = np.float32
@@ -88,20 +90,60 @@ def _global_avg_pool(x, y):
         global_avg_pool_tile(x, y, n)
 
 
+# Up to this many rows (images) a linear tile is a matrix-vector product, bound by reading its
+# weights: a plain loop streams its contiguous block once (measured with cold caches: 26-30 GB/s,
+# where SGEMM on the same columns of the unpacked (Cin, Cout) matrix read 10-11; in the network,
+# `npmobilenet bench --per-layer`, see the README); more rows are worth SGEMM's register blocking.
+GEMV_MAX_ROWS = 4
+
+
+def linear_blocks(w, block_cols):
+    """w (Cin, Cout) -> (ceil(Cout / block_cols), Cin, block_cols) float32: column block b of w
+    contiguous, the last one zero-padded; what `linear_tile` reads."""
+    cin, cout = w.shape
+    blocks = -(-cout // block_cols)
+    padded = np.zeros((cin, blocks * block_cols), np.float32)
+    padded[:, :cout] = w
+    return np.ascontiguousarray(padded.reshape(cin, blocks, block_cols).transpose(1, 0, 2))
+
+
 @njit_serial
-def linear_tile(x, w, bias, act, block_cols, gemm, y, b):
-    """Columns b*block_cols.. of y = act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), y: (N, Cout)."""
-    m0 = b * block_cols
-    m1 = min(w.shape[1], m0 + block_cols)
+def _rows_times_block(x, w_block, y, m0, m1):
+    """y[:, m0:m1] = x @ w_block[:, :m1 - m0] for a few rows of x: w_block (Cin, B) read once, row
+    by row, each row multiplied into every image's outputs (sums in order of k; no scratch)."""
+    n_, k_ = x.shape
+    width = m1 - m0
+    for n in range(n_):
+        out = y[n, m0:m1]
+        for c in range(width):
+            out[c] = 0
+    for q in range(k_):
+        row = w_block[q]
+        for n in range(n_):
+            a = x[n, q]
+            out = y[n, m0:m1]
+            for c in range(width):
+                out[c] += a * row[c]
+
+
+@njit_serial
+def linear_tile(x, w_blocks, bias, act, gemm, y, b):
+    """Columns b*B..(b+1)*B-1 of y = act(x @ w + bias). x: (N, Cin), w_blocks: w packed by
+    `linear_blocks` (blocks, Cin, B), y: (N, Cout)."""
+    m0 = b * w_blocks.shape[2]
+    m1 = min(y.shape[1], m0 + w_blocks.shape[2])
     first = np.int64(0)     # not 0: a literal argument would compile the callee a second time
-    matmul(gemm, x, first, x.shape[0], w, m0, m1, y)
+    if x.shape[0] <= GEMV_MAX_ROWS:
+        _rows_times_block(x, w_blocks[b], y, m0, m1)
+    else:
+        gemm_call(gemm, x, w_blocks[b][:, :m1 - m0], y[:, m0:m1])
     bias_act(y, first, x.shape[0], m0, m1, bias, act)
 
 
-def _linear(x, w, bias, act, block_cols, gemm, y):
-    # x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> y: (N, Cout) = act(x @ w + bias). Column blocks.
-    for b in prange((w.shape[1] + block_cols - 1) // block_cols):
-        linear_tile(x, w, bias, act, block_cols, gemm, y, b)
+def _linear(x, w_blocks, bias, act, gemm, y):
+    # x: (N, Cin), w_blocks (blocks, Cin, B), bias: (Cout,) -> y: (N, Cout) = act(x @ w + bias).
+    for b in prange(w_blocks.shape[0]):
+        linear_tile(x, w_blocks, bias, act, gemm, y, b)
 
 
 @njit_serial
