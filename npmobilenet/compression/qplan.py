@@ -121,6 +121,7 @@ class Int8Plan:
             for name, buffer in self.buffers.items():
                 start = arena.offset(buffer)
                 self.buffers[name] = whole[start:start + buffer.size].reshape(buffer.shape)
+            self.calls = None       # bound to the first arena, which they would keep alive
 
     def run(self, xq, threads=None):
         """int8 logits of xq, on `threads` (default: `config.get_num_threads()`)."""
