@@ -81,6 +81,18 @@ def njit_serial(func):
     return _stamp_cache(numba.njit(parallel=False, **KERNEL_OPTIONS)(func))
 
 
+def njit_serial_strict(func):
+    """A serial kernel without fast-math: its floating-point operations stay IEEE's, as written.
+
+    Fast-math lets LLVM fuse (FMA) and reorder operations per context, so a function inlined into
+    a serial and into a parallel kernel could round differently in each. With no fast-math flags
+    on its own instructions it computes the same bits wherever it is inlined: for the bilinear
+    resize, whose serial and parallel builds must agree bit for bit. Marked `strict_math`."""
+    dispatcher = _stamp_cache(numba.njit(parallel=False, **dict(KERNEL_OPTIONS, fastmath=False))(func))
+    dispatcher.strict_math = True
+    return dispatcher
+
+
 def njit_parallel(func):
     """Compile `func` as a parallel kernel (`prange` splits across threads).
 

@@ -300,7 +300,8 @@ def test_resize_tiles_are_the_same_for_every_thread_count():
         with numba_threads(threads):
             runs.append(kernels.resize(x, (61, 200), gate, parallel=True))
     assert all(np.array_equal(runs[0], run) for run in runs)
-    assert_close(kernels.resize(x, (61, 200), gate, parallel=False), runs[0], "serial and parallel builds")
+    # and the serial build too: the tile has no fast-math, so inlined into either it rounds alike
+    assert np.array_equal(kernels.resize(x, (61, 200), gate, parallel=False), runs[0])
     with pytest.raises(ValueError, match="gate must be"):
         kernels.resize(x, (4, 4), gate[:1])
 

@@ -21,7 +21,7 @@ over the tiles (`prange`: disjoint writes) and is compiled serial and parallel.
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import njit_serial, serial_and_parallel
+from npmobilenet.config import njit_serial, njit_serial_strict, serial_and_parallel
 from npmobilenet.ops.blas import gemm_call
 from npmobilenet.ops.epilogue import bias_act
 
@@ -146,7 +146,7 @@ def _linear(x, w_blocks, bias, act, gemm, y):
         linear_tile(x, w_blocks, bias, act, gemm, y, b)
 
 
-@njit_serial
+@njit_serial_strict
 def _source(o, scale, size):
     """Output position o's source along an axis of `size` pixels (`scale` = size / output size):
     the half-pixel rule of `ops/resize.py`, in float32 as it computes it there: (lower pixel,
@@ -158,11 +158,11 @@ def _source(o, scale, size):
     return lower, upper, _F32(1) - weight_upper, weight_upper
 
 
-@njit_serial
+@njit_serial_strict
 def resize_tile(x, gate, rows, y, t):
     """Output rows t*rows.. (over images and rows) of y = bilinear resize of x, or of x times
     gate[image] per channel when `gate` is not empty. x: (N, H, W, C), gate: (N, C) or (0, 1),
-    y: (N, Ho, Wo, C)."""
+    y: (N, Ho, Wo, C). Without fast-math, so that its serial and parallel builds agree bit for bit."""
     images, height, width, channels = x.shape
     out_h, out_w = y.shape[1], y.shape[2]
     scale_h, scale_w = _F32(height) / _F32(out_h), _F32(width) / _F32(out_w)

@@ -22,15 +22,15 @@ scatters, so it runs over images (`prange`: each image's dx is its own).
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import choose_kernel, njit_serial, serial_and_parallel
+from npmobilenet.config import choose_kernel, njit_serial_strict, serial_and_parallel
 from npmobilenet.ops.geometry import as_pair, check_array
 
 
 # -- forward: x (N, H, W, C) -> y (N, Ho, Wo, C) ------------------------------------------------------
-@njit_serial
+@njit_serial_strict
 def _resize_row(x, top, bottom, weight_top, weight_bottom, left, right, weight_left, weight_right, y, n, oh):
-    # output row oh of image n; one function for the serial and the parallel kernel, so both
-    # compute every number alike (the same bits on any thread count)
+    # output row oh of image n; one function for the serial and the parallel kernel, without
+    # fast-math, so both compute every number alike (the same bits on any thread count)
     a, b = weight_top[oh], weight_bottom[oh]
     x_top, x_bottom, y_row = x[n, top[oh]], x[n, bottom[oh]], y[n, oh]
     for ow in range(y.shape[2]):
@@ -51,7 +51,7 @@ _resize_forward_serial, _resize_forward_parallel = serial_and_parallel(_resize_f
 
 
 # -- backward: dy (N, Ho, Wo, C) -> dx (N, H, W, C), the transpose of the forward pass -----------------
-@njit_serial
+@njit_serial_strict
 def _resize_image_backward(dy, top, bottom, weight_top, weight_bottom, left, right, weight_left, weight_right, dx, n):
     # image n's dx: every dy scattered onto its four input pixels
     dx[n] = 0.0
