@@ -32,6 +32,17 @@ def test_bench_command_small(tmp_path, capsys, monkeypatch):
     assert sum(layer["share"] for layer in profile["layers"]) == pytest.approx(1.0)
 
 
+def test_bench_command_int8(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "mobilenet_v3_small", "--batch", "2", "--resolution", "32", "--repeat", "2",
+                 "--threads", "2", "--no-peers", "--int8", "--json", str(out)]) == 0
+    assert "npmobilenet int8" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())["results"]
+    fused, int8 = result["rows"]
+    assert (fused["engine"], int8["engine"]) == ("npmobilenet", "npmobilenet int8") and int8["ms"] > 0
+    assert int8["ratio"] == pytest.approx(fused["ms"] / int8["ms"])     # float / int8: above 1 is faster
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "mobilenet_v9"], "unknown architecture"),
     (["bench", "--batch", "1,x"], "--batch must be comma-separated positive ints"),

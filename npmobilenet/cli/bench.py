@@ -37,6 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--per-layer", action="store_true", help="also time each fused layer, with its MACs and bytes")
     parser.add_argument("--background-load", action="store_true", help="measure while a spinning process holds one core")
     parser.add_argument("--no-peers", action="store_true", help="time npmobilenet only (no PyTorch / ONNX Runtime)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also the classifiers quantized to int8 (integer-only), beside their fused float model")
     parser.add_argument("--cold-start", action="store_true", help="also time the first call with an empty and a warm Numba cache")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="print the results as JSON on stdout (the tables go to stderr); "
@@ -109,7 +111,8 @@ def run(args):
                 if arch in checkpoints:
                     result = bench.bench_checkpoint(arch, batch, resolution(arch), threads, args.repeat)
                 else:
-                    result = bench.bench_model(arch, batch, resolution(arch), threads, args.repeat, peers, workdir)
+                    result = bench.bench_model(arch, batch, resolution(arch), threads, args.repeat, peers, workdir,
+                                               int8=args.int8 and arch in ARCHS)
                 results.append(result)
                 print(bench.format_results([result]).split("\n", 2)[2] if len(results) > 1 else bench.format_results([result]), file=text, flush=True)
         if args.per_layer:

@@ -219,14 +219,33 @@ def _relative_difference(model, ours, theirs):
 # ---------------------------------------------------------------------------------------------
 # the benchmark
 # ---------------------------------------------------------------------------------------------
-def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=None, seed=0):
-    """Time one architecture at one batch size. Returns a dict of results (see `format_results`)."""
+def _int8_engine(model, x, resolution, threads, seed):
+    """("npmobilenet int8", fn): the model quantized per channel (calibrated on 4 random images of
+    its resolution: latency does not depend on the ranges), integer-only, on `threads` threads."""
+    from npmobilenet.compression import quantize
+    from npmobilenet.inference.threads import numba_threads
+
+    images = np.random.default_rng(seed + 1).standard_normal((4, resolution, resolution, 3)).astype(np.float32)
+    qmodel = quantize(model, images)
+
+    def run():
+        with numba_threads(threads):
+            return qmodel(x)
+
+    return "npmobilenet int8", run
+
+
+def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=None, seed=0, int8=False):
+    """Time one architecture at one batch size. Returns a dict of results (see `format_results`).
+    `int8`: also the model quantized to int8 (integer-only), its ratio float/int8 (above 1: faster)."""
     import npmobilenet
 
     model = npmobilenet.build(arch, seed=seed).eval()
     x = np.random.default_rng(seed).standard_normal((batch, resolution, resolution, 3)).astype(np.float32)
     fused, run_fused = _npmobilenet_engine(model, x, threads)
     engines = [("npmobilenet", run_fused)]
+    if int8:
+        engines.append(_int8_engine(model, x, resolution, threads, seed))
     check = None
     if peers:
         engines += _torch_engines(arch, x, threads)
