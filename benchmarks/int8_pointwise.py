@@ -13,7 +13,6 @@ GMAC/s from P * Cin * Cout; `vnni/float` above 1 means int8 is faster than the f
 import argparse
 import os
 import sys
-import time
 
 # BLAS reads its thread count when it loads, so this must precede the NumPy import.
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -31,6 +30,8 @@ from npmobilenet.ops.blas import sgemm_address, single_threaded_blas  # noqa: E4
 from npmobilenet.ops.epilogue import NO_ROWS, RELU6  # noqa: E402
 from npmobilenet.ops.pointwise import POINTWISE_FORWARD  # noqa: E402
 
+from applications import median_ms  # noqa: E402  (benchmarks/ is on the path of a script run from it)
+
 # (pixels, Cin, Cout) of MobileNetV2 1.0 at 224x224 (V2 paper, Table 2): an expansion (t = 6) and
 # a projection of each stage, and the head's 1x1 convolution
 V2_POINTWISE = [
@@ -44,17 +45,6 @@ V2_POINTWISE = [
     (7 * 7, 960, 160),
     (7 * 7, 320, 1280),
 ]
-
-
-def median_seconds(call, repeat):
-    call()
-    call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def int8_call(x, zx, w, requant, portable):
@@ -93,9 +83,9 @@ def measure(repeat, seed=0):
             POINTWISE_FORWARD[0](*float_args)
 
         with single_threaded_blas():
-            seconds = dict(portable=median_seconds(portable, repeat), vnni=median_seconds(fast, repeat),
-                           fused=median_seconds(fused, repeat))
-        seconds["matmul"] = median_seconds(lambda: np.matmul(xf, wf), repeat)
+            seconds = dict(portable=median_ms(portable, repeat) / 1e3, vnni=median_ms(fast, repeat) / 1e3,
+                           fused=median_ms(fused, repeat) / 1e3)
+        seconds["matmul"] = median_ms(lambda: np.matmul(xf, wf), repeat) / 1e3
         results.append(((rows, cin, cout), seconds))
     os.environ.pop("NPMOBILENET_NO_VNNI")
     return results

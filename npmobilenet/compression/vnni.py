@@ -38,39 +38,31 @@ GROUP = 4   # input channels in each lane's dot product
 
 
 # -- the CPU ----------------------------------------------------------------------------------------
-_HAS_VNNI = None
+_FEATURES = None
+
+
+def _cpu_features():
+    """The CPU features Numba compiles for, as a set of names ("avx512f", ...). Numba targets the
+    host's features unless NUMBA_CPU_FEATURES names others (a portable cache), so this reads the
+    same list it does."""
+    global _FEATURES
+    if _FEATURES is None:
+        features = numba_config.CPU_FEATURES
+        if features is None:
+            features = llvm.get_host_cpu_features().flatten()
+        _FEATURES = frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
+    return _FEATURES
 
 
 def has_vnni():
-    """Whether the CPU Numba compiles for has AVX-512 VNNI (and BW, for the byte loads).
-
-    Numba targets the host's features unless NUMBA_CPU_FEATURES names others (a portable cache),
-    so this reads the same list it does.
-    """
-    global _HAS_VNNI
-    if _HAS_VNNI is None:
-        features = numba_config.CPU_FEATURES
-        if features is None:
-            features = llvm.get_host_cpu_features().flatten()
-        enabled = set(f[1:] for f in features.split(",") if f.startswith("+"))
-        _HAS_VNNI = {"avx512f", "avx512bw", "avx512vnni"} <= enabled
-    return _HAS_VNNI
-
-
-_HAS_VBMI = None
+    """Whether the CPU has AVX-512 VNNI (and BW, for the byte loads)."""
+    return {"avx512f", "avx512bw", "avx512vnni"} <= _cpu_features()
 
 
 def has_vbmi():
-    """Whether the CPU Numba compiles for has AVX-512 VBMI (`vpermi2b`: 64 byte lookups in a
-    128-byte table per instruction), read as `has_vnni` reads its features."""
-    global _HAS_VBMI
-    if _HAS_VBMI is None:
-        features = numba_config.CPU_FEATURES
-        if features is None:
-            features = llvm.get_host_cpu_features().flatten()
-        enabled = set(f[1:] for f in features.split(",") if f.startswith("+"))
-        _HAS_VBMI = {"avx512f", "avx512bw", "avx512vbmi"} <= enabled
-    return _HAS_VBMI
+    """Whether the CPU has AVX-512 VBMI (`vpermi2b`: 64 byte lookups in a 128-byte table per
+    instruction)."""
+    return {"avx512f", "avx512bw", "avx512vbmi"} <= _cpu_features()
 
 
 def vnni_enabled():
