@@ -18,6 +18,7 @@ import numpy as np
 
 from npmobilenet import config
 from npmobilenet.compression import qprogram, vnni
+from npmobilenet.inference.plan import assign_slots
 from npmobilenet.ops.blas import single_threaded_blas
 
 
@@ -35,47 +36,20 @@ def _fusable_add(ops, k, readers, output):
 
 
 def _offsets(ops, shapes, output):
-    """Byte offsets of every tensor in one arena and the arena's size: a tensor's bytes are reused
-    once its last reader has run (first fit, 64-byte aligned), as the float model's memory plan
-    does, so the arena is a few layers' activations rather than all of them (MobileNetV2 at batch
-    32: 208 MiB in all). Bytes are released one op late: a pointwise layer fused with the add
+    """Byte offsets of every tensor in one arena and the arena's size: tensors whose lifetimes do
+    not overlap share a slot, by the float model's memory plan (`inference.plan.assign_slots`),
+    so the arena holds a few layers' activations rather than all of them (MobileNetV2 at batch
+    32: 208 MiB in all). Each lifetime is held one op longer: a pointwise layer fused with the add
     after it (`_fusable_add`) writes the add's output while still reading its own inputs."""
-    size = {name: qprogram.Arena.size(np.prod(shape)) for name, shape in shapes.items()}
-    last = {name: -1 for name in shapes}
+    first, last = {"input": -1}, {name: -1 for name in shapes}
     for k, op in enumerate(ops):
+        first[op.output] = k
         for name in op.inputs:
             last[name] = k
     last[output] = len(ops)                 # kept to the end
-    free, offsets, top = [], {}, 0          # free: sorted (offset, bytes) blocks
-
-    def take(name):
-        nonlocal top
-        for i, (start, length) in enumerate(free):
-            if length >= size[name]:
-                free[i:i + 1] = [(start + size[name], length - size[name])] if length > size[name] else []
-                offsets[name] = start
-                return
-        offsets[name], top = top, top + size[name]
-
-    def give(names):
-        for name in names:
-            free.append((offsets[name], size[name]))
-        free.sort()
-        merged = []
-        for start, length in free:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
-            else:
-                merged.append((start, length))
-        free[:] = merged
-
-    take("input")
-    pending = []                            # released after the next op's output is placed
-    for k, op in enumerate(ops):
-        take(op.output)
-        give(pending)
-        pending = [name for name in set(op.inputs) if last[name] == k]
-    return offsets, top
+    slot_of, capacity = assign_slots(shapes, first, {name: k + 1 for name, k in last.items()})
+    starts = np.cumsum([0] + [qprogram.Arena.size(size) for size in capacity])
+    return {name: int(starts[slot_of[name]]) for name in shapes}, int(starts[-1])
 
 
 class Int8Plan:

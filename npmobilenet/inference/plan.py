@@ -56,7 +56,7 @@ def _liveness(layers, input_shape, outputs=None):
     return shapes, first, last, steps
 
 
-def _assign_slots(shapes, first, last):
+def assign_slots(shapes, first, last):
     """Greedy interval packing: tensor name -> slot index, and each slot's capacity (elements)."""
     order = sorted(shapes, key=lambda name: (first[name], name != "input"))
     capacity, holder_last, slot_of = [], [], {}
@@ -94,7 +94,7 @@ class MemoryPlan:
     def __init__(self, layers, input_shape, sgemm, params=None, outputs=None):
         self.input_shape = tuple(input_shape)
         shapes, first, last, steps = _liveness(layers, input_shape, outputs)
-        slot_of, capacity = _assign_slots(shapes, first, last)
+        slot_of, capacity = assign_slots(shapes, first, last)
         # the slots are consecutive 64-byte-aligned pieces of one arena, which the op table of
         # `program.py` addresses by offset
         starts = np.concatenate([[0], np.cumsum([aligned(size) for size in capacity])]).astype(int)
@@ -134,4 +134,4 @@ class MemoryPlan:
     def layout_bytes(layers, input_shape, outputs=None):
         """What a plan for `input_shape` allocates, in bytes, without allocating it."""
         shapes, first, last, _ = _liveness(layers, input_shape, outputs)
-        return 4 * sum(aligned(size) for size in _assign_slots(shapes, first, last)[1])
+        return 4 * sum(aligned(size) for size in assign_slots(shapes, first, last)[1])
