@@ -32,10 +32,9 @@ def _requant_args(rng, cout, cin):
 
 def _vnni_serial(x, zx, w, bias, multiplier, shift, zy, lo, hi, row_start=0, row_end=None):
     """The VNNI row kernel called directly, whatever NPMOBILENET_NO_VNNI says."""
-    words, colsum = vnni.pack_weight(w)
     y = np.zeros((x.shape[0], w.shape[1]), np.int8)
     row_end = x.shape[0] if row_end is None else row_end
-    qkernels._pointwise_int8_vnni_rows(x, np.int32(zx), words, colsum, bias, multiplier, shift, np.int32(zy),
+    qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift), np.int32(zy),
                                        np.int32(lo), np.int32(hi), qkernels.NO_RESIDUAL, qkernels.NO_ADD, y,
                                        row_start, row_end)
     return y
@@ -176,13 +175,12 @@ def test_row_splits_and_parallel_driver_give_the_same_bits():
     for start, end in ((0, 5), (5, 70), (70, 71), (71, rows)):
         pieces[start:end] = _vnni_serial(x, -7, w, *args, start, end)[start:end]
     assert np.array_equal(pieces, serial)
-    words, colsum = vnni.pack_weight(w)
     bias, multiplier, shift, zy, lo, hi = args
+    constants = qkernels.vnni_arguments(w, -7, bias, multiplier, shift)
     for chunks in (1, 3, 8, rows):
         y = np.zeros_like(serial)
-        qkernels._pointwise_int8_vnni_parallel(x, np.int32(-7), words, colsum, bias, multiplier, shift, np.int32(zy),
-                                               np.int32(lo), np.int32(hi), qkernels.NO_RESIDUAL, qkernels.NO_ADD, y,
-                                               chunks)
+        qkernels._pointwise_int8_vnni_parallel(x, *constants, np.int32(zy), np.int32(lo), np.int32(hi),
+                                               qkernels.NO_RESIDUAL, qkernels.NO_ADD, y, chunks)
         assert np.array_equal(y, serial)
 
 
@@ -193,9 +191,8 @@ def test_the_kernel_is_compiled_to_vpdpbusd():
     rng = np.random.default_rng(17)
     x, w = _int8(rng, (9, 8)), _int8(rng, (8, 16))
     bias, multiplier, shift, zy, lo, hi = _requant_args(rng, 16, 8)
-    words, colsum = vnni.pack_weight(w)
     y = np.zeros((9, 16), np.int8)
-    kernel(x, np.int32(1), words, colsum, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi),
+    kernel(x, *qkernels.vnni_arguments(w, 1, bias, multiplier, shift), np.int32(zy), np.int32(lo), np.int32(hi),
            qkernels.NO_RESIDUAL, qkernels.NO_ADD, y, 0, 9)
     assert np.array_equal(y, qreference.pointwise(x, 1, w, bias, multiplier, shift, zy, lo, hi))
     asm = kernel.inspect_asm(kernel.signatures[0])

@@ -360,20 +360,16 @@ VNNI_CHUNK_ROWS = 64
 
 
 @njit_serial
-def _pointwise_int8_vnni_block(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start, row_end,
+def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, row_start, row_end,
                                col_start, col_end):
-    # x: (P, Cin) int8, words: packed w (ceil(Cin/4) * width,) int32 -> y: (P, Cout) int8; with a
-    # residual (P, Cout) int8 (none: 0 rows), y is the quantized add of the requantized output
-    # and the residual (`_add_int8`'s integers; `add`: `ADD_PARAMS`), the output never stored.
-    # Output channels col_start..col_end-1 (multiples of 16, col_end at most the padded width).
+    # x: (P, Cin) int8, words: packed w (ceil(Cin/4) * width,) int32 -> y: (P, Cout) int8, from the
+    # per-channel constants of `vnni_arguments` (padded to width: the accumulators' start, the
+    # multipliers, the shifts; `left`: some shift is > 0). With a residual (P, Cout) int8 (none: 0
+    # rows), y is the quantized add of the requantized output and the residual (`_add_int8`'s
+    # integers; `add`: `add_params`), the output never stored. Output channels
+    # col_start..col_end-1 (multiples of 16, col_end at most the padded width).
     cin, cout = x.shape[1], y.shape[1]
-    groups, width = (cin + 3) // 4, colsum.shape[0]
-    start = np.zeros(width, np.int32)  # b - (128 + z_x) colsum: acc of the u8 input x + 128
-    multipliers, shifts = np.zeros(width, np.int32), np.zeros(width, np.int32)  # padded to width
-    for c in range(col_start, min(cout, col_end)):
-        start[c] = bias[c] - (128 + zx) * colsum[c]
-        multipliers[c], shifts[c] = multiplier[c], shift[c]
-    left = any_left_shift(shift)
+    groups, width = (cin + 3) // 4, start.shape[0]
     fused_add = residual.shape[0] > 0
     za16, zb16, scale20 = splat16(zy), splat16(add[0]), splat16(1 << ADD_LEFT_SHIFT)
     ma16, sa16, mb16, sb16 = splat16(add[1]), splat16(add[2]), splat16(add[3]), splat16(add[4])
@@ -423,17 +419,31 @@ def _pointwise_int8_vnni_block(x, zx, words, colsum, bias, multiplier, shift, zy
 
 
 @njit_serial
-def _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start, row_end):
-    _pointwise_int8_vnni_block(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, row_start,
-                               row_end, 0, colsum.shape[0])
+def _pointwise_int8_vnni_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, row_start, row_end):
+    _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, row_start,
+                               row_end, 0, start.shape[0])
 
 
 @njit_parallel
-def _pointwise_int8_vnni_parallel(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y, chunks):
+def _pointwise_int8_vnni_parallel(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, chunks):
     rows = y.shape[0]
     for c in numba.prange(chunks):
-        _pointwise_int8_vnni_rows(x, zx, words, colsum, bias, multiplier, shift, zy, lo, hi, residual, add, y,
+        _pointwise_int8_vnni_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y,
                                   c * rows // chunks, (c + 1) * rows // chunks)
+
+
+def vnni_arguments(w, zx, bias, multiplier, shift):
+    """(words, start, multipliers, shifts, left) of the VNNI kernel for w (Cin, Cout) int8, once per
+    layer rather than per call or tile: the packed weight (`vnni.packed_weight`), and padded to
+    its width the accumulators' start b - (128 + z_x) colsum (the kernel feeds x + 128, see
+    vnni.py), the multipliers and shifts; `left` (int32): whether some shift is > 0."""
+    words, colsum = vnni.packed_weight(w)
+    width, cout = colsum.shape[0], w.shape[1]
+    start, multipliers, shifts = (np.zeros(width, np.int32) for _ in range(3))
+    # int32 arithmetic modulo 2^32, as the kernel's sums are
+    start[:cout] = (bias.astype(np.int64) - (128 + int(zx)) * colsum[:cout].astype(np.int64)).astype(np.int32)
+    multipliers[:cout], shifts[:cout] = multiplier, shift
+    return words, start, multipliers, shifts, np.int32(bool(np.any(shift > 0)))
 
 
 NO_RESIDUAL = np.zeros((0, 1), np.int8)
@@ -452,9 +462,9 @@ def pointwise_int8_call(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, y, resi
     rows = x2d.shape[0]
     requant = (bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi))
     if vnni.vnni_enabled():
-        words, colsum = vnni.packed_weight(w)
         residual = NO_RESIDUAL if residual is None else residual
-        args = (x2d, np.int32(zx), words, colsum, *requant, residual, NO_ADD if add is None else add, y)
+        args = (x2d, *vnni_arguments(w, zx, bias, multiplier, shift), *requant[3:], residual,
+                NO_ADD if add is None else add, y)
         return _rows_call(_pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel, args, rows, rows * w.size)
     if residual is not None:
         raise ValueError("the residual add is fused into the VNNI kernel only")

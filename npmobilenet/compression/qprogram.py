@@ -45,7 +45,7 @@ _W1 = types.Array(types.int32, 1, "C")
 
 # kernel -> (kind, argument types without the row range, whether it takes a row range)
 KERNELS = {
-    qk._pointwise_int8_vnni_rows: (PW_VNNI, (_B2, _i32, _W1, _W1, _W1, _W1, _W1, _i32, _i32, _i32, _B2, _W1, _B2), True),
+    qk._pointwise_int8_vnni_rows: (PW_VNNI, (_B2, _W1, _W1, _W1, _W1, _i32, _i32, _i32, _i32, _B2, _W1, _B2), True),
     qk._pointwise_int8_rows: (PW, (_B2, _i32, _B2, _W1, _W1, _W1, _i32, _i32, _i32, _B2), True),
     qk._depthwise_int8_rows: (DEPTHWISE, (_B4, _i32, _B3, _W1, _W1, _W1, _i32, _i32, _i32) + (_I,) * 6 + (_B4,), True),
     qk._im2col_int8_rows: (IM2COL, (_B4, _i8) + (_I,) * 8 + (_B4,), True),
@@ -126,15 +126,14 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
     start = t * tr
     end = min(start + tr, total)
     if kind == PW_VNNI:
-        width = op[_at(3) + 1]                  # colsum's length: Cout padded to 16
+        width = op[_at(2) + 1]                  # the start vector's length: Cout padded to 16
         col_tiles = (width + op[TC] - 1) // op[TC]
         start = (t // col_tiles) * tr
         end = min(start + tr, total)
         c0 = (t % col_tiles) * op[TC]
-        _pw_vnni(addresses[PW_VNNI], (_v2(b, op, 0), _s32(op, 1), _v1(w, op, 2), _v1(w, op, 3), _v1(w, op, 4),
-                                      _v1(w, op, 5), _v1(w, op, 6), _s32(op, 7), _s32(op, 8), _s32(op, 9),
-                                      _v2(b, op, 10), _v1(w, op, 11), _v2(b, op, 12), start, end, c0,
-                                      min(c0 + op[TC], width)))
+        _pw_vnni(addresses[PW_VNNI], (_v2(b, op, 0), _v1(w, op, 1), _v1(w, op, 2), _v1(w, op, 3), _v1(w, op, 4),
+                                      _s32(op, 5), _s32(op, 6), _s32(op, 7), _s32(op, 8), _v2(b, op, 9),
+                                      _v1(w, op, 10), _v2(b, op, 11), start, end, c0, min(c0 + op[TC], width)))
     elif kind == PW:
         _pw(addresses[PW], (_v2(b, op, 0), _s32(op, 1), _v2(b, op, 2), _v1(w, op, 3), _v1(w, op, 4), _v1(w, op, 5),
                             _s32(op, 6), _s32(op, 7), _s32(op, 8), _v2(b, op, 9), start, end))
@@ -226,7 +225,7 @@ def _tiling(kind, args):
         row_tiles = -(-rows // tr)
         if kind == PW:
             return tr, rows, row_tiles, 0
-        width = args[3].shape[0]                              # colsum: Cout padded to 16
+        width = args[2].shape[0]                              # start: Cout padded to 16
         # at least 8 tiles where the layer has the columns for them, blocks of 16 channels
         col_tiles = min(width // 16, max(1, -(-8 // row_tiles)))
         tc = 16 * -(-width // (16 * col_tiles))
