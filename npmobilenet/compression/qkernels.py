@@ -354,7 +354,8 @@ def _pointwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, c
 
 # AVX-512 VNNI (vnni.py): a register tile of 8 pixels x 16 output channels of int32 accumulators
 # over the whole Cin, each step one 64-byte load of packed weights and 8 vpdpbusd, their 4 input
-# bytes broadcast from x + 128 (u8); then requantized in the same registers (vnni.requantize16).
+# bytes broadcast from x + 128 (u8); then, pixel by pixel from a 512-byte scratch, requantized
+# 16 lanes at a time (vnni.requantize16) and stored as int8: only the int8 results reach y.
 # The x + 128 words of 64 pixels are made once and reused by every 16-channel column block, whose
 # packed weights (16 bytes per input channel) stay in L1.
 VNNI_TILE_ROWS = 8
