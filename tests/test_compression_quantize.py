@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import npmobilenet
 from npmobilenet import config
 from npmobilenet.compression import calibrate as cal
-from npmobilenet.compression import qexact, qkernels
+from npmobilenet.compression import qexact, qkernels, vnni
 from npmobilenet.ops import reference_int8 as qreference
 from npmobilenet.compression.qmodel import QuantizedModel
 from npmobilenet.compression.qops import quantize_multiplier
@@ -125,14 +125,26 @@ def test_depthwise_int8_matches_reference_bit_for_bit(c):
     assert np.array_equal(got, expected)
 
 
-@given(st.integers(1, 40), st.integers(1, 24), st.integers(1, 24), st.integers(0, 2**16))
-def test_pointwise_int8_matches_reference_bit_for_bit(rows, cin, cout, seed):
+@given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 40), st.integers(0, 2**16))
+def test_pointwise_int8_kernels_match_reference_bit_for_bit(rows, cin, cout, seed):
+    # the public function (whichever kernel this CPU runs), the portable kernel and, on a CPU with
+    # AVX-512 VNNI, the vpdpbusd one, each called directly
     rng = np.random.default_rng(seed)
     x, w = _int8(rng, (rows, cin)), _int8(rng, (cin, cout))
     zx = int(rng.integers(-128, 128))
     args = _requant_args(rng, cout, cin)
+    bias, multiplier, shift, zy, lo, hi = args
     expected = qreference.pointwise(x, zx, w, *args)
     assert np.array_equal(qkernels.pointwise_int8(x, zx, w, *args), expected)
+    requant = (np.int32(zy), np.int32(lo), np.int32(hi))
+    y = np.zeros_like(expected)
+    qkernels._pointwise_int8_rows(x, np.int32(zx), w, bias, multiplier, shift, *requant, y, 0, rows)
+    assert np.array_equal(y, expected)
+    if vnni.has_vnni():
+        y = np.zeros_like(expected)
+        qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift), *requant,
+                                           qkernels.NO_RESIDUAL, qkernels.NO_ADD, y, 0, rows)
+        assert np.array_equal(y, expected)
 
 
 def test_parallel_drivers_match_the_serial_kernels(monkeypatch):

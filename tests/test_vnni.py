@@ -6,8 +6,6 @@ import gc
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from npmobilenet.compression import qkernels, vnni
 from npmobilenet.compression.qops import quantize_multipliers
@@ -91,17 +89,7 @@ def test_the_switch_forces_the_portable_kernel(monkeypatch):
 
 
 # -- the kernel (VNNI CPUs) ------------------------------------------------------------------------
-@needs_vnni
-@given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 40), st.integers(0, 2**16))
-def test_vnni_kernel_matches_reference_bit_for_bit(rows, cin, cout, seed):
-    rng = np.random.default_rng(seed)
-    x, w = _int8(rng, (rows, cin)), _int8(rng, (cin, cout))
-    zx = int(rng.integers(-128, 128))
-    args = _requant_args(rng, cout, cin)
-    expected = qreference.pointwise(x, zx, w, *args)
-    assert np.array_equal(_vnni_serial(x, zx, w, *args), expected)
-
-
+# (random shapes, bit for bit against the reference: test_compression_quantize.py, with the portable kernel)
 @needs_vnni
 @pytest.mark.parametrize("xv, wv, zx", [(-128, -128, 127), (127, -128, -128), (-128, 127, -128), (127, 127, 127),
                                         (-128, -128, -128), (127, -128, 127)])
