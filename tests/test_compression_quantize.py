@@ -219,11 +219,6 @@ def test_conv_exact_paths_match_reference_bit_for_bit(c):
     x = _int8(rng, (c["n"], c["h"], c["w"], c["cin"]))
     zx = int(rng.integers(-128, 128))
     geometry = ((c["stride"],) * 2, c["pad"], (1, 1))
-    w = _int8(rng, (c["k"], c["k"], c["cin"]))
-    args = _requant_args(rng, c["cin"], c["k"] * c["k"])
-    expected = qreference.depthwise_conv2d(x, zx, w, *args, *geometry)
-    got = qexact.depthwise_conv2d_int8_exact(x, zx, w.astype(np.float32), *args, *geometry[:2], expected.shape)
-    assert got.dtype == np.int8 and np.array_equal(got, expected)
     w = _int8(rng, (c["k"], c["k"], c["cin"], c["cout"]))
     args = _requant_args(rng, c["cout"], c["k"] * c["k"] * c["cin"])
     expected = qreference.conv2d(x, zx, w, *args, *geometry)
@@ -235,13 +230,14 @@ def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, imag
     from npmobilenet.compression import qops
 
     monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(qops, "EXACT_MIN_MACS", 0)       # every layer on the float paths
+    monkeypatch.setattr(qops, "EXACT_MIN_MACS", 0)       # every layer it can take on the float paths
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "1")       # which serve CPUs without VNNI only
     rng = np.random.default_rng(6)
     x = _int8(rng, (2, 9, 7, 6))
-    args = _requant_args(rng, 6, 9)
-    w = _int8(rng, (5, 5, 6))
-    expected = qreference.depthwise_conv2d(x, 3, w, *args, (2, 1), (2, 2, 1, 2), (1, 1))
-    got = qexact.depthwise_conv2d_int8_exact(x, 3, w.astype(np.float32), *args, (2, 1), (2, 2, 1, 2), expected.shape)
+    args = _requant_args(rng, 6, 5 * 5 * 6)
+    w = _int8(rng, (5, 5, 6, 6))
+    expected = qreference.conv2d(x, 3, w, *args, (2, 1), (2, 2, 1, 2), (1, 1))
+    got = qexact.conv2d_int8_exact(x, 3, w.astype(np.float32), *args, (2, 1), (2, 2, 1, 2), expected.shape)
     assert np.array_equal(got, expected)
     x2, w2 = _int8(rng, (300, 40)), _int8(rng, (40, 6))
     expected = qreference.pointwise(x2, -3, w2, *args)
@@ -251,6 +247,7 @@ def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, imag
         qmodel = quantize(model, images)
         assert qmodel.integer_only          # the default: integer arithmetic throughout
         qmodel.integer_only = False
+        assert qmodel.ops[0].exact_path(images[:2].shape, 0, True)      # the stem, on the float path
         xq = qmodel.quantize_input(images[:2])
         got = qmodel.run(xq, record=True)
         expected = qreference.run_graph(qmodel, xq)

@@ -4,12 +4,14 @@ The integer kernels' sums (`qkernels.py`) are integers. float32 represents every
 2^24 exactly, so a sum of integer products whose absolute values add up to less than 2^24 comes
 out exact from float32 arithmetic in any order, with or without fused multiply-adds. With |q_x - z_x| <= 255 and
 |q_w| <= max|w|, a sum over K taps is exact when K * 255 * max|w| < 2^24 (K <= 518 taps at
-max|w| = 127): every depthwise and stem convolution, and a pointwise one in chunks of K. So
-the int8 layers can run on the float tiles every convolution kind has in npmobilenet.ops (the
-ones fused inference and training run: SGEMM tiles, the vectorised depthwise rows, the stem's
-direct taps or gathered receptive fields times SGEMM) and still give exactly the integer
-accumulators, which one vectorised requantization turns into int8: bit for bit the
-reference's result (tested), 3-4x faster than the integer loops on this machine.
+max|w| = 127): every stem convolution, and a pointwise one in chunks of K. So those int8 layers
+can run on the float tiles of npmobilenet.ops (the ones fused inference and training run: SGEMM
+tiles, the stem's direct taps or gathered receptive fields times SGEMM) and still give exactly
+the integer accumulators, which one vectorised requantization turns into int8: bit for bit the
+reference's result (tested), 3-4x faster than the scalar integer loops were. They serve CPUs
+without AVX-512 VNNI only (`QConv.exact_path`); depthwise layers no longer take this path: the
+16-lane integer kernel measured 1.4-2x faster than its float twin (since removed) on
+MobileNet's 3x3 and 5x5 layers.
 """
 import numpy as np
 from numba import prange
@@ -19,8 +21,6 @@ from npmobilenet.compression.qkernels import INT32_MAX, INT32_MIN
 from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.ops.blas import matmul, sgemm_address, single_threaded_blas
 from npmobilenet.ops.conv import conv_tile, tile_pixels, workspace_shape
-from npmobilenet.ops.depthwise import depthwise_tile, steps_per_image, tiled_weight
-from npmobilenet.ops.depthwise import tile_pixels as depthwise_run_pixels
 from npmobilenet.ops.epilogue import IDENTITY
 
 
@@ -97,26 +97,11 @@ def _image_row_to_float(x, zx, xf, r):
     _to_float_rows(x[n, r - n * x.shape[1]], zx, xf[n, r - n * x.shape[1]], 0, x.shape[2])
 
 
-def _depthwise_int8_exact(x, zx, wf_tiled, kernel_h, kernel_w, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl,
-                          xf, yf, no_bias, no_sums, y):
-    # x: (N, H, W, C) int8 -> xf float32 (q - z_x), the float depthwise tile (no bias, no
-    # activation: zero padding is the real value 0, q = z_x, as the reference has it), requantized.
-    for r in prange(x.shape[0] * x.shape[1]):
-        _image_row_to_float(x, zx, xf, r)
-    out_h = y.shape[1]
-    steps, rows_per_step = steps_per_image(out_h, kernel_h, kernel_w, sh, 1)
-    for t in prange(y.shape[0] * steps):
-        depthwise_tile(xf, wf_tiled, kernel_h, kernel_w, no_bias, IDENTITY, no_sums, sh, sw, pt, pl, 1, 1, yf, t)
-        n = t // steps
-        first = (t - n * steps) * rows_per_step
-        for oh in range(first, min(first + rows_per_step, out_h)):
-            for ow in range(y.shape[2]):
-                _requantize_row(yf[n, oh, ow], bias, multiplier, shift, zy, lo, hi, y[n, oh, ow])
-
-
 def _conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, xf, yf, no_bias, cols, tile,
                        sgemm, y):
-    # As the depthwise path, with the float standard-convolution tile (blocks of output pixels).
+    # x: (N, H, W, C) int8 -> xf float32 (q - z_x), the float standard-convolution tile (blocks
+    # of output pixels; no bias, no activation: zero padding is the real value 0, q = z_x, as the
+    # reference has it), requantized.
     for r in prange(x.shape[0] * x.shape[1]):
         _image_row_to_float(x, zx, xf, r)
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
@@ -130,10 +115,8 @@ def _conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, sh, sw, p
 
 
 _pointwise_int8_exact_serial, _pointwise_int8_exact_parallel = serial_and_parallel(_pointwise_int8_exact)
-_depthwise_int8_exact_serial, _depthwise_int8_exact_parallel = serial_and_parallel(_depthwise_int8_exact)
 _conv2d_int8_exact_serial, _conv2d_int8_exact_parallel = serial_and_parallel(_conv2d_int8_exact)
 _NO_BIAS = np.zeros(0, np.float32)
-_NO_SUMS = np.zeros((0, 1, 1), np.float32)
 
 
 def pointwise_int8_exact(x2d, zx, wf, k_chunk, bias, multiplier, shift, zy, lo, hi):
@@ -145,20 +128,6 @@ def pointwise_int8_exact(x2d, zx, wf, k_chunk, bias, multiplier, shift, zy, lo, 
     kernel = config.choose_kernel(_pointwise_int8_exact_serial, _pointwise_int8_exact_parallel, rows * wf.size)
     with single_threaded_blas():
         kernel(*args)
-    return y
-
-
-def depthwise_conv2d_int8_exact(x, zx, wf, bias, multiplier, shift, zy, lo, hi, stride, padding, out_shape):
-    """`depthwise_conv2d_int8` on the float path (dilation 1; taps * 255 * max|w| < 2^24)."""
-    y = np.empty(out_shape, np.int8)
-    (sh, sw), (pt, _, pl, _) = stride, padding
-    xf = np.empty(x.shape, np.float32)
-    yf = np.empty(out_shape, np.float32)
-    kh, kw, channels = wf.shape
-    wf_tiled = tiled_weight(wf, depthwise_run_pixels(channels, sw))
-    kernel = config.choose_kernel(_depthwise_int8_exact_serial, _depthwise_int8_exact_parallel, y.size * kh * kw)
-    kernel(x, np.int32(zx), wf_tiled, kh, kw, bias, multiplier, shift, np.int64(zy), np.int64(lo), np.int64(hi),
-           sh, sw, pt, pl, xf, yf, _NO_BIAS, _NO_SUMS, y)
     return y
 
 
