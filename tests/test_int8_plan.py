@@ -155,15 +155,16 @@ def test_op_table_runs_every_kernel_in_tiles(use_vnni, monkeypatch):
     shapes = {"x": (n, h, w, c), "cols": (n, 11, 14, 27), "conv": (n, 11, 14, cout), "dw": (n, h, w, c),
               "pw": (n, h, w, cout), "res": (n, h, w, cout), "look": (n, h, w, cout), "add": (n, h, w, cout),
               "gate": (n, cout), "scaled": (n, h, w, cout), "mean": (n, cout)}
-    arena = qprogram.Arena(sum(qprogram.Arena.size(np.prod(s)) for s in shapes.values()))
-    b = {name: arena.take(shape) for name, shape in shapes.items()}
+    starts = np.cumsum([0] + [qprogram.Arena.size(np.prod(s)) for s in shapes.values()])
+    arena = qprogram.Arena(starts[-1])
+    b = {name: arena.at(start, shape) for (name, shape), start in zip(shapes.items(), starts)}
     b["x"][...], b["res"][...], b["gate"][...] = _int8(rng, shapes["x"]), _int8(rng, shapes["res"]), _int8(rng, (n, cout))
     x3, wt3 = b["x"][..., :3].copy(), _int8(rng, (3, 3, 3, cout))
     wdw, wpw, table = _int8(rng, (3, 3, c)), _int8(rng, (c, cout)), _int8(rng, (256,))
     conv_args, dw_args, pw_args = (_requant_args(rng, k, 0.5) for k in (cout, c, cout))
     (ma, sa), (mb, sb), (my, sy) = _add_multipliers(rng)
     stem = qprogram.Arena(qprogram.Arena.size(x3.size))  # the stem's input: another array, copied as a constant
-    x3a = stem.take(x3.shape)
+    x3a = stem.at(0, x3.shape)
     x3a[...] = x3
     geometry = ((2, 2), (0, 1, 0, 1), (1, 1))
     calls = (qkernels.conv2d_int8_calls(x3a, 5, wt3, *conv_args, *geometry, b["cols"], b["conv"])

@@ -102,7 +102,7 @@ class QuantizedModel:
         plans = self.__dict__.setdefault("_plans", {})
         if key not in plans:
             if len(plans) >= 4:
-                plans.clear()       # a few shapes at a time: each plan holds every activation
+                plans.clear()       # a few shapes at a time: each plan holds an arena
             plans[key] = Int8Plan(self, input_shape, not self.integer_only)
         return plans[key]
 

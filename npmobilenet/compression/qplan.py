@@ -68,9 +68,7 @@ class Int8Plan:
         offsets, nbytes = _offsets(ops, shapes, qmodel.output)
         self.activation_bytes = nbytes      # the arena's activations (the constants follow them)
         arena = qprogram.Arena(nbytes)
-        arena.used = nbytes
-        self.buffers = {name: arena.bytes[offsets[name]:offsets[name] + int(np.prod(shape))].reshape(shape)
-                        for name, shape in shapes.items()}
+        self.buffers = {name: arena.at(offsets[name], shape) for name, shape in shapes.items()}
         self.output = qmodel.output
         self.calls, self.fused = [], []
         k = 0

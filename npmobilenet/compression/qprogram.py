@@ -175,27 +175,24 @@ _RUN_QTILE = CompiledCall(_run_qtile, (types.Array(types.int64, 1, "C"), _F1, _F
 
 # -- building the table -----------------------------------------------------------------------------
 class Arena:
-    """One byte buffer (held as float32, the runner's type) for a plan's activations and copies
-    of its constants; `take(shape)` an int8 array of it, 64-byte aligned."""
+    """`nbytes` bytes (held as float32, the runner's type) for a plan's activations and copies of
+    its constants; `at(offset, shape)` the int8 array at a byte offset (offsets 64-byte aligned:
+    `size`)."""
 
     ALIGN = 64
 
     def __init__(self, nbytes):
-        self.buffer = np.zeros(-(-nbytes // 4), np.float32)
+        self.nbytes = int(nbytes)
+        self.buffer = np.zeros(-(-self.nbytes // 4), np.float32)
         self.bytes = self.buffer.view(np.int8)
-        self.used = 0
 
     @staticmethod
     def size(nbytes):
+        """`nbytes` rounded up to the alignment: the bytes a tensor of that size takes."""
         return -(-int(nbytes) // Arena.ALIGN) * Arena.ALIGN
 
-    def take(self, shape, dtype=np.int8):
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        start = self.used
-        self.used += self.size(nbytes)
-        if self.used > self.bytes.shape[0]:
-            raise ValueError("the int8 arena is too small (a plan's sizes are wrong)")
-        return self.bytes[start:start + nbytes].view(dtype).reshape(shape)
+    def at(self, offset, shape):
+        return self.bytes[offset:offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
 
     def offset(self, a):
         """a's first element as an offset in a's dtype into this arena, or None if a is not in it."""
@@ -257,11 +254,10 @@ def build(calls, arena):
             return None
         for a in args:
             if isinstance(a, np.ndarray) and arena.offset(a) is None and (a.ctypes.data, a.nbytes) not in constants:
-                constants[(a.ctypes.data, a.nbytes)] = arena.used + extra
+                constants[(a.ctypes.data, a.nbytes)] = arena.nbytes + extra
                 extra += Arena.size(a.nbytes)
-    whole = Arena(arena.used + extra)
-    whole.used = arena.used + extra
-    whole.bytes[:arena.used] = arena.bytes[:arena.used]
+    whole = Arena(arena.nbytes + extra)
+    whole.bytes[:arena.nbytes] = arena.bytes[:arena.nbytes]
     copied = set()
     for kernel, args in calls:
         kernel, args = _table_kernel(kernel, args)
