@@ -21,9 +21,10 @@ alternating blocks, and prints the speed-up of the second thread.
 integer kernels, QLinearConv and QGemm): the peer's view of int8 against float on this machine.
 """
 import argparse
-import time
 
 import numpy as np
+
+from npmobilenet.inference.bench import blocked_times
 
 
 def _onnxruntime_engines(model, qmodel, x, threads, workdir):
@@ -69,19 +70,9 @@ def measure(arch, threads, repeat, seed=0, onnxruntime=False, batch=1):
 
         workdir = tempfile.mkdtemp()
         engines.update(_onnxruntime_engines(model, qmodel, x, threads, workdir))
-    times = {name: [] for name in engines}
     for fn in engines.values():       # warm-up (compilation, plans)
         fn()
-    rounds = 3
-    for _ in range(rounds):
-        for name, fn in engines.items():
-            time.sleep(0.25)            # the last engine's spinning threads go to sleep
-            for _ in range(2):          # untimed: wake this engine's threads
-                fn()
-            for _ in range(max(1, repeat // rounds)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+    times = blocked_times(list(engines.items()), repeat)
     return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
 
 
@@ -96,15 +87,8 @@ def scaling(arch, batch, repeat, rounds=5, seed=0):
     xq = qmodel.quantize_input(images[:batch])
     plan = qmodel._plan(xq.shape)
     plan.run(xq, 2)
-    times = {1: [], 2: []}
-    for _ in range(rounds):
-        for threads in (1, 2):
-            time.sleep(0.25)
-            plan.run(xq, threads)
-            for _ in range(max(1, repeat // rounds)):
-                start = time.perf_counter()
-                plan.run(xq, threads)
-                times[threads].append(time.perf_counter() - start)
+    times = blocked_times([(threads, lambda threads=threads: plan.run(xq, threads)) for threads in (1, 2)], repeat,
+                          rounds=rounds, warmup=1)
     return tuple(float(np.median(times[t])) * 1e3 for t in (1, 2))
 
 
