@@ -15,13 +15,13 @@ are written afresh), in alternating blocks of steps in one process, and prints t
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import npmobilenet  # noqa: E402
 from npmobilenet import config  # noqa: E402
+from npmobilenet.inference.bench import blocked_times  # noqa: E402
 
 
 def main(argv=None):
@@ -46,17 +46,10 @@ def main(argv=None):
     engines = {"npmobilenet": ours}
     if args.torch:
         engines.update(_torch_steps(args.arch, args.width, x, config.get_num_threads()))
-    times = {name: [] for name in engines}
-    rounds = 3 if args.torch else 1
-    for _ in range(rounds):
-        for name, step in engines.items():
-            time.sleep(0.25 if args.torch else 0)      # the last engine's idle threads go quiet
-            for _ in range(2):                          # untimed: compilation, warm caches
-                step()
-            for _ in range(max(1, args.steps // rounds)):
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
+    # blocks of steps (two untimed first: compilation, warm caches), in rounds with a pause
+    # between engines when PyTorch's idle threads could slow ours
+    times = blocked_times(list(engines.items()), args.steps, rounds=3 if args.torch else 1,
+                          pause=0.25 if args.torch else 0)
     ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
     print(f"{args.arch} width {args.width} at {args.resolution}x{args.resolution}, batch {args.batch}, "
           f"{config.get_num_threads()} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
