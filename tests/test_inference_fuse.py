@@ -238,3 +238,32 @@ def test_governor_is_not_decided_by_one_slow_first_call():
         n = governor.choose(2)
         governor.record(n, next(two_thread_calls) if n == 2 else 0.015)
     assert [governor.choose(2) for _ in range(3)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v4_conv_small"])
+def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
+    # where the CPU has AVX-512, pointwise and gathered-block convolutions run the register tile on
+    # packed weights (ops/matmul_avx512.py); NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's tiles. Both
+    # equal the unfused model, and each is the same bits on 1 and 2 threads.
+    from npmobilenet.inference.program import CONV_PACKED, POINTWISE_PACKED, _slot
+    from npmobilenet.ops.vector16 import has_avx512
+
+    rng = np.random.default_rng(12)
+    model = randomize_batch_norm(npmobilenet.build(arch, width=0.75, num_classes=10, seed=2), rng).eval()
+    x = rng.standard_normal((2, 48, 48, 3)).astype(np.float32)
+    expected = model(x)
+    slots = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("NPMOBILENET_NO_AVX512", flag)
+        fused = model.fuse()
+        outputs = []
+        for threads in (1, 2):
+            fused.set_threads(threads, adaptive=False)
+            outputs.append(fused(x))
+        assert np.array_equal(outputs[0], outputs[1])
+        assert relative_error(outputs[0], expected) < 1e-4
+        slots[flag] = {_slot(row) for row in fused.plan(x.shape).program.ops}
+    assert POINTWISE_PACKED not in slots["1"] and CONV_PACKED not in slots["1"]
+    if has_avx512():
+        assert POINTWISE_PACKED in slots["0"]
+        assert (CONV_PACKED in slots["0"]) == (arch == "mobilenet_v4_conv_small")   # V4's full 3x3 convolutions

@@ -17,6 +17,7 @@ from npmobilenet.inference.threads import numba_threads
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import reference
 from npmobilenet.ops.blas import find_blas
+from npmobilenet.ops.vector16 import has_avx512
 
 RTOL = 1e-5
 
@@ -73,6 +74,8 @@ def oracle_padding(padding):
 
 
 BACKENDS = [pytest.param(True, id="blas"), pytest.param(False, id="numba-matmul")]
+# the register tile of ops.matmul_avx512, where the CPU has AVX-512 (else not drawn)
+PACKED = st.sampled_from([False, True] if has_avx512() else [False])
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -179,13 +182,14 @@ def test_conv2d_stem(parallel):
     assert_close(y, expected, "2x5 conv over 4 channels")
 
 
-@given(g=windows(), cin=st.sampled_from([3, 3, 1, 5, 24, 32]), use_blas=st.booleans())
-def test_conv2d_tile_matches_reference(g, cin, use_blas):
+@given(g=windows(), cin=st.sampled_from([3, 3, 1, 5, 24, 32]), use_blas=st.booleans(), packed=PACKED)
+def test_conv2d_tile_matches_reference(g, cin, use_blas, packed):
     # the stem's direct taps (3x3 over 3 channels) and the gathered-block GEMM path (any other)
     rng = np.random.default_rng(7)
     cout = g["channels"]
     x, w, b = data(rng, g["n"], g["h"], g["w"], cin), data(rng, *g["kernel"], cin, cout), data(rng, cout)
-    y = kernels.conv2d(x, w, b, g["activation"], g["stride"], g["padding"], parallel=g["parallel"], use_blas=use_blas)
+    y = kernels.conv2d(x, w, b, g["activation"], g["stride"], g["padding"], parallel=g["parallel"], use_blas=use_blas,
+                       packed=packed)
     expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), stride=g["stride"],
                                 padding=oracle_padding(g["padding"]))
     assert_close(y, ACTIVATION[g["activation"]](expected + b), f"conv {g}")
@@ -206,14 +210,14 @@ def test_depthwise_tile_matches_reference(g):
 
 @given(n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12), cin=st.integers(1, 40),
        cout=st.integers(1, 300), activation=st.sampled_from(list(ACTIVATION)), parallel=st.booleans(),
-       gated=st.booleans(), residual=st.booleans())
-def test_pointwise_tile_matches_reference(n, h, w, cin, cout, activation, parallel, gated, residual):
+       gated=st.booleans(), residual=st.booleans(), packed=PACKED)
+def test_pointwise_tile_matches_reference(n, h, w, cin, cout, activation, parallel, gated, residual, packed):
     rng = np.random.default_rng(9)
     x, wt, b = data(rng, n, h, w, cin), data(rng, cin, cout), data(rng, cout)
     gate = rng.random((n, cin)).astype(np.float32) if gated else None
     res = data(rng, n, h, w, cout) if residual else None
     activation = None if residual else activation
-    y = kernels.pointwise_conv(x, wt, b, activation, residual=res, gate=gate, parallel=parallel)
+    y = kernels.pointwise_conv(x, wt, b, activation, residual=res, gate=gate, parallel=parallel, packed=packed)
     x64 = x.astype(np.float64) * (gate[:, None, None, :] if gated else 1)
     expected = ACTIVATION[activation](reference.pointwise_conv2d(x64, wt.astype(np.float64)) + b)
     assert_close(y, expected + (res if residual else 0), "pointwise")
@@ -229,6 +233,30 @@ def test_conv2d_tiles_are_the_same_for_every_thread_count():
         serial = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=False, use_blas=use_blas)
         parallel = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=True, use_blas=use_blas)
         assert np.array_equal(serial, parallel)
+    if has_avx512():
+        serial = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=False, packed=True)
+        assert np.array_equal(serial, kernels.conv2d(x, w, b, "relu", 2, 1, parallel=True, packed=True))
+
+
+@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@pytest.mark.parametrize("rows, cin, cout", [(300, 96, 576), (49, 960, 160), (17, 24, 40), (9, 7, 8), (130, 144, 24),
+                                              (8, 16, 17), (3, 5, 200)])
+@pytest.mark.parametrize("activation", [None, "relu6", "hardswish"])
+def test_packed_pointwise_every_column_remainder(rows, cin, cout, activation):
+    # every way a tile's columns end: pairs of 16-channel slivers, a pair whose second is 8 lanes
+    # wide (40 = 32 + 8), one sliver of 16 or of 8 lanes, masked stores; rows not a multiple of 8;
+    # and the weight packing's round trip
+    from npmobilenet.ops.matmul_avx512 import packed_weight, unpacked_weight
+
+    rng = np.random.default_rng(11)
+    x, wt, b = data(rng, 1, rows, 1, cin), data(rng, cin, cout), data(rng, cout)
+    assert np.array_equal(unpacked_weight(packed_weight(wt), cin, cout), wt)
+    linear = reference.pointwise_conv2d(x.astype(np.float64), wt.astype(np.float64)) + b
+    for parallel in (False, True):
+        y = kernels.pointwise_conv(x, wt, b, activation, parallel=parallel, packed=True)
+        assert_close(y, ACTIVATION[activation](linear), f"packed pointwise {rows}x{cin}->{cout}")
+    res = data(rng, 1, rows, 1, cout)
+    assert_close(kernels.pointwise_conv(x, wt, b, residual=res, packed=True), linear + res, "packed + residual")
 
 
 @pytest.mark.parametrize("use_blas", BACKENDS)

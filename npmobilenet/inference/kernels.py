@@ -8,7 +8,10 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   (`pointwise_tile`: SGEMM called from Numba on a block of rows and columns, optionally SE-gated
   input; `depthwise_tile`: two output rows, also their sums for SE; `conv_tile`: a block of
   output pixels, the stem's 3x3 RGB taps directly, any other kernel as gathered receptive fields
-  times SGEMM), the same tiles training's forward and the exact int8 path run.
+  times SGEMM), the same tiles training's forward and the exact int8 path run. Where the CPU has
+  AVX-512, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
+  `ops.conv.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
+  summed and finished in registers (`ops/matmul_avx512.py`; `packed=True` below).
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
 The tiling (`tiling.py`, and the ops' own rules) depends on shapes only, so every output element
@@ -26,10 +29,13 @@ from npmobilenet.inference import tiles
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import depthwise as depthwise_ops
+from npmobilenet.ops import matmul_avx512
+from npmobilenet.ops import pointwise as pointwise_ops
 from npmobilenet.ops.blas import numba_gemm_address, sgemm_address, single_threaded_blas
 from npmobilenet.ops.epilogue import IDENTITY, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS, activation_code
 from npmobilenet.ops.geometry import output_size
 from npmobilenet.ops.pointwise import POINTWISE_FORWARD
+from npmobilenet.ops.vector16 import has_avx512
 
 POINTWISE = POINTWISE_FORWARD
 DEPTHWISE = depthwise_ops.DEPTHWISE_FORWARD
@@ -46,6 +52,11 @@ def _f32(name, a, ndim, layout):
     if not np.issubdtype(a.dtype, np.floating):
         raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _check_avx512():
+    if not has_avx512():
+        raise RuntimeError("packed=True needs a CPU with AVX-512 (the register tile of ops.matmul_avx512)")
 
 
 def _run(pair, parallel, *args):
@@ -67,12 +78,15 @@ def _output_hw(x, kernel, stride, padding):
     return ho, wo
 
 
-def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parallel=True, use_blas=True):
+def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parallel=True, use_blas=True, packed=False):
     """act(x' @ w + bias) [+ residual] over NHWC activations, x' = x * gate (per image, channel).
 
     x: (N, H, W, K), w: (K, M), bias: (M,), residual: (N, H, W, M) or None,
     gate: (N, K) or None -> y: (N, H, W, M). A residual comes with no activation (the linear
     bottleneck). x is not modified (the fused model lets the kernel scale its input in place).
+    With `packed` (a CPU with AVX-512 only), the tile fused inference runs there: w packed once,
+    the product and epilogue in registers (`ops.matmul_avx512`); else SGEMM (`use_blas`) or
+    Numba's matrix product, then the epilogue.
     """
     x = _f32("x", x, 4, "(N, H, W, K)").copy()
     w = _f32("w", w, 2, "(K, M)")
@@ -98,6 +112,11 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
             raise ValueError(f"gate must have shape {(n, k)}, got {g.shape}")
     y = np.empty((rows, m), np.float32)
     tile_rows, tile_cols = pointwise_tiles(rows, k, m)
+    if packed:
+        _check_avx512()
+        _run(pointwise_ops.POINTWISE_PACKED_FORWARD, parallel, x.reshape(rows, k),
+             matmul_avx512.packed_weight(w).reshape(-1), bias, act, res, g, h * wd, tile_rows, tile_cols, y)
+        return y.reshape(n, h, wd, m)
     _run(POINTWISE, parallel, x.reshape(rows, k), w, bias, act, res, g, h * wd,
          tile_rows, tile_cols, sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y.reshape(n, h, wd, m)
@@ -141,8 +160,9 @@ def squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand,
     return gate
 
 
-def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_blas=True):
-    """act(conv(x, w) + bias). x: (N, H, W, Cin), w: (KH, KW, Cin, Cout) -> y: (N, Ho, Wo, Cout)."""
+def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_blas=True, packed=False):
+    """act(conv(x, w) + bias). x: (N, H, W, Cin), w: (KH, KW, Cin, Cout) -> y: (N, Ho, Wo, Cout).
+    `packed`: as `pointwise_conv`'s, for the gathered-block path (the stem's direct taps stay)."""
     x = _f32("x", x, 4, "(N, H, W, Cin)")
     w = _f32("w", w, 4, "(KH, KW, Cin, Cout)")
     bias = _f32("bias", bias, 1, "(Cout,)")
@@ -154,6 +174,11 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     y = np.empty((x.shape[0], ho, wo, cout), np.float32)
     tile = conv_ops.tile_pixels(x.shape[0] * ho * wo, cin, kh, kw)
     cols = np.empty(conv_ops.workspace_shape(get_num_threads() if parallel else 1, tile, kh, kw, cin), np.float32)
+    if packed and not conv_ops.uses_direct_path(kh, kw, cin):
+        _check_avx512()
+        _run(conv_ops.CONV_PACKED_FORWARD, parallel, x, matmul_avx512.packed_weight(w.reshape(-1, cout)).reshape(-1),
+             kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y)
+        return y
     _run(CONV2D, parallel, x, w, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile,
          sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y

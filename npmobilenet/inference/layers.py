@@ -19,6 +19,8 @@ from npmobilenet.inference.tiles import linear_blocks
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import depthwise as depthwise_ops
+from npmobilenet.ops import matmul_avx512
+from npmobilenet.ops import pointwise as pointwise_ops
 from npmobilenet.ops.epilogue import ACTIVATIONS, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
@@ -88,16 +90,30 @@ class _Windowed(FusedLayer):
 class FusedConv2d(_Windowed):
     """Standard KxK convolution + bias + activation. weight (KH, KW, Cin, Cout). Its tiles are
     blocks of output pixels (`ops.conv.conv_tile`); but for the stem (3x3 over RGB, computed
-    tap by tap) they gather receptive fields into a workspace, a block per thread."""
+    tap by tap) they gather receptive fields into a workspace, a block per thread. With `packed`
+    (the default where `ops.matmul_avx512.enabled()`, never for the stem) the product runs in the
+    register tile of `ops.matmul_avx512` on `weight_packed`, which the kernel reads instead of
+    `weight` (both are kept: the window's geometry reads `weight`'s shape)."""
 
     kind = "conv"
-    weight_names = ("weight", "bias")
 
-    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1)):
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1), packed=None):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right) or "same"
         self.dilation = tuple(dilation)                      # (rh, rw)
+        kh, kw, cin, cout = weight.shape
+        direct = conv_ops.uses_direct_path(kh, kw, cin, *self.dilation)
+        self.packed = (matmul_avx512.enabled() if packed is None else bool(packed)) and not direct
+        if self.packed:
+            self.weight_packed = matmul_avx512.packed_weight(np.asarray(weight, FLOAT).reshape(kh * kw * cin, cout))
+            self.weight_packed = self.weight_packed.reshape(-1)
+            self.weight_names = ("weight_packed", "bias")
+        else:
+            self.weight_names = ("weight", "bias")
+
+    def weight_bytes(self):
+        return self.weight.nbytes + self.bias.nbytes
 
     def output_shapes(self, shapes):
         n, h, w, _ = shapes[0]
@@ -125,6 +141,11 @@ class FusedConv2d(_Windowed):
         tile, _, workspace = self._tile([x.shape])
         cols = tensors[2] if workspace[1] > 0 else np.empty(workspace, FLOAT)
         rh, rw = self.dilation
+        if self.packed:
+            kh, kw = self.weight.shape[:2]
+            return _pair_kernel(conv_ops.CONV_PACKED_FORWARD, parallel), (
+                x, self.weight_packed, kh, kw, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols,
+                tile, y)
         return _pair_kernel(kernels.CONV2D, parallel), (
             x, self.weight, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols, tile, sgemm, y)
 
@@ -134,25 +155,45 @@ class FusedConv2d(_Windowed):
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
         tile, tiles, workspace = self._tile(shapes)
         return [op_row(KIND=CONV, ACT=ACTIVATIONS[self.activation], TILES=tiles, X=offsets[0], N=n, XH=h,
-                       XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets["weight"],
+                       XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets[self.weight_names[0]],
                        B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, RH=self.dilation[0],
                        RW=self.dilation[1], TR=tile, AUX=offsets[2] if workspace[1] > 0 else -1,
-                       BLOCKS=workspace[0] if workspace[1] > 0 else 0)]
+                       BLOCKS=workspace[0] if workspace[1] > 0 else 0,
+                       RUN=matmul_avx512.LANES if self.packed else -1)]
 
 
 class FusedPointwise(FusedLayer):
     """1x1 convolution + bias + activation, or + bias + residual; optionally SE-gated input.
 
-    inputs: (x,) + (residual,) if `residual` + (gate,) if `gated`. weight (Cin, Cout).
+    inputs: (x,) + (residual,) if `residual` + (gate,) if `gated`. weight (Cin, Cout). With
+    `packed` (the default where `ops.matmul_avx512.enabled()`), the kernel is the register
+    tile of `ops.matmul_avx512` on `weight_packed` (16-channel slivers, flat), which the layer holds instead of
+    `weight` (then a copy rebuilt from it); else the OpenBLAS tile on `weight`.
     """
 
     kind = "pointwise"
-    weight_names = ("weight", "bias")
 
-    def __init__(self, name, inputs, outputs, weight, bias, activation, residual=False, gated=False):
+    def __init__(self, name, inputs, outputs, weight, bias, activation, residual=False, gated=False, packed=None):
         super().__init__(name, inputs, outputs)
-        self.weight, self.bias, self.activation = weight, bias, activation
+        self.in_channels, self.out_channels = weight.shape
+        self.bias, self.activation = bias, activation
         self.residual, self.gated = residual, gated
+        self.packed = matmul_avx512.enabled() if packed is None else bool(packed)
+        if self.packed:
+            self.weight_packed = matmul_avx512.packed_weight(np.asarray(weight, FLOAT)).reshape(-1)
+            self.weight_names = ("weight_packed", "bias")
+        else:
+            self.weight = weight
+            self.weight_names = ("weight", "bias")
+
+    def __getattr__(self, name):
+        # `weight` of a packed layer: rebuilt from the slivers (a copy)
+        if name == "weight" and self.__dict__.get("packed"):
+            return matmul_avx512.unpacked_weight(self.weight_packed, self.in_channels, self.out_channels)
+        raise AttributeError(name)
+
+    def weight_bytes(self):
+        return 4 * self.in_channels * self.out_channels + self.bias.nbytes   # the padding is not read
 
     def describe(self):
         extra = (" + residual" if self.residual else "") + (" (SE-gated input)" if self.gated else "")
@@ -160,27 +201,33 @@ class FusedPointwise(FusedLayer):
 
     def output_shapes(self, shapes):
         n, h, w, _ = shapes[0]
-        return [(n, h, w, self.weight.shape[1])]
+        return [(n, h, w, self.out_channels)]
 
     def macs(self, shapes):
         n, h, w, cin = shapes[0]
-        return n * h * w * cin * self.weight.shape[1]
+        return n * h * w * cin * self.out_channels
 
     def call(self, tensors, parallel, sgemm):
         x, rest = tensors[0], list(tensors[1:-1])
         y = tensors[-1]
         n, h, w, cin = x.shape
-        cout = self.weight.shape[1]
+        cout = self.out_channels
         rows = n * h * w
         residual = rest.pop(0).reshape(rows, cout) if self.residual else NO_ROWS
         gate = rest.pop(0) if self.gated else NO_ROWS
+        tiles = pointwise_tiles(rows, cin, cout)
+        act = ACTIVATIONS[self.activation]
+        if self.packed:
+            return _pair_kernel(pointwise_ops.POINTWISE_PACKED_FORWARD, parallel), (
+                x.reshape(rows, cin), self.weight_packed, self.bias, act, residual, gate, h * w, *tiles,
+                y.reshape(rows, cout))
         return _pair_kernel(kernels.POINTWISE, parallel), (
-            x.reshape(rows, cin), self.weight, self.bias, ACTIVATIONS[self.activation], residual, gate,
-            h * w, *pointwise_tiles(rows, cin, cout), sgemm, y.reshape(rows, cout))
+            x.reshape(rows, cin), self.weight, self.bias, act, residual, gate, h * w, *tiles, sgemm,
+            y.reshape(rows, cout))
 
     def program_ops(self, offsets, shapes):
         n, h, w, cin = shapes[0]
-        cout = self.weight.shape[1]
+        cout = self.out_channels
         rows = n * h * w
         tile_rows, tile_cols = pointwise_tiles(rows, cin, cout)
         row_tiles, col_tiles = -(-rows // tile_rows), -(-cout // tile_cols)
@@ -193,8 +240,8 @@ class FusedPointwise(FusedLayer):
                               TR=tile_rows))
         ops.append(op_row(KIND=POINTWISE, ACT=ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
                           X=offsets[0], N=n, XH=h, XW=w, XC=cin, Y=offsets[-1], YC=cout,
-                          W=self.param_offsets["weight"], B=self.param_offsets["bias"], AUX=residual, AUX2=gate,
-                          TR=tile_rows, TC=tile_cols))
+                          W=self.param_offsets[self.weight_names[0]], B=self.param_offsets["bias"], AUX=residual,
+                          AUX2=gate, TR=tile_rows, TC=tile_cols, RUN=matmul_avx512.LANES if self.packed else -1))
         return ops
 
 

@@ -28,14 +28,17 @@ only for the kinds a model has.
 Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - CONV: X (N, XH, XW, XC) -> Y (N, YH, YW, YC) with W (KH, KW, XC, YC), B; stride, padding, dilation;
   TR output pixels per tile; AUX: the workspace (BLOCKS, TR, KH*KW*XC) its GEMM path gathers
-  receptive fields into, a block per worker (`ops.conv.workspace_shape`), or -1 (the stem).
+  receptive fields into, a block per worker (`ops.conv.workspace_shape`), or -1 (the stem). RUN 16:
+  W packed as a (KH*KW*XC, YC) matrix for the register tile, as POINTWISE's (never the stem).
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
   B2 (XC,); AUX: hidden workspace (N, S); COUNT = positions averaged.
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
-  -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile.
+  -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile. RUN 16: W is packed in 16-channel
+  slivers (`ops.pointwise_avx512.packed_weight`: (YC/16 rounded up, XC, 16)) for that module's
+  register tile; -1: W as it is, for the OpenBLAS tile.
 - POOL: X (N, XH*XW, XC) -> Y (N, XC).
 - LINEAR: X (N, XC) -> Y (N, YC) with W packed by column blocks of TC (`tiles.linear_blocks`:
   (YC/TC rounded up, XC, TC)), B; a block per tile.
@@ -52,13 +55,14 @@ from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, resize_tile, squeeze_excite_tile
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
-from npmobilenet.ops.conv import conv_direct_tile, conv_tile
+from npmobilenet.ops.conv import conv_direct_tile, conv_tile, conv_tile_packed
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
-from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile
+from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
 KINDS = 8
-CONV_DIRECT, DEPTHWISE_3X3, RUN_TILE = KINDS, KINDS + 1, KINDS + 2   # more slots of the address table
+# more slots of the address table
+CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, RUN_TILE = range(KINDS, KINDS + 5)
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
@@ -85,6 +89,7 @@ _I = types.int64
 _A1, _A2, _A3, _A4 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3, 4))
 TILE_CALLS = {
     POINTWISE: CompiledCall(pointwise_tile, (_A2, _A2, _A1, _I, _A2, _A2, _I, _I, _I, _I, _A2, _I)),
+    POINTWISE_PACKED: CompiledCall(pointwise_tile_packed, (_A2, _A1, _A1, _I, _A2, _A2, _I, _I, _I, _A2, _I)),
     # depthwise: 3x3 kernels and the others apart (`ops.depthwise.depthwise_steps`), so that a model
     # with 3x3 kernels only compiles none of the other sizes' code
     DEPTHWISE: CompiledCall(depthwise_steps_kxk, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
@@ -92,6 +97,7 @@ TILE_CALLS = {
     SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
+    CONV_PACKED: CompiledCall(conv_tile_packed, (_A4, _A1, _I, _I, _A1, _I) + (_I,) * 6 + (_A2, _I, _A4, _I)),
     # the stem (3x3 over RGB, BLOCKS 0): conv_tile's direct path alone, without the GEMM path
     CONV_DIRECT: CompiledCall(conv_direct_tile, (_A4, _A4, _A1, _I, _I, _I, _I, _I, _I, _A4, _I)),
     POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
@@ -101,12 +107,17 @@ TILE_CALLS = {
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
 _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
 _conv_direct, _depthwise_3x3 = TILE_CALLS[CONV_DIRECT].call, TILE_CALLS[DEPTHWISE_3X3].call
-_resize = TILE_CALLS[RESIZE].call
+_resize, _pointwise_packed, _conv_packed = (TILE_CALLS[k].call for k in (RESIZE, POINTWISE_PACKED, CONV_PACKED))
 
 
 def _slot(row):
     """The address slot of an op table row: its kind's, but CONV_DIRECT for a convolution without
-    workspace blocks (the stem) and DEPTHWISE_3X3 for a 3x3 depthwise convolution."""
+    workspace blocks (the stem), DEPTHWISE_3X3 for a 3x3 depthwise convolution, and
+    POINTWISE_PACKED and CONV_PACKED for pointwise and standard ones on packed weights (RUN > 0)."""
+    if row[KIND] == POINTWISE and row[RUN] > 0:
+        return POINTWISE_PACKED
+    if row[KIND] == CONV and row[BLOCKS] > 0 and row[RUN] > 0:
+        return CONV_PACKED
     if row[KIND] == CONV and row[BLOCKS] <= 0:
         return CONV_DIRECT
     if row[KIND] == DEPTHWISE and row[KH] == 3 and row[KW] == 3:
@@ -139,9 +150,15 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
         rows = n * xh * xw
         residual = view(arena, op[AUX], (rows if op[AUX] >= 0 else 0, yc))
         gate = view(arena, op[AUX2], (n if op[AUX2] >= 0 else 0, xc))
-        _pointwise(addresses[POINTWISE], (view(arena, op[X], (rows, xc)), view(params, op[W], (xc, yc)),
-                                          view(params, op[B], (yc,)), act, residual, gate, xh * xw, op[TR], op[TC],
-                                          sgemm, view(arena, op[Y], (rows, yc)), t))
+        if op[RUN] > 0:
+            packed = view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * xc,))
+            _pointwise_packed(addresses[POINTWISE_PACKED], (view(arena, op[X], (rows, xc)), packed,
+                                                            view(params, op[B], (yc,)), act, residual, gate, xh * xw,
+                                                            op[TR], op[TC], view(arena, op[Y], (rows, yc)), t))
+        else:
+            _pointwise(addresses[POINTWISE], (view(arena, op[X], (rows, xc)), view(params, op[W], (xc, yc)),
+                                              view(params, op[B], (yc,)), act, residual, gate, xh * xw, op[TR],
+                                              op[TC], sgemm, view(arena, op[Y], (rows, yc)), t))
     elif kind == DEPTHWISE:
         run = op[RUN] * xc
         sums = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, yh, yc))
@@ -166,6 +183,14 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                                               view(params, op[W], (op[KH], op[KW], xc, yc)), view(params, op[B], (yc,)),
                                               act, op[SH], op[SW], op[PT], op[PL], op[TR],
                                               view(arena, op[Y], (n, yh, yw, yc)), t))
+    elif kind == CONV and op[RUN] > 0:
+        k = op[KH] * op[KW] * xc
+        block = view(arena, op[AUX] + worker * op[TR] * k, (op[TR], k))
+        _conv_packed(addresses[CONV_PACKED], (view(arena, op[X], (n, xh, xw, xc)),
+                                              view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * k,)),
+                                              op[KH], op[KW], view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT],
+                                              op[PL], op[RH], op[RW], block, op[TR], view(arena, op[Y], (n, yh, yw, yc)),
+                                              t))
     elif kind == CONV:
         k = op[KH] * op[KW] * xc
         block = view(arena, op[AUX] + worker * op[TR] * k, (op[TR], k))

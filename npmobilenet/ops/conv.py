@@ -43,13 +43,14 @@ from numba import prange
 
 from npmobilenet.config import choose_kernel, get_num_threads, njit_serial, serial_and_parallel
 from npmobilenet.ops.blas import gemm_address, matmul, single_threaded_blas
-from npmobilenet.ops.epilogue import IDENTITY, _U, activate_run, bias_act, bias_act_run
+from npmobilenet.ops.epilogue import IDENTITY, NO_ROWS, _U, activate_run, bias_act, bias_act_run
 from npmobilenet.ops.geometry import (
     check_array,
     check_dy,
     check_same_dtype,
     conv_geometry,
 )
+from npmobilenet.ops.matmul_avx512 import product_rows
 
 
 # -- receptive fields: im2col ------------------------------------------------------------------------
@@ -243,27 +244,64 @@ def conv_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h
     channels is computed tap by tap (`conv_direct_tile`); any other gathers the tile's receptive
     fields into the block and multiplies them by w as a (KH*KW*Cin, Cout) matrix.
     """
-    height, width, in_channels = x.shape[1], x.shape[2], x.shape[3]
+    in_channels = x.shape[3]
     kernel_h, kernel_w, _, out_channels = w.shape
     if _direct_path(kernel_h, kernel_w, in_channels, dilation_h, dilation_w):
         conv_direct_tile(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, tile, y, t)
         return
+    p0, p1 = _gather_tile(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                          block, tile, y, t)
+    y_rows = y.reshape(y.shape[0] * y.shape[1] * y.shape[2], out_channels)
+    w_matrix = w.reshape(kernel_h * kernel_w * in_channels, out_channels)
+    # (np.int64(0), not 0: a literal argument would compile the callee a second time)
+    matmul(gemm, block, np.int64(0), p1 - p0, w_matrix, np.int64(0), out_channels, y_rows[p0:p1])
+    if bias.shape[0] > 0:
+        bias_act(y_rows, p0, p1, np.int64(0), out_channels, bias, act)
+
+
+@njit_serial
+def _gather_tile(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, block, tile,
+                 y, t):
+    """The receptive fields of tile t's output pixels, gathered into rows of block; (p0, p1)."""
+    height, width, in_channels = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w = y.shape[1], y.shape[2]
     pixels = y.shape[0] * out_h * out_w
     p0 = t * tile
     p1 = min(pixels, p0 + tile)
-    y_rows = y.reshape(pixels, out_channels)
     x_rows = x.reshape(x.shape[0], height, width * in_channels)
-    w_matrix = w.reshape(kernel_h * kernel_w * in_channels, out_channels)
     for p in range(p0, p1):
         n = p // (out_h * out_w)
         oh = (p - n * out_h * out_w) // out_w
         _gather_field(x_rows, in_channels, n, oh, p % out_w, block[p - p0], kernel_h, kernel_w, stride_h,
                       stride_w, pad_top, pad_left, dilation_h, dilation_w)
-    # (np.int64(0), not 0: a literal argument would compile the callee a second time)
-    matmul(gemm, block, np.int64(0), p1 - p0, w_matrix, np.int64(0), out_channels, y_rows[p0:p1])
-    if bias.shape[0] > 0:
-        bias_act(y_rows, p0, p1, np.int64(0), out_channels, bias, act)
+    return p0, p1
+
+
+@njit_serial
+def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
+                     dilation_w, block, tile, y, t):
+    """`conv_tile`'s GEMM path on w packed as a (KH*KW*Cin, Cout) matrix (`matmul_avx512.packed_weight`,
+    flattened), finished in registers (`matmul_avx512.product_rows`): fused inference where the
+    CPU has AVX-512 (not the stem, whose direct path stays)."""
+    p0, p1 = _gather_tile(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                          block, tile, y, t)
+    cout = y.shape[3]
+    y_rows = y.reshape(y.shape[0] * y.shape[1] * y.shape[2], cout)
+    product_rows(block, np.int64(0), w, bias, act, NO_ROWS, y_rows, p0, p1 - p0, np.int64(0), cout)
+
+
+def _conv_packed_forward(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
+                         dilation_w, cols, tile, y):
+    # every tile of `conv_tile_packed`, as `_conv_forward` runs `conv_tile`'s
+    tiles = (y.shape[0] * y.shape[1] * y.shape[2] + tile - 1) // tile
+    workers = cols.shape[0]
+    for worker in prange(workers):
+        for t in range(worker, tiles, workers):
+            conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
+                             dilation_w, cols[worker], tile, y, t)
+
+
+CONV_PACKED_FORWARD = serial_and_parallel(_conv_packed_forward)
 
 
 def _conv_forward(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, cols, tile, gemm,

@@ -14,7 +14,9 @@ in these products. Reshaping a C-contiguous NHWC array to `(N*H*W, C)` copies no
 The forward tile (`pointwise_tile`), what fused inference and the exact int8 path run: a block of
 rows by columns of y multiplied by OpenBLAS's GEMM called from inside Numba (`ops/blas.py`), then
 finished while in cache (bias and activation, or bias and the residual: `ops/epilogue.py`), its
-input rows first scaled by squeeze-and-excitation's gate when the layer has one.
+input rows first scaled by squeeze-and-excitation's gate when the layer has one. Where the CPU has
+AVX-512, fused inference runs `pointwise_tile_packed` instead: the same tiles on a weight packed
+once, summed and finished in registers (`ops/matmul_avx512.py`).
 
 Training keeps its own technique, one `np.matmul` over the whole batch (BLAS threads are
 OpenBLAS's own, OPENBLAS_NUM_THREADS): it has no epilogue to fuse, float64 would need the tiles'
@@ -29,6 +31,7 @@ from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.ops.blas import matmul
 from npmobilenet.ops.epilogue import finish, scale_by_gate
 from npmobilenet.ops.geometry import check_array, check_dy, check_same_dtype
+from npmobilenet.ops.matmul_avx512 import product_rows
 
 
 # -- the forward tile: x (P, K), w (K, M) -> y (P, M), with its epilogue ------------------------------
@@ -75,6 +78,35 @@ def _pointwise_forward(x, w, bias, act, residual, gate, rows_per_image, tile_row
 
 _pointwise_forward_serial, _pointwise_forward_parallel = serial_and_parallel(_pointwise_forward)
 POINTWISE_FORWARD = (_pointwise_forward_serial, _pointwise_forward_parallel)
+
+
+@njit_serial
+def pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t):
+    """`pointwise_tile` on a packed weight (`matmul_avx512.packed_weight`, flattened), finished in
+    registers (`matmul_avx512.product_rows`); no GEMM address. tile_cols is a multiple of 16."""
+    rows, cols = x.shape[0], y.shape[1]
+    col_tiles = (cols + tile_cols - 1) // tile_cols
+    i = t // col_tiles
+    p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
+    p1, m1 = min(rows, p0 + tile_rows), min(cols, m0 + tile_cols)
+    if gate.shape[0] > 0 and col_tiles == 1:
+        scale_by_gate(x, p0, p1, gate, rows_per_image)
+    product_rows(x, p0, w, bias, act, residual, y, p0, p1 - p0, m0, m1)
+
+
+def _pointwise_packed_forward(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y):
+    # every tile of `pointwise_tile_packed`, as `_pointwise_forward` runs `pointwise_tile`'s
+    rows, cols = x.shape[0], y.shape[1]
+    row_tiles = (rows + tile_rows - 1) // tile_rows
+    col_tiles = (cols + tile_cols - 1) // tile_cols
+    if gate.shape[0] > 0 and col_tiles > 1:
+        for t in prange(row_tiles):
+            gate_rows_tile(x, gate, rows_per_image, tile_rows, t)
+    for t in prange(row_tiles * col_tiles):
+        pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t)
+
+
+POINTWISE_PACKED_FORWARD = serial_and_parallel(_pointwise_packed_forward)
 
 
 # -- training: the whole batch by np.matmul ------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""A block of rows times a weight packed once, finished in registers (AVX-512): 8 pixels by 32 channels.
+
+Fused inference's pointwise tile (`pointwise.pointwise_tile`), and its standard convolutions'
+(`conv.conv_tile`: gathered receptive fields), call OpenBLAS's SGEMM on a block of rows, then
+finish the block in a second pass (`epilogue.finish`). SGEMM packs both operands on every call and
+knows nothing of the epilogue; a MobileNet layer has a few hundred rows per tile and K of 16 to
+960, so the packing and the second pass are a large part of each call. Here (`product_rows`, run
+by `pointwise.pointwise_tile_packed` and `conv.conv_tile_packed`) the weight is packed once, when
+the fused model is built (`packed_weight`: 16-channel slivers, each (K, 16), contiguous), and each
+8 x 32 block of the output is summed over K in 16 vector registers (per input channel: two
+16-channel weight loads, eight broadcast pixels, sixteen FMAs), then finished in the registers
+(+ bias, act or + residual) and stored once.
+
+Each output is the same sum in the same order (k = 0, 1, ...) whatever the tile and the thread:
+results are bitwise identical across thread counts, as the tiling requires (`inference/tiling.py`).
+They differ from SGEMM's in the last bits (another order of the sum).
+"""
+import os
+
+import numpy as np
+
+from npmobilenet.config import njit_serial
+from npmobilenet.ops.epilogue import HARDSWISH, RELU, RELU6
+from npmobilenet.ops.vector16 import (LANES, add, broadcast, broadcast_like, fma, has_avx512, load, load_like,
+                                      load_part_like, maximum, minimum, mul, splat, splat8, splat_like, store,
+                                      store_part)
+
+PIXELS = 8  # rows of the register tile
+HALF = LANES // 2
+
+
+def enabled():
+    """Whether fused inference's pointwise layers use this tile: where the CPU has AVX-512 and
+    NPMOBILENET_NO_AVX512 is unset (or 0); the variable keeps the OpenBLAS tile, e.g. to test it
+    on an AVX-512 machine."""
+    return os.environ.get("NPMOBILENET_NO_AVX512", "0") in ("", "0") and has_avx512()
+
+
+def packed_weight(w):
+    """w (K, M) float32 -> (ceil(M/16), K, 16): sliver s holds columns 16s..16s+15 of every row,
+    zero past M."""
+    k, m = w.shape
+    slivers = -(-m // LANES)
+    padded = np.zeros((k, slivers * LANES), np.float32)
+    padded[:, :m] = w
+    return np.ascontiguousarray(padded.reshape(k, slivers, LANES).transpose(1, 0, 2))
+
+
+def unpacked_weight(packed, k, m):
+    """The inverse of `packed_weight` (its result or the same flattened): -> (k, m)."""
+    slivers = packed.size // (k * LANES)
+    return np.ascontiguousarray(packed.reshape(slivers, k, LANES).transpose(1, 0, 2).reshape(k, slivers * LANES)[:, :m])
+
+
+@njit_serial
+def _finish(v, b, act, residual, at, count):
+    """act(v + b), or v + b + residual.flat[at:at+count] when there is a residual (the linear
+    bottleneck: no activation after the add), as `epilogue.finish` computes it."""
+    if residual.shape[0] > 0:
+        return add(add(v, b), load_part_like(v, residual, at, count))
+    v = add(v, b)
+    zero = splat_like(v, np.float32(0))
+    if act == RELU:
+        v = maximum(v, zero)
+    elif act == RELU6:
+        v = minimum(maximum(v, zero), splat_like(v, np.float32(6)))
+    elif act == HARDSWISH:    # x relu6(x + 3) / 6 (V3, Eq. 2)
+        v = mul(mul(v, minimum(maximum(add(v, splat_like(v, np.float32(3))), zero), splat_like(v, np.float32(6)))),
+                splat_like(v, np.float32(1 / 6)))
+    return v
+
+
+@njit_serial
+def _block_pair(x, r, k_, w, s, bias, act, residual, y, p, rows, c, zb, count):
+    """y[p:p+rows, c:c+16+count] (rows <= 8), the 8 x (16 + 16) register tile: slivers s and s+1,
+    the second's first `count` channels, in vectors of zb's type (16 lanes, or 8 when count <= 8:
+    half the work where 512-bit instructions run as two halves). r: flat offsets of the 8 input
+    rows (the last repeated when rows < 8)."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = r
+    w0, w1 = s * k_ * LANES, (s + 1) * k_ * LANES
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = splat(np.float32(0))
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = zb
+    for k in range(k_):
+        u, v = load(w, w0 + k * LANES), load_like(zb, w, w1 + k * LANES)
+        x0, z0 = broadcast(x, r0 + k), broadcast_like(zb, x, r0 + k)
+        a0, b0 = fma(x0, u, a0), fma(z0, v, b0)
+        x1, z1 = broadcast(x, r1 + k), broadcast_like(zb, x, r1 + k)
+        a1, b1 = fma(x1, u, a1), fma(z1, v, b1)
+        x2, z2 = broadcast(x, r2 + k), broadcast_like(zb, x, r2 + k)
+        a2, b2 = fma(x2, u, a2), fma(z2, v, b2)
+        x3, z3 = broadcast(x, r3 + k), broadcast_like(zb, x, r3 + k)
+        a3, b3 = fma(x3, u, a3), fma(z3, v, b3)
+        x4, z4 = broadcast(x, r4 + k), broadcast_like(zb, x, r4 + k)
+        a4, b4 = fma(x4, u, a4), fma(z4, v, b4)
+        x5, z5 = broadcast(x, r5 + k), broadcast_like(zb, x, r5 + k)
+        a5, b5 = fma(x5, u, a5), fma(z5, v, b5)
+        x6, z6 = broadcast(x, r6 + k), broadcast_like(zb, x, r6 + k)
+        a6, b6 = fma(x6, u, a6), fma(z6, v, b6)
+        x7, z7 = broadcast(x, r7 + k), broadcast_like(zb, x, r7 + k)
+        a7, b7 = fma(x7, u, a7), fma(z7, v, b7)
+    cols = y.shape[1]
+    ba, bb = load(bias, c), load_part_like(zb, bias, c + LANES, count)
+    for i, (a, b) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5), (a6, b6), (a7, b7))):
+        if i < rows:
+            at = (p + i) * cols + c
+            store(y, at, _finish(a, ba, act, residual, at, LANES))
+            store_part(y, at + LANES, _finish(b, bb, act, residual, at + LANES, count), count)
+
+
+@njit_serial
+def _block_one(x, r, k_, w, s, bias, act, residual, y, p, rows, c, z, count):
+    """The same for one sliver, its first `count` channels, in vectors of z's type: y[p:p+rows, c:c+count]."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = r
+    w0 = s * k_ * LANES
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
+    for k in range(k_):
+        u = load_like(z, w, w0 + k * LANES)
+        a0 = fma(broadcast_like(z, x, r0 + k), u, a0)
+        a1 = fma(broadcast_like(z, x, r1 + k), u, a1)
+        a2 = fma(broadcast_like(z, x, r2 + k), u, a2)
+        a3 = fma(broadcast_like(z, x, r3 + k), u, a3)
+        a4 = fma(broadcast_like(z, x, r4 + k), u, a4)
+        a5 = fma(broadcast_like(z, x, r5 + k), u, a5)
+        a6 = fma(broadcast_like(z, x, r6 + k), u, a6)
+        a7 = fma(broadcast_like(z, x, r7 + k), u, a7)
+    cols = y.shape[1]
+    ba = load_part_like(z, bias, c, count)
+    for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+        if i < rows:
+            at = (p + i) * cols + c
+            store_part(y, at, _finish(a, ba, act, residual, at, count), count)
+
+
+@njit_serial
+def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1):
+    """y[y0:y0+rows, m0:m1] = act(x[x0:x0+rows] @ W + bias), or + bias + residual (rows y0.. of
+    residual (P, M) when it has any): x (., K), W (K, M) packed (`packed_weight`, flattened),
+    bias (M,), y (., M); m0 a multiple of 16."""
+    k_ = x.shape[1]
+    last = x0 + rows - 1
+    zero16, zero8 = splat(np.float32(0)), splat8(np.float32(0))
+    for i in range(0, rows, PIXELS):
+        p = x0 + i
+        r = (p * k_, min(p + 1, last) * k_, min(p + 2, last) * k_, min(p + 3, last) * k_,
+             min(p + 4, last) * k_, min(p + 5, last) * k_, min(p + 6, last) * k_, min(p + 7, last) * k_)
+        n, q = min(PIXELS, rows - i), y0 + i
+        c = m0
+        while m1 - c > LANES + HALF:
+            _block_pair(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero16, min(LANES, m1 - c - LANES))
+            c += 2 * LANES
+        if m1 - c > LANES:
+            _block_pair(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero8, m1 - c - LANES)
+        elif m1 - c > HALF:
+            _block_one(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero16, m1 - c)
+        elif m1 > c:
+            _block_one(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero8, m1 - c)
