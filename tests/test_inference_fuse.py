@@ -245,7 +245,7 @@ def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
     # where the CPU has AVX-512, pointwise and gathered-block convolutions run the register tile on
     # packed weights (ops/matmul_avx512.py); NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's tiles. Both
     # equal the unfused model, and each is the same bits on 1 and 2 threads.
-    from npmobilenet.inference.program import CONV_PACKED, POINTWISE_PACKED, _slot
+    from npmobilenet.inference.program import CONV_DIRECT, CONV_PACKED, POINTWISE_PACKED, _slot
     from npmobilenet.ops.vector16 import has_avx512
 
     rng = np.random.default_rng(12)
@@ -263,7 +263,6 @@ def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
         assert np.array_equal(outputs[0], outputs[1])
         assert relative_error(outputs[0], expected) < 1e-4
         slots[flag] = {_slot(row) for row in fused.plan(x.shape).program.ops}
-    assert POINTWISE_PACKED not in slots["1"] and CONV_PACKED not in slots["1"]
-    if has_avx512():
-        assert POINTWISE_PACKED in slots["0"]
-        assert (CONV_PACKED in slots["0"]) == (arch == "mobilenet_v4_conv_small")   # V4's full 3x3 convolutions
+    assert POINTWISE_PACKED not in slots["1"] and CONV_PACKED not in slots["1"] and CONV_DIRECT in slots["1"]
+    if has_avx512():    # every standard convolution packed, the stem too
+        assert POINTWISE_PACKED in slots["0"] and CONV_PACKED in slots["0"] and CONV_DIRECT not in slots["0"]

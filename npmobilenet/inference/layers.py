@@ -91,9 +91,10 @@ class FusedConv2d(_Windowed):
     """Standard KxK convolution + bias + activation. weight (KH, KW, Cin, Cout). Its tiles are
     blocks of output pixels (`ops.conv.conv_tile`); but for the stem (3x3 over RGB, computed
     tap by tap) they gather receptive fields into a workspace, a block per thread. With `packed`
-    (the default where `ops.matmul_avx512.enabled()`, never for the stem) the product runs in the
-    register tile of `ops.matmul_avx512` on `weight_packed`, which the kernel reads instead of
-    `weight` (both are kept: the window's geometry reads `weight`'s shape)."""
+    (the default where `ops.matmul_avx512.enabled()`), `ops.conv.conv_tile_packed` instead, the
+    stem too: the register tile of `ops.matmul_avx512` on `weight_packed`, which the kernel reads
+    instead of `weight` (both are kept: the window's geometry reads `weight`'s shape), reading
+    interior pixels' fields from x and gathering only the border's into the workspace."""
 
     kind = "conv"
 
@@ -103,8 +104,7 @@ class FusedConv2d(_Windowed):
         self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right) or "same"
         self.dilation = tuple(dilation)                      # (rh, rw)
         kh, kw, cin, cout = weight.shape
-        direct = conv_ops.uses_direct_path(kh, kw, cin, *self.dilation)
-        self.packed = (matmul_avx512.enabled() if packed is None else bool(packed)) and not direct
+        self.packed = matmul_avx512.enabled() if packed is None else bool(packed)
         if self.packed:
             self.weight_packed = matmul_avx512.packed_weight(np.asarray(weight, FLOAT).reshape(kh * kw * cin, cout))
             self.weight_packed = self.weight_packed.reshape(-1)
@@ -129,7 +129,9 @@ class FusedConv2d(_Windowed):
         n, ho, wo, _ = self.output_shapes(shapes)[0]
         kh, kw, cin, _ = self.weight.shape
         tile = conv_ops.tile_pixels(n * ho * wo, cin, kh, kw)
-        return tile, -(-n * ho * wo // tile), conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
+        workspace = (MAX_WORKERS, tile, kh * kw * cin) if self.packed else conv_ops.workspace_shape(
+            MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
+        return tile, -(-n * ho * wo // tile), workspace
 
     def workspace_shapes(self, shapes):
         workspace = self._tile(shapes)[2]

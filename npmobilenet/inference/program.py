@@ -29,7 +29,8 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - CONV: X (N, XH, XW, XC) -> Y (N, YH, YW, YC) with W (KH, KW, XC, YC), B; stride, padding, dilation;
   TR output pixels per tile; AUX: the workspace (BLOCKS, TR, KH*KW*XC) its GEMM path gathers
   receptive fields into, a block per worker (`ops.conv.workspace_shape`), or -1 (the stem). RUN 16:
-  W packed as a (KH*KW*XC, YC) matrix for the register tile, as POINTWISE's (never the stem).
+  W packed as a (KH*KW*XC, YC) matrix for the register tile, as POINTWISE's, the stem's too (then
+  with a workspace: its border pixels' fields are gathered).
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
@@ -37,7 +38,7 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile. RUN 16: W is packed in 16-channel
-  slivers (`ops.pointwise_avx512.packed_weight`: (YC/16 rounded up, XC, 16)) for that module's
+  slivers (`ops.matmul_avx512.packed_weight`: (YC/16 rounded up, XC, 16)) for that module's
   register tile; -1: W as it is, for the OpenBLAS tile.
 - POOL: X (N, XH*XW, XC) -> Y (N, XC).
 - LINEAR: X (N, XC) -> Y (N, YC) with W packed by column blocks of TC (`tiles.linear_blocks`:
@@ -277,6 +278,7 @@ class Program:
         # `addresses`: another table's tile addresses and its own `_run_tile`'s (the int8 table)
         self.addresses = tile_addresses(self.ops) if addresses is None else addresses
         self._jobs = {}
+        self._helpers_ready = False
 
     @property
     def tiles(self):
@@ -303,6 +305,11 @@ class Program:
         args = (rows, first_tile, self.params, self.arena, self.sgemm, counters, self.addresses)
         workers = min(int(threads), MAX_WORKERS)       # a workspace block each (see CONV)
         helpers = tile_workers() if workers > 1 else None
+        if helpers is not None and not self._helpers_ready:
+            # the helpers call `_take_tiles` from Python: load its code here, once, rather than in
+            # whichever helper first joins a run (late, in the middle of some later call)
+            _take_tiles.compile(tuple(numba.typeof(a) for a in args) + (types.int64,))
+            self._helpers_ready = True
         if helpers is not None and helpers.lock.acquire(blocking=False):
             try:
                 helpers.publish(workers, lambda worker: _take_tiles(*args, worker))

@@ -71,64 +71,88 @@ def _finish(v, b, act, residual, at, count):
 
 
 @njit_serial
-def _block_pair(x, r, k_, w, s, bias, act, residual, y, p, rows, c, zb, count):
-    """y[p:p+rows, c:c+16+count] (rows <= 8), the 8 x (16 + 16) register tile: slivers s and s+1,
-    the second's first `count` channels, in vectors of zb's type (16 lanes, or 8 when count <= 8:
-    half the work where 512-bit instructions run as two halves). r: flat offsets of the 8 input
-    rows (the last repeated when rows < 8)."""
+def _block_pair(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, zb, count):
+    """The 8 x (16 + 16) register tile: output rows at y.flat[q[i]] (i < rows <= 8), channels
+    c..c+16+count: slivers s and s+1, the second's first `count` channels, in vectors of zb's type
+    (16 lanes, or 8 when count <= 8: half the work where 512-bit instructions run as two halves).
+    Input row i is `segs` runs of `seg` numbers from x.flat[r[i]], `gap` apart (a matrix row: one
+    run; a receptive field: one run per kernel row), summed in order: k = g*seg + j."""
     r0, r1, r2, r3, r4, r5, r6, r7 = r
+    k_ = seg * segs
     w0, w1 = s * k_ * LANES, (s + 1) * k_ * LANES
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = splat(np.float32(0))
     b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = zb
-    for k in range(k_):
-        u, v = load(w, w0 + k * LANES), load_like(zb, w, w1 + k * LANES)
-        x0, z0 = broadcast(x, r0 + k), broadcast_like(zb, x, r0 + k)
-        a0, b0 = fma(x0, u, a0), fma(z0, v, b0)
-        x1, z1 = broadcast(x, r1 + k), broadcast_like(zb, x, r1 + k)
-        a1, b1 = fma(x1, u, a1), fma(z1, v, b1)
-        x2, z2 = broadcast(x, r2 + k), broadcast_like(zb, x, r2 + k)
-        a2, b2 = fma(x2, u, a2), fma(z2, v, b2)
-        x3, z3 = broadcast(x, r3 + k), broadcast_like(zb, x, r3 + k)
-        a3, b3 = fma(x3, u, a3), fma(z3, v, b3)
-        x4, z4 = broadcast(x, r4 + k), broadcast_like(zb, x, r4 + k)
-        a4, b4 = fma(x4, u, a4), fma(z4, v, b4)
-        x5, z5 = broadcast(x, r5 + k), broadcast_like(zb, x, r5 + k)
-        a5, b5 = fma(x5, u, a5), fma(z5, v, b5)
-        x6, z6 = broadcast(x, r6 + k), broadcast_like(zb, x, r6 + k)
-        a6, b6 = fma(x6, u, a6), fma(z6, v, b6)
-        x7, z7 = broadcast(x, r7 + k), broadcast_like(zb, x, r7 + k)
-        a7, b7 = fma(x7, u, a7), fma(z7, v, b7)
-    cols = y.shape[1]
+    for g in range(segs):
+        for j in range(seg):
+            k, o = g * seg + j, g * gap + j
+            u, v = load(w, w0 + k * LANES), load_like(zb, w, w1 + k * LANES)
+            x0, z0 = broadcast(x, r0 + o), broadcast_like(zb, x, r0 + o)
+            a0, b0 = fma(x0, u, a0), fma(z0, v, b0)
+            x1, z1 = broadcast(x, r1 + o), broadcast_like(zb, x, r1 + o)
+            a1, b1 = fma(x1, u, a1), fma(z1, v, b1)
+            x2, z2 = broadcast(x, r2 + o), broadcast_like(zb, x, r2 + o)
+            a2, b2 = fma(x2, u, a2), fma(z2, v, b2)
+            x3, z3 = broadcast(x, r3 + o), broadcast_like(zb, x, r3 + o)
+            a3, b3 = fma(x3, u, a3), fma(z3, v, b3)
+            x4, z4 = broadcast(x, r4 + o), broadcast_like(zb, x, r4 + o)
+            a4, b4 = fma(x4, u, a4), fma(z4, v, b4)
+            x5, z5 = broadcast(x, r5 + o), broadcast_like(zb, x, r5 + o)
+            a5, b5 = fma(x5, u, a5), fma(z5, v, b5)
+            x6, z6 = broadcast(x, r6 + o), broadcast_like(zb, x, r6 + o)
+            a6, b6 = fma(x6, u, a6), fma(z6, v, b6)
+            x7, z7 = broadcast(x, r7 + o), broadcast_like(zb, x, r7 + o)
+            a7, b7 = fma(x7, u, a7), fma(z7, v, b7)
     ba, bb = load(bias, c), load_part_like(zb, bias, c + LANES, count)
     for i, (a, b) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5), (a6, b6), (a7, b7))):
         if i < rows:
-            at = (p + i) * cols + c
+            at = q[i] + c
             store(y, at, _finish(a, ba, act, residual, at, LANES))
             store_part(y, at + LANES, _finish(b, bb, act, residual, at + LANES, count), count)
 
 
 @njit_serial
-def _block_one(x, r, k_, w, s, bias, act, residual, y, p, rows, c, z, count):
-    """The same for one sliver, its first `count` channels, in vectors of z's type: y[p:p+rows, c:c+count]."""
+def _block_one(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, z, count):
+    """The same for one sliver, its first `count` channels, in vectors of z's type."""
     r0, r1, r2, r3, r4, r5, r6, r7 = r
+    k_ = seg * segs
     w0 = s * k_ * LANES
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
-    for k in range(k_):
-        u = load_like(z, w, w0 + k * LANES)
-        a0 = fma(broadcast_like(z, x, r0 + k), u, a0)
-        a1 = fma(broadcast_like(z, x, r1 + k), u, a1)
-        a2 = fma(broadcast_like(z, x, r2 + k), u, a2)
-        a3 = fma(broadcast_like(z, x, r3 + k), u, a3)
-        a4 = fma(broadcast_like(z, x, r4 + k), u, a4)
-        a5 = fma(broadcast_like(z, x, r5 + k), u, a5)
-        a6 = fma(broadcast_like(z, x, r6 + k), u, a6)
-        a7 = fma(broadcast_like(z, x, r7 + k), u, a7)
-    cols = y.shape[1]
+    for g in range(segs):
+        for j in range(seg):
+            k, o = g * seg + j, g * gap + j
+            u = load_like(z, w, w0 + k * LANES)
+            a0 = fma(broadcast_like(z, x, r0 + o), u, a0)
+            a1 = fma(broadcast_like(z, x, r1 + o), u, a1)
+            a2 = fma(broadcast_like(z, x, r2 + o), u, a2)
+            a3 = fma(broadcast_like(z, x, r3 + o), u, a3)
+            a4 = fma(broadcast_like(z, x, r4 + o), u, a4)
+            a5 = fma(broadcast_like(z, x, r5 + o), u, a5)
+            a6 = fma(broadcast_like(z, x, r6 + o), u, a6)
+            a7 = fma(broadcast_like(z, x, r7 + o), u, a7)
     ba = load_part_like(z, bias, c, count)
     for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
         if i < rows:
-            at = (p + i) * cols + c
+            at = q[i] + c
             store_part(y, at, _finish(a, ba, act, residual, at, count), count)
+
+
+@njit_serial
+def product_group(x, r, seg, segs, gap, w, bias, act, residual, y, q, rows, m0, m1):
+    """Channels m0..m1 (m0 a multiple of 16) of `rows` (<= 8) output rows at y.flat[q[i]] (y (., M)):
+    act(x_i @ W + bias), or + bias + residual (at the same offsets), x_i the input rows at r
+    (`_block_pair`'s runs), W (K, M) packed (`packed_weight`, flattened), bias (M,)."""
+    zero16, zero8 = splat(np.float32(0)), splat8(np.float32(0))
+    c = m0
+    while m1 - c > LANES + HALF:
+        _block_pair(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero16,
+                    min(LANES, m1 - c - LANES))
+        c += 2 * LANES
+    if m1 - c > LANES:
+        _block_pair(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero8, m1 - c - LANES)
+    elif m1 - c > HALF:
+        _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero16, m1 - c)
+    elif m1 > c:
+        _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero8, m1 - c)
 
 
 @njit_serial
@@ -136,21 +160,11 @@ def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1):
     """y[y0:y0+rows, m0:m1] = act(x[x0:x0+rows] @ W + bias), or + bias + residual (rows y0.. of
     residual (P, M) when it has any): x (., K), W (K, M) packed (`packed_weight`, flattened),
     bias (M,), y (., M); m0 a multiple of 16."""
-    k_ = x.shape[1]
+    k_, cols = x.shape[1], y.shape[1]
     last = x0 + rows - 1
-    zero16, zero8 = splat(np.float32(0)), splat8(np.float32(0))
     for i in range(0, rows, PIXELS):
-        p = x0 + i
+        p, q = x0 + i, (y0 + i) * cols
         r = (p * k_, min(p + 1, last) * k_, min(p + 2, last) * k_, min(p + 3, last) * k_,
              min(p + 4, last) * k_, min(p + 5, last) * k_, min(p + 6, last) * k_, min(p + 7, last) * k_)
-        n, q = min(PIXELS, rows - i), y0 + i
-        c = m0
-        while m1 - c > LANES + HALF:
-            _block_pair(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero16, min(LANES, m1 - c - LANES))
-            c += 2 * LANES
-        if m1 - c > LANES:
-            _block_pair(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero8, m1 - c - LANES)
-        elif m1 - c > HALF:
-            _block_one(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero16, m1 - c)
-        elif m1 > c:
-            _block_one(x, r, k_, w, c // LANES, bias, act, residual, y, q, n, c, zero8, m1 - c)
+        yr = (q, q + cols, q + 2 * cols, q + 3 * cols, q + 4 * cols, q + 5 * cols, q + 6 * cols, q + 7 * cols)
+        product_group(x, r, k_, 1, 0, w, bias, act, residual, y, yr, min(PIXELS, rows - i), m0, m1)

@@ -4,7 +4,7 @@ few intrinsics that use them.
 Numba has no vector type, so `float32x16` is one: a Numba type whose LLVM value is
 `<16 x float>` (`float32x8`: `<8 x float>`, half a register, half the work on CPUs that run
 512-bit instructions in two halves), kept in a register once LLVM promotes the kernel's locals. With it a kernel names
-its register tile (`pointwise_avx512.py`: 8 pixels by 32 output channels, 16 accumulators) and
+its register tile (`matmul_avx512.py`: 8 pixels by 32 output channels, 16 accumulators) and
 LLVM allocates exactly that; written as plain loops, the same product was left to the vectoriser,
 which keeps no tile in registers. The intrinsics are LLVM's generic vector instructions (loads,
 masked loads and stores, broadcast, `llvm.fma`, add, multiply, min, max); a CPU without 512-bit
