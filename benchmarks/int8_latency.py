@@ -85,7 +85,7 @@ def scaling(arch, batch, repeat, rounds=5, seed=0):
     images = np.random.default_rng(seed).uniform(-1, 1, (max(4, batch), 224, 224, 3)).astype(np.float32)
     qmodel = quantize(model, images[:4])
     xq = qmodel.quantize_input(images[:batch])
-    plan = qmodel._plan(xq.shape)
+    plan = qmodel.plan(xq.shape)
     plan.run(xq, 2)
     times = blocked_times([(threads, lambda threads=threads: plan.run(xq, threads)) for threads in (1, 2)], repeat,
                           rounds=rounds, warmup=1)

@@ -223,7 +223,7 @@ def test_whole_models_on_a_plan_match_reference(arch, images, monkeypatch):
     finally:
         config.set_num_threads(threads)
     qmodel.integer_only = True
-    plan = qmodel._plan(xq.shape)
+    plan = qmodel.plan(xq.shape)
     assert bool(plan.fused) == vnni.vnni_enabled()    # the residual adds fused where VNNI runs
     assert plan.program is not None                   # integer-only: on the table (without VNNI, the exact
     #                                                   float paths of integer_only=False run call by call)

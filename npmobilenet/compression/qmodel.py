@@ -87,7 +87,7 @@ class QuantizedModel:
             # the plan's buffers serve one call at a time; a concurrent call goes op by op
             if not record and lock.acquire(blocking=False):
                 try:
-                    return self._plan(xq.shape).run(xq)
+                    return self.plan(xq.shape).run(xq)
                 finally:
                     lock.release()
             env = {"input": xq}
@@ -96,7 +96,10 @@ class QuantizedModel:
                 env[op.output] = op.evaluate(env, zp, not self.integer_only)
             return env if record else env[self.output]
 
-    def _plan(self, input_shape):
+    def plan(self, input_shape):
+        """The int8 plan (activation arena and op table, `qplan.Int8Plan`) for int8 inputs of
+        `input_shape` (N, H, W, 3) in the current mode, thread count and CPU path: made on first
+        use, a few shapes kept. `plan.run(xq, threads)` runs it (what `run` calls)."""
         key = (tuple(input_shape), self.integer_only, vnni.vnni_enabled(), config.get_num_threads(),
                config.PARALLEL_MIN_MACS)
         plans = self.__dict__.setdefault("_plans", {})

@@ -1,19 +1,24 @@
-"""A block of rows times a weight packed once, finished in registers (AVX-512): 8 pixels by 32 channels.
+"""Rows times a weight packed once, finished in registers (AVX-512): 8 pixels by 32 channels.
 
 Fused inference's pointwise tile (`pointwise.pointwise_tile`), and its standard convolutions'
 (`conv.conv_tile`: gathered receptive fields), call OpenBLAS's SGEMM on a block of rows, then
 finish the block in a second pass (`epilogue.finish`). SGEMM packs both operands on every call and
 knows nothing of the epilogue; a MobileNet layer has a few hundred rows per tile and K of 16 to
-960, so the packing and the second pass are a large part of each call. Here (`product_rows`, run
-by `pointwise.pointwise_tile_packed` and `conv.conv_tile_packed`) the weight is packed once, when
-the fused model is built (`packed_weight`: 16-channel slivers, each (K, 16), contiguous), and each
-8 x 32 block of the output is summed over K in 16 vector registers (per input channel: two
-16-channel weight loads, eight broadcast pixels, sixteen FMAs), then finished in the registers
-(+ bias, act or + residual) and stored once.
+960, so the packing and the second pass are a large part of each call. Here the weight is packed
+once, when the fused model is built (`packed_weight`: 16-channel slivers, each (K, 16),
+contiguous), and each block of 8 output rows by 32 channels is summed over K in 16 vector
+registers (per k: two 16-channel weight loads, eight broadcast inputs, sixteen FMAs), then
+finished in the registers (+ bias, act or + residual) and stored once (`product_group`; a last
+8-channel remainder in 8-lane vectors).
 
-Each output is the same sum in the same order (k = 0, 1, ...) whatever the tile and the thread:
-results are bitwise identical across thread counts, as the tiling requires (`inference/tiling.py`).
-They differ from SGEMM's in the last bits (another order of the sum).
+An input row need not be contiguous: it is `segs` runs of `seg` numbers, `gap` apart. A matrix
+row is one run (`product_rows`, for `pointwise.pointwise_tile_packed`); a receptive field of a
+KHxKW convolution in NHWC is KH runs of KW*Cin numbers, one per input row, so
+`conv.conv_tile_packed` reads interior pixels' fields where they lie in x instead of gathering them.
+
+Each output is the same sum in the same order (k = 0, 1, ...) whatever the tile, the thread, or
+whether its field was gathered: results are bitwise identical across thread counts, as the tiling
+requires (`inference/tiling.py`). They differ from SGEMM's in the last bits (another order).
 """
 import os
 
