@@ -102,6 +102,8 @@ def plot(runs, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from npmobilenet.inference.bench import compute_ceiling
+
     profiles = [p for run in runs for p in run.get("profiles", [])]
     if not profiles:
         print("no per-layer profiles in the JSON (run npmobilenet bench --per-layer): no plot", file=sys.stderr)
@@ -125,8 +127,9 @@ def plot(runs, path):
         peaks = profile.get("machine")
         if peaks:
             x = np.logspace(-1.5, 2.5, 100)
-            ax_roof.plot(x, np.minimum(peaks["sgemm_gmacs"], peaks["bandwidth_gbs"] * x), "k--", lw=1,
-                         label=f"roofline: {peaks['sgemm_gmacs']:.0f} GMAC/s SGEMM, {peaks['bandwidth_gbs']:.0f} GB/s")
+            ceiling = compute_ceiling(peaks)
+            ax_roof.plot(x, np.minimum(ceiling, peaks["bandwidth_gbs"] * x), "k--", lw=1,
+                         label=f"roofline: {ceiling:.0f} GMAC/s product peak, {peaks['bandwidth_gbs']:.0f} GB/s")
         ax_roof.set(xscale="log", yscale="log", xlabel="MACs per byte moved", ylabel="achieved GMAC/s",
                     title="roofline (" + title + ")")
         ax_roof.legend(fontsize=8)

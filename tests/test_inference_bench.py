@@ -5,6 +5,7 @@ import pytest
 
 from npmobilenet.cli import main
 from npmobilenet.inference import bench
+from npmobilenet.ops import matmul_avx512
 
 
 def test_bench_command_small(tmp_path, capsys, monkeypatch):
@@ -90,6 +91,16 @@ def test_roofline_fraction():
     assert bench.roofline_fraction(25e9, 0.25e9, 1.0, peaks) == pytest.approx(0.5)
     # no MACs (resize, pooling): the share of the bandwidth
     assert bench.roofline_fraction(0, 5e9, 1.0, peaks) == pytest.approx(0.25)
+    # the ceiling is the faster product's (the register tile's, where it runs) when given
+    peaks.update(matmul_gmacs=100.0, matmul="register tile", compute_gmacs=100.0)
+    assert bench.roofline_fraction(25e9, 0.25e9, 1.0, peaks) == pytest.approx(0.25)
+
+
+def test_machine_peaks_measure_the_product_the_layers_run():
+    peaks = bench.machine_peaks(1, seconds=0.05)
+    assert peaks["compute_gmacs"] == max(peaks["sgemm_gmacs"], peaks["matmul_gmacs"]) > 0
+    assert peaks["matmul"] == ("register tile" if matmul_avx512.enabled() else "OpenBLAS SGEMM")
+    assert peaks["bandwidth_gbs"] > 0
 
 
 def test_bench_command_on_the_applications(tmp_path, capsys):

@@ -93,10 +93,28 @@ def analytic_macs(arch, resolution, batch=1):
     return summarize(npmobilenet.build(arch), resolution, batch).macs
 
 
+def _best_seconds(run, seconds):
+    """The fastest of calls of `run` repeated for about `seconds` (after one untimed call)."""
+    run()
+    best, spent = np.inf, 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return best
+
+
 def machine_peaks(threads=1, seconds=0.3):
-    """Measured SGEMM GMAC/s (a 1024^3 product, in-kernel BLAS, `threads` threads) and copy
-    bandwidth GB/s (bytes read + written, a 64 MB array, numpy, one thread): the roofline."""
+    """The roofline: measured matrix-product GMAC/s (a 1024^3 product on `threads` threads, in
+    128-row tiles) and copy bandwidth GB/s (bytes read + written, a 64 MB array, numpy, one thread).
+
+    `sgemm_gmacs`: OpenBLAS's SGEMM called in-kernel; `matmul_gmacs`: the product fused inference's
+    pointwise layers run (`ops.matmul_avx512`'s register tile where `matmul_avx512.enabled()`, else the
+    same SGEMM), named by `matmul`; `compute_gmacs`, the roofline's ceiling, the faster of the two."""
     from npmobilenet.inference import kernels
+    from npmobilenet.inference.threads import numba_threads
+    from npmobilenet.ops import matmul_avx512, pointwise
     from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
     from npmobilenet.ops.epilogue import IDENTITY, NO_ROWS
 
@@ -104,30 +122,27 @@ def machine_peaks(threads=1, seconds=0.3):
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     c = np.empty_like(a)
     bias = np.zeros(n, np.float32)
-    sgemm = sgemm_address()
-    tile_rows, tile_cols = 128, n
-    kernel = kernels.POINTWISE[1]
-    args = (a, a, bias, IDENTITY, NO_ROWS, NO_ROWS, n, tile_rows, tile_cols, sgemm, c)
-    from npmobilenet.inference.threads import numba_threads
-
+    tiles = (n, 128, n)        # rows per image (unused: no gate), rows and columns per tile
     with single_threaded_blas(), numba_threads(threads):
-        kernel(*args)
-        best, spent = np.inf, 0.0
-        while spent < seconds:
-            start = time.perf_counter()
-            kernel(*args)
-            elapsed = time.perf_counter() - start
-            best, spent = min(best, elapsed), spent + elapsed
-    gmacs = n ** 3 / best / 1e9
+        sgemm = n ** 3 / _best_seconds(lambda: kernels.POINTWISE[1](
+            a, a, bias, IDENTITY, NO_ROWS, NO_ROWS, *tiles, sgemm_address(), c), seconds) / 1e9
+        matmul, name = sgemm, "OpenBLAS SGEMM"
+        if matmul_avx512.enabled():
+            packed = matmul_avx512.packed_weight(a).reshape(-1)
+            matmul = n ** 3 / _best_seconds(lambda: pointwise.POINTWISE_PACKED_FORWARD[1](
+                a, packed, bias, IDENTITY, NO_ROWS, NO_ROWS, *tiles, c), seconds) / 1e9
+            name = "register tile"
     src = np.ones(16 * 1024 * 1024, np.float32)    # 64 MB: twice the last-level cache
     dst = np.zeros_like(src)                        # touched: no page faults in the timing
-    best, spent = np.inf, 0.0
-    while spent < seconds:
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        elapsed = time.perf_counter() - start
-        best, spent = min(best, elapsed), spent + elapsed
-    return {"sgemm_gmacs": gmacs, "bandwidth_gbs": 2 * src.nbytes / best / 1e9, "threads": threads}
+    bandwidth = 2 * src.nbytes / _best_seconds(lambda: np.copyto(dst, src), seconds) / 1e9
+    return {"sgemm_gmacs": sgemm, "matmul_gmacs": matmul, "matmul": name, "compute_gmacs": max(sgemm, matmul),
+            "bandwidth_gbs": bandwidth, "threads": threads}
+
+
+def compute_ceiling(peaks):
+    """The roofline's compute ceiling in GMAC/s (`compute_gmacs`; SGEMM's in results written
+    before the register tile)."""
+    return peaks.get("compute_gmacs", peaks["sgemm_gmacs"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,8 +424,10 @@ def format_profile(profile, peaks=None):
     lines = [f"{profile['arch']} batch {profile['batch']} at {profile['resolution']}, {profile['threads']} thread(s){chunk}: "
              f"sum of layers {profile['total_ms']:.2f} ms"]
     if peaks:
-        ridge = peaks["sgemm_gmacs"] / peaks["bandwidth_gbs"]
-        lines.append(f"machine: SGEMM {peaks['sgemm_gmacs']:.0f} GMAC/s on {peaks['threads']} thread(s), "
+        ridge = compute_ceiling(peaks) / peaks["bandwidth_gbs"]
+        product = (f", {peaks['matmul']} {peaks['matmul_gmacs']:.0f} GMAC/s"
+                   if peaks.get("matmul", "OpenBLAS SGEMM") != "OpenBLAS SGEMM" else "")
+        lines.append(f"machine: SGEMM {peaks['sgemm_gmacs']:.0f} GMAC/s{product} on {peaks['threads']} thread(s), "
                      f"copy bandwidth {peaks['bandwidth_gbs']:.0f} GB/s; "
                      f"ridge point {ridge:.1f} MAC/byte (below it a layer is memory-bound)")
     header = (f"{'layer':22s} {'kind':34s} {'MMAC':>7s} {'MB':>6s} {'MAC/B':>6s} {'ms':>7s} {'share':>6s} "
@@ -428,7 +445,7 @@ def format_profile(profile, peaks=None):
         k[0] += layer["ms"]
         k[1] += layer["macs"]
         k[2] += layer["bytes"]
-    lines.append("by kind" + (" (roofline: the share of what the kind's MAC/byte allows, min(SGEMM peak, "
+    lines.append("by kind" + (" (roofline: the share of what the kind's MAC/byte allows, min(product peak, "
                               "MAC/byte x bandwidth); without MACs, of the bandwidth)" if peaks else "") + ":")
     for kind, (ms, macs, nbytes) in kinds.items():
         roofline = ""
@@ -442,10 +459,10 @@ def format_profile(profile, peaks=None):
 
 def roofline_fraction(macs, nbytes, seconds, peaks):
     """Achieved speed over the roofline's bound for work of `macs` MACs moving `nbytes` bytes:
-    min(SGEMM peak, MAC/byte x bandwidth) in MAC/s; for work without MACs (pooling, resizing),
-    bytes per second over the bandwidth."""
+    min(product peak (`compute_ceiling`), MAC/byte x bandwidth) in MAC/s; for work without MACs
+    (pooling, resizing), bytes per second over the bandwidth."""
     bandwidth = peaks["bandwidth_gbs"] * 1e9
     if macs == 0:
         return nbytes / seconds / bandwidth
-    attainable = min(peaks["sgemm_gmacs"] * 1e9, macs / nbytes * bandwidth)
+    attainable = min(compute_ceiling(peaks) * 1e9, macs / nbytes * bandwidth)
     return macs / seconds / attainable
