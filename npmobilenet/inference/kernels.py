@@ -10,7 +10,7 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   output pixels, the stem's 3x3 RGB taps directly, any other kernel as gathered receptive fields
   times SGEMM), the same tiles training's forward and the exact int8 path run. Where the CPU has
   AVX-512, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
-  `ops.conv.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
+  `ops.conv_packed.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
   summed and finished in registers (`ops/matmul_avx512.py`; `packed=True` below).
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
@@ -28,6 +28,7 @@ from npmobilenet.config import get_num_threads
 from npmobilenet.inference import tiles
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
+from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
 from npmobilenet.ops import matmul_avx512
 from npmobilenet.ops import pointwise as pointwise_ops
@@ -162,7 +163,7 @@ def squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand,
 
 def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_blas=True, packed=False):
     """act(conv(x, w) + bias). x: (N, H, W, Cin), w: (KH, KW, Cin, Cout) -> y: (N, Ho, Wo, Cout).
-    `packed`: as `pointwise_conv`'s (`ops.conv.conv_tile_packed`, the stem's 3x3 over RGB too)."""
+    `packed`: as `pointwise_conv`'s (`ops.conv_packed.conv_tile_packed`, the stem's 3x3 over RGB too)."""
     x = _f32("x", x, 4, "(N, H, W, Cin)")
     w = _f32("w", w, 4, "(KH, KW, Cin, Cout)")
     bias = _f32("bias", bias, 1, "(Cout,)")
@@ -177,7 +178,7 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     if packed:
         _check_avx512()
         cols = np.empty((workers, tile, kh * kw * cin), np.float32)
-        _run(conv_ops.CONV_PACKED_FORWARD, parallel, x, matmul_avx512.packed_weight(w.reshape(-1, cout)).reshape(-1),
+        _run(conv_packed.CONV_PACKED_FORWARD, parallel, x, matmul_avx512.packed_weight(w.reshape(-1, cout)).reshape(-1),
              kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y)
         return y
     cols = np.empty(conv_ops.workspace_shape(workers, tile, kh, kw, cin), np.float32)

@@ -18,6 +18,7 @@ from npmobilenet.inference.program import (
 from npmobilenet.inference.tiles import linear_blocks
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
+from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
 from npmobilenet.ops import matmul_avx512
 from npmobilenet.ops import pointwise as pointwise_ops
@@ -91,7 +92,7 @@ class FusedConv2d(_Windowed):
     """Standard KxK convolution + bias + activation. weight (KH, KW, Cin, Cout). Its tiles are
     blocks of output pixels (`ops.conv.conv_tile`); but for the stem (3x3 over RGB, computed
     tap by tap) they gather receptive fields into a workspace, a block per thread. With `packed`
-    (the default where `ops.matmul_avx512.enabled()`), `ops.conv.conv_tile_packed` instead, the
+    (the default where `ops.matmul_avx512.enabled()`), `ops.conv_packed.conv_tile_packed` instead, the
     stem too: the register tile of `ops.matmul_avx512` on `weight_packed`, which the kernel reads
     instead of `weight` (both are kept: the window's geometry reads `weight`'s shape), reading
     interior pixels' fields from x and gathering only the border's into the workspace."""
@@ -145,7 +146,7 @@ class FusedConv2d(_Windowed):
         rh, rw = self.dilation
         if self.packed:
             kh, kw = self.weight.shape[:2]
-            return _pair_kernel(conv_ops.CONV_PACKED_FORWARD, parallel), (
+            return _pair_kernel(conv_packed.CONV_PACKED_FORWARD, parallel), (
                 x, self.weight_packed, kh, kw, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols,
                 tile, y)
         return _pair_kernel(kernels.CONV2D, parallel), (

@@ -56,7 +56,8 @@ from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, resize_tile, squeeze_excite_tile
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
-from npmobilenet.ops.conv import conv_direct_tile, conv_tile, conv_tile_packed
+from npmobilenet.ops.conv import conv_direct_tile, conv_tile
+from npmobilenet.ops.conv_packed import conv_tile_packed
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
 

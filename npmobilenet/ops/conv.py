@@ -43,19 +43,18 @@ from numba import prange
 
 from npmobilenet.config import choose_kernel, get_num_threads, njit_serial, serial_and_parallel
 from npmobilenet.ops.blas import gemm_address, matmul, single_threaded_blas
-from npmobilenet.ops.epilogue import IDENTITY, NO_ROWS, _U, activate_run, bias_act, bias_act_run
+from npmobilenet.ops.epilogue import IDENTITY, _U, activate_run, bias_act, bias_act_run
 from npmobilenet.ops.geometry import (
     check_array,
     check_dy,
     check_same_dtype,
     conv_geometry,
 )
-from npmobilenet.ops.matmul_avx512 import PIXELS, product_group
 
 
 # -- receptive fields: im2col ------------------------------------------------------------------------
 @njit_serial
-def _gather_field(x_rows, channels, n, oh, ow, field, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left,
+def gather_field(x_rows, channels, n, oh, ow, field, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left,
                   dilation_h, dilation_w):
     """field (KH*KW*Cin,) = the receptive field of output pixel (n, oh, ow) in (i, j, c) order, zeros
     where a tap lies in the padding. x_rows: x as (N, H, W*Cin)."""
@@ -94,7 +93,7 @@ def _im2col(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, 
         n = row // out_height
         oh = row - n * out_height
         for ow in range(out_width):
-            _gather_field(x_rows, channels, n, oh, ow, cols[n, oh, ow], kernel_h, kernel_w, stride_h, stride_w,
+            gather_field(x_rows, channels, n, oh, ow, cols[n, oh, ow], kernel_h, kernel_w, stride_h, stride_w,
                           pad_top, pad_left, dilation_h, dilation_w)
 
 
@@ -272,86 +271,9 @@ def _gather_tile(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, d
     for p in range(p0, p1):
         n = p // (out_h * out_w)
         oh = (p - n * out_h * out_w) // out_w
-        _gather_field(x_rows, in_channels, n, oh, p % out_w, block[p - p0], kernel_h, kernel_w, stride_h,
+        gather_field(x_rows, in_channels, n, oh, p % out_w, block[p - p0], kernel_h, kernel_w, stride_h,
                       stride_w, pad_top, pad_left, dilation_h, dilation_w)
     return p0, p1
-
-
-@njit_serial
-def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                     dilation_w, block, tile, y, t):
-    """`conv_tile` on w packed as a (KH*KW*Cin, Cout) matrix (`matmul_avx512.packed_weight`,
-    flattened), in the register tile (`matmul_avx512.product_group`): fused inference where the CPU
-    has AVX-512 (not the stem's direct path). Pixels whose taps are all inside x (dilation 1) are
-    read from x where they are, 8 neighbours at a time: a receptive field is KH runs of KW*Cin
-    numbers, one per input row, so nothing is gathered; the others' fields are gathered into
-    `block`, then multiplied 8 at a time. Either way each output sums its taps in (i, j, c) order."""
-    height, width, cin = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w, cout = y.shape[1], y.shape[2], y.shape[3]
-    pixels = y.shape[0] * out_h * out_w
-    p0 = t * tile
-    p1 = min(pixels, p0 + tile)
-    x_rows = x.reshape(x.shape[0], height, width * cin)
-    k_ = kernel_h * kernel_w * cin
-    direct = dilation_h == 1 and dilation_w == 1
-    lo = min(max(-(-pad_left // stride_w), 0), out_w)                       # columns with every tap inside
-    hi = max(min((width - 1 + pad_left - (kernel_w - 1)) // stride_w + 1, out_w), lo)
-    fields, outputs = np.empty(PIXELS, np.int64), np.empty(PIXELS, np.int64)
-    pending, used = 0, 0                      # gathered fields waiting for a group of 8; block rows used
-    p = p0
-    while p < p1:
-        n = p // (out_h * out_w)
-        oh = (p - n * out_h * out_w) // out_w
-        ow = p % out_w
-        top = oh * stride_h - pad_top
-        if direct and lo <= ow < hi and top >= 0 and top + kernel_h <= height:
-            count = min(PIXELS, hi - ow, p1 - p)
-            base = ((n * height + top) * width + ow * stride_w - pad_left) * cin
-            step = stride_w * cin
-            r = (base, base + min(1, count - 1) * step, base + min(2, count - 1) * step,
-                 base + min(3, count - 1) * step, base + min(4, count - 1) * step, base + min(5, count - 1) * step,
-                 base + min(6, count - 1) * step, base + min(7, count - 1) * step)
-            q = (p * cout, (p + 1) * cout, (p + 2) * cout, (p + 3) * cout, (p + 4) * cout, (p + 5) * cout,
-                 (p + 6) * cout, (p + 7) * cout)
-            product_group(x, r, kernel_w * cin, kernel_h, width * cin, w, bias, act, NO_ROWS, y, q, count,
-                          np.int64(0), cout)
-            p += count
-            continue
-        _gather_field(x_rows, cin, n, oh, ow, block[used], kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left,
-                      dilation_h, dilation_w)
-        fields[pending], outputs[pending] = used * k_, p * cout
-        pending, used = pending + 1, used + 1
-        p += 1
-        if pending == PIXELS:
-            _product_fields(block, fields, outputs, pending, w, bias, act, y, cout)
-            pending = 0
-    if pending > 0:
-        _product_fields(block, fields, outputs, pending, w, bias, act, y, cout)
-
-
-@njit_serial
-def _product_fields(block, fields, outputs, count, w, bias, act, y, cout):
-    """The gathered fields at block.flat[fields[i]] (i < count) times w, into y.flat[outputs[i]]."""
-    last = count - 1
-    r = (fields[0], fields[min(1, last)], fields[min(2, last)], fields[min(3, last)], fields[min(4, last)],
-         fields[min(5, last)], fields[min(6, last)], fields[min(7, last)])
-    q = (outputs[0], outputs[min(1, last)], outputs[min(2, last)], outputs[min(3, last)], outputs[min(4, last)],
-         outputs[min(5, last)], outputs[min(6, last)], outputs[min(7, last)])
-    product_group(block, r, block.shape[1], 1, 0, w, bias, act, NO_ROWS, y, q, count, np.int64(0), cout)
-
-
-def _conv_packed_forward(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                         dilation_w, cols, tile, y):
-    # every tile of `conv_tile_packed`, as `_conv_forward` runs `conv_tile`'s
-    tiles = (y.shape[0] * y.shape[1] * y.shape[2] + tile - 1) // tile
-    workers = cols.shape[0]
-    for worker in prange(workers):
-        for t in range(worker, tiles, workers):
-            conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                             dilation_w, cols[worker], tile, y, t)
-
-
-CONV_PACKED_FORWARD = serial_and_parallel(_conv_packed_forward)
 
 
 def _conv_forward(x, w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, cols, tile, gemm,

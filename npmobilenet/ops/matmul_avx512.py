@@ -14,7 +14,8 @@ finished in the registers (+ bias, act or + residual) and stored once (`product_
 An input row need not be contiguous: it is `segs` runs of `seg` numbers, `gap` apart. A matrix
 row is one run (`product_rows`, for `pointwise.pointwise_tile_packed`); a receptive field of a
 KHxKW convolution in NHWC is KH runs of KW*Cin numbers, one per input row, so
-`conv.conv_tile_packed` reads interior pixels' fields where they lie in x instead of gathering them.
+`conv_packed.conv_tile_packed` reads interior pixels' fields where they lie in x instead of
+gathering them.
 
 Each output is the same sum in the same order (k = 0, 1, ...) whatever the tile, the thread, or
 whether its field was gathered: results are bitwise identical across thread counts, as the tiling
