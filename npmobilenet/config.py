@@ -25,6 +25,22 @@ KERNEL_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH))
 PARALLEL_MIN_MACS = int(os.environ.get("NPMOBILENET_PARALLEL_MIN_MACS", 2_000_000))
 
 
+_CPU_FEATURES = None
+
+
+def cpu_features():
+    """The CPU features Numba compiles for, as a set of names ("avx512f", ...): the host's unless
+    NUMBA_CPU_FEATURES names others (a portable cache), as Numba itself reads them. The kernels
+    written for an instruction set (`ops/vector16.py`, `compression/vnni.py`) check it."""
+    global _CPU_FEATURES
+    if _CPU_FEATURES is None:
+        import llvmlite.binding as llvm
+
+        features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+        _CPU_FEATURES = frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
+    return _CPU_FEATURES
+
+
 def limit_openmp_spinning():
     """Let idle OpenMP worker threads spin only briefly before they sleep (GOMP_SPINCOUNT=3000),
     unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set already.

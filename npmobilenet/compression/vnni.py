@@ -26,43 +26,28 @@ input channels. Zero weights make the padding input channels contribute nothing.
 import os
 import weakref
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config as numba_config, datamodel
+from numba.core import cgutils, datamodel
 from numba.extending import intrinsic
+
+from npmobilenet.config import cpu_features
 
 LANES = 16  # int32 lanes of a 512-bit register: output channels per vector
 GROUP = 4   # input channels in each lane's dot product
 
 
 # -- the CPU ----------------------------------------------------------------------------------------
-_FEATURES = None
-
-
-def _cpu_features():
-    """The CPU features Numba compiles for, as a set of names ("avx512f", ...). Numba targets the
-    host's features unless NUMBA_CPU_FEATURES names others (a portable cache), so this reads the
-    same list it does."""
-    global _FEATURES
-    if _FEATURES is None:
-        features = numba_config.CPU_FEATURES
-        if features is None:
-            features = llvm.get_host_cpu_features().flatten()
-        _FEATURES = frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
-    return _FEATURES
-
-
 def has_vnni():
     """Whether the CPU has AVX-512 VNNI (and BW, for the byte loads)."""
-    return {"avx512f", "avx512bw", "avx512vnni"} <= _cpu_features()
+    return {"avx512f", "avx512bw", "avx512vnni"} <= cpu_features()
 
 
 def has_vbmi():
     """Whether the CPU has AVX-512 VBMI (`vpermi2b`: 64 byte lookups in a 128-byte table per
     instruction)."""
-    return {"avx512f", "avx512bw", "avx512vbmi"} <= _cpu_features()
+    return {"avx512f", "avx512bw", "avx512vbmi"} <= cpu_features()
 
 
 def vnni_enabled():

@@ -3,8 +3,8 @@ few intrinsics that use them.
 
 Numba has no vector type, so `float32x16` is one: a Numba type whose LLVM value is
 `<16 x float>` (`float32x8`: `<8 x float>`, half a register, half the work on CPUs that run
-512-bit instructions in two halves), kept in a register once LLVM promotes the kernel's locals. With it a kernel names
-its register tile (`matmul_avx512.py`: 8 pixels by 32 output channels, 16 accumulators) and
+512-bit instructions in two halves), kept in a register once LLVM promotes the kernel's locals.
+With it a kernel names its register tile (`matmul_avx512.py`: 8 pixels by 32 output channels, 16 accumulators) and
 LLVM allocates exactly that; written as plain loops, the same product was left to the vectoriser,
 which keeps no tile in registers. The intrinsics are LLVM's generic vector instructions (loads,
 masked loads and stores, broadcast, `llvm.fma`, add, multiply, min, max); a CPU without 512-bit
@@ -13,27 +13,22 @@ registers would run them in halves and spill the tile, so the kernels that use t
 
 Arrays are passed whole (C-contiguous float32, any rank) with a flat element index; no bounds
 check, no wraparound: the kernels compute their indices. `load`, `load_part`, `broadcast` and
-`splat` make 16-lane vectors; their `_like` forms make a vector of the type of their first
-argument (16 or 8 lanes), so that one kernel compiles for both widths; the rest take either.
+`splat` make 16-lane vectors (`splat8` an 8-lane one); their `_like` forms make a vector of the
+type of their first argument (16 or 8 lanes), so that one kernel compiles for both widths; the
+rest take either.
 """
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config as numba_config, datamodel
+from numba.core import cgutils, datamodel
 from numba.extending import intrinsic
+
+from npmobilenet.config import cpu_features
 
 LANES = 16
 
-_FEATURES = None
-
-
 def has_avx512():
-    """Whether the CPU Numba compiles for has AVX-512 F (NUMBA_CPU_FEATURES, else the host's)."""
-    global _FEATURES
-    if _FEATURES is None:
-        features = numba_config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-        _FEATURES = frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
-    return "avx512f" in _FEATURES
+    """Whether the CPU Numba compiles for has AVX-512 F (`config.cpu_features`)."""
+    return "avx512f" in cpu_features()
 
 
 class Float32Vector(types.Type):
