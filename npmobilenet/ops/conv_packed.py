@@ -38,10 +38,10 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
     fields, outputs = np.empty(PIXELS, np.int64), np.empty(PIXELS, np.int64)
     pending, used = 0, 0                      # gathered fields waiting for a group of 8; block rows used
     p = p0
+    n = p0 // (out_h * out_w)                 # pixel p is (n, oh, ow), advanced with p
+    oh = (p0 - n * out_h * out_w) // out_w
+    ow = p0 % out_w
     while p < p1:
-        n = p // (out_h * out_w)
-        oh = (p - n * out_h * out_w) // out_w
-        ow = p % out_w
         top = oh * stride_h - pad_top
         if direct and lo <= ow < hi and top >= 0 and top + kernel_h <= height:
             count = min(PIXELS, hi - ow, p1 - p)
@@ -54,13 +54,16 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
                  (p + 6) * cout, (p + 7) * cout)
             product_group(x, r, kernel_w * cin, kernel_h, width * cin, w, bias, act, NO_ROWS, y, q, count,
                           np.int64(0), cout)
-            p += count
-            continue
-        gather_field(x_rows, cin, n, oh, ow, block[used], kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left,
-                      dilation_h, dilation_w)
-        fields[pending], outputs[pending] = used * k_, p * cout
-        pending, used = pending + 1, used + 1
-        p += 1
+        else:
+            gather_field(x_rows, cin, n, oh, ow, block[used], kernel_h, kernel_w, stride_h, stride_w, pad_top,
+                         pad_left, dilation_h, dilation_w)
+            fields[pending], outputs[pending] = used * k_, p * cout
+            pending, used, count = pending + 1, used + 1, 1
+        p, ow = p + count, ow + count
+        if ow == out_w:
+            ow, oh = 0, oh + 1
+            if oh == out_h:
+                oh, n = 0, n + 1
         if pending == PIXELS:
             _product_fields(block, fields, outputs, pending, w, bias, act, y, cout)
             pending = 0
