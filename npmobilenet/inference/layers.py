@@ -186,14 +186,19 @@ class FusedPointwise(FusedLayer):
             self.weight_packed = matmul_avx512.packed_weight(np.asarray(weight, FLOAT)).reshape(-1)
             self.weight_names = ("weight_packed", "bias")
         else:
-            self.weight = weight
+            self._weight = weight
             self.weight_names = ("weight", "bias")
 
-    def __getattr__(self, name):
-        # `weight` of a packed layer: rebuilt from the slivers (a copy)
-        if name == "weight" and self.__dict__.get("packed"):
+    @property
+    def weight(self):
+        """The (Cin, Cout) weight: of a packed layer, rebuilt from its slivers (a copy)."""
+        if self.packed:
             return matmul_avx512.unpacked_weight(self.weight_packed, self.in_channels, self.out_channels)
-        raise AttributeError(name)
+        return self._weight
+
+    @weight.setter
+    def weight(self, value):    # `pack_parameters` replaces the unpacked weight by its view
+        self._weight = value
 
     def weight_bytes(self):
         return 4 * self.in_channels * self.out_channels + self.bias.nbytes   # the padding is not read

@@ -42,6 +42,19 @@ def gate_rows_tile(x, gate, rows_per_image, tile_rows, t):
 
 
 @njit_serial
+def _gated_tile(x, gate, rows_per_image, tile_rows, tile_cols, cols, t):
+    """(p0, p1, m0, m1): tile t's rows and columns (row-major over row tiles x column tiles of an
+    output of `cols` columns); with one column tile, its input rows first scaled by the gate."""
+    col_tiles = (cols + tile_cols - 1) // tile_cols
+    i = t // col_tiles
+    p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
+    p1, m1 = min(x.shape[0], p0 + tile_rows), min(cols, m0 + tile_cols)
+    if gate.shape[0] > 0 and col_tiles == 1:
+        scale_by_gate(x, p0, p1, gate, rows_per_image)
+    return p0, p1, m0, m1
+
+
+@njit_serial
 def pointwise_tile(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, gemm, y, t):
     """Tile t (row-major over row tiles x column tiles) of y = act(x' @ w + bias) [+ residual].
 
@@ -51,13 +64,7 @@ def pointwise_tile(x, w, bias, act, residual, gate, rows_per_image, tile_rows, t
     first gates its own input rows (no other tile reads them); with several, the caller runs
     `gate_rows_tile` over all rows first.
     """
-    rows, cols = x.shape[0], w.shape[1]
-    col_tiles = (cols + tile_cols - 1) // tile_cols
-    i = t // col_tiles
-    p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
-    p1, m1 = min(rows, p0 + tile_rows), min(cols, m0 + tile_cols)
-    if gate.shape[0] > 0 and col_tiles == 1:
-        scale_by_gate(x, p0, p1, gate, rows_per_image)
+    p0, p1, m0, m1 = _gated_tile(x, gate, rows_per_image, tile_rows, tile_cols, y.shape[1], t)
     matmul(gemm, x, p0, p1, w, m0, m1, y)
     finish(y, p0, p1, m0, m1, bias, act, residual)
 
@@ -84,13 +91,7 @@ POINTWISE_FORWARD = (_pointwise_forward_serial, _pointwise_forward_parallel)
 def pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t):
     """`pointwise_tile` on a packed weight (`matmul_avx512.packed_weight`, flattened), finished in
     registers (`matmul_avx512.product_rows`); no GEMM address. tile_cols is a multiple of 16."""
-    rows, cols = x.shape[0], y.shape[1]
-    col_tiles = (cols + tile_cols - 1) // tile_cols
-    i = t // col_tiles
-    p0, m0 = i * tile_rows, (t - i * col_tiles) * tile_cols
-    p1, m1 = min(rows, p0 + tile_rows), min(cols, m0 + tile_cols)
-    if gate.shape[0] > 0 and col_tiles == 1:
-        scale_by_gate(x, p0, p1, gate, rows_per_image)
+    p0, p1, m0, m1 = _gated_tile(x, gate, rows_per_image, tile_rows, tile_cols, y.shape[1], t)
     product_rows(x, p0, w, bias, act, residual, y, p0, p1 - p0, m0, m1)
 
 
