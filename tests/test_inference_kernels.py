@@ -240,12 +240,13 @@ def test_conv2d_tiles_are_the_same_for_every_thread_count():
 
 @pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
 @pytest.mark.parametrize("rows, cin, cout", [(300, 96, 576), (49, 960, 160), (17, 24, 40), (9, 7, 8), (130, 144, 24),
-                                              (8, 16, 17), (3, 5, 200)])
+                                              (8, 16, 17), (3, 5, 200), (45, 40, 72), (7, 16, 32)])
 @pytest.mark.parametrize("activation", [None, "relu6", "hardswish"])
 def test_packed_pointwise_every_column_remainder(rows, cin, cout, activation):
     # every way a tile's columns end: pairs of 16-channel slivers, a pair whose second is 8 lanes
-    # wide (40 = 32 + 8), one sliver of 16 or of 8 lanes, masked stores; rows not a multiple of 8;
-    # and the weight packing's round trip
+    # wide (40 = 32 + 8), one sliver of 16 or of 8 lanes, masked stores; rows not a multiple of 8
+    # (a last block of 1-4 rows runs the half-height loop, of 5-7 the full one); and the weight
+    # packing's round trip
     from npmobilenet.ops.matmul_avx512 import packed_weight, unpacked_weight
 
     rng = np.random.default_rng(11)
