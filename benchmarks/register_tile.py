@@ -1,13 +1,16 @@
-"""The fused model with the AVX-512 register tile against the same model on OpenBLAS's tiles.
+"""The fused model with the AVX-512 register tiles against the same model without them.
 
-    python benchmarks/register_tile.py [--threads 1] [--batch 1] [--rounds 30] [ARCH ...]
+    python benchmarks/register_tile.py [--threads 1] [--batch 1] [--rounds 30] [--depthwise] [ARCH ...]
 
 Pointwise layers and the gathered-block standard convolutions run `ops/matmul_avx512.py`'s
 register tile where the CPU has AVX-512; NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's SGEMM plus the
-epilogue pass. Both fused models are built in one process (the variable is read when a model is
-fused) and timed in alternating blocks of 3 calls, the order swapped every round; medians per
-image, the ratio register tile / OpenBLAS, and the largest difference of their outputs.
+epilogue pass. With `--depthwise`, only the 5x5 depthwise layers differ: `ops/depthwise_avx512.py`'s
+register tile against `ops/depthwise.py`'s loop tile (`FusedDepthwise(packed=False)`). Both fused
+models are built in one process and timed in alternating blocks of 3 calls, the order swapped
+every round; medians per image, the ratio register tile / other, and the largest difference of
+their outputs.
 """
+import functools
 import argparse
 import os
 import time
@@ -17,7 +20,17 @@ import numpy as np
 DEFAULT = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4_conv_small"]
 
 
-def fused(model, register_tile):
+def fused(model, register_tile, depthwise_only=False):
+    if depthwise_only:
+        from unittest import mock
+
+        from npmobilenet.inference import compile as lowering
+        from npmobilenet.inference.layers import FusedDepthwise
+
+        if register_tile:
+            return model.fuse()
+        with mock.patch.object(lowering, "FusedDepthwise", functools.partial(FusedDepthwise, packed=False)):
+            return model.fuse()
     previous = os.environ.get("NPMOBILENET_NO_AVX512")
     os.environ["NPMOBILENET_NO_AVX512"] = "0" if register_tile else "1"
     try:
@@ -35,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--depthwise", action="store_true",
+                        help="compare the 5x5 depthwise register tile against the loop tile, all else the same")
     args = parser.parse_args(argv)
 
     import npmobilenet
@@ -44,11 +59,12 @@ def main(argv=None):
         raise SystemExit("this CPU has no AVX-512: the fused model uses OpenBLAS's tiles only")
     x = np.random.default_rng(0).standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
     print(f"batch {args.batch}, {args.threads} thread(s), 224x224, ms per image (median of {args.rounds} blocks)")
-    print("| model | register tile | OpenBLAS tiles | ratio | max difference |")
+    other = "5x5 depthwise loop tile" if args.depthwise else "OpenBLAS tiles"
+    print(f"| model | register tile | {other} | ratio | max difference |")
     print("|---|---|---|---|---|")
     for arch in args.arch:
         model = npmobilenet.build(arch, seed=0).eval()
-        engines = {"register": fused(model, True), "openblas": fused(model, False)}
+        engines = {"register": fused(model, True, args.depthwise), "other": fused(model, False, args.depthwise)}
         times = {name: [] for name in engines}
         outputs = {}
         for name, engine in engines.items():
@@ -61,7 +77,7 @@ def main(argv=None):
                     engines[name](x)
                 times[name].append((time.perf_counter() - start) / 3 / args.batch)
         a, b = (float(np.median(times[name])) * 1e3 for name in engines)
-        difference = float(np.abs(outputs["register"] - outputs["openblas"]).max())
+        difference = float(np.abs(outputs["register"] - outputs["other"]).max())
         print(f"| {arch} | {a:.2f} | {b:.2f} | {a / b:.3f} | {difference:.1e} |", flush=True)
 
 

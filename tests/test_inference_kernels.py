@@ -208,6 +208,47 @@ def test_depthwise_tile_matches_reference(g):
     assert_close(sums, expected.sum(axis=2), "row sums")
 
 
+@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@given(n=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 30), channels=st.integers(1, 72),
+       stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 3)] * 4),
+       activation=st.sampled_from(list(ACTIVATION)))
+def test_depthwise_5x5_register_tile_matches_reference(n, h, w, channels, stride, padding, activation):
+    # ops.depthwise_avx512: rows of 8+ interior pixels in register blocks (the last block
+    # overlapping), narrower rows tap by tap, borders by clamped taps; channel counts ending in a
+    # 16-lane, 8-lane or masked vector; strides 1 and 2 each way; serial and parallel bit for bit
+    pt, pb, pl, pr = padding
+    h, w = max(h, 5 - pt - pb), max(w, 5 - pl - pr)
+    rng = np.random.default_rng(14)
+    x, wt, b = data(rng, n, h, w, channels), data(rng, 5, 5, channels), data(rng, channels)
+    y, sums = kernels.depthwise_conv(x, wt, b, activation, stride, padding, with_row_sums=True, packed=True)
+    expected = ACTIVATION[activation](reference.depthwise_conv2d(
+        x.astype(np.float64), wt.astype(np.float64), stride=stride, padding=((pt, pb), (pl, pr))) + b)
+    assert_close(y, expected, "5x5 depthwise register tile")
+    assert_close(sums, expected.sum(axis=2), "its row sums")
+    serial = kernels.depthwise_conv(x, wt, b, activation, stride, padding, parallel=False, packed=True)
+    assert np.array_equal(serial, y)
+
+
+@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
+    # dilated kernels (LR-ASPP's V3 backbone at output stride 16) go tap by tap; 14x14 rows (10
+    # interior pixels) and 7x7 ones (3) at V3's channel counts
+    from npmobilenet.ops.depthwise_avx512 import DEPTHWISE_5X5_FORWARD
+    from npmobilenet.ops.epilogue import HARDSWISH
+
+    rng = np.random.default_rng(15)
+    for size, channels in ((14, 120), (7, 88), (28, 40)):
+        x, wt, b = data(rng, 1, size, size, channels), data(rng, 5, 5, channels), data(rng, channels)
+        pad = 2 * dilation
+        y = np.empty_like(x)
+        DEPTHWISE_5X5_FORWARD[1](x, np.ascontiguousarray(wt.reshape(25, channels)), 5, 5, b, HARDSWISH,
+                                 np.zeros((0, 1, 1), np.float32), 1, 1, pad, pad, dilation, dilation, y)
+        expected = hardswish(reference.depthwise_conv2d(x.astype(np.float64), wt.astype(np.float64), padding=pad,
+                                                        dilation=dilation) + b)
+        assert_close(y, expected, f"5x5 depthwise, dilation {dilation}, {size}x{size}x{channels}")
+
+
 @given(n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12), cin=st.integers(1, 40),
        cout=st.integers(1, 300), activation=st.sampled_from(list(ACTIVATION)), parallel=st.booleans(),
        gated=st.booleans(), residual=st.booleans(), packed=PACKED)

@@ -11,7 +11,9 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   times SGEMM), the same tiles training's forward and the exact int8 path run. Where the CPU has
   AVX-512, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
   `ops.conv_packed.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
-  summed and finished in registers (`ops/matmul_avx512.py`; `packed=True` below).
+  summed and finished in registers (`ops/matmul_avx512.py`; `packed=True` below), and
+  `ops.depthwise_avx512.DEPTHWISE_5X5_FORWARD` for 5x5 depthwise layers (blocks of 8 pixels by
+  16 channels in registers).
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
 The tiling (`tiling.py`, and the ops' own rules) depends on shapes only, so every output element
@@ -30,6 +32,7 @@ from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, res
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
+from npmobilenet.ops import depthwise_avx512
 from npmobilenet.ops import matmul_avx512
 from npmobilenet.ops import pointwise as pointwise_ops
 from npmobilenet.ops.blas import numba_gemm_address, sgemm_address, single_threaded_blas
@@ -123,11 +126,13 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
     return y.reshape(n, h, wd, m)
 
 
-def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_sums=False, parallel=True):
+def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_sums=False, parallel=True,
+                   packed=False):
     """act(depthwise(x, w) + bias). x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
 
     stride: int or (sh, sw); padding: int or (top, bottom, left, right). With `with_row_sums`,
-    also returns the sums over each output row, (N, Ho, C).
+    also returns the sums over each output row, (N, Ho, C). With `packed` (a CPU with AVX-512,
+    a 5x5 kernel), the tile fused inference runs there (`ops.depthwise_avx512`).
     """
     x = _f32("x", x, 4, "(N, H, W, C)")
     w = _f32("w", w, 3, "(KH, KW, C)")
@@ -139,8 +144,13 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
     ho, wo = _output_hw(x, w.shape[:2], (sh, sw), (pt, pb, pl, pr))
     y = np.empty((n, ho, wo, c), np.float32)
     sums = np.empty((n, ho, c), np.float32) if with_row_sums else NO_ROW_SUMS
-    pixels = depthwise_ops.tile_pixels(c, sw)
-    _run(DEPTHWISE, parallel, x, depthwise_ops.tiled_weight(w, pixels), w.shape[0], w.shape[1], np.tile(bias, pixels),
+    if packed:
+        _check_avx512()
+        if w.shape[:2] != (5, 5):
+            raise ValueError(f"packed=True takes a 5x5 kernel, got w of shape {w.shape}")
+    pixels = 1 if packed else depthwise_ops.tile_pixels(c, sw)
+    _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD if packed else DEPTHWISE, parallel, x,
+         depthwise_ops.tiled_weight(w, pixels), w.shape[0], w.shape[1], np.tile(bias, pixels),
          activation_code(activation), sums, sh, sw, pt, pl, 1, 1, y)
     return (y, sums) if with_row_sums else y
 

@@ -20,6 +20,7 @@ from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, res
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
+from npmobilenet.ops import depthwise_avx512
 from npmobilenet.ops import matmul_avx512
 from npmobilenet.ops import pointwise as pointwise_ops
 from npmobilenet.ops.epilogue import ACTIVATIONS, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS
@@ -258,17 +259,23 @@ class FusedDepthwise(_Windowed):
 
     outputs: (y,) or (y, row_sums). weight (KH, KW, C). The kernel reads the weight and bias
     repeated for the pixels of one run (`ops.depthwise.tiled_weight`): `weight_tiled`,
-    `bias_tiled`, the arrays packed with the parameters.
+    `bias_tiled`, the arrays packed with the parameters. With `packed` (the default for 5x5
+    kernels where `ops.matmul_avx512.enabled()`), the kernel is `ops.depthwise_avx512`'s register
+    tile, on runs of one pixel (the weight (25, C) and bias as they are).
     """
 
     kind = "depthwise"
     weight_names = ("weight_tiled", "bias_tiled")
 
-    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1)):
+    def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1), packed=None):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding, self.dilation = stride, padding, tuple(dilation)
-        self.run = depthwise_ops.tile_pixels(weight.shape[2], stride[1])
+        five = tuple(weight.shape[:2]) == (5, 5)
+        self.packed = (matmul_avx512.enabled() and five) if packed is None else bool(packed)
+        if self.packed and not five:
+            raise ValueError(f"{name}: the depthwise register tile takes 5x5 kernels, got {tuple(weight.shape[:2])}")
+        self.run = 1 if self.packed else depthwise_ops.tile_pixels(weight.shape[2], stride[1])
         self.weight_tiled = depthwise_ops.tiled_weight(np.asarray(weight, FLOAT), self.run)
         self.bias_tiled = np.tile(np.asarray(bias, FLOAT), self.run)
 
@@ -299,7 +306,8 @@ class FusedDepthwise(_Windowed):
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
         kh, kw, _ = self.weight.shape
         rh, rw = self.dilation
-        return _pair_kernel(kernels.DEPTHWISE, parallel), (
+        kernel = depthwise_avx512.DEPTHWISE_5X5_FORWARD if self.packed else kernels.DEPTHWISE
+        return _pair_kernel(kernel, parallel), (
             x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, rh, rw, y)
 
     def program_ops(self, offsets, shapes):
@@ -311,7 +319,7 @@ class FusedDepthwise(_Windowed):
         return [op_row(KIND=DEPTHWISE, ACT=ACTIVATIONS[self.activation], TILES=n * steps, X=offsets[0], N=n,
                        XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
                        B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl,
-                       RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=self.run)]
+                       RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run)]
 
 
 class FusedSqueezeExcite(FusedLayer):

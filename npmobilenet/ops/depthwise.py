@@ -133,7 +133,7 @@ def depthwise_steps(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_
 
 
 @njit_serial
-def _clamped_borders(x, w_tiled, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h, dilation_w,
+def clamped_borders(x, w_tiled, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h, dilation_w,
                      bias, act):
     """Output row `oh` of image `n` where its taps reach the padding, by clamped taps, finished
     (bias, activation): the columns left of `lo` and from `hi` on, or the whole row when its taps
@@ -169,7 +169,7 @@ def depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
         last = min(first + rows_per_step, out_height)
         x_image, y_image = x_rows[n], y_rows[n]
         for oh in range(first, last):         # borders: clamped taps where they reach the padding
-            _clamped_borders(x, w_tiled, kernel_h, y, n, oh, oh * stride_h - pad_top, lo, hi, span, stride_w, pad_left,
+            clamped_borders(x, w_tiled, kernel_h, y, n, oh, oh * stride_h - pad_top, lo, hi, span, stride_w, pad_left,
                              dilation_h, dilation_w, bias, act)
         top = first * stride_h - pad_top
         paired = stride_h == 1 and dilation_h == 1 and last - first == 2 and top >= 0 and top + 3 < height
@@ -222,7 +222,7 @@ def depthwise_steps_kxk(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
                 _border_columns_forward(x_image, w_tiled, kernel_h, kernel_w, channels, y_image[oh], top, lo, hi,
                                         stride_w, pad_left, dilation_h, dilation_w, bias, act)
             else:
-                _clamped_borders(x, w_tiled, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h,
+                clamped_borders(x, w_tiled, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h,
                                  dilation_w, bias, act)
         for oh in range(first, last):
             top = oh * stride_h - pad_top

@@ -65,7 +65,12 @@ def _finish(v, b, act, residual, at, count):
     bottleneck: no activation after the add), as `epilogue.finish` computes it."""
     if residual.shape[0] > 0:
         return add(add(v, b), load_part_like(v, residual, at, count))
-    v = add(v, b)
+    return activate(add(v, b), act)
+
+
+@njit_inline
+def activate(v, act):
+    """act(v) per lane for an `ops.epilogue` code (IDENTITY: v), as `epilogue.bias_act` computes it."""
     zero = splat_like(v, np.float32(0))
     if act == RELU:
         v = maximum(v, zero)

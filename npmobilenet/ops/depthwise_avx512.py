@@ -1,0 +1,247 @@
+"""The 5x5 depthwise forward tile on AVX-512: 8 output pixels by 16 channels in registers.
+
+`depthwise.depthwise_tile` loops over the channels of runs of pixels and leaves the vectorising
+to LLVM: per output vector it loads each of the 25 input vectors and as many weight vectors, so
+loads, not multiplies, bound it (11 to 19 GMAC/s on V3's and V4's 5x5 layers). Here
+(`vector16.py`'s 16-lane vectors) a block of 8 neighbouring output pixels of one row by 16
+channels is summed in 8 registers, starting from the bias; a kernel row's five weights are held
+in registers while each input column of that row is loaded once and multiplied into every output
+pixel it reaches (`_row5_s1`: 12 columns for 40 multiply-adds at stride 1; `_row5_s2`: 19 at
+stride 2); the activation is applied before the block's one store. Channel counts that are not a
+multiple of 16 end in a masked vector (8 lanes where 8 or fewer are left). Pixels whose taps reach
+the padding are done as `depthwise.depthwise_tile` does them (clamped taps,
+`depthwise.clamped_borders`); a row whose interior is narrower than 8 pixels (7x7 maps), or a
+dilated kernel, runs `_block_taps`, which loads each tap's input per pixel. Every output is summed
+in the same order (kernel rows, then columns) whichever path, block or thread computes it, so
+results are bitwise identical across thread counts.
+
+Whole fused models with it against the same models with `depthwise.py`'s tile, in one process:
+`python benchmarks/register_tile.py --depthwise` (figures in the README). The same register blocks for 3x3 kernels made
+V2's 3x3 layers 13-36% faster alone but the whole network no faster (its depthwise layers took
+about 1.0 ms in the network either way: bound by moving the expanded tensors, not by loads), and
+cost compile time, so 3x3 kernels keep the loop tile.
+
+Fused inference runs it for 5x5 kernels where the CPU has AVX-512 (`FusedDepthwise`,
+`matmul_avx512.enabled()`), on the weight (25, C) and bias (C,) as they are (`tiled_weight` with
+runs of one pixel).
+"""
+import numpy as np
+from numba import prange
+
+from npmobilenet.config import njit_inline, njit_serial, serial_and_parallel
+from npmobilenet.ops.depthwise import clamped_borders, steps_per_image
+from npmobilenet.ops.depthwise_rows import _interior_columns
+from npmobilenet.ops.epilogue import sum_rows
+from npmobilenet.ops.matmul_avx512 import activate
+from npmobilenet.ops.vector16 import LANES, fma, load_part_like, splat, splat8, store_part
+
+PIXELS = 8   # output pixels of one row per block
+
+
+# -- one kernel row, for 8 output pixels: input columns at x.flat[at + k*cs] ---------------------------
+@njit_inline
+def _row5_s1(x, at, cs, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6, a7, z, count):
+    """A 5-wide kernel row at stride 1: 12 input columns, pixel p reads p..p+4."""
+    x0 = load_part_like(z, x, at, count)
+    x1 = load_part_like(z, x, at + cs, count)
+    x2 = load_part_like(z, x, at + 2 * cs, count)
+    x3 = load_part_like(z, x, at + 3 * cs, count)
+    x4 = load_part_like(z, x, at + 4 * cs, count)
+    a0 = fma(x4, u4, fma(x3, u3, fma(x2, u2, fma(x1, u1, fma(x0, u0, a0)))))
+    x5 = load_part_like(z, x, at + 5 * cs, count)
+    a1 = fma(x5, u4, fma(x4, u3, fma(x3, u2, fma(x2, u1, fma(x1, u0, a1)))))
+    x6 = load_part_like(z, x, at + 6 * cs, count)
+    a2 = fma(x6, u4, fma(x5, u3, fma(x4, u2, fma(x3, u1, fma(x2, u0, a2)))))
+    x7 = load_part_like(z, x, at + 7 * cs, count)
+    a3 = fma(x7, u4, fma(x6, u3, fma(x5, u2, fma(x4, u1, fma(x3, u0, a3)))))
+    x8 = load_part_like(z, x, at + 8 * cs, count)
+    a4 = fma(x8, u4, fma(x7, u3, fma(x6, u2, fma(x5, u1, fma(x4, u0, a4)))))
+    x9 = load_part_like(z, x, at + 9 * cs, count)
+    a5 = fma(x9, u4, fma(x8, u3, fma(x7, u2, fma(x6, u1, fma(x5, u0, a5)))))
+    x10 = load_part_like(z, x, at + 10 * cs, count)
+    a6 = fma(x10, u4, fma(x9, u3, fma(x8, u2, fma(x7, u1, fma(x6, u0, a6)))))
+    x11 = load_part_like(z, x, at + 11 * cs, count)
+    a7 = fma(x11, u4, fma(x10, u3, fma(x9, u2, fma(x8, u1, fma(x7, u0, a7)))))
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@njit_inline
+def _row5_s2(x, at, cs, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6, a7, z, count):
+    """A 5-wide kernel row at stride 2: 19 input columns, pixel p reads 2p..2p+4."""
+    x0 = load_part_like(z, x, at, count)
+    x1 = load_part_like(z, x, at + cs, count)
+    x2 = load_part_like(z, x, at + 2 * cs, count)
+    x3 = load_part_like(z, x, at + 3 * cs, count)
+    x4 = load_part_like(z, x, at + 4 * cs, count)
+    a0 = fma(x4, u4, fma(x3, u3, fma(x2, u2, fma(x1, u1, fma(x0, u0, a0)))))
+    x5 = load_part_like(z, x, at + 5 * cs, count)
+    x6 = load_part_like(z, x, at + 6 * cs, count)
+    a1 = fma(x6, u4, fma(x5, u3, fma(x4, u2, fma(x3, u1, fma(x2, u0, a1)))))
+    x7 = load_part_like(z, x, at + 7 * cs, count)
+    x8 = load_part_like(z, x, at + 8 * cs, count)
+    a2 = fma(x8, u4, fma(x7, u3, fma(x6, u2, fma(x5, u1, fma(x4, u0, a2)))))
+    x9 = load_part_like(z, x, at + 9 * cs, count)
+    x10 = load_part_like(z, x, at + 10 * cs, count)
+    a3 = fma(x10, u4, fma(x9, u3, fma(x8, u2, fma(x7, u1, fma(x6, u0, a3)))))
+    x11 = load_part_like(z, x, at + 11 * cs, count)
+    x12 = load_part_like(z, x, at + 12 * cs, count)
+    a4 = fma(x12, u4, fma(x11, u3, fma(x10, u2, fma(x9, u1, fma(x8, u0, a4)))))
+    x13 = load_part_like(z, x, at + 13 * cs, count)
+    x14 = load_part_like(z, x, at + 14 * cs, count)
+    a5 = fma(x14, u4, fma(x13, u3, fma(x12, u2, fma(x11, u1, fma(x10, u0, a5)))))
+    x15 = load_part_like(z, x, at + 15 * cs, count)
+    x16 = load_part_like(z, x, at + 16 * cs, count)
+    a6 = fma(x16, u4, fma(x15, u3, fma(x14, u2, fma(x13, u1, fma(x12, u0, a6)))))
+    x17 = load_part_like(z, x, at + 17 * cs, count)
+    x18 = load_part_like(z, x, at + 18 * cs, count)
+    a7 = fma(x18, u4, fma(x17, u3, fma(x16, u2, fma(x15, u1, fma(x14, u0, a7)))))
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+# -- a block: 8 output pixels x the channels c..c+count ----------------------------------------------------
+@njit_inline
+def _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count):
+    """Output pixels p < rows at y.flat[q + p*channels + c:...+count] = act(a_p)."""
+    for p, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+        if p < rows:
+            store_part(y, q + p * channels + c, activate(a, act), count)
+
+
+@njit_inline
+def _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z, count):
+    """8 output pixels of a 5x5 kernel at stride 1 or 2, dilation 1, every tap inside x: pixel p's
+    field starts at x.flat[r + p*stride*channels], its rows `row` apart."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = load_part_like(z, bias, c, count)
+    for i in range(5):
+        at = r + i * row + c
+        k = 5 * i * channels + c
+        u0 = load_part_like(z, w, k, count)
+        u1 = load_part_like(z, w, k + channels, count)
+        u2 = load_part_like(z, w, k + 2 * channels, count)
+        u3 = load_part_like(z, w, k + 3 * channels, count)
+        u4 = load_part_like(z, w, k + 4 * channels, count)
+        if stride == 1:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _row5_s1(x, at, channels, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6,
+                                                      a7, z, count)
+        else:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _row5_s2(x, at, channels, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6,
+                                                      a7, z, count)
+    _store_block(y, q, channels, c, PIXELS, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
+
+
+@njit_inline
+def _block_taps(x, r, step, kernel_h, kernel_w, row, tap, channels, w, c, bias, act, y, q, rows, z, count):
+    """`rows` (<= 8) output pixels, any kernel, stride and dilation, every tap inside x: pixel p's
+    field starts at x.flat[r + p*step], its rows `row` and its taps `tap` apart; each tap's input
+    loaded per pixel (pixels past `rows` repeat the last)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = load_part_like(z, bias, c, count)
+    last = rows - 1
+    s1, s2, s3 = min(1, last) * step, min(2, last) * step, min(3, last) * step
+    s4, s5, s6, s7 = min(4, last) * step, min(5, last) * step, min(6, last) * step, min(7, last) * step
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            u = load_part_like(z, w, (i * kernel_w + j) * channels + c, count)
+            at = r + i * row + j * tap + c
+            a0 = fma(load_part_like(z, x, at, count), u, a0)
+            a1 = fma(load_part_like(z, x, at + s1, count), u, a1)
+            a2 = fma(load_part_like(z, x, at + s2, count), u, a2)
+            a3 = fma(load_part_like(z, x, at + s3, count), u, a3)
+            a4 = fma(load_part_like(z, x, at + s4, count), u, a4)
+            a5 = fma(load_part_like(z, x, at + s5, count), u, a5)
+            a6 = fma(load_part_like(z, x, at + s6, count), u, a6)
+            a7 = fma(load_part_like(z, x, at + s7, count), u, a7)
+    _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
+
+
+@njit_serial
+def _wide_row(x, w, stride, bias, act, pad_left, y, n, oh, top, lo, hi):
+    """y[n, oh, lo:hi] (hi - lo >= 8, every tap inside x, from input row `top`) = act(depthwise +
+    bias) for a 5x5 kernel at stride 1 or 2, dilation 1: blocks of 8 pixels by 16 channels
+    (`_block_rows`). x (N, H, W, C), w (25, C), bias (C,), y (N, Ho, Wo, C)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = y.shape[1], y.shape[2]
+    row = width * channels
+    z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
+    for start in range(lo, hi, PIXELS):
+        # the last block ends at hi, overlapping the one before (whose pixels it computes again,
+        # to the same values): every block has 8 pixels
+        ow = min(start, hi - PIXELS)
+        r = ((n * height + top) * width + ow * stride - pad_left) * channels
+        q = ((n * out_h + oh) * out_w + ow) * channels
+        c = 0
+        while channels - c >= LANES:
+            _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z16, LANES)
+            c += LANES
+        if channels - c > LANES // 2:
+            _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z16, channels - c)
+        elif channels > c:
+            _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z8, channels - c)
+
+
+@njit_serial
+def _narrow_row(x, w, kernel_h, kernel_w, bias, act, stride_w, pad_left, dilation_h, dilation_w, y, n, oh, top,
+                lo, hi):
+    """`_wide_row` for any row (fewer than 8 interior pixels, other kernels, dilation): blocks of
+    up to 8 pixels by 16 channels, each tap's input loaded per pixel (`_block_taps`)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = y.shape[1], y.shape[2]
+    row = width * channels
+    z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
+    for ow in range(lo, hi, PIXELS):
+        rows = min(PIXELS, hi - ow)
+        r = ((n * height + top) * width + ow * stride_w - pad_left) * channels
+        q = ((n * out_h + oh) * out_w + ow) * channels
+        c = 0
+        while c < channels:
+            count = min(LANES, channels - c)
+            if count > LANES // 2:
+                _block_taps(x, r, stride_w * channels, kernel_h, kernel_w, dilation_h * row, dilation_w * channels,
+                            channels, w, c, bias, act, y, q, rows, z16, count)
+            else:
+                _block_taps(x, r, stride_w * channels, kernel_h, kernel_w, dilation_h * row, dilation_w * channels,
+                            channels, w, c, bias, act, y, q, rows, z8, count)
+            c += count
+
+
+@njit_serial
+def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                        dilation_h, dilation_w, y, t0, t1):
+    """`depthwise.depthwise_steps` (the same steps, two output rows of one image; the same
+    arguments) for a 5x5 kernel on float32, with w (25, C) and bias (C,): runs of one pixel.
+    Border pixels by clamped taps, the interior in register blocks."""
+    height, width = x.shape[1], x.shape[2]
+    out_height, out_width = y.shape[1], y.shape[2]
+    lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
+    steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
+    span = (kernel_h - 1) * dilation_h
+    wide = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1 and hi - lo >= PIXELS
+    for t in range(t0, t1):
+        n = t // steps
+        first = (t - n * steps) * rows_per_step
+        last = min(first + rows_per_step, out_height)
+        for oh in range(first, last):
+            top = oh * stride_h - pad_top
+            clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h, dilation_w,
+                            bias, act)
+            if not (top >= 0 and top + span < height and hi > lo):
+                continue                          # done by clamped taps
+            if wide:
+                _wide_row(x, w, stride_w, bias, act, pad_left, y, n, oh, top, lo, hi)
+            else:
+                _narrow_row(x, w, kernel_h, kernel_w, bias, act, stride_w, pad_left, dilation_h, dilation_w, y, n, oh,
+                            top, lo, hi)
+        if row_sums.shape[0] > 0:
+            for oh in range(first, last):
+                sum_rows(y[n, oh], row_sums[n, oh])
+
+
+def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                           dilation_h, dilation_w, y):
+    # every step of `depthwise_steps_5x5` (disjoint rows of y), a step per iteration
+    steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
+    for t in prange(y.shape[0] * steps):
+        depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                            dilation_h, dilation_w, y, t, t + 1)
+
+
+DEPTHWISE_5X5_FORWARD = serial_and_parallel(_depthwise_5x5_forward)
