@@ -213,8 +213,8 @@ def test_depthwise_tile_matches_reference(g):
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 3)] * 4),
        activation=st.sampled_from(list(ACTIVATION)))
 def test_depthwise_5x5_register_tile_matches_reference(n, h, w, channels, stride, padding, activation):
-    # ops.depthwise_avx512: rows of 8+ interior pixels in register blocks (the last block
-    # overlapping), narrower rows tap by tap, borders by clamped taps; channel counts ending in a
+    # ops.depthwise_avx512: zero-padded input rows, output rows in register blocks of 8 pixels
+    # (the last block overlapping; rows narrower than 8 in one block); channel counts ending in a
     # 16-lane, 8-lane or masked vector; strides 1 and 2 each way; serial and parallel bit for bit
     pt, pb, pl, pr = padding
     h, w = max(h, 5 - pt - pb), max(w, 5 - pl - pr)
@@ -232,9 +232,9 @@ def test_depthwise_5x5_register_tile_matches_reference(n, h, w, channels, stride
 @pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
-    # dilated kernels (LR-ASPP's V3 backbone at output stride 16) go tap by tap; 14x14 rows (10
-    # interior pixels) and 7x7 ones (3) at V3's channel counts
-    from npmobilenet.ops.depthwise_avx512 import DEPTHWISE_5X5_FORWARD
+    # dilated kernels (LR-ASPP's V3 backbone at output stride 16) go tap by tap; 14x14 rows (two
+    # blocks of 8 pixels, overlapping) and 7x7 ones (one block of 7) at V3's channel counts
+    from npmobilenet.ops.depthwise_avx512 import DEPTHWISE_5X5_FORWARD, workspace_elements
     from npmobilenet.ops.epilogue import HARDSWISH
 
     rng = np.random.default_rng(15)
@@ -242,8 +242,9 @@ def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
         x, wt, b = data(rng, 1, size, size, channels), data(rng, 5, 5, channels), data(rng, channels)
         pad = 2 * dilation
         y = np.empty_like(x)
+        workspace = np.empty((3, workspace_elements(size, size, channels, 1, 1, dilation, dilation)), np.float32)
         DEPTHWISE_5X5_FORWARD[1](x, np.ascontiguousarray(wt.reshape(25, channels)), 5, 5, b, HARDSWISH,
-                                 np.zeros((0, 1, 1), np.float32), 1, 1, pad, pad, dilation, dilation, y)
+                                 np.zeros((0, 1, 1), np.float32), 1, 1, pad, pad, dilation, dilation, y, workspace)
         expected = hardswish(reference.depthwise_conv2d(x.astype(np.float64), wt.astype(np.float64), padding=pad,
                                                         dilation=dilation) + b)
         assert_close(y, expected, f"5x5 depthwise, dilation {dilation}, {size}x{size}x{channels}")

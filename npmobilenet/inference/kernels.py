@@ -148,9 +148,14 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
         _check_avx512()
         if w.shape[:2] != (5, 5):
             raise ValueError(f"packed=True takes a 5x5 kernel, got w of shape {w.shape}")
-    pixels = 1 if packed else depthwise_ops.tile_pixels(c, sw)
-    _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD if packed else DEPTHWISE, parallel, x,
-         depthwise_ops.tiled_weight(w, pixels), w.shape[0], w.shape[1], np.tile(bias, pixels),
+    if packed:
+        workers = get_num_threads() if parallel else 1
+        workspace = np.empty((workers, depthwise_avx512.workspace_elements(ho, wo, c, sh, sw, 1, 1)), np.float32)
+        _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel, x, np.ascontiguousarray(w.reshape(25, c)), 5, 5, bias,
+             activation_code(activation), sums, sh, sw, pt, pl, 1, 1, y, workspace)
+        return (y, sums) if with_row_sums else y
+    pixels = depthwise_ops.tile_pixels(c, sw)
+    _run(DEPTHWISE, parallel, x, depthwise_ops.tiled_weight(w, pixels), w.shape[0], w.shape[1], np.tile(bias, pixels),
          activation_code(activation), sums, sh, sw, pt, pl, 1, 1, y)
     return (y, sums) if with_row_sums else y
 

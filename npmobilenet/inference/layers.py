@@ -300,15 +300,25 @@ class FusedDepthwise(_Windowed):
         y = self.output_shapes(shapes)[0]
         return 4 * (math.prod(shapes[0]) + math.prod(y)) + self.weight_bytes()
 
+    def _workspace(self, shapes):
+        """Elements of a worker's block of the register tile's workspace (its padded input rows)."""
+        _, ho, wo, c = self.output_shapes(shapes)[0]
+        return depthwise_avx512.workspace_elements(ho, wo, c, *self.stride, *self.dilation)
+
+    def workspace_shapes(self, shapes):
+        return [(MAX_WORKERS, self._workspace(shapes))] if self.packed else []
+
     def call(self, tensors, parallel, sgemm):
         x, y = tensors[0], tensors[1]
         sums = tensors[2] if len(self.outputs) == 2 else NO_ROW_SUMS
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(x.shape[1], x.shape[2])
         kh, kw, _ = self.weight.shape
         rh, rw = self.dilation
-        kernel = depthwise_avx512.DEPTHWISE_5X5_FORWARD if self.packed else kernels.DEPTHWISE
-        return _pair_kernel(kernel, parallel), (
-            x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, rh, rw, y)
+        args = (x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, rh,
+                rw, y)
+        if self.packed:
+            return _pair_kernel(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel), args + (tensors[-1],)
+        return _pair_kernel(kernels.DEPTHWISE, parallel), args
 
     def program_ops(self, offsets, shapes):
         (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
@@ -319,7 +329,8 @@ class FusedDepthwise(_Windowed):
         return [op_row(KIND=DEPTHWISE, ACT=ACTIVATIONS[self.activation], TILES=n * steps, X=offsets[0], N=n,
                        XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
                        B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl,
-                       RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run)]
+                       RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run,
+                       AUX2=offsets[-1] if self.packed else -1, BLOCKS=self._workspace(shapes) if self.packed else 0)]
 
 
 class FusedSqueezeExcite(FusedLayer):

@@ -34,7 +34,7 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
   RUN 0: a 5x5 kernel in the register tile (`ops.depthwise_avx512`), W (25, XC) and B (XC,) as
-  they are.
+  they are; AUX2: its workspace, a block of BLOCKS elements per worker (a step's padded input rows).
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
   B2 (XC,); AUX: hidden workspace (N, S); COUNT = positions averaged.
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
@@ -99,7 +99,8 @@ TILE_CALLS = {
     # with 3x3 kernels only compiles none of the other sizes' code
     DEPTHWISE: CompiledCall(depthwise_steps_kxk, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
     DEPTHWISE_3X3: CompiledCall(depthwise_steps_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
-    DEPTHWISE_5X5: CompiledCall(depthwise_steps_5x5, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
+    DEPTHWISE_5X5: CompiledCall(depthwise_steps_5x5, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6
+                                + (_A4, _I, _I, _A1)),
     SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
@@ -177,7 +178,8 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                 view(params, op[B], (run,)), act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
                 view(arena, op[Y], (n, yh, yw, yc)), t, t + 1)
         if op[RUN] == 0:
-            _depthwise_5x5(addresses[DEPTHWISE_5X5], args)
+            _depthwise_5x5(addresses[DEPTHWISE_5X5], args + (view(arena, op[AUX2] + worker * op[BLOCKS],
+                                                                  (op[BLOCKS],)),))
         elif op[KH] == 3 and op[KW] == 3:
             _depthwise_3x3(addresses[DEPTHWISE_3X3], args)
         else:

@@ -108,9 +108,9 @@ def _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, c
 
 
 @njit_inline
-def _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z, count):
-    """8 output pixels of a 5x5 kernel at stride 1 or 2, dilation 1, every tap inside x: pixel p's
-    field starts at x.flat[r + p*stride*channels], its rows `row` apart."""
+def _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, rows, z, count):
+    """Output pixels p < rows (<= 8) of a 5x5 kernel at stride 1 or 2, dilation 1: pixel p's
+    field starts at x.flat[r + p*stride*channels], its rows `row` apart (x: the padded rows)."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = load_part_like(z, bias, c, count)
     for i in range(5):
         at = r + i * row + c
@@ -126,122 +126,187 @@ def _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z, count):
         else:
             a0, a1, a2, a3, a4, a5, a6, a7 = _row5_s2(x, at, channels, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6,
                                                       a7, z, count)
-    _store_block(y, q, channels, c, PIXELS, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
-
-
-@njit_inline
-def _block_taps(x, r, step, kernel_h, kernel_w, row, tap, channels, w, c, bias, act, y, q, rows, z, count):
-    """`rows` (<= 8) output pixels, any kernel, stride and dilation, every tap inside x: pixel p's
-    field starts at x.flat[r + p*step], its rows `row` and its taps `tap` apart; each tap's input
-    loaded per pixel (pixels past `rows` repeat the last)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = load_part_like(z, bias, c, count)
-    last = rows - 1
-    s1, s2, s3 = min(1, last) * step, min(2, last) * step, min(3, last) * step
-    s4, s5, s6, s7 = min(4, last) * step, min(5, last) * step, min(6, last) * step, min(7, last) * step
-    for i in range(kernel_h):
-        for j in range(kernel_w):
-            u = load_part_like(z, w, (i * kernel_w + j) * channels + c, count)
-            at = r + i * row + j * tap + c
-            a0 = fma(load_part_like(z, x, at, count), u, a0)
-            a1 = fma(load_part_like(z, x, at + s1, count), u, a1)
-            a2 = fma(load_part_like(z, x, at + s2, count), u, a2)
-            a3 = fma(load_part_like(z, x, at + s3, count), u, a3)
-            a4 = fma(load_part_like(z, x, at + s4, count), u, a4)
-            a5 = fma(load_part_like(z, x, at + s5, count), u, a5)
-            a6 = fma(load_part_like(z, x, at + s6, count), u, a6)
-            a7 = fma(load_part_like(z, x, at + s7, count), u, a7)
     _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
 
 
+@njit_inline
+def _block_taps(x, r, step, row, tap, channels, w, c, bias, act, y, q, rows, z, count):
+    """The same for any stride and dilation: pixel p's field starts at x.flat[r + p*step], its
+    rows `row` and its taps `tap` apart; each tap's input loaded per pixel."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = load_part_like(z, bias, c, count)
+    for i in range(5):
+        for j in range(5):
+            u = load_part_like(z, w, (5 * i + j) * channels + c, count)
+            at = r + i * row + j * tap + c
+            a0 = fma(load_part_like(z, x, at, count), u, a0)
+            a1 = fma(load_part_like(z, x, at + step, count), u, a1)
+            a2 = fma(load_part_like(z, x, at + 2 * step, count), u, a2)
+            a3 = fma(load_part_like(z, x, at + 3 * step, count), u, a3)
+            a4 = fma(load_part_like(z, x, at + 4 * step, count), u, a4)
+            a5 = fma(load_part_like(z, x, at + 5 * step, count), u, a5)
+            a6 = fma(load_part_like(z, x, at + 6 * step, count), u, a6)
+            a7 = fma(load_part_like(z, x, at + 7 * step, count), u, a7)
+    _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
+
+
+# -- a step: its input rows padded into the worker's workspace, then every output pixel in blocks ---------
 @njit_serial
-def _wide_row(x, w, stride, bias, act, pad_left, y, n, oh, top, lo, hi):
-    """y[n, oh, lo:hi] (hi - lo >= 8, every tap inside x, from input row `top`) = act(depthwise +
-    bias) for a 5x5 kernel at stride 1 or 2, dilation 1: blocks of 8 pixels by 16 channels
-    (`_block_rows`). x (N, H, W, C), w (25, C), bias (C,), y (N, Ho, Wo, C)."""
+def padded_width(out_width, stride_w, dilation_w):
+    """Columns of a padded input row: what blocks of 8 output pixels read (at least one block)."""
+    return (max(out_width, PIXELS) - 1) * stride_w + 4 * dilation_w + 1
+
+
+def workspace_elements(out_height, out_width, channels, stride_h, stride_w, dilation_h, dilation_w):
+    """Elements of one worker's workspace: the padded input rows of a step (two output rows)."""
+    _, rows_per_step = steps_per_image(out_height, 5, 5, stride_h, dilation_h)
+    rows = (rows_per_step - 1) * stride_h + 4 * dilation_h + 1
+    return rows * padded_width(out_width, stride_w, dilation_w) * channels
+
+
+@njit_serial
+def _pad_rows(x, n, top, rows, pad_left, padded, columns):
+    """padded.flat[i, j, :] = x[n, top + i, j - pad_left, :] for i < rows, j < columns, and zero
+    where that lies outside x (the padding). Whole-row slices: copied and zeroed as runs."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w = y.shape[1], y.shape[2]
-    row = width * channels
+    run = columns * channels
+    first, last = min(pad_left, columns) * channels, min(pad_left + width, columns) * channels
+    x_rows = x.reshape(x.shape[0], height, width * channels)
+    for i in range(rows):
+        ih = top + i
+        out = padded[i * run:(i + 1) * run]
+        if ih < 0 or ih >= height:
+            out[:] = 0
+        else:
+            out[:first] = 0
+            out[first:last] = x_rows[n, ih, :last - first]
+            out[last:] = 0
+
+
+@njit_serial
+def _padded_row(padded, columns, first_row, w, stride, bias, act, y, n, oh):
+    """y[n, oh, :] = act(depthwise + bias) at stride 1 or 2, dilation 1, from the padded rows
+    first_row.. of `padded` (rows of `columns` pixels): blocks of 8 pixels by 16 channels
+    (`_block_rows`), the last block ending at the row's end, overlapping the one before (whose
+    pixels it computes again, to the same values)."""
+    out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
+    row = columns * channels
+    flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
-    for start in range(lo, hi, PIXELS):
-        # the last block ends at hi, overlapping the one before (whose pixels it computes again,
-        # to the same values): every block has 8 pixels
-        ow = min(start, hi - PIXELS)
-        r = ((n * height + top) * width + ow * stride - pad_left) * channels
+    for start in range(0, out_w, PIXELS):
+        ow = max(0, min(start, out_w - PIXELS))
+        rows = min(PIXELS, out_w - ow)
+        r = (first_row * columns + ow * stride) * channels
         q = ((n * out_h + oh) * out_w + ow) * channels
         c = 0
         while channels - c >= LANES:
-            _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z16, LANES)
+            _block_rows(padded, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, LANES)
             c += LANES
         if channels - c > LANES // 2:
-            _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z16, channels - c)
+            _block_rows(padded, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, channels - c)
         elif channels > c:
-            _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, z8, channels - c)
+            _block_rows(padded, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z8, channels - c)
 
 
 @njit_serial
-def _narrow_row(x, w, kernel_h, kernel_w, bias, act, stride_w, pad_left, dilation_h, dilation_w, y, n, oh, top,
-                lo, hi):
-    """`_wide_row` for any row (fewer than 8 interior pixels, other kernels, dilation): blocks of
-    up to 8 pixels by 16 channels, each tap's input loaded per pixel (`_block_taps`)."""
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w = y.shape[1], y.shape[2]
-    row = width * channels
+def _padded_row_taps(padded, columns, first_row, w, stride, dilation_h, dilation_w, bias, act, y, n, oh):
+    """`_padded_row` for any stride and dilation, tap by tap (`_block_taps`)."""
+    out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
+    row = columns * channels
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
-    for ow in range(lo, hi, PIXELS):
-        rows = min(PIXELS, hi - ow)
-        r = ((n * height + top) * width + ow * stride_w - pad_left) * channels
+    for start in range(0, out_w, PIXELS):
+        ow = max(0, min(start, out_w - PIXELS))
+        rows = min(PIXELS, out_w - ow)
+        r = (first_row * columns + ow * stride) * channels
         q = ((n * out_h + oh) * out_w + ow) * channels
         c = 0
         while c < channels:
             count = min(LANES, channels - c)
             if count > LANES // 2:
-                _block_taps(x, r, stride_w * channels, kernel_h, kernel_w, dilation_h * row, dilation_w * channels,
-                            channels, w, c, bias, act, y, q, rows, z16, count)
+                _block_taps(padded, r, stride * channels, dilation_h * row, dilation_w * channels, channels, w, c, bias,
+                            act, y, q, rows, z16, count)
             else:
-                _block_taps(x, r, stride_w * channels, kernel_h, kernel_w, dilation_h * row, dilation_w * channels,
-                            channels, w, c, bias, act, y, q, rows, z8, count)
+                _block_taps(padded, r, stride * channels, dilation_h * row, dilation_w * channels, channels, w, c, bias,
+                            act, y, q, rows, z8, count)
             c += count
 
 
 @njit_serial
+def _wide_row(x, w, stride, bias, act, pad_left, y, n, oh, top, lo, hi):
+    """y[n, oh, lo:hi] (hi - lo >= 8, every tap inside x, from input row `top`) = act(depthwise +
+    bias) at stride 1 or 2, dilation 1, read from x where it lies: blocks of 8 pixels by 16
+    channels (`_block_rows`), the last one ending at hi. x (N, H, W, C), w (25, C), bias (C,),
+    y (N, Ho, Wo, C)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = y.shape[1], y.shape[2]
+    row = width * channels
+    flat_y, flat_w = y.reshape(-1), w.reshape(-1)
+    z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
+    for start in range(lo, hi, PIXELS):
+        ow = min(start, hi - PIXELS)
+        r = ((n * height + top) * width + ow * stride - pad_left) * channels
+        q = ((n * out_h + oh) * out_w + ow) * channels
+        c = 0
+        while channels - c >= LANES:
+            _block_rows(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z16, LANES)
+            c += LANES
+        if channels - c > LANES // 2:
+            _block_rows(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z16, channels - c)
+        elif channels > c:
+            _block_rows(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z8, channels - c)
+
+
+@njit_serial
 def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                        dilation_h, dilation_w, y, t0, t1):
+                        dilation_h, dilation_w, y, t0, t1, padded):
     """`depthwise.depthwise_steps` (the same steps, two output rows of one image; the same
-    arguments) for a 5x5 kernel on float32, with w (25, C) and bias (C,): runs of one pixel.
-    Border pixels by clamped taps, the interior in register blocks."""
+    arguments) for a 5x5 kernel on float32, with w (25, C) and bias (C,) (runs of one pixel) and
+    `padded`, this worker's workspace (`workspace_elements`, flat).
+
+    Rows with 8 or more interior pixels (every tap inside x) read them from x (`_wide_row`) and
+    their border pixels by clamped taps (`depthwise.clamped_borders`); on narrower maps (7x7),
+    where most pixels are border pixels, and for dilated kernels, the step's input rows are first
+    copied, zero-padded, into `padded`, and every pixel is computed from there (`_padded_row`)."""
     height, width = x.shape[1], x.shape[2]
     out_height, out_width = y.shape[1], y.shape[2]
-    lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
     steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
-    span = (kernel_h - 1) * dilation_h
-    wide = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1 and hi - lo >= PIXELS
+    lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
+    vector_rows = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1
+    wide = vector_rows and hi - lo >= PIXELS
+    columns = padded_width(out_width, stride_w, dilation_w)
     for t in range(t0, t1):
         n = t // steps
         first = (t - n * steps) * rows_per_step
         last = min(first + rows_per_step, out_height)
+        if not wide:
+            _pad_rows(x, n, first * stride_h - pad_top, (last - first - 1) * stride_h + 4 * dilation_h + 1, pad_left,
+                      padded, columns)
         for oh in range(first, last):
             top = oh * stride_h - pad_top
-            clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, span, stride_w, pad_left, dilation_h, dilation_w,
-                            bias, act)
-            if not (top >= 0 and top + span < height and hi > lo):
-                continue                          # done by clamped taps
             if wide:
-                _wide_row(x, w, stride_w, bias, act, pad_left, y, n, oh, top, lo, hi)
+                clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, 4, stride_w, pad_left, 1, 1, bias, act)
+                if top >= 0 and top + 4 < height:
+                    _wide_row(x, w, stride_w, bias, act, pad_left, y, n, oh, top, lo, hi)
+            elif vector_rows:
+                _padded_row(padded, columns, (oh - first) * stride_h, w, stride_w, bias, act, y, n, oh)
             else:
-                _narrow_row(x, w, kernel_h, kernel_w, bias, act, stride_w, pad_left, dilation_h, dilation_w, y, n, oh,
-                            top, lo, hi)
+                _padded_row_taps(padded, columns, (oh - first) * stride_h, w, stride_w, dilation_h, dilation_w, bias,
+                                 act, y, n, oh)
         if row_sums.shape[0] > 0:
             for oh in range(first, last):
                 sum_rows(y[n, oh], row_sums[n, oh])
 
 
 def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                           dilation_h, dilation_w, y):
-    # every step of `depthwise_steps_5x5` (disjoint rows of y), a step per iteration
+                           dilation_h, dilation_w, y, workspace):
+    # every step of `depthwise_steps_5x5` (disjoint rows of y); workspace (workers, elements): a
+    # worker takes every workers-th step
     steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
-    for t in prange(y.shape[0] * steps):
-        depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                            dilation_h, dilation_w, y, t, t + 1)
+    tiles = y.shape[0] * steps
+    workers = workspace.shape[0]
+    for worker in prange(workers):
+        for t in range(worker, tiles, workers):
+            depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                                dilation_h, dilation_w, y, t, t + 1, workspace[worker])
 
 
 DEPTHWISE_5X5_FORWARD = serial_and_parallel(_depthwise_5x5_forward)
