@@ -192,7 +192,8 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     workers = get_num_threads() if parallel else 1
     if packed:
         _check_avx512()
-        cols = np.empty((workers, tile, kh * kw * cin), np.float32)
+        k = kh * kw * cin
+        cols = np.empty((workers, conv_packed.workspace_rows(tile, k, cout), k), np.float32)
         _run(conv_packed.CONV_PACKED_FORWARD, parallel, x, matmul_avx512.packed_weight(w.reshape(-1, cout)).reshape(-1),
              kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y)
         return y

@@ -131,8 +131,9 @@ class FusedConv2d(_Windowed):
         n, ho, wo, _ = self.output_shapes(shapes)[0]
         kh, kw, cin, _ = self.weight.shape
         tile = conv_ops.tile_pixels(n * ho * wo, cin, kh, kw)
-        workspace = (MAX_WORKERS, tile, kh * kw * cin) if self.packed else conv_ops.workspace_shape(
-            MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
+        k = kh * kw * cin
+        workspace = (MAX_WORKERS, conv_packed.workspace_rows(tile, k, self.weight.shape[3]), k) if self.packed else \
+            conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
         return tile, -(-n * ho * wo // tile), workspace
 
     def workspace_shapes(self, shapes):

@@ -30,7 +30,8 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   TR output pixels per tile; AUX: the workspace (BLOCKS, TR, KH*KW*XC) its GEMM path gathers
   receptive fields into, a block per worker (`ops.conv.workspace_shape`), or -1 (the stem). RUN 16:
   W packed as a (KH*KW*XC, YC) matrix for the register tile, as POINTWISE's, the stem's too (then
-  with a workspace: its border pixels' fields are gathered).
+  with a workspace: its border pixels' fields are gathered; blocks of TR + ceil(8*YC/K) rows,
+  `ops.conv_packed.workspace_rows`).
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
   RUN 0: a 5x5 kernel in the register tile (`ops.depthwise_avx512`), W (25, XC) and B (XC,) as
@@ -59,7 +60,7 @@ from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, resiz
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
-from npmobilenet.ops.conv_packed import conv_tile_packed
+from npmobilenet.ops.conv_packed import conv_tile_packed, workspace_rows
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
 from npmobilenet.ops.depthwise_avx512 import depthwise_steps_5x5
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
@@ -199,7 +200,8 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                                               view(arena, op[Y], (n, yh, yw, yc)), t))
     elif kind == CONV and op[RUN] > 0:
         k = op[KH] * op[KW] * xc
-        block = view(arena, op[AUX] + worker * op[TR] * k, (op[TR], k))
+        rows = workspace_rows(op[TR], k, yc)
+        block = view(arena, op[AUX] + worker * rows * k, (rows, k))
         _conv_packed(addresses[CONV_PACKED], (view(arena, op[X], (n, xh, xw, xc)),
                                               view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * k,)),
                                               op[KH], op[KW], view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT],

@@ -4,9 +4,10 @@ tile over receptive fields, read where they lie in x.
 In NHWC the receptive field of output pixel (oh, ow) of a KHxKW convolution is KH runs of KW*Cin
 contiguous numbers, one per input row (dilation 1). `conv.conv_tile`'s GEMM path gathers each
 field into a row of a workspace block, then multiplies the block by SGEMM; here the register tile
-reads interior pixels' fields in place, 8 neighbours at a time (`matmul_avx512.product_group`
+reads interior pixels' fields in place, 8 neighbours at a time (`matmul_avx512.product_span`
 with KH runs), and only pixels whose taps reach the padding are gathered (`conv.gather_field`,
-zeros for the padding), then multiplied 8 at a time. Both sum each output's taps in (i, j, c)
+zeros for the padding), then multiplied 8 at a time (into the workspace, then copied to their
+places in y, which need not be evenly spaced). Both sum each output's taps in (i, j, c)
 order: the same bits whichever way a pixel went. The stem (3x3 over RGB) runs it too.
 """
 import numpy as np
@@ -14,16 +15,25 @@ from numba import prange
 
 from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.ops.conv import gather_field
-from npmobilenet.ops.matmul_avx512 import PIXELS, product_group
+from npmobilenet.ops.matmul_avx512 import PIXELS, product_span
+
+
+@njit_serial
+def workspace_rows(tile, k, cout):
+    """Rows (of k = KH*KW*Cin numbers) of a worker's workspace block: a gathered field per output
+    pixel of a tile, then room for 8 output pixels (`conv_tile_packed` computes a group of
+    gathered fields there, then copies each pixel's outputs to its place in y)."""
+    return tile + -(-PIXELS * cout // k)
 
 
 @njit_serial
 def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
                      dilation_w, block, tile, y, t):
     """Output pixels t*tile..(t+1)*tile-1 of y = act(conv(x, w) + bias), as `conv.conv_tile`, on w
-    packed as a (KH*KW*Cin, Cout) matrix (`matmul_avx512.packed_weight`, flattened); block: (tile,
-    KH*KW*Cin), this worker's, for the gathered fields. Runs of up to 8 interior pixels of one
-    output row are read from x; the others are gathered and multiplied 8 at a time."""
+    packed as a (KH*KW*Cin, Cout) matrix (`matmul_avx512.packed_weight`, flattened); block:
+    (`workspace_rows`, KH*KW*Cin), this worker's, for the gathered fields. The interior pixels of
+    an output row are read from x, 8 at a time (one `product_span` per row); the others are
+    gathered and multiplied 8 at a time."""
     height, width, cin = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w, cout = y.shape[1], y.shape[2], y.shape[3]
     pixels = y.shape[0] * out_h * out_w
@@ -31,13 +41,16 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
     p1 = min(pixels, p0 + tile)
     x_rows = x.reshape(x.shape[0], height, width * cin)
     flat_x, flat_y, flat_block = x.reshape(-1), y.reshape(-1), block.reshape(-1)
+    k_ = block.shape[1]
+    results = flat_block.shape[0] - PIXELS * cout     # where a group of gathered fields' outputs go first
+    one, zero = np.int64(1), np.int64(0)              # not literals: product_span would compile again
     direct = dilation_h == 1 and dilation_w == 1
     # columns with every tap inside: `depthwise_rows._interior_columns` at dilation 1, written out
     # (called across modules, it left the stem 5% slower: 0.372 against 0.353 ms)
     lo = min(max(-(-pad_left // stride_w), 0), out_w)
     hi = max(min((width - 1 + pad_left - (kernel_w - 1)) // stride_w + 1, out_w), lo)
     outputs = np.empty(PIXELS, np.int64)      # where the pending gathered fields' outputs go
-    pending, used = 0, 0                      # gathered fields waiting for a group of 8 (the last
+    pending, used = zero, zero                # gathered fields waiting for a group of 8 (the last
                                               # `pending` of the `used` block rows)
     p = p0
     n = p0 // (out_h * out_w)                 # pixel p is (n, oh, ow), advanced with p
@@ -46,16 +59,10 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
     while p < p1:
         top = oh * stride_h - pad_top
         if direct and lo <= ow < hi and top >= 0 and top + kernel_h <= height:
-            count = min(PIXELS, hi - ow, p1 - p)
+            count = min(hi - ow, p1 - p)         # the row's interior pixels in this tile, 8 at a time
             base = ((n * height + top) * width + ow * stride_w - pad_left) * cin
-            step = stride_w * cin
-            r = (base, base + min(1, count - 1) * step, base + min(2, count - 1) * step,
-                 base + min(3, count - 1) * step, base + min(4, count - 1) * step, base + min(5, count - 1) * step,
-                 base + min(6, count - 1) * step, base + min(7, count - 1) * step)
-            q = (p * cout, (p + 1) * cout, (p + 2) * cout, (p + 3) * cout, (p + 4) * cout, (p + 5) * cout,
-                 (p + 6) * cout, (p + 7) * cout)
-            product_group(flat_x, r, kernel_w * cin, kernel_h, width * cin, w, bias, act, flat_y[:0], flat_y, q, count,
-                          np.int64(0), cout)
+            product_span(flat_x, base, stride_w * cin, kernel_w * cin, kernel_h, width * cin, w, bias, act, flat_y[:0],
+                         flat_y, p * cout, cout, count, zero, cout)
         else:
             gather_field(x_rows, cin, n, oh, ow, block[used], kernel_h, kernel_w, stride_h, stride_w, pad_top,
                          pad_left, dilation_h, dilation_w)
@@ -66,25 +73,14 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
             ow, oh = 0, oh + 1
             if oh == out_h:
                 oh, n = 0, n + 1
-        if pending == PIXELS:
-            _product_fields(flat_block, block.shape[1], used - pending, outputs, pending, w, bias, act, flat_y, cout)
-            pending = 0
-    if pending > 0:
-        _product_fields(flat_block, block.shape[1], used - pending, outputs, pending, w, bias, act, flat_y, cout)
-
-
-@njit_serial
-def _product_fields(block, k_, first, outputs, count, w, bias, act, y, cout):
-    """The gathered fields in block rows first..first+count-1 (block flat, rows of k_) times w,
-    into y.flat[outputs[i]] (y flat)."""
-    last = count - 1
-    r = (first * k_, (first + min(1, last)) * k_, (first + min(2, last)) * k_, (first + min(3, last)) * k_,
-         (first + min(4, last)) * k_, (first + min(5, last)) * k_, (first + min(6, last)) * k_,
-         (first + min(7, last)) * k_)
-    q = (outputs[0], outputs[min(1, last)], outputs[min(2, last)], outputs[min(3, last)], outputs[min(4, last)],
-         outputs[min(5, last)], outputs[min(6, last)], outputs[min(7, last)])
-    # one run per field, no residual (np.int64: literals would compile product_group again)
-    product_group(block, r, k_, np.int64(1), np.int64(0), w, bias, act, y[:0], y, q, count, np.int64(0), cout)
+        if pending == PIXELS or (pending > 0 and p == p1):
+            product_span(flat_block, (used - pending) * k_, k_, k_, one, zero, w, bias, act, flat_y[:0], flat_block,
+                         results, cout, pending, zero, cout)
+            for i in range(pending):
+                at, source = outputs[i], results + i * cout
+                for c in range(cout):
+                    flat_y[at + c] = flat_block[source + c]
+            pending = zero
 
 
 def _conv_packed_forward(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,

@@ -8,7 +8,7 @@ knows nothing of the epilogue; a MobileNet layer has a few hundred rows per tile
 once, when the fused model is built (`packed_weight`: 16-channel slivers, each (K, 16),
 contiguous), and each block of 8 output rows by 32 channels is summed over K in 16 vector
 registers (per k: two 16-channel weight loads, eight broadcast inputs, sixteen FMAs), then
-finished in the registers (+ bias, act or + residual) and stored once (`product_group`; a last
+finished in the registers (+ bias, act or + residual) and stored once (`product_span`; a last
 8-channel remainder in 8-lane vectors).
 
 An input row need not be contiguous: it is `segs` runs of `seg` numbers, `gap` apart. A matrix
@@ -90,7 +90,7 @@ def _block_pair(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, 
     Input row i is `segs` runs of `seg` numbers from x.flat[r[i]], `gap` apart (a matrix row: one
     run; a receptive field: one run per kernel row), summed in order: k = g*seg + j. A block of
     1-4 rows (a layer's last, e.g. 49 = 6*8 + 1 at 7x7) sums only those four: half the FMAs
-    (7x7 and 14x14 layers took 0.93-0.95x the time). Inlined into `product_group`, as is
+    (7x7 and 14x14 layers took 0.93-0.95x the time). Inlined into `product_span`, as is
     `_block_one` (`config.njit_inline`)."""
     r0, r1, r2, r3, r4, r5, r6, r7 = r
     k_ = seg * segs
@@ -174,22 +174,35 @@ def _block_one(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, z
 
 
 @njit_serial
-def product_group(x, r, seg, segs, gap, w, bias, act, residual, y, q, rows, m0, m1):
-    """Channels m0..m1 (m0 a multiple of 16) of `rows` (<= 8) output rows at y.flat[q[i]] (y (., M)):
-    act(x_i @ W + bias), or + bias + residual (at the same offsets), x_i the input rows at r
-    (`_block_pair`'s runs), W (K, M) packed (`packed_weight`, flattened), bias (M,)."""
+def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ystep, rows, m0, m1):
+    """Channels m0..m1 (m0 a multiple of 16) of `rows` output rows at y.flat[y0 + i*ystep]:
+    act(x_i @ W + bias), or + bias + residual (at the same offsets), x_i the input row at
+    x.flat[x0 + i*xstep] (`segs` runs of `seg` numbers, `gap` apart: `_block_pair`); W (K, M)
+    packed (`packed_weight`, flattened), bias (M,); x, y, residual flat. In groups of 8 rows (a
+    group's rows past the last repeat it); the loop over groups is here, not in the callers: a
+    call per group (some 60 arguments) cost as much as a K=16 group's sums."""
     zero16, zero8 = splat(np.float32(0)), splat8(np.float32(0))
-    c = m0
-    while m1 - c > LANES + HALF:
-        _block_pair(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero16,
-                    min(LANES, m1 - c - LANES))
-        c += 2 * LANES
-    if m1 - c > LANES:
-        _block_pair(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero8, m1 - c - LANES)
-    elif m1 - c > HALF:
-        _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero16, m1 - c)
-    elif m1 > c:
-        _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, rows, c, zero8, m1 - c)
+    last = rows - 1
+    for i in range(0, rows, PIXELS):
+        r = (x0 + i * xstep, x0 + min(i + 1, last) * xstep, x0 + min(i + 2, last) * xstep,
+             x0 + min(i + 3, last) * xstep, x0 + min(i + 4, last) * xstep, x0 + min(i + 5, last) * xstep,
+             x0 + min(i + 6, last) * xstep, x0 + min(i + 7, last) * xstep)
+        q0 = y0 + i * ystep
+        q = (q0, q0 + ystep, q0 + 2 * ystep, q0 + 3 * ystep, q0 + 4 * ystep, q0 + 5 * ystep, q0 + 6 * ystep,
+             q0 + 7 * ystep)
+        group = min(PIXELS, rows - i)
+        c = m0
+        while m1 - c > LANES + HALF:
+            _block_pair(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero16,
+                        min(LANES, m1 - c - LANES))
+            c += 2 * LANES
+        if m1 - c > LANES:
+            _block_pair(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero8,
+                        m1 - c - LANES)
+        elif m1 - c > HALF:
+            _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero16, m1 - c)
+        elif m1 > c:
+            _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero8, m1 - c)
 
 
 @njit_serial
@@ -198,12 +211,6 @@ def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1):
     residual (P, M) when it has any): x (., K), W (K, M) packed (`packed_weight`, flattened),
     bias (M,), y (., M); m0 a multiple of 16."""
     k_, cols = x.shape[1], y.shape[1]
-    last = x0 + rows - 1
-    flat_x, flat_y, flat_residual = x.reshape(-1), y.reshape(-1), residual.reshape(-1)
-    one, zero = np.int64(1), np.int64(0)   # not literals: product_group would compile again for them
-    for i in range(0, rows, PIXELS):
-        p, q = x0 + i, (y0 + i) * cols
-        r = (p * k_, min(p + 1, last) * k_, min(p + 2, last) * k_, min(p + 3, last) * k_,
-             min(p + 4, last) * k_, min(p + 5, last) * k_, min(p + 6, last) * k_, min(p + 7, last) * k_)
-        yr = (q, q + cols, q + 2 * cols, q + 3 * cols, q + 4 * cols, q + 5 * cols, q + 6 * cols, q + 7 * cols)
-        product_group(flat_x, r, k_, one, zero, w, bias, act, flat_residual, flat_y, yr, min(PIXELS, rows - i), m0, m1)
+    one, zero = np.int64(1), np.int64(0)   # not literals: product_span would compile again for them
+    product_span(x.reshape(-1), x0 * k_, k_, k_, one, zero, w, bias, act, residual.reshape(-1), y.reshape(-1),
+                 y0 * cols, cols, rows, m0, m1)
