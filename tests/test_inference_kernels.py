@@ -229,6 +229,25 @@ def test_depthwise_5x5_register_tile_matches_reference(n, h, w, channels, stride
     assert np.array_equal(serial, y)
 
 
+def test_depthwise_register_tile_takes_5x5_kernels_only():
+    from npmobilenet.inference.layers import FusedDepthwise
+
+    x, b = np.zeros((1, 8, 8, 4), np.float32), np.zeros(4, np.float32)
+    if has_avx512():
+        with pytest.raises(ValueError, match="packed=True takes a 5x5 kernel"):
+            kernels.depthwise_conv(x, np.zeros((3, 3, 4), np.float32), b, packed=True)
+    with pytest.raises(ValueError, match="register tile takes 5x5 kernels, got \\(3, 3\\)"):
+        FusedDepthwise("dw", ("x",), ("y",), np.zeros((3, 3, 4), np.float32), b, None, (1, 1), (1, 1, 1, 1),
+                       packed=True)
+    # by default only 5x5 layers take it, and only where the register tiles are enabled (AVX-512)
+    from npmobilenet.ops import matmul_avx512
+
+    assert not FusedDepthwise("dw", ("x",), ("y",), np.zeros((3, 3, 4), np.float32), b, None, (1, 1),
+                              (1, 1, 1, 1)).packed
+    assert FusedDepthwise("dw", ("x",), ("y",), np.zeros((5, 5, 4), np.float32), b, None, (1, 1),
+                          (2, 2, 2, 2)).packed == matmul_avx512.enabled()
+
+
 @pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
