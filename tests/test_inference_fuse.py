@@ -266,3 +266,18 @@ def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
     assert POINTWISE_PACKED not in slots["1"] and CONV_PACKED not in slots["1"] and CONV_DIRECT in slots["1"]
     if has_avx512():    # every standard convolution packed, the stem too
         assert POINTWISE_PACKED in slots["0"] and CONV_PACKED in slots["0"] and CONV_DIRECT not in slots["0"]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_packed_layers_hold_their_weight_once(packed):
+    # a packed layer keeps only the slivers; `weight` is rebuilt from them, equal to what it was given
+    from npmobilenet.inference.layers import FusedConv2d, FusedPointwise
+
+    rng = np.random.default_rng(13)
+    conv_w, pw_w, b = (rng.standard_normal(s).astype(np.float32) for s in ((3, 3, 5, 24), (40, 24), (24,)))
+    for layer, w in ((FusedConv2d("c", ("x",), ("y",), conv_w, b, "relu", (1, 1), (1, 1, 1, 1), packed=packed), conv_w),
+                     (FusedPointwise("p", ("x",), ("y",), pw_w, b, None, packed=packed), pw_w)):
+        assert np.array_equal(layer.weight, w)
+        assert layer.weight_bytes() == w.nbytes + b.nbytes
+        assert layer.weight_names == (("weight_packed", "bias") if packed else ("weight", "bias"))
+        assert not packed or "_weight" not in vars(layer)

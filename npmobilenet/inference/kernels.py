@@ -148,7 +148,6 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
         _check_avx512()
         if w.shape[:2] != (5, 5):
             raise ValueError(f"packed=True takes a 5x5 kernel, got w of shape {w.shape}")
-    if packed:
         workers = get_num_threads() if parallel else 1
         workspace = np.empty((workers, depthwise_avx512.workspace_elements(ho, wo, c, sh, sw, 1, 1)), np.float32)
         _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel, x, np.ascontiguousarray(w.reshape(25, c)), 5, 5, bias,

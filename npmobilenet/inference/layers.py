@@ -74,65 +74,87 @@ def _pair_kernel(pair, parallel):
     return pair[1] if parallel else pair[0]
 
 
+class _PackedWeight:
+    """A layer whose weight (`kernel_shape`, Cout last) the register tile of `ops.matmul_avx512`
+    reads packed: `pack_weight(weight, packed)` keeps `weight_packed` (16-channel slivers of the
+    (K, Cout) matrix, flat) instead of the weight where `packed`, else the weight itself;
+    `weight` is then rebuilt from the slivers on request (a copy: the kernels never read it)."""
+
+    def pack_weight(self, weight, packed):
+        self.kernel_shape = tuple(weight.shape)
+        self.packed = matmul_avx512.enabled() if packed is None else bool(packed)
+        if self.packed:
+            matrix = np.asarray(weight, FLOAT).reshape(-1, self.kernel_shape[-1])
+            self.weight_packed = matmul_avx512.packed_weight(matrix).reshape(-1)
+            self.weight_names = ("weight_packed", "bias")
+        else:
+            self._weight = weight
+            self.weight_names = ("weight", "bias")
+
+    @property
+    def weight(self):
+        if self.packed:
+            k, cout = math.prod(self.kernel_shape[:-1]), self.kernel_shape[-1]
+            return matmul_avx512.unpacked_weight(self.weight_packed, k, cout).reshape(self.kernel_shape)
+        return self._weight
+
+    @weight.setter
+    def weight(self, value):    # `pack_parameters` replaces the unpacked weight by its view
+        self._weight = value
+
+    def weight_bytes(self):
+        return 4 * math.prod(self.kernel_shape) + self.bias.nbytes     # the slivers' padding is not read
+
+
 class _Windowed(FusedLayer):
     """A KxK window: stride (sh, sw), dilation (rh, rw) and padding (top, bottom, left, right),
-    or "same" (TensorFlow's, resolved for each input size: `pads(h, w)`)."""
+    or "same" (TensorFlow's, resolved for each input size: `pads(h, w)`); `kernel_shape`, the
+    weight's shape (KH, KW first)."""
 
     def pads(self, h, w):
         if self.padding != "same":
             return self.padding
-        return tf_same_sides(h, w, self.weight.shape[:2], self.stride, self.dilation)
+        return tf_same_sides(h, w, self.kernel_shape[:2], self.stride, self.dilation)
 
     def output_hw(self, h, w):
-        (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.weight.shape[:2], self.stride, self.pads(h, w)
+        (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.kernel_shape[:2], self.stride, self.pads(h, w)
         rh, rw = self.dilation
         return output_size(h, kh, sh, pt, pb, rh), output_size(w, kw, sw, pl, pr, rw)
 
 
-class FusedConv2d(_Windowed):
+class FusedConv2d(_PackedWeight, _Windowed):
     """Standard KxK convolution + bias + activation. weight (KH, KW, Cin, Cout). Its tiles are
     blocks of output pixels (`ops.conv.conv_tile`); but for the stem (3x3 over RGB, computed
     tap by tap) they gather receptive fields into a workspace, a block per thread. With `packed`
     (the default where `ops.matmul_avx512.enabled()`), `ops.conv_packed.conv_tile_packed` instead, the
-    stem too: the register tile of `ops.matmul_avx512` on `weight_packed`, which the kernel reads
-    instead of `weight` (both are kept: the window's geometry reads `weight`'s shape), reading
-    interior pixels' fields from x and gathering only the border's into the workspace."""
+    stem too: the register tile of `ops.matmul_avx512` on `weight_packed` (`_PackedWeight`),
+    reading interior pixels' fields from x and gathering only the border's into the workspace."""
 
     kind = "conv"
 
     def __init__(self, name, inputs, outputs, weight, bias, activation, stride, padding, dilation=(1, 1), packed=None):
         super().__init__(name, inputs, outputs)
-        self.weight, self.bias, self.activation = weight, bias, activation
+        self.bias, self.activation = bias, activation
         self.stride, self.padding = stride, padding          # (sh, sw), (top, bottom, left, right) or "same"
         self.dilation = tuple(dilation)                      # (rh, rw)
-        kh, kw, cin, cout = weight.shape
-        self.packed = matmul_avx512.enabled() if packed is None else bool(packed)
-        if self.packed:
-            self.weight_packed = matmul_avx512.packed_weight(np.asarray(weight, FLOAT).reshape(kh * kw * cin, cout))
-            self.weight_packed = self.weight_packed.reshape(-1)
-            self.weight_names = ("weight_packed", "bias")
-        else:
-            self.weight_names = ("weight", "bias")
-
-    def weight_bytes(self):
-        return self.weight.nbytes + self.bias.nbytes
+        self.pack_weight(weight, packed)
 
     def output_shapes(self, shapes):
         n, h, w, _ = shapes[0]
-        return [(n, *self.output_hw(h, w), self.weight.shape[3])]
+        return [(n, *self.output_hw(h, w), self.kernel_shape[3])]
 
     def macs(self, shapes):
         n, ho, wo, cout = self.output_shapes(shapes)[0]
-        kh, kw, cin, _ = self.weight.shape
+        kh, kw, cin, _ = self.kernel_shape
         return n * ho * wo * cout * kh * kw * cin
 
     def _tile(self, shapes):
         """(output pixels per tile, number of tiles, workspace shape: a block per possible worker)."""
         n, ho, wo, _ = self.output_shapes(shapes)[0]
-        kh, kw, cin, _ = self.weight.shape
+        kh, kw, cin, _ = self.kernel_shape
         tile = conv_ops.tile_pixels(n * ho * wo, cin, kh, kw)
         k = kh * kw * cin
-        workspace = (MAX_WORKERS, conv_packed.workspace_rows(tile, k, self.weight.shape[3]), k) if self.packed else \
+        workspace = (MAX_WORKERS, conv_packed.workspace_rows(tile, k, self.kernel_shape[3]), k) if self.packed else \
             conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
         return tile, -(-n * ho * wo // tile), workspace
 
@@ -147,7 +169,7 @@ class FusedConv2d(_Windowed):
         cols = tensors[2] if workspace[1] > 0 else np.empty(workspace, FLOAT)
         rh, rw = self.dilation
         if self.packed:
-            kh, kw = self.weight.shape[:2]
+            kh, kw = self.kernel_shape[:2]
             return _pair_kernel(conv_packed.CONV_PACKED_FORWARD, parallel), (
                 x, self.weight_packed, kh, kw, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols,
                 tile, y)
@@ -156,7 +178,7 @@ class FusedConv2d(_Windowed):
 
     def program_ops(self, offsets, shapes):
         (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
-        kh, kw = self.weight.shape[:2]
+        kh, kw = self.kernel_shape[:2]
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
         tile, tiles, workspace = self._tile(shapes)
         return [op_row(KIND=CONV, ACT=ACTIVATIONS[self.activation], TILES=tiles, X=offsets[0], N=n, XH=h,
@@ -167,13 +189,13 @@ class FusedConv2d(_Windowed):
                        RUN=matmul_avx512.LANES if self.packed else -1)]
 
 
-class FusedPointwise(FusedLayer):
+class FusedPointwise(_PackedWeight, FusedLayer):
     """1x1 convolution + bias + activation, or + bias + residual; optionally SE-gated input.
 
     inputs: (x,) + (residual,) if `residual` + (gate,) if `gated`. weight (Cin, Cout). With
     `packed` (the default where `ops.matmul_avx512.enabled()`), the kernel is the register
-    tile of `ops.matmul_avx512` on `weight_packed` (16-channel slivers, flat), which the layer holds instead of
-    `weight` (then a copy rebuilt from it); else the OpenBLAS tile on `weight`.
+    tile of `ops.matmul_avx512` on `weight_packed` (`_PackedWeight`); else the OpenBLAS tile on
+    `weight`.
     """
 
     kind = "pointwise"
@@ -183,27 +205,7 @@ class FusedPointwise(FusedLayer):
         self.in_channels, self.out_channels = weight.shape
         self.bias, self.activation = bias, activation
         self.residual, self.gated = residual, gated
-        self.packed = matmul_avx512.enabled() if packed is None else bool(packed)
-        if self.packed:
-            self.weight_packed = matmul_avx512.packed_weight(np.asarray(weight, FLOAT)).reshape(-1)
-            self.weight_names = ("weight_packed", "bias")
-        else:
-            self._weight = weight
-            self.weight_names = ("weight", "bias")
-
-    @property
-    def weight(self):
-        """The (Cin, Cout) weight: of a packed layer, rebuilt from its slivers (a copy)."""
-        if self.packed:
-            return matmul_avx512.unpacked_weight(self.weight_packed, self.in_channels, self.out_channels)
-        return self._weight
-
-    @weight.setter
-    def weight(self, value):    # `pack_parameters` replaces the unpacked weight by its view
-        self._weight = value
-
-    def weight_bytes(self):
-        return 4 * self.in_channels * self.out_channels + self.bias.nbytes   # the padding is not read
+        self.pack_weight(weight, packed)
 
     def describe(self):
         extra = (" + residual" if self.residual else "") + (" (SE-gated input)" if self.gated else "")
@@ -272,7 +274,8 @@ class FusedDepthwise(_Windowed):
         super().__init__(name, inputs, outputs)
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding, self.dilation = stride, padding, tuple(dilation)
-        five = tuple(weight.shape[:2]) == (5, 5)
+        self.kernel_shape = tuple(weight.shape)
+        five = self.kernel_shape[:2] == (5, 5)
         self.packed = (matmul_avx512.enabled() and five) if packed is None else bool(packed)
         if self.packed and not five:
             raise ValueError(f"{name}: the depthwise register tile takes 5x5 kernels, got {tuple(weight.shape[:2])}")
@@ -331,7 +334,7 @@ class FusedDepthwise(_Windowed):
                        XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
                        B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl,
                        RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run,
-                       AUX2=offsets[-1] if self.packed else -1, BLOCKS=self._workspace(shapes) if self.packed else 0)]
+                       AUX2=offsets[-1] if self.packed else -1, BLOCKS=MAX_WORKERS if self.packed else 0)]
 
 
 class FusedSqueezeExcite(FusedLayer):

@@ -35,7 +35,8 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
   RUN 0: a 5x5 kernel in the register tile (`ops.depthwise_avx512`), W (25, XC) and B (XC,) as
-  they are; AUX2: its workspace, a block of BLOCKS elements per worker (a step's padded input rows).
+  they are; AUX2: its workspace, BLOCKS blocks (one per worker) of a step's padded input rows
+  (`ops.depthwise_avx512.workspace_elements` each).
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
   B2 (XC,); AUX: hidden workspace (N, S); COUNT = positions averaged.
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
@@ -62,7 +63,7 @@ from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
 from npmobilenet.ops.conv_packed import conv_tile_packed, workspace_rows
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
-from npmobilenet.ops.depthwise_avx512 import depthwise_steps_5x5
+from npmobilenet.ops.depthwise_avx512 import depthwise_steps_5x5, workspace_elements as depthwise_workspace
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
@@ -179,8 +180,8 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                 view(params, op[B], (run,)), act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
                 view(arena, op[Y], (n, yh, yw, yc)), t, t + 1)
         if op[RUN] == 0:
-            _depthwise_5x5(addresses[DEPTHWISE_5X5], args + (view(arena, op[AUX2] + worker * op[BLOCKS],
-                                                                  (op[BLOCKS],)),))
+            block = depthwise_workspace(yh, yw, yc, op[SH], op[SW], op[RH], op[RW])
+            _depthwise_5x5(addresses[DEPTHWISE_5X5], args + (view(arena, op[AUX2] + worker * block, (block,)),))
         elif op[KH] == 3 and op[KW] == 3:
             _depthwise_3x3(addresses[DEPTHWISE_3X3], args)
         else:

@@ -156,6 +156,7 @@ def padded_width(out_width, stride_w, dilation_w):
     return (max(out_width, PIXELS) - 1) * stride_w + 4 * dilation_w + 1
 
 
+@njit_serial
 def workspace_elements(out_height, out_width, channels, stride_h, stride_w, dilation_h, dilation_w):
     """Elements of one worker's workspace: the padded input rows of a step (two output rows)."""
     _, rows_per_step = steps_per_image(out_height, 5, 5, stride_h, dilation_h)
@@ -183,76 +184,52 @@ def _pad_rows(x, n, top, rows, pad_left, padded, columns):
 
 
 @njit_serial
-def _padded_row(padded, columns, first_row, w, stride, bias, act, y, n, oh):
-    """y[n, oh, :] = act(depthwise + bias) at stride 1 or 2, dilation 1, from the padded rows
-    first_row.. of `padded` (rows of `columns` pixels): blocks of 8 pixels by 16 channels
-    (`_block_rows`), the last block ending at the row's end, overlapping the one before (whose
-    pixels it computes again, to the same values)."""
+def _row_blocks(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
+    """y[n, oh, lo:hi] = act(depthwise + bias) at stride 1 or 2, dilation 1, every tap inside
+    `src` (x itself, or a step's zero-padded rows: both flat): output pixel lo's field starts at
+    src[base], its rows `row` apart. Blocks of 8 pixels by 16 channels (`_block_rows`), the last
+    block ending at hi and overlapping the one before (whose pixels it computes again, to the same
+    values); a row narrower than 8 pixels is one block."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
-    row = columns * channels
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
-    for start in range(0, out_w, PIXELS):
-        ow = max(0, min(start, out_w - PIXELS))
-        rows = min(PIXELS, out_w - ow)
-        r = (first_row * columns + ow * stride) * channels
+    for start in range(lo, hi, PIXELS):
+        ow = max(lo, min(start, hi - PIXELS))
+        rows = min(PIXELS, hi - ow)
+        r = base + (ow - lo) * stride * channels
         q = ((n * out_h + oh) * out_w + ow) * channels
         c = 0
         while channels - c >= LANES:
-            _block_rows(padded, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, LANES)
+            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, LANES)
             c += LANES
         if channels - c > LANES // 2:
-            _block_rows(padded, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, channels - c)
+            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, channels - c)
         elif channels > c:
-            _block_rows(padded, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z8, channels - c)
+            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z8, channels - c)
 
 
 @njit_serial
-def _padded_row_taps(padded, columns, first_row, w, stride, dilation_h, dilation_w, bias, act, y, n, oh):
-    """`_padded_row` for any stride and dilation, tap by tap (`_block_taps`)."""
+def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, act, y, n, oh, lo, hi):
+    """`_row_blocks` for any stride and dilation, tap by tap (`_block_taps`: apart, because both
+    block kinds inlined into one function ran both slower)."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
-    row = columns * channels
+    flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
-    for start in range(0, out_w, PIXELS):
-        ow = max(0, min(start, out_w - PIXELS))
-        rows = min(PIXELS, out_w - ow)
-        r = (first_row * columns + ow * stride) * channels
+    for start in range(lo, hi, PIXELS):
+        ow = max(lo, min(start, hi - PIXELS))
+        rows = min(PIXELS, hi - ow)
+        r = base + (ow - lo) * stride * channels
         q = ((n * out_h + oh) * out_w + ow) * channels
         c = 0
         while c < channels:
             count = min(LANES, channels - c)
             if count > LANES // 2:
-                _block_taps(padded, r, stride * channels, dilation_h * row, dilation_w * channels, channels, w, c, bias,
-                            act, y, q, rows, z16, count)
+                _block_taps(src, r, stride * channels, dilation_h * row, dilation_w * channels, channels, flat_w, c,
+                            bias, act, flat_y, q, rows, z16, count)
             else:
-                _block_taps(padded, r, stride * channels, dilation_h * row, dilation_w * channels, channels, w, c, bias,
-                            act, y, q, rows, z8, count)
+                _block_taps(src, r, stride * channels, dilation_h * row, dilation_w * channels, channels, flat_w, c,
+                            bias, act, flat_y, q, rows, z8, count)
             c += count
-
-
-@njit_serial
-def _wide_row(x, w, stride, bias, act, pad_left, y, n, oh, top, lo, hi):
-    """y[n, oh, lo:hi] (hi - lo >= 8, every tap inside x, from input row `top`) = act(depthwise +
-    bias) at stride 1 or 2, dilation 1, read from x where it lies: blocks of 8 pixels by 16
-    channels (`_block_rows`), the last one ending at hi. x (N, H, W, C), w (25, C), bias (C,),
-    y (N, Ho, Wo, C)."""
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w = y.shape[1], y.shape[2]
-    row = width * channels
-    flat_y, flat_w = y.reshape(-1), w.reshape(-1)
-    z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
-    for start in range(lo, hi, PIXELS):
-        ow = min(start, hi - PIXELS)
-        r = ((n * height + top) * width + ow * stride - pad_left) * channels
-        q = ((n * out_h + oh) * out_w + ow) * channels
-        c = 0
-        while channels - c >= LANES:
-            _block_rows(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z16, LANES)
-            c += LANES
-        if channels - c > LANES // 2:
-            _block_rows(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z16, channels - c)
-        elif channels > c:
-            _block_rows(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z8, channels - c)
 
 
 @njit_serial
@@ -262,17 +239,21 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
     arguments) for a 5x5 kernel on float32, with w (25, C) and bias (C,) (runs of one pixel) and
     `padded`, this worker's workspace (`workspace_elements`, flat).
 
-    Rows with 8 or more interior pixels (every tap inside x) read them from x (`_wide_row`) and
-    their border pixels by clamped taps (`depthwise.clamped_borders`); on narrower maps (7x7),
-    where most pixels are border pixels, and for dilated kernels, the step's input rows are first
-    copied, zero-padded, into `padded`, and every pixel is computed from there (`_padded_row`)."""
-    height, width = x.shape[1], x.shape[2]
+    Rows with 8 or more interior pixels (every tap inside x) read them from x and their border
+    pixels by clamped taps (`depthwise.clamped_borders`); on narrower maps (7x7), where most
+    pixels are border pixels, the step's input rows are first copied, zero-padded, into `padded`,
+    and every pixel is computed from there. Register blocks that reuse each input column
+    (`_block_rows`) at strides 1 and 2, dilation 1; else tap by tap (`_block_taps`)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height, out_width = y.shape[1], y.shape[2]
     steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
     lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
     vector_rows = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1
-    wide = vector_rows and hi - lo >= PIXELS
+    wide = hi - lo >= PIXELS
+    if not wide:
+        lo, hi = 0, out_width                     # every pixel, from the step's padded rows
     columns = padded_width(out_width, stride_w, dilation_w)
+    flat_x = x.reshape(-1)
     for t in range(t0, t1):
         n = t // steps
         first = (t - n * steps) * rows_per_step
@@ -283,14 +264,18 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
         for oh in range(first, last):
             top = oh * stride_h - pad_top
             if wide:
-                clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, 4, stride_w, pad_left, 1, 1, bias, act)
-                if top >= 0 and top + 4 < height:
-                    _wide_row(x, w, stride_w, bias, act, pad_left, y, n, oh, top, lo, hi)
-            elif vector_rows:
-                _padded_row(padded, columns, (oh - first) * stride_h, w, stride_w, bias, act, y, n, oh)
+                clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, 4 * dilation_h, stride_w, pad_left, dilation_h,
+                                dilation_w, bias, act)
+                if not (top >= 0 and top + 4 * dilation_h < height):
+                    continue                      # done by clamped taps
+                src, base, row = flat_x, ((n * height + top) * width + lo * stride_w - pad_left) * channels, width
             else:
-                _padded_row_taps(padded, columns, (oh - first) * stride_h, w, stride_w, dilation_h, dilation_w, bias,
-                                 act, y, n, oh)
+                src, base, row = padded, (oh - first) * stride_h * columns * channels, columns
+            if vector_rows:
+                _row_blocks(src, base, row * channels, stride_w, w, bias, act, y, n, oh, lo, hi)
+            else:
+                _row_blocks_taps(src, base, row * channels, stride_w, dilation_h, dilation_w, w, bias, act, y, n, oh,
+                                 lo, hi)
         if row_sums.shape[0] > 0:
             for oh in range(first, last):
                 sum_rows(y[n, oh], row_sums[n, oh])
