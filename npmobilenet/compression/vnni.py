@@ -184,31 +184,41 @@ def store16(typingctx, array, index, vector):
 
 def _multiply(builder, acc, multiplier, shift, left_shift=True):
     """acc * M per lane, M = multiplier * 2^(shift - 31), rounded: the integers of
-    `qkernels.multiply_by_quantized_multiplier` in vector instructions (LLVM's generic vector IR):
+    `qkernels.multiply_by_quantized_multiplier` in vector instructions (LLVM's generic vector IR).
+    gemmlowp rounds twice, a rounding doubling high multiply then a rounding right shift by
+    r = max(-shift, 0):
 
         v    = clamp(acc * 2^max(shift, 0), int32)                       saturating left shift
-        high = min(floor((v * multiplier + 2^30) / 2^31), 2^31 - 1)      rounding doubling high
-                 multiply: the closed form of its nudge-and-truncate; the min saturates its one
-                 overflow, v = multiplier = -2^31
-        q    = high / 2^max(-shift, 0), rounded half away from zero      rounding right shift
+        high = floor((v * multiplier + 2^30) / 2^31)                     (saturated at 2^31 - 1)
+        q    = floor((high + e) / 2^r),  e = 2^(r-1) (high >= 0), 2^(r-1) - 1 (high < 0), 0 (r = 0)
+                                                                         half away from zero
 
-    64-bit lanes up to the high multiply (vpmuldq), 32-bit lanes after it. Without `left_shift`
-    (every shift <= 0, as when every M < 1) v is acc: no shift, nothing to saturate."""
+    and since floor((floor(a / 2^31) + e) / 2^r) = floor((a + e 2^31) / 2^(31 + r)) for integers,
+    both are one rounding of the 64-bit product t = v * multiplier:
+
+        q = (t + 2^30 + e 2^31) >> (31 + r)
+
+    with high < 0 read as t < 0 (for -2^30 <= t < 0, high = 0 and either e gives q = 0). The
+    saturations (of v, and of high's one overflow, v = multiplier = -2^31 with r = 0) are clamps
+    to int32. So 64-bit lanes (vpmuldq, vpsravq) up to a saturating narrowing, no 32-bit rounding
+    steps after it. Without `left_shift` (every shift <= 0, as when every M < 1) v is acc."""
     i32, i64 = ir.IntType(32), ir.IntType(64)
     v64 = ir.VectorType(i64, LANES)
-    right = _smax(builder, builder.sub(_const(i32, 0), shift), _const(i32, 0))
+    int32_min, int32_max = _const(i64, -(1 << 31)), _const(i64, (1 << 31) - 1)
+    right = builder.zext(_smax(builder, builder.sub(_const(i32, 0), shift), _const(i32, 0)), v64)
     v = builder.sext(acc, v64)
     if left_shift:
         v = builder.shl(v, builder.zext(_smax(builder, shift, _const(i32, 0)), v64))
-        v = _smin(builder, _smax(builder, v, _const(i64, -(1 << 31))), _const(i64, (1 << 31) - 1))
-    product = builder.mul(v, builder.sext(multiplier, v64))
-    high = builder.ashr(builder.add(product, _const(i64, 1 << 30)), _const(i64, 31))
-    high = builder.trunc(_smin(builder, high, _const(i64, (1 << 31) - 1)), _VECTOR)
-    mask = builder.sub(builder.shl(_const(i32, 1), right), _const(i32, 1))
-    # ties away from zero: the threshold is one more for a negative high
-    threshold = builder.sub(builder.ashr(mask, _const(i32, 1)), builder.ashr(high, _const(i32, 31)))
-    round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _VECTOR)
-    return builder.add(builder.ashr(high, right), round_up)
+        v = _smin(builder, _smax(builder, v, int32_min), int32_max)
+    t = builder.mul(v, builder.sext(multiplier, v64))
+    e = builder.lshr(builder.shl(_const(i64, 1), right), _const(i64, 1))          # 2^(r-1), or 0
+    nudge = builder.add(builder.shl(e, _const(i64, 31)), _const(i64, 1 << 30))
+    # high < 0: e is one less where r > 0, the nudge 2^31 less (a constant per lane, like nudge)
+    nudge_negative = builder.sub(nudge, builder.shl(builder.zext(builder.icmp_unsigned("!=", e, _const(i64, 0)), v64),
+                                                    _const(i64, 31)))
+    nudge = builder.select(builder.icmp_signed("<", t, _const(i64, 0)), nudge_negative, nudge)
+    q = builder.ashr(builder.add(t, nudge), builder.add(right, _const(i64, 31)))
+    return builder.trunc(_smin(builder, _smax(builder, q, int32_min), int32_max), _VECTOR)
 
 
 def _clamp_offset(builder, q, zy, lo, hi):
@@ -352,6 +362,73 @@ def _int8_array(a):
     return isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.int8
 
 
+def _interleave4(builder, columns):
+    """Four <16 x i8> columns as one operand of a depthwise vpdpbusd: byte 4j + t holds column t's
+    channel j, plus 128 (the sign bit flipped)."""
+    i32 = ir.IntType(32)
+    low = builder.shuffle_vector(columns[0], columns[1], ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+    high = builder.shuffle_vector(columns[2], columns[3], ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+    order = [16 * t + j for j in range(LANES) for t in range(GROUP)]   # element 16t + j of (low, high)
+    interleaved = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(i32, 64), order))
+    return builder.bitcast(builder.xor(interleaved, ir.Constant(_BYTES, [-128] * 64)), _VECTOR)
+
+
+def _load_bytes(builder, pointer, count):
+    """The first count (<= 16) bytes at pointer, zeros after them (a masked load: those bytes are not
+    read; where count is known to be 16, LLVM makes it a plain load)."""
+    i8x16, i32 = ir.VectorType(ir.IntType(8), LANES), ir.IntType(32)
+    pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+    mask = builder.icmp_signed("<", ir.Constant(_VECTOR, list(range(LANES))), _splat(builder, count, i32))
+    fnty = ir.FunctionType(i8x16, [pointer.type, i32, mask.type, i8x16])
+    load = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i8.p0")
+    return builder.call(load, [pointer, ir.Constant(i32, 1), mask, ir.Constant(i8x16, [0] * LANES)])
+
+
+@intrinsic
+def columns4(typingctx, x, index, step, count):
+    """The operand of a depthwise vpdpbusd: the four int8 vectors x[i : i + count], i = index +
+    t * step (t = 0..3: 16 channels of four neighbouring input columns), interleaved so that lane
+    j holds channel j of the four, byte t from column t, each as x + 128 (vpdpbusd's unsigned
+    bytes; lanes past count: 0 + 128). x C-contiguous int8, flat indices."""
+    if not (_int8_array(x) and all(isinstance(a, types.Integer) for a in (index, step, count))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x, index, step, count = (context.cast(builder, a, t, types.intp) if i > 0 else a
+                                 for i, (a, t) in enumerate(zip(args, signature.args)))
+        data = context.make_array(signature.args[0])(context, builder, x).data
+        columns = []
+        for t in range(GROUP):
+            offset = builder.add(index, builder.mul(step, ir.Constant(index.type, t)))
+            columns.append(_load_bytes(builder, builder.gep(data, [offset]), count))
+        return _interleave4(builder, columns)
+
+    return int32x16(x, index, step, count), codegen
+
+
+@intrinsic
+def columns4_padded(typingctx, x, pad, i0, i1, i2, i3, count):
+    """`columns4` for the border: columns x[i_t : i_t + count] at any four indices, an index below
+    0 reading `pad` (16 bytes holding z_x, the padding's value) instead."""
+    if not (_int8_array(x) and _int8_array(pad) and isinstance(count, types.Integer)
+            and all(isinstance(i, types.Integer) for i in (i0, i1, i2, i3))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x, pad, *indices, count = args
+        count = context.cast(builder, count, signature.args[6], types.intp)
+        x_data = context.make_array(signature.args[0])(context, builder, x).data
+        pad_data = context.make_array(signature.args[1])(context, builder, pad).data
+        columns = []
+        for index, argtype in zip(indices, signature.args[2:6]):
+            index = context.cast(builder, index, argtype, types.intp)
+            inside = builder.icmp_signed(">=", index, ir.Constant(index.type, 0))
+            columns.append(_load_bytes(builder, builder.select(inside, builder.gep(x_data, [index]), pad_data), count))
+        return _interleave4(builder, columns)
+
+    return int32x16(x, pad, i0, i1, i2, i3, count), codegen
+
+
 def _byte_mask(builder, count):
     count = builder.trunc(count, ir.IntType(32)) if count.type.width > 32 else builder.sext(count, ir.IntType(32))
     lanes = ir.Constant(ir.VectorType(ir.IntType(32), 64), list(range(64)))
@@ -451,7 +528,7 @@ def packed_weight(w):
     return packed
 
 
-__all__ = ["GROUP", "LANES", "add16", "broadcast16", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
+__all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
            "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
            "mul16", "multiply16", "pack_weight", "packed_weight", "requantize16", "requantize16_right", "splat16",
            "store16", "store16_int8", "sub16", "vnni_enabled"]
