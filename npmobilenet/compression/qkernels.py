@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from npmobilenet import config
-from npmobilenet.compression import vnni
+from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
     add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16, requantize16_right,
     splat16, store16, store16_int8, store64_int8, sub16,
@@ -181,6 +181,8 @@ def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, 
 
 
 # -- depthwise convolution: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) ---------------------
+# The portable kernel; on AVX-512 VNNI, undilated layers with columns away from the border run
+# `qdepthwise_vnni` (four taps per vpdpbusd) instead, with the same integers.
 @njit_serial
 def any_left_shift(shift):
     """Whether some channel's M is >= 1 (shift > 0): only then does requantization shift left."""
@@ -283,6 +285,11 @@ def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, 
 def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y):
     """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8."""
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
+    if qdepthwise_vnni.applies(x.shape, w, stride, padding, dilation, y.shape[2]):
+        args = (x, *qdepthwise_vnni.pack(w, zx, bias, multiplier, shift, stride), np.int32(zy), np.int32(lo),
+                np.int32(hi), sh, sw, pt, pl, y)
+        return _rows_call(qdepthwise_vnni._depthwise_int8_vnni_rows, qdepthwise_vnni._depthwise_int8_vnni_parallel,
+                          args, y.shape[0] * y.shape[1], y.size * w.shape[0] * w.shape[1])
     args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl,
             dilation_h, dilation_w, y)
     return _rows_call(_depthwise_int8_rows, _depthwise_int8_parallel, args, y.shape[0] * y.shape[1],

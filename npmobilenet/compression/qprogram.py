@@ -25,7 +25,7 @@ the plan then runs its calls from Python.
 import numpy as np
 from numba import types
 
-from npmobilenet.compression import qkernels as qk
+from npmobilenet.compression import qdepthwise_vnni as qdw, qkernels as qk
 from npmobilenet.config import njit_serial
 from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.program import RUN_TILE, TILES, Program, _A1 as _F1
@@ -35,19 +35,21 @@ from npmobilenet.inference.views import view
 # elements or pixels per tile),
 # TOTAL (of them), then SLOT columns per argument: an array's offset (in its dtype's elements) and
 # up to four dimensions, or a scalar's value
-PW_VNNI, PW, DEPTHWISE, IM2COL, LOOKUP, ADD, MEAN, CHANNEL_SCALE, LOOKUP_VBMI = range(9)
+PW_VNNI, PW, DEPTHWISE, IM2COL, LOOKUP, ADD, MEAN, CHANNEL_SCALE, LOOKUP_VBMI, DEPTHWISE_VNNI = range(10)
 KIND, TC, TR, TOTAL, ARGS, SLOT = 0, 1, 3, 4, 5, 5
 MAX_ARGS = 16
 
 _I, _i32, _i8 = types.int64, types.int32, types.int8
 _B1, _B2, _B3, _B4 = (types.Array(types.int8, n, "C") for n in (1, 2, 3, 4))
-_W1 = types.Array(types.int32, 1, "C")
+_W1, _W3 = types.Array(types.int32, 1, "C"), types.Array(types.int32, 3, "C")
 
 # kernel -> (kind, argument types without the row range, whether it takes a row range)
 KERNELS = {
     qk._pointwise_int8_vnni_rows: (PW_VNNI, (_B2, _W1, _W1, _W1, _W1, _i32, _i32, _i32, _i32, _B2, _W1, _B2), True),
     qk._pointwise_int8_rows: (PW, (_B2, _i32, _B2, _W1, _W1, _W1, _i32, _i32, _i32, _B2), True),
     qk._depthwise_int8_rows: (DEPTHWISE, (_B4, _i32, _B3, _W1, _W1, _W1, _i32, _i32, _i32) + (_I,) * 6 + (_B4,), True),
+    qdw._depthwise_int8_vnni_rows: (DEPTHWISE_VNNI, (_B4, _B1, _W3, _W1, _W1, _W1, _i32, _I, _i32, _i32, _i32)
+                                    + (_I,) * 4 + (_B4,), True),
     qk._im2col_int8_rows: (IM2COL, (_B4, _i8) + (_I,) * 8 + (_B4,), True),
     qk._lookup_int8: (LOOKUP, (_B1, _B1, _B1), False),
     qk._lookup_int8_vbmi: (LOOKUP_VBMI, (_B1, _B1, _B1), False),
@@ -58,6 +60,7 @@ KERNELS = {
 PARALLEL = {qk._pointwise_int8_vnni_parallel: qk._pointwise_int8_vnni_rows,
             qk._pointwise_int8_parallel: qk._pointwise_int8_rows,
             qk._depthwise_int8_parallel: qk._depthwise_int8_rows,
+            qdw._depthwise_int8_vnni_parallel: qdw._depthwise_int8_vnni_rows,
             qk._im2col_int8_parallel: qk._im2col_int8_rows}
 CALLS = {kind: CompiledCall(kernel, argtypes + ((_I, _I) if ranged else ()))
          for kernel, (kind, argtypes, ranged) in KERNELS.items()}
@@ -65,6 +68,7 @@ CALLS = {kind: CompiledCall(kernel, argtypes + ((_I, _I) if ranged else ()))
 # a classifier at batch 1) is still split between threads
 CALLS[PW_VNNI] = CompiledCall(qk._pointwise_int8_vnni_block, KERNELS[qk._pointwise_int8_vnni_rows][1] + (_I,) * 4)
 _pw_vnni, _pw, _depthwise, _im2col = (CALLS[k].call for k in (PW_VNNI, PW, DEPTHWISE, IM2COL))
+_depthwise_vnni = CALLS[DEPTHWISE_VNNI].call
 _lookup, _add, _mean, _channel_scale = (CALLS[k].call for k in (LOOKUP, ADD, MEAN, CHANNEL_SCALE))
 
 
@@ -142,6 +146,12 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
                                           _v1(w, op, 5), _s32(op, 6), _s32(op, 7), _s32(op, 8), op[_at(9)],
                                           op[_at(10)], op[_at(11)], op[_at(12)], op[_at(13)],
                                           op[_at(14)], _v4(b, op, 15), start, end))
+    elif kind == DEPTHWISE_VNNI:
+        _depthwise_vnni(addresses[DEPTHWISE_VNNI], (_v4(b, op, 0), _v1(b, op, 1), _v3(w, op, 2), _v1(w, op, 3),
+                                                    _v1(w, op, 4), _v1(w, op, 5), _s32(op, 6), op[_at(7)],
+                                                    _s32(op, 8), _s32(op, 9), _s32(op, 10), op[_at(11)],
+                                                    op[_at(12)], op[_at(13)], op[_at(14)], _v4(b, op, 15), start,
+                                                    end))
     elif kind == IM2COL:
         _im2col(addresses[IM2COL], (_v4(b, op, 0), np.int8(op[_at(1)]), op[_at(2)], op[_at(3)],
                                     op[_at(4)], op[_at(5)], op[_at(6)], op[_at(7)], op[_at(8)],
@@ -227,7 +237,7 @@ def _tiling(kind, args):
         col_tiles = min(width // 16, max(1, -(-8 // row_tiles)))
         tc = 16 * -(-width // (16 * col_tiles))
         return tr, rows, row_tiles * -(-width // tc), tc
-    if kind in (DEPTHWISE, IM2COL):
+    if kind in (DEPTHWISE, DEPTHWISE_VNNI, IM2COL):
         out = args[-1]                                        # y or cols (N, Ho, Wo, C)
         rows = out.shape[0] * out.shape[1]
         tr = max(1, -(-rows // 128))

@@ -1,0 +1,193 @@
+"""Depthwise convolution in int8 on AVX-512 VNNI: four taps of a kernel row per `vpdpbusd`.
+
+A depthwise layer sums, per channel, KH x KW products (V1 paper, Eq. 3), so there is no input
+channel axis for vpdpbusd's four-byte dot products to run over, as the pointwise kernel's does.
+The four bytes are taken along a kernel row instead: lane c of the operand holds channel c of four
+neighbouring input columns (`vnni.columns4`: four 16-byte loads, one byte permute), and the packed
+weight word of lane c holds w[i, j..j+3, c]. One instruction then does 4 taps of 16 channels, where
+the portable kernel (`qkernels._depthwise_int8_rows`) sign-extends, subtracts z_x, multiplies and
+adds tap by tap.
+
+vpdpbusd's bytes are unsigned, so the input is fed as x + 128, and, as in the pointwise kernel,
+
+    sum_ij (x - z_x) w[i, j, c] = sum_ij (x + 128) w[i, j, c] - (128 + z_x) sum_ij w[i, j, c]
+
+with the last term in the accumulators' start. Padding reads z_x (a 16-byte `pad`), so its taps
+cancel exactly as the real value 0 does; the fourth byte of a 3-tap row, and bytes 5-7 of a 5-tap
+row, meet zero weights. At stride 1 one operand serves two output pixels: the columns iw..iw+3 hold
+the taps of the pixel at iw and, shifted by one, of the pixel at iw + 1, so the weights are packed
+twice, as w[i, j..j+3] and as w[i, j-1..j+2] (`DELAYS`). Sums are int32 modulo 2^32 as everywhere,
+so the accumulators equal the portable kernel's bit for bit; requantization is `vnni.requantize16`.
+
+Layout: x (N, H, W, C) int8; the packed weight (KH, DELAYS * groups, C padded to 16) int32 words,
+groups = ceil(KW / 4). Dilated kernels stay on the portable kernel.
+"""
+import numba
+import numpy as np
+
+from npmobilenet.compression import vnni
+from npmobilenet.compression.vnni import columns4, columns4_padded, dpbusd, load16, requantize16, requantize16_right, store16_int8
+from npmobilenet.config import njit_inline, njit_parallel, njit_serial
+
+DELAYS = 2  # weight copies: for the operand's first output pixel, and for the pixel one column on
+
+
+def applies(x_shape, w, stride, padding, dilation, out_width):
+    """Whether the VNNI depthwise kernel runs this layer: VNNI enabled, no dilation, and some
+    output columns away from the border (on 7x7 maps a 5x5 kernel's operands, 8 columns, never
+    fit: the portable kernel is faster there)."""
+    if not vnni.vnni_enabled() or tuple(dilation) != (1, 1):
+        return False
+    first, end = interior(x_shape[2], vnni.GROUP * -(-w.shape[1] // vnni.GROUP), stride[1], padding[2], out_width)
+    return end > first
+
+
+def pack(w, zx, bias, multiplier, shift, stride):
+    """(pad, words, start, multipliers, shifts, left, pairs) of the kernel for w (KH, KW, C) int8, once
+    per layer: z_x in 16 bytes; the weight words; padded to 16 channels the accumulators' start
+    b - (128 + z_x) sum_ij w, the multipliers and shifts; `left`: some shift > 0; `pairs`: stride
+    1 along the width and KW not a multiple of 4, so that one operand holds two pixels' taps."""
+    kh, kw, channels = w.shape
+    groups, width = -(-kw // vnni.GROUP), -(-channels // vnni.LANES) * vnni.LANES
+    words = np.zeros((kh, DELAYS, groups, width, vnni.GROUP), np.int8)
+    for delay in range(DELAYS):
+        for g in range(groups):
+            for t in range(vnni.GROUP):
+                j = vnni.GROUP * g + t - delay     # the tap of byte t for a pixel `delay` columns on
+                if 0 <= j < kw:
+                    words[:, delay, g, :channels, t] = w[:, j, :]
+    start, multipliers, shifts = (np.zeros(width, np.int32) for _ in range(3))
+    total = w.astype(np.int64).sum(axis=(0, 1))
+    # int32 arithmetic modulo 2^32, as the kernel's sums are
+    start[:channels] = (bias.astype(np.int64) - (128 + int(zx)) * total).astype(np.int32)
+    multipliers[:channels], shifts[:channels] = multiplier, shift
+    pairs = stride[1] == 1 and kw % vnni.GROUP != 0
+    return (np.full(16, zx, np.int8), words.view(np.int32).reshape(kh, DELAYS * groups, width), start, multipliers,
+            shifts, np.int32(bool(np.any(shift > 0))), np.int64(pairs))
+
+
+@njit_serial
+def interior(width, span, stride, pad_left, out_width):
+    """(first, end): the output columns whose operands (`span` input columns from iw = ow * stride -
+    pad_left) lie inside the input: the kernel's fast paths."""
+    first = min((pad_left + stride - 1) // stride, out_width)
+    return first, min(out_width, max(first, (width - span + pad_left) // stride + 1))
+
+
+@njit_inline
+def _operands_sum(x, flat, acc, p, row_step, channels, count, kh, groups, width, k):
+    # acc + the taps of the pixel whose kernel rows start at x[p], x[p + row_step], ... (all inside),
+    # with the weight words from flat[k]: one pixel, or with k one delay on, the next pixel
+    for i in range(kh):
+        for g in range(groups):
+            q = columns4(x, p + i * row_step + 4 * g * channels, channels, count)
+            acc = dpbusd(acc, q, load16(flat, k + (i * DELAYS * groups + g) * width))
+    return acc
+
+
+@njit_inline
+def _pair_sum(x, flat, a0, a1, p, row_step, channels, count, kh, groups, width, k):
+    # `_operands_sum` for two pixels, iw and iw + 1, from the same operands
+    for i in range(kh):
+        for g in range(groups):
+            q = columns4(x, p + i * row_step + 4 * g * channels, channels, count)
+            k0 = k + (i * DELAYS * groups + g) * width
+            a0 = dpbusd(a0, q, load16(flat, k0))
+            a1 = dpbusd(a1, q, load16(flat, k0 + groups * width))
+    return a0, a1
+
+
+@njit_inline
+def _border_sum(x, pad, flat, acc, n, ih0, iw, c0, count, kh, groups, width):
+    # acc + the taps of one pixel some of whose operand columns or rows are outside the input:
+    # those read pad (z_x), as padding holds
+    _, h, wd, channels = x.shape
+    for i in range(kh):
+        ih = ih0 + i
+        inside = ih >= 0 and ih < h
+        p = ((n * h + ih) * wd + iw) * channels + c0
+        for g in range(groups):
+            j = iw + 4 * g
+            i0 = p + 4 * g * channels if inside and j >= 0 and j < wd else -1
+            i1 = p + (4 * g + 1) * channels if inside and j + 1 >= 0 and j + 1 < wd else -1
+            i2 = p + (4 * g + 2) * channels if inside and j + 2 >= 0 and j + 2 < wd else -1
+            i3 = p + (4 * g + 3) * channels if inside and j + 3 >= 0 and j + 3 < wd else -1
+            acc = dpbusd(acc, columns4_padded(x, pad, i0, i1, i2, i3, count),
+                         load16(flat, (i * DELAYS * groups + g) * width + c0))
+    return acc
+
+
+@njit_inline
+def _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl, first, end,
+              kh, groups, width, c0, count):
+    # output row (n, oh), channels c0..c0+count-1: border pixels tap by tap, interior pixels from
+    # operands read in place, two at a time where `pairs`
+    _, h, wd, channels = x.shape
+    _, ho, wo, _ = y.shape
+    if ih0 < 0 or ih0 + kh > h:
+        first, end = 0, 0                      # rows outside: every pixel is a border pixel
+    row_step = wd * channels
+    b, m, s = load16(start, c0), load16(multipliers, c0), load16(shifts, c0)
+    out = (n * ho + oh) * wo * channels + c0
+    p0 = (n * h + ih0) * row_step + c0
+    for ow in range(first):
+        a = _border_sum(x, pad, flat, b, n, ih0, ow * sw - pl, c0, count, kh, groups, width)
+        q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+        store16_int8(y, out + ow * channels, q, count)
+    ow = first
+    if pairs:
+        for ow in range(first, end - 1, 2):
+            a0, a1 = _pair_sum(x, flat, b, b, p0 + (ow - pl) * channels, row_step, channels, count, kh,
+                               groups, width, c0)
+            q0 = requantize16(a0, m, s, zy, lo, hi) if left else requantize16_right(a0, m, s, zy, lo, hi)
+            q1 = requantize16(a1, m, s, zy, lo, hi) if left else requantize16_right(a1, m, s, zy, lo, hi)
+            store16_int8(y, out + ow * channels, q0, count)
+            store16_int8(y, out + (ow + 1) * channels, q1, count)
+        ow = first + (end - first) // 2 * 2
+    for ow in range(ow, end):
+        a = _operands_sum(x, flat, b, p0 + (ow * sw - pl) * channels, row_step, channels, count, kh, groups,
+                          width, c0)
+        q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+        store16_int8(y, out + ow * channels, q, count)
+    for ow in range(max(end, first), wo):
+        a = _border_sum(x, pad, flat, b, n, ih0, ow * sw - pl, c0, count, kh, groups, width)
+        q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+        store16_int8(y, out + ow * channels, q, count)
+
+
+@njit_serial
+def _depthwise_int8_vnni_rows(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y,
+                              row_start, row_end):
+    # x: (N, H, W, C) int8 -> y: (N, Ho, Wo, C) int8, output rows row_start..row_end-1 (n * Ho + oh),
+    # from `pack`'s arguments. 3x3 and 5x5 kernels have their own (unrolled) copies of the row.
+    wd, channels = x.shape[2], x.shape[3]
+    ho, wo = y.shape[1], y.shape[2]
+    kh, groups, width = words.shape[0], words.shape[1] // DELAYS, words.shape[2]
+    flat = words.reshape(words.size)
+    first, end = interior(wd, 4 * groups, sw, pl, wo)
+    full = channels // 16 * 16                 # blocks of 16 channels: unmasked loads
+    for row in range(row_start, row_end):
+        n, oh = row // ho, row % ho
+        ih0 = oh * sh - pt
+        for c0 in range(0, channels, 16):
+            if kh == 3 and groups == 1 and c0 < full:
+                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl,
+                          first, end, 3, 1, width, c0, 16)
+            elif kh == 5 and groups == 2 and c0 < full:
+                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl,
+                          first, end, 5, 2, width, c0, 16)
+            else:
+                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl,
+                          first, end, kh, groups, width, c0, min(16, channels - c0))
+
+
+@njit_parallel
+def _depthwise_int8_vnni_parallel(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl,
+                                  y, chunks):
+    rows = y.shape[0] * y.shape[1]
+    for c in numba.prange(chunks):
+        _depthwise_int8_vnni_rows(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl,
+                                  y, c * rows // chunks, (c + 1) * rows // chunks)
+
+
+__all__ = ["DELAYS", "applies", "interior", "pack"]
