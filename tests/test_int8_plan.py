@@ -59,7 +59,9 @@ def test_depthwise_kernel_matches_reference(n, h, w, c, k, stride, padding, dila
         assert np.array_equal(y, expected)
 
 
-@pytest.mark.parametrize("cin, k, stride, padding", [(3, 3, 2, (0, 1, 0, 1)), (5, 3, 1, (1, 1, 1, 1)), (2, 1, 1, (0, 0, 0, 0))])
+# kernel rows of 9 to 120 bytes (gathered 64 at a time: one masked piece, or two), padding rows
+@pytest.mark.parametrize("cin, k, stride, padding", [(3, 3, 2, (0, 1, 0, 1)), (5, 3, 1, (1, 1, 1, 1)), (2, 1, 1, (0, 0, 0, 0)),
+                                                     (40, 3, 1, (1, 1, 1, 1)), (24, 3, 2, (1, 1, 1, 1))])
 def test_standard_convolution_as_im2col_matches_reference(cin, k, stride, padding):
     rng = np.random.default_rng(cin)
     x, wt = _int8(rng, (2, 9, 8, cin)), _int8(rng, (k, k, cin, 21))

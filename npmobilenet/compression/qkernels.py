@@ -32,7 +32,7 @@ from npmobilenet import config
 from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
     add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16, requantize16_right,
-    splat16, store16, store16_int8, store64_int8, sub16,
+    splat16, splat64, store16, store16_int8, store64_int8, sub16,
 )
 from npmobilenet.config import njit_parallel, njit_serial
 
@@ -119,6 +119,7 @@ def _im2col_int8_rows(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, col
     ho, wo, taps = cols.shape[1], cols.shape[2], cols.shape[3]
     xf, cf = x.reshape(-1), cols.reshape(-1)
     run = kw * cin
+    padding = splat64(zx)
     for row in range(row_start, row_end):
         n = row // ho
         oh = row % ho
@@ -129,12 +130,12 @@ def _im2col_int8_rows(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, col
             for i in range(kh):
                 ih = oh * sh - pt + i * dilation_h
                 if ih < 0 or ih >= h:
-                    for e in range(run):
-                        cf[_U(k + e)] = zx
+                    for e in range(0, run, 64):         # 64 bytes at a time (masked: the stem's 9)
+                        store64_int8(cf, k + e, padding, min(64, run - e))
                 elif columns_inside:
                     src = ((n * h + ih) * wd + iw0) * cin
-                    for e in range(run):
-                        cf[_U(k + e)] = xf[_U(src + e)]
+                    for e in range(0, run, 64):
+                        store64_int8(cf, k + e, load64_int8(xf, src + e, min(64, run - e)), min(64, run - e))
                 else:
                     for j in range(kw):
                         iw = iw0 + j * dilation_w

@@ -472,6 +472,21 @@ def store64_int8(typingctx, array, index, vector, count):
 
 
 @intrinsic
+def splat64(typingctx, value):
+    """An int8 value in all 64 lanes."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        byte = context.cast(builder, args[0], signature.args[0], types.int8)
+        lane0 = builder.insert_element(ir.Constant(_BYTES, ir.Undefined), byte, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(lane0, ir.Constant(_BYTES, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64))
+
+    return int8x64(value), codegen
+
+
+@intrinsic
 def lookup64(typingctx, t0, t1, t2, t3, x):
     """table[x + 128] in each of 64 lanes, the 256-entry table given as its four 64-byte quarters:
     x < 0 (entries 0..127) from t0, t1 and x >= 0 (128..255) from t2, t3, each by one `vpermi2b`,
@@ -530,5 +545,5 @@ def packed_weight(w):
 
 __all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
            "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
-           "mul16", "multiply16", "pack_weight", "packed_weight", "requantize16", "requantize16_right", "splat16",
+           "mul16", "multiply16", "pack_weight", "splat64", "packed_weight", "requantize16", "requantize16_right", "splat16",
            "store16", "store16_int8", "sub16", "vnni_enabled"]
