@@ -185,3 +185,23 @@ def test_the_kernel_is_compiled_to_vpdpbusd():
     assert np.array_equal(y, qreference.pointwise(x, 1, w, bias, multiplier, shift, zy, lo, hi))
     asm = kernel.inspect_asm(kernel.signatures[0])
     assert "vpdpbusd" in asm and "zmm" in asm
+
+
+@needs_vnni
+@pytest.mark.parametrize("cin, cout", [(5, 16), (24, 40), (61, 47), (144, 576), (576, 1024), (1280, 1000)])
+def test_one_pixel_sums_in_four_chains_match_the_reference(cin, cout):
+    # a fully connected layer at batch 1: four chains over the input groups (their remainder too),
+    # or, where a row of packed words is 4 KiB (width 1024), the 8-row tile
+    rng = np.random.default_rng(cin + cout)
+    x, w = _int8(rng, (1, cin)), _int8(rng, (cin, cout))
+    args = _requant_args(rng, cout, cin)
+    expected = qreference.pointwise(x, 3, w, *args)
+    assert np.array_equal(_vnni_serial(x, 3, w, *args), expected)
+    assert len(np.unique(expected)) > 1
+    # rows split so that a chunk of one row follows a longer one
+    x3 = _int8(rng, (3, cin))
+    expected = qreference.pointwise(x3, 3, w, *args)
+    pieces = np.zeros_like(expected)
+    for start, end in ((0, 2), (2, 3)):
+        pieces[start:end] = _vnni_serial(x3, 3, w, *args, start, end)[start:end]
+    assert np.array_equal(pieces, expected)
