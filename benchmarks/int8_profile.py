@@ -7,6 +7,8 @@ A random-weight model at 224x224, quantized per channel on a few random images, 
 kernels); each op timed alone, the median of `--repeat` calls. Kinds are the op kind and a
 convolution's variant, kernel size and stride. The Python overhead per op is bounded above by
 the whole run of the same model on a 32x32 input (kernels nearly free) divided by its ops.
+Then the same, integer-only, in the op table the model runs (`qmodel.plan(shape).program`): each
+row run alone (`Program.run(ops=(k, k + 1))`), per kind, and the whole table.
 """
 import argparse
 from collections import defaultdict
@@ -35,6 +37,37 @@ def profile(qmodel, xq, integer_only, repeat):
         counts[op_kind(op)] += 1
     total = median_ms(lambda: qmodel.run(xq), repeat)
     return per_kind, counts, total
+
+
+def table_kinds(program):
+    """The op table's rows by kind (pointwise split into one pixel, K <= 32 and K > 32)."""
+    from npmobilenet.compression import qprogram as qp
+
+    names = {qp.PW_VNNI: "pointwise VNNI", qp.PW: "pointwise", qp.DEPTHWISE: "depthwise",
+             qp.DEPTHWISE_VNNI: "depthwise VNNI", qp.IM2COL: "receptive-field gather", qp.LOOKUP: "lookup",
+             qp.LOOKUP_VBMI: "lookup (VBMI)", qp.ADD: "add", qp.MEAN: "mean", qp.CHANNEL_SCALE: "channel scale"}
+    kinds = []
+    for row in program.ops:
+        kind = names[int(row[qp.KIND])]
+        if row[qp.KIND] in (qp.PW_VNNI, qp.PW):
+            x = qp.ARGS                                           # argument 0: x (P, Cin)
+            kind += " (one pixel)" if row[x + 1] == 1 else (" K <= 32" if row[x + 2] <= 32 else " K > 32")
+        kinds.append(kind)
+    return kinds
+
+
+def profile_table(qmodel, xq, threads, repeat):
+    """ms per kind of the op table (the integer-only run's), each op run alone from the table
+    (`Program.run(ops=(k, k + 1))`), and the whole table's run; None without a table."""
+    qmodel.integer_only = True
+    program = qmodel.plan(xq.shape).program
+    if program is None:
+        return None
+    per_kind, counts = defaultdict(float), defaultdict(int)
+    for k, kind in enumerate(table_kinds(program)):
+        per_kind[kind] += median_ms(lambda: program.run(threads, ops=(k, k + 1)), repeat)
+        counts[kind] += 1
+    return per_kind, counts, median_ms(lambda: program.run(threads), repeat)
 
 
 def main(argv=None):
@@ -66,6 +99,15 @@ def main(argv=None):
               f"(sum of ops {sum(per_kind.values()):.2f}); at 32x32 {tiny_ms:.3f} ms = "
               f"{1e3 * tiny_ms / len(qmodel.ops):.1f} us per op (an upper bound on the overhead)")
         print("| op kind | ops | ms | share |")
+        print("|---|---|---|---|")
+        for kind, ms in sorted(per_kind.items(), key=lambda kv: -kv[1]):
+            print(f"| {kind} | {counts[kind]} | {ms:.2f} | {100 * ms / total:.0f}% |")
+    table = profile_table(qmodel, xq, args.threads, args.repeat)
+    if table is not None:
+        per_kind, counts, total = table
+        print(f"\nint8 op table (integer-only), each op run alone from the table: whole table {total:.2f} ms "
+              f"(sum of ops {sum(per_kind.values()):.2f})")
+        print("| op table kind | ops | ms | share |")
         print("|---|---|---|---|")
         for kind, ms in sorted(per_kind.items(), key=lambda kv: -kv[1]):
             print(f"| {kind} | {counts[kind]} | {ms:.2f} | {100 * ms / total:.0f}% |")
