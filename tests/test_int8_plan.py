@@ -142,7 +142,9 @@ def test_right_shift_requantization_matches_reference():
     acc[:3] = [-(2**31), 2**31 - 1, 0]
     multiplier = rng.integers(-(2**31), 2**31 - 1, lanes, endpoint=True).astype(np.int32)
     multiplier[:2] = -(2**31)             # the one overflow of the high multiply
-    shift = -rng.integers(0, 31, lanes).astype(np.int32)
+    shift = -rng.integers(0, 32, lanes).astype(np.int32)
+    acc[16:16 * 257] = np.arange(-16 * 128, 16 * 128)     # small sums, with M0 = 2^30 and 3 * 2^29 many ties
+    multiplier[16:16 * 257:2], multiplier[17:16 * 257:2] = 1 << 30, 3 << 29
     y = np.zeros(lanes, np.int8)
     _requantize_right(acc, multiplier, shift, 5, -100, 120, y)
     assert np.array_equal(y, qreference.to_int8(acc, multiplier, shift, 5, -100, 120))
