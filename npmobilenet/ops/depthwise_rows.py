@@ -14,13 +14,18 @@ per tap: at 14x14 and 7x7, with a 5x5 kernel, half the pixels are border pixels)
 sizes tap by tap (`_border_columns_forward`). Each run is finished by its epilogue (bias,
 activation) right after its taps.
 
+The 3x3 one-pixel loops (`_pixels_3x3`, `_pixels_3x3_pair`, `_activate_pixels`) are inlined into
+the 3x3 step (`config.njit_inline`): compiled on their own and again inside their caller, they
+had cost V2's cold start about 0.8 s (13.3-13.6 s against 13.4-14.7 s). The interior loops are
+not: inlined too, V2 ran about 2% slower.
+
 Inner loops index views (slices) with the bare loop counter, or unsigned indices (`epilogue._U`):
 any other index makes Numba emit a negative-index wraparound test per element, and LLVM then does
 not vectorise.
 """
 import numpy as np
 
-from npmobilenet.config import njit_serial
+from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.ops.epilogue import _U, HARDSWISH, RELU, RELU6, bias_act_run
 
 _F32 = np.float32
@@ -159,7 +164,7 @@ def _bias_act_pixels(y, n, oh, lo, hi, bias, act):
                 y[un, uoh, uow, c] += bias[c]
 
 
-@njit_serial
+@njit_inline
 def _activate_pixels(y, n, oh, lo, hi, act):
     """y[n, oh, lo:hi] = act(y) in place (nothing for IDENTITY), indexing y directly."""
     un, uoh = _U(n), _U(oh)
@@ -235,7 +240,7 @@ def _pixels_row_5(x, w_tiled, i, y, n, oh, ih, lo, hi, stride_w, pad_left, dilat
                                    + x[un, uih, j3, c] * w_tiled[k + 3, c] + x[un, uih, j4, c] * w_tiled[k + 4, c])
 
 
-@njit_serial
+@njit_inline
 def _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_h, dilation_w, bias, act):
     """y[n, oh, lo:hi] = the nine taps of a 3x3 kernel from input rows top, top + rh, top + 2 rh
     (all inside x), then their epilogue."""
@@ -256,7 +261,7 @@ def _pixels_3x3(x, w_tiled, y, n, oh, top, lo, hi, stride_w, pad_left, dilation_
     _activate_pixels(y, n, oh, lo, hi, act)
 
 
-@njit_serial
+@njit_inline
 def _pixels_3x3_pair(x, w_tiled, y, n, first, top, lo, hi, stride_w, pad_left, dilation_w, bias, act):
     """Output rows first and first + 1 at vertical stride 1 (input rows top..top+3, all inside x),
     pixel by pixel: `_interior_forward_3x3_pair` for one-pixel runs."""
