@@ -190,11 +190,12 @@ def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ys
             _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero8, m1 - c)
 
 
-@njit_serial
+@njit_inline
 def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1):
     """y[y0:y0+rows, m0:m1] = act(x[x0:x0+rows] @ W + bias), or + bias + residual (rows y0.. of
     residual (P, M) when it has any): x (., K), W (K, M) packed (`packed_weight`, flattened),
-    bias (M,), y (., M); m0 a multiple of 16."""
+    bias (M,), y (., M); m0 a multiple of 16. Inlined into its caller (a wrapper compiled on its
+    own cost V2's cold start some 0.6 s)."""
     k_, cols = x.shape[1], y.shape[1]
     one, zero = np.int64(1), np.int64(0)   # not literals: product_span would compile again for them
     product_span(x.reshape(-1), x0 * k_, k_, k_, one, zero, w, bias, act, residual.reshape(-1), y.reshape(-1),
