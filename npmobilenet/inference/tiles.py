@@ -21,7 +21,7 @@ over the tiles (`prange`: disjoint writes) and is compiled serial and parallel.
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import njit_serial, njit_serial_strict, serial_and_parallel
+from npmobilenet.config import njit_inline, njit_serial, njit_serial_strict, serial_and_parallel
 from npmobilenet.ops.blas import gemm_call
 from npmobilenet.ops.epilogue import bias_act
 
@@ -107,7 +107,7 @@ def linear_blocks(w, block_cols):
     return np.ascontiguousarray(padded.reshape(cin, blocks, block_cols).transpose(1, 0, 2))
 
 
-@njit_serial
+@njit_inline
 def _rows_times_block(x, w_block, y, m0, m1):
     """y[:, m0:m1] = x @ w_block[:, :m1 - m0] for a few rows of x: w_block (Cin, B) read once, row
     by row, each row multiplied into every image's outputs (sums in order of k; no scratch)."""
