@@ -143,7 +143,7 @@ def test_pointwise_int8_kernels_match_reference_bit_for_bit(rows, cin, cout, see
     if vnni.has_vnni():
         y = np.zeros_like(expected)
         qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift), *requant,
-                                           qkernels.NO_RESIDUAL, qkernels.NO_ADD, y, 0, rows)
+                                           qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, rows)
         assert np.array_equal(y, expected)
 
 

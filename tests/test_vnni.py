@@ -33,7 +33,7 @@ def _vnni_serial(x, zx, w, bias, multiplier, shift, zy, lo, hi, row_start=0, row
     y = np.zeros((x.shape[0], w.shape[1]), np.int8)
     row_end = x.shape[0] if row_end is None else row_end
     qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift), np.int32(zy),
-                                       np.int32(lo), np.int32(hi), qkernels.NO_RESIDUAL, qkernels.NO_ADD, y,
+                                       np.int32(lo), np.int32(hi), qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y,
                                        row_start, row_end)
     return y
 
@@ -168,7 +168,7 @@ def test_row_splits_and_parallel_driver_give_the_same_bits():
     for chunks in (1, 3, 8, rows):
         y = np.zeros_like(serial)
         qkernels._pointwise_int8_vnni_parallel(x, *constants, np.int32(zy), np.int32(lo), np.int32(hi),
-                                               qkernels.NO_RESIDUAL, qkernels.NO_ADD, y, chunks)
+                                               qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, chunks)
         assert np.array_equal(y, serial)
 
 
@@ -181,7 +181,7 @@ def test_the_kernel_is_compiled_to_vpdpbusd():
     bias, multiplier, shift, zy, lo, hi = _requant_args(rng, 16, 8)
     y = np.zeros((9, 16), np.int8)
     kernel(x, *qkernels.vnni_arguments(w, 1, bias, multiplier, shift), np.int32(zy), np.int32(lo), np.int32(hi),
-           qkernels.NO_RESIDUAL, qkernels.NO_ADD, y, 0, 9)
+           qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, 9)
     assert np.array_equal(y, qreference.pointwise(x, 1, w, bias, multiplier, shift, zy, lo, hi))
     asm = kernel.inspect_asm(kernel.signatures[0])
     assert "vpdpbusd" in asm and "zmm" in asm
@@ -205,3 +205,24 @@ def test_one_pixel_sums_in_four_chains_match_the_reference(cin, cout):
     for start, end in ((0, 2), (2, 3)):
         pieces[start:end] = _vnni_serial(x3, 3, w, *args, start, end)[start:end]
     assert np.array_equal(pieces, expected)
+
+
+@needs_vnni
+@pytest.mark.parametrize("cin, k, stride, padding, dilation", [(3, 3, 2, (0, 1, 0, 1), 1), (24, 3, 1, (1, 1, 1, 1), 1),
+                                                              (5, 5, 2, (2, 1, 1, 2), 1), (4, 3, 1, (2, 2, 2, 2), 2)])
+def test_standard_convolution_reads_its_receptive_fields_in_the_kernel(cin, k, stride, padding, dilation, monkeypatch):
+    # no gathered copy: the VNNI kernel makes its words from x, for any range of output pixels
+    # (ranges that start and end inside an output row and cross from one image to the next)
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")
+    rng = np.random.default_rng(cin * k)
+    x, w = _int8(rng, (2, 9, 11, cin)), _int8(rng, (k, k, cin, 24))
+    bias, multiplier, shift, zy, lo, hi = _requant_args(rng, 24, k * k * cin)
+    geometry = ((stride, stride), padding, (dilation, dilation))
+    expected = qreference.conv2d(x, -3, w, bias, multiplier, shift, zy, lo, hi, *geometry)
+    y = np.zeros(expected.shape, np.int8)
+    [(kernel, args)] = qkernels.conv2d_int8_calls(x, -3, w, bias, multiplier, shift, zy, lo, hi, *geometry, None, y)
+    rows = y.shape[0] * y.shape[1] * y.shape[2]
+    serial_args = args[:-1] if kernel is qkernels._pointwise_int8_vnni_parallel else args[:-2]
+    for start, end in ((0, 7), (7, rows // 2 + 3), (rows // 2 + 3, rows)):
+        qkernels._pointwise_int8_vnni_rows(*serial_args, start, end)
+    assert np.array_equal(y, expected)

@@ -32,7 +32,7 @@ from npmobilenet import config
 from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
     add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16, requantize16_right,
-    splat16, splat64, store16, store16_int8, store64_int8, sub16,
+    splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
 )
 from npmobilenet.config import njit_parallel, njit_serial
 
@@ -158,9 +158,19 @@ def _im2col_int8_parallel(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w,
 
 
 def conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, cols, y):
-    """[(kernel, args)] of `conv2d_int8` into y (N, Ho, Wo, Cout), through cols (N, Ho, Wo, KH*KW*Cin) int8."""
+    """[(kernel, args)] of `conv2d_int8` into y (N, Ho, Wo, Cout): with VNNI one call, whose kernel
+    reads the receptive fields from x (cols unused: may be None); else through cols (N, Ho, Wo,
+    KH*KW*Cin) int8, the fields gathered, then the pointwise kernel over them."""
     kh, kw, cin, cout = w.shape
     n, ho, wo, _ = y.shape
+    if vnni.vnni_enabled():
+        # the receptive fields read as the kernel makes its words: no gathered copy (cols unused)
+        w2d, y2d = w.reshape(kh * kw * cin, cout), y.reshape(n * ho * wo, cout)
+        args = (x.reshape(-1, cin), *vnni_arguments(w2d, zx, bias, multiplier, shift), np.int32(zy), np.int32(lo),
+                np.int32(hi), NO_RESIDUAL, NO_ADD, conv_field(x.shape, kh, kw, stride, padding, dilation, (ho, wo), zx),
+                y2d)
+        return [_rows_call(_pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel, args, n * ho * wo,
+                           y.size * kh * kw * cin)]
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     args = (x, np.int8(zx), kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols)
     return [_rows_call(_im2col_int8_rows, _im2col_int8_parallel, args, n * ho, cols.size),
@@ -171,11 +181,12 @@ def conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, pad
 def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, out_shape):
     """Standard convolution in int8 (clean arrays; see the module docstring). Returns y int8.
 
-    Each output pixel's receptive field gathered (im2col, padding z_x), then `pointwise_int8`
-    over the KH*KW*Cin taps: the stem's 27 taps run on the VNNI kernel where there is one."""
+    The VNNI kernel over the KH*KW*Cin taps of each output pixel's receptive field (padding z_x),
+    read from x as it makes its words; without VNNI the fields gathered first (im2col), then
+    `pointwise_int8`."""
     kh, kw, cin, _ = w.shape
     y = np.empty(out_shape, np.int8)
-    cols = np.empty((*out_shape[:3], kh * kw * cin), np.int8)
+    cols = None if vnni.vnni_enabled() else np.empty((*out_shape[:3], kh * kw * cin), np.int8)
     for kernel, args in conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, cols, y):
         kernel(*args)
     return y
@@ -390,16 +401,20 @@ def _dot_row(x_words, words, a0, groups, width, c0):
 
 
 @njit_serial
-def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, row_start, row_end,
-                               col_start, col_end):
+def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y, row_start,
+                               row_end, col_start, col_end):
     # x: (P, Cin) int8, words: packed w (ceil(Cin/4) * width,) int32 -> y: (P, Cout) int8, from the
     # per-channel constants of `vnni_arguments` (padded to width: the accumulators' start, the
     # multipliers, the shifts; `left`: some shift is > 0). With a residual (P, Cout) int8 (none: 0
     # rows), y is the quantized add of the requantized output and the residual (`_add_int8`'s
     # integers; `add`: `add_params`), the output never stored. Output channels
-    # col_start..col_end-1 (multiples of 16, col_end at most the padded width).
+    # col_start..col_end-1 (multiples of 16, col_end at most the padded width). With a `field`
+    # (`conv_field`, not empty), a standard convolution: x is its input (N*H*W, Cin), row p of y
+    # output pixel p, and its K = KH*KW*Cin inputs are its receptive field, read from x as the
+    # words are made (no gathered copy, as `_im2col_int8_rows` writes).
     cin, cout = x.shape[1], y.shape[1]
-    groups, width = (cin + 3) // 4, start.shape[0]
+    width = start.shape[0]
+    groups = words.shape[0] // width
     fused_add = residual.shape[0] > 0
     za16, zb16, scale20 = splat16(zy), splat16(add[0]), splat16(1 << ADD_LEFT_SHIFT)
     ma16, sa16, mb16, sb16 = splat16(add[1]), splat16(add[2]), splat16(add[3]), splat16(add[4])
@@ -409,9 +424,12 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
     acc = np.empty(VNNI_TILE_ROWS * 16, np.int32)
     for p0 in range(row_start, row_end, VNNI_CHUNK_ROWS):
         rows = min(VNNI_CHUNK_ROWS, row_end - p0)
-        for r in range(rows):
-            for ci in range(cin):
-                x_u8[_U(r * groups * 4 + ci)] = np.uint8(np.int32(x[_U(p0 + r), _U(ci)]) + 128)
+        if field.shape[0] > 0:
+            _field_words(x, field, x_u8, p0, rows, groups)
+        else:
+            for r in range(rows):
+                for ci in range(cin):
+                    x_u8[_U(r * groups * 4 + ci)] = np.uint8(np.int32(x[_U(p0 + r), _U(ci)]) + 128)
         for c0 in range(col_start, col_end, 16):
             m, s, count = load16(multipliers, c0), load16(shifts, c0), min(16, cout - c0)
             # rows past the chunk's last hold stale words: computed, never stored
@@ -457,16 +475,18 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
 
 
 @njit_serial
-def _pointwise_int8_vnni_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, row_start, row_end):
-    _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, row_start,
-                               row_end, 0, start.shape[0])
+def _pointwise_int8_vnni_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y, row_start,
+                              row_end):
+    _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                               row_start, row_end, 0, start.shape[0])
 
 
 @njit_parallel
-def _pointwise_int8_vnni_parallel(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y, chunks):
+def _pointwise_int8_vnni_parallel(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                                  chunks):
     rows = y.shape[0]
     for c in numba.prange(chunks):
-        _pointwise_int8_vnni_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, y,
+        _pointwise_int8_vnni_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
                                   c * rows // chunks, (c + 1) * rows // chunks)
 
 
@@ -486,6 +506,61 @@ def vnni_arguments(w, zx, bias, multiplier, shift):
 
 NO_RESIDUAL = np.zeros((0, 1), np.int8)
 NO_ADD = np.zeros(8, np.int32)
+NO_FIELD = np.zeros(0, np.int64)
+
+
+def conv_field(x_shape, kh, kw, stride, padding, dilation, out_hw, zx):
+    """The VNNI kernel's `field` for a standard convolution of x (N, H, W, Cin): (H, W, KH, KW,
+    stride, top and left padding, dilation, Ho, Wo, z_x) as int64."""
+    (sh, sw), (pt, _, pl, _), (dh, dw) = stride, padding, dilation
+    return np.array([x_shape[1], x_shape[2], kh, kw, sh, sw, pt, pl, dh, dw, out_hw[0], out_hw[1], zx], np.int64)
+
+
+@njit_serial
+def _field_words(x, field, x_u8, p0, rows, groups):
+    # the VNNI kernel's input words for output pixels p0..p0+rows-1 of a standard convolution:
+    # each pixel's receptive field from x (N*H*W, Cin), kernel row by kernel row (KW*Cin bytes,
+    # the stem's 9, one masked 64-byte copy where the row lies inside x), plus 128; padding taps
+    # z_x + 128 (the real value 0)
+    h, wd, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, zx = (field[0], field[1], field[2], field[3], field[4], field[5],
+                                                         field[6], field[7], field[8], field[9], field[10], field[11],
+                                                         field[12])
+    cin = x.shape[1]
+    run = kw * cin
+    xf, words = x.reshape(x.size), x_u8.view(np.int8)
+    padding = splat64(np.int8(zx ^ -128))
+    n, q = p0 // (ho * wo), p0 % (ho * wo)
+    oh, ow = q // wo, q % wo
+    for r in range(rows):
+        o = r * groups * 4
+        iw0 = ow * sw - pl
+        columns_inside = dw == 1 and iw0 >= 0 and iw0 + kw <= wd
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= h:
+                for e in range(0, run, 64):
+                    store64_int8(words, o + e, padding, min(64, run - e))
+            elif columns_inside:
+                src = ((n * h + ih) * wd + iw0) * cin
+                for e in range(0, run, 64):
+                    count = min(64, run - e)
+                    store64_int8(words, o + e, unsigned64(load64_int8(xf, src + e, count)), count)
+            else:
+                for j in range(kw):
+                    iw = iw0 + j * dw
+                    if iw >= 0 and iw < wd:
+                        src = (n * h + ih) * wd + iw
+                        for ci in range(cin):
+                            x_u8[_U(o + j * cin + ci)] = np.uint8(np.int32(x[_U(src), _U(ci)]) + 128)
+                    else:
+                        for ci in range(cin):
+                            x_u8[_U(o + j * cin + ci)] = np.uint8(zx + 128)
+            o += run
+        ow += 1
+        if ow == wo:
+            ow, oh = 0, oh + 1
+            if oh == ho:
+                oh, n = 0, n + 1
 
 
 def add_params(zb, ma, sa, mb, sb, zo, my, so):
@@ -502,7 +577,7 @@ def pointwise_int8_call(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, y, resi
     if vnni.vnni_enabled():
         residual = NO_RESIDUAL if residual is None else residual
         args = (x2d, *vnni_arguments(w, zx, bias, multiplier, shift), *requant[3:], residual,
-                NO_ADD if add is None else add, y)
+                NO_ADD if add is None else add, NO_FIELD, y)
         return _rows_call(_pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel, args, rows, rows * w.size)
     if residual is not None:
         raise ValueError("the residual add is fused into the VNNI kernel only")

@@ -204,7 +204,8 @@ class QConv(QOp):
         geometry = (self.stride, resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation), self.dilation)
         if self.variant == "depthwise":
             return [qkernels.depthwise_conv2d_int8_call(x, zx, self.weight, *args, *geometry, y)]
-        cols = np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)
+        # the gathered receptive fields, which the VNNI kernel does without (it reads them from x)
+        cols = None if vnni.vnni_enabled() else np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)
         return qkernels.conv2d_int8_calls(x, zx, self.weight, *args, *geometry, cols, y)
 
     def _run_exact(self, x, zx, zy, y):

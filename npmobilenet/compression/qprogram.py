@@ -42,10 +42,11 @@ MAX_ARGS = 16
 _I, _i32, _i8 = types.int64, types.int32, types.int8
 _B1, _B2, _B3, _B4 = (types.Array(types.int8, n, "C") for n in (1, 2, 3, 4))
 _W1, _W3 = types.Array(types.int32, 1, "C"), types.Array(types.int32, 3, "C")
+_L1 = types.Array(types.int64, 1, "C")
 
 # kernel -> (kind, argument types without the row range, whether it takes a row range)
 KERNELS = {
-    qk._pointwise_int8_vnni_rows: (PW_VNNI, (_B2, _W1, _W1, _W1, _W1, _i32, _i32, _i32, _i32, _B2, _W1, _B2), True),
+    qk._pointwise_int8_vnni_rows: (PW_VNNI, (_B2, _W1, _W1, _W1, _W1, _i32, _i32, _i32, _i32, _B2, _W1, _L1, _B2), True),
     qk._pointwise_int8_rows: (PW, (_B2, _i32, _B2, _W1, _W1, _W1, _i32, _i32, _i32, _B2), True),
     qk._depthwise_int8_rows: (DEPTHWISE, (_B4, _i32, _B3, _W1, _W1, _W1, _i32, _i32, _i32) + (_I,) * 6 + (_B4,), True),
     qdw._depthwise_int8_vnni_rows: (DEPTHWISE_VNNI, (_B4, _B1, _W3, _W1, _W1, _W1, _i32, _I, _i32, _i32, _i32)
@@ -125,7 +126,7 @@ def _pixels(buffer, op, i, n, p0, count):
 def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
     """Tile t of int8 op `op` (a row): its kernel, at `addresses[kind]`, on the arguments the row
     names (views of the byte arena `arena`; `params` and `sgemm` are unused, the runner's)."""
-    b, w = arena.view(np.int8), arena.view(np.int32)
+    b, w, wide = arena.view(np.int8), arena.view(np.int32), arena.view(np.int64)
     kind, tr, total = op[KIND], op[TR], op[TOTAL]
     start = t * tr
     end = min(start + tr, total)
@@ -137,7 +138,8 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
         c0 = (t % col_tiles) * op[TC]
         _pw_vnni(addresses[PW_VNNI], (_v2(b, op, 0), _v1(w, op, 1), _v1(w, op, 2), _v1(w, op, 3), _v1(w, op, 4),
                                       _s32(op, 5), _s32(op, 6), _s32(op, 7), _s32(op, 8), _v2(b, op, 9),
-                                      _v1(w, op, 10), _v2(b, op, 11), start, end, c0, min(c0 + op[TC], width)))
+                                      _v1(w, op, 10), _v1(wide, op, 11), _v2(b, op, 12), start, end, c0,
+                                      min(c0 + op[TC], width)))
     elif kind == PW:
         _pw(addresses[PW], (_v2(b, op, 0), _s32(op, 1), _v2(b, op, 2), _v1(w, op, 3), _v1(w, op, 4), _v1(w, op, 5),
                             _s32(op, 6), _s32(op, 7), _s32(op, 8), _v2(b, op, 9), start, end))

@@ -472,6 +472,19 @@ def store64_int8(typingctx, array, index, vector, count):
 
 
 @intrinsic
+def unsigned64(typingctx, v):
+    """v + 128 in each of 64 int8 lanes (the sign bit flipped): int8 values as vpdpbusd's unsigned
+    bytes."""
+    if v != int8x64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.xor(args[0], ir.Constant(_BYTES, [-128] * 64))
+
+    return int8x64(v), codegen
+
+
+@intrinsic
 def splat64(typingctx, value):
     """An int8 value in all 64 lanes."""
     if not isinstance(value, types.Integer):
@@ -546,4 +559,4 @@ def packed_weight(w):
 __all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
            "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
            "mul16", "multiply16", "pack_weight", "splat64", "packed_weight", "requantize16", "requantize16_right", "splat16",
-           "store16", "store16_int8", "sub16", "vnni_enabled"]
+           "store16", "store16_int8", "sub16", "unsigned64", "vnni_enabled"]
