@@ -420,12 +420,22 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
     ma16, sa16, mb16, sb16 = splat16(add[1]), splat16(add[2]), splat16(add[3]), splat16(add[4])
     my16, sy16, zo = splat16(add[6]), splat16(add[7]), add[5]
     x_u8 = np.zeros(VNNI_CHUNK_ROWS * groups * 4, np.uint8)
-    x_words = x_u8.view(np.int32)
+    x_words, x_i8, x_flat = x_u8.view(np.int32), x_u8.view(np.int8), x.reshape(x.size)
     acc = np.empty(VNNI_TILE_ROWS * 16, np.int32)
     for p0 in range(row_start, row_end, VNNI_CHUNK_ROWS):
         rows = min(VNNI_CHUNK_ROWS, row_end - p0)
         if field.shape[0] > 0:
             _field_words(x, field, x_u8, p0, rows, groups)
+        elif cin == groups * 4:
+            # rows of words and of x hold the same bytes (plus 128): the chunk is one contiguous
+            # copy, 64 bytes at a time (the last piece masked)
+            count = rows * cin
+            e = 0
+            while e + 64 <= count:
+                store64_int8(x_i8, e, unsigned64(load64_int8(x_flat, p0 * cin + e, 64)), 64)
+                e += 64
+            if e < count:
+                store64_int8(x_i8, e, unsigned64(load64_int8(x_flat, p0 * cin + e, count - e)), count - e)
         else:
             for r in range(rows):
                 for ci in range(cin):
