@@ -95,16 +95,35 @@ def test_row_splits_and_the_parallel_driver_give_the_same_bits():
 
 
 def test_which_layers_it_runs(monkeypatch):
-    w3, w5 = np.zeros((3, 3, 8), np.int8), np.zeros((5, 5, 8), np.int8)
+    w3 = np.zeros((3, 3, 8), np.int8)
     monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")
-    expected = vnni.has_vnni()
-    assert qdepthwise_vnni.applies((1, 56, 56, 8), w3, (1, 1), (1, 1, 1, 1), (1, 1), 56) is expected
-    assert qdepthwise_vnni.applies((1, 14, 14, 8), w5, (1, 1), (2, 2, 2, 2), (1, 1), 14) is expected
-    # dilated kernels, and 5x5 on 7x7 maps (its 8-column operands never fit), stay portable
-    assert not qdepthwise_vnni.applies((1, 56, 56, 8), w3, (1, 1), (2, 2, 2, 2), (2, 2), 56)
-    assert not qdepthwise_vnni.applies((1, 7, 7, 8), w5, (1, 1), (2, 2, 2, 2), (1, 1), 7)
+    assert qdepthwise_vnni.applies(w3, (1, 1)) is vnni.has_vnni()
+    assert not qdepthwise_vnni.applies(w3, (2, 2))           # dilated kernels stay portable
     monkeypatch.setenv("NPMOBILENET_NO_VNNI", "1")
-    assert not qdepthwise_vnni.applies((1, 56, 56, 8), w3, (1, 1), (1, 1, 1, 1), (1, 1), 56)
+    assert not qdepthwise_vnni.applies(w3, (1, 1))
+
+
+@needs_vnni
+def test_narrow_maps_read_zero_point_padded_copies_of_their_rows():
+    # a third or more of each row's pixels at the border: every output row from a padded copy of
+    # its input rows (5x5 on 7x7, where no 8-column operand fits; 5x5 on 14x14; 3x3 on 7x7; 1x1
+    # and 2x3 maps; asymmetric padding; strides; a masked channel tail; two images; row splits)
+    rng = np.random.default_rng(21)
+    for h, w, k, stride, pads in ((7, 7, 5, (1, 1), (2, 2, 2, 2)), (14, 14, 5, (1, 1), (2, 2, 2, 2)),
+                                  (7, 7, 3, (1, 1), (1, 1, 1, 1)), (1, 1, 3, (1, 1), (1, 1, 1, 1)),
+                                  (2, 3, 5, (1, 1), (2, 2, 2, 2)), (8, 6, 5, (2, 2), (1, 2, 2, 1)),
+                                  (5, 5, 3, (2, 1), (0, 2, 1, 0))):
+        x, weight, bias, multiplier, shift = _case(rng, 2, h, w, 40, k, k)
+        out_hw = _out_hw(h, w, k, k, stride, pads)
+        first, end = qdepthwise_vnni.interior(w, 4 * -(-k // 4), stride[1], pads[2], out_hw[1])
+        assert 3 * (out_hw[1] - (end - first)) >= out_hw[1]                          # the padded path
+        expected = qreference.depthwise_conv2d(x, -4, weight, bias, multiplier, shift, 6, -128, 127, stride, pads,
+                                               (1, 1))
+        rows = 2 * out_hw[0]
+        for split in ([(0, rows)], [(0, 1), (1, rows - 1), (rows - 1, rows)]):
+            y, _ = _run(x, -4, weight, bias, multiplier, shift, 6, -128, 127, stride, pads, out_hw,
+                        rows=[(a, b) for a, b in split if b > a])
+            assert np.array_equal(y, expected)
 
 
 @needs_vnni

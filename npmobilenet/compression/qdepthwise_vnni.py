@@ -19,6 +19,11 @@ the taps of the pixel at iw and, shifted by one, of the pixel at iw + 1, so the 
 twice, as w[i, j..j+3] and as w[i, j-1..j+2] (`DELAYS`). Sums are int32 modulo 2^32 as everywhere,
 so the accumulators equal the portable kernel's bit for bit; requantization is `vnni.requantize16`.
 
+Narrow maps (a third or more of a row's pixels at the border: 5x5 kernels on 14x14 and 7x7 maps,
+where no 8-column operand of a 7x7 map fits) copy each output row's input rows zero-point padded
+first, so that every pixel reads its operands in place; elsewhere border pixels pick their
+columns one by one (`vnni.columns4_padded`).
+
 Layout: x (N, H, W, C) int8; the packed weight (KH, DELAYS * groups, C padded to 16) int32 words,
 groups = ceil(KW / 4). Dilated kernels stay on the portable kernel.
 """
@@ -26,20 +31,18 @@ import numba
 import numpy as np
 
 from npmobilenet.compression import vnni
-from npmobilenet.compression.vnni import columns4, columns4_padded, dpbusd, load16, requantize16, requantize16_right, store16_int8
+from npmobilenet.compression.vnni import (
+    columns4, columns4_padded, dpbusd, load16, load64_int8, requantize16, requantize16_right, splat64, store16_int8,
+    store64_int8,
+)
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial
 
 DELAYS = 2  # weight copies: for the operand's first output pixel, and for the pixel one column on
 
 
-def applies(x_shape, w, stride, padding, dilation, out_width):
-    """Whether the VNNI depthwise kernel runs this layer: VNNI enabled, no dilation, and some
-    output columns away from the border (on 7x7 maps a 5x5 kernel's operands, 8 columns, never
-    fit: the portable kernel is faster there)."""
-    if not vnni.vnni_enabled() or tuple(dilation) != (1, 1):
-        return False
-    first, end = interior(x_shape[2], vnni.GROUP * -(-w.shape[1] // vnni.GROUP), stride[1], padding[2], out_width)
-    return end > first
+def applies(w, dilation):
+    """Whether the VNNI depthwise kernel runs this layer: VNNI enabled and no dilation."""
+    return vnni.vnni_enabled() and tuple(dilation) == (1, 1)
 
 
 def pack(w, zx, bias, multiplier, shift, stride):
@@ -118,10 +121,11 @@ def _border_sum(x, pad, flat, acc, n, ih0, iw, c0, count, kh, groups, width):
 
 
 @njit_inline
-def _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl, first, end,
-              kh, groups, width, c0, count):
-    # output row (n, oh), channels c0..c0+count-1: border pixels tap by tap, interior pixels from
-    # operands read in place, two at a time where `pairs`
+def _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, xn, n, oh, ih0, sw, pl, first,
+              end, kh, groups, width, c0, count):
+    # output row (n, oh) from image xn of x (n, or 0 in `_rows_padded`'s copy), channels
+    # c0..c0+count-1: border pixels tap by tap, interior pixels from operands read in place, two
+    # at a time where `pairs`
     _, h, wd, channels = x.shape
     _, ho, wo, _ = y.shape
     if ih0 < 0 or ih0 + kh > h:
@@ -129,7 +133,7 @@ def _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi,
     row_step = wd * channels
     b, m, s = load16(start, c0), load16(multipliers, c0), load16(shifts, c0)
     out = (n * ho + oh) * wo * channels + c0
-    p0 = (n * h + ih0) * row_step + c0
+    p0 = (xn * h + ih0) * row_step + c0
     for ow in range(first):
         a = _border_sum(x, pad, flat, b, n, ih0, ow * sw - pl, c0, count, kh, groups, width)
         q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
@@ -159,26 +163,101 @@ def _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi,
 def _depthwise_int8_vnni_rows(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y,
                               row_start, row_end):
     # x: (N, H, W, C) int8 -> y: (N, Ho, Wo, C) int8, output rows row_start..row_end-1 (n * Ho + oh),
-    # from `pack`'s arguments. 3x3 and 5x5 kernels have their own (unrolled) copies of the row.
-    wd, channels = x.shape[2], x.shape[3]
-    ho, wo = y.shape[1], y.shape[2]
+    # from `pack`'s arguments: in place, or, where a third or more of a row's pixels are border
+    # pixels (5x5 kernels on 14x14 and 7x7 maps, 3x3 on 7x7), from zero-point-padded copies of
+    # the input rows, where every pixel reads its operands in place (`_rows_padded`)
+    groups = words.shape[1] // DELAYS
+    first, end = interior(x.shape[2], 4 * groups, sw, pl, y.shape[2])
+    if 3 * (y.shape[2] - (end - first)) >= y.shape[2]:
+        _rows_padded(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y, row_start,
+                     row_end)
+    else:
+        _rows_in_place(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y,
+                       row_start, row_end, first, end)
+
+
+@njit_serial
+def _rows_in_place(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y, row_start,
+                   row_end, first, end):
+    # 3x3 and 5x5 kernels have their own (unrolled) copies of the row
+    channels = x.shape[3]
+    ho = y.shape[1]
     kh, groups, width = words.shape[0], words.shape[1] // DELAYS, words.shape[2]
     flat = words.reshape(words.size)
-    first, end = interior(wd, 4 * groups, sw, pl, wo)
     full = channels // 16 * 16                 # blocks of 16 channels: unmasked loads
     for row in range(row_start, row_end):
         n, oh = row // ho, row % ho
         ih0 = oh * sh - pt
         for c0 in range(0, channels, 16):
             if kh == 3 and groups == 1 and c0 < full:
-                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl,
+                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, n, oh, ih0, sw, pl,
                           first, end, 3, 1, width, c0, 16)
             elif kh == 5 and groups == 2 and c0 < full:
-                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl,
+                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, n, oh, ih0, sw, pl,
                           first, end, 5, 2, width, c0, 16)
             else:
-                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, oh, ih0, sw, pl,
+                _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, n, n, oh, ih0, sw, pl,
                           first, end, kh, groups, width, c0, min(16, channels - c0))
+
+
+@njit_inline
+def _fill_bytes(dst, d0, value, count):
+    # dst[d0:d0+count] = value (int8x64), 64 bytes at a time, the last piece masked
+    e = 0
+    while e + 64 <= count:
+        store64_int8(dst, d0 + e, value, 64)
+        e += 64
+    if e < count:
+        store64_int8(dst, d0 + e, value, count - e)
+
+
+@njit_inline
+def _copy_bytes(dst, d0, src, s0, count):
+    # dst[d0:d0+count] = src[s0:s0+count], 64 bytes at a time, the last piece masked
+    e = 0
+    while e + 64 <= count:
+        store64_int8(dst, d0 + e, load64_int8(src, s0 + e, 64), 64)
+        e += 64
+    if e < count:
+        store64_int8(dst, d0 + e, load64_int8(src, s0 + e, count - e), count - e)
+
+
+@njit_serial
+def _rows_padded(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y, row_start,
+                 row_end):
+    # each output row from a copy of its KH input rows, columns -pl .. -pl + Wp - 1, z_x where they
+    # are outside x (the padding): every pixel then reads its operands in place
+    _, h, wd, channels = x.shape
+    ho, wo = y.shape[1], y.shape[2]
+    kh, groups, width = words.shape[0], words.shape[1] // DELAYS, words.shape[2]
+    flat = words.reshape(words.size)
+    full = channels // 16 * 16
+    wp = (wo - 1) * sw + 4 * groups
+    rows = np.empty((1, kh, wp, channels), np.int8)
+    rf, xf, z = rows.reshape(rows.size), x.reshape(x.size), splat64(pad[0])
+    inside_lo, inside_hi = min(pl, wp), min(max(wd + pl, 0), wp)      # copy columns inside x
+    for row in range(row_start, row_end):
+        n, oh = row // ho, row % ho
+        ih0 = oh * sh - pt
+        for i in range(kh):
+            ih, r0 = ih0 + i, i * wp * channels
+            if ih < 0 or ih >= h or inside_hi <= inside_lo:
+                _fill_bytes(rf, r0, z, wp * channels)
+                continue
+            _fill_bytes(rf, r0, z, inside_lo * channels)
+            _copy_bytes(rf, r0 + inside_lo * channels, xf, ((n * h + ih) * wd + inside_lo - pl) * channels,
+                        (inside_hi - inside_lo) * channels)
+            _fill_bytes(rf, r0 + inside_hi * channels, z, (wp - inside_hi) * channels)
+        for c0 in range(0, channels, 16):
+            if kh == 3 and groups == 1 and c0 < full:
+                _row_sums(rows, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, 0, n, oh, 0, sw, 0,
+                          0, wo, 3, 1, width, c0, 16)
+            elif kh == 5 and groups == 2 and c0 < full:
+                _row_sums(rows, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, 0, n, oh, 0, sw, 0,
+                          0, wo, 5, 2, width, c0, 16)
+            else:
+                _row_sums(rows, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi, y, 0, n, oh, 0, sw, 0,
+                          0, wo, kh, groups, width, c0, min(16, channels - c0))
 
 
 @njit_parallel

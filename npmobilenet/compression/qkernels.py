@@ -297,7 +297,7 @@ def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, 
 def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y):
     """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8."""
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
-    if qdepthwise_vnni.applies(x.shape, w, stride, padding, dilation, y.shape[2]):
+    if qdepthwise_vnni.applies(w, dilation):
         args = (x, *qdepthwise_vnni.pack(w, zx, bias, multiplier, shift, stride), np.int32(zy), np.int32(lo),
                 np.int32(hi), sh, sw, pt, pl, y)
         return _rows_call(qdepthwise_vnni._depthwise_int8_vnni_rows, qdepthwise_vnni._depthwise_int8_vnni_parallel,
