@@ -193,8 +193,8 @@ def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, 
 
 
 # -- depthwise convolution: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) ---------------------
-# The portable kernel; on AVX-512 VNNI, undilated layers with columns away from the border run
-# `qdepthwise_vnni` (four taps per vpdpbusd) instead, with the same integers.
+# The portable kernel; on AVX-512 VNNI, undilated layers run `qdepthwise_vnni` (four taps per
+# vpdpbusd) instead, with the same integers.
 @njit_serial
 def any_left_shift(shift):
     """Whether some channel's M is >= 1 (shift > 0): only then does requantization shift left."""
