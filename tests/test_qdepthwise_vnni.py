@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from npmobilenet.compression import qdepthwise_vnni, qkernels, vnni
 from npmobilenet.compression.qops import quantize_multipliers
 from npmobilenet.ops import reference_int8 as qreference
+from npmobilenet.ops.depthwise_rows import _interior_columns
 
 needs_vnni = pytest.mark.skipif(not vnni.has_vnni(), reason="this CPU has no AVX-512 VNNI (avx512vnni, avx512bw)")
 
@@ -70,7 +71,7 @@ def test_every_path_is_taken_with_left_and_right_shifts():
         x, weight, bias, multiplier, shift = _case(rng, 2, 9, w, 24, kh, kw)
         multiplier[::3], shift[::3] = quantize_multipliers(np.full(8, 3.0))       # M = 3: shifts left
         out_hw = _out_hw(9, w, kh, kw, stride, pads)
-        first, end = qdepthwise_vnni.interior(w, 4 * -(-kw // 4), stride[1], pads[2], out_hw[1])
+        first, end = _interior_columns(w, out_hw[1], 4 * -(-kw // 4), stride[1], pads[2], 1)
         assert first < end < out_hw[1]                                              # border and interior
         y, _ = _run(x, 5, weight, bias, multiplier, shift, -3, -128, 127, stride, pads, out_hw)
         expected = qreference.depthwise_conv2d(x, 5, weight, bias, multiplier, shift, -3, -128, 127, stride, pads,
@@ -115,7 +116,7 @@ def test_narrow_maps_read_zero_point_padded_copies_of_their_rows():
                                   (5, 5, 3, (2, 1), (0, 2, 1, 0))):
         x, weight, bias, multiplier, shift = _case(rng, 2, h, w, 40, k, k)
         out_hw = _out_hw(h, w, k, k, stride, pads)
-        first, end = qdepthwise_vnni.interior(w, 4 * -(-k // 4), stride[1], pads[2], out_hw[1])
+        first, end = _interior_columns(w, out_hw[1], 4 * -(-k // 4), stride[1], pads[2], 1)
         assert 3 * (out_hw[1] - (end - first)) >= out_hw[1]                          # the padded path
         expected = qreference.depthwise_conv2d(x, -4, weight, bias, multiplier, shift, 6, -128, 127, stride, pads,
                                                (1, 1))

@@ -36,6 +36,7 @@ from npmobilenet.compression.vnni import (
     store64_int8,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial
+from npmobilenet.ops.depthwise_rows import _interior_columns
 
 DELAYS = 2  # weight copies: for the operand's first output pixel, and for the pixel one column on
 
@@ -67,14 +68,6 @@ def pack(w, zx, bias, multiplier, shift, stride):
     pairs = stride[1] == 1 and kw % vnni.GROUP != 0
     return (np.full(16, zx, np.int8), words.view(np.int32).reshape(kh, DELAYS * groups, width), start, multipliers,
             shifts, np.int32(bool(np.any(shift > 0))), np.int64(pairs))
-
-
-@njit_serial
-def interior(width, span, stride, pad_left, out_width):
-    """(first, end): the output columns whose operands (`span` input columns from iw = ow * stride -
-    pad_left) lie inside the input: the kernel's fast paths."""
-    first = min((pad_left + stride - 1) // stride, out_width)
-    return first, min(out_width, max(first, (width - span + pad_left) // stride + 1))
 
 
 @njit_inline
@@ -167,7 +160,8 @@ def _depthwise_int8_vnni_rows(x, pad, words, start, multipliers, shifts, left, p
     # pixels (5x5 kernels on 14x14 and 7x7 maps, 3x3 on 7x7), from zero-point-padded copies of
     # the input rows, where every pixel reads its operands in place (`_rows_padded`)
     groups = words.shape[1] // DELAYS
-    first, end = interior(x.shape[2], 4 * groups, sw, pl, y.shape[2])
+    # output columns whose operands (4 * groups input columns) lie inside x
+    first, end = _interior_columns(x.shape[2], y.shape[2], 4 * groups, sw, pl, 1)
     if 3 * (y.shape[2] - (end - first)) >= y.shape[2]:
         _rows_padded(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y, row_start,
                      row_end)
@@ -226,7 +220,9 @@ def _copy_bytes(dst, d0, src, s0, count):
 def _rows_padded(x, pad, words, start, multipliers, shifts, left, pairs, zy, lo, hi, sh, sw, pt, pl, y, row_start,
                  row_end):
     # each output row from a copy of its KH input rows, columns -pl .. -pl + Wp - 1, z_x where they
-    # are outside x (the padding): every pixel then reads its operands in place
+    # are outside x (the padding): every pixel then reads its operands in place. (As
+    # `depthwise_avx512._pad_rows` does for float; its slice assignments, on int8, made these
+    # layers 2-3x slower than the 64-byte copies here.)
     _, h, wd, channels = x.shape
     ho, wo = y.shape[1], y.shape[2]
     kh, groups, width = words.shape[0], words.shape[1] // DELAYS, words.shape[2]
@@ -269,4 +265,4 @@ def _depthwise_int8_vnni_parallel(x, pad, words, start, multipliers, shifts, lef
                                   y, c * rows // chunks, (c + 1) * rows // chunks)
 
 
-__all__ = ["DELAYS", "applies", "interior", "pack"]
+__all__ = ["DELAYS", "applies", "pack"]

@@ -34,7 +34,7 @@ from npmobilenet.compression.vnni import (
     add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16, requantize16_right,
     splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
 )
-from npmobilenet.config import njit_parallel, njit_serial
+from npmobilenet.config import njit_inline, njit_parallel, njit_serial
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -109,44 +109,56 @@ def _run_rows(rows_kernel, parallel_driver, args, rows, macs):
 
 
 # -- standard convolution: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> y (N, Ho, Wo, Cout) ---------
+@njit_inline
+def _gather_field(xf, h, wd, cin, n, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, zx, flip, dst, o):
+    # pixel (n, oh, ow)'s receptive field from x (flat, NHWC) into dst[o:o + KH*KW*Cin] (int8),
+    # taps in (i, j, ci) order, padding taps z_x (the real value 0); every byte + 128 (its sign
+    # bit flipped: vpdpbusd's unsigned bytes) where `flip`. A kernel row inside the image
+    # (dilation 1) is one contiguous run of KW * Cin bytes (the stem: 9), copied 64 bytes at a time
+    # with masked loads and stores; else one inside-or-padding test per tap.
+    run = kw * cin
+    sign = np.int8(-128) if flip else np.int8(0)
+    pad_byte = np.int8(zx ^ sign)
+    padding = splat64(pad_byte)
+    iw0 = ow * sw - pl
+    columns_inside = dw == 1 and iw0 >= 0 and iw0 + kw <= wd
+    for i in range(kh):
+        ih = oh * sh - pt + i * dh
+        if ih < 0 or ih >= h:
+            for e in range(0, run, 64):
+                store64_int8(dst, o + e, padding, min(64, run - e))
+        elif columns_inside:
+            src = ((n * h + ih) * wd + iw0) * cin
+            for e in range(0, run, 64):
+                count = min(64, run - e)
+                v = load64_int8(xf, src + e, count)
+                store64_int8(dst, o + e, unsigned64(v) if flip else v, count)
+        else:
+            for j in range(kw):
+                iw = iw0 + j * dw
+                if iw >= 0 and iw < wd:
+                    src = ((n * h + ih) * wd + iw) * cin
+                    for ci in range(cin):
+                        dst[_U(o + j * cin + ci)] = np.int8(xf[_U(src + ci)] ^ sign)
+                else:
+                    for ci in range(cin):
+                        dst[_U(o + j * cin + ci)] = pad_byte
+        o += run
+
+
 @njit_serial
 def _im2col_int8_rows(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols, row_start, row_end):
     # x (N, H, W, Cin) int8 -> cols (N, Ho, Wo, KH * KW * Cin) int8, output rows (n, oh) in
-    # [row_start, row_end): each pixel's receptive field, padding taps z_x (the real value 0).
-    # Flat indices; a kernel row inside the image (dilation 1) is one contiguous run of KW * Cin
-    # bytes (the stem: 9), copied at once; else one inside-or-padding test per tap.
+    # [row_start, row_end): each pixel's receptive field (`_gather_field`)
     n_, h, wd, cin = x.shape
     ho, wo, taps = cols.shape[1], cols.shape[2], cols.shape[3]
     xf, cf = x.reshape(-1), cols.reshape(-1)
-    run = kw * cin
-    padding = splat64(zx)
     for row in range(row_start, row_end):
         n = row // ho
         oh = row % ho
         for ow in range(wo):
-            k = (row * wo + ow) * taps
-            iw0 = ow * sw - pl
-            columns_inside = dilation_w == 1 and iw0 >= 0 and iw0 + kw <= wd
-            for i in range(kh):
-                ih = oh * sh - pt + i * dilation_h
-                if ih < 0 or ih >= h:
-                    for e in range(0, run, 64):         # 64 bytes at a time (masked: the stem's 9)
-                        store64_int8(cf, k + e, padding, min(64, run - e))
-                elif columns_inside:
-                    src = ((n * h + ih) * wd + iw0) * cin
-                    for e in range(0, run, 64):
-                        store64_int8(cf, k + e, load64_int8(xf, src + e, min(64, run - e)), min(64, run - e))
-                else:
-                    for j in range(kw):
-                        iw = iw0 + j * dilation_w
-                        if iw >= 0 and iw < wd:
-                            src = ((n * h + ih) * wd + iw) * cin
-                            for ci in range(cin):
-                                cf[_U(k + j * cin + ci)] = xf[_U(src + ci)]
-                        else:
-                            for ci in range(cin):
-                                cf[_U(k + j * cin + ci)] = zx
-                k += run
+            _gather_field(xf, h, wd, cin, n, oh, ow, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, zx, False, cf,
+                          (row * wo + ow) * taps)
 
 
 @njit_parallel
@@ -529,43 +541,16 @@ def conv_field(x_shape, kh, kw, stride, padding, dilation, out_hw, zx):
 @njit_serial
 def _field_words(x, field, x_u8, p0, rows, groups):
     # the VNNI kernel's input words for output pixels p0..p0+rows-1 of a standard convolution:
-    # each pixel's receptive field from x (N*H*W, Cin), kernel row by kernel row (KW*Cin bytes,
-    # the stem's 9, one masked 64-byte copy where the row lies inside x), plus 128; padding taps
-    # z_x + 128 (the real value 0)
+    # each pixel's receptive field from x (N*H*W, Cin), plus 128 (`_gather_field`)
     h, wd, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, zx = (field[0], field[1], field[2], field[3], field[4], field[5],
                                                          field[6], field[7], field[8], field[9], field[10], field[11],
                                                          field[12])
-    cin = x.shape[1]
-    run = kw * cin
     xf, words = x.reshape(x.size), x_u8.view(np.int8)
-    padding = splat64(np.int8(zx ^ -128))
     n, q = p0 // (ho * wo), p0 % (ho * wo)
     oh, ow = q // wo, q % wo
     for r in range(rows):
-        o = r * groups * 4
-        iw0 = ow * sw - pl
-        columns_inside = dw == 1 and iw0 >= 0 and iw0 + kw <= wd
-        for i in range(kh):
-            ih = oh * sh - pt + i * dh
-            if ih < 0 or ih >= h:
-                for e in range(0, run, 64):
-                    store64_int8(words, o + e, padding, min(64, run - e))
-            elif columns_inside:
-                src = ((n * h + ih) * wd + iw0) * cin
-                for e in range(0, run, 64):
-                    count = min(64, run - e)
-                    store64_int8(words, o + e, unsigned64(load64_int8(xf, src + e, count)), count)
-            else:
-                for j in range(kw):
-                    iw = iw0 + j * dw
-                    if iw >= 0 and iw < wd:
-                        src = (n * h + ih) * wd + iw
-                        for ci in range(cin):
-                            x_u8[_U(o + j * cin + ci)] = np.uint8(np.int32(x[_U(src), _U(ci)]) + 128)
-                    else:
-                        for ci in range(cin):
-                            x_u8[_U(o + j * cin + ci)] = np.uint8(zx + 128)
-            o += run
+        _gather_field(xf, h, wd, x.shape[1], n, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, zx, True, words,
+                      r * groups * 4)
         ow += 1
         if ow == wo:
             ow, oh = 0, oh + 1

@@ -306,14 +306,7 @@ def load16_int8(typingctx, array, index, count):
 
     def codegen(context, builder, signature, args):
         array, index, count = args
-        element = _element(context, builder, signature, array, index)
-        i8x16 = ir.VectorType(ir.IntType(8), LANES)
-        lanes = ir.Constant(_VECTOR, list(range(LANES)))
-        mask = builder.icmp_signed("<", lanes, _splat(builder, count, ir.IntType(32)))
-        fnty = ir.FunctionType(i8x16, [element.type, ir.IntType(32), mask.type, i8x16])
-        load = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i8.p0")
-        bytes_ = builder.call(load, [element, ir.Constant(ir.IntType(32), 1), mask, ir.Constant(i8x16, [0] * LANES)])
-        return builder.sext(bytes_, _VECTOR)
+        return builder.sext(_load_bytes(builder, _element(context, builder, signature, array, index), count), _VECTOR)
 
     return int32x16(array, index, count), codegen
 
