@@ -17,7 +17,8 @@ cancel exactly as the real value 0 does; the fourth byte of a 3-tap row, and byt
 row, meet zero weights. At stride 1 one operand serves two output pixels: the columns iw..iw+3 hold
 the taps of the pixel at iw and, shifted by one, of the pixel at iw + 1, so the weights are packed
 twice, as w[i, j..j+3] and as w[i, j-1..j+2] (`DELAYS`). Sums are int32 modulo 2^32 as everywhere,
-so the accumulators equal the portable kernel's bit for bit; requantization is `vnni.requantize16`.
+so the accumulators equal the portable kernel's bit for bit; they are requantized by
+`vnni.requantize16_layer`.
 
 Narrow maps (a third or more of a row's pixels at the border: 5x5 kernels on 14x14 and 7x7 maps,
 where no 8-column operand of a 7x7 map fits) copy each output row's input rows zero-point padded
@@ -32,7 +33,7 @@ import numpy as np
 
 from npmobilenet.compression import vnni
 from npmobilenet.compression.vnni import (
-    columns4, columns4_padded, dpbusd, load16, load64_int8, requantize16, requantize16_right, splat64, store16_int8,
+    columns4, columns4_padded, dpbusd, load16, load64_int8, requantize16_layer, splat64, store16_int8,
     store64_int8,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial
@@ -129,26 +130,26 @@ def _row_sums(x, pad, flat, start, multipliers, shifts, left, pairs, zy, lo, hi,
     p0 = (xn * h + ih0) * row_step + c0
     for ow in range(first):
         a = _border_sum(x, pad, flat, b, n, ih0, ow * sw - pl, c0, count, kh, groups, width)
-        q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+        q = requantize16_layer(a, m, s, left, zy, lo, hi)
         store16_int8(y, out + ow * channels, q, count)
     ow = first
     if pairs:
         for ow in range(first, end - 1, 2):
             a0, a1 = _pair_sum(x, flat, b, b, p0 + (ow - pl) * channels, row_step, channels, count, kh,
                                groups, width, c0)
-            q0 = requantize16(a0, m, s, zy, lo, hi) if left else requantize16_right(a0, m, s, zy, lo, hi)
-            q1 = requantize16(a1, m, s, zy, lo, hi) if left else requantize16_right(a1, m, s, zy, lo, hi)
+            q0 = requantize16_layer(a0, m, s, left, zy, lo, hi)
+            q1 = requantize16_layer(a1, m, s, left, zy, lo, hi)
             store16_int8(y, out + ow * channels, q0, count)
             store16_int8(y, out + (ow + 1) * channels, q1, count)
         ow = first + (end - first) // 2 * 2
     for ow in range(ow, end):
         a = _operands_sum(x, flat, b, p0 + (ow * sw - pl) * channels, row_step, channels, count, kh, groups,
                           width, c0)
-        q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+        q = requantize16_layer(a, m, s, left, zy, lo, hi)
         store16_int8(y, out + ow * channels, q, count)
     for ow in range(max(end, first), wo):
         a = _border_sum(x, pad, flat, b, n, ih0, ow * sw - pl, c0, count, kh, groups, width)
-        q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+        q = requantize16_layer(a, m, s, left, zy, lo, hi)
         store16_int8(y, out + ow * channels, q, count)
 
 

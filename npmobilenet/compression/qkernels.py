@@ -31,8 +31,8 @@ import numpy as np
 from npmobilenet import config
 from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
-    add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16, requantize16_right,
-    splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
+    add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16,
+    requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial
 
@@ -256,7 +256,7 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
                         acc = add16(acc, mul16(sub16(load16_int8(x, r2 + p0, count), zx16), w6))
                         acc = add16(acc, mul16(sub16(load16_int8(x, r2 + p1, count), zx16), w7))
                         acc = add16(acc, mul16(sub16(load16_int8(x, r2 + p2, count), zx16), w8))
-                        q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                        q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                         store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
                         continue
                     acc = b
@@ -265,7 +265,7 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
                             if iw + j >= 0 and iw + j < wd:
                                 xv = sub16(load16_int8(x, r0 + (i * wd + iw + j) * channels, count), zx16)
                                 acc = add16(acc, mul16(xv, load16_int8(w, (i * 3 + j) * channels + c0, count)))
-                    q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                    q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                     store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
                 continue
             rows_inside = dilation_h == 1 and dilation_w == 1 and oh * sh - pt >= 0 and oh * sh - pt + kh <= h
@@ -279,7 +279,7 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
                         for j in range(kw):
                             xv = sub16(load16_int8(x, p + j * channels, count), zx16)
                             acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
-                    q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                    q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                     store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
                     continue
                 acc = b
@@ -294,7 +294,7 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
                         # V1 paper, Eq. 3: each channel filtered by its own kernel.
                         xv = sub16(load16_int8(x, ((n * h + ih) * wd + iw) * channels + c0, count), zx16)
                         acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
-                q = requantize16(acc, m, s, zy, lo, hi) if left else requantize16_right(acc, m, s, zy, lo, hi)
+                q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                 store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
 
 
@@ -487,7 +487,7 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
                     store16(acc, 112, a7)
                 for r in range(min(VNNI_TILE_ROWS, rows - r0)):
                     a = load16(acc, 16 * r)
-                    q = requantize16(a, m, s, zy, lo, hi) if left else requantize16_right(a, m, s, zy, lo, hi)
+                    q = requantize16_layer(a, m, s, left, zy, lo, hi)
                     if fused_add:
                         b = load16_int8(residual, (p0 + r0 + r) * cout + c0, count)
                         ra = multiply16(mul16(sub16(q, za16), scale20), ma16, sa16)

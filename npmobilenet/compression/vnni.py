@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils, datamodel
 from numba.extending import intrinsic
 
-from npmobilenet.config import cpu_features
+from npmobilenet.config import cpu_features, njit_inline
 
 LANES = 16  # int32 lanes of a 512-bit register: output channels per vector
 GROUP = 4   # input channels in each lane's dot product
@@ -251,6 +251,14 @@ requantize16.__doc__ = """clamp(z_y + M * acc, lo, hi) per lane, M = multiplier 
 requantize16_right = intrinsic(_requantize_intrinsic("requantize16_right", False))
 requantize16_right.__doc__ = """`requantize16` for shifts that are all <= 0 (M < 1 in every lane; the
     caller checks): no left shift, so no 64-bit saturation, fewer instructions per lane."""
+
+
+@njit_inline
+def requantize16_layer(acc, multiplier, shift, left, zy, lo, hi):
+    """`requantize16` for a layer with some shift > 0 (`left`), else `requantize16_right`."""
+    if left:
+        return requantize16(acc, multiplier, shift, zy, lo, hi)
+    return requantize16_right(acc, multiplier, shift, zy, lo, hi)
 
 
 @intrinsic
@@ -551,5 +559,5 @@ def packed_weight(w):
 
 __all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
            "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
-           "mul16", "multiply16", "pack_weight", "splat64", "packed_weight", "requantize16", "requantize16_right", "splat16",
+           "mul16", "multiply16", "pack_weight", "splat64", "packed_weight", "requantize16", "requantize16_layer", "requantize16_right", "splat16",
            "store16", "store16_int8", "sub16", "unsigned64", "vnni_enabled"]
