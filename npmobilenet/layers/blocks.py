@@ -44,12 +44,11 @@ class ConvBNAct(Layer):
         return self.conv.out_channels
 
     def forward(self, x):
-        y = self.bn(self.conv(x))
-        return self.act(y) if self.act is not None else y
+        # the activation runs inside batch norm's passes, both ways (ops/batch_norm.py): no
+        # tensor between the two; `act` describes it to the graph (lower)
+        return self.bn.forward(self.conv(x), self.activation)
 
     def backward(self, dy):
-        if self.act is not None:
-            dy = self.act.backward(dy)
         return self.conv.backward(self.bn.backward(dy))
 
     def lower(self, graph, x, name):

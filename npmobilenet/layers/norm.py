@@ -36,16 +36,18 @@ class BatchNorm(Layer):
     def running_var(self):
         return self._buffers["running_var"]
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
+        """y = BN(x), or act(BN(x)) with `activation` ("relu", "relu6", "hardswish", "hardsigmoid"),
+        computed in the same pass (and its gradient in `backward`): `ConvBNAct`'s way."""
         if x.ndim not in (2, 4) or x.shape[-1] != self.channels:
             raise ValueError(f"BatchNorm expects x of shape (N, H, W, {self.channels}) or (N, {self.channels}), "
                              f"got {x.shape}")
         if x.ndim == 2:
             # the kernels take NHWC maps: a vector per image is a 1x1 map
-            return self._forward_maps(x.reshape(x.shape[0], 1, 1, self.channels)).reshape(x.shape)
-        return self._forward_maps(x)
+            return self._forward_maps(x.reshape(x.shape[0], 1, 1, self.channels), activation).reshape(x.shape)
+        return self._forward_maps(x, activation)
 
-    def _forward_maps(self, x):
+    def _forward_maps(self, x, activation):
         # x: (N, H, W, C) -> y: (N, H, W, C)
         if self.training:
             count = x.size // self.channels
@@ -60,8 +62,8 @@ class BatchNorm(Layer):
         else:
             mean, var = self.running_mean, self.running_var
         # the input itself is kept for the backward pass, which recomputes x_hat from it
-        self._cache = (x, mean, var, self.training)
-        return batch_norm_forward(x, mean, var, self.gamma.data, self.beta.data, self.eps)
+        self._cache = (x, mean, var, self.training, activation)
+        return batch_norm_forward(x, mean, var, self.gamma.data, self.beta.data, self.eps, activation)
 
     def backward(self, dy):
         if self._cache is None:
@@ -73,9 +75,10 @@ class BatchNorm(Layer):
 
     def _backward_maps(self, dy):
         # dy: (N, H, W, C) -> dx: (N, H, W, C)
-        x, mean, var, training = self._cache
+        x, mean, var, training, activation = self._cache
         # in training mode the batch statistics depend on x: Ioffe & Szegedy, section 3
-        dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, var, self.gamma.data, self.eps, training)
+        dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, var, self.gamma.data, self.eps, training, activation,
+                                                self.beta.data)
         self.gamma.grad[...] = dgamma
         self.beta.grad[...] = dbeta
         return dx
