@@ -281,3 +281,23 @@ def test_packed_layers_hold_their_weight_once(packed):
         assert layer.weight_bytes() == w.nbytes + b.nbytes
         assert layer.weight_names == (("weight_packed", "bias") if packed else ("weight", "bias"))
         assert not packed or "_weight" not in vars(layer)
+
+
+def test_chunks_stop_at_the_pooled_features_and_the_classifier_runs_over_the_batch():
+    from npmobilenet.inference.layers import FusedGlobalPool, FusedLinear
+    from npmobilenet.inference.model import classifier_start
+    rng = np.random.default_rng(6)
+    model = randomize_batch_norm(npmobilenet.build("mobilenet_v3_small", width=0.5, num_classes=7), rng).eval()
+    fused = model.fuse()
+    start = classifier_start(fused.layers, fused.outputs)
+    assert isinstance(fused.layers[start - 1], FusedGlobalPool)
+    assert fused.classifier_layers and all(isinstance(layer, FusedLinear) for layer in fused.classifier_layers)
+    fused.chunk_pixels = 2 * 32 * 32
+    x = rng.standard_normal((5, 32, 32, 3)).astype(np.float32)
+    logits = fused(x)
+    assert fused._classifier_plan.input_shape == (5, fused.classifier_layers[0].in_features)
+    assert all(plan.output.shape[1] == fused.classifier_layers[0].in_features for plan in fused._worker_plans.values())
+    assert relative_error(logits, model(x)) < 1e-4
+    # a network without a classifier after its pooling (LR-ASPP's maps) runs whole chunks
+    seg = npmobilenet.build("lraspp_mobilenet_v3_large", width=0.35, num_classes=3).eval().fuse()
+    assert classifier_start(seg.layers, seg.outputs) is None and seg.chunk_layers == seg.layers

@@ -119,9 +119,9 @@ def instrumented(model):
         return run
 
     def record(name, layer, forward):
-        def run(x):
+        def run(x, *args):          # BatchNorm.forward(x, activation)
             counter[0] = 0
-            y = forward(x)
+            y = forward(x, *args)
             macs = x.shape[0] * x.shape[1] * y.shape[1] if isinstance(layer, Linear) else counter[0]
             params = sum(p.size for _, p in layer.named_parameters())
             seen.append((name, x.shape, y.shape, params, macs))

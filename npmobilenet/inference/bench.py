@@ -326,10 +326,12 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     """Median time of each fused layer run alone (its ops of the program, tiled across `threads`
     threads as in the whole network), with its MACs and bytes moved, for the plan the model
     runs: the whole batch, or one chunk of it when the batch runs in chunks (then `images` <
-    `batch`, each chunk runs on one thread, and the figures are per chunk)."""
+    `batch`, each chunk runs on one thread, and the figures are per chunk; a classifier, which
+    then runs once over the whole batch on every thread, counts its time times images / batch)."""
     import npmobilenet
     from npmobilenet.ops.blas import single_threaded_blas
     from npmobilenet.inference.threads import numba_threads
+    from npmobilenet.inference.plan import MemoryPlan
     from npmobilenet.inference.program import TILES
 
     model = npmobilenet.build(arch, seed=seed).eval()
@@ -337,30 +339,45 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     fused = getattr(fused, "network", fused)       # SSDLite: the network its heads' maps come from
     images = fused.chunk_images(batch, resolution, resolution)
     x = np.random.default_rng(seed).standard_normal((images, resolution, resolution, 3)).astype(np.float32)
+    # (plan, threads it runs on, scale to per-chunk figures, layer names) for each plan timed
     if images < batch:
-        plan, run_threads = fused._worker_plan(0, x.shape), 1     # what each worker runs
+        plan = fused._worker_plan(0, x.shape)       # what each worker runs
         np.copyto(plan.input, x)
+        parts = [(plan, 1, 1.0, [layer.name for layer in fused.chunk_layers])]
+        if fused.classifier_layers:                 # the classifier over the batch, per chunk its share
+            features = np.random.default_rng(seed).standard_normal((batch, fused.classifier_layers[0].in_features))
+            classifier = fused.classifier_plan(features.shape)
+            np.copyto(classifier.input, features)
+            parts.append((classifier, threads, images / batch, [layer.name for layer in fused.classifier_layers]))
+            batch_costs = {row[0]: row for row in MemoryPlan.costs(fused.classifier_layers, features.shape,
+                                                                   fused.outputs, fused.chunk_outputs[0])}
     else:
         fused(x)
-        plan, run_threads = fused.plan(x.shape), threads
-    costs = fused.layer_costs(resolution, images)
-    ops = [plan.layer_ops[name] for name, *_ in costs]
-    times = np.zeros((len(ops), repeat))
-    with single_threaded_blas(), numba_threads(threads):
-        plan.program.run(run_threads)      # warm-up
-        for r in range(repeat):
-            for i, layer_ops in enumerate(ops):
-                start = time.perf_counter()
-                plan.program.run(run_threads, layer_ops)
-                times[i, r] = time.perf_counter() - start
-    medians = np.median(times, axis=1)
-    total = medians.sum()
-    tiles = plan.program.ops[:, TILES]
+        parts = [(fused.plan(x.shape), threads, 1.0, [layer.name for layer in fused.layers])]
+    costs = {row[0]: row for row in fused.layer_costs(resolution, images)}
     layers = []
-    for (name, description, macs, nbytes), seconds, (k0, k1) in zip(costs, medians, ops):
-        layers.append({"name": name, "kind": description, "macs": macs, "bytes": nbytes, "ms": seconds * 1e3,
-                       "share": seconds / total, "gmacs": macs / seconds / 1e9, "gbs": nbytes / seconds / 1e9,
-                       "intensity": macs / nbytes, "tiles": int(tiles[k0:k1].max())})
+    with single_threaded_blas(), numba_threads(threads):
+        for plan, run_threads, share, names in parts:
+            ops = [plan.layer_ops[name] for name in names]
+            times = np.zeros((len(ops), repeat))
+            plan.program.run(run_threads)      # warm-up
+            for r in range(repeat):
+                for i, layer_ops in enumerate(ops):
+                    start = time.perf_counter()
+                    plan.program.run(run_threads, layer_ops)
+                    times[i, r] = time.perf_counter() - start
+            tiles = plan.program.ops[:, TILES]
+            for name, seconds, (k0, k1) in zip(names, np.median(times, axis=1) * share, ops):
+                _, description, macs, nbytes = costs[name]
+                if share < 1:                  # the batch's MACs and bytes (weights read once), per chunk
+                    _, description, macs, nbytes = batch_costs[name]
+                    macs, nbytes = macs * share, nbytes * share
+                layers.append({"name": name, "kind": description, "macs": macs, "bytes": nbytes, "ms": seconds * 1e3,
+                               "gmacs": macs / seconds / 1e9, "gbs": nbytes / seconds / 1e9,
+                               "intensity": macs / nbytes, "tiles": int(tiles[k0:k1].max())})
+    total = sum(layer["ms"] for layer in layers) / 1e3
+    for layer in layers:
+        layer["share"] = layer["ms"] / 1e3 / total
     return {"arch": arch, "batch": batch, "images": images, "resolution": resolution, "threads": threads,
             "layers": layers, "total_ms": total * 1e3}
 

@@ -9,7 +9,9 @@ model lowers to is what runs.
 Threads: one image (or a small batch of small images) runs as one call of the plan's op table
 (`program.py`), every layer cut into tiles that the calling thread and its helper threads
 (`workers.py`) take in turn, one compiled call each for the whole network; a larger batch is cut into chunks of about two 224x224 images that worker
-threads run through the whole network, each with its own plan (`chunk_images`). A
+threads run through the whole network, each with its own plan (`chunk_images`), up to the pooled
+features when a classifier follows them: the classifier's linear layers then run once over the
+whole batch (`classifier_start`), reading their weights once rather than once per chunk. A
 `ThreadGovernor` (threads.py) drops the single-image path to one thread while parallel calls are
 slower (another process holding a core). The work is cut by shapes only, so outputs are bitwise
 identical for every thread count.
@@ -24,7 +26,7 @@ import numpy as np
 from npmobilenet.graph import fold_scale, inference_graph
 from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
 from npmobilenet.inference.compile import FUSED_ACTIVATIONS, fused_layers
-from npmobilenet.inference.layers import FLOAT, pack_parameters
+from npmobilenet.inference.layers import FLOAT, FusedGlobalPool, FusedLinear, pack_parameters
 from npmobilenet.inference.plan import MemoryPlan
 from npmobilenet.inference.threads import ThreadGovernor, check_threads, worker_pool
 from npmobilenet.ops.geometry import MIN_RESOLUTION, check_images
@@ -45,6 +47,27 @@ def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
     (a whole batch of 32 would stream ~250 MB through memory at every layer); a small batch of
     small images runs whole. Depends on the shape only, never on the thread count."""
     return max(1, min(batch, math.ceil(chunk_pixels / (height * width))))
+
+
+def classifier_start(layers, outputs):
+    """Index of the first layer of the classifier that follows the last global pooling (linear
+    layers in a chain, ending in the network's one output), or None when the network has none.
+
+    In chunks of two images, a classifier's weights (5 to 10 MB: V3-Large's 960x1280 and
+    1280x1000) are read from memory twice per image, where the convolutions before it stay in
+    cache; over the whole batch they are read once, and the products are large enough for the
+    GEMM."""
+    if len(outputs) != 1:
+        return None
+    pools = [i for i, layer in enumerate(layers) if isinstance(layer, FusedGlobalPool)]
+    if not pools or pools[-1] == len(layers) - 1:
+        return None
+    tensor = layers[pools[-1]].outputs[0]
+    for layer in layers[pools[-1] + 1:]:
+        if not isinstance(layer, FusedLinear) or tuple(layer.inputs) != (tensor,):
+            return None
+        tensor = layer.outputs[0]
+    return pools[-1] + 1 if tensor == outputs[0] else None
 
 
 class FusedMobileNet:
@@ -78,7 +101,13 @@ class FusedMobileNet:
         self.last_threads = None     # threads the last call ran on
         self._plan = None            # batch 1: one plan, its tiles shared by the threads
         self._worker_plans = {}      # larger batches: (worker, chunk shape) -> plan run on one thread
+        self._classifier_plan = None  # and the classifier's plan over the whole batch
         self.chunk_pixels = CHUNK_PIXELS
+        # chunks run the layers up to the pooled features, the classifier runs over the batch
+        start = classifier_start(layers, self.outputs)
+        self.chunk_layers = layers if start is None else layers[:start]
+        self.chunk_outputs = self.outputs if start is None else (layers[start - 1].outputs[0],)
+        self.classifier_layers = [] if start is None else layers[start:]
         self._lock = threading.RLock()
 
     # -- the computation --------------------------------------------------------------------
@@ -100,8 +129,19 @@ class FusedMobileNet:
         """Worker `worker`'s plan for a chunk of `input_shape` (run on that worker's thread alone)."""
         key = (worker, input_shape)
         if key not in self._worker_plans:
-            self._worker_plans[key] = MemoryPlan(self.layers, input_shape, sgemm_address(), self.params, self.outputs)
+            self._worker_plans[key] = MemoryPlan(self.chunk_layers, input_shape, sgemm_address(), self.params,
+                                                 self.chunk_outputs)
         return self._worker_plans[key]
+
+    def classifier_plan(self, features_shape):
+        """The plan of the classifier's layers over a whole batch of pooled features (N, C)."""
+        features_shape = tuple(int(d) for d in features_shape)
+        plan = self._classifier_plan
+        if plan is None or plan.input_shape != features_shape:
+            self._classifier_plan = None
+            self._classifier_plan = MemoryPlan(self.classifier_layers, features_shape, sgemm_address(), self.params,
+                                               self.outputs, input_name=self.chunk_outputs[0])
+        return self._classifier_plan
 
     def chunk_images(self, batch, height, width):
         """Images per chunk when a batch is split (see `chunk_images`)."""
@@ -111,6 +151,7 @@ class FusedMobileNet:
     def activation_bytes(self):
         """Bytes of every activation buffer this model holds now (all its plans)."""
         plans = ([self._plan] if self._plan is not None else []) + list(self._worker_plans.values())
+        plans += [self._classifier_plan] if self._classifier_plan is not None else []
         return sum(plan.nbytes for plan in plans)
 
     def __call__(self, x):
@@ -154,12 +195,18 @@ class FusedMobileNet:
         """The batch in chunks of `chunk` images, each run through the whole network by one
         thread; `threads` workers (this thread and pool threads) take the next chunk as they
         finish the last, so a worker slowed by another process simply does fewer chunks. The
-        kernels release the GIL. Which worker runs a chunk never changes what it computes."""
+        kernels release the GIL. Which worker runs a chunk never changes what it computes. A
+        classifier then runs over the whole batch's pooled features, its tiles on `threads`."""
         batch = x.shape[0]
         if self._worker_plans and next(iter(self._worker_plans))[1][1:] != x.shape[1:]:
             self._worker_plans = {}                           # a new resolution: re-plan
         first = self._worker_plan(0, (chunk,) + x.shape[1:])   # its outputs' shapes: those of a chunk
-        outs = [np.empty((batch,) + a.shape[1:], FLOAT) for a in first.outputs]
+        classifier = None
+        if self.classifier_layers:
+            classifier = self.classifier_plan((batch,) + first.outputs[0].shape[1:])
+            outs = [classifier.input]                         # the chunks write the features there
+        else:
+            outs = [np.empty((batch,) + a.shape[1:], FLOAT) for a in first.outputs]
         chunks = iter(range(0, batch, chunk))                 # next() on it is atomic under the GIL
 
         def work(worker):
@@ -178,6 +225,9 @@ class FusedMobileNet:
         finally:
             for future in futures:
                 future.result()
+        if classifier is not None:
+            classifier.program.run(threads)
+            outs = [out.copy() for out in classifier.outputs]
         return self._result(outs)
 
     forward = __call__
@@ -248,7 +298,8 @@ def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
     Counts the plans' buffers: input copy, every activation and workspace, logits; not weights.
     A batch run in chunks (`chunk_images`) holds one plan per worker thread (`threads`),
     plus, when the batch is not a whole number of chunks, one plan for the last, smaller chunk
-    (an upper bound then: the worker that runs the last chunk may hold no full-size plan).
+    (an upper bound then: the worker that runs the last chunk may hold no full-size plan), plus
+    the classifier's plan over the whole batch when the network ends in one.
     """
     if isinstance(resolution, (tuple, list)):
         h, w = (int(r) for r in resolution)
@@ -269,8 +320,15 @@ def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
     chunk = chunk_images(int(batch), h, w, model.chunk_pixels if fused else CHUNK_PIXELS)
     if chunk >= batch:
         return MemoryPlan.layout_bytes(layers, (int(batch), h, w, 3), outputs)
+    start = classifier_start(layers, outputs)
+    classifier_bytes = 0
+    if start is not None:
+        features = layers[start - 1].outputs[0]
+        classifier_bytes = MemoryPlan.layout_bytes(layers[start:], (int(batch), layers[start].in_features), outputs,
+                                                   features)
+        layers, outputs = layers[:start], (features,)
     chunks, remainder = divmod(int(batch), chunk)
     total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3), outputs)
     if remainder:
         total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3), outputs)
-    return total
+    return total + classifier_bytes

@@ -31,10 +31,10 @@ def aligned(size):
     return -(-int(size) // ALIGN) * ALIGN
 
 
-def _liveness(layers, input_shape, outputs=None):
+def _liveness(layers, input_shape, outputs=None, input_name="input"):
     """Shapes of every tensor and the steps that write and last read it."""
-    shapes = {"input": tuple(input_shape)}
-    first, last = {"input": -1}, {"input": -1}
+    shapes = {input_name: tuple(input_shape)}
+    first, last = {input_name: -1}, {input_name: -1}
     steps = []
     for i, layer in enumerate(layers):
         in_shapes = [shapes[name] for name in layer.inputs]
@@ -58,7 +58,7 @@ def _liveness(layers, input_shape, outputs=None):
 
 def assign_slots(shapes, first, last):
     """Greedy interval packing: tensor name -> slot index, and each slot's capacity (elements)."""
-    order = sorted(shapes, key=lambda name: (first[name], name != "input"))
+    order = sorted(shapes, key=lambda name: first[name])      # the input first (written at step -1)
     capacity, holder_last, slot_of = [], [], {}
     for name in order:
         size = math.prod(shapes[name])
@@ -88,12 +88,13 @@ class MemoryPlan:
     each layer by its own serial kernel, which computes the same tiles as the program (a second
     path to test it against, and to time a layer's kernel alone); `input`/`outputs`: the views the model copies
     in and out (the tensors named `outputs`, by default the last layer's first output; `output`: the
-    first).
+    first). The input is the tensor "input" (the images), or `input_name` for a plan of the layers
+    after some tensor (the classifier after the pooled features: `model.py`).
     """
 
-    def __init__(self, layers, input_shape, sgemm, params=None, outputs=None):
+    def __init__(self, layers, input_shape, sgemm, params=None, outputs=None, input_name="input"):
         self.input_shape = tuple(input_shape)
-        shapes, first, last, steps = _liveness(layers, input_shape, outputs)
+        shapes, first, last, steps = _liveness(layers, input_shape, outputs, input_name)
         slot_of, capacity = assign_slots(shapes, first, last)
         # the slots are consecutive 64-byte-aligned pieces of one arena, which the op table of
         # `program.py` addresses by offset
@@ -107,7 +108,7 @@ class MemoryPlan:
             name: self.buffers[slot_of[name]][: math.prod(shape)].reshape(shape) for name, shape in shapes.items()}
         self.slot_of = slot_of
         self.calls = [layer.call([self.tensors[n] for n in names], False, sgemm) for layer, _, names in steps]
-        self.input = self.tensors["input"]
+        self.input = self.tensors[input_name]
         self.outputs = [self.tensors[name] for name in outputs or (layers[-1].outputs[0],)]
         self.output = self.outputs[0]
         # the same layers as one op table (all of them tiled; run by `program.run(threads)`)
@@ -125,13 +126,13 @@ class MemoryPlan:
         return self.arena.nbytes
 
     @staticmethod
-    def costs(layers, input_shape, outputs=None):
+    def costs(layers, input_shape, outputs=None, input_name="input"):
         """[(name, description, macs, bytes moved)] per layer for `input_shape`."""
-        _, _, _, steps = _liveness(layers, input_shape, outputs)
+        _, _, _, steps = _liveness(layers, input_shape, outputs, input_name)
         return [(layer.name, layer.describe(), layer.macs(s), layer.bytes_moved(s)) for layer, s, _ in steps]
 
     @staticmethod
-    def layout_bytes(layers, input_shape, outputs=None):
+    def layout_bytes(layers, input_shape, outputs=None, input_name="input"):
         """What a plan for `input_shape` allocates, in bytes, without allocating it."""
-        shapes, first, last, _ = _liveness(layers, input_shape, outputs)
+        shapes, first, last, _ = _liveness(layers, input_shape, outputs, input_name)
         return 4 * sum(aligned(size) for size in assign_slots(shapes, first, last)[1])
