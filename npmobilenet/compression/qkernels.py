@@ -431,7 +431,11 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
     za16, zb16, scale20 = splat16(zy), splat16(add[0]), splat16(1 << ADD_LEFT_SHIFT)
     ma16, sa16, mb16, sb16 = splat16(add[1]), splat16(add[2]), splat16(add[3]), splat16(add[4])
     my16, sy16, zo = splat16(add[6]), splat16(add[7]), add[5]
-    x_u8 = np.zeros(VNNI_CHUNK_ROWS * groups * 4, np.uint8)
+    # the chunk's input words, whole tiles of rows (the tile reads rows past the chunk's last); their
+    # bytes past Cin meet zero weights, so need no zeroing (a zeroed 64-row buffer, made per tile,
+    # had cost a one-pixel layer of K = 576 most of its time)
+    chunk_rows = -(-min(VNNI_CHUNK_ROWS, row_end - row_start) // VNNI_TILE_ROWS) * VNNI_TILE_ROWS
+    x_u8 = np.empty(chunk_rows * groups * 4, np.uint8)
     x_words, x_i8, x_flat = x_u8.view(np.int32), x_u8.view(np.int8), x.reshape(x.size)
     acc = np.empty(VNNI_TILE_ROWS * 16, np.int32)
     for p0 in range(row_start, row_end, VNNI_CHUNK_ROWS):
