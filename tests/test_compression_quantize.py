@@ -418,3 +418,19 @@ def test_tensorflow_padding_models_quantize_bit_for_bit(tmp_path):
     qmodel.save(path)
     again = load_quantized(path)
     assert np.array_equal(again(images), qmodel(images))
+
+
+def test_input_quantization_is_numpys_round_and_clip():
+    # the kernel against NumPy's formula, on ties (k + 0.5 steps), saturating and non-finite values
+    from npmobilenet.compression.qkernels import quantize_images
+    rng = np.random.default_rng(11)
+    for scale, zero_point in ((0.0186, -3), (1 / 64, 0), (0.007843138, 127)):
+        x = np.concatenate([rng.uniform(-3, 3, 5000), (np.arange(-300, 300) + 0.5) * scale, [np.inf, -np.inf, 1e30, -1e30],
+                            rng.standard_normal(100) * 1e-8]).astype(np.float32)
+        want = np.clip(np.round(x / np.float32(scale)) + zero_point, -128, 127).astype(np.int8)
+        got = np.empty(x.shape, np.int8)
+        quantize_images(x, scale, zero_point, got)
+        assert np.array_equal(got, want)
+    got = np.empty(1, np.int8)
+    quantize_images(np.array([np.nan], np.float32), 0.1, 5, got)
+    assert got[0] == 0

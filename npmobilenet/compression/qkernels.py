@@ -34,7 +34,7 @@ from npmobilenet.compression.vnni import (
     add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16,
     requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
 )
-from npmobilenet.config import njit_inline, njit_parallel, njit_serial
+from npmobilenet.config import njit_inline, njit_parallel, njit_serial, njit_serial_strict
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -583,6 +583,20 @@ def _field_words(x, field, x_u8, p0, rows, groups):
             ow, oh = 0, oh + 1
             if oh == ho:
                 oh, n = 0, n + 1
+
+
+@njit_serial_strict
+def quantize_images(x, scale, zero_point, y):
+    """y = clip(round(x / s) + z, -128, 127), rounding half to even, x float32 and y int8 (flat): the
+    one float step at an int8 model's input, in NumPy's arithmetic (an IEEE division: no fast-math,
+    whose reciprocal multiply would round otherwise); a NaN gives 0, as NumPy's cast does."""
+    s, z = np.float32(scale), np.float32(zero_point)
+    lo, hi = np.float32(-128), np.float32(127)
+    for i in range(x.shape[0]):
+        v = np.rint(x[i] / s) + z
+        if v != v:
+            v = np.float32(0)
+        y[i] = np.int8(min(max(v, lo), hi))
 
 
 def add_params(zb, ma, sa, mb, sb, zo, my, so):

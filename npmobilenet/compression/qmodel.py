@@ -28,8 +28,8 @@ import threading
 import numpy as np
 
 from npmobilenet import config
-from npmobilenet.compression import vnni
-from npmobilenet.compression.qops import INT8_MAX, INT8_MIN, op_from_record
+from npmobilenet.compression import qkernels, vnni
+from npmobilenet.compression.qops import op_from_record
 from npmobilenet.compression.qplan import Int8Plan
 from npmobilenet.ops.blas import single_threaded_blas
 from npmobilenet.io.files import atomic_savez, from_json_array, json_array, read_arrays
@@ -71,8 +71,9 @@ class QuantizedModel:
         """The image batch as int8: round(x / s) + z, clipped (the one float step at the input)."""
         x = check_images(x, np.float32)        # the float model's checks and messages
         scale, zero_point = self.tensors["input"]
-        q = np.clip(np.round(x / np.float32(scale)) + zero_point, INT8_MIN, INT8_MAX)
-        return np.ascontiguousarray(q.astype(np.int8))
+        q = np.empty(x.shape, np.int8)
+        qkernels.quantize_images(x.reshape(-1), float(scale), float(zero_point), q.reshape(-1))
+        return q
 
     def run(self, xq, record=False):
         """int8 input (N, H, W, 3) -> int8 logits (N, num_classes); every tensor if `record`.
