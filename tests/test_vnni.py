@@ -39,12 +39,13 @@ def _vnni_serial(x, zx, w, bias, multiplier, shift, zy, lo, hi, row_start=0, row
 
 
 # -- the packed layout (any CPU) -------------------------------------------------------------------
-@pytest.mark.parametrize("cin, cout", [(1, 1), (4, 16), (5, 17), (32, 16), (61, 47)])
+@pytest.mark.parametrize("cin, cout", [(1, 1), (4, 16), (5, 17), (32, 16), (61, 47), (9, 1024), (3, 2040)])
 def test_packed_words_hold_4_input_by_16_output_channels(cin, cout):
     rng = np.random.default_rng(cin * 100 + cout)
     w = _int8(rng, (cin, cout))
     words, colsum = vnni.pack_weight(w)
     groups, width = -(-cin // 4), -(-cout // 16) * 16
+    width += 16 if width % 1024 == 0 else 0          # rows of words never a multiple of 4 KiB
     assert words.dtype == np.int32 and words.shape == (groups * width,)
     packed = words.view(np.int8).reshape(groups, width, 4)  # byte j of word [k, c]: w[4k + j, c]
     padded = np.zeros((groups * 4, width), np.int8)

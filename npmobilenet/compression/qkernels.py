@@ -456,15 +456,14 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
             for r in range(rows):
                 for ci in range(cin):
                     x_u8[_U(r * groups * 4 + ci)] = np.uint8(np.int32(x[_U(p0 + r), _U(ci)]) + 128)
-        for c0 in range(col_start, col_end, 16):
+        for c0 in range(col_start, min(col_end, cout), 16):       # not the packing's padding past Cout
             m, s, count = load16(multipliers, c0), load16(shifts, c0), min(16, cout - c0)
             # rows past the chunk's last hold stale words: computed, never stored
             for r0 in range(0, rows, VNNI_TILE_ROWS):
-                if rows == 1 and width % 1024 != 0:
+                if rows == 1:
                     # one pixel (a fully connected layer at batch 1: SE, the classifier): four
                     # chains of sums over the input groups, not one, and no idle rows (1.7-2x
-                    # faster on 144 to 1280 channels; not where a row of words is a multiple of
-                    # 4 KiB, V3's 576 -> 1024 classifier, which ran 2.7x slower, one chain or four)
+                    # faster on 144 to 1280 channels)
                     store16(acc, 0, _dot_row(x_words, words, load16(start, c0), groups, width, c0))
                     r0 = 0
                 else:

@@ -131,7 +131,7 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
     start = t * tr
     end = min(start + tr, total)
     if kind == PW_VNNI:
-        width = op[_at(2) + 1]                  # the start vector's length: Cout padded to 16
+        width = op[_at(2) + 1]                  # the start vector's length: the packed width (vnni.pack_weight)
         col_tiles = (width + op[TC] - 1) // op[TC]
         start = (t // col_tiles) * tr
         end = min(start + tr, total)
@@ -234,7 +234,7 @@ def _tiling(kind, args):
         row_tiles = -(-rows // tr)
         if kind == PW:
             return tr, rows, row_tiles, 0
-        width = args[2].shape[0]                              # start: Cout padded to 16
+        width = args[2].shape[0]                              # start: the packed width (vnni.pack_weight)
         # at least 8 tiles where the layer has the columns for them, blocks of 16 channels
         col_tiles = min(width // 16, max(1, -(-8 // row_tiles)))
         tc = 16 * -(-width // (16 * col_tiles))
