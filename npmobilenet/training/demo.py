@@ -53,7 +53,7 @@ def limited_threads(threads):
     BLAS threads; restores both afterwards.
 
     Why 1 by default: the result is then the same run after run on one machine (the thread count
-    changes the order of floating-point sums: seed 0 gives 97.77% on 1 thread, 98.61% on 2), and it
+    changes the order of floating-point sums, and with it a test image's class now and then), and it
     does not depend on the other core being free. Two threads bought nothing measurable on the
     shared development machine (26 s of training either way).
     """
