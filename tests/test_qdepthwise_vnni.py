@@ -177,3 +177,23 @@ def test_the_kernel_is_compiled_to_vpdpbusd():
                                                          (1, 1, 1, 1), (1, 1)))
     asm = kernel.inspect_asm(kernel.signatures[0])
     assert "vpdpbusd" in asm and "zmm" in asm
+
+
+@needs_vnni
+def test_a_depthwise_layer_packs_its_weight_once_per_input_zero_point(monkeypatch):
+    # op by op (record=True, or a call while another holds the plan), a layer's calls reuse its packing
+    from npmobilenet.compression.qops import QConv
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")
+    rng = np.random.default_rng(8)
+    x, weight, bias, multiplier, shift = _case(rng, 1, 9, 10, 20, 3, 3)
+    op = QConv("dw", ("x",), "y", "depthwise", weight, np.ones(20, np.float32), bias, multiplier, shift, -128, 127,
+               padding=(1, 1, 1, 1))
+    y1, y2 = np.zeros((1, 9, 10, 20), np.int8), np.zeros((1, 9, 10, 20), np.int8)
+    [(kernel, args1)] = op.calls([x], {"x": 3, "y": -5}, y1)
+    [(_, args2)] = op.calls([x], {"x": 3, "y": -5}, y2)
+    assert args1[2] is args2[2]                                  # the same packed words
+    kernel(*args1)
+    expected = qreference.depthwise_conv2d(x, 3, weight, bias, multiplier, shift, -5, -128, 127, (1, 1), (1, 1, 1, 1),
+                                           (1, 1))
+    assert np.array_equal(y1, expected)
+    assert op.calls([x], {"x": 4, "y": -5}, y2)[0][1][2] is not args1[2]    # another zero point: packed afresh

@@ -306,12 +306,15 @@ def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, 
                              c * rows // chunks, (c + 1) * rows // chunks)
 
 
-def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y):
-    """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8."""
+def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y,
+                               packed=None):
+    """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8. With VNNI, `packed`:
+    `qdepthwise_vnni.pack` of these arguments when the caller keeps it (else packed here)."""
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     if qdepthwise_vnni.applies(w, dilation):
-        args = (x, *qdepthwise_vnni.pack(w, zx, bias, multiplier, shift, stride), np.int32(zy), np.int32(lo),
-                np.int32(hi), sh, sw, pt, pl, y)
+        if packed is None:
+            packed = qdepthwise_vnni.pack(w, zx, bias, multiplier, shift, stride)
+        args = (x, *packed, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, y)
         return _rows_call(qdepthwise_vnni._depthwise_int8_vnni_rows, qdepthwise_vnni._depthwise_int8_vnni_parallel,
                           args, y.shape[0] * y.shape[1], y.size * w.shape[0] * w.shape[1])
     args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl,

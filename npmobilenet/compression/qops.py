@@ -17,15 +17,16 @@ import math
 
 import numpy as np
 
-from npmobilenet.compression import qexact, qkernels, vnni
+from npmobilenet.compression import qdepthwise_vnni, qexact, qkernels, vnni
 from npmobilenet.ops.geometry import conv_geometry, tf_same_sides
 
 INT8_MIN, INT8_MAX = -128, 127
 ADD_LEFT_SHIFT = qkernels.ADD_LEFT_SHIFT  # TFLite's quantized Add: 20 bits of headroom before summing
-# Layers of at least this many MACs run on the exact float32 paths of qkernels; smaller ones on the
-# integer loops, whose fewer passes win there. Measured (1 thread, ms per batch-1 call at thresholds
-# 0 / 1e5 / 3e5 / 1e6 / never): MobileNetV2 224: 17.9 / 17.7 / 17.6 / 17.4 / 23.8; V3-Small 224:
-# 7.0 / 6.6 / 6.5 / 6.4 / 7.7; the digits V2 0.35 at 32x32: 1.52 / 1.37 / 1.33 / 1.33 / 1.31.
+# Without VNNI, in the float-kernel mode (`integer_only = False`), layers of at least this many
+# MACs compute their integer sums on the exact float32 paths of qexact.py (SGEMM); smaller ones on
+# the integer loops, whose fewer passes win there (chosen on whole models at thresholds of 0 to
+# 1e6 MACs, one thread, batch 1, before the VNNI kernels: V2 and V3-Small at 224 fastest at 1e6,
+# the digits model at 32x32 indifferent).
 EXACT_MIN_MACS = 1_000_000
 
 
@@ -177,6 +178,15 @@ class QConv(QOp):
             self._exact = (zx, self.weight.astype(np.float32), qexact.exact_chunk(zx, self.weight))
         return self._exact[1:]
 
+    def _depthwise_vnni_packed(self, zx):
+        """`qdepthwise_vnni.pack` of this depthwise layer for input zero point zx, made once (op by
+        op, a call would otherwise pack its weight again: 37 us for a 5x5 kernel on 576 channels)."""
+        cached = getattr(self, "_vnni_packed", None)
+        if cached is None or cached[0] != zx:
+            self._vnni_packed = (zx, qdepthwise_vnni.pack(self.weight, zx, self.bias, self.multiplier, self.shift,
+                                                          self.stride))
+        return self._vnni_packed[1]
+
     def exact_path(self, x_shape, zx, float_kernels):
         """Whether this layer runs on the exact float32 paths (qexact.py): with `float_kernels`, a
         pointwise, linear or standard layer of at least EXACT_MIN_MACS on a CPU without VNNI
@@ -203,7 +213,8 @@ class QConv(QOp):
         kh, kw = self.weight.shape[:2]
         geometry = (self.stride, resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation), self.dilation)
         if self.variant == "depthwise":
-            return [qkernels.depthwise_conv2d_int8_call(x, zx, self.weight, *args, *geometry, y)]
+            packed = self._depthwise_vnni_packed(zx) if qdepthwise_vnni.applies(self.weight, self.dilation) else None
+            return [qkernels.depthwise_conv2d_int8_call(x, zx, self.weight, *args, *geometry, y, packed)]
         # the gathered receptive fields, which the VNNI kernel does without (it reads them from x)
         cols = None if vnni.vnni_enabled() else np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)
         return qkernels.conv2d_int8_calls(x, zx, self.weight, *args, *geometry, cols, y)
