@@ -35,6 +35,7 @@ from npmobilenet.compression.vnni import (
     requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial, njit_serial_strict
+from npmobilenet.ops.depthwise_rows import _interior_columns
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -558,9 +559,7 @@ def _field_words(x, field, x_u8, p0, rows, groups):
     cin = x.shape[1]
     xf, words = x.reshape(x.size), x_u8.view(np.int8)
     run, stride, step = kw * cin, groups * 4, dh * wd * cin
-    # output columns whose kernel rows lie inside x: ow * sw - pl >= 0 and ow * sw - pl + kw <= wd
-    lo = (pl + sw - 1) // sw
-    hi = max(lo, (wd - kw + pl) // sw + 1)
+    lo, hi = _interior_columns(wd, wo, kw, sw, pl, 1)     # output columns whose kernel rows lie inside x
     n, q = p0 // (ho * wo), p0 % (ho * wo)
     oh, ow = q // wo, q % wo
     r = 0
@@ -568,7 +567,8 @@ def _field_words(x, field, x_u8, p0, rows, groups):
         count = min(rows - r, wo - ow)          # pixels of output row oh in this chunk
         ih0 = oh * sh - pt
         inside = dw == 1 and run <= 64 and ih0 >= 0 and ih0 + (kh - 1) * dh < h
-        a, b = (max(lo, ow), max(max(lo, ow), min(hi, ow + count))) if inside else (ow, ow)
+        a = max(lo, ow) if inside else ow
+        b = max(a, min(hi, ow + count)) if inside else ow
         for c in range(ow, ow + count):
             if c < a or c >= b:
                 _gather_field(xf, h, wd, cin, n, oh, c, kh, kw, sh, sw, pt, pl, dh, dw, zx, True, words,

@@ -339,26 +339,24 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
     fused = getattr(fused, "network", fused)       # SSDLite: the network its heads' maps come from
     images = fused.chunk_images(batch, resolution, resolution)
     x = np.random.default_rng(seed).standard_normal((images, resolution, resolution, 3)).astype(np.float32)
-    # (plan, threads it runs on, scale to per-chunk figures, layer names) for each plan timed
+    # (plan, threads it runs on, share of it per chunk, its layers' costs) for each plan timed
     if images < batch:
         plan = fused._worker_plan(0, x.shape)       # what each worker runs
         np.copyto(plan.input, x)
-        parts = [(plan, 1, 1.0, [layer.name for layer in fused.chunk_layers])]
-        if fused.classifier_layers:                 # the classifier over the batch, per chunk its share
+        parts = [(plan, 1, 1.0, MemoryPlan.costs(fused.chunk_layers, x.shape, fused.chunk_outputs))]
+        if fused.classifier_layers:                 # the classifier over the batch (weights read once), per chunk its share
             features = np.random.default_rng(seed).standard_normal((batch, fused.classifier_layers[0].in_features))
             classifier = fused.classifier_plan(features.shape)
             np.copyto(classifier.input, features)
-            parts.append((classifier, threads, images / batch, [layer.name for layer in fused.classifier_layers]))
-            batch_costs = {row[0]: row for row in MemoryPlan.costs(fused.classifier_layers, features.shape,
-                                                                   fused.outputs, fused.chunk_outputs[0])}
+            parts.append((classifier, threads, images / batch, MemoryPlan.costs(
+                fused.classifier_layers, features.shape, fused.outputs, fused.chunk_outputs[0])))
     else:
         fused(x)
-        parts = [(fused.plan(x.shape), threads, 1.0, [layer.name for layer in fused.layers])]
-    costs = {row[0]: row for row in fused.layer_costs(resolution, images)}
+        parts = [(fused.plan(x.shape), threads, 1.0, fused.layer_costs(resolution, images))]
     layers = []
     with single_threaded_blas(), numba_threads(threads):
-        for plan, run_threads, share, names in parts:
-            ops = [plan.layer_ops[name] for name in names]
+        for plan, run_threads, share, costs in parts:
+            ops = [plan.layer_ops[name] for name, *_ in costs]
             times = np.zeros((len(ops), repeat))
             plan.program.run(run_threads)      # warm-up
             for r in range(repeat):
@@ -367,11 +365,8 @@ def per_layer_profile(arch, batch, resolution, threads, repeat, seed=0):
                     plan.program.run(run_threads, layer_ops)
                     times[i, r] = time.perf_counter() - start
             tiles = plan.program.ops[:, TILES]
-            for name, seconds, (k0, k1) in zip(names, np.median(times, axis=1) * share, ops):
-                _, description, macs, nbytes = costs[name]
-                if share < 1:                  # the batch's MACs and bytes (weights read once), per chunk
-                    _, description, macs, nbytes = batch_costs[name]
-                    macs, nbytes = macs * share, nbytes * share
+            for (name, description, macs, nbytes), seconds, (k0, k1) in zip(costs, np.median(times, axis=1), ops):
+                seconds, macs, nbytes = seconds * share, macs * share, nbytes * share
                 layers.append({"name": name, "kind": description, "macs": macs, "bytes": nbytes, "ms": seconds * 1e3,
                                "gmacs": macs / seconds / 1e9, "gbs": nbytes / seconds / 1e9,
                                "intensity": macs / nbytes, "tiles": int(tiles[k0:k1].max())})

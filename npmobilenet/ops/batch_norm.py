@@ -31,19 +31,22 @@ import numpy as np
 from numba import prange
 
 from npmobilenet.config import choose_kernel, njit_serial, serial_and_parallel
+from npmobilenet.ops import epilogue
+from npmobilenet.ops.epilogue import HARDSWISH, IDENTITY, RELU, RELU6, activation_code
 
 CHUNKS = 16     # row chunks of the per-channel sums (a function of nothing but this constant)
 
-# The activations a batch norm can end with, as the kernels' int codes.
-IDENTITY, RELU, RELU6, HARDSWISH, HARDSIGMOID = 0, 1, 2, 3, 4
-ACTIVATIONS = {None: IDENTITY, "relu": RELU, "relu6": RELU6, "hardswish": HARDSWISH, "hardsigmoid": HARDSIGMOID}
+# The activations a batch norm can end with: the convolutions' codes (ops/epilogue.py) and one more.
+HARDSIGMOID = max(epilogue.LINEAR_ACTIVATIONS.values()) + 1
+ACTIVATIONS = dict(epilogue.ACTIVATIONS, hardsigmoid=HARDSIGMOID)
 _F32 = np.float32   # constants that keep float32 arithmetic float32 (and float64 float64)
 
 
 @njit_serial
 def _activate_row(y, act):
-    # y = act(y) in place. Written `0 if v < 0 else v` rather than max(v, 0), so that a NaN stays
-    # a NaN (training stops on a NaN loss) as it does in NumPy's clip.
+    # y = act(y) in place, by the activation layers' formulas rather than epilogue.activate_run's
+    # (inference's): `0 if v < 0 else v`, not max(v, 0), so that a NaN stays a NaN (training stops
+    # on a NaN loss) as in NumPy's clip, and / 6 where inference multiplies by 1/6.
     zero, three, six = _F32(0), _F32(3), _F32(6)
     if act == RELU:
         for c in range(y.shape[0]):
@@ -194,8 +197,8 @@ _DX = serial_and_parallel(_input_gradient)
 
 
 @njit_serial
-def _column_statistics(means, squares, rows, mean, var, mean_as_x):
-    # the chunks' moments merged in order: mean[c], and var[c] = m2 / rows (biased); the mean also in x's dtype
+def _column_statistics(means, squares, rows, mean, var):
+    # the chunks' moments merged in order: mean[c], and var[c] = m2 / rows (biased)
     chunks = means.shape[0]
     m2 = np.zeros(mean.shape[0])
     mean[:] = 0.0
@@ -206,7 +209,6 @@ def _column_statistics(means, squares, rows, mean, var, mean_as_x):
         count += size
     for c in range(mean.shape[0]):
         var[c] = m2[c] / rows
-        mean_as_x[c] = mean[c]
 
 
 @njit_serial
@@ -258,14 +260,8 @@ def batch_statistics(x):
     squares = np.empty_like(means)
     _kernel(_MOMENTS, rows)(rows, max(1, BLOCK_VALUES // channels), means, squares)
     mean, var = np.empty(channels), np.empty(channels)
-    _column_statistics(means, squares, count, mean, var, np.empty(channels, rows.dtype))
+    _column_statistics(means, squares, count, mean, var)
     return mean, var
-
-
-def _activation(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(k for k in ACTIVATIONS if k)} or None, got {activation!r}")
-    return ACTIVATIONS[activation]
 
 
 def _coefficients(rows, mean, var, gamma, beta, eps):
@@ -277,7 +273,7 @@ def _coefficients(rows, mean, var, gamma, beta, eps):
 def batch_norm_forward(x, mean, var, gamma, beta, eps, activation=None):
     """y = act(gamma * (x - mean) / sqrt(var + eps) + beta), per channel, in one pass; `activation`
     one of None, "relu", "relu6", "hardswish", "hardsigmoid"."""
-    act = _activation(activation)
+    act = activation_code(activation, ACTIVATIONS)
     rows = _rows(x, "x")
     center, scale, shift = _coefficients(rows, mean, var, gamma, beta, eps)
     y = np.empty_like(rows)
@@ -290,7 +286,7 @@ def batch_norm_backward(dy, x, mean, var, gamma, eps, training, activation=None,
     the statistics are x's own (batch statistics), so dx has the two extra terms. With an
     `activation`, dy is the gradient of the activated output (`beta` is then needed too: the
     derivative is taken at the normalised value)."""
-    act = _activation(activation)
+    act = activation_code(activation, ACTIVATIONS)
     if act != IDENTITY and beta is None:
         raise ValueError(f"batch_norm_backward with activation={activation!r} needs beta")
     rows, dy_rows = _rows(x, "x"), _rows(dy, "dy")
