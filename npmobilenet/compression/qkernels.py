@@ -551,8 +551,8 @@ def _field_words(x, field, x_u8, p0, rows, groups):
     # each pixel's receptive field from x (N*H*W, Cin), plus 128. Taken an output row's run of
     # pixels at a time: the pixels whose field lies wholly inside x (dilation 1, KW*Cin <= 64)
     # copy their KH rows in a loop of their own, three instructions a row (the stem: 9 bytes);
-    # the others go through `_gather_field`, in another loop (in one loop, its border code made
-    # the stem's gather 2 to 3x slower).
+    # the others go through `_gather_field`, in another loop (one loop through `_gather_field`
+    # for every pixel took the stem's words 140 us per 224x224 image, these two loops 84).
     h, wd, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, zx = (field[0], field[1], field[2], field[3], field[4], field[5],
                                                          field[6], field[7], field[8], field[9], field[10], field[11],
                                                          field[12])

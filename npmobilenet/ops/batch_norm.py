@@ -22,9 +22,9 @@ thread count gives the same bits. Eval mode uses the running statistics.
 The activation after batch norm (ReLU, ReLU6, hard-swish, hard-sigmoid: `layers.ConvBNAct`) can
 run inside these passes: the forward pass activates each row as it is normalised, and the backward
 pass takes the activation's derivative at the normalised value, recomputed from x by the same
-expression, so no tensor between batch norm and its activation exists in either direction (as two
-layers they had cost a training step of V2 a fifth of its time: two more passes each way and their
-arrays). The formulas are the activation layers' (`layers/activation.py`), derivatives at the kinks
+expression, so no tensor between batch norm and its activation exists in either direction (as a
+layer of its own, the activation took a pass forward and five NumPy passes backward, each with an
+array of its own: about a sixth of V2's training step, README). The formulas are the activation layers' (`layers/activation.py`), derivatives at the kinks
 included, so the result is the two layers'.
 """
 import numpy as np
