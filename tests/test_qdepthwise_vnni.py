@@ -1,6 +1,7 @@
 """The VNNI depthwise kernel (four taps of a kernel row per vpdpbusd) against the integer oracle,
-bit for bit: every path (interior pairs, interior single pixels, border pixels, rows outside),
-any row split, the parallel driver, and the operand intrinsics it is built on."""
+bit for bit: every unrolled copy (3x3 and 5x5 at strides 1 and 2) and the generic one, border
+pixels and rows in the padding, partial last blocks, input rows reused across output rows and
+images, any row split, the parallel driver, and the operand intrinsics it is built on."""
 import numba
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ from hypothesis import given, settings, strategies as st
 from npmobilenet.compression import qdepthwise_vnni, qkernels, vnni
 from npmobilenet.compression.qops import quantize_multipliers
 from npmobilenet.ops import reference_int8 as qreference
-from npmobilenet.ops.depthwise_rows import _interior_columns
 
 needs_vnni = pytest.mark.skipif(not vnni.has_vnni(), reason="this CPU has no AVX-512 VNNI (avx512vnni, avx512bw)")
 
@@ -61,18 +61,19 @@ def test_matches_the_reference_bit_for_bit(n, h, w, c, kernel, sh, sw, pads, zx,
 
 
 @needs_vnni
-def test_every_path_is_taken_with_left_and_right_shifts():
-    # 20 columns: border pixels, interior pairs and an odd interior pixel; rows outside at the top
-    # and bottom; channels 16 + 8 (a masked last block); some M > 1 (left shifts)
+def test_every_copy_is_taken_with_left_and_right_shifts():
+    # the four unrolled copies and the generic one (a 3x5 kernel, and every masked channel tail);
+    # widths whose last block is partial; rows and columns wholly in the padding (padding wider
+    # than the kernel); channels 16 + 8; some M > 1 (left shifts)
     rng = np.random.default_rng(3)
     for kh, kw, stride, pads, w in ((3, 3, (1, 1), (1, 1, 1, 1), 20), (3, 3, (1, 1), (1, 1, 1, 1), 19),
                                      (5, 5, (1, 1), (2, 2, 2, 2), 21), (3, 3, (2, 2), (0, 1, 0, 1), 20),
-                                     (5, 5, (2, 2), (1, 2, 1, 2), 23)):
+                                     (5, 5, (2, 2), (1, 2, 1, 2), 23), (3, 5, (1, 2), (1, 1, 2, 2), 17),
+                                     (3, 3, (1, 1), (4, 4, 5, 5), 6)):
         x, weight, bias, multiplier, shift = _case(rng, 2, 9, w, 24, kh, kw)
         multiplier[::3], shift[::3] = quantize_multipliers(np.full(8, 3.0))       # M = 3: shifts left
         out_hw = _out_hw(9, w, kh, kw, stride, pads)
-        first, end = _interior_columns(w, out_hw[1], 4 * -(-kw // 4), stride[1], pads[2], 1)
-        assert first < end < out_hw[1]                                              # border and interior
+        assert out_hw[1] % (4 // stride[1]) or w == 20                             # mostly partial last blocks
         y, _ = _run(x, 5, weight, bias, multiplier, shift, -3, -128, 127, stride, pads, out_hw)
         expected = qreference.depthwise_conv2d(x, 5, weight, bias, multiplier, shift, -3, -128, 127, stride, pads,
                                                (1, 1))
@@ -100,15 +101,16 @@ def test_which_layers_it_runs(monkeypatch):
     monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")
     assert qdepthwise_vnni.applies(w3, (1, 1)) is vnni.has_vnni()
     assert not qdepthwise_vnni.applies(w3, (2, 2))           # dilated kernels stay portable
+    assert qdepthwise_vnni.applies(w3, (1, 1), (3, 2)) is vnni.has_vnni()
+    assert not qdepthwise_vnni.applies(w3, (1, 1), (1, 3))   # windows of 4 columns: width strides 1 and 2
     monkeypatch.setenv("NPMOBILENET_NO_VNNI", "1")
     assert not qdepthwise_vnni.applies(w3, (1, 1))
 
 
 @needs_vnni
-def test_narrow_maps_read_zero_point_padded_copies_of_their_rows():
-    # a third or more of each row's pixels at the border: every output row from a padded copy of
-    # its input rows (5x5 on 7x7, where no 8-column operand fits; 5x5 on 14x14; 3x3 on 7x7; 1x1
-    # and 2x3 maps; asymmetric padding; strides; a masked channel tail; two images; row splits)
+def test_narrow_maps_where_most_pixels_are_border_pixels():
+    # 5x5 on 7x7 and 14x14, 3x3 on 7x7, 1x1 and 2x3 maps; asymmetric padding; strides; a masked
+    # channel tail; two images, whose rows a call's operand rows must not mix up; row splits
     rng = np.random.default_rng(21)
     for h, w, k, stride, pads in ((7, 7, 5, (1, 1), (2, 2, 2, 2)), (14, 14, 5, (1, 1), (2, 2, 2, 2)),
                                   (7, 7, 3, (1, 1), (1, 1, 1, 1)), (1, 1, 3, (1, 1), (1, 1, 1, 1)),
@@ -116,8 +118,6 @@ def test_narrow_maps_read_zero_point_padded_copies_of_their_rows():
                                   (5, 5, 3, (2, 1), (0, 2, 1, 0))):
         x, weight, bias, multiplier, shift = _case(rng, 2, h, w, 40, k, k)
         out_hw = _out_hw(h, w, k, k, stride, pads)
-        first, end = _interior_columns(w, out_hw[1], 4 * -(-k // 4), stride[1], pads[2], 1)
-        assert 3 * (out_hw[1] - (end - first)) >= out_hw[1]                          # the padded path
         expected = qreference.depthwise_conv2d(x, -4, weight, bias, multiplier, shift, 6, -128, 127, stride, pads,
                                                (1, 1))
         rows = 2 * out_hw[0]

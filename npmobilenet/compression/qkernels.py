@@ -206,7 +206,7 @@ def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, 
 
 
 # -- depthwise convolution: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C) ---------------------
-# The portable kernel; on AVX-512 VNNI, undilated layers run `qdepthwise_vnni` (four taps per
+# The portable kernel; on AVX-512 VNNI, undilated layers of width stride 1 or 2 run `qdepthwise_vnni` (four taps per
 # vpdpbusd) instead, with the same integers.
 @njit_serial
 def any_left_shift(shift):
@@ -312,7 +312,7 @@ def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, st
     """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8. With VNNI, `packed`:
     `qdepthwise_vnni.pack` of these arguments when the caller keeps it (else packed here)."""
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
-    if qdepthwise_vnni.applies(w, dilation):
+    if qdepthwise_vnni.applies(w, dilation, stride):
         if packed is None:
             packed = qdepthwise_vnni.pack(w, zx, bias, multiplier, shift, stride)
         args = (x, *packed, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, y)

@@ -213,7 +213,7 @@ class QConv(QOp):
         kh, kw = self.weight.shape[:2]
         geometry = (self.stride, resolve_padding(self.padding, x.shape, kh, kw, self.stride, self.dilation), self.dilation)
         if self.variant == "depthwise":
-            packed = self._depthwise_vnni_packed(zx) if qdepthwise_vnni.applies(self.weight, self.dilation) else None
+            packed = self._depthwise_vnni_packed(zx) if qdepthwise_vnni.applies(self.weight, self.dilation, self.stride) else None
             return [qkernels.depthwise_conv2d_int8_call(x, zx, self.weight, *args, *geometry, y, packed)]
         # the gathered receptive fields, which the VNNI kernel does without (it reads them from x)
         cols = None if vnni.vnni_enabled() else np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)

@@ -31,7 +31,7 @@ from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.program import RUN_TILE, TILES, Program, _A1 as _F1
 from npmobilenet.inference.views import view
 
-# kinds, and the columns of a row: KIND, TC (output channels per tile: pointwise), TILES, TR (rows,
+# kinds, and the columns of a row: KIND, TC (output channels per tile: VNNI pointwise and depthwise), TILES, TR (rows,
 # elements or pixels per tile),
 # TOTAL (of them), then SLOT columns per argument: an array's offset (in its dtype's elements) and
 # up to four dimensions, or a scalar's value
@@ -68,6 +68,11 @@ CALLS = {kind: CompiledCall(kernel, argtypes + ((_I, _I) if ranged else ()))
 # the VNNI pointwise kernel by blocks of rows and of output channels: a layer of few pixels (7x7,
 # a classifier at batch 1) is still split between threads
 CALLS[PW_VNNI] = CompiledCall(qk._pointwise_int8_vnni_block, KERNELS[qk._pointwise_int8_vnni_rows][1] + (_I,) * 4)
+# the VNNI depthwise kernel by blocks of rows and of channels: tiles of several rows, so that each
+# input row is rewritten as operands once for most of the output rows that read it, and a map of
+# few rows (14x14, 7x7) split between threads by its channels
+CALLS[DEPTHWISE_VNNI] = CompiledCall(qdw._depthwise_int8_vnni_block,
+                                     KERNELS[qdw._depthwise_int8_vnni_rows][1] + (_I,) * 4)
 _pw_vnni, _pw, _depthwise, _im2col = (CALLS[k].call for k in (PW_VNNI, PW, DEPTHWISE, IM2COL))
 _depthwise_vnni = CALLS[DEPTHWISE_VNNI].call
 _lookup, _add, _mean, _channel_scale = (CALLS[k].call for k in (LOOKUP, ADD, MEAN, CHANNEL_SCALE))
@@ -149,11 +154,16 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
                                           op[_at(10)], op[_at(11)], op[_at(12)], op[_at(13)],
                                           op[_at(14)], _v4(b, op, 15), start, end))
     elif kind == DEPTHWISE_VNNI:
+        channels = op[_at(15) + 4]              # y's last axis
+        col_tiles = (channels + op[TC] - 1) // op[TC]
+        start = (t // col_tiles) * tr
+        end = min(start + tr, total)
+        c0 = (t % col_tiles) * op[TC]
         _depthwise_vnni(addresses[DEPTHWISE_VNNI], (_v4(b, op, 0), _v1(b, op, 1), _v3(w, op, 2), _v1(w, op, 3),
                                                     _v1(w, op, 4), _v1(w, op, 5), _s32(op, 6), op[_at(7)],
                                                     _s32(op, 8), _s32(op, 9), _s32(op, 10), op[_at(11)],
                                                     op[_at(12)], op[_at(13)], op[_at(14)], _v4(b, op, 15), start,
-                                                    end))
+                                                    end, c0, min(c0 + op[TC], channels)))
     elif kind == IM2COL:
         _im2col(addresses[IM2COL], (_v4(b, op, 0), np.int8(op[_at(1)]), op[_at(2)], op[_at(3)],
                                     op[_at(4)], op[_at(5)], op[_at(6)], op[_at(7)], op[_at(8)],
@@ -227,7 +237,7 @@ def _table_kernel(kernel, args):
 
 def _tiling(kind, args):
     """(TR, TOTAL, tiles, TC) of a call: rows, elements or pixels per tile and in all, and output
-    channels per tile (pointwise with VNNI; else 0). Shapes only."""
+    channels per tile (VNNI pointwise and depthwise; else 0). Shapes only."""
     if kind in (PW_VNNI, PW):
         rows = args[-1].shape[0]                              # y (P, Cout)
         tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * 128)))
@@ -239,7 +249,18 @@ def _tiling(kind, args):
         col_tiles = min(width // 16, max(1, -(-8 // row_tiles)))
         tc = 16 * -(-width // (16 * col_tiles))
         return tr, rows, row_tiles * -(-width // tc), tc
-    if kind in (DEPTHWISE, DEPTHWISE_VNNI, IM2COL):
+    if kind == DEPTHWISE_VNNI:
+        y = args[-1]                                          # (N, Ho, Wo, C)
+        rows, kh = y.shape[0] * y.shape[1], args[2].shape[1]  # words (C / 16, KH, ...)
+        # tiles of at least 4 KH rows where the map has them (each input row rewritten about
+        # (4 KH + KH - 1) / 4 KH times), at least 8 tiles in all where the channels allow
+        tr = max(-(-rows // 128), min(rows, 4 * kh))
+        row_tiles = -(-rows // tr)
+        blocks = -(-y.shape[3] // 16)
+        col_tiles = min(blocks, max(1, -(-8 // row_tiles)))
+        tc = 16 * -(-blocks // col_tiles)
+        return tr, rows, row_tiles * -(-y.shape[3] // tc), tc
+    if kind in (DEPTHWISE, IM2COL):
         out = args[-1]                                        # y or cols (N, Ho, Wo, C)
         rows = out.shape[0] * out.shape[1]
         tr = max(1, -(-rows // 128))
