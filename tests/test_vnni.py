@@ -210,10 +210,13 @@ def test_one_pixel_sums_in_four_chains_match_the_reference(cin, cout):
 
 @needs_vnni
 @pytest.mark.parametrize("cin, k, stride, padding, dilation", [(3, 3, 2, (0, 1, 0, 1), 1), (24, 3, 1, (1, 1, 1, 1), 1),
-                                                              (5, 5, 2, (2, 1, 1, 2), 1), (4, 3, 1, (2, 2, 2, 2), 2)])
+                                                              (5, 5, 2, (2, 1, 1, 2), 1), (4, 3, 1, (2, 2, 2, 2), 2),
+                                                              (2, 3, 1, (0, 0, 0, 0), 1), (8, 2, 1, (0, 1, 0, 1), 1)])
 def test_standard_convolution_reads_its_receptive_fields_in_the_kernel(cin, k, stride, padding, dilation, monkeypatch):
     # no gathered copy: the VNNI kernel makes its words from x, for any range of output pixels
-    # (ranges that start and end inside an output row and cross from one image to the next)
+    # (ranges that start and end inside an output row and cross from one image to the next);
+    # kernel rows of up to 16 bytes (the stem's 9; 6; 16) copied 16 bytes at a time, but for the
+    # last pixels, whose 16 bytes would pass the end of x (no padding at the bottom right)
     monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")
     rng = np.random.default_rng(cin * k)
     x, w = _int8(rng, (2, 9, 11, cin)), _int8(rng, (k, k, cin, 24))

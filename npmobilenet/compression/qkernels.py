@@ -31,8 +31,9 @@ import numpy as np
 from npmobilenet import config
 from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
-    add16, broadcast16, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16, multiply16, requantize16,
-    requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8, store64_int8, sub16, unsigned64,
+    add16, broadcast16, copy16_unsigned, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16,
+    multiply16, requantize16, requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8,
+    store64_int8, sub16, unsigned64,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial, njit_serial_strict
 from npmobilenet.ops.depthwise_rows import _interior_columns
@@ -439,7 +440,7 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
     # bytes past Cin meet zero weights, so need no zeroing (a zeroed 64-row buffer, made per tile,
     # had cost a one-pixel layer of K = 576 most of its time)
     chunk_rows = -(-min(VNNI_CHUNK_ROWS, row_end - row_start) // VNNI_TILE_ROWS) * VNNI_TILE_ROWS
-    x_u8 = np.empty(chunk_rows * groups * 4, np.uint8)
+    x_u8 = np.empty(chunk_rows * groups * 4 + 16, np.uint8)      # 16 bytes for `_field_words`' last copy
     x_words, x_i8, x_flat = x_u8.view(np.int32), x_u8.view(np.int8), x.reshape(x.size)
     acc = np.empty(VNNI_TILE_ROWS * 16, np.int32)
     for p0 in range(row_start, row_end, VNNI_CHUNK_ROWS):
@@ -551,8 +552,12 @@ def _field_words(x, field, x_u8, p0, rows, groups):
     # each pixel's receptive field from x (N*H*W, Cin), plus 128. Taken an output row's run of
     # pixels at a time: the pixels whose field lies wholly inside x (dilation 1, KW*Cin <= 64)
     # copy their KH rows in a loop of their own, three instructions a row (the stem: 9 bytes);
-    # the others go through `_gather_field`, in another loop (one loop through `_gather_field`
-    # for every pixel took the stem's words 140 us per 224x224 image, these two loops 84).
+    # the others go through `_gather_field`, in another loop after it (one loop through
+    # `_gather_field` for every pixel took the stem's words 140 us per 224x224 image, these two
+    # loops 84). Where a kernel row is at most 16 bytes, each is one plain 16-byte copy whose
+    # bytes past the row are overwritten by the next row, the next pixel's words (written after
+    # it: the border pixels' gathers come last) or, at the field's end, meet zero weights (the
+    # masked 64-byte copies, on this CPU, took most of those 84 us); x_u8 has 16 bytes to spare.
     h, wd, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, zx = (field[0], field[1], field[2], field[3], field[4], field[5],
                                                          field[6], field[7], field[8], field[9], field[10], field[11],
                                                          field[12])
@@ -569,16 +574,22 @@ def _field_words(x, field, x_u8, p0, rows, groups):
         inside = dw == 1 and run <= 64 and ih0 >= 0 and ih0 + (kh - 1) * dh < h
         a = max(lo, ow) if inside else ow
         b = max(a, min(hi, ow + count)) if inside else ow
+        for c in range(a, b):
+            src, o = ((n * h + ih0) * wd + c * sw - pl) * cin, (r + c - ow) * stride
+            if run <= 16 and src + (kh - 1) * step + 16 <= xf.size:      # the last copy's 16 bytes inside x
+                for i in range(kh):
+                    copy16_unsigned(words, o, xf, src)
+                    src += step
+                    o += run
+            else:
+                for i in range(kh):
+                    store64_int8(words, o, unsigned64(load64_int8(xf, src, run)), run)
+                    src += step
+                    o += run
         for c in range(ow, ow + count):
             if c < a or c >= b:
                 _gather_field(xf, h, wd, cin, n, oh, c, kh, kw, sh, sw, pt, pl, dh, dw, zx, True, words,
                               (r + c - ow) * stride)
-        for c in range(a, b):
-            src, o = ((n * h + ih0) * wd + c * sw - pl) * cin, (r + c - ow) * stride
-            for i in range(kh):
-                store64_int8(words, o, unsigned64(load64_int8(xf, src, run)), run)
-                src += step
-                o += run
         r += count
         ow += count
         if ow == wo:

@@ -486,6 +486,27 @@ def unsigned64(typingctx, v):
 
 
 @intrinsic
+def copy16_unsigned(typingctx, dst, d, src, s):
+    """dst[d:d + 16] = src[s:s + 16] + 128 (the sign bit flipped), int8 arrays, flat indices: one
+    plain 16-byte load and store, for copies whose bytes past the ones wanted may be overwritten
+    and read (both ranges inside their arrays: the caller checks)."""
+    if not (_int8_array(dst) and _int8_array(src) and isinstance(d, types.Integer) and isinstance(s, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i8x16 = ir.VectorType(ir.IntType(8), LANES)
+        dst_at = builder.bitcast(_element(context, builder, signature, args[0], args[1]), i8x16.as_pointer())
+        src_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        src_at = builder.bitcast(builder.gep(src_data, [context.cast(builder, args[3], signature.args[3], types.intp)]),
+                                 i8x16.as_pointer())
+        value = builder.load(src_at, typ=i8x16, align=1)
+        builder.store(builder.xor(value, ir.Constant(i8x16, [-128] * LANES)), dst_at, align=1)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, src, s), codegen
+
+
+@intrinsic
 def splat64(typingctx, value):
     """An int8 value in all 64 lanes."""
     if not isinstance(value, types.Integer):
