@@ -45,9 +45,15 @@ class ThreadGovernor:
     another process holds a core, one of them may be descheduled for a whole scheduler tick, and
     a network of ~50 layers becomes many times slower than one thread (measured 100 ms against 25
     ms for MobileNetV2 at batch 1 with the load average near 6). So the governor times calls:
-    it keeps the median of the last three call times with `threads` threads and with one, runs
-    the faster, and now and then probes the other (every `probe_interval` calls, doubling up to
+    it keeps the last three call times with `threads` threads and with one, runs the count whose
+    fastest is faster, and now and then probes the other (every `probe_interval` calls, doubling up to
     `max_interval` while the probe confirms the choice, back to the start when it does not).
+
+    The fastest of three, not their median: what the governor must see is a core held by another
+    process, which slows every two-thread call, not a call that a hiccup slowed (a helper
+    descheduled while it holds a tile: 11-14 ms calls of V2 among 4.5-5 ms ones). With the median,
+    two such calls among the first three (13.6 and 14.4 ms, then 5.0, in one trace of
+    `benchmarks/int8_latency.py`'s blocks) sent V2 to one thread until a probe brought it back.
 
     The first call after a (re)start is not counted: it pays for allocating the plan's buffers.
     Then each count is measured three times, alternately, before the first choice: single early
@@ -76,8 +82,8 @@ class ThreadGovernor:
 
     @property
     def estimate(self):
-        """thread count -> median seconds per call of its recent samples."""
-        return {n: sorted(v)[(len(v) - 1) // 2] for n, v in self.samples.items() if v}
+        """thread count -> the fastest of its recent samples (seconds per call)."""
+        return {n: min(v) for n, v in self.samples.items() if v}
 
     def choose(self, threads):
         if threads <= 1:
