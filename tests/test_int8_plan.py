@@ -178,10 +178,6 @@ def test_op_table_runs_every_kernel_in_tiles(use_vnni, monkeypatch):
                 qkernels.add_int8_call(b["look"], 4, ma, sa, b["res"], -9, mb, sb, 20, 2, my, sy, -128, 127, b["add"]),
                 qkernels.channel_scale_int8_call(b["add"], 1, b["gate"], -3, *quantize_multiplier(0.01), 6, b["scaled"]),
                 qkernels.mean_int8_call(b["scaled"], 6, *quantize_multiplier(1 / (h * w)), -1, b["mean"])])
-    program = qprogram.build(calls, arena)
-    assert program is not None and all(tiles > 1 for tiles in program.ops[1:, qprogram.TILES])
-    whole = program.arena.view(np.int8)
-    out = {name: whole[arena.offset(a):arena.offset(a) + a.size].reshape(a.shape) for name, a in b.items()}
     expected = {"conv": qreference.conv2d(x3, 5, wt3, *conv_args, *geometry),
                 "dw": qreference.depthwise_conv2d(b["x"], 3, wdw, *dw_args, (1, 1), (1, 1, 1, 1), (1, 1))}
     expected["pw"] = qreference.pointwise(expected["dw"].reshape(-1, c), -7, wpw, *pw_args).reshape(shapes["pw"])
@@ -189,12 +185,23 @@ def test_op_table_runs_every_kernel_in_tiles(use_vnni, monkeypatch):
     expected["add"] = qreference.add(expected["look"], 4, ma, sa, b["res"], -9, mb, sb, 20, 2, my, sy)
     expected["scaled"] = qreference.channel_scale(expected["add"], 1, b["gate"], -3, *quantize_multiplier(0.01), 6)
     expected["mean"] = qreference.mean(expected["scaled"], 6, *quantize_multiplier(1 / (h * w)), -1)
-    for threads in (1, 2, 1):
-        for name in expected:
-            out[name][...] = 0
-        program.run(threads)
-        for name, want in expected.items():
-            assert np.array_equal(out[name], want), (name, threads)
+    tiles = {}
+    # tiled for two workers (every kind in several tiles) and for one (fewer, larger tiles: the
+    # same integers); each table run on one and on two threads
+    for workers in (2, 1):
+        program = qprogram.build(calls, arena, workers)
+        assert program is not None
+        tiles[workers] = program.ops[:, qprogram.TILES]
+        whole = program.arena.view(np.int8)
+        out = {name: whole[arena.offset(a):arena.offset(a) + a.size].reshape(a.shape) for name, a in b.items()}
+        for threads in (1, 2, 1):
+            for name in expected:
+                out[name][...] = 0
+            program.run(threads)
+            for name, want in expected.items():
+                assert np.array_equal(out[name], want), (name, workers, threads)
+    assert all(t > 1 for t in tiles[2][1:])
+    assert np.all(tiles[1] <= tiles[2]) and tiles[1].sum() < tiles[2].sum()
 
 
 def test_op_table_declines_a_call_it_has_no_kernel_for():

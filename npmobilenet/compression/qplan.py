@@ -8,7 +8,8 @@ out. The kernels are the ones `evaluate` runs, so the bits are the same.
 
 Threads: the calls are then written into an op table (`qprogram.py`) that the caller and helper
 threads run together, as the float model's, when every call has a table kernel (all but the
-exact float32 paths); otherwise the calls run in turn from Python, each kernel parallel on its own.
+exact float32 paths), its tiles sized for the configured thread count (fewer and larger for one
+thread); otherwise the calls run in turn from Python, each kernel parallel on its own.
 
 Fusion: where VNNI is enabled, a pointwise layer whose output only a residual add reads, right
 after it, writes the add's output directly (`qkernels.pointwise_int8_call` with a residual): the
@@ -86,7 +87,8 @@ class Int8Plan:
                 continue
             self.calls += op.calls(xs, zero_points, self.buffers[op.output], float_kernels)
             k += 1
-        self.program = qprogram.build(self.calls, arena) if table else None
+        # tiled for the configured threads (`qmodel.plan` keys its plans by them)
+        self.program = qprogram.build(self.calls, arena, config.get_num_threads()) if table else None
         if self.program is not None:
             # the table runs on its own arena (the activations' bytes first, then the constants)
             whole = self.program.arena.view(np.int8)

@@ -235,9 +235,18 @@ def _table_kernel(kernel, args):
     return kernel, args[:len(argtypes)]
 
 
-def _tiling(kind, args):
+def _tiling(kind, args, workers=2):
     """(TR, TOTAL, tiles, TC) of a call: rows, elements or pixels per tile and in all, and output
-    channels per tile (VNNI pointwise and depthwise; else 0). Shapes only."""
+    channels per tile (VNNI pointwise and depthwise; else 0). Shapes and `workers` only.
+
+    For several workers, tiles small enough to share a layer of few pixels (at least 8 tiles
+    where the channels allow: a 7x7 layer split by its channels) and to even out the threads'
+    finishing times before each op. For one worker (`_one_worker_tiling`), fewer and larger
+    tiles: the sharing buys nothing there, and every tile costs its start (the table's dispatch,
+    rebuilding its arguments) and, in a pointwise or depthwise layer split by channels or rows,
+    rereading or rewriting its input. The integers do not depend on the tiling."""
+    if workers == 1 and kind in (PW_VNNI, DEPTHWISE_VNNI, LOOKUP, LOOKUP_VBMI, ADD, CHANNEL_SCALE):
+        return _one_worker_tiling(kind, args)
     if kind in (PW_VNNI, PW):
         rows = args[-1].shape[0]                              # y (P, Cout)
         tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * 128)))
@@ -276,9 +285,33 @@ def _tiling(kind, args):
     return tr, hw, n * -(-hw // tr), 0
 
 
-def build(calls, arena):
+def _one_worker_tiling(kind, args):
+    """`_tiling` for one worker: every channel of a pointwise or depthwise layer in one tile, at
+    most 16 tiles of rows (a depthwise tile at least 4 KH rows); lookups and adds in at most 8
+    tiles of at least 16384 elements; SE's channel scale in at most 8 tiles of at least 1024
+    pixels per image."""
+    if kind == PW_VNNI:
+        rows, width = args[-1].shape[0], args[2].shape[0]
+        tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * 16)))
+        return tr, rows, -(-rows // tr), 16 * -(-width // 16)
+    if kind == DEPTHWISE_VNNI:
+        y = args[-1]
+        rows, kh = y.shape[0] * y.shape[1], args[2].shape[1]
+        tr = max(-(-rows // 16), min(rows, 4 * kh))
+        return tr, rows, -(-rows // tr), 16 * -(-y.shape[3] // 16)
+    if kind in (LOOKUP, LOOKUP_VBMI, ADD):
+        size = args[0].size
+        tr = max(16384, -(-size // (8 * 64)) * 64)
+        return tr, size, max(1, -(-size // tr)), 0
+    n, hw = args[0].shape[:2]                                 # CHANNEL_SCALE
+    tr = max(1024, -(-hw // 8))
+    return tr, hw, n * -(-hw // tr), 0
+
+
+def build(calls, arena, workers=2):
     """A `Program` of `calls` (from `qplan.Int8Plan`, whose buffers are `arena`'s), or None when a
-    call has no table kernel. Constants are copied into a new arena that includes the old one."""
+    call has no table kernel, tiled for `workers` threads (`_tiling`; any number of threads can
+    run it). Constants are copied into a new arena that includes the old one."""
     rows, constants = [], {}                  # (data pointer, nbytes) -> its copy's byte offset
     extra = 0
     for kernel, args in calls:
@@ -295,7 +328,7 @@ def build(calls, arena):
     for kernel, args in calls:
         kernel, args = _table_kernel(kernel, args)
         kind = KERNELS[kernel][0]
-        tr, total, tiles, tc = _tiling(kind, args)
+        tr, total, tiles, tc = _tiling(kind, args, workers)
         row = np.full(ARGS + SLOT * MAX_ARGS, -1, np.int64)
         row[[KIND, TC, TILES, TR, TOTAL]] = kind, tc, tiles, tr, total
         for i, a in enumerate(args):
