@@ -1,6 +1,7 @@
 """int8 against fused float32 latency at 224x224: integer-only, on the float kernels, and float.
 
     python benchmarks/int8_latency.py --threads 1,2 --batch 1,32 --repeat 15
+    python benchmarks/int8_latency.py --tiling [ARCH ...]
 
 For each architecture: a random-weight model, quantized per channel on a few random images (the
 latency does not depend on the weights), timed at each batch size three ways, in three rounds of blocks
@@ -16,6 +17,10 @@ variants give the same int8 logits.
 `--scaling` times only the int8 model (integer-only, its op table) on 1 and on 2 threads, in
 alternating blocks, and prints the speed-up of the second thread.
 
+`--tiling` times, on one thread, the int8 table tiled for one thread (what a process configured for
+one thread runs) against the same model's table tiled for two (`qprogram._tiling`), three plans of
+each (their arenas lie apart: a plan's placement moved its time by a few percent), in alternating
+blocks.
 `--onnxruntime` also times ONNX Runtime, same threads, same loop, on the float model exported by
 `export_onnx` and on the int8 model exported in QDQ form (which ONNX Runtime runs on its own
 integer kernels, QLinearConv and QGemm): the peer's view of int8 against float on this machine.
@@ -92,6 +97,32 @@ def scaling(arch, batch, repeat, rounds=5, seed=0):
     return tuple(float(np.median(times[t])) * 1e3 for t in (1, 2))
 
 
+def tiling(arch, batch, repeat, plans=3, seed=0):
+    """{tiling: [ms of each plan]} on one thread: tables tiled for 1 and for 2 workers."""
+    import npmobilenet
+    from npmobilenet import config, quantize
+    from npmobilenet.compression.qplan import Int8Plan
+
+    model = npmobilenet.build(arch, seed=seed).eval()
+    images = np.random.default_rng(seed).uniform(-1, 1, (max(4, batch), 224, 224, 3)).astype(np.float32)
+    qmodel = quantize(model, images[:4])
+    xq = qmodel.quantize_input(images[:batch])
+    threads, built = config.get_num_threads(), []
+    try:
+        for i in range(plans):
+            for workers in (1, 2):
+                config.set_num_threads(workers)       # the plan's table is tiled for the configured count
+                built.append((f"{workers} {i}", Int8Plan(qmodel, xq.shape)))
+    finally:
+        config.set_num_threads(threads)
+    results = {plan.run(xq, 1).tobytes() for _, plan in built}
+    if len(results) != 1:
+        raise AssertionError(f"{arch}: the tilings gave different int8 logits")
+    times = blocked_times([(name, lambda plan=plan: plan.run(xq, 1)) for name, plan in built], repeat * 2 * plans,
+                          rounds=8, warmup=1)
+    return {workers: [float(np.median(times[f"{workers} {i}"])) * 1e3 for i in range(plans)] for workers in (1, 2)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="*", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
@@ -99,9 +130,20 @@ def main(argv=None):
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime on the float and QDQ exports")
+    parser.add_argument("--tiling", action="store_true",
+                        help="only the table tiled for one thread against the one tiled for two, on one thread")
     parser.add_argument("--scaling", action="store_true",
                         help="only the int8 model alone on 1 and 2 threads (its op table), in alternating blocks")
     args = parser.parse_args(argv)
+    if args.tiling:
+        print("| model | batch | tiled for 1 thread, ms per plan | tiled for 2, ms per plan | ratio of medians |")
+        print("|---|---|---|---|---|")
+        for batch in (int(b) for b in args.batch.split(",")):
+            for arch in args.archs:
+                r = tiling(arch, batch, args.repeat)
+                one, two = (" ".join(f"{t:.2f}" for t in r[w]) for w in (1, 2))
+                print(f"| {arch} | {batch} | {one} | {two} | {np.median(r[1]) / np.median(r[2]):.2f} |", flush=True)
+        return
     if args.scaling:
         print("| model | batch | 1 thread ms | 2 threads ms | speed-up |\n|---|---|---|---|---|")
         for batch in (int(b) for b in args.batch.split(",")):
