@@ -1,16 +1,16 @@
 """The fused model with the AVX-512 register tiles against the same model without them.
 
-    python benchmarks/register_tile.py [--threads 1] [--batch 1] [--rounds 30] [--depthwise] [ARCH ...]
+    python benchmarks/register_tile.py [--threads 1] [--batch 1] [--rounds 30] [--depthwise [--kernel 3]] [ARCH ...]
 
 Pointwise layers and the gathered-block standard convolutions run `ops/matmul_avx512.py`'s
 register tile where the CPU has AVX-512; NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's SGEMM plus the
-epilogue pass. With `--depthwise`, only the 5x5 depthwise layers differ: `ops/depthwise_avx512.py`'s
-register tile against `ops/depthwise.py`'s loop tile (`FusedDepthwise(packed=False)`). Both fused
+epilogue pass. With `--depthwise`, only the depthwise layers differ: `ops/depthwise_avx512.py`'s
+register tile against `ops/depthwise.py`'s loop tile (`FusedDepthwise(packed=False)`), with
+`--kernel 3` or `--kernel 5` only the layers of that kernel size. Both fused
 models are built in one process and timed in alternating blocks of 3 calls, the order swapped
 every round; medians per image, the ratio register tile / other, and the largest difference of
 their outputs.
 """
-import functools
 import argparse
 import os
 import time
@@ -20,7 +20,7 @@ import numpy as np
 DEFAULT = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4_conv_small"]
 
 
-def fused(model, register_tile, depthwise_only=False):
+def fused(model, register_tile, depthwise_only=False, kernel=None):
     if depthwise_only:
         from unittest import mock
 
@@ -29,7 +29,12 @@ def fused(model, register_tile, depthwise_only=False):
 
         if register_tile:
             return model.fuse()
-        with mock.patch.object(lowering, "FusedDepthwise", functools.partial(FusedDepthwise, packed=False)):
+        def loop_tile(name, inputs, outputs, weight, *args, **kwargs):
+            # `kernel`: only those layers on the loop tile, the others as fuse() chooses
+            packed = None if kernel is not None and weight.shape[0] != kernel else False
+            return FusedDepthwise(name, inputs, outputs, weight, *args, packed=packed, **kwargs)
+
+        with mock.patch.object(lowering, "FusedDepthwise", loop_tile):
             return model.fuse()
     previous = os.environ.get("NPMOBILENET_NO_AVX512")
     os.environ["NPMOBILENET_NO_AVX512"] = "0" if register_tile else "1"
@@ -49,7 +54,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--depthwise", action="store_true",
-                        help="compare the 5x5 depthwise register tile against the loop tile, all else the same")
+                        help="compare the depthwise register tile against the loop tile, all else the same")
+    parser.add_argument("--kernel", type=int, choices=(3, 5),
+                        help="with --depthwise: only the layers of this kernel size differ")
     args = parser.parse_args(argv)
 
     import npmobilenet
@@ -59,12 +66,14 @@ def main(argv=None):
         raise SystemExit("this CPU has no AVX-512: the fused model uses OpenBLAS's tiles only")
     x = np.random.default_rng(0).standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
     print(f"batch {args.batch}, {args.threads} thread(s), 224x224, ms per image (median of {args.rounds} blocks)")
-    other = "5x5 depthwise loop tile" if args.depthwise else "OpenBLAS tiles"
+    sizes = f"{args.kernel}x{args.kernel}" if args.kernel else "3x3 and 5x5"
+    other = f"{sizes} depthwise loop tile" if args.depthwise else "OpenBLAS tiles"
     print(f"| model | register tile | {other} | ratio | max difference |")
     print("|---|---|---|---|---|")
     for arch in args.arch:
         model = npmobilenet.build(arch, seed=0).eval()
-        engines = {"register": fused(model, True, args.depthwise), "other": fused(model, False, args.depthwise)}
+        engines = {"register": fused(model, True, args.depthwise),
+                   "other": fused(model, False, args.depthwise, args.kernel)}
         times = {name: [] for name in engines}
         outputs = {}
         for name, engine in engines.items():

@@ -6,6 +6,8 @@ run both serial and parallel, through OpenBLAS's SGEMM and through the Numba mat
 convolution kernels are the tiles of `npmobilenet.ops` with their epilogues (bias, activation,
 residual, SE); training's tests (test_ops_*.py) run the same tiles without one.
 """
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -211,41 +213,69 @@ def test_depthwise_tile_matches_reference(g):
 @pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
 @given(n=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 30), channels=st.integers(1, 72),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 3)] * 4),
-       activation=st.sampled_from(list(ACTIVATION)))
-def test_depthwise_5x5_register_tile_matches_reference(n, h, w, channels, stride, padding, activation):
-    # ops.depthwise_avx512: zero-padded input rows, output rows in register blocks of 8 pixels
-    # (the last block overlapping; rows narrower than 8 in one block); channel counts ending in a
-    # 16-lane, 8-lane or masked vector; strides 1 and 2 each way; serial and parallel bit for bit
+       activation=st.sampled_from(list(ACTIVATION)), kernel=st.sampled_from([3, 5]))
+def test_depthwise_register_tile_matches_reference(n, h, w, channels, stride, padding, activation, kernel):
+    # ops.depthwise_avx512, 3x3 and 5x5: output rows in register blocks of 8 pixels (the last
+    # block overlapping), borders and narrow rows by clamped taps or (5x5, stride 1) from
+    # zero-padded input rows in one block; channel counts ending in a 16-lane, 8-lane or masked
+    # vector; strides 1 and 2 each way; serial and parallel bit for bit
     pt, pb, pl, pr = padding
-    h, w = max(h, 5 - pt - pb), max(w, 5 - pl - pr)
+    h, w = max(h, kernel - pt - pb), max(w, kernel - pl - pr)
     rng = np.random.default_rng(14)
-    x, wt, b = data(rng, n, h, w, channels), data(rng, 5, 5, channels), data(rng, channels)
+    x, wt, b = data(rng, n, h, w, channels), data(rng, kernel, kernel, channels), data(rng, channels)
     y, sums = kernels.depthwise_conv(x, wt, b, activation, stride, padding, with_row_sums=True, packed=True)
     expected = ACTIVATION[activation](reference.depthwise_conv2d(
         x.astype(np.float64), wt.astype(np.float64), stride=stride, padding=((pt, pb), (pl, pr))) + b)
-    assert_close(y, expected, "5x5 depthwise register tile")
+    assert_close(y, expected, f"{kernel}x{kernel} depthwise register tile")
     assert_close(sums, expected.sum(axis=2), "its row sums")
     serial = kernels.depthwise_conv(x, wt, b, activation, stride, padding, parallel=False, packed=True)
     assert np.array_equal(serial, y)
 
 
-def test_depthwise_register_tile_takes_5x5_kernels_only():
+def test_depthwise_register_tile_takes_5x5_and_3x3_kernels():
     from npmobilenet.inference.layers import FusedDepthwise
+    from npmobilenet.ops import matmul_avx512
 
     x, b = np.zeros((1, 8, 8, 4), np.float32), np.zeros(4, np.float32)
     if has_avx512():
+        with pytest.raises(ValueError, match="packed=True takes a 5x5 kernel, or a 3x3 one at strides 1 and 2"):
+            kernels.depthwise_conv(x, np.zeros((3, 3, 4), np.float32), b, stride=3, packed=True)
         with pytest.raises(ValueError, match="packed=True takes a 5x5 kernel"):
-            kernels.depthwise_conv(x, np.zeros((3, 3, 4), np.float32), b, packed=True)
-    with pytest.raises(ValueError, match="register tile takes 5x5 kernels, got \\(3, 3\\)"):
-        FusedDepthwise("dw", ("x",), ("y",), np.zeros((3, 3, 4), np.float32), b, None, (1, 1), (1, 1, 1, 1),
-                       packed=True)
-    # by default only 5x5 layers take it, and only where the register tiles are enabled (AVX-512)
-    from npmobilenet.ops import matmul_avx512
+            kernels.depthwise_conv(x, np.zeros((7, 7, 4), np.float32), b, packed=True)
 
-    assert not FusedDepthwise("dw", ("x",), ("y",), np.zeros((3, 3, 4), np.float32), b, None, (1, 1),
-                              (1, 1, 1, 1)).packed
-    assert FusedDepthwise("dw", ("x",), ("y",), np.zeros((5, 5, 4), np.float32), b, None, (1, 1),
-                          (2, 2, 2, 2)).packed == matmul_avx512.enabled()
+    def layer(kernel, stride=(1, 1), dilation=(1, 1), packed=None):
+        return FusedDepthwise("dw", ("x",), ("y",), np.zeros((*kernel, 4), np.float32), b, None, stride, (1, 1, 1, 1),
+                              dilation, packed=packed)
+
+    for kernel, stride, dilation in (((3, 3), (3, 3), (1, 1)), ((3, 3), (1, 1), (2, 2)), ((7, 7), (1, 1), (1, 1))):
+        with pytest.raises(ValueError, match=re.escape(f"got {kernel}, stride {stride}, dilation {dilation}")):
+            layer(kernel, stride, dilation, packed=True)
+        assert not layer(kernel, stride, dilation).packed
+    # by default 5x5 and 3x3 layers take it where the register tiles are enabled (AVX-512)
+    assert layer((5, 5)).packed == matmul_avx512.enabled()
+    assert layer((3, 3), (2, 2)).packed == matmul_avx512.enabled()
+
+
+@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+def test_packed_3x3_depthwise_layer_runs_the_register_tile_on_wide_and_narrow_maps():
+    # 14x14 rows (12 interior pixels: blocks read x, borders by clamped taps) and 7x7 ones (5:
+    # every pixel by clamped taps), without a workspace, in the op table's row and through `call`
+    from npmobilenet.inference.layers import FusedDepthwise
+    from npmobilenet.inference.program import DEPTHWISE_3X3_BLOCKS, RUN, _slot
+
+    rng = np.random.default_rng(16)
+    w, b = data(rng, 3, 3, 24), data(rng, 24)
+    layer = FusedDepthwise("dw", ("x",), ("y",), w, b, "relu6", (1, 1), (1, 1, 1, 1), packed=True)
+    layer.param_offsets = {"weight_tiled": 0, "bias_tiled": 0}
+    for size in (7, 14):
+        shapes = [(1, size, size, 24)]
+        (row,) = layer.program_ops([0, 1, 2], shapes)
+        assert row[RUN] == 0 and _slot(row) == DEPTHWISE_3X3_BLOCKS and layer.workspace_shapes(shapes) == []
+        x, y = data(rng, 1, size, size, 24), np.empty((1, size, size, 24), np.float32)
+        kernel, args = layer.call([x, y], False, 0)
+        kernel(*args)
+        expected = np.clip(reference.depthwise_conv2d(x.astype(np.float64), w.astype(np.float64), padding=1) + b, 0, 6)
+        assert_close(y, expected, f"packed 3x3 on {size}x{size}")
 
 
 @pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")

@@ -12,8 +12,8 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   AVX-512, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
   `ops.conv_packed.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
   summed and finished in registers (`ops/matmul_avx512.py`; `packed=True` below), and
-  `ops.depthwise_avx512.DEPTHWISE_5X5_FORWARD` for 5x5 depthwise layers (blocks of 8 pixels by
-  16 channels in registers).
+  `ops.depthwise_avx512`'s kernels for 5x5 depthwise layers and 3x3 ones at strides 1 and 2
+  (blocks of 8 pixels by 16 channels in registers).
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
 The tiling (`tiling.py`, and the ops' own rules) depends on shapes only, so every output element
@@ -131,8 +131,9 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
     """act(depthwise(x, w) + bias). x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
 
     stride: int or (sh, sw); padding: int or (top, bottom, left, right). With `with_row_sums`,
-    also returns the sums over each output row, (N, Ho, C). With `packed` (a CPU with AVX-512,
-    a 5x5 kernel), the tile fused inference runs there (`ops.depthwise_avx512`).
+    also returns the sums over each output row, (N, Ho, C). With `packed` (a CPU with AVX-512;
+    a 5x5 kernel, or a 3x3 one at strides 1 and 2), the register tile fused inference runs there
+    (`ops.depthwise_avx512`).
     """
     x = _f32("x", x, 4, "(N, H, W, C)")
     w = _f32("w", w, 3, "(KH, KW, C)")
@@ -146,12 +147,18 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
     sums = np.empty((n, ho, c), np.float32) if with_row_sums else NO_ROW_SUMS
     if packed:
         _check_avx512()
-        if w.shape[:2] != (5, 5):
-            raise ValueError(f"packed=True takes a 5x5 kernel, got w of shape {w.shape}")
-        workers = get_num_threads() if parallel else 1
-        workspace = np.empty((workers, depthwise_avx512.workspace_elements(ho, wo, c, sh, sw, 1, 1)), np.float32)
-        _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel, x, np.ascontiguousarray(w.reshape(25, c)), 5, 5, bias,
-             activation_code(activation), sums, sh, sw, pt, pl, 1, 1, y, workspace)
+        if not depthwise_avx512.takes(w.shape[:2], (sh, sw), (1, 1)):
+            raise ValueError(f"packed=True takes a 5x5 kernel, or a 3x3 one at strides 1 and 2; got w of shape "
+                             f"{w.shape}, stride {(sh, sw)}")
+        k = w.shape[0]
+        args = (x, np.ascontiguousarray(w.reshape(k * k, c)), k, k, bias, activation_code(activation), sums, sh, sw,
+                pt, pl, 1, 1, y)
+        if k == 3:
+            _run(depthwise_avx512.DEPTHWISE_3X3_FORWARD, parallel, *args)
+        else:
+            workers = get_num_threads() if parallel else 1
+            workspace = np.empty((workers, depthwise_avx512.workspace_elements(ho, wo, c, sh, sw, 1, 1)), np.float32)
+            _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel, *args, workspace)
         return (y, sums) if with_row_sums else y
     pixels = depthwise_ops.tile_pixels(c, sw)
     _run(DEPTHWISE, parallel, x, depthwise_ops.tiled_weight(w, pixels), w.shape[0], w.shape[1], np.tile(bias, pixels),

@@ -262,9 +262,10 @@ class FusedDepthwise(_Windowed):
 
     outputs: (y,) or (y, row_sums). weight (KH, KW, C). The kernel reads the weight and bias
     repeated for the pixels of one run (`ops.depthwise.tiled_weight`): `weight_tiled`,
-    `bias_tiled`, the arrays packed with the parameters. With `packed` (the default for 5x5
-    kernels where `ops.matmul_avx512.enabled()`), the kernel is `ops.depthwise_avx512`'s register
-    tile, on runs of one pixel (the weight (25, C) and bias as they are).
+    `bias_tiled`, the arrays packed with the parameters. With `packed` (the default where
+    `ops.matmul_avx512.enabled()` for 5x5 kernels, and for 3x3 ones at strides 1 and 2 without
+    dilation), the kernel is `ops.depthwise_avx512`'s register tile, on runs of one pixel (the
+    weight (KH*KW, C) and bias as they are).
     """
 
     kind = "depthwise"
@@ -275,10 +276,12 @@ class FusedDepthwise(_Windowed):
         self.weight, self.bias, self.activation = weight, bias, activation
         self.stride, self.padding, self.dilation = stride, padding, tuple(dilation)
         self.kernel_shape = tuple(weight.shape)
-        five = self.kernel_shape[:2] == (5, 5)
-        self.packed = (matmul_avx512.enabled() and five) if packed is None else bool(packed)
-        if self.packed and not five:
-            raise ValueError(f"{name}: the depthwise register tile takes 5x5 kernels, got {tuple(weight.shape[:2])}")
+        registers = depthwise_avx512.takes(self.kernel_shape[:2], stride, self.dilation)
+        self.packed = (matmul_avx512.enabled() and registers) if packed is None else bool(packed)
+        if self.packed and not registers:
+            raise ValueError(f"{name}: the depthwise register tile takes 5x5 kernels, and 3x3 ones at strides 1 "
+                             f"and 2 without dilation; got {tuple(weight.shape[:2])}, stride {tuple(stride)}, "
+                             f"dilation {self.dilation}")
         self.run = 1 if self.packed else depthwise_ops.tile_pixels(weight.shape[2], stride[1])
         self.weight_tiled = depthwise_ops.tiled_weight(np.asarray(weight, FLOAT), self.run)
         self.bias_tiled = np.tile(np.asarray(bias, FLOAT), self.run)
@@ -304,13 +307,18 @@ class FusedDepthwise(_Windowed):
         y = self.output_shapes(shapes)[0]
         return 4 * (math.prod(shapes[0]) + math.prod(y)) + self.weight_bytes()
 
+    @property
+    def _padded_rows(self):
+        """Whether the kernel has a workspace (the 5x5 register tile's padded rows; 3x3: none)."""
+        return self.packed and self.kernel_shape[0] == 5
+
     def _workspace(self, shapes):
         """Elements of a worker's block of the register tile's workspace (its padded input rows)."""
         _, ho, wo, c = self.output_shapes(shapes)[0]
         return depthwise_avx512.workspace_elements(ho, wo, c, *self.stride, *self.dilation)
 
     def workspace_shapes(self, shapes):
-        return [(MAX_WORKERS, self._workspace(shapes))] if self.packed else []
+        return [(MAX_WORKERS, self._workspace(shapes))] if self._padded_rows else []
 
     def call(self, tensors, parallel, sgemm):
         x, y = tensors[0], tensors[1]
@@ -321,6 +329,8 @@ class FusedDepthwise(_Windowed):
         args = (x, self.weight_tiled, kh, kw, self.bias_tiled, ACTIVATIONS[self.activation], sums, sh, sw, pt, pl, rh,
                 rw, y)
         if self.packed:
+            if kh == 3:
+                return _pair_kernel(depthwise_avx512.DEPTHWISE_3X3_FORWARD, parallel), args
             return _pair_kernel(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel), args + (tensors[-1],)
         return _pair_kernel(kernels.DEPTHWISE, parallel), args
 
@@ -334,7 +344,8 @@ class FusedDepthwise(_Windowed):
                        XH=h, XW=w, XC=c, Y=offsets[1], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
                        B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl,
                        RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run,
-                       AUX2=offsets[-1] if self.packed else -1, BLOCKS=MAX_WORKERS if self.packed else 0)]
+                       AUX2=offsets[-1] if self._padded_rows else -1,
+                       BLOCKS=MAX_WORKERS if self._padded_rows else 0)]
 
 
 class FusedSqueezeExcite(FusedLayer):

@@ -34,9 +34,9 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   `ops.conv_packed.workspace_rows`).
 - DEPTHWISE: the same with W the tiled weight (KH*KW, RUN*XC) and B the bias repeated RUN times
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
-  RUN 0: a 5x5 kernel in the register tile (`ops.depthwise_avx512`), W (25, XC) and B (XC,) as
-  they are; AUX2: its workspace, BLOCKS blocks (one per worker) of a step's padded input rows
-  (`ops.depthwise_avx512.workspace_elements` each).
+  RUN 0: a 5x5 or 3x3 kernel in the register tile (`ops.depthwise_avx512`), W (KH*KW, XC) and B
+  (XC,) as they are; AUX2 (5x5): its workspace, BLOCKS blocks (one per worker) of a step's padded
+  input rows (`ops.depthwise_avx512.workspace_elements` each).
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
   B2 (XC,); AUX: hidden workspace (N, S); COUNT = positions averaged.
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
@@ -63,13 +63,15 @@ from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
 from npmobilenet.ops.conv_packed import conv_tile_packed, workspace_rows
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
+from npmobilenet.ops.depthwise_avx512 import depthwise_steps_3x3 as depthwise_blocks_3x3
 from npmobilenet.ops.depthwise_avx512 import depthwise_steps_5x5, workspace_elements as depthwise_workspace
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
 KINDS = 8
 # more slots of the address table
-CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, DEPTHWISE_5X5, RUN_TILE = range(KINDS, KINDS + 6)
+CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, DEPTHWISE_5X5, DEPTHWISE_3X3_BLOCKS, RUN_TILE = range(
+    KINDS, KINDS + 7)
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
@@ -103,6 +105,8 @@ TILE_CALLS = {
     DEPTHWISE_3X3: CompiledCall(depthwise_steps_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
     DEPTHWISE_5X5: CompiledCall(depthwise_steps_5x5, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6
                                 + (_A4, _I, _I, _A1)),
+    DEPTHWISE_3X3_BLOCKS: CompiledCall(depthwise_blocks_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6
+                                       + (_A4, _I, _I)),
     SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
@@ -116,14 +120,15 @@ TILE_CALLS = {
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
 _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
 _conv_direct, _depthwise_3x3 = TILE_CALLS[CONV_DIRECT].call, TILE_CALLS[DEPTHWISE_3X3].call
-_depthwise_5x5 = TILE_CALLS[DEPTHWISE_5X5].call
+_depthwise_5x5, _depthwise_3x3_blocks = TILE_CALLS[DEPTHWISE_5X5].call, TILE_CALLS[DEPTHWISE_3X3_BLOCKS].call
 _resize, _pointwise_packed, _conv_packed = (TILE_CALLS[k].call for k in (RESIZE, POINTWISE_PACKED, CONV_PACKED))
 
 
 def _slot(row):
     """The address slot of an op table row: its kind's, but CONV_DIRECT for a convolution without
-    workspace blocks (the stem), DEPTHWISE_5X5 for a 5x5 depthwise convolution in the register
-    tile (RUN 0), DEPTHWISE_3X3 for a 3x3 one, and POINTWISE_PACKED and CONV_PACKED for
+    workspace blocks (the stem), DEPTHWISE_5X5 and DEPTHWISE_3X3_BLOCKS for a 5x5 and a 3x3
+    depthwise convolution in the register tile (RUN 0), DEPTHWISE_3X3 for a 3x3 one in the loop
+    tile, and POINTWISE_PACKED and CONV_PACKED for
     pointwise and standard ones on packed weights (RUN > 0)."""
     if row[KIND] == POINTWISE and row[RUN] > 0:
         return POINTWISE_PACKED
@@ -132,7 +137,7 @@ def _slot(row):
     if row[KIND] == CONV and row[BLOCKS] <= 0:
         return CONV_DIRECT
     if row[KIND] == DEPTHWISE and row[RUN] == 0:
-        return DEPTHWISE_5X5
+        return DEPTHWISE_5X5 if row[KH] == 5 else DEPTHWISE_3X3_BLOCKS
     if row[KIND] == DEPTHWISE and row[KH] == 3 and row[KW] == 3:
         return DEPTHWISE_3X3
     return int(row[KIND])
@@ -179,7 +184,9 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
         args = (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH] * op[KW], run)), op[KH], op[KW],
                 view(params, op[B], (run,)), act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
                 view(arena, op[Y], (n, yh, yw, yc)), t, t + 1)
-        if op[RUN] == 0:
+        if op[RUN] == 0 and op[KH] == 3:
+            _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], args)
+        elif op[RUN] == 0:
             block = depthwise_workspace(yh, yw, yc, op[SH], op[SW], op[RH], op[RW])
             _depthwise_5x5(addresses[DEPTHWISE_5X5], args + (view(arena, op[AUX2] + worker * block, (block,)),))
         elif op[KH] == 3 and op[KW] == 3:

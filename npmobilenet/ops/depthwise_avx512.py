@@ -1,29 +1,29 @@
-"""The 5x5 depthwise forward tile on AVX-512: 8 output pixels by 16 channels in registers.
+"""The 3x3 and 5x5 depthwise forward tiles on AVX-512: 8 output pixels by 16 channels in registers.
 
 `depthwise.depthwise_tile` loops over the channels of runs of pixels and leaves the vectorising
-to LLVM: per output vector it loads each of the 25 input vectors and as many weight vectors, so
-loads, not multiplies, bound it (11 to 19 GMAC/s on V3's and V4's 5x5 layers). Here
+to LLVM: per output vector it loads each of the KH*KW input vectors and as many weight vectors, so
+loads, not multiplies, bound it (11 to 19 GMAC/s on V3's and V4's 5x5 layers), and at stride 2
+with 16 channels (V3-Small's first depthwise layer) it is a loop of 16 trips per pixel. Here
 (`vector16.py`'s 16-lane vectors) a block of 8 neighbouring output pixels of one row by 16
-channels is summed in 8 registers, starting from the bias; a kernel row's five weights are held
-in registers while each input column of that row is loaded once and multiplied into every output
-pixel it reaches (`_row5_s1`: 12 columns for 40 multiply-adds at stride 1; `_row5_s2`: 19 at
-stride 2); the activation is applied before the block's one store. Channel counts that are not a
-multiple of 16 end in a masked vector (8 lanes where 8 or fewer are left). Pixels whose taps reach
-the padding are done as `depthwise.depthwise_tile` does them (clamped taps,
-`depthwise.clamped_borders`); a row whose interior is narrower than 8 pixels (7x7 maps), or a
-dilated kernel, runs `_block_taps`, which loads each tap's input per pixel. Every output is summed
-in the same order (kernel rows, then columns) whichever path, block or thread computes it, so
-results are bitwise identical across thread counts.
+channels is summed in 8 registers, starting from the bias; a kernel row's weights are held in
+registers while each input column of that row is loaded once and multiplied into every output
+pixel it reaches (5x5: `_row5_s1`, 12 columns for 40 multiply-adds at stride 1, `_row5_s2`, 19 at
+stride 2; 3x3: `_row3_s1`, 10 columns for 24, `_row3_s2`, 17); the activation is applied before
+the block's one store. Channel counts that are not a multiple of 16 end in a masked vector.
+Pixels whose taps reach the padding are done as `depthwise.depthwise_tile` does them (clamped
+taps, `depthwise.clamped_borders`), and so is every pixel of a row with fewer than 8 interior
+pixels (7x7 maps) where copying its padded input rows cost more (3x3 kernels; 5x5 ones at stride
+2); the 5x5 tile computes such rows at stride 1 from the step's input rows copied, zero-padded,
+into a workspace, and a dilated 5x5 kernel by `_block_taps`, which loads each tap's input per
+pixel (the 3x3 tile takes strides 1 and 2 without dilation). Every output is summed in the same
+order (kernel rows, then columns) whichever block or thread computes it, so results are bitwise
+identical across thread counts.
 
 Whole fused models with it against the same models with `depthwise.py`'s tile, in one process:
-`python benchmarks/register_tile.py --depthwise` (figures in the README). The same register blocks for 3x3 kernels made
-V2's 3x3 layers 13-36% faster alone but the whole network no faster (its depthwise layers took
-about 1.0 ms in the network either way: bound by moving the expanded tensors, not by loads), and
-cost compile time, so 3x3 kernels keep the loop tile.
-
-Fused inference runs it for 5x5 kernels where the CPU has AVX-512 (`FusedDepthwise`,
-`matmul_avx512.enabled()`), on the weight (25, C) and bias (C,) as they are (`tiled_weight` with
-runs of one pixel).
+`python benchmarks/register_tile.py --depthwise [--kernel 3]` (figures in the README). Fused
+inference runs it where the CPU has AVX-512 (`FusedDepthwise`, `matmul_avx512.enabled()`) for
+every 5x5 layer and every 3x3 one at strides 1 and 2 without dilation, on the weight (KH*KW, C)
+and bias (C,) as they are (`tiled_weight` with runs of one pixel).
 """
 import numpy as np
 from numba import prange
@@ -36,6 +36,13 @@ from npmobilenet.ops.matmul_avx512 import activate
 from npmobilenet.ops.vector16 import LANES, fma, load_part_like, splat, splat8, store_part
 
 PIXELS = 8   # output pixels of one row per block
+
+
+def takes(kernel, stride, dilation):
+    """Whether the register tile computes a depthwise convolution of this `kernel` (KH, KW),
+    `stride` and `dilation`: 5x5 any, 3x3 at strides 1 and 2 without dilation."""
+    kernel, stride, dilation = tuple(kernel), tuple(stride), tuple(dilation)
+    return kernel == (5, 5) or (kernel == (3, 3) and max(stride) <= 2 and dilation == (1, 1))
 
 
 # -- one kernel row, for 8 output pixels: input columns at x.flat[at + k*cs] ---------------------------
@@ -98,6 +105,61 @@ def _row5_s2(x, at, cs, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6, a7, z, c
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
+@njit_inline
+def _row3_s1(x, at, cs, u0, u1, u2, a0, a1, a2, a3, a4, a5, a6, a7, z, count):
+    """A 3-wide kernel row at stride 1: 10 input columns, pixel p reads p..p+2."""
+    x0 = load_part_like(z, x, at, count)
+    x1 = load_part_like(z, x, at + cs, count)
+    x2 = load_part_like(z, x, at + 2 * cs, count)
+    a0 = fma(x2, u2, fma(x1, u1, fma(x0, u0, a0)))
+    x3 = load_part_like(z, x, at + 3 * cs, count)
+    a1 = fma(x3, u2, fma(x2, u1, fma(x1, u0, a1)))
+    x4 = load_part_like(z, x, at + 4 * cs, count)
+    a2 = fma(x4, u2, fma(x3, u1, fma(x2, u0, a2)))
+    x5 = load_part_like(z, x, at + 5 * cs, count)
+    a3 = fma(x5, u2, fma(x4, u1, fma(x3, u0, a3)))
+    x6 = load_part_like(z, x, at + 6 * cs, count)
+    a4 = fma(x6, u2, fma(x5, u1, fma(x4, u0, a4)))
+    x7 = load_part_like(z, x, at + 7 * cs, count)
+    a5 = fma(x7, u2, fma(x6, u1, fma(x5, u0, a5)))
+    x8 = load_part_like(z, x, at + 8 * cs, count)
+    a6 = fma(x8, u2, fma(x7, u1, fma(x6, u0, a6)))
+    x9 = load_part_like(z, x, at + 9 * cs, count)
+    a7 = fma(x9, u2, fma(x8, u1, fma(x7, u0, a7)))
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@njit_inline
+def _row3_s2(x, at, cs, u0, u1, u2, a0, a1, a2, a3, a4, a5, a6, a7, z, count):
+    """A 3-wide kernel row at stride 2: 17 input columns, pixel p reads 2p..2p+2."""
+    x0 = load_part_like(z, x, at, count)
+    x1 = load_part_like(z, x, at + cs, count)
+    x2 = load_part_like(z, x, at + 2 * cs, count)
+    a0 = fma(x2, u2, fma(x1, u1, fma(x0, u0, a0)))
+    x3 = load_part_like(z, x, at + 3 * cs, count)
+    x4 = load_part_like(z, x, at + 4 * cs, count)
+    a1 = fma(x4, u2, fma(x3, u1, fma(x2, u0, a1)))
+    x5 = load_part_like(z, x, at + 5 * cs, count)
+    x6 = load_part_like(z, x, at + 6 * cs, count)
+    a2 = fma(x6, u2, fma(x5, u1, fma(x4, u0, a2)))
+    x7 = load_part_like(z, x, at + 7 * cs, count)
+    x8 = load_part_like(z, x, at + 8 * cs, count)
+    a3 = fma(x8, u2, fma(x7, u1, fma(x6, u0, a3)))
+    x9 = load_part_like(z, x, at + 9 * cs, count)
+    x10 = load_part_like(z, x, at + 10 * cs, count)
+    a4 = fma(x10, u2, fma(x9, u1, fma(x8, u0, a4)))
+    x11 = load_part_like(z, x, at + 11 * cs, count)
+    x12 = load_part_like(z, x, at + 12 * cs, count)
+    a5 = fma(x12, u2, fma(x11, u1, fma(x10, u0, a5)))
+    x13 = load_part_like(z, x, at + 13 * cs, count)
+    x14 = load_part_like(z, x, at + 14 * cs, count)
+    a6 = fma(x14, u2, fma(x13, u1, fma(x12, u0, a6)))
+    x15 = load_part_like(z, x, at + 15 * cs, count)
+    x16 = load_part_like(z, x, at + 16 * cs, count)
+    a7 = fma(x16, u2, fma(x15, u1, fma(x14, u0, a7)))
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
 # -- a block: 8 output pixels x the channels c..c+count ----------------------------------------------------
 @njit_inline
 def _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count):
@@ -126,6 +188,25 @@ def _block_rows(x, r, row, channels, stride, w, c, bias, act, y, q, rows, z, cou
         else:
             a0, a1, a2, a3, a4, a5, a6, a7 = _row5_s2(x, at, channels, u0, u1, u2, u3, u4, a0, a1, a2, a3, a4, a5, a6,
                                                       a7, z, count)
+    _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
+
+
+@njit_inline
+def _block_rows3(x, r, row, channels, stride, w, c, bias, act, y, q, rows, z, count):
+    """`_block_rows` for a 3x3 kernel at stride 1 or 2, dilation 1."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = load_part_like(z, bias, c, count)
+    for i in range(3):
+        at = r + i * row + c
+        k = 3 * i * channels + c
+        u0 = load_part_like(z, w, k, count)
+        u1 = load_part_like(z, w, k + channels, count)
+        u2 = load_part_like(z, w, k + 2 * channels, count)
+        if stride == 1:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _row3_s1(x, at, channels, u0, u1, u2, a0, a1, a2, a3, a4, a5, a6, a7, z,
+                                                      count)
+        else:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _row3_s2(x, at, channels, u0, u1, u2, a0, a1, a2, a3, a4, a5, a6, a7, z,
+                                                      count)
     _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count)
 
 
@@ -209,6 +290,24 @@ def _row_blocks(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
 
 
 @njit_serial
+def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
+    """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, every channel block in
+    16-lane vectors (the last one masked): one block body per stride, where `_row_blocks` has
+    three (full, masked 16-lane, 8-lane), to keep its compile time short."""
+    out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
+    flat_y, flat_w = y.reshape(-1), w.reshape(-1)
+    z16 = splat(np.float32(0))
+    for start in range(lo, hi, PIXELS):
+        ow = max(lo, min(start, hi - PIXELS))
+        rows = min(PIXELS, hi - ow)
+        r = base + (ow - lo) * stride * channels
+        q = ((n * out_h + oh) * out_w + ow) * channels
+        for c in range(0, channels, LANES):
+            _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16,
+                         min(LANES, channels - c))
+
+
+@njit_serial
 def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, act, y, n, oh, lo, hi):
     """`_row_blocks` for any stride and dilation, tap by tap (`_block_taps`: apart, because both
     block kinds inlined into one function ran both slower)."""
@@ -241,8 +340,9 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
 
     Rows with 8 or more interior pixels (every tap inside x) read them from x and their border
     pixels by clamped taps (`depthwise.clamped_borders`); on narrower maps (7x7), where most
-    pixels are border pixels, the step's input rows are first copied, zero-padded, into `padded`,
-    and every pixel is computed from there. Register blocks that reuse each input column
+    pixels are border pixels, at stride 1 the step's input rows are first copied, zero-padded,
+    into `padded`, and every pixel is computed from there, at stride 2 every pixel by clamped
+    taps. Register blocks that reuse each input column
     (`_block_rows`) at strides 1 and 2, dilation 1; else tap by tap (`_block_taps`)."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height, out_width = y.shape[1], y.shape[2]
@@ -250,6 +350,10 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
     lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
     vector_rows = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1
     wide = hi - lo >= PIXELS
+    if not wide and stride_w > 1:
+        # a narrow map at stride 2 (14x14 -> 7x7): every pixel by clamped taps, 0.54-0.70x the time
+        # of copying its step's padded rows (7 rows of 19 columns, 2.7x the input's bytes)
+        lo, hi, wide = 0, 0, True
     if not wide:
         lo, hi = 0, out_width                     # every pixel, from the step's padded rows
     columns = padded_width(out_width, stride_w, dilation_w)
@@ -281,6 +385,40 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
                 sum_rows(y[n, oh], row_sums[n, oh])
 
 
+@njit_serial
+def depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                        dilation_h, dilation_w, y, t0, t1):
+    """`depthwise.depthwise_steps` (the same steps and arguments) for a 3x3 kernel at stride 1 or
+    2 each way, dilation 1 (the caller's to check), on float32, with w (9, C) and bias (C,) (runs
+    of one pixel). Interior pixels in register blocks (`_block_rows3`) read from x; border
+    pixels, and every pixel of a row with fewer than 8 interior ones, by clamped taps
+    (`depthwise.clamped_borders`: on 7x7 maps as fast as the loop tile, where copying padded rows
+    as the 5x5 tile does took 1.2-2.3x its time)."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    out_height = y.shape[1]
+    # (the kernel's sizes and dilation passed on as the variables they are: a literal argument
+    # would compile the callees again for it)
+    steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
+    lo, hi = _interior_columns(width, y.shape[2], kernel_w, stride_w, pad_left, dilation_w)
+    if hi - lo < PIXELS:
+        lo, hi = 0, 0
+    flat_x = x.reshape(-1)
+    for t in range(t0, t1):
+        n = t // steps
+        first = (t - n * steps) * rows_per_step
+        last = min(first + rows_per_step, out_height)
+        for oh in range(first, last):
+            top = oh * stride_h - pad_top
+            clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, kernel_h - 1, stride_w, pad_left, dilation_h,
+                            dilation_w, bias, act)
+            if top >= 0 and top + kernel_h - 1 < height:
+                _row_blocks3(flat_x, ((n * height + top) * width + lo * stride_w - pad_left) * channels,
+                             width * channels, stride_w, w, bias, act, y, n, oh, lo, hi)
+        if row_sums.shape[0] > 0:
+            for oh in range(first, last):
+                sum_rows(y[n, oh], row_sums[n, oh])
+
+
 def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
                            dilation_h, dilation_w, y, workspace):
     # every step of `depthwise_steps_5x5` (disjoint rows of y); workspace (workers, elements): a
@@ -295,3 +433,15 @@ def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride
 
 
 DEPTHWISE_5X5_FORWARD = serial_and_parallel(_depthwise_5x5_forward)
+
+
+def _depthwise_3x3_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                           dilation_h, dilation_w, y):
+    # every step of `depthwise_steps_3x3` (disjoint rows of y)
+    steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
+    for t in prange(y.shape[0] * steps):
+        depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
+                            dilation_h, dilation_w, y, t, t + 1)
+
+
+DEPTHWISE_3X3_FORWARD = serial_and_parallel(_depthwise_3x3_forward)
