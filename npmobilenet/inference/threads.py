@@ -5,6 +5,7 @@
 holding a core); `worker_pool()` holds the threads that run chunks of a batch.
 """
 import contextlib
+import time
 
 import numba
 import numpy as np
@@ -55,6 +56,14 @@ class ThreadGovernor:
     two such calls among the first three (13.6 and 14.4 ms, then 5.0, in one trace of
     `benchmarks/int8_latency.py`'s blocks) sent V2 to one thread until a probe brought it back.
 
+    Nor the first 10 ms of calls on several threads after the helpers idled (calls on one thread,
+    or a pause longer than their spin): those calls stay slow while the helpers' cores wake up
+    (V3-Small on two threads, `benchmarks/threads.py`' blocks: three to five calls of 2.4-2.6 ms,
+    or 5-11 ms, after calls on one thread, where it takes 1.1 ms, 1.9 on one thread). Counted,
+    three of them sent the model to one thread, where each two-call probe met the same slow
+    start and kept it there: 40% of its calls on one thread, 1.0-1.1x in launches where two
+    threads pinned gave 1.6x.
+
     The first call after a (re)start is not counted: it pays for allocating the plan's buffers.
     Then each count is measured three times, alternately, before the first choice: single early
     samples were noisy (the helper threads start, caches are cold), and the governor then often
@@ -67,6 +76,8 @@ class ThreadGovernor:
 
     WARM_SAMPLES = 3        # samples of each count before the first choice
     PROBE_CALLS = 2         # calls per probe (the faster counts)
+    SETTLE = 0.010          # seconds of several-thread calls not counted after the helpers idled
+    IDLE_GAP = 0.0005       # a pause after which the helpers sleep (they spin ~0.5 ms: workers.py)
 
     def __init__(self, probe_interval=8, max_interval=256):
         self.first_interval, self.max_interval = probe_interval, max_interval
@@ -79,6 +90,8 @@ class ThreadGovernor:
         self._skip = 1              # the first call allocates the plan: do not count it
         self._probe = None          # (best, probed count, its times so far) while probing
         self._warming = True        # until both counts have WARM_SAMPLES samples
+        self._settling = 0.0        # seconds of several-thread calls still to leave uncounted
+        self._last = None           # (count, end time) of the last call
 
     @property
     def estimate(self):
@@ -105,9 +118,18 @@ class ThreadGovernor:
             return other
         return best
 
-    def record(self, n, seconds):
+    def record(self, n, seconds, now=None):
+        """The call just made ran on `n` threads for `seconds` and ended at `now` (perf_counter)."""
+        now = time.perf_counter() if now is None else now
+        idled = self._last is not None and (self._last[0] == 1 or now - seconds - self._last[1] > self.IDLE_GAP)
+        self._last = (n, now)
         if self._skip:
             self._skip -= 1
+            return
+        if n > 1 and idled:
+            self._settling = self.SETTLE
+        if n > 1 and self._settling > 0:
+            self._settling -= seconds       # the helpers are still waking: not the count's speed
             return
         if self._probe is not None and self._probe[1] == n:
             best, probed, times = self._probe
