@@ -13,7 +13,8 @@ One forward tile, `depthwise_tile`: two output rows of one image (a step; comput
 where they share input rows: 3x3, vertical stride and dilation 1), with an epilogue (bias,
 activation, and each row's sum over its columns, squeeze-and-excitation's squeeze). Training's
 forward (`depthwise_conv2d`, float32 and float64, any dilation), the stride-1 input gradient
-(negative padding), fused inference and the exact int8 path all run it. How it is fast (the row
+(negative padding), fused inference without AVX-512 (with it, `depthwise_avx512`'s register
+tiles; here only dilated 3x3 kernels) and the exact int8 path all run it. How it is fast (the row
 loops are in `depthwise_rows.py`): in NHWC a pixel's channels are contiguous, so every inner loop
 runs over channels and LLVM vectorises it; at horizontal stride 1 and fewer than 64 channels a
 run of P output pixels is one contiguous run of P*C numbers, looped against the weight repeated P
