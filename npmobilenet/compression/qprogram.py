@@ -241,32 +241,34 @@ def _tiling(kind, args, workers=2):
 
     For several workers, tiles small enough to share a layer of few pixels (at least 8 tiles
     where the channels allow: a 7x7 layer split by its channels) and to even out the threads'
-    finishing times before each op. For one worker (`_one_worker_tiling`), fewer and larger
-    tiles: the sharing buys nothing there, and every tile costs its start (the table's dispatch,
-    rebuilding its arguments) and, in a pointwise or depthwise layer split by channels or rows,
-    rereading or rewriting its input. The integers do not depend on the tiling."""
-    if workers == 1 and kind in (PW_VNNI, DEPTHWISE_VNNI, LOOKUP, LOOKUP_VBMI, ADD, CHANNEL_SCALE):
-        return _one_worker_tiling(kind, args)
+    finishing times before each op. For one worker, fewer and larger tiles: the sharing buys
+    nothing there, and every tile costs its start (the table's dispatch, rebuilding its
+    arguments) and, in a pointwise or depthwise layer split by channels or rows, rereading or
+    rewriting its input. The integers do not depend on the tiling."""
+    one = workers == 1
+    row_tiles = 16 if one else 128          # VNNI pointwise and depthwise: row tiles at most
+    min_tiles = 1 if one else 8             # ... and at least this many, split by channels
     if kind in (PW_VNNI, PW):
         rows = args[-1].shape[0]                              # y (P, Cout)
-        tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * 128)))
+        most = row_tiles if kind == PW_VNNI else 128          # (the portable kernel as for two)
+        tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * most)))
         row_tiles = -(-rows // tr)
         if kind == PW:
             return tr, rows, row_tiles, 0
         width = args[2].shape[0]                              # start: the packed width (vnni.pack_weight)
-        # at least 8 tiles where the layer has the columns for them, blocks of 16 channels
-        col_tiles = min(width // 16, max(1, -(-8 // row_tiles)))
+        # blocks of 16 channels
+        col_tiles = min(width // 16, max(1, -(-min_tiles // row_tiles)))
         tc = 16 * -(-width // (16 * col_tiles))
         return tr, rows, row_tiles * -(-width // tc), tc
     if kind == DEPTHWISE_VNNI:
         y = args[-1]                                          # (N, Ho, Wo, C)
         rows, kh = y.shape[0] * y.shape[1], args[2].shape[1]  # words (C / 16, KH, ...)
         # tiles of at least 4 KH rows where the map has them (each input row rewritten about
-        # (4 KH + KH - 1) / 4 KH times), at least 8 tiles in all where the channels allow
-        tr = max(-(-rows // 128), min(rows, 4 * kh))
+        # (4 KH + KH - 1) / 4 KH times)
+        tr = max(-(-rows // row_tiles), min(rows, 4 * kh))
         row_tiles = -(-rows // tr)
         blocks = -(-y.shape[3] // 16)
-        col_tiles = min(blocks, max(1, -(-8 // row_tiles)))
+        col_tiles = min(blocks, max(1, -(-min_tiles // row_tiles)))
         tc = 16 * -(-blocks // col_tiles)
         return tr, rows, row_tiles * -(-y.shape[3] // tc), tc
     if kind in (DEPTHWISE, IM2COL):
@@ -276,35 +278,16 @@ def _tiling(kind, args, workers=2):
         return tr, rows, -(-rows // tr), 0
     if kind in (LOOKUP, LOOKUP_VBMI, ADD):
         size = args[0].size
-        tr = max(4096, -(-size // (64 * 64)) * 64)            # a multiple of the vector width
+        # a multiple of the vector width: at least 4096 elements, at most 64 tiles (one worker:
+        # 16384, 8)
+        least, most = (16384, 8) if one else (4096, 64)
+        tr = max(least, -(-size // (most * 64)) * 64)
         return tr, size, max(1, -(-size // tr)), 0
     if kind == MEAN:
         return 1, args[0].shape[0], args[0].shape[0], 0
     n, hw = args[0].shape[:2]                                 # CHANNEL_SCALE: x (N, HW, C)
-    tr = max(256, -(-hw // 32))
-    return tr, hw, n * -(-hw // tr), 0
-
-
-def _one_worker_tiling(kind, args):
-    """`_tiling` for one worker: every channel of a pointwise or depthwise layer in one tile, at
-    most 16 tiles of rows (a depthwise tile at least 4 KH rows); lookups and adds in at most 8
-    tiles of at least 16384 elements; SE's channel scale in at most 8 tiles of at least 1024
-    pixels per image."""
-    if kind == PW_VNNI:
-        rows, width = args[-1].shape[0], args[2].shape[0]
-        tr = qk.VNNI_CHUNK_ROWS * max(1, -(-rows // (qk.VNNI_CHUNK_ROWS * 16)))
-        return tr, rows, -(-rows // tr), 16 * -(-width // 16)
-    if kind == DEPTHWISE_VNNI:
-        y = args[-1]
-        rows, kh = y.shape[0] * y.shape[1], args[2].shape[1]
-        tr = max(-(-rows // 16), min(rows, 4 * kh))
-        return tr, rows, -(-rows // tr), 16 * -(-y.shape[3] // 16)
-    if kind in (LOOKUP, LOOKUP_VBMI, ADD):
-        size = args[0].size
-        tr = max(16384, -(-size // (8 * 64)) * 64)
-        return tr, size, max(1, -(-size // tr)), 0
-    n, hw = args[0].shape[:2]                                 # CHANNEL_SCALE
-    tr = max(1024, -(-hw // 8))
+    least, most = (1024, 8) if one else (256, 32)             # pixels per tile at least, tiles per image at most
+    tr = max(least, -(-hw // most))
     return tr, hw, n * -(-hw // tr), 0
 
 

@@ -63,8 +63,8 @@ from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
 from npmobilenet.ops.conv_packed import conv_tile_packed, workspace_rows
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
-from npmobilenet.ops.depthwise_avx512 import depthwise_steps_3x3 as depthwise_blocks_3x3
-from npmobilenet.ops.depthwise_avx512 import depthwise_steps_5x5, workspace_elements as depthwise_workspace
+from npmobilenet.ops.depthwise_avx512 import (depthwise_steps_3x3 as depthwise_blocks_3x3, depthwise_steps_5x5,
+                                              workspace_elements as depthwise_workspace)
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
 
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)

@@ -61,8 +61,8 @@ class ThreadGovernor:
     (V3-Small on two threads, `benchmarks/threads.py`' blocks: three to five calls of 2.4-2.6 ms,
     or 5-11 ms, after calls on one thread, where it takes 1.1 ms, 1.9 on one thread). Counted,
     three of them sent the model to one thread, where each two-call probe met the same slow
-    start and kept it there: 40% of its calls on one thread, 1.0-1.1x in launches where two
-    threads pinned gave 1.6x.
+    start and kept it there: 40% of its calls on one thread over three launches, 1.02 and 1.07x
+    in the two where two threads pinned gave 1.65 and 1.68x.
 
     The first call after a (re)start is not counted: it pays for allocating the plan's buffers.
     Then each count is measured three times, alternately, before the first choice: single early

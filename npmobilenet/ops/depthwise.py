@@ -46,7 +46,7 @@ Parallelism: `prange` over the forward tiles, batch x input rows (dx at stride >
 import numpy as np
 from numba import prange
 
-from npmobilenet.config import choose_kernel, get_num_threads, njit_serial, serial_and_parallel
+from npmobilenet.config import choose_kernel, get_num_threads, njit_inline, njit_serial, serial_and_parallel
 from npmobilenet.ops.depthwise_rows import (
     _bias_act_pixels,
     _border_columns_forward,
@@ -95,6 +95,24 @@ def steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h):
     """(steps, rows per step): the forward tile computes one step of two output rows (computed
     together where they share input rows: 3x3, vertical stride and dilation 1). Shapes only."""
     return (out_height + 1) // 2, 2
+
+
+@njit_inline
+def step_rows(t, steps, rows_per_step, out_height):
+    """(image, first output row, one past its last) of step t, with `steps` steps of
+    `rows_per_step` rows per image (`steps_per_image`)."""
+    n = t // steps
+    first = (t - n * steps) * rows_per_step
+    return n, first, min(first + rows_per_step, out_height)
+
+
+@njit_inline
+def step_row_sums(y, row_sums, n, first, last):
+    """Each output row first..last-1 of image n summed over its columns into row_sums[n, oh]
+    (squeeze-and-excitation's squeeze), when row_sums is not empty."""
+    if row_sums.shape[0] > 0:
+        for oh in range(first, last):
+            sum_rows(y[n, oh], row_sums[n, oh])
 
 
 # -- the forward tile: x (N, H, W, C), w (KH, KW, C) -> y (N, Ho, Wo, C), one step of rows ------------
@@ -165,9 +183,7 @@ def depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
     span = (kernel_h - 1) * dilation_h
     pixels = w_tiled.shape[1] // channels
     for t in range(t0, t1):
-        n = t // steps
-        first = (t - n * steps) * rows_per_step
-        last = min(first + rows_per_step, out_height)
+        n, first, last = step_rows(t, steps, rows_per_step, out_height)
         x_image, y_image = x_rows[n], y_rows[n]
         for oh in range(first, last):         # borders: clamped taps where they reach the padding
             clamped_borders(x, w_tiled, kernel_h, y, n, oh, oh * stride_h - pad_top, lo, hi, span, stride_w, pad_left,
@@ -193,9 +209,7 @@ def depthwise_steps_3x3(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
                         x_image[top], x_image[top + dilation_h], x_image[top + 2 * dilation_h], w_tiled, y_image[oh],
                         lo, hi, pixels, channels, stride_w, pad_left, dilation_w, bias, act,
                     )
-        if row_sums.shape[0] > 0:
-            for oh in range(first, last):
-                sum_rows(y[n, oh], row_sums[n, oh])
+        step_row_sums(y, row_sums, n, first, last)
 
 
 @njit_serial
@@ -213,9 +227,7 @@ def depthwise_steps_kxk(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
     span = (kernel_h - 1) * dilation_h
     pixels = w_tiled.shape[1] // channels
     for t in range(t0, t1):
-        n = t // steps
-        first = (t - n * steps) * rows_per_step
-        last = min(first + rows_per_step, out_height)
+        n, first, last = step_rows(t, steps, rows_per_step, out_height)
         x_image, y_image = x_rows[n], y_rows[n]
         for oh in range(first, last):             # borders (the same loop as depthwise_steps_3x3's)
             top = oh * stride_h - pad_top
@@ -233,9 +245,7 @@ def depthwise_steps_kxk(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, str
                 x, n, oh, x_image, w_tiled, kernel_w, y, y_image[oh], top, lo, hi, pixels, channels,
                 stride_w, pad_left, dilation_h, dilation_w, bias, act,
             )
-        if row_sums.shape[0] > 0:
-            for oh in range(first, last):
-                sum_rows(y[n, oh], row_sums[n, oh])
+        step_row_sums(y, row_sums, n, first, last)
 
 
 def _depthwise_forward(x, w_tiled, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,

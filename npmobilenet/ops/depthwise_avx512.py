@@ -29,9 +29,8 @@ import numpy as np
 from numba import prange
 
 from npmobilenet.config import njit_inline, njit_serial, serial_and_parallel
-from npmobilenet.ops.depthwise import clamped_borders, steps_per_image
+from npmobilenet.ops.depthwise import clamped_borders, step_row_sums, step_rows, steps_per_image
 from npmobilenet.ops.depthwise_rows import _interior_columns
-from npmobilenet.ops.epilogue import sum_rows
 from npmobilenet.ops.matmul_avx512 import activate
 from npmobilenet.ops.vector16 import LANES, fma, load_part_like, splat, splat8, store_part
 
@@ -264,21 +263,27 @@ def _pad_rows(x, n, top, rows, pad_left, padded, columns):
             out[last:] = 0
 
 
+@njit_inline
+def _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w):
+    """The block of up to 8 pixels from output column `start` of row (n, oh), columns lo..hi-1
+    (the last block ending at hi and overlapping the one before, whose pixels it computes again,
+    to the same values; a row narrower than 8 pixels is one block): (its pixels, where its first
+    pixel's field starts in the source, column lo's at `base`, and where its output starts)."""
+    ow = max(lo, min(start, hi - PIXELS))
+    return min(PIXELS, hi - ow), base + (ow - lo) * stride * channels, ((n * out_h + oh) * out_w + ow) * channels
+
+
 @njit_serial
 def _row_blocks(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
     """y[n, oh, lo:hi] = act(depthwise + bias) at stride 1 or 2, dilation 1, every tap inside
     `src` (x itself, or a step's zero-padded rows: both flat): output pixel lo's field starts at
-    src[base], its rows `row` apart. Blocks of 8 pixels by 16 channels (`_block_rows`), the last
-    block ending at hi and overlapping the one before (whose pixels it computes again, to the same
-    values); a row narrower than 8 pixels is one block."""
+    src[base], its rows `row` apart. Blocks of 8 pixels (`_block_at`) by 16 channels
+    (`_block_rows`)."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
     for start in range(lo, hi, PIXELS):
-        ow = max(lo, min(start, hi - PIXELS))
-        rows = min(PIXELS, hi - ow)
-        r = base + (ow - lo) * stride * channels
-        q = ((n * out_h + oh) * out_w + ow) * channels
+        rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
         c = 0
         while channels - c >= LANES:
             _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16, LANES)
@@ -293,15 +298,13 @@ def _row_blocks(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
 def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
     """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, every channel block in
     16-lane vectors (the last one masked): one block body per stride, where `_row_blocks` has
-    three (full, masked 16-lane, 8-lane), to keep its compile time short."""
+    three (full, masked 16-lane, 8-lane), which took the first version of the 3x3 tile from 8.6
+    to 6.8 s of compiling."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16 = splat(np.float32(0))
     for start in range(lo, hi, PIXELS):
-        ow = max(lo, min(start, hi - PIXELS))
-        rows = min(PIXELS, hi - ow)
-        r = base + (ow - lo) * stride * channels
-        q = ((n * out_h + oh) * out_w + ow) * channels
+        rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
         for c in range(0, channels, LANES):
             _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16,
                          min(LANES, channels - c))
@@ -315,10 +318,7 @@ def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, ac
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
     for start in range(lo, hi, PIXELS):
-        ow = max(lo, min(start, hi - PIXELS))
-        rows = min(PIXELS, hi - ow)
-        r = base + (ow - lo) * stride * channels
-        q = ((n * out_h + oh) * out_w + ow) * channels
+        rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
         c = 0
         while c < channels:
             count = min(LANES, channels - c)
@@ -359,9 +359,7 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
     columns = padded_width(out_width, stride_w, dilation_w)
     flat_x = x.reshape(-1)
     for t in range(t0, t1):
-        n = t // steps
-        first = (t - n * steps) * rows_per_step
-        last = min(first + rows_per_step, out_height)
+        n, first, last = step_rows(t, steps, rows_per_step, out_height)
         if not wide:
             _pad_rows(x, n, first * stride_h - pad_top, (last - first - 1) * stride_h + 4 * dilation_h + 1, pad_left,
                       padded, columns)
@@ -380,9 +378,7 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
             else:
                 _row_blocks_taps(src, base, row * channels, stride_w, dilation_h, dilation_w, w, bias, act, y, n, oh,
                                  lo, hi)
-        if row_sums.shape[0] > 0:
-            for oh in range(first, last):
-                sum_rows(y[n, oh], row_sums[n, oh])
+        step_row_sums(y, row_sums, n, first, last)
 
 
 @njit_serial
@@ -392,8 +388,8 @@ def depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
     2 each way, dilation 1 (the caller's to check), on float32, with w (9, C) and bias (C,) (runs
     of one pixel). Interior pixels in register blocks (`_block_rows3`) read from x; border
     pixels, and every pixel of a row with fewer than 8 interior ones, by clamped taps
-    (`depthwise.clamped_borders`: on 7x7 maps as fast as the loop tile, where copying padded rows
-    as the 5x5 tile does took 1.2-2.3x its time)."""
+    (`depthwise.clamped_borders`: on 7x7 maps 0.98-1.17x the loop tile's time in two runs, where
+    copying padded rows, as the 5x5 tile does at stride 1, took 1.2-2.3x)."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height = y.shape[1]
     # (the kernel's sizes and dilation passed on as the variables they are: a literal argument
@@ -404,9 +400,7 @@ def depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
         lo, hi = 0, 0
     flat_x = x.reshape(-1)
     for t in range(t0, t1):
-        n = t // steps
-        first = (t - n * steps) * rows_per_step
-        last = min(first + rows_per_step, out_height)
+        n, first, last = step_rows(t, steps, rows_per_step, out_height)
         for oh in range(first, last):
             top = oh * stride_h - pad_top
             clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, kernel_h - 1, stride_w, pad_left, dilation_h,
@@ -414,9 +408,7 @@ def depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
             if top >= 0 and top + kernel_h - 1 < height:
                 _row_blocks3(flat_x, ((n * height + top) * width + lo * stride_w - pad_left) * channels,
                              width * channels, stride_w, w, bias, act, y, n, oh, lo, hi)
-        if row_sums.shape[0] > 0:
-            for oh in range(first, last):
-                sum_rows(y[n, oh], row_sums[n, oh])
+        step_row_sums(y, row_sums, n, first, last)
 
 
 def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
