@@ -272,11 +272,11 @@ def test_governor_is_not_decided_by_one_slow_first_call():
 
 @pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v4_conv_small"])
 def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
-    # where the CPU has AVX-512, pointwise and gathered-block convolutions run the register tile on
-    # packed weights (ops/matmul_avx512.py); NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's tiles. Both
+    # where the CPU has AVX-512 or AVX2, pointwise and standard convolutions run the register tile
+    # on packed weights (ops/register_tile.py); NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's tiles. Both
     # equal the unfused model, and each is the same bits on 1 and 2 threads.
     from npmobilenet.inference.program import CONV_DIRECT, CONV_PACKED, POINTWISE_PACKED, _slot
-    from npmobilenet.ops.vector16 import has_avx512
+    from npmobilenet.ops import register_tile
 
     rng = np.random.default_rng(12)
     model = randomize_batch_norm(npmobilenet.build(arch, width=0.75, num_classes=10, seed=2), rng).eval()
@@ -294,7 +294,7 @@ def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
         assert relative_error(outputs[0], expected) < 1e-4
         slots[flag] = {_slot(row) for row in fused.plan(x.shape).program.ops}
     assert POINTWISE_PACKED not in slots["1"] and CONV_PACKED not in slots["1"] and CONV_DIRECT in slots["1"]
-    if has_avx512():    # every standard convolution packed, the stem too
+    if register_tile.available():    # every standard convolution packed, the stem too
         assert POINTWISE_PACKED in slots["0"] and CONV_PACKED in slots["0"] and CONV_DIRECT not in slots["0"]
 
 

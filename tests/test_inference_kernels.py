@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from npmobilenet.inference import kernels, tiling
 from npmobilenet.inference.threads import numba_threads
 from npmobilenet.ops import conv as conv_ops
-from npmobilenet.ops import reference
+from npmobilenet.ops import reference, register_tile
 from npmobilenet.ops.blas import find_blas
-from npmobilenet.ops.vector16 import has_avx512
+from npmobilenet.ops.vector16 import has_avx2, has_avx512
 
 RTOL = 1e-5
 
@@ -76,8 +76,8 @@ def oracle_padding(padding):
 
 
 BACKENDS = [pytest.param(True, id="blas"), pytest.param(False, id="numba-matmul")]
-# the register tile of ops.matmul_avx512, where the CPU has AVX-512 (else not drawn)
-PACKED = st.sampled_from([False, True] if has_avx512() else [False])
+# the register tile of ops.register_tile, where the CPU has AVX-512 or AVX2 (else not drawn)
+PACKED = st.sampled_from([False, True] if register_tile.available() else [False])
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_depthwise_tile_matches_reference(g):
     assert_close(sums, expected.sum(axis=2), "row sums")
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@pytest.mark.skipif(not has_avx512(), reason="the depthwise register tile needs AVX-512")
 @given(n=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 30), channels=st.integers(1, 72),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 3)] * 4),
        activation=st.sampled_from(list(ACTIVATION)), kernel=st.sampled_from([3, 5]))
@@ -234,7 +234,7 @@ def test_depthwise_register_tile_matches_reference(n, h, w, channels, stride, pa
 
 def test_depthwise_register_tile_takes_5x5_and_3x3_kernels():
     from npmobilenet.inference.layers import FusedDepthwise
-    from npmobilenet.ops import matmul_avx512
+    from npmobilenet.ops import depthwise_avx512
 
     x, b = np.zeros((1, 8, 8, 4), np.float32), np.zeros(4, np.float32)
     if has_avx512():
@@ -251,12 +251,12 @@ def test_depthwise_register_tile_takes_5x5_and_3x3_kernels():
         with pytest.raises(ValueError, match=re.escape(f"got {kernel}, stride {stride}, dilation {dilation}")):
             layer(kernel, stride, dilation, packed=True)
         assert not layer(kernel, stride, dilation).packed
-    # by default 5x5 and 3x3 layers take it where the register tiles are enabled (AVX-512)
-    assert layer((5, 5)).packed == matmul_avx512.enabled()
-    assert layer((3, 3), (2, 2)).packed == matmul_avx512.enabled()
+    # by default 5x5 and 3x3 layers take it where the register tiles are enabled and the CPU has AVX-512
+    assert layer((5, 5)).packed == depthwise_avx512.enabled() == (register_tile.enabled() and has_avx512())
+    assert layer((3, 3), (2, 2)).packed == depthwise_avx512.enabled()
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@pytest.mark.skipif(not has_avx512(), reason="the depthwise register tile needs AVX-512")
 def test_packed_3x3_depthwise_layer_runs_the_register_tile_on_wide_and_narrow_maps():
     # 14x14 rows (12 interior pixels: blocks read x, borders by clamped taps) and 7x7 ones (5:
     # every pixel by clamped taps), without a workspace, in the op table's row and through `call`
@@ -278,7 +278,7 @@ def test_packed_3x3_depthwise_layer_runs_the_register_tile_on_wide_and_narrow_ma
         assert_close(y, expected, f"packed 3x3 on {size}x{size}")
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@pytest.mark.skipif(not has_avx512(), reason="the depthwise register tile needs AVX-512")
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
     # dilated kernels (LR-ASPP's V3 backbone at output stride 16) go tap by tap; 14x14 rows (two
@@ -324,21 +324,21 @@ def test_conv2d_tiles_are_the_same_for_every_thread_count():
         serial = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=False, use_blas=use_blas)
         parallel = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=True, use_blas=use_blas)
         assert np.array_equal(serial, parallel)
-    if has_avx512():
+    if register_tile.available():
         serial = kernels.conv2d(x, w, b, "relu", 2, 1, parallel=False, packed=True)
         assert np.array_equal(serial, kernels.conv2d(x, w, b, "relu", 2, 1, parallel=True, packed=True))
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the register tile needs AVX-512")
+@pytest.mark.skipif(not register_tile.available(), reason="the register tile needs AVX-512, or AVX2 and FMA")
 @pytest.mark.parametrize("rows, cin, cout", [(300, 96, 576), (49, 960, 160), (17, 24, 40), (9, 7, 8), (130, 144, 24),
                                               (8, 16, 17), (3, 5, 200), (45, 40, 72), (7, 16, 32)])
 @pytest.mark.parametrize("activation", [None, "relu6", "hardswish"])
 def test_packed_pointwise_every_column_remainder(rows, cin, cout, activation):
     # every way a tile's columns end: pairs of 16-channel slivers, a pair whose second is 8 lanes
     # wide (40 = 32 + 8), one sliver of 16 or of 8 lanes, masked stores; rows not a multiple of 8
-    # (a last block of 1-4 rows runs the half-height loop, of 5-7 the full one); and the weight
-    # packing's round trip
-    from npmobilenet.ops.matmul_avx512 import packed_weight, unpacked_weight
+    # (a last block of 1-4 rows runs the half-height loop, of 5-7 the full one; AVX2's blocks of 6:
+    # 1-3, 4-5); and the weight packing's round trip
+    from npmobilenet.ops.register_tile import packed_weight, unpacked_weight
 
     rng = np.random.default_rng(11)
     x, wt, b = data(rng, 1, rows, 1, cin), data(rng, cin, cout), data(rng, cout)
@@ -350,6 +350,35 @@ def test_packed_pointwise_every_column_remainder(rows, cin, cout, activation):
     res = data(rng, 1, rows, 1, cout)
     assert_close(kernels.pointwise_conv(x, wt, b, residual=res, packed=True), linear + res, "packed + residual")
 
+
+@pytest.mark.skipif(not has_avx2(), reason="the AVX2 register tile needs AVX2 and FMA")
+@pytest.mark.parametrize("rows, seg, segs, cout", [(1, 3, 1, 16), (7, 16, 1, 40), (13, 24, 1, 9), (6, 9, 3, 24),
+                                                   (25, 12, 3, 200), (4, 96, 1, 576)])
+@pytest.mark.parametrize("activation", [None, "relu6", "hardswish"])
+def test_avx2_tile_span_matches_reference(rows, seg, segs, cout, activation):
+    # ops/matmul_avx2.py called directly (also on AVX-512 machines, where fused inference runs the
+    # 8 x 32 tile): blocks of 6 rows (a last one of 1-3 rows sums only those), 16-channel slivers
+    # as two 8-lane halves, a last sliver of <= 8 channels in one, masked stores; input rows as
+    # `segs` runs of `seg` numbers `gap` apart (a receptive field read in place), and the residual
+    from npmobilenet.ops import matmul_avx2
+    from npmobilenet.ops.epilogue import ACTIVATIONS
+
+    rng = np.random.default_rng(18)
+    gap, xstep = seg + 5, 2 * seg + 1            # runs not contiguous, rows overlapping
+    x, wt, b = data(rng, (rows - 1) * xstep + (segs - 1) * gap + seg), data(rng, seg * segs, cout), data(rng, cout)
+    fields = np.stack([np.concatenate([x[i * xstep + g * gap:i * xstep + g * gap + seg] for g in range(segs)])
+                       for i in range(rows)]).astype(np.float64)
+    linear = fields @ wt + b
+    packed = register_tile.packed_weight(wt).reshape(-1)
+    for residual in (None, data(rng, rows, cout)):
+        y = np.full((rows, cout + 3), 7.0, np.float32)      # a row stride past cout: the pad stays
+        res = np.zeros(0, np.float32) if residual is None else np.pad(residual, ((0, 0), (0, 3))).reshape(-1)
+        act = ACTIVATIONS[None if residual is not None else activation]
+        matmul_avx2.product_span(x, 0, xstep, seg, segs, gap, packed, b, act, res, y.reshape(-1), 0, cout + 3, rows,
+                                 0, cout)
+        expected = linear + residual if residual is not None else ACTIVATION[activation](linear)
+        assert_close(y[:, :cout], expected, f"AVX2 tile {rows}x{seg}*{segs}->{cout}")
+        assert (y[:, cout:] == 7.0).all()
 
 @pytest.mark.parametrize("use_blas", BACKENDS)
 def test_linear_and_pool(use_blas):
@@ -386,6 +415,25 @@ def test_linear_on_packed_column_blocks(rows, use_blas):
     assert_close(kernels.linear(x, w, b, "relu6", use_blas=use_blas),
                  np.clip(x.astype(np.float64) @ w + b, 0, 6), f"linear, {rows} rows")
 
+
+@pytest.mark.skipif(not register_tile.available(), reason="the register tile needs AVX-512, or AVX2 and FMA")
+@pytest.mark.parametrize("activation", [None, "relu", "hardswish"])
+def test_packed_linear_is_the_same_bits_for_every_batch(activation):
+    # tiles.linear_tile_packed: one register tile for every row count, so each image's outputs
+    # are the same bits alone, in a batch of 3 (a half block), of 7 and of 32 (SGEMM's sums and
+    # the streaming loop's, between which linear_tile switches at GEMV_MAX_ROWS, differ in the
+    # last bits); 1000 columns in blocks of 256, the last of 232 (a sliver of 8 channels)
+    rng = np.random.default_rng(19)
+    x, w, b = data(rng, 32, 96), data(rng, 96, 1000), data(rng, 1000)
+    whole = kernels.linear(x, w, b, activation, packed=True)
+    assert_close(whole, ACTIVATION[activation](x.astype(np.float64) @ w + b), "packed linear")
+    assert np.array_equal(whole, kernels.linear(x, w, b, activation, parallel=False, packed=True))
+    for rows in (1, 3, 7):
+        parts = np.concatenate([kernels.linear(x[i:i + rows], w, b, activation, packed=True)
+                                for i in range(0, 32, rows)])
+        assert np.array_equal(parts, whole), f"batches of {rows}"
+    with pytest.raises(ValueError, match="no sigmoid"):
+        kernels.linear(x, w, b, "sigmoid", packed=True)
 
 def test_linear_sigmoid():
     # LR-ASPP's gate: sigmoid(x w), its own epilogue loop; saturates without overflow

@@ -110,11 +110,10 @@ def machine_peaks(threads=1, seconds=0.3):
     128-row tiles) and copy bandwidth GB/s (bytes read + written, a 64 MB array, numpy, one thread).
 
     `sgemm_gmacs`: OpenBLAS's SGEMM called in-kernel; `matmul_gmacs`: the product fused inference's
-    pointwise layers run (`ops.matmul_avx512`'s register tile where `matmul_avx512.enabled()`, else the
-    same SGEMM), named by `matmul`; `compute_gmacs`, the roofline's ceiling, the faster of the two."""
+    pointwise layers run (`ops.register_tile` where `register_tile.enabled()`, else the same SGEMM), named by `matmul`; `compute_gmacs`, the roofline's ceiling, the faster of the two."""
     from npmobilenet.inference import kernels
     from npmobilenet.inference.threads import numba_threads
-    from npmobilenet.ops import matmul_avx512, pointwise
+    from npmobilenet.ops import pointwise, register_tile
     from npmobilenet.ops.blas import sgemm_address, single_threaded_blas
     from npmobilenet.ops.epilogue import IDENTITY, NO_ROWS
 
@@ -127,8 +126,8 @@ def machine_peaks(threads=1, seconds=0.3):
         sgemm = n ** 3 / _best_seconds(lambda: kernels.POINTWISE[1](
             a, a, bias, IDENTITY, NO_ROWS, NO_ROWS, *tiles, sgemm_address(), c), seconds) / 1e9
         matmul, name = sgemm, "OpenBLAS SGEMM"
-        if matmul_avx512.enabled():
-            packed = matmul_avx512.packed_weight(a).reshape(-1)
+        if register_tile.enabled():
+            packed = register_tile.packed_weight(a).reshape(-1)
             matmul = n ** 3 / _best_seconds(lambda: pointwise.POINTWISE_PACKED_FORWARD[1](
                 a, packed, bias, IDENTITY, NO_ROWS, NO_ROWS, *tiles, c), seconds) / 1e9
             name = "register tile"

@@ -9,11 +9,11 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   input; `depthwise_tile`: two output rows, also their sums for SE; `conv_tile`: a block of
   output pixels, the stem's 3x3 RGB taps directly, any other kernel as gathered receptive fields
   times SGEMM), the same tiles training's forward and the exact int8 path run. Where the CPU has
-  AVX-512, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
+  AVX-512 or AVX2, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
   `ops.conv_packed.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
-  summed and finished in registers (`ops/matmul_avx512.py`; `packed=True` below), and
-  `ops.depthwise_avx512`'s kernels for 5x5 depthwise layers and 3x3 ones at strides 1 and 2
-  (blocks of 8 pixels by 16 channels in registers).
+  summed and finished in registers (`ops/register_tile.py`; `packed=True` below), and, with
+  AVX-512, `ops.depthwise_avx512`'s kernels for 5x5 depthwise layers and 3x3 ones at strides 1
+  and 2 (blocks of 8 pixels by 16 channels in registers).
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
 The tiling (`tiling.py`, and the ops' own rules) depends on shapes only, so every output element
@@ -33,8 +33,8 @@ from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
 from npmobilenet.ops import depthwise_avx512
-from npmobilenet.ops import matmul_avx512
 from npmobilenet.ops import pointwise as pointwise_ops
+from npmobilenet.ops import register_tile
 from npmobilenet.ops.blas import numba_gemm_address, sgemm_address, single_threaded_blas
 from npmobilenet.ops.epilogue import IDENTITY, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS, activation_code
 from npmobilenet.ops.geometry import output_size
@@ -45,6 +45,7 @@ POINTWISE = POINTWISE_FORWARD
 DEPTHWISE = depthwise_ops.DEPTHWISE_FORWARD
 CONV2D = conv_ops.CONV_FORWARD
 SE_GATE, GLOBAL_POOL, LINEAR, RESIZE = tiles.SE_GATE, tiles.GLOBAL_POOL, tiles.LINEAR, tiles.RESIZE
+LINEAR_PACKED = tiles.LINEAR_PACKED
 ALL_KERNELS = (POINTWISE, DEPTHWISE, SE_GATE, CONV2D, GLOBAL_POOL, LINEAR, RESIZE)
 
 
@@ -58,9 +59,14 @@ def _f32(name, a, ndim, layout):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _check_register_tile():
+    if not register_tile.available():
+        raise RuntimeError("packed=True needs a CPU with AVX-512, or AVX2 and FMA (ops.register_tile)")
+
+
 def _check_avx512():
     if not has_avx512():
-        raise RuntimeError("packed=True needs a CPU with AVX-512 (the register tile of ops.matmul_avx512)")
+        raise RuntimeError("packed=True needs a CPU with AVX-512 (the depthwise register tile of ops.depthwise_avx512)")
 
 
 def _run(pair, parallel, *args):
@@ -88,8 +94,8 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
     x: (N, H, W, K), w: (K, M), bias: (M,), residual: (N, H, W, M) or None,
     gate: (N, K) or None -> y: (N, H, W, M). A residual comes with no activation (the linear
     bottleneck). x is not modified (the fused model lets the kernel scale its input in place).
-    With `packed` (a CPU with AVX-512 only), the tile fused inference runs there: w packed once,
-    the product and epilogue in registers (`ops.matmul_avx512`); else SGEMM (`use_blas`) or
+    With `packed` (a CPU with AVX-512, or AVX2 and FMA), the tile fused inference runs there: w
+    packed once, the product and epilogue in registers (`ops.register_tile`); else SGEMM (`use_blas`) or
     Numba's matrix product, then the epilogue.
     """
     x = _f32("x", x, 4, "(N, H, W, K)").copy()
@@ -117,9 +123,9 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
     y = np.empty((rows, m), np.float32)
     tile_rows, tile_cols = pointwise_tiles(rows, k, m)
     if packed:
-        _check_avx512()
+        _check_register_tile()
         _run(pointwise_ops.POINTWISE_PACKED_FORWARD, parallel, x.reshape(rows, k),
-             matmul_avx512.packed_weight(w).reshape(-1), bias, act, res, g, h * wd, tile_rows, tile_cols, y)
+             register_tile.packed_weight(w).reshape(-1), bias, act, res, g, h * wd, tile_rows, tile_cols, y)
         return y.reshape(n, h, wd, m)
     _run(POINTWISE, parallel, x.reshape(rows, k), w, bias, act, res, g, h * wd,
          tile_rows, tile_cols, sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
@@ -197,10 +203,10 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
     tile = conv_ops.tile_pixels(x.shape[0] * ho * wo, cin, kh, kw)
     workers = get_num_threads() if parallel else 1
     if packed:
-        _check_avx512()
+        _check_register_tile()
         k = kh * kw * cin
         cols = np.empty((workers, conv_packed.workspace_rows(tile, k, cout), k), np.float32)
-        _run(conv_packed.CONV_PACKED_FORWARD, parallel, x, matmul_avx512.packed_weight(w.reshape(-1, cout)).reshape(-1),
+        _run(conv_packed.CONV_PACKED_FORWARD, parallel, x, register_tile.packed_weight(w.reshape(-1, cout)).reshape(-1),
              kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y)
         return y
     cols = np.empty(conv_ops.workspace_shape(workers, tile, kh, kw, cin), np.float32)
@@ -218,14 +224,23 @@ def global_avg_pool(x, parallel=False):
     return y
 
 
-def linear(x, w, bias, activation=None, parallel=True, use_blas=True):
-    """act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> (N, Cout); act also "sigmoid"."""
+def linear(x, w, bias, activation=None, parallel=True, use_blas=True, packed=False):
+    """act(x @ w + bias). x: (N, Cin), w: (Cin, Cout), bias: (Cout,) -> (N, Cout); act also "sigmoid".
+    With `packed` (a CPU with a register tile; not the sigmoid), the tile fused inference runs
+    there (`tiles.linear_tile_packed`)."""
     x = _f32("x", x, 2, "(N, Cin)")
     w = _f32("w", w, 2, "(Cin, Cout)")
     bias = _f32("bias", bias, 1, "(Cout,)")
     if w.shape[0] != x.shape[1] or bias.shape != (w.shape[1],):
         raise ValueError(f"w must be ({x.shape[1]}, Cout) and bias (Cout,), got {w.shape}, {bias.shape}")
     y = np.empty((x.shape[0], w.shape[1]), np.float32)
+    if packed:
+        _check_register_tile()
+        if activation == "sigmoid":
+            raise ValueError("packed=True computes no sigmoid (the register tile's activations: relu, relu6, hardswish)")
+        _run(LINEAR_PACKED, parallel, x, register_tile.packed_weight(w).reshape(-1), bias,
+             activation_code(activation), linear_block_cols(w.shape[1]), y)
+        return y
     _run(LINEAR, parallel, x, tiles.linear_blocks(w, linear_block_cols(w.shape[1])),
          bias, activation_code(activation, LINEAR_ACTIVATIONS), sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
     return y

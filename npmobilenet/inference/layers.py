@@ -21,8 +21,8 @@ from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
 from npmobilenet.ops import depthwise_avx512
-from npmobilenet.ops import matmul_avx512
 from npmobilenet.ops import pointwise as pointwise_ops
+from npmobilenet.ops import register_tile
 from npmobilenet.ops.epilogue import ACTIVATIONS, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS
 from npmobilenet.ops.geometry import output_size, tf_same_sides
 
@@ -75,17 +75,17 @@ def _pair_kernel(pair, parallel):
 
 
 class _PackedWeight:
-    """A layer whose weight (`kernel_shape`, Cout last) the register tile of `ops.matmul_avx512`
+    """A layer whose weight (`kernel_shape`, Cout last) the register tile (`ops.register_tile`)
     reads packed: `pack_weight(weight, packed)` keeps `weight_packed` (16-channel slivers of the
     (K, Cout) matrix, flat) instead of the weight where `packed`, else the weight itself;
     `weight` is then rebuilt from the slivers on request (a copy: the kernels never read it)."""
 
     def pack_weight(self, weight, packed):
         self.kernel_shape = tuple(weight.shape)
-        self.packed = matmul_avx512.enabled() if packed is None else bool(packed)
+        self.packed = register_tile.enabled() if packed is None else bool(packed)
         if self.packed:
             matrix = np.asarray(weight, FLOAT).reshape(-1, self.kernel_shape[-1])
-            self.weight_packed = matmul_avx512.packed_weight(matrix).reshape(-1)
+            self.weight_packed = register_tile.packed_weight(matrix).reshape(-1)
             self.weight_names = ("weight_packed", "bias")
         else:
             self._weight = weight
@@ -95,7 +95,7 @@ class _PackedWeight:
     def weight(self):
         if self.packed:
             k, cout = math.prod(self.kernel_shape[:-1]), self.kernel_shape[-1]
-            return matmul_avx512.unpacked_weight(self.weight_packed, k, cout).reshape(self.kernel_shape)
+            return register_tile.unpacked_weight(self.weight_packed, k, cout).reshape(self.kernel_shape)
         return self._weight
 
     @weight.setter
@@ -126,8 +126,8 @@ class FusedConv2d(_PackedWeight, _Windowed):
     """Standard KxK convolution + bias + activation. weight (KH, KW, Cin, Cout). Its tiles are
     blocks of output pixels (`ops.conv.conv_tile`); but for the stem (3x3 over RGB, computed
     tap by tap) they gather receptive fields into a workspace, a block per thread. With `packed`
-    (the default where `ops.matmul_avx512.enabled()`), `ops.conv_packed.conv_tile_packed` instead, the
-    stem too: the register tile of `ops.matmul_avx512` on `weight_packed` (`_PackedWeight`),
+    (the default where `ops.register_tile.enabled()`), `ops.conv_packed.conv_tile_packed` instead, the
+    stem too: the register tile (`ops.register_tile`) on `weight_packed` (`_PackedWeight`),
     reading interior pixels' fields from x and gathering only the border's into the workspace."""
 
     kind = "conv"
@@ -186,15 +186,15 @@ class FusedConv2d(_PackedWeight, _Windowed):
                        B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, RH=self.dilation[0],
                        RW=self.dilation[1], TR=tile, AUX=offsets[2] if workspace[1] > 0 else -1,
                        BLOCKS=workspace[0] if workspace[1] > 0 else 0,
-                       RUN=matmul_avx512.LANES if self.packed else -1)]
+                       RUN=register_tile.LANES if self.packed else -1)]
 
 
 class FusedPointwise(_PackedWeight, FusedLayer):
     """1x1 convolution + bias + activation, or + bias + residual; optionally SE-gated input.
 
     inputs: (x,) + (residual,) if `residual` + (gate,) if `gated`. weight (Cin, Cout). With
-    `packed` (the default where `ops.matmul_avx512.enabled()`), the kernel is the register
-    tile of `ops.matmul_avx512` on `weight_packed` (`_PackedWeight`); else the OpenBLAS tile on
+    `packed` (the default where `ops.register_tile.enabled()`), the kernel is the register
+    tile (`ops.register_tile`) on `weight_packed` (`_PackedWeight`); else the OpenBLAS tile on
     `weight`.
     """
 
@@ -253,7 +253,7 @@ class FusedPointwise(_PackedWeight, FusedLayer):
         ops.append(op_row(KIND=POINTWISE, ACT=ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
                           X=offsets[0], N=n, XH=h, XW=w, XC=cin, Y=offsets[-1], YC=cout,
                           W=self.param_offsets[self.weight_names[0]], B=self.param_offsets["bias"], AUX=residual,
-                          AUX2=gate, TR=tile_rows, TC=tile_cols, RUN=matmul_avx512.LANES if self.packed else -1))
+                          AUX2=gate, TR=tile_rows, TC=tile_cols, RUN=register_tile.LANES if self.packed else -1))
         return ops
 
 
@@ -263,7 +263,7 @@ class FusedDepthwise(_Windowed):
     outputs: (y,) or (y, row_sums). weight (KH, KW, C). The kernel reads the weight and bias
     repeated for the pixels of one run (`ops.depthwise.tiled_weight`): `weight_tiled`,
     `bias_tiled`, the arrays packed with the parameters. With `packed` (the default where
-    `ops.matmul_avx512.enabled()` for 5x5 kernels, and for 3x3 ones at strides 1 and 2 without
+    `ops.depthwise_avx512.enabled()` for 5x5 kernels, and for 3x3 ones at strides 1 and 2 without
     dilation), the kernel is `ops.depthwise_avx512`'s register tile, on runs of one pixel (the
     weight (KH*KW, C) and bias as they are).
     """
@@ -277,7 +277,7 @@ class FusedDepthwise(_Windowed):
         self.stride, self.padding, self.dilation = stride, padding, tuple(dilation)
         self.kernel_shape = tuple(weight.shape)
         registers = depthwise_avx512.takes(self.kernel_shape[:2], stride, self.dilation)
-        self.packed = (matmul_avx512.enabled() and registers) if packed is None else bool(packed)
+        self.packed = (depthwise_avx512.enabled() and registers) if packed is None else bool(packed)
         if self.packed and not registers:
             raise ValueError(f"{name}: the depthwise register tile takes 5x5 kernels, and 3x3 ones at strides 1 "
                              f"and 2 without dilation; got {tuple(weight.shape[:2])}, stride {tuple(stride)}, "
@@ -408,23 +408,32 @@ class FusedGlobalPool(FusedLayer):
         return [op_row(KIND=POOL, TILES=n, X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[1])]
 
 
-class FusedLinear(FusedLayer):
+class FusedLinear(_PackedWeight, FusedLayer):
     """Fully connected + bias + activation (also the sigmoid). weight (Cin, Cout), held packed by
-    column blocks (`tiles.linear_blocks`: each tile's block of weights contiguous), `weight_blocks`."""
+    column blocks (`tiles.linear_blocks`: each tile's block of weights contiguous), `weight_blocks`;
+    with `packed` (the default where `ops.register_tile.enabled()`, but for the sigmoid, which the
+    register tile does not compute), in 16-channel slivers (`_PackedWeight`) for
+    `tiles.linear_tile_packed`, whose sums do not depend on the batch."""
 
     kind = "linear"
-    weight_names = ("weight_blocks", "bias")
 
-    def __init__(self, name, inputs, outputs, weight, bias, activation=None):
+    def __init__(self, name, inputs, outputs, weight, bias, activation=None, packed=None):
         super().__init__(name, inputs, outputs)
         self.in_features, self.out_features = weight.shape
         self.block = linear_block_cols(self.out_features)
-        self.weight_blocks = linear_blocks(np.asarray(weight, FLOAT), self.block)
         self.bias, self.activation = bias, activation
+        if packed is None:
+            packed = register_tile.enabled() and activation != "sigmoid"
+        self.pack_weight(np.asarray(weight, FLOAT), packed)
+        if not self.packed:
+            self.weight_blocks = linear_blocks(self._weight, self.block)
+            self.weight_names = ("weight_blocks", "bias")
 
     @property
     def weight(self):
-        """The (Cin, Cout) weight, rebuilt from its blocks (a copy)."""
+        """The (Cin, Cout) weight, rebuilt from its slivers or blocks (a copy)."""
+        if self.packed:
+            return _PackedWeight.weight.fget(self)
         return np.concatenate(list(self.weight_blocks), axis=1)[:, :self.out_features]
 
     def weight_bytes(self):
@@ -438,14 +447,18 @@ class FusedLinear(FusedLayer):
 
     def call(self, tensors, parallel, sgemm):
         x, y = tensors
-        return _pair_kernel(kernels.LINEAR, parallel), (
-            x, self.weight_blocks, self.bias, LINEAR_ACTIVATIONS[self.activation], sgemm, y)
+        act = LINEAR_ACTIVATIONS[self.activation]
+        if self.packed:
+            return _pair_kernel(kernels.LINEAR_PACKED, parallel), (x, self.weight_packed, self.bias, act, self.block, y)
+        return _pair_kernel(kernels.LINEAR, parallel), (x, self.weight_blocks, self.bias, act, sgemm, y)
 
     def program_ops(self, offsets, shapes):
         n, cin = shapes[0]
-        return [op_row(KIND=LINEAR, ACT=LINEAR_ACTIVATIONS[self.activation], TILES=self.weight_blocks.shape[0],
+        weight = self.weight_names[0]
+        return [op_row(KIND=LINEAR, ACT=LINEAR_ACTIVATIONS[self.activation], TILES=-(-self.out_features // self.block),
                        X=offsets[0], N=n, XC=cin, Y=offsets[1], YC=self.out_features,
-                       W=self.param_offsets["weight_blocks"], B=self.param_offsets["bias"], TC=self.block)]
+                       W=self.param_offsets[weight], B=self.param_offsets["bias"], TC=self.block,
+                       RUN=register_tile.LANES if self.packed else -1)]
 
 
 class FusedResize(FusedLayer):

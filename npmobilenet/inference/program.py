@@ -42,11 +42,12 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile. RUN 16: W is packed in 16-channel
-  slivers (`ops.matmul_avx512.packed_weight`: (YC/16 rounded up, XC, 16)) for that module's
+  slivers (`ops.register_tile.packed_weight`: (YC/16 rounded up, XC, 16)) for that module's
   register tile; -1: W as it is, for the OpenBLAS tile.
 - POOL: X (N, XH*XW, XC) -> Y (N, XC).
 - LINEAR: X (N, XC) -> Y (N, YC) with W packed by column blocks of TC (`tiles.linear_blocks`:
-  (YC/TC rounded up, XC, TC)), B; a block per tile.
+  (YC/TC rounded up, XC, TC)), B; a block per tile. RUN 16: W in 16-channel slivers as POINTWISE's
+  (`tiles.linear_tile_packed`), TC columns per tile.
 - RESIZE: X (N, XH, XW, XC) -> Y (N, YH, YW, XC) bilinear; AUX: gate (N, XC) or -1; TR output
   rows per tile.
 """
@@ -57,7 +58,8 @@ from numba import types
 from npmobilenet.config import njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
 from npmobilenet.inference.indirect import CompiledCall
-from npmobilenet.inference.tiles import global_avg_pool_tile, linear_tile, resize_tile, squeeze_excite_tile
+from npmobilenet.inference.tiles import (global_avg_pool_tile, linear_tile, linear_tile_packed, resize_tile,
+                                        squeeze_excite_tile)
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
@@ -70,8 +72,8 @@ from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_
 CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
 KINDS = 8
 # more slots of the address table
-CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, DEPTHWISE_5X5, DEPTHWISE_3X3_BLOCKS, RUN_TILE = range(
-    KINDS, KINDS + 7)
+(CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, DEPTHWISE_5X5, DEPTHWISE_3X3_BLOCKS, LINEAR_PACKED,
+ RUN_TILE) = range(KINDS, KINDS + 8)
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
@@ -115,6 +117,7 @@ TILE_CALLS = {
     CONV_DIRECT: CompiledCall(conv_direct_tile, (_A4, _A4, _A1, _I, _I, _I, _I, _I, _I, _A4, _I)),
     POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
     LINEAR: CompiledCall(linear_tile, (_A2, _A3, _A1, _I, _I, _A2, _I)),
+    LINEAR_PACKED: CompiledCall(linear_tile_packed, (_A2, _A1, _A1, _I, _I, _A2, _I)),
     RESIZE: CompiledCall(resize_tile, (_A4, _A2, _I, _A4, _I)),
 }
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
@@ -122,16 +125,19 @@ _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CON
 _conv_direct, _depthwise_3x3 = TILE_CALLS[CONV_DIRECT].call, TILE_CALLS[DEPTHWISE_3X3].call
 _depthwise_5x5, _depthwise_3x3_blocks = TILE_CALLS[DEPTHWISE_5X5].call, TILE_CALLS[DEPTHWISE_3X3_BLOCKS].call
 _resize, _pointwise_packed, _conv_packed = (TILE_CALLS[k].call for k in (RESIZE, POINTWISE_PACKED, CONV_PACKED))
+_linear_packed = TILE_CALLS[LINEAR_PACKED].call
 
 
 def _slot(row):
     """The address slot of an op table row: its kind's, but CONV_DIRECT for a convolution without
     workspace blocks (the stem), DEPTHWISE_5X5 and DEPTHWISE_3X3_BLOCKS for a 5x5 and a 3x3
     depthwise convolution in the register tile (RUN 0), DEPTHWISE_3X3 for a 3x3 one in the loop
-    tile, and POINTWISE_PACKED and CONV_PACKED for
-    pointwise and standard ones on packed weights (RUN > 0)."""
+    tile, and POINTWISE_PACKED, CONV_PACKED and LINEAR_PACKED for pointwise, standard and fully
+    connected layers on packed weights (RUN > 0)."""
     if row[KIND] == POINTWISE and row[RUN] > 0:
         return POINTWISE_PACKED
+    if row[KIND] == LINEAR and row[RUN] > 0:
+        return LINEAR_PACKED
     if row[KIND] == CONV and row[BLOCKS] > 0 and row[RUN] > 0:
         return CONV_PACKED
     if row[KIND] == CONV and row[BLOCKS] <= 0:
@@ -223,6 +229,10 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                                 block, op[TR], sgemm, view(arena, op[Y], (n, yh, yw, yc)), t))
     elif kind == POOL:
         _pool(addresses[POOL], (view(arena, op[X], (n, xh * xw, xc)), view(arena, op[Y], (n, xc)), t))
+    elif kind == LINEAR and op[RUN] > 0:
+        packed = view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * xc,))
+        _linear_packed(addresses[LINEAR_PACKED], (view(arena, op[X], (n, xc)), packed, view(params, op[B], (yc,)), act,
+                                                  op[TC], view(arena, op[Y], (n, yc)), t))
     elif kind == LINEAR:
         tc = op[TC]
         _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], ((yc + tc - 1) // tc, xc, tc)),

@@ -10,7 +10,11 @@ one per kind, shared with training's forward and the exact int8 path). Here:
 - `linear_tile`: a column block of a fully connected layer, bias and activation, on weights
   packed by column block (`linear_blocks`): at batch 1 the classifier is a matrix-vector product
   bound by reading its weights, so each tile streams its block once, in order (its columns are
-  split so that both cores read).
+  split so that both cores read). Where the register tile runs (`ops/register_tile.py`),
+  `linear_tile_packed` instead: the weight in its 16-channel slivers, every row count summed by
+  the register tile, so an image's logits are the same bits whatever the batch (the streaming
+  loop's sums and SGEMM's, which `linear_tile` switches between at `GEMV_MAX_ROWS`, differ in
+  the last bits).
 - `resize_tile`: a block of output rows of a bilinear resize (LR-ASPP's upsampling, V3 paper,
   sec. 6.3), optionally of the input times a per-image gate (LR-ASPP's `x * sigmoid(...)`,
   multiplied as each input pixel is read, as the projection applies SE's gate).
@@ -24,6 +28,7 @@ from numba import prange
 from npmobilenet.config import njit_inline, njit_serial, njit_serial_strict, serial_and_parallel
 from npmobilenet.ops.blas import gemm_call
 from npmobilenet.ops.epilogue import bias_act
+from npmobilenet.ops.register_tile import product_rows
 
 _F32 = np.float32
 
@@ -140,6 +145,18 @@ def linear_tile(x, w_blocks, bias, act, gemm, y, b):
     bias_act(y, first, x.shape[0], m0, m1, bias, act)
 
 
+@njit_serial
+def linear_tile_packed(x, w, bias, act, block_cols, y, b):
+    """Columns b*block_cols.. of y = act(x @ w + bias) (act not the sigmoid), w packed in 16-channel
+    slivers (`register_tile.packed_weight`, flat): the register tile for any number of rows of x
+    (N, Cin). At batch 1 each sliver is streamed once, in order, as `linear_tile`'s loop streams
+    its block (the tile's extra rows are repeats of the one, in registers)."""
+    m0 = b * block_cols
+    m1 = min(y.shape[1], m0 + block_cols)
+    first = np.int64(0)     # not 0: a literal argument would compile the callee a second time
+    product_rows(x, first, w, bias, act, y[:0], y, first, x.shape[0], m0, m1)
+
+
 def _linear(x, w_blocks, bias, act, gemm, y):
     # x: (N, Cin), w_blocks (blocks, Cin, B), bias: (Cout,) -> y: (N, Cout) = act(x @ w + bias).
     for b in prange(w_blocks.shape[0]):
@@ -183,6 +200,12 @@ def resize_tile(x, gate, rows, y, t):
                                     + b * (p * x_bottom[left, c] + q * x_bottom[right, c]))
 
 
+def _linear_packed(x, w, bias, act, block_cols, y):
+    # the same on packed slivers: column blocks of block_cols (a multiple of 16)
+    for b in prange((y.shape[1] + block_cols - 1) // block_cols):
+        linear_tile_packed(x, w, bias, act, block_cols, y, b)
+
+
 def _resize(x, gate, rows, y):
     # x: (N, H, W, C) [* gate (N, C)] -> y: (N, Ho, Wo, C), bilinear. Blocks of output rows.
     for t in prange((y.shape[0] * y.shape[1] + rows - 1) // rows):
@@ -194,8 +217,10 @@ def _resize(x, gate, rows, y):
 _squeeze_excite_gate_serial, _squeeze_excite_gate_parallel = serial_and_parallel(_squeeze_excite_gate)
 _global_avg_pool_serial, _global_avg_pool_parallel = serial_and_parallel(_global_avg_pool)
 _linear_serial, _linear_parallel = serial_and_parallel(_linear)
+_linear_packed_serial, _linear_packed_parallel = serial_and_parallel(_linear_packed)
 _resize_serial, _resize_parallel = serial_and_parallel(_resize)
 SE_GATE = (_squeeze_excite_gate_serial, _squeeze_excite_gate_parallel)
 GLOBAL_POOL = (_global_avg_pool_serial, _global_avg_pool_parallel)
 LINEAR = (_linear_serial, _linear_parallel)
+LINEAR_PACKED = (_linear_packed_serial, _linear_packed_parallel)
 RESIZE = (_resize_serial, _resize_parallel)

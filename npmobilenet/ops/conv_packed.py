@@ -1,13 +1,13 @@
-"""The standard convolution's fused-inference tile on AVX-512: `ops/matmul_avx512.py`'s register
-tile over receptive fields, read where they lie in x.
+"""The standard convolution's fused-inference tile on AVX-512 or AVX2: the register tile
+(`ops/register_tile.py`) over receptive fields, read where they lie in x.
 
 In NHWC the receptive field of output pixel (oh, ow) of a KHxKW convolution is KH runs of KW*Cin
 contiguous numbers, one per input row (dilation 1). `conv.conv_tile`'s GEMM path gathers each
 field into a row of a workspace block, then multiplies the block by SGEMM; here the register tile
-reads interior pixels' fields in place, 8 neighbours at a time (`matmul_avx512.product_span`
+reads interior pixels' fields in place, a block of neighbours at a time (`register_tile.product_span`
 with KH runs), and only pixels whose taps reach the padding are gathered (`conv.gather_field`,
-zeros for the padding), then multiplied 8 at a time (into the workspace, then copied to their
-places in y, which need not be evenly spaced). Both sum each output's taps in (i, j, c)
+zeros for the padding), then multiplied a block (`register_tile.ROWS` pixels) at a time (into
+the workspace, then copied to their places in y, which need not be evenly spaced). Both sum each output's taps in (i, j, c)
 order: the same bits whichever way a pixel went. The stem (3x3 over RGB) runs it too.
 """
 import numpy as np
@@ -15,25 +15,25 @@ from numba import prange
 
 from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.ops.conv import gather_field
-from npmobilenet.ops.matmul_avx512 import PIXELS, product_span
+from npmobilenet.ops.register_tile import ROWS, product_span
 
 
 @njit_serial
 def workspace_rows(tile, k, cout):
     """Rows (of k = KH*KW*Cin numbers) of a worker's workspace block: a gathered field per output
-    pixel of a tile, then room for 8 output pixels (`conv_tile_packed` computes a group of
-    gathered fields there, then copies each pixel's outputs to its place in y)."""
-    return tile + -(-PIXELS * cout // k)
+    pixel of a tile, then room for a block's `ROWS` output pixels (`conv_tile_packed` computes a
+    group of gathered fields there, then copies each pixel's outputs to its place in y)."""
+    return tile + -(-ROWS * cout // k)
 
 
 @njit_serial
 def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
                      dilation_w, block, tile, y, t):
     """Output pixels t*tile..(t+1)*tile-1 of y = act(conv(x, w) + bias), as `conv.conv_tile`, on w
-    packed as a (KH*KW*Cin, Cout) matrix (`matmul_avx512.packed_weight`, flattened); block:
+    packed as a (KH*KW*Cin, Cout) matrix (`register_tile.packed_weight`, flattened); block:
     (`workspace_rows`, KH*KW*Cin), this worker's, for the gathered fields. The interior pixels of
-    an output row are read from x, 8 at a time (one `product_span` per row); the others are
-    gathered and multiplied 8 at a time."""
+    an output row are read from x (one `product_span` per row); the others are gathered and
+    multiplied `ROWS` at a time."""
     height, width, cin = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w, cout = y.shape[1], y.shape[2], y.shape[3]
     pixels = y.shape[0] * out_h * out_w
@@ -42,15 +42,15 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
     x_rows = x.reshape(x.shape[0], height, width * cin)
     flat_x, flat_y, flat_block = x.reshape(-1), y.reshape(-1), block.reshape(-1)
     k_ = block.shape[1]
-    results = flat_block.shape[0] - PIXELS * cout     # where a group of gathered fields' outputs go first
+    results = flat_block.shape[0] - ROWS * cout       # where a group of gathered fields' outputs go first
     one, zero = np.int64(1), np.int64(0)              # not literals: product_span would compile again
     direct = dilation_h == 1 and dilation_w == 1
     # columns with every tap inside: `depthwise_rows._interior_columns` at dilation 1, written out
     # (called across modules, it left the stem 5% slower: 0.372 against 0.353 ms)
     lo = min(max(-(-pad_left // stride_w), 0), out_w)
     hi = max(min((width - 1 + pad_left - (kernel_w - 1)) // stride_w + 1, out_w), lo)
-    outputs = np.empty(PIXELS, np.int64)      # where the pending gathered fields' outputs go
-    pending, used = zero, zero                # gathered fields waiting for a group of 8 (the last
+    outputs = np.empty(ROWS, np.int64)        # where the pending gathered fields' outputs go
+    pending, used = zero, zero                # gathered fields waiting for a block (the last
                                               # `pending` of the `used` block rows)
     p = p0
     n = p0 // (out_h * out_w)                 # pixel p is (n, oh, ow), advanced with p
@@ -59,7 +59,7 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
     while p < p1:
         top = oh * stride_h - pad_top
         if direct and lo <= ow < hi and top >= 0 and top + kernel_h <= height:
-            count = min(hi - ow, p1 - p)         # the row's interior pixels in this tile, 8 at a time
+            count = min(hi - ow, p1 - p)         # the row's interior pixels in this tile
             base = ((n * height + top) * width + ow * stride_w - pad_left) * cin
             product_span(flat_x, base, stride_w * cin, kernel_w * cin, kernel_h, width * cin, w, bias, act, flat_y[:0],
                          flat_y, p * cout, cout, count, zero, cout)
@@ -73,7 +73,7 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
             ow, oh = 0, oh + 1
             if oh == out_h:
                 oh, n = 0, n + 1
-        if pending == PIXELS or (pending > 0 and p == p1):
+        if pending == ROWS or (pending > 0 and p == p1):
             product_span(flat_block, (used - pending) * k_, k_, k_, one, zero, w, bias, act, flat_y[:0], flat_block,
                          results, cout, pending, zero, cout)
             for i in range(pending):

@@ -21,7 +21,7 @@ identical across thread counts.
 
 Whole fused models with it against the same models with `depthwise.py`'s tile, in one process:
 `python benchmarks/register_tile.py --depthwise [--kernel 3]` (figures in the README). Fused
-inference runs it where the CPU has AVX-512 (`FusedDepthwise`, `matmul_avx512.enabled()`) for
+inference runs it where the CPU has AVX-512 (`FusedDepthwise`, `enabled()`) for
 every 5x5 layer and every 3x3 one at strides 1 and 2 without dilation, on the weight (KH*KW, C)
 and bias (C,) as they are (`tiled_weight` with runs of one pixel).
 """
@@ -32,9 +32,17 @@ from npmobilenet.config import njit_inline, njit_serial, serial_and_parallel
 from npmobilenet.ops.depthwise import clamped_borders, step_row_sums, step_rows, steps_per_image
 from npmobilenet.ops.depthwise_rows import _interior_columns
 from npmobilenet.ops.matmul_avx512 import activate
-from npmobilenet.ops.vector16 import LANES, fma, load_part_like, splat, splat8, store_part
+from npmobilenet.ops import register_tile
+from npmobilenet.ops.vector16 import LANES, fma, has_avx512, load_part_like, splat, splat8, store_part
 
 PIXELS = 8   # output pixels of one row per block
+
+
+def enabled():
+    """Whether fused inference runs this tile: where the register tiles are enabled
+    (`register_tile.enabled()`) and the CPU has AVX-512 (with AVX2's 16 registers of 8 lanes its
+    8 x 16 block would spill; the loop tile, vectorised by LLVM, runs there)."""
+    return register_tile.enabled() and has_avx512()
 
 
 def takes(kernel, stride, dilation):

@@ -5,14 +5,14 @@ Fused inference's pointwise tile (`pointwise.pointwise_tile`), and its standard 
 finish the block in a second pass (`epilogue.finish`). SGEMM packs both operands on every call and
 knows nothing of the epilogue; a MobileNet layer has a few hundred rows per tile and K of 16 to
 960, so the packing and the second pass are a large part of each call. Here the weight is packed
-once, when the fused model is built (`packed_weight`: 16-channel slivers, each (K, 16),
+once, when the fused model is built (`register_tile.packed_weight`: 16-channel slivers, each (K, 16),
 contiguous), and each block of 8 output rows by 32 channels is summed over K in 16 vector
 registers (per k: two 16-channel weight loads, eight broadcast inputs, sixteen FMAs), then
 finished in the registers (+ bias, act or + residual) and stored once (`product_span`; a last
 8-channel remainder in 8-lane vectors).
 
 An input row need not be contiguous: it is `segs` runs of `seg` numbers, `gap` apart. A matrix
-row is one run (`product_rows`, for `pointwise.pointwise_tile_packed`); a receptive field of a
+row is one run (`register_tile.product_rows`, for `pointwise.pointwise_tile_packed`); a receptive field of a
 KHxKW convolution in NHWC is KH runs of KW*Cin numbers, one per input row, so
 `conv_packed.conv_tile_packed` reads interior pixels' fields where they lie in x instead of
 gathering them.
@@ -20,47 +20,23 @@ gathering them.
 Each output is the same sum in the same order (k = 0, 1, ...) whatever the tile, the thread, or
 whether its field was gathered: results are bitwise identical across thread counts, as the tiling
 requires (`inference/tiling.py`). They differ from SGEMM's in the last bits (another order).
+CPUs with AVX2 but not AVX-512 run `matmul_avx2.py`'s 6 x 16 tile on the same packed weight
+(`register_tile.py` picks one).
 """
-import os
-
 import numpy as np
 
 from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.ops.epilogue import HARDSWISH, RELU, RELU6
-from npmobilenet.ops.vector16 import (LANES, add, broadcast, broadcast_like, fma, has_avx512, load, load_like,
-                                      load_part_like, maximum, minimum, mul, splat, splat8, splat_like, store,
-                                      store_part)
+from npmobilenet.ops.vector16 import (LANES, add, broadcast, broadcast_like, fma, load, load_like, load_part_like,
+                                      maximum, minimum, mul, splat, splat8, splat_like, store, store_part)
 
 PIXELS = 8  # rows of the register tile
 HALF_PIXELS = PIXELS // 2   # a block's last rows, when this few, are summed in half the registers
 HALF = LANES // 2
 
 
-def enabled():
-    """Whether fused inference's pointwise layers use this tile: where the CPU has AVX-512 and
-    NPMOBILENET_NO_AVX512 is unset (or 0); the variable keeps the OpenBLAS tile, e.g. to test it
-    on an AVX-512 machine."""
-    return os.environ.get("NPMOBILENET_NO_AVX512", "0") in ("", "0") and has_avx512()
-
-
-def packed_weight(w):
-    """w (K, M) float32 -> (ceil(M/16), K, 16): sliver s holds columns 16s..16s+15 of every row,
-    zero past M."""
-    k, m = w.shape
-    slivers = -(-m // LANES)
-    padded = np.zeros((k, slivers * LANES), np.float32)
-    padded[:, :m] = w
-    return np.ascontiguousarray(padded.reshape(k, slivers, LANES).transpose(1, 0, 2))
-
-
-def unpacked_weight(packed, k, m):
-    """The inverse of `packed_weight` (its result or the same flattened): -> (k, m)."""
-    slivers = packed.size // (k * LANES)
-    return np.ascontiguousarray(packed.reshape(slivers, k, LANES).transpose(1, 0, 2).reshape(k, slivers * LANES)[:, :m])
-
-
 @njit_serial
-def _finish(v, b, act, residual, at, count):
+def finish(v, b, act, residual, at, count):
     """act(v + b), or v + b + residual.flat[at:at+count] when there is a residual (the linear
     bottleneck: no activation after the add), as `epilogue.finish` computes it."""
     if residual.shape[0] > 0:
@@ -124,8 +100,8 @@ def _block_pair(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, 
     for i, (a, b) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5), (a6, b6), (a7, b7))):
         if i < rows:
             at = q[i] + c
-            store(y, at, _finish(a, ba, act, residual, at, LANES))
-            store_part(y, at + LANES, _finish(b, bb, act, residual, at + LANES, count), count)
+            store(y, at, finish(a, ba, act, residual, at, LANES))
+            store_part(y, at + LANES, finish(b, bb, act, residual, at + LANES, count), count)
 
 
 @njit_inline
@@ -155,7 +131,7 @@ def _block_one(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, z
     for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
         if i < rows:
             at = q[i] + c
-            store_part(y, at, _finish(a, ba, act, residual, at, count), count)
+            store_part(y, at, finish(a, ba, act, residual, at, count), count)
 
 
 @njit_serial
@@ -163,7 +139,7 @@ def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ys
     """Channels m0..m1 (m0 a multiple of 16) of `rows` output rows at y.flat[y0 + i*ystep]:
     act(x_i @ W + bias), or + bias + residual (at the same offsets), x_i the input row at
     x.flat[x0 + i*xstep] (`segs` runs of `seg` numbers, `gap` apart: `_block_pair`); W (K, M)
-    packed (`packed_weight`, flattened), bias (M,); x, y, residual flat. In groups of 8 rows (a
+    packed (`register_tile.packed_weight`, flattened), bias (M,); x, y, residual flat. In groups of 8 rows (a
     group's rows past the last repeat it); the loop over groups is here, not in the callers: a
     call per group (some 60 arguments) cost as much as a K=16 group's sums."""
     zero16, zero8 = splat(np.float32(0)), splat8(np.float32(0))
@@ -188,15 +164,3 @@ def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ys
             _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero16, m1 - c)
         elif m1 > c:
             _block_one(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, zero8, m1 - c)
-
-
-@njit_inline
-def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1):
-    """y[y0:y0+rows, m0:m1] = act(x[x0:x0+rows] @ W + bias), or + bias + residual (rows y0.. of
-    residual (P, M) when it has any): x (., K), W (K, M) packed (`packed_weight`, flattened),
-    bias (M,), y (., M); m0 a multiple of 16. Inlined into its caller (a wrapper compiled on its
-    own cost V2's cold start some 0.6 s)."""
-    k_, cols = x.shape[1], y.shape[1]
-    one, zero = np.int64(1), np.int64(0)   # not literals: product_span would compile again for them
-    product_span(x.reshape(-1), x0 * k_, k_, k_, one, zero, w, bias, act, residual.reshape(-1), y.reshape(-1),
-                 y0 * cols, cols, rows, m0, m1)

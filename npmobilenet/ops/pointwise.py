@@ -15,8 +15,8 @@ The forward tile (`pointwise_tile`), what fused inference and the exact int8 pat
 rows by columns of y multiplied by OpenBLAS's GEMM called from inside Numba (`ops/blas.py`), then
 finished while in cache (bias and activation, or bias and the residual: `ops/epilogue.py`), its
 input rows first scaled by squeeze-and-excitation's gate when the layer has one. Where the CPU has
-AVX-512, fused inference runs `pointwise_tile_packed` instead: the same tiles on a weight packed
-once, summed and finished in registers (`ops/matmul_avx512.py`).
+AVX-512 or AVX2, fused inference runs `pointwise_tile_packed` instead: the same tiles on a weight
+packed once, summed and finished in registers (`ops/register_tile.py`).
 
 Training keeps its own technique, one `np.matmul` over the whole batch (BLAS threads are
 OpenBLAS's own, OPENBLAS_NUM_THREADS): it has no epilogue to fuse, float64 would need the tiles'
@@ -31,7 +31,7 @@ from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.ops.blas import matmul
 from npmobilenet.ops.epilogue import finish, scale_by_gate
 from npmobilenet.ops.geometry import check_array, check_dy, check_same_dtype
-from npmobilenet.ops.matmul_avx512 import product_rows
+from npmobilenet.ops.register_tile import product_rows
 
 
 # -- the forward tile: x (P, K), w (K, M) -> y (P, M), with its epilogue ------------------------------
@@ -89,8 +89,8 @@ POINTWISE_FORWARD = (_pointwise_forward_serial, _pointwise_forward_parallel)
 
 @njit_serial
 def pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t):
-    """`pointwise_tile` on a packed weight (`matmul_avx512.packed_weight`, flattened), finished in
-    registers (`matmul_avx512.product_rows`); no GEMM address. tile_cols is a multiple of 16."""
+    """`pointwise_tile` on a packed weight (`register_tile.packed_weight`, flattened), finished in
+    registers (`register_tile.product_rows`); no GEMM address. tile_cols is a multiple of 16."""
     p0, p1, m0, m1 = _gated_tile(x, gate, rows_per_image, tile_rows, tile_cols, y.shape[1], t)
     product_rows(x, p0, w, bias, act, residual, y, p0, p1 - p0, m0, m1)
 

@@ -9,7 +9,8 @@ LLVM allocates exactly that; written as plain loops, the same product was left t
 which keeps no tile in registers. The intrinsics are LLVM's generic vector instructions (loads,
 masked loads and stores, broadcast, `llvm.fma`, add, multiply, min, max); a CPU without 512-bit
 registers would run them in halves and spill the tile, so the kernels that use them run only where
-`has_avx512()` (the others keep their OpenBLAS path).
+`has_avx512()`; with AVX2 (`has_avx2()`) the matrix product runs a tile of 8-lane vectors
+(`matmul_avx2.py`), and the rest keep their portable or OpenBLAS path.
 
 Arrays are passed whole (C-contiguous float32, any rank) with a flat element index; no bounds
 check, no wraparound: the kernels compute their indices. `load`, `load_part`, `broadcast` and
@@ -29,6 +30,11 @@ LANES = 16
 def has_avx512():
     """Whether the CPU Numba compiles for has AVX-512 F (`config.cpu_features`)."""
     return "avx512f" in cpu_features()
+
+
+def has_avx2():
+    """Whether it has AVX2 and FMA: 8-lane vectors (`float32x8`) in 16 registers, fused multiply-add."""
+    return {"avx2", "fma"} <= cpu_features()
 
 
 class Float32Vector(types.Type):
