@@ -4,7 +4,7 @@
 
 Pointwise layers and the standard convolutions run the register tile (`ops/register_tile.py`:
 AVX-512's 8 x 32 block, or AVX2's 6 x 16) where the CPU has one; NPMOBILENET_NO_AVX512=1 keeps
-OpenBLAS's SGEMM plus the epilogue pass. With `--depthwise` (AVX-512 only), only the depthwise layers differ: `ops/depthwise_avx512.py`'s
+OpenBLAS's SGEMM plus the epilogue pass. With `--depthwise`, only the depthwise layers differ: `ops/depthwise_avx512.py`'s
 register tile against `ops/depthwise.py`'s loop tile (`FusedDepthwise(packed=False)`), with
 `--kernel 3` or `--kernel 5` only the layers of that kernel size. Both fused
 models are built in one process and timed in alternating blocks of 3 calls, the order swapped
@@ -61,12 +61,9 @@ def main(argv=None):
 
     import npmobilenet
     from npmobilenet.ops import register_tile
-    from npmobilenet.ops.vector16 import has_avx512
 
     if not register_tile.available():
         raise SystemExit("this CPU has neither AVX-512 nor AVX2 with FMA: the fused model uses OpenBLAS's tiles only")
-    if args.depthwise and not has_avx512():
-        raise SystemExit("this CPU has no AVX-512: the depthwise layers run the loop tile only")
     x = np.random.default_rng(0).standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
     print(f"batch {args.batch}, {args.threads} thread(s), 224x224, ms per image (median of {args.rounds} blocks)")
     sizes = f"{args.kernel}x{args.kernel}" if args.kernel else "3x3 and 5x5"

@@ -19,7 +19,7 @@ from npmobilenet.inference.threads import numba_threads
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import reference, register_tile
 from npmobilenet.ops.blas import find_blas
-from npmobilenet.ops.vector16 import has_avx2, has_avx512
+from npmobilenet.ops.vector16 import has_avx2
 
 RTOL = 1e-5
 
@@ -210,7 +210,7 @@ def test_depthwise_tile_matches_reference(g):
     assert_close(sums, expected.sum(axis=2), "row sums")
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the depthwise register tile needs AVX-512")
+@pytest.mark.skipif(not register_tile.available(), reason="the depthwise register tile needs AVX-512, or AVX2 and FMA")
 @given(n=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 30), channels=st.integers(1, 72),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 3)] * 4),
        activation=st.sampled_from(list(ACTIVATION)), kernel=st.sampled_from([3, 5]))
@@ -237,7 +237,7 @@ def test_depthwise_register_tile_takes_5x5_and_3x3_kernels():
     from npmobilenet.ops import depthwise_avx512
 
     x, b = np.zeros((1, 8, 8, 4), np.float32), np.zeros(4, np.float32)
-    if has_avx512():
+    if register_tile.available():
         with pytest.raises(ValueError, match="packed=True takes a 5x5 kernel, or a 3x3 one at strides 1 and 2"):
             kernels.depthwise_conv(x, np.zeros((3, 3, 4), np.float32), b, stride=3, packed=True)
         with pytest.raises(ValueError, match="packed=True takes a 5x5 kernel"):
@@ -251,12 +251,12 @@ def test_depthwise_register_tile_takes_5x5_and_3x3_kernels():
         with pytest.raises(ValueError, match=re.escape(f"got {kernel}, stride {stride}, dilation {dilation}")):
             layer(kernel, stride, dilation, packed=True)
         assert not layer(kernel, stride, dilation).packed
-    # by default 5x5 and 3x3 layers take it where the register tiles are enabled and the CPU has AVX-512
-    assert layer((5, 5)).packed == depthwise_avx512.enabled() == (register_tile.enabled() and has_avx512())
+    # by default 5x5 and 3x3 layers take it where the register tiles are enabled (AVX-512, AVX2)
+    assert layer((5, 5)).packed == depthwise_avx512.enabled() == register_tile.enabled()
     assert layer((3, 3), (2, 2)).packed == depthwise_avx512.enabled()
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the depthwise register tile needs AVX-512")
+@pytest.mark.skipif(not register_tile.available(), reason="the depthwise register tile needs AVX-512, or AVX2 and FMA")
 def test_packed_3x3_depthwise_layer_runs_the_register_tile_on_wide_and_narrow_maps():
     # 14x14 rows (12 interior pixels: blocks read x, borders by clamped taps) and 7x7 ones (5:
     # every pixel by clamped taps), without a workspace, in the op table's row and through `call`
@@ -278,7 +278,7 @@ def test_packed_3x3_depthwise_layer_runs_the_register_tile_on_wide_and_narrow_ma
         assert_close(y, expected, f"packed 3x3 on {size}x{size}")
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the depthwise register tile needs AVX-512")
+@pytest.mark.skipif(not register_tile.available(), reason="the depthwise register tile needs AVX-512, or AVX2 and FMA")
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
     # dilated kernels (LR-ASPP's V3 backbone at output stride 16) go tap by tap; 14x14 rows (two

@@ -11,9 +11,9 @@ over its layer's tiles, compiled serial and parallel (`prange` over the tiles):
   times SGEMM), the same tiles training's forward and the exact int8 path run. Where the CPU has
   AVX-512 or AVX2, the fused model runs `ops.pointwise.POINTWISE_PACKED_FORWARD` and
   `ops.conv_packed.CONV_PACKED_FORWARD` instead: the same tiles, the product of a weight packed once
-  summed and finished in registers (`ops/register_tile.py`; `packed=True` below), and, with
-  AVX-512, `ops.depthwise_avx512`'s kernels for 5x5 depthwise layers and 3x3 ones at strides 1
-  and 2 (blocks of 8 pixels by 16 channels in registers).
+  summed and finished in registers (`ops/register_tile.py`; `packed=True` below), and
+  `ops.depthwise_avx512`'s kernels for 5x5 depthwise layers and 3x3 ones at strides 1 and 2
+  (blocks of 8 pixels by 16 channels in registers, 8 by 8 with AVX2).
 - `SE_GATE`, `GLOBAL_POOL`, `LINEAR`, `RESIZE`: `tiles.py`.
 
 The tiling (`tiling.py`, and the ops' own rules) depends on shapes only, so every output element
@@ -39,7 +39,6 @@ from npmobilenet.ops.blas import numba_gemm_address, sgemm_address, single_threa
 from npmobilenet.ops.epilogue import IDENTITY, LINEAR_ACTIVATIONS, NO_ROW_SUMS, NO_ROWS, activation_code
 from npmobilenet.ops.geometry import output_size
 from npmobilenet.ops.pointwise import POINTWISE_FORWARD
-from npmobilenet.ops.vector16 import has_avx512
 
 POINTWISE = POINTWISE_FORWARD
 DEPTHWISE = depthwise_ops.DEPTHWISE_FORWARD
@@ -62,11 +61,6 @@ def _f32(name, a, ndim, layout):
 def _check_register_tile():
     if not register_tile.available():
         raise RuntimeError("packed=True needs a CPU with AVX-512, or AVX2 and FMA (ops.register_tile)")
-
-
-def _check_avx512():
-    if not has_avx512():
-        raise RuntimeError("packed=True needs a CPU with AVX-512 (the depthwise register tile of ops.depthwise_avx512)")
 
 
 def _run(pair, parallel, *args):
@@ -137,7 +131,7 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
     """act(depthwise(x, w) + bias). x: (N, H, W, C), w: (KH, KW, C), bias: (C,) -> y: (N, Ho, Wo, C).
 
     stride: int or (sh, sw); padding: int or (top, bottom, left, right). With `with_row_sums`,
-    also returns the sums over each output row, (N, Ho, C). With `packed` (a CPU with AVX-512;
+    also returns the sums over each output row, (N, Ho, C). With `packed` (a CPU with AVX-512 or AVX2;
     a 5x5 kernel, or a 3x3 one at strides 1 and 2), the register tile fused inference runs there
     (`ops.depthwise_avx512`).
     """
@@ -152,7 +146,7 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
     y = np.empty((n, ho, wo, c), np.float32)
     sums = np.empty((n, ho, c), np.float32) if with_row_sums else NO_ROW_SUMS
     if packed:
-        _check_avx512()
+        _check_register_tile()
         if not depthwise_avx512.takes(w.shape[:2], (sh, sw), (1, 1)):
             raise ValueError(f"packed=True takes a 5x5 kernel, or a 3x3 one at strides 1 and 2; got w of shape "
                              f"{w.shape}, stride {(sh, sw)}")

@@ -1,4 +1,4 @@
-"""The 3x3 and 5x5 depthwise forward tiles on AVX-512: 8 output pixels by 16 channels in registers.
+"""The 3x3 and 5x5 depthwise forward tiles in registers: 8 output pixels by 16 channels (AVX-512), or by 8 (AVX2).
 
 `depthwise.depthwise_tile` loops over the channels of runs of pixels and leaves the vectorising
 to LLVM: per output vector it loads each of the KH*KW input vectors and as many weight vectors, so
@@ -21,9 +21,13 @@ identical across thread counts.
 
 Whole fused models with it against the same models with `depthwise.py`'s tile, in one process:
 `python benchmarks/register_tile.py --depthwise [--kernel 3]` (figures in the README). Fused
-inference runs it where the CPU has AVX-512 (`FusedDepthwise`, `enabled()`) for
+inference runs it where the CPU has AVX-512 or AVX2 (`FusedDepthwise`, `enabled()`) for
 every 5x5 layer and every 3x3 one at strides 1 and 2 without dilation, on the weight (KH*KW, C)
-and bias (C,) as they are (`tiled_weight` with runs of one pixel).
+and bias (C,) as they are (`tiled_weight` with runs of one pixel). With AVX2 (16 registers of 8
+lanes) the blocks are 8 pixels by 8 channels, one 8-lane body per block kind (`VECTOR`): against
+the loop tile, whole models 0.95-1.07x the time on the Zen 3 machine (no gain beyond its noise),
+and V2's cold start 18.8-20.0 s against 21.0-23.8 s, the loop tile being the costliest function
+to compile.
 """
 import numpy as np
 from numba import prange
@@ -36,13 +40,30 @@ from npmobilenet.ops import register_tile
 from npmobilenet.ops.vector16 import LANES, fma, has_avx512, load_part_like, splat, splat8, store_part
 
 PIXELS = 8   # output pixels of one row per block
+# channels per block: 16-lane vectors with AVX-512; with AVX2, whose 16 registers hold 8 lanes, 8
+# (8 sums, a kernel row's 3 or 5 weights and the input columns in flight fit; 16-lane blocks spill)
+_AVX512 = has_avx512()
+VECTOR = LANES if _AVX512 else LANES // 2
+
+
+@njit_inline
+def _zero16():
+    return splat(np.float32(0))
+
+
+@njit_inline
+def _zero8():
+    return splat8(np.float32(0))
+
+
+_zero = _zero16 if _AVX512 else _zero8     # a block's vector type, chosen once at import
 
 
 def enabled():
     """Whether fused inference runs this tile: where the register tiles are enabled
-    (`register_tile.enabled()`) and the CPU has AVX-512 (with AVX2's 16 registers of 8 lanes its
-    8 x 16 block would spill; the loop tile, vectorised by LLVM, runs there)."""
-    return register_tile.enabled() and has_avx512()
+    (`register_tile.enabled()`: AVX-512, or AVX2 with FMA, whose blocks are 8 pixels by 8
+    channels, `VECTOR`)."""
+    return register_tile.enabled()
 
 
 def takes(kernel, stride, dilation):
@@ -282,11 +303,11 @@ def _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w):
 
 
 @njit_serial
-def _row_blocks(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
+def _row_blocks_16(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
     """y[n, oh, lo:hi] = act(depthwise + bias) at stride 1 or 2, dilation 1, every tap inside
     `src` (x itself, or a step's zero-padded rows: both flat): output pixel lo's field starts at
     src[base], its rows `row` apart. Blocks of 8 pixels (`_block_at`) by 16 channels
-    (`_block_rows`)."""
+    (`_block_rows`), the last ones masked or in 8 lanes (AVX-512: `_row_blocks`)."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
@@ -303,19 +324,35 @@ def _row_blocks(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
 
 
 @njit_serial
-def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
-    """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, every channel block in
-    16-lane vectors (the last one masked): one block body per stride, where `_row_blocks` has
-    three (full, masked 16-lane, 8-lane), which took the first version of the 3x3 tile from 8.6
-    to 6.8 s of compiling."""
+def _row_blocks_8(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
+    """`_row_blocks_16` in blocks of 8 channels (8-lane vectors, the last one masked): AVX2's."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
-    z16 = splat(np.float32(0))
+    z = _zero8()
     for start in range(lo, hi, PIXELS):
         rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
-        for c in range(0, channels, LANES):
-            _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z16,
-                         min(LANES, channels - c))
+        for c in range(0, channels, VECTOR):
+            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z,
+                        min(VECTOR, channels - c))
+
+
+_row_blocks = _row_blocks_16 if _AVX512 else _row_blocks_8
+
+
+@njit_serial
+def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
+    """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, every channel block in
+    vectors of `VECTOR` lanes (the last one masked): one block body per stride, where
+    `_row_blocks_16` has three (full, masked 16-lane, 8-lane), which took the first version of
+    the 3x3 tile from 8.6 to 6.8 s of compiling."""
+    out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
+    flat_y, flat_w = y.reshape(-1), w.reshape(-1)
+    z = _zero()
+    for start in range(lo, hi, PIXELS):
+        rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
+        for c in range(0, channels, VECTOR):
+            _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z,
+                         min(VECTOR, channels - c))
 
 
 @njit_serial
@@ -324,12 +361,12 @@ def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, ac
     block kinds inlined into one function ran both slower)."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
-    z16, z8 = splat(np.float32(0)), splat8(np.float32(0))
+    z16, z8 = _zero(), _zero8()       # AVX2: 8 lanes both
     for start in range(lo, hi, PIXELS):
         rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
         c = 0
         while c < channels:
-            count = min(LANES, channels - c)
+            count = min(VECTOR, channels - c)
             if count > LANES // 2:
                 _block_taps(src, r, stride * channels, dilation_h * row, dilation_w * channels, channels, flat_w, c,
                             bias, act, flat_y, q, rows, z16, count)
