@@ -147,6 +147,19 @@ def test_pointwise_int8_kernels_match_reference_bit_for_bit(rows, cin, cout, see
         assert np.array_equal(y, expected)
 
 
+@pytest.mark.parametrize("channels", [16, 40, 96])
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (5, 1)])
+def test_depthwise_int8_whole_and_partial_channel_blocks(channels, k, stride):
+    # the portable kernel's 16-channel blocks: whole ones (plain byte loads and stores: no masked
+    # byte access without AVX-512 BW) and a tail of 8 (masked), interior and border pixels
+    rng = np.random.default_rng(channels + k + stride)
+    x, w = _int8(rng, (2, 11, 9, channels)), _int8(rng, (k, k, channels))
+    zx = int(rng.integers(-128, 128))
+    args = _requant_args(rng, channels, k * k)
+    geometry = ((stride, stride), (k // 2,) * 4, (1, 1))
+    expected = qreference.depthwise_conv2d(x, zx, w, *args, *geometry)
+    assert np.array_equal(qkernels.depthwise_conv2d_int8(x, zx, w, *args, *geometry, expected.shape), expected)
+
 def test_parallel_drivers_match_the_serial_kernels(monkeypatch):
     monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
     rng = np.random.default_rng(3)

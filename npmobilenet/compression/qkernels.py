@@ -117,7 +117,9 @@ def _gather_field(xf, h, wd, cin, n, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, zx,
     # taps in (i, j, ci) order, padding taps z_x (the real value 0); every byte + 128 (its sign
     # bit flipped: vpdpbusd's unsigned bytes) where `flip`. A kernel row inside the image
     # (dilation 1) is one contiguous run of KW * Cin bytes (the stem: 9), copied 64 bytes at a time
-    # with masked loads and stores; else one inside-or-padding test per tap.
+    # with masked loads and stores where `flip` (the VNNI path: AVX-512 BW masks bytes), else by a
+    # plain loop (without BW a masked byte load or store is one tested access per byte: the stem's
+    # gather took 200 ns a pixel on the Zen 3 machine); else one inside-or-padding test per tap.
     run = kw * cin
     sign = np.int8(-128) if flip else np.int8(0)
     pad_byte = np.int8(zx ^ sign)
@@ -126,15 +128,21 @@ def _gather_field(xf, h, wd, cin, n, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, zx,
     columns_inside = dw == 1 and iw0 >= 0 and iw0 + kw <= wd
     for i in range(kh):
         ih = oh * sh - pt + i * dh
-        if ih < 0 or ih >= h:
+        if (ih < 0 or ih >= h) and not flip:
+            for e in range(run):
+                dst[_U(o + e)] = pad_byte
+        elif ih < 0 or ih >= h:
             for e in range(0, run, 64):
                 store64_int8(dst, o + e, padding, min(64, run - e))
+        elif columns_inside and not flip:
+            src = ((n * h + ih) * wd + iw0) * cin
+            for e in range(run):
+                dst[_U(o + e)] = xf[_U(src + e)]
         elif columns_inside:
             src = ((n * h + ih) * wd + iw0) * cin
             for e in range(0, run, 64):
                 count = min(64, run - e)
-                v = load64_int8(xf, src + e, count)
-                store64_int8(dst, o + e, unsigned64(v) if flip else v, count)
+                store64_int8(dst, o + e, unsigned64(load64_int8(xf, src + e, count)), count)
         else:
             for j in range(kw):
                 iw = iw0 + j * dw
@@ -340,12 +348,16 @@ _U = np.uint64  # an index Numba cannot prove non-negative is made unsigned: no 
 @njit_serial
 def _pointwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, row_start, row_end):
     # Four pixels at a time share every weight row they read; the inner loop runs along a
-    # contiguous weight row (int8 -> int32 multiply-adds, which LLVM vectorises).
+    # contiguous weight row (int8 -> int32 multiply-adds, which LLVM vectorises). The sums are
+    # requantized 16 channels at a time in int32 lanes (vnni.py's generic vector code, as the
+    # depthwise kernel does; one channel at a time, the requantization took most of the time of
+    # layers of K <= 32).
     cin, cout = w.shape
     acc0 = np.empty(cout, np.int32)
     acc1 = np.empty(cout, np.int32)
     acc2 = np.empty(cout, np.int32)
     acc3 = np.empty(cout, np.int32)
+    left = any_left_shift(shift)
     p = row_start
     while p < row_end:
         count = min(4, row_end - p)
@@ -367,17 +379,20 @@ def _pointwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, row_s
                 acc1[co] += x1 * wv
                 acc2[co] += x2 * wv
                 acc3[co] += x3 * wv
-        for co in range(cout):
-            y[up, co] = _requantize_store(acc0[co], multiplier[co], shift[co], zy, lo, hi)
-        if count > 1:
-            for co in range(cout):
-                y[q1, co] = _requantize_store(acc1[co], multiplier[co], shift[co], zy, lo, hi)
-        if count > 2:
-            for co in range(cout):
-                y[q2, co] = _requantize_store(acc2[co], multiplier[co], shift[co], zy, lo, hi)
-        if count > 3:
-            for co in range(cout):
-                y[q3, co] = _requantize_store(acc3[co], multiplier[co], shift[co], zy, lo, hi)
+        for c0 in range(0, cout, 16):
+            lanes = min(16, cout - c0)
+            m, s = load16_part(multiplier, c0, lanes), load16_part(shift, c0, lanes)
+            store16_int8(y, p * cout + c0, requantize16_layer(load16_part(acc0, c0, lanes), m, s, left, zy, lo, hi),
+                         lanes)
+            if count > 1:
+                store16_int8(y, (p + 1) * cout + c0,
+                             requantize16_layer(load16_part(acc1, c0, lanes), m, s, left, zy, lo, hi), lanes)
+            if count > 2:
+                store16_int8(y, (p + 2) * cout + c0,
+                             requantize16_layer(load16_part(acc2, c0, lanes), m, s, left, zy, lo, hi), lanes)
+            if count > 3:
+                store16_int8(y, (p + 3) * cout + c0,
+                             requantize16_layer(load16_part(acc3, c0, lanes), m, s, left, zy, lo, hi), lanes)
         p += count
 
 
