@@ -21,11 +21,15 @@ def _modules():
 
 
 def _dispatchers():
-    """Every Numba dispatcher defined (not merely imported) in an npmobilenet module."""
-    found = {}
+    """Every Numba dispatcher defined (not merely imported) in an npmobilenet module, once: a
+    module's alias of its own kernel (a choice made at import, e.g. depthwise_avx512._zero for
+    this CPU's vector width) is the same dispatcher under its first name."""
+    found, seen = {}, set()
     for module in _modules():
         for attr, obj in vars(module).items():
-            if isinstance(obj, numba.core.dispatcher.Dispatcher) and obj.py_func.__module__ == module.__name__:
+            if (isinstance(obj, numba.core.dispatcher.Dispatcher) and obj.py_func.__module__ == module.__name__
+                    and id(obj) not in seen):
+                seen.add(id(obj))
                 found[f"{module.__name__}.{attr}"] = obj
     return found
 
