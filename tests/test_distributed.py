@@ -73,7 +73,12 @@ def client(expected):   # `expected` first: the kernels are compiled (or cached)
 
 
 def assert_rows_equal(frame, rows, topk=3):
-    """The DataFrame holds exactly `rows` (predict_files' rows), in order, values bit for bit."""
+    """The DataFrame holds exactly `rows` (predict_files' rows), in order, values bit for bit where
+    the CPU has a register tile (its classifier sums every batch size alike; the workers' batches
+    are smaller than the single process's), else to float32's last bits (OpenBLAS's tiles)."""
+    from npmobilenet.ops import register_tile
+
+    exact = register_tile.enabled()
     assert list(frame["path"]) == [row["path"] for row in rows]
     for (_, got), row in zip(frame.iterrows(), rows):
         if row["error"] is not None:
@@ -84,7 +89,10 @@ def assert_rows_equal(frame, rows, topk=3):
         for rank, entry in enumerate(row["top"], 1):
             suffix = "" if rank == 1 else f"_{rank}"
             assert int(got["class_index" + suffix]) == entry["index"]
-            assert float(got["probability" + suffix]) == entry["probability"]
+            if exact:
+                assert float(got["probability" + suffix]) == entry["probability"]
+            else:
+                assert float(got["probability" + suffix]) == pytest.approx(entry["probability"], rel=1e-5)
 
 
 def test_predict_equals_single_process_and_reports_corrupt_files(client, folder, expected):
