@@ -251,15 +251,19 @@ def export_onnx(model, path, batch=None, opset=DEFAULT_OPSET, input_layout="nchw
     return path
 
 
-def run_onnx(path, x):
+def run_onnx(path, x, fuse=True):
     """Run an exported graph with ONNX Runtime on `x` (its input layout); its outputs as our
     model returns them: a classifier's logits (N, K); LR-ASPP's logits NHWC (N, H, W, K);
     SSDLite's (cls_logits (N, A, K), bbox_regression (N, A, 4)), its twelve head maps reshaped
     and concatenated outside the graph (`ssdlite.concatenate_heads`); another graph's several
-    outputs as a tuple, maps NHWC."""
+    outputs as a tuple, maps NHWC. `fuse=False`: ONNX Runtime's basic optimizations only, so an
+    int8 QDQ graph runs as written, not fused into its integer kernels (which saturate on x86
+    CPUs without VNNI: `compression.peer.saturating_int8_cpu`)."""
     ort = require("onnxruntime", "running ONNX graphs")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if not fuse:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = [y.transpose(0, 2, 3, 1) if y.ndim == 4 else y
