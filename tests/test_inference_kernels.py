@@ -435,6 +435,26 @@ def test_packed_linear_is_the_same_bits_for_every_batch(activation):
     with pytest.raises(ValueError, match="no sigmoid"):
         kernels.linear(x, w, b, "sigmoid", packed=True)
 
+def test_fused_linear_packs_its_weight_once_and_never_for_the_sigmoid():
+    # slivers where the register tile runs, column blocks otherwise and for the sigmoid (LR-ASPP's
+    # gate), which the tile does not compute; either way one copy of the weight, rebuilt on request
+    from npmobilenet.inference.layers import FusedLinear
+
+    rng = np.random.default_rng(20)
+    w, b = data(rng, 40, 100), data(rng, 100)
+
+    def layer(activation, packed=None):
+        return FusedLinear("fc", ("x",), ("y",), w, b, activation, packed=packed)
+
+    assert layer(None).packed == register_tile.enabled() and not layer("sigmoid").packed
+    blocks = layer(None, packed=False)
+    assert blocks.weight_names == ("weight_blocks", "bias") and not hasattr(blocks, "_weight")
+    assert np.array_equal(blocks.weight, w)
+    slivers = layer("relu", packed=True)
+    assert slivers.weight_names == ("weight_packed", "bias") and np.array_equal(slivers.weight, w)
+    with pytest.raises(ValueError, match="fc: the register tile computes no sigmoid"):
+        layer("sigmoid", packed=True)
+
 def test_linear_sigmoid():
     # LR-ASPP's gate: sigmoid(x w), its own epilogue loop; saturates without overflow
     rng = np.random.default_rng(16)

@@ -128,21 +128,22 @@ def _gather_field(xf, h, wd, cin, n, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, zx,
     columns_inside = dw == 1 and iw0 >= 0 and iw0 + kw <= wd
     for i in range(kh):
         ih = oh * sh - pt + i * dh
-        if (ih < 0 or ih >= h) and not flip:
-            for e in range(run):
-                dst[_U(o + e)] = pad_byte
-        elif ih < 0 or ih >= h:
-            for e in range(0, run, 64):
-                store64_int8(dst, o + e, padding, min(64, run - e))
-        elif columns_inside and not flip:
-            src = ((n * h + ih) * wd + iw0) * cin
-            for e in range(run):
-                dst[_U(o + e)] = xf[_U(src + e)]
+        if ih < 0 or ih >= h:
+            if flip:
+                for e in range(0, run, 64):
+                    store64_int8(dst, o + e, padding, min(64, run - e))
+            else:
+                for e in range(run):
+                    dst[_U(o + e)] = pad_byte
         elif columns_inside:
             src = ((n * h + ih) * wd + iw0) * cin
-            for e in range(0, run, 64):
-                count = min(64, run - e)
-                store64_int8(dst, o + e, unsigned64(load64_int8(xf, src + e, count)), count)
+            if flip:
+                for e in range(0, run, 64):
+                    count = min(64, run - e)
+                    store64_int8(dst, o + e, unsigned64(load64_int8(xf, src + e, count)), count)
+            else:
+                for e in range(run):
+                    dst[_U(o + e)] = xf[_U(src + e)]
         else:
             for j in range(kw):
                 iw = iw0 + j * dw
@@ -350,8 +351,7 @@ def _pointwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, y, row_s
     # Four pixels at a time share every weight row they read; the inner loop runs along a
     # contiguous weight row (int8 -> int32 multiply-adds, which LLVM vectorises). The sums are
     # requantized 16 channels at a time in int32 lanes (vnni.py's generic vector code, as the
-    # depthwise kernel does; one channel at a time, the requantization took most of the time of
-    # layers of K <= 32).
+    # depthwise kernel does), not one channel at a time in scalar int64 arithmetic.
     cin, cout = w.shape
     acc0 = np.empty(cout, np.int32)
     acc1 = np.empty(cout, np.int32)

@@ -384,7 +384,7 @@ def _load_bytes(builder, pointer, count):
     """The first count (<= 16) bytes at pointer, zeros after them (a masked load where count < 16:
     those bytes are not read). A plain load where count is 16: without AVX-512 BW there is no
     masked byte load, and LLVM makes one of sixteen tested byte loads (the portable depthwise
-    kernel ran V2's layers 4x slower so on the Zen 3 machine)."""
+    kernel ran V2's layers 3x slower so on the Zen 3 machine)."""
     i8x16, i32 = ir.VectorType(ir.IntType(8), LANES), ir.IntType(32)
     pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
     whole = builder.icmp_signed(">=", count, ir.Constant(count.type, LANES))

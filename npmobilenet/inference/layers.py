@@ -422,11 +422,17 @@ class FusedLinear(_PackedWeight, FusedLayer):
         self.in_features, self.out_features = weight.shape
         self.block = linear_block_cols(self.out_features)
         self.bias, self.activation = bias, activation
+        if packed and activation == "sigmoid":
+            raise ValueError(f"{name}: the register tile computes no sigmoid; packed=True takes relu, relu6, "
+                             f"hardswish or none")
+        weight = np.asarray(weight, FLOAT)
         if packed is None:
             packed = register_tile.enabled() and activation != "sigmoid"
-        self.pack_weight(np.asarray(weight, FLOAT), packed)
-        if not self.packed:
-            self.weight_blocks = linear_blocks(self._weight, self.block)
+        if packed:
+            self.pack_weight(weight, True)
+        else:       # the blocks only: the weight itself is not kept (`weight` rebuilds it)
+            self.packed, self.kernel_shape = False, tuple(weight.shape)
+            self.weight_blocks = linear_blocks(weight, self.block)
             self.weight_names = ("weight_blocks", "bias")
 
     @property

@@ -55,7 +55,7 @@ import numba
 import numpy as np
 from numba import types
 
-from npmobilenet.config import njit_serial
+from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
 from npmobilenet.inference.indirect import CompiledCall
 from npmobilenet.inference.tiles import (global_avg_pool_tile, linear_tile, linear_tile_packed, resize_tile,
@@ -162,6 +162,13 @@ def tile_addresses(ops):
     return addresses
 
 
+@njit_inline
+def _slivers(params, op, k):
+    """The weight of a row on packed weights (RUN > 0): YC/RUN slivers (rounded up) of k rows of
+    RUN numbers, flat (`ops.register_tile.packed_weight`)."""
+    return view(params, op[W], ((op[YC] + op[RUN] - 1) // op[RUN] * op[RUN] * k,))
+
+
 @njit_serial
 def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     """Tile t of op `op` (a row of the table), run by worker `worker` (whose workspace blocks it
@@ -175,8 +182,7 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
         residual = view(arena, op[AUX], (rows if op[AUX] >= 0 else 0, yc))
         gate = view(arena, op[AUX2], (n if op[AUX2] >= 0 else 0, xc))
         if op[RUN] > 0:
-            packed = view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * xc,))
-            _pointwise_packed(addresses[POINTWISE_PACKED], (view(arena, op[X], (rows, xc)), packed,
+            _pointwise_packed(addresses[POINTWISE_PACKED], (view(arena, op[X], (rows, xc)), _slivers(params, op, xc),
                                                             view(params, op[B], (yc,)), act, residual, gate, xh * xw,
                                                             op[TR], op[TC], view(arena, op[Y], (rows, yc)), t))
         else:
@@ -217,7 +223,7 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
         rows = workspace_rows(op[TR], k, yc)
         block = view(arena, op[AUX] + worker * rows * k, (rows, k))
         _conv_packed(addresses[CONV_PACKED], (view(arena, op[X], (n, xh, xw, xc)),
-                                              view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * k,)),
+                                              _slivers(params, op, k),
                                               op[KH], op[KW], view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT],
                                               op[PL], op[RH], op[RW], block, op[TR], view(arena, op[Y], (n, yh, yw, yc)),
                                               t))
@@ -230,9 +236,9 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == POOL:
         _pool(addresses[POOL], (view(arena, op[X], (n, xh * xw, xc)), view(arena, op[Y], (n, xc)), t))
     elif kind == LINEAR and op[RUN] > 0:
-        packed = view(params, op[W], ((yc + op[RUN] - 1) // op[RUN] * op[RUN] * xc,))
-        _linear_packed(addresses[LINEAR_PACKED], (view(arena, op[X], (n, xc)), packed, view(params, op[B], (yc,)), act,
-                                                  op[TC], view(arena, op[Y], (n, yc)), t))
+        _linear_packed(addresses[LINEAR_PACKED], (view(arena, op[X], (n, xc)), _slivers(params, op, xc),
+                                                  view(params, op[B], (yc,)), act, op[TC], view(arena, op[Y], (n, yc)),
+                                                  t))
     elif kind == LINEAR:
         tc = op[TC]
         _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], ((yc + tc - 1) // tc, xc, tc)),

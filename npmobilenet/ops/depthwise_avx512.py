@@ -361,7 +361,7 @@ def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, ac
     block kinds inlined into one function ran both slower)."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
-    z16, z8 = _zero(), _zero8()       # AVX2: 8 lanes both
+    z16, z8 = _zero(), _zero8()       # with AVX2 both 8 lanes (count <= 8): only the second call runs
     for start in range(lo, hi, PIXELS):
         rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
         c = 0

@@ -100,9 +100,10 @@ def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ys
     """`matmul_avx512.product_span` (the same arguments and results) in blocks of 6 rows by 16
     channels: channels m0..m1 (m0 a multiple of 16) of `rows` output rows at y.flat[y0 + i*ystep],
     act(x_i @ W + bias) or + bias + residual; a block's rows past the last repeat it. The whole
-    slivers in one loop nest, where the block's channel count is the constant 16 (its bias loads
-    and stores plain, one block body), the last partial sliver in another: with both in one nest
-    the 6 x 16 blocks of K = 16 to 144 took 1.1 to 1.5x the time."""
+    slivers in one loop nest (one block body, its channel count the constant 16), the last partial
+    sliver in another: with both kinds of block in one nest, whole models at one thread took
+    0.834-0.940x the OpenBLAS tiles' time, split 0.805-0.827x (`benchmarks/register_tile.py`, two
+    runs: 1.04-1.15x per model; the README has them)."""
     last = rows - 1
     whole = m0 + (m1 - m0) // LANES * LANES
     for i in range(0, rows, ROWS):
