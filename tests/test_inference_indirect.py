@@ -1,4 +1,4 @@
-"""Calls by address (inference/indirect.py), views by offset (inference/views.py) and the atomics
+"""Calls by address (ops/indirect.py), views by offset (inference/views.py) and the atomics
 the op table's workers share tiles with (inference/atomics.py)."""
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from numba.core.errors import TypingError
 
 from npmobilenet.config import njit_serial
 from npmobilenet.inference.atomics import atomic_cas, atomic_load, atomic_store
-from npmobilenet.inference.indirect import CompiledCall
+from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.inference.views import view
 
 

@@ -283,7 +283,7 @@ def test_packed_3x3_depthwise_layer_runs_the_register_tile_on_wide_and_narrow_ma
 def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
     # dilated kernels (LR-ASPP's V3 backbone at output stride 16) go tap by tap; 14x14 rows (two
     # blocks of 8 pixels, overlapping) and 7x7 ones (one block of 7) at V3's channel counts
-    from npmobilenet.ops.depthwise_avx512 import DEPTHWISE_5X5_FORWARD, workspace_elements
+    from npmobilenet.ops.depthwise_avx512 import DEPTHWISE_5X5_FORWARD, callees_5x5, workspace_elements
     from npmobilenet.ops.epilogue import HARDSWISH
 
     rng = np.random.default_rng(15)
@@ -293,7 +293,8 @@ def test_depthwise_5x5_register_tile_dilated_and_wide(dilation):
         y = np.empty_like(x)
         workspace = np.empty((3, workspace_elements(size, size, channels, 1, 1, dilation, dilation)), np.float32)
         DEPTHWISE_5X5_FORWARD[1](x, np.ascontiguousarray(wt.reshape(25, channels)), 5, 5, b, HARDSWISH,
-                                 np.zeros((0, 1, 1), np.float32), 1, 1, pad, pad, dilation, dilation, y, workspace)
+                                 np.zeros((0, 1, 1), np.float32), 1, 1, pad, pad, dilation, dilation, y, workspace,
+                                 *callees_5x5(1, dilation, dilation))
         expected = hardswish(reference.depthwise_conv2d(x.astype(np.float64), wt.astype(np.float64), padding=pad,
                                                         dilation=dilation) + b)
         assert_close(y, expected, f"5x5 depthwise, dilation {dilation}, {size}x{size}x{channels}")

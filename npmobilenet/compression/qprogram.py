@@ -13,7 +13,7 @@ the zero points, multipliers and packed weights are prepared by the same code as
 Every array argument is a view of one byte arena (activations, and a copy of each weight, bias,
 multiplier and workspace) and is written into the row as its offset and shape; every scalar as its
 value. `_run_qtile` rebuilds the arguments from the row, typed as each kernel takes them, and calls
-the kernel, by its address (`inference/indirect.py`), on tile t's rows: the row kernels of
+the kernel, by its address (`ops/indirect.py`), on tile t's rows: the row kernels of
 qkernels.py (pointwise, depthwise, the standard convolution's gather) take a range of rows; the
 elementwise kernels (lookup, add) a range of elements; the pooled kernels (mean, SE channel scale)
 an image, or a range of an image's pixels. A tile's integers do not depend on which thread
@@ -27,7 +27,7 @@ from numba import types
 
 from npmobilenet.compression import qdepthwise_vnni as qdw, qkernels as qk
 from npmobilenet.config import njit_serial
-from npmobilenet.inference.indirect import CompiledCall
+from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.inference.program import RUN_TILE, TILES, Program, _A1 as _F1
 from npmobilenet.inference.views import view
 

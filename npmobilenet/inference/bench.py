@@ -129,7 +129,7 @@ def machine_peaks(threads=1, seconds=0.3):
         if register_tile.enabled():
             packed = register_tile.packed_weight(a).reshape(-1)
             matmul = n ** 3 / _best_seconds(lambda: pointwise.POINTWISE_PACKED_FORWARD[1](
-                a, packed, bias, IDENTITY, NO_ROWS, NO_ROWS, *tiles, c), seconds) / 1e9
+                a, packed, bias, IDENTITY, NO_ROWS, NO_ROWS, *tiles, c, register_tile.span_address()), seconds) / 1e9
             name = "register tile"
     src = np.ones(16 * 1024 * 1024, np.float32)    # 64 MB: twice the last-level cache
     dst = np.zeros_like(src)                        # touched: no page faults in the timing

@@ -119,7 +119,8 @@ def pointwise_conv(x, w, bias, activation=None, residual=None, gate=None, parall
     if packed:
         _check_register_tile()
         _run(pointwise_ops.POINTWISE_PACKED_FORWARD, parallel, x.reshape(rows, k),
-             register_tile.packed_weight(w).reshape(-1), bias, act, res, g, h * wd, tile_rows, tile_cols, y)
+             register_tile.packed_weight(w).reshape(-1), bias, act, res, g, h * wd, tile_rows, tile_cols, y,
+             register_tile.span_address())
         return y.reshape(n, h, wd, m)
     _run(POINTWISE, parallel, x.reshape(rows, k), w, bias, act, res, g, h * wd,
          tile_rows, tile_cols, sgemm_address() if use_blas else numba_gemm_address(np.float32), y)
@@ -154,11 +155,12 @@ def depthwise_conv(x, w, bias, activation=None, stride=1, padding=0, with_row_su
         args = (x, np.ascontiguousarray(w.reshape(k * k, c)), k, k, bias, activation_code(activation), sums, sh, sw,
                 pt, pl, 1, 1, y)
         if k == 3:
-            _run(depthwise_avx512.DEPTHWISE_3X3_FORWARD, parallel, *args)
+            _run(depthwise_avx512.DEPTHWISE_3X3_FORWARD, parallel, *args, *depthwise_avx512.callees_3x3())
         else:
             workers = get_num_threads() if parallel else 1
             workspace = np.empty((workers, depthwise_avx512.workspace_elements(ho, wo, c, sh, sw, 1, 1)), np.float32)
-            _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel, *args, workspace)
+            _run(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel, *args, workspace,
+                 *depthwise_avx512.callees_5x5(sw, 1, 1))
         return (y, sums) if with_row_sums else y
     pixels = depthwise_ops.tile_pixels(c, sw)
     _run(DEPTHWISE, parallel, x, depthwise_ops.tiled_weight(w, pixels), w.shape[0], w.shape[1], np.tile(bias, pixels),
@@ -201,7 +203,7 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
         k = kh * kw * cin
         cols = np.empty((workers, conv_packed.workspace_rows(tile, k, cout), k), np.float32)
         _run(conv_packed.CONV_PACKED_FORWARD, parallel, x, register_tile.packed_weight(w.reshape(-1, cout)).reshape(-1),
-             kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y)
+             kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y, register_tile.span_address())
         return y
     cols = np.empty(conv_ops.workspace_shape(workers, tile, kh, kw, cin), np.float32)
     _run(CONV2D, parallel, x, w, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile,
@@ -233,7 +235,7 @@ def linear(x, w, bias, activation=None, parallel=True, use_blas=True, packed=Fal
         if activation == "sigmoid":
             raise ValueError("packed=True computes no sigmoid (the register tile's activations: relu, relu6, hardswish)")
         _run(LINEAR_PACKED, parallel, x, register_tile.packed_weight(w).reshape(-1), bias,
-             activation_code(activation), linear_block_cols(w.shape[1]), y)
+             activation_code(activation), linear_block_cols(w.shape[1]), y, register_tile.span_address())
         return y
     _run(LINEAR, parallel, x, tiles.linear_blocks(w, linear_block_cols(w.shape[1])),
          bias, activation_code(activation, LINEAR_ACTIVATIONS), sgemm_address() if use_blas else numba_gemm_address(np.float32), y)

@@ -172,7 +172,7 @@ class FusedConv2d(_PackedWeight, _Windowed):
             kh, kw = self.kernel_shape[:2]
             return _pair_kernel(conv_packed.CONV_PACKED_FORWARD, parallel), (
                 x, self.weight_packed, kh, kw, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols,
-                tile, y)
+                tile, y, register_tile.span_address())
         return _pair_kernel(kernels.CONV2D, parallel), (
             x, self.weight, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols, tile, sgemm, y)
 
@@ -232,7 +232,7 @@ class FusedPointwise(_PackedWeight, FusedLayer):
         if self.packed:
             return _pair_kernel(pointwise_ops.POINTWISE_PACKED_FORWARD, parallel), (
                 x.reshape(rows, cin), self.weight_packed, self.bias, act, residual, gate, h * w, *tiles,
-                y.reshape(rows, cout))
+                y.reshape(rows, cout), register_tile.span_address())
         return _pair_kernel(kernels.POINTWISE, parallel), (
             x.reshape(rows, cin), self.weight, self.bias, act, residual, gate, h * w, *tiles, sgemm,
             y.reshape(rows, cout))
@@ -330,8 +330,10 @@ class FusedDepthwise(_Windowed):
                 rw, y)
         if self.packed:
             if kh == 3:
-                return _pair_kernel(depthwise_avx512.DEPTHWISE_3X3_FORWARD, parallel), args
-            return _pair_kernel(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel), args + (tensors[-1],)
+                return (_pair_kernel(depthwise_avx512.DEPTHWISE_3X3_FORWARD, parallel),
+                        args + depthwise_avx512.callees_3x3())
+            return (_pair_kernel(depthwise_avx512.DEPTHWISE_5X5_FORWARD, parallel),
+                    args + (tensors[-1],) + depthwise_avx512.callees_5x5(sw, rh, rw))
         return _pair_kernel(kernels.DEPTHWISE, parallel), args
 
     def program_ops(self, offsets, shapes):
@@ -455,7 +457,8 @@ class FusedLinear(_PackedWeight, FusedLayer):
         x, y = tensors
         act = LINEAR_ACTIVATIONS[self.activation]
         if self.packed:
-            return _pair_kernel(kernels.LINEAR_PACKED, parallel), (x, self.weight_packed, self.bias, act, self.block, y)
+            return _pair_kernel(kernels.LINEAR_PACKED, parallel), (x, self.weight_packed, self.bias, act, self.block, y,
+                                                                   register_tile.span_address())
         return _pair_kernel(kernels.LINEAR, parallel), (x, self.weight_blocks, self.bias, act, sgemm, y)
 
     def program_ops(self, offsets, shapes):

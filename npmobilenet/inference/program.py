@@ -57,7 +57,7 @@ from numba import types
 
 from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
-from npmobilenet.inference.indirect import CompiledCall
+from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.inference.tiles import (global_avg_pool_tile, linear_tile, linear_tile_packed, resize_tile,
                                         squeeze_excite_tile)
 from npmobilenet.inference.views import view
@@ -65,6 +65,7 @@ from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
 from npmobilenet.ops.conv_packed import conv_tile_packed, workspace_rows
 from npmobilenet.ops.depthwise import depthwise_steps_3x3, depthwise_steps_kxk
+from npmobilenet.ops import depthwise_avx512, register_tile
 from npmobilenet.ops.depthwise_avx512 import (depthwise_steps_3x3 as depthwise_blocks_3x3, depthwise_steps_5x5,
                                               workspace_elements as depthwise_workspace)
 from npmobilenet.ops.pointwise import gate_rows_tile, pointwise_tile, pointwise_tile_packed
@@ -73,7 +74,9 @@ CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
 KINDS = 8
 # more slots of the address table
 (CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, DEPTHWISE_5X5, DEPTHWISE_3X3_BLOCKS, LINEAR_PACKED,
- RUN_TILE) = range(KINDS, KINDS + 8)
+ PRODUCT_SPAN, BORDERS, BLOCKS_3X3, BLOCKS_5X5, TAPS_5X5, OTHER_TILE, RUN_TILE) = range(KINDS, KINDS + 14)
+# the slots `_run_other_tile` runs (`_run_tile` the others)
+OTHER_SLOTS = (POINTWISE, DEPTHWISE, DEPTHWISE_3X3, CONV_DIRECT, CONV, LINEAR, RESIZE)
 
 # Workers of one run (the caller and its helpers, one per thread at most); workspaces hold a block for each.
 MAX_WORKERS = numba.config.NUMBA_NUM_THREADS
@@ -100,26 +103,34 @@ _I = types.int64
 _A1, _A2, _A3, _A4 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3, 4))
 TILE_CALLS = {
     POINTWISE: CompiledCall(pointwise_tile, (_A2, _A2, _A1, _I, _A2, _A2, _I, _I, _I, _I, _A2, _I)),
-    POINTWISE_PACKED: CompiledCall(pointwise_tile_packed, (_A2, _A1, _A1, _I, _A2, _A2, _I, _I, _I, _A2, _I)),
+    POINTWISE_PACKED: CompiledCall(pointwise_tile_packed, (_A2, _A1, _A1, _I, _A2, _A2, _I, _I, _I, _A2, _I, _I)),
     # depthwise: 3x3 kernels and the others apart (`ops.depthwise.depthwise_steps`), so that a model
     # with 3x3 kernels only compiles none of the other sizes' code
     DEPTHWISE: CompiledCall(depthwise_steps_kxk, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
     DEPTHWISE_3X3: CompiledCall(depthwise_steps_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6 + (_A4, _I, _I)),
     DEPTHWISE_5X5: CompiledCall(depthwise_steps_5x5, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6
-                                + (_A4, _I, _I, _A1)),
+                                + (_A4, _I, _I, _A1, _I, _I, _I)),
     DEPTHWISE_3X3_BLOCKS: CompiledCall(depthwise_blocks_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6
-                                       + (_A4, _I, _I)),
+                                       + (_A4, _I, _I, _I, _I)),
     SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
-    CONV_PACKED: CompiledCall(conv_tile_packed, (_A4, _A1, _I, _I, _A1, _I) + (_I,) * 6 + (_A2, _I, _A4, _I)),
+    CONV_PACKED: CompiledCall(conv_tile_packed, (_A4, _A1, _I, _I, _A1, _I) + (_I,) * 6 + (_A2, _I, _A4, _I, _I)),
     # the stem (3x3 over RGB, BLOCKS 0): conv_tile's direct path alone, without the GEMM path
     CONV_DIRECT: CompiledCall(conv_direct_tile, (_A4, _A4, _A1, _I, _I, _I, _I, _I, _I, _A4, _I)),
     POOL: CompiledCall(global_avg_pool_tile, (_A3, _A2, _I)),
     LINEAR: CompiledCall(linear_tile, (_A2, _A3, _A1, _I, _I, _A2, _I)),
-    LINEAR_PACKED: CompiledCall(linear_tile_packed, (_A2, _A1, _A1, _I, _I, _A2, _I)),
+    LINEAR_PACKED: CompiledCall(linear_tile_packed, (_A2, _A1, _A1, _I, _I, _A2, _I, _I)),
     RESIZE: CompiledCall(resize_tile, (_A4, _A2, _I, _A4, _I)),
 }
+# the functions some tiles call through an address they are passed (`_run_tile` passes
+# addresses[callee]): the register tile's product, the depthwise register tiles' border pixels and
+# blocks (`ops.depthwise_avx512`)
+CALLEE_CALLS = {PRODUCT_SPAN: register_tile.SPAN, BORDERS: depthwise_avx512.BORDERS,
+                BLOCKS_3X3: depthwise_avx512.BLOCKS_3X3, BLOCKS_5X5: depthwise_avx512.BLOCKS,
+                TAPS_5X5: depthwise_avx512.BLOCKS_TAPS}
+CALLEES = {POINTWISE_PACKED: (PRODUCT_SPAN,), CONV_PACKED: (PRODUCT_SPAN,), LINEAR_PACKED: (PRODUCT_SPAN,),
+           DEPTHWISE_3X3_BLOCKS: (BORDERS, BLOCKS_3X3), DEPTHWISE_5X5: (BORDERS, BLOCKS_5X5, TAPS_5X5)}
 _pointwise, _depthwise, _se_gate = TILE_CALLS[POINTWISE].call, TILE_CALLS[DEPTHWISE].call, TILE_CALLS[SE_GATE].call
 _gate_rows, _conv, _pool, _linear = (TILE_CALLS[k].call for k in (GATE_ROWS, CONV, POOL, LINEAR))
 _conv_direct, _depthwise_3x3 = TILE_CALLS[CONV_DIRECT].call, TILE_CALLS[DEPTHWISE_3X3].call
@@ -151,13 +162,21 @@ def _slot(row):
 
 def tile_addresses(ops):
     """int64 (RUN_TILE + 1,): the address of the tile of each slot (`_slot`) the table `ops` uses
-    (compiling it on first use), 0 for the others (a model compiles only the kinds it has); last,
-    that of `_run_tile`."""
+    (compiling it on first use), 0 for the others (a model compiles only the kinds it has); at the
+    slots of the functions those tiles call by address (`CALLEES`), theirs; at OTHER_TILE, that of
+    `_run_other_tile` where a row needs it; last, that of `_run_tile`."""
     addresses = np.zeros(RUN_TILE + 1, np.int64)
     for row in ops:
         slot = _slot(row)
         if addresses[slot] == 0:
             addresses[slot] = TILE_CALLS[slot].address()
+        for callee in CALLEES.get(slot, ()):
+            # (the 5x5 tile's tap-by-tap rows only at a stride over 2 or a dilation)
+            unused = callee == TAPS_5X5 and depthwise_avx512.in_blocks(row[SW], row[RH], row[RW])
+            if addresses[callee] == 0 and not unused:
+                addresses[callee] = CALLEE_CALLS[callee].address()
+        if slot in OTHER_SLOTS and addresses[OTHER_TILE] == 0:
+            addresses[OTHER_TILE] = _RUN_OTHER_TILE.address()
     addresses[RUN_TILE] = _RUN_TILE.address()
     return addresses
 
@@ -169,42 +188,44 @@ def _slivers(params, op, k):
     return view(params, op[W], ((op[YC] + op[RUN] - 1) // op[RUN] * op[RUN] * k,))
 
 
+@njit_inline
+def _depthwise_args(op, params, arena, t):
+    """The arguments every depthwise tile takes (`depthwise_tile(..., t)` is
+    `depthwise_steps(..., t, t + 1)`)."""
+    n, yh, yc = op[N], op[YH], op[YC]
+    run = max(op[RUN], 1) * op[XC]
+    sums = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, yh, yc))
+    return (view(arena, op[X], (n, op[XH], op[XW], op[XC])), view(params, op[W], (op[KH] * op[KW], run)), op[KH],
+            op[KW], view(params, op[B], (run,)), op[ACT], sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
+            view(arena, op[Y], (n, yh, op[YW], yc)), t, t + 1)
+
+
 @njit_serial
 def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     """Tile t of op `op` (a row of the table), run by worker `worker` (whose workspace blocks it
     uses), by calling its kind's tile at `addresses[kind]`. Tensors are views of the arena and
-    weights of the parameters (`views.view`); an absent one (offset -1) is given no rows."""
+    weights of the parameters (`views.view`); an absent one (offset -1) is given no rows. Here the
+    slots of the register tiles, and SE, gating and pooling; the others (`OTHER_SLOTS`: OpenBLAS's
+    tiles, the loop depthwise tiles, the stem's direct taps, resizing) in `_run_other_tile`."""
     kind, act = op[KIND], op[ACT]
     n, xh, xw, xc = op[N], op[XH], op[XW], op[XC]
     yh, yw, yc = op[YH], op[YW], op[YC]
-    if kind == POINTWISE:
+    if kind == POINTWISE and op[RUN] > 0:
         rows = n * xh * xw
         residual = view(arena, op[AUX], (rows if op[AUX] >= 0 else 0, yc))
         gate = view(arena, op[AUX2], (n if op[AUX2] >= 0 else 0, xc))
-        if op[RUN] > 0:
-            _pointwise_packed(addresses[POINTWISE_PACKED], (view(arena, op[X], (rows, xc)), _slivers(params, op, xc),
-                                                            view(params, op[B], (yc,)), act, residual, gate, xh * xw,
-                                                            op[TR], op[TC], view(arena, op[Y], (rows, yc)), t))
-        else:
-            _pointwise(addresses[POINTWISE], (view(arena, op[X], (rows, xc)), view(params, op[W], (xc, yc)),
-                                              view(params, op[B], (yc,)), act, residual, gate, xh * xw, op[TR],
-                                              op[TC], sgemm, view(arena, op[Y], (rows, yc)), t))
-    elif kind == DEPTHWISE:
-        run = max(op[RUN], 1) * xc
-        sums = view(arena, op[AUX], (n if op[AUX] >= 0 else 0, yh, yc))
-        # depthwise_tile(..., t) is depthwise_steps(..., t, t + 1), which runs one of these two
-        args = (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH] * op[KW], run)), op[KH], op[KW],
-                view(params, op[B], (run,)), act, sums, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
-                view(arena, op[Y], (n, yh, yw, yc)), t, t + 1)
-        if op[RUN] == 0 and op[KH] == 3:
-            _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], args)
-        elif op[RUN] == 0:
-            block = depthwise_workspace(yh, yw, yc, op[SH], op[SW], op[RH], op[RW])
-            _depthwise_5x5(addresses[DEPTHWISE_5X5], args + (view(arena, op[AUX2] + worker * block, (block,)),))
-        elif op[KH] == 3 and op[KW] == 3:
-            _depthwise_3x3(addresses[DEPTHWISE_3X3], args)
-        else:
-            _depthwise(addresses[DEPTHWISE], args)
+        _pointwise_packed(addresses[POINTWISE_PACKED], (view(arena, op[X], (rows, xc)), _slivers(params, op, xc),
+                                                        view(params, op[B], (yc,)), act, residual, gate, xh * xw,
+                                                        op[TR], op[TC], view(arena, op[Y], (rows, yc)), t,
+                                                        addresses[PRODUCT_SPAN]))
+    elif kind == DEPTHWISE and op[RUN] == 0 and op[KH] == 3:
+        _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], _depthwise_args(op, params, arena, t)
+                              + (addresses[BORDERS], addresses[BLOCKS_3X3]))
+    elif kind == DEPTHWISE and op[RUN] == 0:
+        block = depthwise_workspace(yh, yw, yc, op[SH], op[SW], op[RH], op[RW])
+        _depthwise_5x5(addresses[DEPTHWISE_5X5], _depthwise_args(op, params, arena, t)
+                       + (view(arena, op[AUX2] + worker * block, (block,)), addresses[BORDERS],
+                          addresses[BLOCKS_5X5], addresses[TAPS_5X5]))
     elif kind == SE_GATE:
         s = op[S]
         _se_gate(addresses[SE_GATE], (view(arena, op[X], (n, xh, xc)), op[COUNT], view(params, op[W], (xc, s)),
@@ -213,12 +234,7 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == GATE_ROWS:
         _gate_rows(addresses[GATE_ROWS], (view(arena, op[X], (n * xh * xw, xc)), view(arena, op[AUX], (n, xc)),
                                           xh * xw, op[TR], t))
-    elif kind == CONV and op[BLOCKS] <= 0:      # the stem: taps directly, no workspace
-        _conv_direct(addresses[CONV_DIRECT], (view(arena, op[X], (n, xh, xw, xc)),
-                                              view(params, op[W], (op[KH], op[KW], xc, yc)), view(params, op[B], (yc,)),
-                                              act, op[SH], op[SW], op[PT], op[PL], op[TR],
-                                              view(arena, op[Y], (n, yh, yw, yc)), t))
-    elif kind == CONV and op[RUN] > 0:
+    elif kind == CONV and op[BLOCKS] > 0 and op[RUN] > 0:
         k = op[KH] * op[KW] * xc
         rows = workspace_rows(op[TR], k, yc)
         block = view(arena, op[AUX] + worker * rows * k, (rows, k))
@@ -226,19 +242,47 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                                               _slivers(params, op, k),
                                               op[KH], op[KW], view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT],
                                               op[PL], op[RH], op[RW], block, op[TR], view(arena, op[Y], (n, yh, yw, yc)),
-                                              t))
+                                              t, addresses[PRODUCT_SPAN]))
+    elif kind == POOL:
+        _pool(addresses[POOL], (view(arena, op[X], (n, xh * xw, xc)), view(arena, op[Y], (n, xc)), t))
+    elif kind == LINEAR and op[RUN] > 0:
+        _linear_packed(addresses[LINEAR_PACKED], (view(arena, op[X], (n, xc)), _slivers(params, op, xc),
+                                                  view(params, op[B], (yc,)), act, op[TC], view(arena, op[Y], (n, yc)),
+                                                  t, addresses[PRODUCT_SPAN]))
+    else:
+        _run_other_at(addresses[OTHER_TILE], (op, params, arena, sgemm, t, worker, addresses))
+
+
+@njit_serial
+def _run_other_tile(op, params, arena, sgemm, t, worker, addresses):
+    """`_run_tile` for the slots of `OTHER_SLOTS`: compiled (and its address at OTHER_TILE) only
+    for a table that has such rows. Apart, V2's cold start on AVX2 (the register tiles) compiled
+    none of their views (one function for every kind took 2.2-2.5 s to compile)."""
+    kind, act = op[KIND], op[ACT]
+    n, xh, xw, xc = op[N], op[XH], op[XW], op[XC]
+    yh, yw, yc = op[YH], op[YW], op[YC]
+    if kind == POINTWISE:
+        rows = n * xh * xw
+        residual = view(arena, op[AUX], (rows if op[AUX] >= 0 else 0, yc))
+        gate = view(arena, op[AUX2], (n if op[AUX2] >= 0 else 0, xc))
+        _pointwise(addresses[POINTWISE], (view(arena, op[X], (rows, xc)), view(params, op[W], (xc, yc)),
+                                          view(params, op[B], (yc,)), act, residual, gate, xh * xw, op[TR],
+                                          op[TC], sgemm, view(arena, op[Y], (rows, yc)), t))
+    elif kind == DEPTHWISE and op[KH] == 3 and op[KW] == 3:
+        _depthwise_3x3(addresses[DEPTHWISE_3X3], _depthwise_args(op, params, arena, t))
+    elif kind == DEPTHWISE:
+        _depthwise(addresses[DEPTHWISE], _depthwise_args(op, params, arena, t))
+    elif kind == CONV and op[BLOCKS] <= 0:      # the stem: taps directly, no workspace
+        _conv_direct(addresses[CONV_DIRECT], (view(arena, op[X], (n, xh, xw, xc)),
+                                              view(params, op[W], (op[KH], op[KW], xc, yc)), view(params, op[B], (yc,)),
+                                              act, op[SH], op[SW], op[PT], op[PL], op[TR],
+                                              view(arena, op[Y], (n, yh, yw, yc)), t))
     elif kind == CONV:
         k = op[KH] * op[KW] * xc
         block = view(arena, op[AUX] + worker * op[TR] * k, (op[TR], k))
         _conv(addresses[CONV], (view(arena, op[X], (n, xh, xw, xc)), view(params, op[W], (op[KH], op[KW], xc, yc)),
                                 view(params, op[B], (yc,)), act, op[SH], op[SW], op[PT], op[PL], op[RH], op[RW],
                                 block, op[TR], sgemm, view(arena, op[Y], (n, yh, yw, yc)), t))
-    elif kind == POOL:
-        _pool(addresses[POOL], (view(arena, op[X], (n, xh * xw, xc)), view(arena, op[Y], (n, xc)), t))
-    elif kind == LINEAR and op[RUN] > 0:
-        _linear_packed(addresses[LINEAR_PACKED], (view(arena, op[X], (n, xc)), _slivers(params, op, xc),
-                                                  view(params, op[B], (yc,)), act, op[TC], view(arena, op[Y], (n, yc)),
-                                                  t))
     elif kind == LINEAR:
         tc = op[TC]
         _linear(addresses[LINEAR], (view(arena, op[X], (n, xc)), view(params, op[W], ((yc + tc - 1) // tc, xc, tc)),
@@ -251,9 +295,10 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
 
 # _run_tile is called through its address too (addresses[RUN_TILE]): linked into the table loop,
 # its views of seven kinds were compiled again in the loop and in the function that leads a run.
-_RUN_TILE = CompiledCall(_run_tile, (types.Array(types.int64, 1, "C"), _A1, _A1, _I, _I, _I,
-                                     types.Array(types.int64, 1, "C")))
-_run_tile_at = _RUN_TILE.call
+_TILE_ARGS = (types.Array(types.int64, 1, "C"), _A1, _A1, _I, _I, _I, types.Array(types.int64, 1, "C"))
+_RUN_TILE = CompiledCall(_run_tile, _TILE_ARGS)
+_RUN_OTHER_TILE = CompiledCall(_run_other_tile, _TILE_ARGS)
+_run_tile_at, _run_other_at = _RUN_TILE.call, _RUN_OTHER_TILE.call
 
 # counters of a job (one per op table and range of ops; a cache line): tiles numbered across runs
 NEXT, DONE, END = 0, 1, 2
@@ -298,7 +343,7 @@ def _lead(ops, first_tile, params, arena, sgemm, counters, addresses, control):
     atomic_store(counters, END, end)
     if control.shape[0] > 0:
         atomic_add(control, GENERATION, 1)
-    _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, 0)
+    _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, np.int64(0))   # the helpers' build
     while atomic_load(counters, DONE) < end:
         cpu_relax()                             # a helper is finishing its last tile
 

@@ -146,15 +146,15 @@ def linear_tile(x, w_blocks, bias, act, gemm, y, b):
 
 
 @njit_serial
-def linear_tile_packed(x, w, bias, act, block_cols, y, b):
+def linear_tile_packed(x, w, bias, act, block_cols, y, b, span):
     """Columns b*block_cols.. of y = act(x @ w + bias) (act not the sigmoid), w packed in 16-channel
     slivers (`register_tile.packed_weight`, flat): the register tile for any number of rows of x
     (N, Cin). At batch 1 each sliver is streamed once, in order, as `linear_tile`'s loop streams
-    its block (the tile's extra rows are repeats of the one, in registers)."""
+    its block (the tile's extra rows are repeats of the one, in registers). span: the address of
+    `product_span` (`register_tile.span_address()`)."""
     m0 = b * block_cols
     m1 = min(y.shape[1], m0 + block_cols)
-    first = np.int64(0)     # not 0: a literal argument would compile the callee a second time
-    product_rows(x, first, w, bias, act, y[:0], y, first, x.shape[0], m0, m1)
+    product_rows(x, 0, w, bias, act, y[:0], y, 0, x.shape[0], m0, m1, span)
 
 
 def _linear(x, w_blocks, bias, act, gemm, y):
@@ -200,10 +200,10 @@ def resize_tile(x, gate, rows, y, t):
                                     + b * (p * x_bottom[left, c] + q * x_bottom[right, c]))
 
 
-def _linear_packed(x, w, bias, act, block_cols, y):
+def _linear_packed(x, w, bias, act, block_cols, y, span):
     # the same on packed slivers: column blocks of block_cols (a multiple of 16)
     for b in prange((y.shape[1] + block_cols - 1) // block_cols):
-        linear_tile_packed(x, w, bias, act, block_cols, y, b)
+        linear_tile_packed(x, w, bias, act, block_cols, y, b, span)
 
 
 def _resize(x, gate, rows, y):

@@ -15,7 +15,7 @@ from numba import prange
 
 from npmobilenet.config import njit_serial, serial_and_parallel
 from npmobilenet.ops.conv import gather_field
-from npmobilenet.ops.register_tile import ROWS, product_span
+from npmobilenet.ops.register_tile import ROWS, call_span
 
 
 @njit_serial
@@ -28,12 +28,12 @@ def workspace_rows(tile, k, cout):
 
 @njit_serial
 def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                     dilation_w, block, tile, y, t):
+                     dilation_w, block, tile, y, t, span):
     """Output pixels t*tile..(t+1)*tile-1 of y = act(conv(x, w) + bias), as `conv.conv_tile`, on w
     packed as a (KH*KW*Cin, Cout) matrix (`register_tile.packed_weight`, flattened); block:
     (`workspace_rows`, KH*KW*Cin), this worker's, for the gathered fields. The interior pixels of
     an output row are read from x (one `product_span` per row); the others are gathered and
-    multiplied `ROWS` at a time."""
+    multiplied `ROWS` at a time; `product_span` at address `span` (`register_tile.span_address()`)."""
     height, width, cin = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w, cout = y.shape[1], y.shape[2], y.shape[3]
     pixels = y.shape[0] * out_h * out_w
@@ -43,7 +43,7 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
     flat_x, flat_y, flat_block = x.reshape(-1), y.reshape(-1), block.reshape(-1)
     k_ = block.shape[1]
     results = flat_block.shape[0] - ROWS * cout       # where a group of gathered fields' outputs go first
-    one, zero = np.int64(1), np.int64(0)              # not literals: product_span would compile again
+    one, zero = np.int64(1), np.int64(0)              # the int64s product_span is called with (SPAN)
     direct = dilation_h == 1 and dilation_w == 1
     # columns with every tap inside: `depthwise_rows._interior_columns` at dilation 1, written out
     # (called across modules, it left the stem 5% slower: 0.372 against 0.353 ms)
@@ -61,8 +61,8 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
         if direct and lo <= ow < hi and top >= 0 and top + kernel_h <= height:
             count = min(hi - ow, p1 - p)         # the row's interior pixels in this tile
             base = ((n * height + top) * width + ow * stride_w - pad_left) * cin
-            product_span(flat_x, base, stride_w * cin, kernel_w * cin, kernel_h, width * cin, w, bias, act, flat_y[:0],
-                         flat_y, p * cout, cout, count, zero, cout)
+            call_span(span, (flat_x, base, stride_w * cin, kernel_w * cin, kernel_h, width * cin, w, bias, act,
+                             flat_y[:0], flat_y, p * cout, cout, count, zero, cout))
         else:
             gather_field(x_rows, cin, n, oh, ow, block[used], kernel_h, kernel_w, stride_h, stride_w, pad_top,
                          pad_left, dilation_h, dilation_w)
@@ -74,8 +74,8 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
             if oh == out_h:
                 oh, n = 0, n + 1
         if pending == ROWS or (pending > 0 and p == p1):
-            product_span(flat_block, (used - pending) * k_, k_, k_, one, zero, w, bias, act, flat_y[:0], flat_block,
-                         results, cout, pending, zero, cout)
+            call_span(span, (flat_block, (used - pending) * k_, k_, k_, one, zero, w, bias, act, flat_y[:0], flat_block,
+                             results, cout, pending, zero, cout))
             for i in range(pending):
                 at, source = outputs[i], results + i * cout
                 for c in range(cout):
@@ -84,14 +84,14 @@ def conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pa
 
 
 def _conv_packed_forward(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                         dilation_w, cols, tile, y):
+                         dilation_w, cols, tile, y, span):
     # every tile of `conv_tile_packed`, as `_conv_forward` runs `conv_tile`'s
     tiles = (y.shape[0] * y.shape[1] * y.shape[2] + tile - 1) // tile
     workers = cols.shape[0]
     for worker in prange(workers):
         for t in range(worker, tiles, workers):
             conv_tile_packed(x, w, kernel_h, kernel_w, bias, act, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                             dilation_w, cols[worker], tile, y, t)
+                             dilation_w, cols[worker], tile, y, t, span)
 
 
 CONV_PACKED_FORWARD = serial_and_parallel(_conv_packed_forward)

@@ -30,11 +30,12 @@ and V2's cold start 18.8-20.0 s against 21.0-23.8 s, the loop tile being the cos
 to compile.
 """
 import numpy as np
-from numba import prange
+from numba import prange, types
 
 from npmobilenet.config import njit_inline, njit_serial, serial_and_parallel
 from npmobilenet.ops.depthwise import clamped_borders, step_row_sums, step_rows, steps_per_image
 from npmobilenet.ops.depthwise_rows import _interior_columns
+from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.ops.matmul_avx512 import activate
 from npmobilenet.ops import register_tile
 from npmobilenet.ops.vector16 import LANES, fma, has_avx512, load_part_like, splat, splat8, store_part
@@ -281,15 +282,21 @@ def _pad_rows(x, n, top, rows, pad_left, padded, columns):
     run = columns * channels
     first, last = min(pad_left, columns) * channels, min(pad_left + width, columns) * channels
     x_rows = x.reshape(x.shape[0], height, width * channels)
+    # loops, not slice assignments: a slice assigned from an array compiles a shape check whose
+    # error message (formatted strings) took 3.2 s of V3-Large's cold start
     for i in range(rows):
-        ih = top + i
-        out = padded[i * run:(i + 1) * run]
+        ih, out = top + i, i * run
         if ih < 0 or ih >= height:
-            out[:] = 0
+            for e in range(run):
+                padded[out + e] = 0
         else:
-            out[:first] = 0
-            out[first:last] = x_rows[n, ih, :last - first]
-            out[last:] = 0
+            source = x_rows[n, ih]
+            for e in range(first):
+                padded[out + e] = 0
+            for e in range(last - first):
+                padded[out + first + e] = source[e]
+            for e in range(last, run):
+                padded[out + e] = 0
 
 
 @njit_inline
@@ -376,9 +383,39 @@ def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, ac
             c += count
 
 
+# The tiles call their border pixels' and their register blocks' functions through their addresses
+# (`indirect.py`), their last arguments (`callees_3x3()`, `callees_5x5()`): linked into each tile, and
+# into the parallel loops over it, they were optimised and turned into machine code again there.
+_I = types.int64
+_F1, _F2, _F4 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 4))
+BORDERS = CompiledCall(clamped_borders, (_F4, _F2, _I, _F4) + (_I,) * 10 + (_F1, _I))
+BLOCKS_3X3 = CompiledCall(_row_blocks3, (_F1, _I, _I, _I, _F2, _F1, _I, _F4, _I, _I, _I, _I))
+BLOCKS = CompiledCall(_row_blocks, (_F1, _I, _I, _I, _F2, _F1, _I, _F4, _I, _I, _I, _I))
+BLOCKS_TAPS = CompiledCall(_row_blocks_taps, (_F1, _I, _I, _I, _I, _I, _F2, _F1, _I, _F4, _I, _I, _I, _I))
+_borders_at, _blocks_3x3_at, _blocks_at, _taps_at = BORDERS.call, BLOCKS_3X3.call, BLOCKS.call, BLOCKS_TAPS.call
+
+
+def callees_3x3():
+    """(borders, blocks): the addresses `depthwise_steps_3x3` takes (compiled on first use)."""
+    return BORDERS.address(), BLOCKS_3X3.address()
+
+
+def in_blocks(stride_w, dilation_h, dilation_w):
+    """Whether the 5x5 tile computes rows in register blocks that reuse input columns
+    (`_row_blocks`, its `vector_rows`), not tap by tap (`_row_blocks_taps`)."""
+    return stride_w in (1, 2) and dilation_h == 1 and dilation_w == 1
+
+
+def callees_5x5(stride_w, dilation_h, dilation_w):
+    """(borders, blocks, taps): the addresses `depthwise_steps_5x5` takes at this stride and
+    dilation (compiled on first use; taps 0, not compiled, where `in_blocks`: never called)."""
+    taps = 0 if in_blocks(stride_w, dilation_h, dilation_w) else BLOCKS_TAPS.address()
+    return BORDERS.address(), BLOCKS.address(), taps
+
+
 @njit_serial
 def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                        dilation_h, dilation_w, y, t0, t1, padded):
+                        dilation_h, dilation_w, y, t0, t1, padded, borders, blocks, taps):
     """`depthwise.depthwise_steps` (the same steps, two output rows of one image; the same
     arguments) for a 5x5 kernel on float32, with w (25, C) and bias (C,) (runs of one pixel) and
     `padded`, this worker's workspace (`workspace_elements`, flat).
@@ -388,12 +425,13 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
     pixels are border pixels, at stride 1 the step's input rows are first copied, zero-padded,
     into `padded`, and every pixel is computed from there, at stride 2 every pixel by clamped
     taps. Register blocks that reuse each input column
-    (`_block_rows`) at strides 1 and 2, dilation 1; else tap by tap (`_block_taps`)."""
+    (`_block_rows`) at strides 1 and 2, dilation 1; else tap by tap (`_block_taps`). borders,
+    blocks, taps: the addresses of `depthwise.clamped_borders`, `_row_blocks`, `_row_blocks_taps`."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height, out_width = y.shape[1], y.shape[2]
     steps, rows_per_step = steps_per_image(out_height, kernel_h, kernel_w, stride_h, dilation_h)
     lo, hi = _interior_columns(width, out_width, kernel_w, stride_w, pad_left, dilation_w)
-    vector_rows = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1
+    vector_rows = (stride_w == 1 or stride_w == 2) and dilation_h == 1 and dilation_w == 1    # `in_blocks`
     wide = hi - lo >= PIXELS
     if not wide and stride_w > 1:
         # a narrow map at stride 2 (14x14 -> 7x7): every pixel by clamped taps, 0.54-0.70x the time
@@ -411,30 +449,31 @@ def depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
         for oh in range(first, last):
             top = oh * stride_h - pad_top
             if wide:
-                clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, 4 * dilation_h, stride_w, pad_left, dilation_h,
-                                dilation_w, bias, act)
+                _borders_at(borders, (x, w, kernel_h, y, n, oh, top, lo, hi, 4 * dilation_h, stride_w, pad_left,
+                                      dilation_h, dilation_w, bias, act))
                 if not (top >= 0 and top + 4 * dilation_h < height):
                     continue                      # done by clamped taps
                 src, base, row = flat_x, ((n * height + top) * width + lo * stride_w - pad_left) * channels, width
             else:
                 src, base, row = padded, (oh - first) * stride_h * columns * channels, columns
             if vector_rows:
-                _row_blocks(src, base, row * channels, stride_w, w, bias, act, y, n, oh, lo, hi)
+                _blocks_at(blocks, (src, base, row * channels, stride_w, w, bias, act, y, n, oh, lo, hi))
             else:
-                _row_blocks_taps(src, base, row * channels, stride_w, dilation_h, dilation_w, w, bias, act, y, n, oh,
-                                 lo, hi)
+                _taps_at(taps, (src, base, row * channels, stride_w, dilation_h, dilation_w, w, bias, act, y, n, oh,
+                                lo, hi))
         step_row_sums(y, row_sums, n, first, last)
 
 
 @njit_serial
 def depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                        dilation_h, dilation_w, y, t0, t1):
+                        dilation_h, dilation_w, y, t0, t1, borders, blocks):
     """`depthwise.depthwise_steps` (the same steps and arguments) for a 3x3 kernel at stride 1 or
     2 each way, dilation 1 (the caller's to check), on float32, with w (9, C) and bias (C,) (runs
-    of one pixel). Interior pixels in register blocks (`_block_rows3`) read from x; border
-    pixels, and every pixel of a row with fewer than 8 interior ones, by clamped taps
-    (`depthwise.clamped_borders`: on 7x7 maps 0.98-1.17x the loop tile's time in two runs, where
-    copying padded rows, as the 5x5 tile does at stride 1, took 1.2-2.3x)."""
+    of one pixel). Interior pixels in register blocks (`_row_blocks3`, at address `blocks`) read
+    from x; border pixels, and every pixel of a row with fewer than 8 interior ones, by clamped
+    taps (`depthwise.clamped_borders`, at address `borders`: on 7x7 maps 0.98-1.17x the loop
+    tile's time in two runs, where copying padded rows, as the 5x5 tile does at stride 1, took
+    1.2-2.3x)."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     out_height = y.shape[1]
     # (the kernel's sizes and dilation passed on as the variables they are: a literal argument
@@ -448,16 +487,16 @@ def depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h,
         n, first, last = step_rows(t, steps, rows_per_step, out_height)
         for oh in range(first, last):
             top = oh * stride_h - pad_top
-            clamped_borders(x, w, kernel_h, y, n, oh, top, lo, hi, kernel_h - 1, stride_w, pad_left, dilation_h,
-                            dilation_w, bias, act)
+            _borders_at(borders, (x, w, kernel_h, y, n, oh, top, lo, hi, kernel_h - 1, stride_w, pad_left, dilation_h,
+                                  dilation_w, bias, act))
             if top >= 0 and top + kernel_h - 1 < height:
-                _row_blocks3(flat_x, ((n * height + top) * width + lo * stride_w - pad_left) * channels,
-                             width * channels, stride_w, w, bias, act, y, n, oh, lo, hi)
+                _blocks_3x3_at(blocks, (flat_x, ((n * height + top) * width + lo * stride_w - pad_left) * channels,
+                                        width * channels, stride_w, w, bias, act, y, n, oh, lo, hi))
         step_row_sums(y, row_sums, n, first, last)
 
 
 def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                           dilation_h, dilation_w, y, workspace):
+                           dilation_h, dilation_w, y, workspace, borders, blocks, taps):
     # every step of `depthwise_steps_5x5` (disjoint rows of y); workspace (workers, elements): a
     # worker takes every workers-th step
     steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
@@ -466,19 +505,19 @@ def _depthwise_5x5_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride
     for worker in prange(workers):
         for t in range(worker, tiles, workers):
             depthwise_steps_5x5(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                                dilation_h, dilation_w, y, t, t + 1, workspace[worker])
+                                dilation_h, dilation_w, y, t, t + 1, workspace[worker], borders, blocks, taps)
 
 
 DEPTHWISE_5X5_FORWARD = serial_and_parallel(_depthwise_5x5_forward)
 
 
 def _depthwise_3x3_forward(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                           dilation_h, dilation_w, y):
+                           dilation_h, dilation_w, y, borders, blocks):
     # every step of `depthwise_steps_3x3` (disjoint rows of y)
     steps, _ = steps_per_image(y.shape[1], kernel_h, kernel_w, stride_h, dilation_h)
     for t in prange(y.shape[0] * steps):
         depthwise_steps_3x3(x, w, kernel_h, kernel_w, bias, act, row_sums, stride_h, stride_w, pad_top, pad_left,
-                            dilation_h, dilation_w, y, t, t + 1)
+                            dilation_h, dilation_w, y, t, t + 1, borders, blocks)
 
 
 DEPTHWISE_3X3_FORWARD = serial_and_parallel(_depthwise_3x3_forward)

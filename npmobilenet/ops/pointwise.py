@@ -88,14 +88,15 @@ POINTWISE_FORWARD = (_pointwise_forward_serial, _pointwise_forward_parallel)
 
 
 @njit_serial
-def pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t):
+def pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t, span):
     """`pointwise_tile` on a packed weight (`register_tile.packed_weight`, flattened), finished in
-    registers (`register_tile.product_rows`); no GEMM address. tile_cols is a multiple of 16."""
+    registers (`register_tile.product_rows`); no GEMM address, but `product_span`'s (`span`,
+    `register_tile.span_address()`). tile_cols is a multiple of 16."""
     p0, p1, m0, m1 = _gated_tile(x, gate, rows_per_image, tile_rows, tile_cols, y.shape[1], t)
-    product_rows(x, p0, w, bias, act, residual, y, p0, p1 - p0, m0, m1)
+    product_rows(x, p0, w, bias, act, residual, y, p0, p1 - p0, m0, m1, span)
 
 
-def _pointwise_packed_forward(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y):
+def _pointwise_packed_forward(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, span):
     # every tile of `pointwise_tile_packed`, as `_pointwise_forward` runs `pointwise_tile`'s
     rows, cols = x.shape[0], y.shape[1]
     row_tiles = (rows + tile_rows - 1) // tile_rows
@@ -104,7 +105,7 @@ def _pointwise_packed_forward(x, w, bias, act, residual, gate, rows_per_image, t
         for t in prange(row_tiles):
             gate_rows_tile(x, gate, rows_per_image, tile_rows, t)
     for t in prange(row_tiles * col_tiles):
-        pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t)
+        pointwise_tile_packed(x, w, bias, act, residual, gate, rows_per_image, tile_rows, tile_cols, y, t, span)
 
 
 POINTWISE_PACKED_FORWARD = serial_and_parallel(_pointwise_packed_forward)

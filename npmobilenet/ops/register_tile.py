@@ -13,13 +13,29 @@ OpenBLAS tiles (`pointwise.pointwise_tile`, `conv.conv_tile`).
 import os
 
 import numpy as np
+from numba import types
 
 from npmobilenet.config import njit_inline
 from npmobilenet.ops import matmul_avx2, matmul_avx512
+from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.ops.vector16 import LANES, has_avx2, has_avx512
 
 product_span = matmul_avx512.product_span if has_avx512() else matmul_avx2.product_span
 ROWS = matmul_avx512.PIXELS if has_avx512() else matmul_avx2.ROWS   # rows of this CPU's block
+
+# The tiles call `product_span` through its address (`indirect.py`), passed down as their last
+# argument `span` (`span_address()`): linked into each of them (the pointwise, convolution and
+# linear tiles, and the parallel loops over them) it was optimised and turned into machine code
+# again in every one; by address it is compiled once.
+_I, _F = types.int64, types.Array(types.float32, 1, "C")
+SPAN = CompiledCall(product_span, (_F, _I, _I, _I, _I, _I, _F, _F, _I, _F, _F, _I, _I, _I, _I, _I))
+call_span = SPAN.call
+
+
+def span_address():
+    """The address of this CPU's `product_span` (compiled, or loaded from the cache, on first use):
+    the `span` argument of the tiles on packed weights."""
+    return SPAN.address()
 
 
 def available():
@@ -51,12 +67,12 @@ def unpacked_weight(packed, k, m):
 
 
 @njit_inline
-def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1):
+def product_rows(x, x0, w, bias, act, residual, y, y0, rows, m0, m1, span):
     """y[y0:y0+rows, m0:m1] = act(x[x0:x0+rows] @ W + bias), or + bias + residual (rows y0.. of
     residual (P, M) when it has any): x (., K), W (K, M) packed (`packed_weight`, flattened),
-    bias (M,), y (., M); m0 a multiple of 16. Inlined into its caller (a wrapper compiled on its
-    own cost V2's cold start some 0.6 s)."""
+    bias (M,), y (., M); m0 a multiple of 16; by `product_span` at address `span`. Inlined into
+    its caller (a wrapper compiled on its own cost V2's cold start some 0.6 s)."""
     k_, cols = x.shape[1], y.shape[1]
-    one, zero = np.int64(1), np.int64(0)   # not literals: product_span would compile again for them
-    product_span(x.reshape(-1), x0 * k_, k_, k_, one, zero, w, bias, act, residual.reshape(-1), y.reshape(-1),
-                 y0 * cols, cols, rows, m0, m1)
+    call_span(span, (x.reshape(-1), np.int64(x0 * k_), np.int64(k_), np.int64(k_), np.int64(1), np.int64(0), w, bias,
+                   np.int64(act), residual.reshape(-1), y.reshape(-1), np.int64(y0 * cols), np.int64(cols),
+                   np.int64(rows), np.int64(m0), np.int64(m1)))
