@@ -45,11 +45,12 @@ def table_kinds(program):
 
     names = {qp.PW_VNNI: "pointwise VNNI", qp.PW: "pointwise", qp.DEPTHWISE: "depthwise",
              qp.DEPTHWISE_VNNI: "depthwise VNNI", qp.IM2COL: "receptive-field gather", qp.LOOKUP: "lookup",
-             qp.LOOKUP_VBMI: "lookup (VBMI)", qp.ADD: "add", qp.MEAN: "mean", qp.CHANNEL_SCALE: "channel scale"}
+             qp.LOOKUP_VBMI: "lookup (VBMI)", qp.ADD: "add", qp.MEAN: "mean", qp.CHANNEL_SCALE: "channel scale",
+             qp.PW_PAIRS: "pointwise pairs", qp.DEPTHWISE_PAIRS: "depthwise pairs"}
     kinds = []
     for row in program.ops:
         kind = names[int(row[qp.KIND])]
-        if row[qp.KIND] in (qp.PW_VNNI, qp.PW):
+        if row[qp.KIND] in (qp.PW_VNNI, qp.PW, qp.PW_PAIRS):
             x = qp.ARGS                                           # argument 0: x (P, Cin)
             kind += " (one pixel)" if row[x + 1] == 1 else (" K <= 32" if row[x + 2] <= 32 else " K > 32")
         kinds.append(kind)

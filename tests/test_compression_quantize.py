@@ -13,6 +13,7 @@ from npmobilenet import config
 from npmobilenet.compression import calibrate as cal
 from npmobilenet.compression import qexact, qkernels, vnni
 from npmobilenet.ops import reference_int8 as qreference
+from npmobilenet.ops.vector16 import has_avx2
 from npmobilenet.compression.qmodel import QuantizedModel
 from npmobilenet.compression.qops import quantize_multiplier
 from npmobilenet.compression.quantize import fold_model, quantize, quantize_weight
@@ -128,7 +129,7 @@ def test_depthwise_int8_matches_reference_bit_for_bit(c):
 @given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 40), st.integers(0, 2**16))
 def test_pointwise_int8_kernels_match_reference_bit_for_bit(rows, cin, cout, seed):
     # the public function (whichever kernel this CPU runs), the portable kernel and, on a CPU with
-    # AVX-512 VNNI, the vpdpbusd one, each called directly
+    # AVX-512 VNNI, the vpdpbusd one, with AVX2 the int16-pair one, each called directly
     rng = np.random.default_rng(seed)
     x, w = _int8(rng, (rows, cin)), _int8(rng, (cin, cout))
     zx = int(rng.integers(-128, 128))
@@ -142,8 +143,13 @@ def test_pointwise_int8_kernels_match_reference_bit_for_bit(rows, cin, cout, see
     assert np.array_equal(y, expected)
     if vnni.has_vnni():
         y = np.zeros_like(expected)
-        qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift), *requant,
-                                           qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, rows)
+        qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift, pairs=False),
+                                           *requant, qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, rows)
+        assert np.array_equal(y, expected)
+    if has_avx2():
+        y = np.zeros_like(expected)
+        qkernels._pointwise_int8_pairs_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift, pairs=True),
+                                            *requant, qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, rows)
         assert np.array_equal(y, expected)
 
 
@@ -244,7 +250,8 @@ def test_exact_paths_parallel_and_whole_models_match_reference(monkeypatch, imag
 
     monkeypatch.setattr(config, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(qops, "EXACT_MIN_MACS", 0)       # every layer it can take on the float paths
-    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "1")       # which serve CPUs without VNNI only
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "1")       # which serve CPUs without a packed kernel only
+    monkeypatch.setenv("NPMOBILENET_NO_PAIRS", "1")
     rng = np.random.default_rng(6)
     x = _int8(rng, (2, 9, 7, 6))
     args = _requant_args(rng, 6, 5 * 5 * 6)

@@ -1,6 +1,6 @@
 """The fast int8 path bit for bit against `ops.reference_int8`: the vectorised depthwise kernel
 (its 3x3 interior path and the general one, left and right shifts), the standard convolution as
-im2col + pointwise, the vector add, the residual add fused into the VNNI pointwise kernel, the
+im2col + pointwise, the vector add, the residual add fused into the packed pointwise kernels, the
 right-shift-only requantization, the VBMI table lookup, every kernel in the op table (`qprogram.py`) split into tiles,
 and whole models run on a plan (`qplan.Int8Plan`) at 1 and 2 threads, on the table and from
 Python, in both modes."""
@@ -15,6 +15,7 @@ from npmobilenet.compression.qplan import Int8Plan
 from npmobilenet.compression.qops import quantize_multiplier, quantize_multipliers
 from npmobilenet.compression.quantize import quantize
 from npmobilenet.ops import reference_int8 as qreference
+from npmobilenet.ops.vector16 import has_avx2
 
 needs_vnni = pytest.mark.skipif(not vnni.has_vnni(), reason="this CPU has no AVX-512 VNNI (avx512vnni, avx512bw)")
 
@@ -89,10 +90,12 @@ def test_vector_add_matches_reference(size):
     assert np.array_equal(qkernels.add_int8(a, za, ma, sa, b, zb, mb, sb, 20, zy, my, sy), expected)
 
 
-@needs_vnni
+@pytest.mark.skipif(not (vnni.has_vnni() or has_avx2()), reason="this CPU has neither AVX-512 VNNI nor AVX2")
 @pytest.mark.parametrize("rows, cin, cout", [(1, 8, 16), (70, 24, 33), (9, 61, 5)])
-def test_residual_add_fused_into_the_vnni_kernel_matches_reference(rows, cin, cout, monkeypatch):
-    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")  # the fused add runs on the VNNI kernel only
+def test_residual_add_fused_into_the_packed_kernel_matches_reference(rows, cin, cout, monkeypatch):
+    # the fused add runs on the packed kernels only (VNNI's, the int16 pairs')
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0")
+    monkeypatch.setenv("NPMOBILENET_NO_PAIRS", "0")
     rng = np.random.default_rng(rows + cin)
     x, w, residual = _int8(rng, (rows, cin)), _int8(rng, (cin, cout)), _int8(rng, (rows, cout))
     zx, zb, zo = (int(v) for v in rng.integers(-128, 128, 3))
@@ -150,10 +153,12 @@ def test_right_shift_requantization_matches_reference():
     assert np.array_equal(y, qreference.to_int8(acc, multiplier, shift, 5, -100, 120))
 
 
-@pytest.mark.parametrize("use_vnni", ["1", "0"])
-def test_op_table_runs_every_kernel_in_tiles(use_vnni, monkeypatch):
-    # shapes that split every kind into several tiles, the last one partial
-    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0" if use_vnni == "1" and vnni.has_vnni() else "1")
+@pytest.mark.parametrize("kernels", ["packed", "portable"])
+def test_op_table_runs_every_kernel_in_tiles(kernels, monkeypatch):
+    # shapes that split every kind into several tiles, the last one partial; the CPU's packed
+    # pointwise kernel (VNNI's, or the pairs' with AVX2) or the portable one
+    monkeypatch.setenv("NPMOBILENET_NO_VNNI", "0" if kernels == "packed" else "1")
+    monkeypatch.setenv("NPMOBILENET_NO_PAIRS", "0" if kernels == "packed" else "1")
     rng = np.random.default_rng(11)
     n, h, w, c, cout = 2, 23, 29, 24, 40
     shapes = {"x": (n, h, w, c), "cols": (n, 11, 14, 27), "conv": (n, 11, 14, cout), "dw": (n, h, w, c),
@@ -235,7 +240,7 @@ def test_whole_models_on_a_plan_match_reference(arch, images, monkeypatch):
         config.set_num_threads(threads)
     qmodel.integer_only = True
     plan = qmodel.plan(xq.shape)
-    assert bool(plan.fused) == vnni.vnni_enabled()    # the residual adds fused where VNNI runs
+    assert bool(plan.fused) == vnni.packed_enabled()  # the residual adds fused where a packed kernel runs
     assert plan.program is not None                   # integer-only: on the table (without VNNI, the exact
     #                                                   float paths of integer_only=False run call by call)
     by_call = Int8Plan(qmodel, xq.shape, table=False)  # and from Python, call by call

@@ -32,9 +32,9 @@ def _vnni_serial(x, zx, w, bias, multiplier, shift, zy, lo, hi, row_start=0, row
     """The VNNI row kernel called directly, whatever NPMOBILENET_NO_VNNI says."""
     y = np.zeros((x.shape[0], w.shape[1]), np.int8)
     row_end = x.shape[0] if row_end is None else row_end
-    qkernels._pointwise_int8_vnni_rows(x, *qkernels.vnni_arguments(w, zx, bias, multiplier, shift), np.int32(zy),
-                                       np.int32(lo), np.int32(hi), qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y,
-                                       row_start, row_end)
+    constants = qkernels.vnni_arguments(w, zx, bias, multiplier, shift, pairs=False)
+    qkernels._pointwise_int8_vnni_rows(x, *constants, np.int32(zy), np.int32(lo), np.int32(hi), qkernels.NO_RESIDUAL,
+                                       qkernels.NO_ADD, qkernels.NO_FIELD, y, row_start, row_end)
     return y
 
 
@@ -165,7 +165,7 @@ def test_row_splits_and_parallel_driver_give_the_same_bits():
         pieces[start:end] = _vnni_serial(x, -7, w, *args, start, end)[start:end]
     assert np.array_equal(pieces, serial)
     bias, multiplier, shift, zy, lo, hi = args
-    constants = qkernels.vnni_arguments(w, -7, bias, multiplier, shift)
+    constants = qkernels.vnni_arguments(w, -7, bias, multiplier, shift, pairs=False)
     for chunks in (1, 3, 8, rows):
         y = np.zeros_like(serial)
         qkernels._pointwise_int8_vnni_parallel(x, *constants, np.int32(zy), np.int32(lo), np.int32(hi),
@@ -181,8 +181,8 @@ def test_the_kernel_is_compiled_to_vpdpbusd():
     x, w = _int8(rng, (9, 8)), _int8(rng, (8, 16))
     bias, multiplier, shift, zy, lo, hi = _requant_args(rng, 16, 8)
     y = np.zeros((9, 16), np.int8)
-    kernel(x, *qkernels.vnni_arguments(w, 1, bias, multiplier, shift), np.int32(zy), np.int32(lo), np.int32(hi),
-           qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, 9)
+    kernel(x, *qkernels.vnni_arguments(w, 1, bias, multiplier, shift, pairs=False), np.int32(zy), np.int32(lo),
+           np.int32(hi), qkernels.NO_RESIDUAL, qkernels.NO_ADD, qkernels.NO_FIELD, y, 0, 9)
     assert np.array_equal(y, qreference.pointwise(x, 1, w, bias, multiplier, shift, zy, lo, hi))
     asm = kernel.inspect_asm(kernel.signatures[0])
     assert "vpdpbusd" in asm and "zmm" in asm

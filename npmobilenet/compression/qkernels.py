@@ -31,9 +31,9 @@ import numpy as np
 from npmobilenet import config
 from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
-    add16, broadcast16, copy16_unsigned, dpbusd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16,
+    add16, broadcast16, copy16_unsigned, dpbusd, dpwssd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16,
     multiply16, requantize16, requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8,
-    store64_int8, sub16, unsigned64,
+    store64_int8, sub16, tap_pair16, unpermute16, unsigned64,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial, njit_serial_strict
 from npmobilenet.ops.depthwise_rows import _interior_columns
@@ -181,19 +181,19 @@ def _im2col_int8_parallel(x, zx, kh, kw, sh, sw, pt, pl, dilation_h, dilation_w,
 
 
 def conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, cols, y):
-    """[(kernel, args)] of `conv2d_int8` into y (N, Ho, Wo, Cout): with VNNI one call, whose kernel
-    reads the receptive fields from x (cols unused: may be None); else through cols (N, Ho, Wo,
-    KH*KW*Cin) int8, the fields gathered, then the pointwise kernel over them."""
+    """[(kernel, args)] of `conv2d_int8` into y (N, Ho, Wo, Cout): with a packed kernel (VNNI's or
+    the pairs', `vnni.packed_enabled()`) one call, whose kernel reads the receptive fields from x
+    (cols unused: may be None); else through cols (N, Ho, Wo, KH*KW*Cin) int8, the fields
+    gathered, then the portable pointwise kernel over them."""
     kh, kw, cin, cout = w.shape
     n, ho, wo, _ = y.shape
-    if vnni.vnni_enabled():
+    if vnni.packed_enabled():
         # the receptive fields read as the kernel makes its words: no gathered copy (cols unused)
         w2d, y2d = w.reshape(kh * kw * cin, cout), y.reshape(n * ho * wo, cout)
         args = (x.reshape(-1, cin), *vnni_arguments(w2d, zx, bias, multiplier, shift), np.int32(zy), np.int32(lo),
                 np.int32(hi), NO_RESIDUAL, NO_ADD, conv_field(x.shape, kh, kw, stride, padding, dilation, (ho, wo), zx),
                 y2d)
-        return [_rows_call(_pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel, args, n * ho * wo,
-                           y.size * kh * kw * cin)]
+        return [_rows_call(*packed_kernels(), args, n * ho * wo, y.size * kh * kw * cin)]
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     args = (x, np.int8(zx), kh, kw, sh, sw, pt, pl, dilation_h, dilation_w, cols)
     return [_rows_call(_im2col_int8_rows, _im2col_int8_parallel, args, n * ho, cols.size),
@@ -209,7 +209,7 @@ def conv2d_int8(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, 
     `pointwise_int8`."""
     kh, kw, cin, _ = w.shape
     y = np.empty(out_shape, np.int8)
-    cols = None if vnni.vnni_enabled() else np.empty((*out_shape[:3], kh * kw * cin), np.int8)
+    cols = None if vnni.packed_enabled() else np.empty((*out_shape[:3], kh * kw * cin), np.int8)
     for kernel, args in conv2d_int8_calls(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, cols, y):
         kernel(*args)
     return y
@@ -293,20 +293,87 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
                     q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                     store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
                     continue
-                acc = b
-                for i in range(kh):
-                    ih = oh * sh - pt + i * dilation_h
-                    if ih < 0 or ih >= h:
-                        continue  # padding: real value 0
-                    for j in range(kw):
-                        iw = ow * sw - pl + j * dilation_w
-                        if iw < 0 or iw >= wd:
-                            continue
-                        # V1 paper, Eq. 3: each channel filtered by its own kernel.
-                        xv = sub16(load16_int8(x, ((n * h + ih) * wd + iw) * channels + c0, count), zx16)
-                        acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
-                q = requantize16_layer(acc, m, s, left, zy, lo, hi)
+                _depthwise_pixel16(x, zx16, w, b, m, s, left, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, n,
+                                   oh, ow, c0, count)
+
+
+@njit_inline
+def _depthwise_pixel16(x, zx16, w, b, m, s, left, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, n, oh, ow, c0,
+                       count):
+    # output pixel (n, oh, ow), channels c0..c0+count-1 (count <= 16), every tap checked against the
+    # padding; b, m, s: the channels' bias, multiplier and shift
+    h, wd, channels = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    ho, wo = y.shape[1], y.shape[2]
+    acc = b
+    for i in range(kh):
+        ih = oh * sh - pt + i * dilation_h
+        if ih < 0 or ih >= h:
+            continue  # padding: real value 0
+        for j in range(kw):
+            iw = ow * sw - pl + j * dilation_w
+            if iw < 0 or iw >= wd:
+                continue
+            # V1 paper, Eq. 3: each channel filtered by its own kernel.
+            xv = sub16(load16_int8(x, ((n * h + ih) * wd + iw) * channels + c0, count), zx16)
+            acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
+    q = requantize16_layer(acc, m, s, left, zy, lo, hi)
+    store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
+
+
+@njit_serial
+def _depthwise_int8_pairs_rows(x, zx, w, w_pairs, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h,
+                               dilation_w, y, row_start, row_end):
+    # `_depthwise_int8_rows` with AVX2 (`vnni.pairs_enabled()`): a pixel whose taps are all inside
+    # x sums its whole blocks of 16 channels two taps at a time (`vnni.tap_pair16`: vpmaddwd on the
+    # int16 differences x - z_x and the weights, interleaved once per layer in w_pairs,
+    # `vnni.pack_depthwise_pairs`), where the portable kernel multiplies and adds int32 lanes tap by
+    # tap (vpmulld); the other pixels and a last partial block as it does (`_depthwise_pixel16`).
+    h, wd, channels = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    ho, wo = y.shape[1], y.shape[2]
+    taps = kh * kw
+    pairs = (taps + 1) // 2
+    zx16 = splat16(zx)
+    left = any_left_shift(shift)
+    # each tap's offset in x from the pixel's first tap; an odd count's last tap is paired with
+    # itself (its partner's weights are zero)
+    offsets = np.empty(2 * pairs, np.int64)
+    for t in range(2 * pairs):
+        i, j = min(t, taps - 1) // kw, min(t, taps - 1) % kw
+        offsets[t] = (i * dilation_h * wd + j * dilation_w) * channels
+    # the output columns whose taps are all inside x, left to right
+    first = min(max(-(-pl // sw), 0), wo)
+    last = max(min((wd - 1 + pl - (kw - 1) * dilation_w) // sw + 1, wo), first)
+    for row in range(row_start, row_end):
+        n, oh = row // ho, row % ho
+        top = oh * sh - pt
+        inside = top >= 0 and top + (kh - 1) * dilation_h < h
+        for c0 in range(0, channels, 16):
+            count = min(16, channels - c0)
+            b, m, s = load16_part(bias, c0, count), load16_part(multiplier, c0, count), load16_part(shift, c0, count)
+            a0, a1 = (first, last) if inside and count == 16 else (wo, wo)
+            for ow in range(wo):
+                if ow < a0 or ow >= a1:
+                    _depthwise_pixel16(x, zx16, w, b, m, s, left, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w,
+                                       y, n, oh, ow, c0, count)
+                    continue
+                base = ((n * h + top) * wd + ow * sw - pl) * channels + c0
+                at = c0 // 16 * pairs * 32
+                acc = splat16(0)
+                for p in range(pairs):
+                    acc = tap_pair16(acc, x, base + offsets[2 * p], base + offsets[2 * p + 1], zx, w_pairs, at + 32 * p)
+                q = requantize16_layer(add16(unpermute16(acc), b), m, s, left, zy, lo, hi)
                 store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
+
+
+@njit_parallel
+def _depthwise_int8_pairs_parallel(x, zx, w, w_pairs, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h,
+                                   dilation_w, y, chunks):
+    rows = y.shape[0] * y.shape[1]
+    for c in numba.prange(chunks):
+        _depthwise_int8_pairs_rows(x, zx, w, w_pairs, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h,
+                                   dilation_w, y, c * rows // chunks, (c + 1) * rows // chunks)
 
 
 @njit_parallel
@@ -320,7 +387,8 @@ def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, 
 def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y,
                                packed=None):
     """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8. With VNNI, `packed`:
-    `qdepthwise_vnni.pack` of these arguments when the caller keeps it (else packed here)."""
+    `qdepthwise_vnni.pack` of these arguments when the caller keeps it (else packed here); with AVX2
+    (`vnni.pairs_enabled()`), the pairs kernel on its weights packed once (`vnni.packed_weight`)."""
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     if qdepthwise_vnni.applies(w, dilation, stride):
         if packed is None:
@@ -328,8 +396,13 @@ def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, st
         args = (x, *packed, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, y)
         return _rows_call(qdepthwise_vnni._depthwise_int8_vnni_rows, qdepthwise_vnni._depthwise_int8_vnni_parallel,
                           args, y.shape[0] * y.shape[1], y.size * w.shape[0] * w.shape[1])
-    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl,
-            dilation_h, dilation_w, y)
+    requant = (bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dilation_h,
+               dilation_w, y)
+    if vnni.pairs_enabled():
+        args = (x, np.int32(zx), w, vnni.packed_weight(w, vnni.pack_depthwise_pairs)) + requant
+        return _rows_call(_depthwise_int8_pairs_rows, _depthwise_int8_pairs_parallel, args, y.shape[0] * y.shape[1],
+                          y.size * w.shape[0] * w.shape[1])
+    args = (x, np.int32(zx), w) + requant
     return _rows_call(_depthwise_int8_rows, _depthwise_int8_parallel, args, y.shape[0] * y.shape[1],
                       y.size * w.shape[0] * w.shape[1])
 
@@ -413,6 +486,22 @@ VNNI_TILE_ROWS = 8
 VNNI_CHUNK_ROWS = 64
 
 
+@njit_inline
+def _store_rows(acc, rows, m, s, left, zy, lo, hi, residual, add, y, at, cout, count):
+    # the epilogue of the packed kernels' tiles: rows 0..rows-1 of acc (16 sums each) requantized
+    # and stored as int8 at y.flat[at + r * cout], count channels; with a residual (not 0 rows), the
+    # quantized add of each and the residual's same elements (`add`: `add_params`) stored instead
+    for r in range(rows):
+        q = requantize16_layer(load16(acc, 16 * r), m, s, left, zy, lo, hi)
+        if residual.shape[0] > 0:
+            scale20 = splat16(1 << ADD_LEFT_SHIFT)
+            b = load16_int8(residual, at + r * cout, count)
+            ra = multiply16(mul16(sub16(q, splat16(zy)), scale20), splat16(add[1]), splat16(add[2]))
+            rb = multiply16(mul16(sub16(b, splat16(add[0])), scale20), splat16(add[3]), splat16(add[4]))
+            q = requantize16(add16(ra, rb), splat16(add[6]), splat16(add[7]), add[5], -128, 127)
+        store16_int8(y, at + r * cout, q, count)
+
+
 @njit_serial
 def _dot_row(x_words, words, a0, groups, width, c0):
     # a0 + sum_k x_words[k] . words[k, c0:c0+16]: four accumulators, so that a vpdpbusd need not
@@ -447,10 +536,6 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
     cin, cout = x.shape[1], y.shape[1]
     width = start.shape[0]
     groups = words.shape[0] // width
-    fused_add = residual.shape[0] > 0
-    za16, zb16, scale20 = splat16(zy), splat16(add[0]), splat16(1 << ADD_LEFT_SHIFT)
-    ma16, sa16, mb16, sb16 = splat16(add[1]), splat16(add[2]), splat16(add[3]), splat16(add[4])
-    my16, sy16, zo = splat16(add[6]), splat16(add[7]), add[5]
     # the chunk's input words, whole tiles of rows (the tile reads rows past the chunk's last); their
     # bytes past Cin meet zero weights, so need no zeroing (a zeroed 64-row buffer, made per tile,
     # had cost a one-pixel layer of K = 576 most of its time)
@@ -508,15 +593,8 @@ def _pointwise_int8_vnni_block(x, words, start, multipliers, shifts, left, zy, l
                     store16(acc, 80, a5)
                     store16(acc, 96, a6)
                     store16(acc, 112, a7)
-                for r in range(min(VNNI_TILE_ROWS, rows - r0)):
-                    a = load16(acc, 16 * r)
-                    q = requantize16_layer(a, m, s, left, zy, lo, hi)
-                    if fused_add:
-                        b = load16_int8(residual, (p0 + r0 + r) * cout + c0, count)
-                        ra = multiply16(mul16(sub16(q, za16), scale20), ma16, sa16)
-                        rb = multiply16(mul16(sub16(b, zb16), scale20), mb16, sb16)
-                        q = requantize16(add16(ra, rb), my16, sy16, zo, -128, 127)
-                    store16_int8(y, (p0 + r0 + r) * cout + c0, q, count)
+                _store_rows(acc, min(VNNI_TILE_ROWS, rows - r0), m, s, left, zy, lo, hi, residual, add, y,
+                            (p0 + r0) * cout + c0, cout, count)
 
 
 @njit_serial
@@ -535,16 +613,125 @@ def _pointwise_int8_vnni_parallel(x, words, start, multipliers, shifts, left, zy
                                   c * rows // chunks, (c + 1) * rows // chunks)
 
 
-def vnni_arguments(w, zx, bias, multiplier, shift):
-    """(words, start, multipliers, shifts, left) of the VNNI kernel for w (Cin, Cout) int8, once per
-    layer rather than per call or tile: the packed weight (`vnni.packed_weight`), and padded to
-    its width the accumulators' start b - (128 + z_x) colsum (the kernel feeds x + 128, see
-    vnni.py), the multipliers and shifts; `left` (int32): whether some shift is > 0."""
-    words, colsum = vnni.packed_weight(w)
+# AVX2 without VNNI: the same tiles on int16 pairs (`vnni.dpwssd`, vpmaddwd: 16 multiply-adds per 8
+# lanes, exact). vpmaddubsw, AVX2's byte instruction (32 per 8 lanes), saturates its pairs' int16
+# sums (2 * 255 * 127 > 2^15), as ONNX Runtime's int8 kernels do on such CPUs (`peer.py`); these
+# integers must be the reference pipeline's. The words are x's int16 pairs (x itself: the start
+# is b - z_x colsum) and the weight's (`vnni.pack_pairs`). A tile of 5 pixels by 16 channels: 10
+# accumulators of two 8-lane halves, the weight's halves, an input and a product in 14 of the 16
+# registers (6 pixels spilled an accumulator). Same arguments and results as the VNNI kernel.
+PAIRS_TILE_ROWS = 5
+
+
+@njit_serial
+def _dot_row_pairs(x_words, words, a0, pairs, width, c0):
+    # `_dot_row` on int16 pairs
+    zero = splat16(0)
+    a1, a2, a3 = zero, zero, zero
+    k = 0
+    while k + 4 <= pairs:
+        a0 = dpwssd(a0, broadcast16(x_words, k), load16(words, k * width + c0))
+        a1 = dpwssd(a1, broadcast16(x_words, k + 1), load16(words, (k + 1) * width + c0))
+        a2 = dpwssd(a2, broadcast16(x_words, k + 2), load16(words, (k + 2) * width + c0))
+        a3 = dpwssd(a3, broadcast16(x_words, k + 3), load16(words, (k + 3) * width + c0))
+        k += 4
+    while k < pairs:
+        a0 = dpwssd(a0, broadcast16(x_words, k), load16(words, k * width + c0))
+        k += 1
+    return add16(add16(a0, a1), add16(a2, a3))
+
+
+@njit_serial
+def _pointwise_int8_pairs_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                                row_start, row_end, col_start, col_end):
+    # `_pointwise_int8_vnni_block` on int16 pairs: words packed by `vnni.pack_pairs`, start b - z_x colsum
+    cin, cout = x.shape[1], y.shape[1]
+    width = start.shape[0]
+    pairs = words.shape[0] // width
+    stride = 2 * pairs                                          # int16s per row of input words
+    chunk_rows = -(-min(VNNI_CHUNK_ROWS, row_end - row_start) // PAIRS_TILE_ROWS) * PAIRS_TILE_ROWS
+    x16 = np.zeros(chunk_rows * stride, np.int16)       # rows past a chunk's last: computed, never stored
+    x_words, x_flat = x16.view(np.int32), x.reshape(x.size)
+    groups = -(-stride // 4)
+    # a standard convolution's fields: gathered as the VNNI kernel's bytes (x + 128), then widened
+    fields = np.empty(chunk_rows * groups * 4 + 16 if field.shape[0] > 0 else 0, np.uint8)
+    acc = np.empty(PAIRS_TILE_ROWS * 16, np.int32)
+    for p0 in range(row_start, row_end, VNNI_CHUNK_ROWS):
+        rows = min(VNNI_CHUNK_ROWS, row_end - p0)
+        if field.shape[0] > 0:
+            # (bytes past a field's K are left as they were: they meet zero weights)
+            _field_words(x, field, fields, p0, rows, groups)
+            for r in range(rows):
+                for j in range(stride):
+                    x16[_U(r * stride + j)] = np.int16(fields[_U(r * groups * 4 + j)]) - 128
+        else:
+            for r in range(rows):
+                for ci in range(cin):
+                    x16[_U(r * stride + ci)] = x_flat[_U((p0 + r) * cin + ci)]
+        for c0 in range(col_start, min(col_end, cout), 16):
+            m, s, count = load16(multipliers, c0), load16(shifts, c0), min(16, cout - c0)
+            for r0 in range(0, rows, PAIRS_TILE_ROWS):
+                if rows == 1:
+                    store16(acc, 0, _dot_row_pairs(x_words, words, load16(start, c0), pairs, width, c0))
+                else:
+                    a0 = load16(start, c0)
+                    a1, a2, a3, a4 = a0, a0, a0, a0
+                    x0 = r0 * pairs
+                    for k in range(pairs):
+                        wk = load16(words, k * width + c0)
+                        a0 = dpwssd(a0, broadcast16(x_words, x0 + k), wk)
+                        a1 = dpwssd(a1, broadcast16(x_words, x0 + pairs + k), wk)
+                        a2 = dpwssd(a2, broadcast16(x_words, x0 + 2 * pairs + k), wk)
+                        a3 = dpwssd(a3, broadcast16(x_words, x0 + 3 * pairs + k), wk)
+                        a4 = dpwssd(a4, broadcast16(x_words, x0 + 4 * pairs + k), wk)
+                    store16(acc, 0, a0)
+                    store16(acc, 16, a1)
+                    store16(acc, 32, a2)
+                    store16(acc, 48, a3)
+                    store16(acc, 64, a4)
+                _store_rows(acc, min(PAIRS_TILE_ROWS, rows - r0), m, s, left, zy, lo, hi, residual, add, y,
+                            (p0 + r0) * cout + c0, cout, count)
+
+
+@njit_serial
+def _pointwise_int8_pairs_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                               row_start, row_end):
+    _pointwise_int8_pairs_block(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                                row_start, row_end, 0, start.shape[0])
+
+
+@njit_parallel
+def _pointwise_int8_pairs_parallel(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                                   chunks):
+    rows = y.shape[0]
+    for c in numba.prange(chunks):
+        _pointwise_int8_pairs_rows(x, words, start, multipliers, shifts, left, zy, lo, hi, residual, add, field, y,
+                                   c * rows // chunks, (c + 1) * rows // chunks)
+
+
+def packed_kernels():
+    """(rows kernel, parallel driver) on a packed weight for this CPU: VNNI's or the pairs'
+    (`vnni.packed_enabled()`)."""
+    if vnni.vnni_enabled():
+        return _pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel
+    return _pointwise_int8_pairs_rows, _pointwise_int8_pairs_parallel
+
+
+def vnni_arguments(w, zx, bias, multiplier, shift, pairs=None):
+    """(words, start, multipliers, shifts, left) of the packed kernel this CPU runs (`packed_kernels`)
+    for w (Cin, Cout) int8, once per layer rather than per call or tile: the packed weight
+    (`vnni.packed_weight`: quads of bytes for VNNI, int16 pairs for the pairs kernel), and padded to
+    its width the accumulators' start b - (128 + z_x) colsum (the VNNI kernel feeds x + 128, see
+    vnni.py) or b - z_x colsum (the pairs kernel feeds x), the multipliers and shifts; `left`
+    (int32): whether some shift is > 0. `pairs`: for the pairs kernel (True) or VNNI's (False),
+    whatever the CPU runs; None: the kernel it runs."""
+    pairs = not vnni.vnni_enabled() if pairs is None else pairs
+    words, colsum = vnni.packed_weight(w, vnni.pack_pairs if pairs else vnni.pack_weight)
     width, cout = colsum.shape[0], w.shape[1]
     start, multipliers, shifts = (np.zeros(width, np.int32) for _ in range(3))
     # int32 arithmetic modulo 2^32, as the kernel's sums are
-    start[:cout] = (bias.astype(np.int64) - (128 + int(zx)) * colsum[:cout].astype(np.int64)).astype(np.int32)
+    offset = 0 if pairs else 128
+    start[:cout] = (bias.astype(np.int64) - (offset + int(zx)) * colsum[:cout].astype(np.int64)).astype(np.int32)
     multipliers[:cout], shifts[:cout] = multiplier, shift
     return words, start, multipliers, shifts, np.int32(bool(np.any(shift > 0)))
 
@@ -635,16 +822,17 @@ def add_params(zb, ma, sa, mb, sb, zo, my, so):
 
 def pointwise_int8_call(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, y, residual=None, add=None):
     """(kernel, args): `kernel(*args)` writes `pointwise_int8`'s result into y (P, Cout) int8. A
-    `residual` (P, Cout) int8 with its `add_params` makes y the quantized add of the two (VNNI only)."""
+    `residual` (P, Cout) int8 with its `add_params` makes y the quantized add of the two (the
+    packed kernels only: `vnni.packed_enabled()`)."""
     rows = x2d.shape[0]
     requant = (bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi))
-    if vnni.vnni_enabled():
+    if vnni.packed_enabled():
         residual = NO_RESIDUAL if residual is None else residual
         args = (x2d, *vnni_arguments(w, zx, bias, multiplier, shift), *requant[3:], residual,
                 NO_ADD if add is None else add, NO_FIELD, y)
-        return _rows_call(_pointwise_int8_vnni_rows, _pointwise_int8_vnni_parallel, args, rows, rows * w.size)
+        return _rows_call(*packed_kernels(), args, rows, rows * w.size)
     if residual is not None:
-        raise ValueError("the residual add is fused into the VNNI kernel only")
+        raise ValueError("the residual add is fused into the packed kernels only (VNNI's, the int16 pairs')")
     args = (x2d, np.int32(zx), w, *requant, y)
     return _rows_call(_pointwise_int8_rows, _pointwise_int8_parallel, args, rows, rows * w.size)
 
@@ -653,7 +841,8 @@ def pointwise_int8(x2d, zx, w, bias, multiplier, shift, zy, lo, hi):
     """A 1x1 convolution over pixels, or a linear layer: x (P, Cin) int8 -> y (P, Cout) int8.
 
     On a CPU with AVX-512 VNNI (unless NPMOBILENET_NO_VNNI=1) the VNNI kernel, on the weight packed
-    once (`vnni.packed_weight`); elsewhere the portable one. Both give the same bits."""
+    once (`vnni.packed_weight`); else with AVX2 (unless NPMOBILENET_NO_PAIRS=1) the int16-pair
+    kernel, on the weight packed in pairs; elsewhere the portable one. All give the same bits."""
     y = np.empty((x2d.shape[0], w.shape[1]), np.int8)
     kernel, args = pointwise_int8_call(x2d, zx, w, bias, multiplier, shift, zy, lo, hi, y)
     kernel(*args)

@@ -22,7 +22,7 @@ from npmobilenet.ops.geometry import conv_geometry, tf_same_sides
 
 INT8_MIN, INT8_MAX = -128, 127
 ADD_LEFT_SHIFT = qkernels.ADD_LEFT_SHIFT  # TFLite's quantized Add: 20 bits of headroom before summing
-# Without VNNI, in the float-kernel mode (`integer_only = False`), layers of at least this many
+# Without a packed int8 kernel (VNNI, AVX2's pairs), in the float-kernel mode (`integer_only = False`), layers of at least this many
 # MACs compute their integer sums on the exact float32 paths of qexact.py (SGEMM); smaller ones on
 # the integer loops, whose fewer passes win there (chosen on whole models at thresholds of 0 to
 # 1e6 MACs, one thread, batch 1, before the VNNI kernels: V2 and V3-Small at 224 fastest at 1e6,
@@ -189,9 +189,10 @@ class QConv(QOp):
 
     def exact_path(self, x_shape, zx, float_kernels):
         """Whether this layer runs on the exact float32 paths (qexact.py): with `float_kernels`, a
-        pointwise, linear or standard layer of at least EXACT_MIN_MACS on a CPU without VNNI
-        (whose integer kernels are faster still), the float kernels computing it exactly."""
-        if not float_kernels or vnni.vnni_enabled() or self.variant == "depthwise":
+        pointwise, linear or standard layer of at least EXACT_MIN_MACS on a CPU without a packed
+        int8 kernel (`vnni.packed_enabled()`: VNNI's, or AVX2's int16 pairs, faster still), the
+        float kernels computing it exactly."""
+        if not float_kernels or vnni.packed_enabled() or self.variant == "depthwise":
             return False
         if self.macs(x_shape) < EXACT_MIN_MACS:
             return False
@@ -215,8 +216,8 @@ class QConv(QOp):
         if self.variant == "depthwise":
             packed = self._depthwise_vnni_packed(zx) if qdepthwise_vnni.applies(self.weight, self.dilation, self.stride) else None
             return [qkernels.depthwise_conv2d_int8_call(x, zx, self.weight, *args, *geometry, y, packed)]
-        # the gathered receptive fields, which the VNNI kernel does without (it reads them from x)
-        cols = None if vnni.vnni_enabled() else np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)
+        # the gathered receptive fields, which the packed kernels do without (they read them from x)
+        cols = None if vnni.packed_enabled() else np.empty((*y.shape[:3], self.weight[..., 0].size), np.int8)
         return qkernels.conv2d_int8_calls(x, zx, self.weight, *args, *geometry, cols, y)
 
     def _run_exact(self, x, zx, zy, y):

@@ -26,7 +26,7 @@ from npmobilenet.ops.blas import single_threaded_blas
 def _fusable_add(ops, k, readers, output):
     """The add that op k's output feeds and that can be fused into it, or None."""
     op = ops[k]
-    if op.kind != "conv" or op.variant != "pointwise" or k + 1 >= len(ops) or not vnni.vnni_enabled():
+    if op.kind != "conv" or op.variant != "pointwise" or k + 1 >= len(ops) or not vnni.packed_enabled():
         return None
     add = ops[k + 1]
     if add.kind != "add" or op.output not in add.inputs or add.inputs[0] == add.inputs[1]:

@@ -50,6 +50,20 @@ def has_vbmi():
     return {"avx512f", "avx512bw", "avx512vbmi"} <= cpu_features()
 
 
+def pairs_enabled():
+    """Whether the int16-pair kernels (`dpwssd`: AVX2's vpmaddwd) run in VNNI's place: on a CPU with
+    AVX2 where `vnni_enabled()` is false, unless NPMOBILENET_NO_PAIRS is set (not 0), which forces
+    the portable kernels, e.g. to test them on such a CPU."""
+    return (os.environ.get("NPMOBILENET_NO_PAIRS", "0") in ("", "0") and "avx2" in cpu_features()
+            and not vnni_enabled())
+
+
+def packed_enabled():
+    """Whether int8 pointwise layers and standard convolutions run a kernel on a packed weight
+    (VNNI's or the pairs'), which reads receptive fields in place and fuses a residual add."""
+    return vnni_enabled() or pairs_enabled()
+
+
 def vnni_enabled():
     """VNNI kernels run when the CPU has VNNI and NPMOBILENET_NO_VNNI is unset (or 0); the
     variable forces the portable kernels, e.g. to test them on a VNNI machine."""
@@ -169,6 +183,101 @@ def dpbusd(typingctx, acc, a, b):
 
 
 @intrinsic
+def dpwssd(typingctx, acc, a, b):
+    """acc + (per lane) the sum of the 2 products of a's int16 halves and b's: vpdpwssd's integers
+    (no saturation), by AVX2's vpmaddwd (two per 16 lanes) and an add. Exact: a product of int16s
+    is at most 2^30, a pair's sum at most 2^31 (only -32768 * -32768 twice reaches it; int8
+    operands stay far below)."""
+    if not (acc == int32x16 and a == int32x16 and b == int32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_value, a_value, b_value = args
+        halves = ir.VectorType(ir.IntType(16), 16)
+        fnty = ir.FunctionType(ir.VectorType(ir.IntType(32), 8), [halves, halves])
+        vpmaddwd = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.pmadd.wd")
+        a16 = builder.bitcast(a_value, ir.VectorType(ir.IntType(16), 32))
+        b16 = builder.bitcast(b_value, ir.VectorType(ir.IntType(16), 32))
+
+        def lanes(first, count):
+            return ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(first, first + count)))
+
+        low = builder.call(vpmaddwd, [builder.shuffle_vector(a16, a16, lanes(0, 16)),
+                                      builder.shuffle_vector(b16, b16, lanes(0, 16))])
+        high = builder.call(vpmaddwd, [builder.shuffle_vector(a16, a16, lanes(16, 16)),
+                                       builder.shuffle_vector(b16, b16, lanes(16, 16))])
+        return builder.add(acc_value, builder.shuffle_vector(low, high, lanes(0, 16)))
+
+    return int32x16(acc, a, b), codegen
+
+
+def _lanes(indices):
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
+
+
+# the per-128-bit-lane interleave of two 16-lane int16 vectors a, b (vpunpcklwd, vpunpckhwd): pairs
+# (a_c, b_c) of channels 0-3 and 8-11, then of 4-7 and 12-15
+_INTERLEAVE_LOW = (0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27)
+_INTERLEAVE_HIGH = (4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31)
+PAIR_ORDER = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)   # the channel of each lane of `tap_pair16`
+
+
+@intrinsic
+def tap_pair16(typingctx, acc, x, a, b, zx, w, at):
+    """acc + per lane (x[a + c] - zx) w_a[c] + (x[b + c] - zx) w_b[c] for 16 channels c: two taps of
+    a depthwise convolution at once, by AVX2's vpmaddwd (16 multiply-adds per 8 lanes; exact: |x - zx|
+    <= 255, |w| <= 128). x: int8, C-contiguous (flat indices a, b; 16 bytes read at each); w: int16,
+    1-D, the two taps' weights interleaved (32 numbers at `at`: `pack_depthwise_pairs`). The lanes
+    hold channels in `PAIR_ORDER` (the interleave works within 128-bit halves): `unpermute16`."""
+    if not (acc == int32x16 and isinstance(x, types.Array) and x.layout == "C" and x.dtype == types.int8
+            and isinstance(w, types.Array) and w.ndim == 1 and w.layout == "C" and w.dtype == types.int16
+            and all(isinstance(v, types.Integer) for v in (a, b, zx, at))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_value, x_value, a_value, b_value, zx_value, w_value, at_value = args
+        words = ir.VectorType(ir.IntType(16), LANES)
+
+        def pointer(array_type, array, index_type, index, vector):
+            data = context.make_array(array_type)(context, builder, array).data
+            element = builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+            return builder.bitcast(element, vector.as_pointer())
+
+        zero_point = _splat(builder, zx_value, ir.IntType(16))
+        x_type, w_type = signature.args[1], signature.args[5]
+
+        def column(index_type, index):
+            loaded = builder.load(pointer(x_type, x_value, index_type, index, ir.VectorType(ir.IntType(8), LANES)),
+                                  align=1)
+            return builder.sub(builder.sext(loaded, words), zero_point)
+
+        x_a, x_b = column(signature.args[2], a_value), column(signature.args[3], b_value)
+        weights = pointer(w_type, w_value, signature.args[6], at_value, words)
+        w_low = builder.load(weights, align=2)
+        w_high = builder.load(builder.gep(weights, [ir.Constant(ir.IntType(64), 1)]), align=2)
+        fnty = ir.FunctionType(ir.VectorType(ir.IntType(32), 8), [words, words])
+        vpmaddwd = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.pmadd.wd")
+        low = builder.call(vpmaddwd, [builder.shuffle_vector(x_a, x_b, _lanes(_INTERLEAVE_LOW)), w_low])
+        high = builder.call(vpmaddwd, [builder.shuffle_vector(x_a, x_b, _lanes(_INTERLEAVE_HIGH)), w_high])
+        return builder.add(acc_value, builder.shuffle_vector(low, high, _lanes(range(LANES))))
+
+    return int32x16(acc, x, a, b, zx, w, at), codegen
+
+
+@intrinsic
+def unpermute16(typingctx, vector):
+    """The lanes of `tap_pair16`'s sums (channels in `PAIR_ORDER`) in channel order (the order is
+    its own inverse)."""
+    if vector != int32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.shuffle_vector(args[0], args[0], _lanes(PAIR_ORDER))
+
+    return int32x16(vector), codegen
+
+
+@intrinsic
 def store16(typingctx, array, index, vector):
     """array[index:index + 16] = vector: array 1-D C-contiguous int32 (any alignment)."""
     if not (_int32_array(array) and isinstance(index, types.Integer) and vector == int32x16):
@@ -221,6 +330,37 @@ def _multiply(builder, acc, multiplier, shift, left_shift=True):
     return builder.trunc(_smin(builder, _smax(builder, q, int32_min), int32_max), _VECTOR)
 
 
+def _multiply_right(builder, acc, multiplier, shift):
+    """`_multiply` without its left shift (every shift <= 0), in gemmlowp's two roundings, both
+    exact in 32-bit lanes but the product: high = (t + 2^30) >> 31 of t = acc * multiplier is its
+    low 32 bits, a logical shift by a constant (the products of even and odd lanes apart, in
+    place: vpmuldq; its one overflow, acc = multiplier = -2^31, saturated by a compare); then the rounding divide by 2^r, r = -shift <= 31 (quantize_multiplier
+    makes shifts >= -31; r is clamped there), as gemmlowp's RoundingDivideByPOT: (high >> r) + 1
+    where the remainder high & (2^r - 1) passes half of 2^r (half and more for high < 0 not, ties
+    away from zero). The same integers as `_multiply`'s one rounding of t; on AVX2, which has no
+    64-bit variable arithmetic shift and no 64-bit min or max, 2.6x fewer instructions."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    pairs = ir.VectorType(i64, LANES // 2)
+    nudge, shift32 = ir.Constant(pairs, [1 << 30] * (LANES // 2)), ir.Constant(pairs, [32] * (LANES // 2))
+    # lanes 2k and 2k+1 as one 64-bit lane: each half sign-extended in place (vpmuldq's operands)
+    a, m = builder.bitcast(acc, pairs), builder.bitcast(multiplier, pairs)
+    even = builder.mul(builder.ashr(builder.shl(a, shift32), shift32), builder.ashr(builder.shl(m, shift32), shift32))
+    odd = builder.mul(builder.ashr(a, shift32), builder.ashr(m, shift32))
+    # (t + 2^30) >> 31: into the low half of the even products, the high half of the odd ones
+    high_even = builder.bitcast(builder.lshr(builder.add(even, nudge), ir.Constant(pairs, [31] * (LANES // 2))), _VECTOR)
+    high_odd = builder.bitcast(builder.shl(builder.add(odd, nudge), ir.Constant(pairs, [1] * (LANES // 2))), _VECTOR)
+    high = builder.shuffle_vector(high_even, high_odd, _lanes([k + LANES * (k % 2) for k in range(LANES)]))
+    int32_min = _const(i32, -(1 << 31))
+    overflow = builder.and_(builder.icmp_signed("==", acc, int32_min), builder.icmp_signed("==", multiplier, int32_min))
+    high = builder.select(overflow, _const(i32, (1 << 31) - 1), high)
+    r = _smin(builder, _smax(builder, builder.sub(_const(i32, 0), shift), _const(i32, 0)), _const(i32, 31))
+    mask = builder.sub(builder.shl(_const(i32, 1), r), _const(i32, 1))
+    negative = builder.zext(builder.icmp_signed("<", high, _const(i32, 0)), _VECTOR)
+    threshold = builder.add(builder.lshr(mask, _const(i32, 1)), negative)
+    up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _VECTOR)
+    return builder.add(builder.ashr(high, r), up)
+
+
 def _clamp_offset(builder, q, zy, lo, hi):
     """clamp(q + zy, lo, hi), computed as clamp(q, lo - zy, hi - zy) + zy: q + zy can pass 2^31 - 1."""
     i32 = ir.IntType(32)
@@ -237,7 +377,9 @@ def _requantize_intrinsic(name, left_shift):
 
         def codegen(context, builder, signature, args):
             acc, multiplier, shift, zy, lo, hi = args
-            return _clamp_offset(builder, _multiply(builder, acc, multiplier, shift, left_shift), zy, lo, hi)
+            q = (_multiply(builder, acc, multiplier, shift) if left_shift
+                 else _multiply_right(builder, acc, multiplier, shift))
+            return _clamp_offset(builder, q, zy, lo, hi)
 
         return int32x16(acc, multiplier, shift, zy, lo, hi), codegen
 
@@ -250,7 +392,8 @@ requantize16.__doc__ = """clamp(z_y + M * acc, lo, hi) per lane, M = multiplier 
     `qkernels._requantize_store` (see `_multiply`)."""
 requantize16_right = intrinsic(_requantize_intrinsic("requantize16_right", False))
 requantize16_right.__doc__ = """`requantize16` for shifts that are all <= 0 (M < 1 in every lane; the
-    caller checks): no left shift, so no 64-bit saturation, fewer instructions per lane."""
+    caller checks): no left shift, so no 64-bit saturation, and the rounding in 32-bit lanes
+    (`_multiply_right`): fewer instructions per lane."""
 
 
 @njit_inline
@@ -579,11 +722,39 @@ def pack_weight(w):
     return words.reshape(-1), padded.astype(np.int32).sum(axis=0, dtype=np.int32)
 
 
-_PACKED = {}  # id(w) -> (weak reference to w, its data pointer, its shape, pack_weight(w))
+def pack_pairs(w):
+    """w (Cin, Cout) int8 -> (words, colsum) for the int16-pair kernel (`dpwssd`): words int32
+    (ceil(Cin/2) * width,), word k * width + c holding w[2k, c] (its low half) and w[2k+1, c]
+    (its high half) as int16, zero padded; width and colsum as `pack_weight`'s."""
+    cin, cout = w.shape
+    pairs, width = -(-cin // 2), -(-cout // LANES) * LANES
+    width += LANES if width % 1024 == 0 else 0       # rows of words not 4 KiB apart: `pack_weight`
+    padded = np.zeros((pairs * 2, width), np.int16)
+    padded[:cin, :cout] = w
+    # little-endian: half j of word [k, c] is w[2k + j, c]
+    words = np.ascontiguousarray(padded.reshape(pairs, 2, width).transpose(0, 2, 1)).view(np.int32)
+    return words.reshape(-1), padded.astype(np.int32).sum(axis=0, dtype=np.int32)
 
 
-def packed_weight(w):
-    """pack_weight(w), computed once per weight array.
+def pack_depthwise_pairs(w):
+    """w (KH, KW, C) int8 -> int16 (C/16 rounded down, ceil(KH*KW/2), 32): for each whole block of 16
+    channels and pair of taps (2p, 2p + 1; the last tap of an odd count paired with zeros), the
+    weights `tap_pair16` reads: the channels in `PAIR_ORDER`, each channel's two taps side by
+    side. Flat."""
+    kh, kw, channels = w.shape
+    taps, blocks = kh * kw, channels // LANES
+    pairs = -(-taps // 2)
+    padded = np.zeros((2 * pairs, blocks * LANES), np.int16)
+    padded[:taps] = w.reshape(taps, channels)[:, :blocks * LANES]
+    ordered = padded.reshape(pairs, 2, blocks, LANES)[:, :, :, list(PAIR_ORDER)]    # [pair, tap, block, lane]
+    return np.ascontiguousarray(ordered.transpose(2, 0, 3, 1)).reshape(-1)
+
+
+_PACKED = {}  # (id(w), pack) -> (weak reference to w, its data pointer, its shape, pack(w))
+
+
+def packed_weight(w, pack=pack_weight):
+    """pack(w) (`pack_weight`, or `pack_pairs`), computed once per weight array.
 
     The caller, `QConv.run` (qops.py), hands `pointwise_int8` the same weight array on every call
     and keeps no per-kernel state, so the packed copy is kept here, keyed by the array's id and
@@ -593,18 +764,19 @@ def packed_weight(w):
     it has run is not seen. (The bias and z_x are call arguments, so their correction is folded
     into the accumulators' start by the kernel, Cout operations per call.)
     """
-    key = id(w)
+    key = (id(w), pack)
     entry = _PACKED.get(key)
     if entry is not None:
         ref, pointer, shape, packed = entry
         if ref() is w and pointer == w.ctypes.data and shape == w.shape:
             return packed
-    packed = pack_weight(w)
+    packed = pack(w)
     _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)), w.ctypes.data, w.shape, packed)
     return packed
 
 
-__all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
+__all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "dpwssd",
+           "pack_depthwise_pairs", "pack_pairs", "packed_enabled", "pairs_enabled", "tap_pair16", "unpermute16", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
            "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
            "mul16", "multiply16", "pack_weight", "splat64", "packed_weight", "requantize16", "requantize16_layer", "requantize16_right", "splat16",
            "store16", "store16_int8", "sub16", "unsigned64", "vnni_enabled"]
