@@ -275,14 +275,14 @@ def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
     # where the CPU has AVX-512 or AVX2, pointwise and standard convolutions run the register tile
     # on packed weights (ops/register_tile.py); NPMOBILENET_NO_AVX512=1 keeps OpenBLAS's tiles. Both
     # equal the unfused model, and each is the same bits on 1 and 2 threads.
-    from npmobilenet.inference.program import CONV_DIRECT, CONV_PACKED, POINTWISE_PACKED, _slot
-    from npmobilenet.ops import register_tile
+    from npmobilenet.inference.program import CONV_DIRECT, CONV_PACKED, OTHER_TILE, POINTWISE_PACKED, _slot
+    from npmobilenet.ops import depthwise_avx512, register_tile
 
     rng = np.random.default_rng(12)
     model = randomize_batch_norm(npmobilenet.build(arch, width=0.75, num_classes=10, seed=2), rng).eval()
     x = rng.standard_normal((2, 48, 48, 3)).astype(np.float32)
     expected = model(x)
-    slots = {}
+    slots, other = {}, {}
     for flag in ("1", "0"):
         monkeypatch.setenv("NPMOBILENET_NO_AVX512", flag)
         fused = model.fuse()
@@ -292,10 +292,14 @@ def test_packed_and_openblas_tiles_agree(arch, monkeypatch):
             outputs.append(fused(x))
         assert np.array_equal(outputs[0], outputs[1])
         assert relative_error(outputs[0], expected) < 1e-4
-        slots[flag] = {_slot(row) for row in fused.plan(x.shape).program.ops}
+        program = fused.plan(x.shape).program
+        slots[flag], other[flag] = {_slot(row) for row in program.ops}, program.addresses[OTHER_TILE]
     assert POINTWISE_PACKED not in slots["1"] and CONV_PACKED not in slots["1"] and CONV_DIRECT in slots["1"]
+    assert other["1"] != 0                  # OpenBLAS's kinds: the dispatch of the other kinds compiled
     if register_tile.available():    # every standard convolution packed, the stem too
         assert POINTWISE_PACKED in slots["0"] and CONV_PACKED in slots["0"] and CONV_DIRECT not in slots["0"]
+    if register_tile.available() and depthwise_avx512.enabled():
+        assert other["0"] == 0              # every kind a register tile's (or SE, gating, pooling): not compiled
 
 
 @pytest.mark.parametrize("packed", [False, True])
