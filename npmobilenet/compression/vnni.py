@@ -22,6 +22,12 @@ is, so the two give the same accumulators bit for bit, in any order.
 Packed layout: w (Cin, Cout) int8 -> (ceil(Cin/4), ceil(Cout/16)*16, 4) int8, zero padded, read
 as int32 words: word [k, c] holds w[4k:4k+4, c], so one 64-byte load gives 16 output channels of 4
 input channels. Zero weights make the padding input channels contribute nothing.
+
+Without VNNI, on AVX2 (`pairs_enabled()`), the same kernels run on pairs of int16 instead: `dpwssd`
+(two `vpmaddwd`, 16 exact products each, and an add) on words holding w[2k:2k+2, c] (`pack_pairs`)
+and x itself (the start corrected by z_x colsum alone), and `tap_pair16` on two depthwise taps at
+once (`pack_depthwise_pairs`). `vpmaddubsw`, AVX2's byte instruction, saturates its pairs' sums
+and could not give these integers.
 """
 import os
 import weakref
