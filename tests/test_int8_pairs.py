@@ -233,3 +233,19 @@ def test_depthwise_kernel_matches_the_reference_for_any_row_split(size, channels
     if vnni.pairs_enabled():
         got = qkernels.depthwise_conv2d_int8(x, zx, w, *args, *geometry, expected.shape)
         assert np.array_equal(got, expected)
+
+
+@needs_avx2
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 33, 100, 4099])
+def test_lookup_32_values_a_step_matches_the_table(size):
+    # vpshufb on the low nibble over 16 sub-tables, chosen by the high nibble; the tail scalar
+    rng = np.random.default_rng(size)
+    table = _int8(rng, (256,))
+    x = _int8(rng, (size,))
+    x[:min(size, 4)] = [-128, 127, 0, -1][:min(size, 4)]
+    y = np.zeros(size, np.int8)
+    qkernels._lookup_int8_avx2(x, table, y)
+    assert np.array_equal(y, table[x.astype(np.int32) + 128])
+    if vnni.pairs_enabled() and not vnni.vnni_enabled():
+        kernel, _ = qkernels.lookup_int8_call(x, table, y)
+        assert kernel is qkernels._lookup_int8_avx2

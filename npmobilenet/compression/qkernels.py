@@ -31,9 +31,9 @@ import numpy as np
 from npmobilenet import config
 from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
-    add16, broadcast16, copy16_unsigned, dpbusd, dpwssd, load16, load16_int8, load16_part, load64_int8, lookup64, mul16,
-    multiply16, requantize16, requantize16_layer, requantize16_right, splat16, splat64, store16, store16_int8,
-    store64_int8, sub16, tap_pair16, unpermute16, unsigned64,
+    add16, broadcast16, copy16_unsigned, dpbusd, dpwssd, load16, load16_int8, load16_part, load64_int8, lookup32,
+    lookup64, mul16, multiply16, requantize16, requantize16_layer, requantize16_right, splat16, splat64, store16,
+    store16_int8, store64_int8, sub16, tap_pair16, unpermute16, unsigned64,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial, njit_serial_strict
 from npmobilenet.ops.depthwise_rows import _interior_columns
@@ -868,10 +868,29 @@ def _lookup_int8_vbmi(x, table, y):
         store64_int8(y, i, lookup64(t0, t1, t2, t3, load64_int8(x, i, count)), count)
 
 
+@njit_serial
+def _lookup_int8_avx2(x, table, y):
+    # The same with AVX2 (vnni.lookup32: 32 values per step, the table as 16 sub-tables of 16
+    # looked up by vpshufb), the tail by the scalar loop.
+    size = x.size
+    i = 0
+    while i + 32 <= size:
+        lookup32(table, x, y, i)
+        i += 32
+    for j in range(i, size):
+        y[j] = table[np.int32(x[j]) + 128]
+
+
 def lookup_int8_call(x, table, y):
     """(kernel, args) of `lookup_int8` into y (x's shape, int8): the VBMI kernel where the CPU has
-    it and VNNI is enabled (NPMOBILENET_NO_VNNI=1 keeps every int8 kernel portable)."""
-    kernel = _lookup_int8_vbmi if vnni.vnni_enabled() and vnni.has_vbmi() else _lookup_int8
+    it and VNNI is enabled, else the AVX2 one where the pairs kernels run (`vnni.pairs_enabled()`;
+    NPMOBILENET_NO_VNNI=1 and NPMOBILENET_NO_PAIRS=1 keep every int8 kernel portable)."""
+    if vnni.vnni_enabled() and vnni.has_vbmi():
+        kernel = _lookup_int8_vbmi
+    elif vnni.pairs_enabled():
+        kernel = _lookup_int8_avx2
+    else:
+        kernel = _lookup_int8
     return kernel, (x.reshape(-1), table, y.reshape(-1))
 
 

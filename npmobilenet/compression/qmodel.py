@@ -101,8 +101,8 @@ class QuantizedModel:
         """The int8 plan (activation arena and op table, `qplan.Int8Plan`) for int8 inputs of
         `input_shape` (N, H, W, 3) in the current mode, thread count and CPU path: made on first
         use, a few shapes kept. `plan.run(xq, threads)` runs it (what `run` calls)."""
-        key = (tuple(input_shape), self.integer_only, vnni.vnni_enabled(), vnni.pairs_enabled(), config.get_num_threads(),
-               config.PARALLEL_MIN_MACS)
+        key = (tuple(input_shape), self.integer_only, vnni.vnni_enabled(), vnni.pairs_enabled(),
+               config.get_num_threads(), config.PARALLEL_MIN_MACS)
         plans = self.__dict__.setdefault("_plans", {})
         if key not in plans:
             if len(plans) >= 4:

@@ -22,11 +22,11 @@ from npmobilenet.ops.geometry import conv_geometry, tf_same_sides
 
 INT8_MIN, INT8_MAX = -128, 127
 ADD_LEFT_SHIFT = qkernels.ADD_LEFT_SHIFT  # TFLite's quantized Add: 20 bits of headroom before summing
-# Without a packed int8 kernel (VNNI, AVX2's pairs), in the float-kernel mode (`integer_only = False`), layers of at least this many
-# MACs compute their integer sums on the exact float32 paths of qexact.py (SGEMM); smaller ones on
-# the integer loops, whose fewer passes win there (chosen on whole models at thresholds of 0 to
-# 1e6 MACs, one thread, batch 1, before the VNNI kernels: V2 and V3-Small at 224 fastest at 1e6,
-# the digits model at 32x32 indifferent).
+# Without a packed int8 kernel (VNNI, AVX2's pairs), in the float-kernel mode (`integer_only =
+# False`), layers of at least this many MACs compute their integer sums on the exact float32 paths
+# of qexact.py (SGEMM); smaller ones on the integer loops, whose fewer passes win there (chosen on
+# whole models at thresholds of 0 to 1e6 MACs, one thread, batch 1, before the VNNI kernels: V2
+# and V3-Small at 224 fastest at 1e6, the digits model at 32x32 indifferent).
 EXACT_MIN_MACS = 1_000_000
 
 

@@ -36,7 +36,7 @@ from npmobilenet.inference.views import view
 # TOTAL (of them), then SLOT columns per argument: an array's offset (in its dtype's elements) and
 # up to four dimensions, or a scalar's value
 (PW_VNNI, PW, DEPTHWISE, IM2COL, LOOKUP, ADD, MEAN, CHANNEL_SCALE, LOOKUP_VBMI, DEPTHWISE_VNNI, PW_PAIRS,
- DEPTHWISE_PAIRS) = range(12)
+ DEPTHWISE_PAIRS, LOOKUP_AVX2) = range(13)
 KIND, TC, TR, TOTAL, ARGS, SLOT = 0, 1, 3, 4, 5, 5
 MAX_ARGS = 17
 
@@ -60,6 +60,7 @@ KERNELS = {
     qk._im2col_int8_rows: (IM2COL, (_B4, _i8) + (_I,) * 8 + (_B4,), True),
     qk._lookup_int8: (LOOKUP, (_B1, _B1, _B1), False),
     qk._lookup_int8_vbmi: (LOOKUP_VBMI, (_B1, _B1, _B1), False),
+    qk._lookup_int8_avx2: (LOOKUP_AVX2, (_B1, _B1, _B1), False),
     qk._add_int8: (ADD, (_B1,) + (_i32,) * 3 + (_B1,) + (_i32,) * 9 + (_B1,), False),
     qk._mean_int8: (MEAN, (_B3, _i32, _i32, _i32, _i32, _B2), False),
     qk._channel_scale_int8: (CHANNEL_SCALE, (_B3, _i32, _B2, _i32, _i32, _i32, _i32, _B3), False),
@@ -186,7 +187,7 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
         _im2col(addresses[IM2COL], (_v4(b, op, 0), np.int8(op[_at(1)]), op[_at(2)], op[_at(3)],
                                     op[_at(4)], op[_at(5)], op[_at(6)], op[_at(7)], op[_at(8)],
                                     op[_at(9)], _v4(b, op, 10), start, end))
-    elif kind == LOOKUP or kind == LOOKUP_VBMI:     # one signature: either kernel's address
+    elif kind == LOOKUP or kind == LOOKUP_VBMI or kind == LOOKUP_AVX2:     # one signature: any of their addresses
         _lookup(addresses[kind], (_part(b, op, 0, start, end), _v1(b, op, 1), _part(b, op, 2, start, end)))
     elif kind == ADD:
         _add(addresses[ADD], (_part(b, op, 0, start, end), _s32(op, 1), _s32(op, 2), _s32(op, 3),
@@ -294,7 +295,7 @@ def _tiling(kind, args, workers=2):
         rows = out.shape[0] * out.shape[1]
         tr = max(1, -(-rows // 128))
         return tr, rows, -(-rows // tr), 0
-    if kind in (LOOKUP, LOOKUP_VBMI, ADD):
+    if kind in (LOOKUP, LOOKUP_VBMI, LOOKUP_AVX2, ADD):
         size = args[0].size
         # a multiple of the vector width: at least 4096 elements, at most 64 tiles (one worker:
         # 16384, 8)

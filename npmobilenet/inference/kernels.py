@@ -203,7 +203,8 @@ def conv2d(x, w, bias, activation=None, stride=1, padding=0, parallel=True, use_
         k = kh * kw * cin
         cols = np.empty((workers, conv_packed.workspace_rows(tile, k, cout), k), np.float32)
         _run(conv_packed.CONV_PACKED_FORWARD, parallel, x, register_tile.packed_weight(w.reshape(-1, cout)).reshape(-1),
-             kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y, register_tile.span_address())
+             kh, kw, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile, y,
+             register_tile.span_address())
         return y
     cols = np.empty(conv_ops.workspace_shape(workers, tile, kh, kw, cin), np.float32)
     _run(CONV2D, parallel, x, w, bias, activation_code(activation), sh, sw, pt, pl, 1, 1, cols, tile,
