@@ -46,7 +46,7 @@ def table_kinds(program):
     names = {qp.PW_VNNI: "pointwise VNNI", qp.PW: "pointwise", qp.DEPTHWISE: "depthwise",
              qp.DEPTHWISE_VNNI: "depthwise VNNI", qp.IM2COL: "receptive-field gather", qp.LOOKUP: "lookup",
              qp.LOOKUP_VBMI: "lookup (VBMI)", qp.ADD: "add", qp.MEAN: "mean", qp.CHANNEL_SCALE: "channel scale",
-             qp.PW_PAIRS: "pointwise pairs", qp.DEPTHWISE_PAIRS: "depthwise pairs", qp.LOOKUP_AVX2: "lookup (AVX2)"}
+             qp.PW_PAIRS: "pointwise pairs", qp.LOOKUP_AVX2: "lookup (AVX2)"}
     kinds = []
     for row in program.ops:
         kind = names[int(row[qp.KIND])]

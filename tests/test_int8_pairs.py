@@ -1,7 +1,7 @@
 """The int8 pointwise kernel on int16 pairs (AVX2's vpmaddwd, where there is no VNNI): bit for bit
 against the reference (odd shapes, extreme values, one-pixel rows, any row and channel split, a
 standard convolution's receptive fields, the fused residual add), vpmaddwd in its machine code,
-the pair layout, and the NPMOBILENET_NO_PAIRS switch."""
+the pair layout, the NPMOBILENET_NO_PAIRS switch; and the AVX2 table lookup."""
 import numba
 import numpy as np
 import pytest
@@ -10,20 +10,9 @@ from npmobilenet.compression import qkernels, vnni
 from npmobilenet.compression.qops import quantize_multipliers
 from npmobilenet.ops import reference_int8 as qreference
 from npmobilenet.ops.vector16 import has_avx2
+from test_vnni import _int8, _requant_args
 
 needs_avx2 = pytest.mark.skipif(not has_avx2(), reason="this CPU has no AVX2")
-
-
-def _int8(rng, shape):
-    return rng.integers(-128, 128, size=shape).astype(np.int8)
-
-
-def _requant_args(rng, cout, cin):
-    bias = rng.integers(-5000, 5000, cout).astype(np.int32)
-    multiplier, shift = quantize_multipliers(np.exp(rng.uniform(np.log(1e-4), np.log(0.05), cout)) / np.sqrt(cin))
-    zy = int(rng.integers(-128, 128))
-    lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
-    return bias, multiplier, shift, zy, lo, hi
 
 
 def _pairs(x, zx, w, bias, multiplier, shift, zy, lo, hi, residual=qkernels.NO_RESIDUAL, add=qkernels.NO_ADD,
@@ -181,58 +170,6 @@ def test_the_switch_forces_the_portable_kernel(monkeypatch):
     assert np.array_equal(qkernels.pointwise_int8(x, 3, w, *args), qreference.pointwise(x, 3, w, *args))
     monkeypatch.setenv("NPMOBILENET_NO_PAIRS", "0")
     assert vnni.pairs_enabled() == (has_avx2() and not vnni.vnni_enabled())
-
-
-# -- the depthwise kernel on pairs of taps ----------------------------------------------------------
-@pytest.mark.parametrize("k, channels", [(3, 16), (3, 40), (5, 72), (1, 32)])
-def test_depthwise_pair_weights_interleave_two_taps_per_channel(k, channels):
-    rng = np.random.default_rng(k * channels)
-    w = _int8(rng, (k, k, channels))
-    packed = vnni.pack_depthwise_pairs(w)
-    taps, blocks = k * k, channels // 16
-    pairs = -(-taps // 2)
-    assert packed.dtype == np.int16 and packed.shape == (blocks * pairs * 32,)
-    flat = w.reshape(taps, channels)
-    for b in range(blocks):
-        for p in range(pairs):
-            words = packed[(b * pairs + p) * 32:(b * pairs + p + 1) * 32].reshape(16, 2)   # lane, tap
-            for lane, c in enumerate(vnni.PAIR_ORDER):
-                partner = flat[2 * p + 1, 16 * b + c] if 2 * p + 1 < taps else 0
-                assert tuple(words[lane]) == (flat[2 * p, 16 * b + c], partner)
-
-
-@needs_avx2
-@pytest.mark.parametrize("size, channels, k, stride, dilation", [(9, 32, 3, 1, 1), (10, 40, 3, 2, 1), (7, 24, 5, 1, 1),
-                                                                (12, 72, 5, 2, 1), (11, 16, 3, 1, 2), (6, 8, 3, 1, 1),
-                                                                (8, 48, 1, 1, 1)])
-def test_depthwise_kernel_matches_the_reference_for_any_row_split(size, channels, k, stride, dilation):
-    # interior pixels of whole 16-channel blocks two taps at a time, the border pixels and a last
-    # partial block (8 channels) tap by tap; extreme values in a corner
-    rng = np.random.default_rng(size * channels + k)
-    x, w = _int8(rng, (2, size, size + 1, channels)), _int8(rng, (k, k, channels))
-    x[0, :3, :3] = -128
-    w[..., :4] = -128
-    zx = int(rng.integers(-128, 128))
-    args = _requant_args(rng, channels, k * k)
-    pad = (k // 2) * dilation
-    geometry = ((stride, stride), (pad, pad, pad, pad), (dilation, dilation))
-    expected = qreference.depthwise_conv2d(x, zx, w, *args, *geometry)
-    assert len(np.unique(expected)) > 1
-    bias, multiplier, shift, zy, lo, hi = args
-    constants = (x, np.int32(zx), w, vnni.pack_depthwise_pairs(w), bias, multiplier, shift, np.int32(zy), np.int32(lo),
-                 np.int32(hi), stride, stride, pad, pad, dilation, dilation)
-    rows = expected.shape[0] * expected.shape[1]
-    y = np.zeros_like(expected)
-    for start, end in ((0, 1), (1, rows // 2 + 1), (rows // 2 + 1, rows)):
-        qkernels._depthwise_int8_pairs_rows(*constants, y, start, end)
-    assert np.array_equal(y, expected)
-    for chunks in (1, 3):
-        y = np.zeros_like(expected)
-        qkernels._depthwise_int8_pairs_parallel(*constants, y, chunks)
-        assert np.array_equal(y, expected)
-    if vnni.pairs_enabled():
-        got = qkernels.depthwise_conv2d_int8(x, zx, w, *args, *geometry, expected.shape)
-        assert np.array_equal(got, expected)
 
 
 @needs_avx2

@@ -33,7 +33,7 @@ from npmobilenet.compression import qdepthwise_vnni, vnni
 from npmobilenet.compression.vnni import (
     add16, broadcast16, copy16_unsigned, dpbusd, dpwssd, load16, load16_int8, load16_part, load64_int8, lookup32,
     lookup64, mul16, multiply16, requantize16, requantize16_layer, requantize16_right, splat16, splat64, store16,
-    store16_int8, store64_int8, sub16, tap_pair16, unpermute16, unsigned64,
+    store16_int8, store64_int8, sub16, unsigned64,
 )
 from npmobilenet.config import njit_inline, njit_parallel, njit_serial, njit_serial_strict
 from npmobilenet.ops.depthwise_rows import _interior_columns
@@ -293,87 +293,20 @@ def _depthwise_int8_rows(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, sw, 
                     q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                     store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
                     continue
-                _depthwise_pixel16(x, zx16, w, b, m, s, left, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, n,
-                                   oh, ow, c0, count)
-
-
-@njit_inline
-def _depthwise_pixel16(x, zx16, w, b, m, s, left, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w, y, n, oh, ow, c0,
-                       count):
-    # output pixel (n, oh, ow), channels c0..c0+count-1 (count <= 16), every tap checked against the
-    # padding; b, m, s: the channels' bias, multiplier and shift
-    h, wd, channels = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw = w.shape[0], w.shape[1]
-    ho, wo = y.shape[1], y.shape[2]
-    acc = b
-    for i in range(kh):
-        ih = oh * sh - pt + i * dilation_h
-        if ih < 0 or ih >= h:
-            continue  # padding: real value 0
-        for j in range(kw):
-            iw = ow * sw - pl + j * dilation_w
-            if iw < 0 or iw >= wd:
-                continue
-            # V1 paper, Eq. 3: each channel filtered by its own kernel.
-            xv = sub16(load16_int8(x, ((n * h + ih) * wd + iw) * channels + c0, count), zx16)
-            acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
-    q = requantize16_layer(acc, m, s, left, zy, lo, hi)
-    store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
-
-
-@njit_serial
-def _depthwise_int8_pairs_rows(x, zx, w, w_pairs, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h,
-                               dilation_w, y, row_start, row_end):
-    # `_depthwise_int8_rows` with AVX2 (`vnni.pairs_enabled()`): a pixel whose taps are all inside
-    # x sums its whole blocks of 16 channels two taps at a time (`vnni.tap_pair16`: vpmaddwd on the
-    # int16 differences x - z_x and the weights, interleaved once per layer in w_pairs,
-    # `vnni.pack_depthwise_pairs`), where the portable kernel multiplies and adds int32 lanes tap by
-    # tap (vpmulld); the other pixels and a last partial block as it does (`_depthwise_pixel16`).
-    h, wd, channels = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw = w.shape[0], w.shape[1]
-    ho, wo = y.shape[1], y.shape[2]
-    taps = kh * kw
-    pairs = (taps + 1) // 2
-    zx16 = splat16(zx)
-    left = any_left_shift(shift)
-    # each tap's offset in x from the pixel's first tap; an odd count's last tap is paired with
-    # itself (its partner's weights are zero)
-    offsets = np.empty(2 * pairs, np.int64)
-    for t in range(2 * pairs):
-        i, j = min(t, taps - 1) // kw, min(t, taps - 1) % kw
-        offsets[t] = (i * dilation_h * wd + j * dilation_w) * channels
-    # the output columns whose taps are all inside x, left to right
-    first = min(max(-(-pl // sw), 0), wo)
-    last = max(min((wd - 1 + pl - (kw - 1) * dilation_w) // sw + 1, wo), first)
-    for row in range(row_start, row_end):
-        n, oh = row // ho, row % ho
-        top = oh * sh - pt
-        inside = top >= 0 and top + (kh - 1) * dilation_h < h
-        for c0 in range(0, channels, 16):
-            count = min(16, channels - c0)
-            b, m, s = load16_part(bias, c0, count), load16_part(multiplier, c0, count), load16_part(shift, c0, count)
-            a0, a1 = (first, last) if inside and count == 16 else (wo, wo)
-            for ow in range(wo):
-                if ow < a0 or ow >= a1:
-                    _depthwise_pixel16(x, zx16, w, b, m, s, left, zy, lo, hi, sh, sw, pt, pl, dilation_h, dilation_w,
-                                       y, n, oh, ow, c0, count)
-                    continue
-                base = ((n * h + top) * wd + ow * sw - pl) * channels + c0
-                at = c0 // 16 * pairs * 32
-                acc = splat16(0)
-                for p in range(pairs):
-                    acc = tap_pair16(acc, x, base + offsets[2 * p], base + offsets[2 * p + 1], zx, w_pairs, at + 32 * p)
-                q = requantize16_layer(add16(unpermute16(acc), b), m, s, left, zy, lo, hi)
+                acc = b
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dilation_h
+                    if ih < 0 or ih >= h:
+                        continue  # padding: real value 0
+                    for j in range(kw):
+                        iw = ow * sw - pl + j * dilation_w
+                        if iw < 0 or iw >= wd:
+                            continue
+                        # V1 paper, Eq. 3: each channel filtered by its own kernel.
+                        xv = sub16(load16_int8(x, ((n * h + ih) * wd + iw) * channels + c0, count), zx16)
+                        acc = add16(acc, mul16(xv, load16_int8(w, (i * kw + j) * channels + c0, count)))
+                q = requantize16_layer(acc, m, s, left, zy, lo, hi)
                 store16_int8(y, ((n * ho + oh) * wo + ow) * channels + c0, q, count)
-
-
-@njit_parallel
-def _depthwise_int8_pairs_parallel(x, zx, w, w_pairs, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h,
-                                   dilation_w, y, chunks):
-    rows = y.shape[0] * y.shape[1]
-    for c in numba.prange(chunks):
-        _depthwise_int8_pairs_rows(x, zx, w, w_pairs, bias, multiplier, shift, zy, lo, hi, sh, sw, pt, pl, dilation_h,
-                                   dilation_w, y, c * rows // chunks, (c + 1) * rows // chunks)
 
 
 @njit_parallel
@@ -387,8 +320,7 @@ def _depthwise_int8_parallel(x, zx, w, bias, multiplier, shift, zy, lo, hi, sh, 
 def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, stride, padding, dilation, y,
                                packed=None):
     """(kernel, args) of `depthwise_conv2d_int8` into y (N, Ho, Wo, C) int8. With VNNI, `packed`:
-    `qdepthwise_vnni.pack` of these arguments when the caller keeps it (else packed here); with AVX2
-    (`vnni.pairs_enabled()`), the pairs kernel on its weights packed once (`vnni.packed_weight`)."""
+    `qdepthwise_vnni.pack` of these arguments when the caller keeps it (else packed here)."""
     (sh, sw), (pt, _, pl, _), (dilation_h, dilation_w) = stride, padding, dilation
     if qdepthwise_vnni.applies(w, dilation, stride):
         if packed is None:
@@ -396,13 +328,8 @@ def depthwise_conv2d_int8_call(x, zx, w, bias, multiplier, shift, zy, lo, hi, st
         args = (x, *packed, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, y)
         return _rows_call(qdepthwise_vnni._depthwise_int8_vnni_rows, qdepthwise_vnni._depthwise_int8_vnni_parallel,
                           args, y.shape[0] * y.shape[1], y.size * w.shape[0] * w.shape[1])
-    requant = (bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl, dilation_h,
-               dilation_w, y)
-    if vnni.pairs_enabled():
-        args = (x, np.int32(zx), w, vnni.packed_weight(w, vnni.pack_depthwise_pairs)) + requant
-        return _rows_call(_depthwise_int8_pairs_rows, _depthwise_int8_pairs_parallel, args, y.shape[0] * y.shape[1],
-                          y.size * w.shape[0] * w.shape[1])
-    args = (x, np.int32(zx), w) + requant
+    args = (x, np.int32(zx), w, bias, multiplier, shift, np.int32(zy), np.int32(lo), np.int32(hi), sh, sw, pt, pl,
+            dilation_h, dilation_w, y)
     return _rows_call(_depthwise_int8_rows, _depthwise_int8_parallel, args, y.shape[0] * y.shape[1],
                       y.size * w.shape[0] * w.shape[1])
 

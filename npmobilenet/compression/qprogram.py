@@ -36,14 +36,13 @@ from npmobilenet.inference.views import view
 # TOTAL (of them), then SLOT columns per argument: an array's offset (in its dtype's elements) and
 # up to four dimensions, or a scalar's value
 (PW_VNNI, PW, DEPTHWISE, IM2COL, LOOKUP, ADD, MEAN, CHANNEL_SCALE, LOOKUP_VBMI, DEPTHWISE_VNNI, PW_PAIRS,
- DEPTHWISE_PAIRS, LOOKUP_AVX2) = range(13)
+ LOOKUP_AVX2) = range(12)
 KIND, TC, TR, TOTAL, ARGS, SLOT = 0, 1, 3, 4, 5, 5
-MAX_ARGS = 17
+MAX_ARGS = 16
 
 _I, _i32, _i8 = types.int64, types.int32, types.int8
 _B1, _B2, _B3, _B4 = (types.Array(types.int8, n, "C") for n in (1, 2, 3, 4))
 _W1, _W3 = types.Array(types.int32, 1, "C"), types.Array(types.int32, 3, "C")
-_H1 = types.Array(types.int16, 1, "C")
 _L1 = types.Array(types.int64, 1, "C")
 
 # kernel -> (kind, argument types without the row range, whether it takes a row range)
@@ -53,8 +52,6 @@ KERNELS = {
                                     True),
     qk._pointwise_int8_rows: (PW, (_B2, _i32, _B2, _W1, _W1, _W1, _i32, _i32, _i32, _B2), True),
     qk._depthwise_int8_rows: (DEPTHWISE, (_B4, _i32, _B3, _W1, _W1, _W1, _i32, _i32, _i32) + (_I,) * 6 + (_B4,), True),
-    qk._depthwise_int8_pairs_rows: (DEPTHWISE_PAIRS, (_B4, _i32, _B3, _H1, _W1, _W1, _W1, _i32, _i32, _i32) + (_I,) * 6
-                                    + (_B4,), True),
     qdw._depthwise_int8_vnni_rows: (DEPTHWISE_VNNI, (_B4, _B1, _W3, _W1, _W1, _W1, _i32, _I, _i32, _i32, _i32)
                                     + (_I,) * 4 + (_B4,), True),
     qk._im2col_int8_rows: (IM2COL, (_B4, _i8) + (_I,) * 8 + (_B4,), True),
@@ -69,7 +66,6 @@ PARALLEL = {qk._pointwise_int8_vnni_parallel: qk._pointwise_int8_vnni_rows,
             qk._pointwise_int8_pairs_parallel: qk._pointwise_int8_pairs_rows,
             qk._pointwise_int8_parallel: qk._pointwise_int8_rows,
             qk._depthwise_int8_parallel: qk._depthwise_int8_rows,
-            qk._depthwise_int8_pairs_parallel: qk._depthwise_int8_pairs_rows,
             qdw._depthwise_int8_vnni_parallel: qdw._depthwise_int8_vnni_rows,
             qk._im2col_int8_parallel: qk._im2col_int8_rows}
 CALLS = {kind: CompiledCall(kernel, argtypes + ((_I, _I) if ranged else ()))
@@ -84,7 +80,7 @@ CALLS[PW_PAIRS] = CompiledCall(qk._pointwise_int8_pairs_block, KERNELS[qk._point
 CALLS[DEPTHWISE_VNNI] = CompiledCall(qdw._depthwise_int8_vnni_block,
                                      KERNELS[qdw._depthwise_int8_vnni_rows][1] + (_I,) * 4)
 _pw_vnni, _pw, _depthwise, _im2col = (CALLS[k].call for k in (PW_VNNI, PW, DEPTHWISE, IM2COL))
-_depthwise_vnni, _pw_pairs, _depthwise_pairs = (CALLS[k].call for k in (DEPTHWISE_VNNI, PW_PAIRS, DEPTHWISE_PAIRS))
+_depthwise_vnni, _pw_pairs = CALLS[DEPTHWISE_VNNI].call, CALLS[PW_PAIRS].call
 _lookup, _add, _mean, _channel_scale = (CALLS[k].call for k in (LOOKUP, ADD, MEAN, CHANNEL_SCALE))
 
 
@@ -141,7 +137,7 @@ def _pixels(buffer, op, i, n, p0, count):
 def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
     """Tile t of int8 op `op` (a row): its kernel, at `addresses[kind]`, on the arguments the row
     names (views of the byte arena `arena`; `params` and `sgemm` are unused, the runner's)."""
-    b, w, wide, half = arena.view(np.int8), arena.view(np.int32), arena.view(np.int64), arena.view(np.int16)
+    b, w, wide = arena.view(np.int8), arena.view(np.int32), arena.view(np.int64)
     kind, tr, total = op[KIND], op[TR], op[TOTAL]
     start = t * tr
     end = min(start + tr, total)
@@ -166,12 +162,6 @@ def _run_qtile(op, params, arena, sgemm, t, worker, addresses):
                                           _v1(w, op, 5), _s32(op, 6), _s32(op, 7), _s32(op, 8), op[_at(9)],
                                           op[_at(10)], op[_at(11)], op[_at(12)], op[_at(13)],
                                           op[_at(14)], _v4(b, op, 15), start, end))
-    elif kind == DEPTHWISE_PAIRS:
-        _depthwise_pairs(addresses[DEPTHWISE_PAIRS], (_v4(b, op, 0), _s32(op, 1), _v3(b, op, 2), _v1(half, op, 3),
-                                                      _v1(w, op, 4), _v1(w, op, 5), _v1(w, op, 6), _s32(op, 7),
-                                                      _s32(op, 8), _s32(op, 9), op[_at(10)], op[_at(11)], op[_at(12)],
-                                                      op[_at(13)], op[_at(14)], op[_at(15)], _v4(b, op, 16), start,
-                                                      end))
     elif kind == DEPTHWISE_VNNI:
         channels = op[_at(15) + 4]              # y's last axis
         col_tiles = (channels + op[TC] - 1) // op[TC]
@@ -290,7 +280,7 @@ def _tiling(kind, args, workers=2):
         col_tiles = min(blocks, max(1, -(-min_tiles // row_tiles)))
         tc = 16 * -(-blocks // col_tiles)
         return tr, rows, row_tiles * -(-y.shape[3] // tc), tc
-    if kind in (DEPTHWISE, DEPTHWISE_PAIRS, IM2COL):
+    if kind in (DEPTHWISE, IM2COL):
         out = args[-1]                                        # y or cols (N, Ho, Wo, C)
         rows = out.shape[0] * out.shape[1]
         tr = max(1, -(-rows // 128))

@@ -25,9 +25,9 @@ input channels. Zero weights make the padding input channels contribute nothing.
 
 Without VNNI, on AVX2 (`pairs_enabled()`), the same kernels run on pairs of int16 instead: `dpwssd`
 (two `vpmaddwd`, 16 exact products each, and an add) on words holding w[2k:2k+2, c] (`pack_pairs`)
-and x itself (the start corrected by z_x colsum alone), and `tap_pair16` on two depthwise taps at
-once (`pack_depthwise_pairs`). `vpmaddubsw`, AVX2's byte instruction, saturates its pairs' sums
-and could not give these integers.
+and x itself (the start corrected by z_x colsum alone), and `lookup32` looks up 32 bytes a step.
+`vpmaddubsw`, AVX2's byte instruction, saturates its pairs' sums and could not give these
+integers.
 """
 import os
 import weakref
@@ -188,6 +188,11 @@ def dpbusd(typingctx, acc, a, b):
     return int32x16(acc, a, b), codegen
 
 
+def _lanes(indices):
+    """A shufflevector mask: the lanes `indices`, in order."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
+
+
 @intrinsic
 def dpwssd(typingctx, acc, a, b):
     """acc + (per lane) the sum of the 2 products of a's int16 halves and b's: vpdpwssd's integers
@@ -204,70 +209,14 @@ def dpwssd(typingctx, acc, a, b):
         vpmaddwd = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.pmadd.wd")
         a16 = builder.bitcast(a_value, ir.VectorType(ir.IntType(16), 32))
         b16 = builder.bitcast(b_value, ir.VectorType(ir.IntType(16), 32))
-
-        def lanes(first, count):
-            return ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(first, first + count)))
-
-        low = builder.call(vpmaddwd, [builder.shuffle_vector(a16, a16, lanes(0, 16)),
-                                      builder.shuffle_vector(b16, b16, lanes(0, 16))])
-        high = builder.call(vpmaddwd, [builder.shuffle_vector(a16, a16, lanes(16, 16)),
-                                       builder.shuffle_vector(b16, b16, lanes(16, 16))])
-        return builder.add(acc_value, builder.shuffle_vector(low, high, lanes(0, 16)))
+        low_half, high_half, whole = _lanes(range(16)), _lanes(range(16, 32)), _lanes(range(16))
+        low = builder.call(vpmaddwd, [builder.shuffle_vector(a16, a16, low_half),
+                                      builder.shuffle_vector(b16, b16, low_half)])
+        high = builder.call(vpmaddwd, [builder.shuffle_vector(a16, a16, high_half),
+                                       builder.shuffle_vector(b16, b16, high_half)])
+        return builder.add(acc_value, builder.shuffle_vector(low, high, whole))
 
     return int32x16(acc, a, b), codegen
-
-
-def _lanes(indices):
-    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
-
-
-# the per-128-bit-lane interleave of two 16-lane int16 vectors a, b (vpunpcklwd, vpunpckhwd): pairs
-# (a_c, b_c) of channels 0-3 and 8-11, then of 4-7 and 12-15
-_INTERLEAVE_LOW = (0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27)
-_INTERLEAVE_HIGH = (4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31)
-PAIR_ORDER = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)   # the channel of each lane of `tap_pair16`
-
-
-@intrinsic
-def tap_pair16(typingctx, acc, x, a, b, zx, w, at):
-    """acc + per lane (x[a + c] - zx) w_a[c] + (x[b + c] - zx) w_b[c] for 16 channels c: two taps of
-    a depthwise convolution at once, by AVX2's vpmaddwd (16 multiply-adds per 8 lanes; exact: |x - zx|
-    <= 255, |w| <= 128). x: int8, C-contiguous (flat indices a, b; 16 bytes read at each); w: int16,
-    1-D, the two taps' weights interleaved (32 numbers at `at`: `pack_depthwise_pairs`). The lanes
-    hold channels in `PAIR_ORDER` (the interleave works within 128-bit halves): `unpermute16`."""
-    if not (acc == int32x16 and isinstance(x, types.Array) and x.layout == "C" and x.dtype == types.int8
-            and isinstance(w, types.Array) and w.ndim == 1 and w.layout == "C" and w.dtype == types.int16
-            and all(isinstance(v, types.Integer) for v in (a, b, zx, at))):
-        return None
-
-    def codegen(context, builder, signature, args):
-        acc_value, x_value, a_value, b_value, zx_value, w_value, at_value = args
-        words = ir.VectorType(ir.IntType(16), LANES)
-
-        def pointer(array_type, array, index_type, index, vector):
-            data = context.make_array(array_type)(context, builder, array).data
-            element = builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
-            return builder.bitcast(element, vector.as_pointer())
-
-        zero_point = _splat(builder, zx_value, ir.IntType(16))
-        x_type, w_type = signature.args[1], signature.args[5]
-
-        def column(index_type, index):
-            loaded = builder.load(pointer(x_type, x_value, index_type, index, ir.VectorType(ir.IntType(8), LANES)),
-                                  align=1)
-            return builder.sub(builder.sext(loaded, words), zero_point)
-
-        x_a, x_b = column(signature.args[2], a_value), column(signature.args[3], b_value)
-        weights = pointer(w_type, w_value, signature.args[6], at_value, words)
-        w_low = builder.load(weights, align=2)
-        w_high = builder.load(builder.gep(weights, [ir.Constant(ir.IntType(64), 1)]), align=2)
-        fnty = ir.FunctionType(ir.VectorType(ir.IntType(32), 8), [words, words])
-        vpmaddwd = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.pmadd.wd")
-        low = builder.call(vpmaddwd, [builder.shuffle_vector(x_a, x_b, _lanes(_INTERLEAVE_LOW)), w_low])
-        high = builder.call(vpmaddwd, [builder.shuffle_vector(x_a, x_b, _lanes(_INTERLEAVE_HIGH)), w_high])
-        return builder.add(acc_value, builder.shuffle_vector(low, high, _lanes(range(LANES))))
-
-    return int32x16(acc, x, a, b, zx, w, at), codegen
 
 
 @intrinsic
@@ -305,19 +254,6 @@ def lookup32(typingctx, table, x, y, i):
         return context.get_dummy_value()
 
     return types.void(table, x, y, i), codegen
-
-
-@intrinsic
-def unpermute16(typingctx, vector):
-    """The lanes of `tap_pair16`'s sums (channels in `PAIR_ORDER`) in channel order (the order is
-    its own inverse)."""
-    if vector != int32x16:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.shuffle_vector(args[0], args[0], _lanes(PAIR_ORDER))
-
-    return int32x16(vector), codegen
 
 
 @intrinsic
@@ -781,20 +717,6 @@ def pack_pairs(w):
     return words.reshape(-1), padded.astype(np.int32).sum(axis=0, dtype=np.int32)
 
 
-def pack_depthwise_pairs(w):
-    """w (KH, KW, C) int8 -> int16 (C/16 rounded down, ceil(KH*KW/2), 32): for each whole block of 16
-    channels and pair of taps (2p, 2p + 1; the last tap of an odd count paired with zeros), the
-    weights `tap_pair16` reads: the channels in `PAIR_ORDER`, each channel's two taps side by
-    side. Flat."""
-    kh, kw, channels = w.shape
-    taps, blocks = kh * kw, channels // LANES
-    pairs = -(-taps // 2)
-    padded = np.zeros((2 * pairs, blocks * LANES), np.int16)
-    padded[:taps] = w.reshape(taps, channels)[:, :blocks * LANES]
-    ordered = padded.reshape(pairs, 2, blocks, LANES)[:, :, :, list(PAIR_ORDER)]    # [pair, tap, block, lane]
-    return np.ascontiguousarray(ordered.transpose(2, 0, 3, 1)).reshape(-1)
-
-
 _PACKED = {}  # (id(w), pack) -> (weak reference to w, its data pointer, its shape, pack(w))
 
 
@@ -821,8 +743,7 @@ def packed_weight(w, pack=pack_weight):
 
 
 __all__ = ["GROUP", "LANES", "add16", "broadcast16", "columns4", "columns4_padded", "dpbusd", "dpwssd",
-           "lookup32", "pack_depthwise_pairs", "pack_pairs", "packed_enabled", "pairs_enabled", "tap_pair16",
-           "unpermute16", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
+           "lookup32", "pack_pairs", "packed_enabled", "pairs_enabled", "has_vbmi", "has_vnni", "int32x16", "int8x64", "load16",
            "load16_int8", "load16_part", "load64_int8", "lookup64", "store64_int8",
            "mul16", "multiply16", "pack_weight", "splat64", "packed_weight", "requantize16", "requantize16_layer", "requantize16_right", "splat16",
            "store16", "store16_int8", "sub16", "unsigned64", "vnni_enabled"]
