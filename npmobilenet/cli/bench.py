@@ -134,7 +134,7 @@ def run(args):
         print(f"\ncold start ({archs[0]}, batch 1, 224, fresh processes): first call "
               f"{cold['cold'][0]:.2f} s with an empty Numba cache, {cold['warm'][0]:.2f} s with a warm one "
               f"(second call {cold['warm'][1] * 1e3:.1f} ms; import to first result {cold['cold'][2]:.2f} s / "
-              f"{cold['warm'][2]:.2f} s; process CPU {cold['cold'][3]:.2f} s / {cold['warm'][3]:.2f} s)", file=text)
+              f"{cold['warm'][2]:.2f} s; CPU with the compile helper {cold['cold'][3]:.2f} s / {cold['warm'][3]:.2f} s)", file=text)
     if json_path is not None:
         payload = {"results": results, "profiles": profiles, "cold_start": cold, "threads": threads,
                    "background_load": args.background_load, "load_average": load,

@@ -340,11 +340,9 @@ def build(calls, arena, workers=2):
             row[c] = start
             row[c + 1:c + 1 + a.ndim] = a.shape
         rows.append(row)
-    addresses = np.zeros(RUN_TILE + 1, np.int64)
-    for kind in {int(r[KIND]) for r in rows}:
-        addresses[kind] = CALLS[kind].address()
-    addresses[RUN_TILE] = _RUN_QTILE.address()
-    return Program(rows, np.zeros(0, np.float32), whole.buffer, 0, addresses)
+    calls = {kind: CALLS[kind] for kind in sorted({int(r[KIND]) for r in rows})}
+    calls[RUN_TILE] = _RUN_QTILE
+    return Program(rows, np.zeros(0, np.float32), whole.buffer, 0, calls)
 
 
 __all__ = ["Arena", "build"]

@@ -107,7 +107,6 @@ class MemoryPlan:
         self.tensors = {
             name: self.buffers[slot_of[name]][: math.prod(shape)].reshape(shape) for name, shape in shapes.items()}
         self.slot_of = slot_of
-        self.calls = [layer.call([self.tensors[n] for n in names], False, sgemm) for layer, _, names in steps]
         self.input = self.tensors[input_name]
         self.outputs = [self.tensors[name] for name in outputs or (layers[-1].outputs[0],)]
         self.output = self.outputs[0]
@@ -120,6 +119,8 @@ class MemoryPlan:
                 self.layer_ops[layer.name] = (len(rows), len(rows) + len(ops))
                 rows.extend(ops)
             self.program = Program(rows, params, self.arena, sgemm)
+        # (after the table: its kernels are compiled first, by two processes on a cold start)
+        self.calls = [layer.call([self.tensors[n] for n in names], False, sgemm) for layer, _, names in steps]
 
     @property
     def nbytes(self):

@@ -57,6 +57,7 @@ from numba import types
 
 from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
+from npmobilenet.ops.compile_ahead import compile_all
 from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.inference.tiles import (global_avg_pool_tile, linear_tile, linear_tile_packed, resize_tile,
                                         squeeze_excite_tile)
@@ -160,25 +161,22 @@ def _slot(row):
     return int(row[KIND])
 
 
-def tile_addresses(ops):
-    """int64 (RUN_TILE + 1,): the address of the tile of each slot (`_slot`) the table `ops` uses
-    (compiling it on first use), 0 for the others (a model compiles only the kinds it has); at the
-    slots of the functions those tiles call by address (`CALLEES`), theirs; at OTHER_TILE, that of
-    `_run_other_tile` where a row needs it; last, that of `_run_tile`."""
-    addresses = np.zeros(RUN_TILE + 1, np.int64)
+def table_calls(ops):
+    """{slot: CompiledCall}: the tile of each slot (`_slot`) the table `ops` uses (a model compiles
+    only the kinds it has); at the slots of the functions those tiles call by address (`CALLEES`),
+    theirs; at OTHER_TILE, `_run_other_tile` where a row needs it; at RUN_TILE, `_run_tile`."""
+    calls = {}
     for row in ops:
         slot = _slot(row)
-        if addresses[slot] == 0:
-            addresses[slot] = TILE_CALLS[slot].address()
+        calls.setdefault(slot, TILE_CALLS[slot])
         for callee in CALLEES.get(slot, ()):
             # (the 5x5 tile's tap-by-tap rows only at a stride over 2 or a dilation)
-            unused = callee == TAPS_5X5 and depthwise_avx512.in_blocks(row[SW], row[RH], row[RW])
-            if addresses[callee] == 0 and not unused:
-                addresses[callee] = CALLEE_CALLS[callee].address()
-        if slot in OTHER_SLOTS and addresses[OTHER_TILE] == 0:
-            addresses[OTHER_TILE] = _RUN_OTHER_TILE.address()
-    addresses[RUN_TILE] = _RUN_TILE.address()
-    return addresses
+            if not (callee == TAPS_5X5 and depthwise_avx512.in_blocks(row[SW], row[RH], row[RW])):
+                calls.setdefault(callee, CALLEE_CALLS[callee])
+        if slot in OTHER_SLOTS:
+            calls.setdefault(OTHER_TILE, _RUN_OTHER_TILE)
+    calls[RUN_TILE] = _RUN_TILE
+    return calls
 
 
 @njit_inline
@@ -352,17 +350,26 @@ _NO_HELPERS = np.zeros(0, np.int64)
 class Program:
     """An op table over one plan's arena and a model's packed parameters; `run(threads)`."""
 
-    def __init__(self, rows, params, arena, sgemm, addresses=None):
+    def __init__(self, rows, params, arena, sgemm, calls=None):
         self.ops = np.ascontiguousarray(np.stack(rows), np.int64)
         tiles = self.ops[:, TILES]
         if np.any(tiles < 1):
             raise ValueError("every op needs at least one tile")
         self.first_tile = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int64)
         self.params, self.arena, self.sgemm = params, arena, int(sgemm)
-        # `addresses`: another table's tile addresses and its own `_run_tile`'s (the int8 table)
-        self.addresses = tile_addresses(self.ops) if addresses is None else addresses
+        # `calls`: another table's tiles and its own `_run_tile` by slot (the int8 table's)
+        calls = table_calls(self.ops) if calls is None else calls
+        self.addresses = np.zeros(RUN_TILE + 1, np.int64)
+        # every function the first run needs, compiled up front (by two processes on a cold start;
+        # the helper threads call `_take_tiles` from Python: loaded here, not late in whichever joins first)
+        args = (self.ops, self.first_tile, self.params, self.arena, self.sgemm, np.zeros(8, np.int64),
+                self.addresses)
+        runner = tuple(numba.typeof(a) for a in args)
+        compile_all([(call.dispatcher, call.argtypes) for call in calls.values()]
+                    + [(_lead, runner + runner[-1:]), (_take_tiles, runner + (types.int64,))])
+        for slot, call in calls.items():
+            self.addresses[slot] = call.address()
         self._jobs = {}
-        self._helpers_ready = False
 
     @property
     def tiles(self):
@@ -389,11 +396,6 @@ class Program:
         args = (rows, first_tile, self.params, self.arena, self.sgemm, counters, self.addresses)
         workers = min(int(threads), MAX_WORKERS)       # a workspace block each (see CONV)
         helpers = tile_workers() if workers > 1 else None
-        if helpers is not None and not self._helpers_ready:
-            # the helpers call `_take_tiles` from Python: load its code here, once, rather than in
-            # whichever helper first joins a run (late, in the middle of some later call)
-            _take_tiles.compile(tuple(numba.typeof(a) for a in args) + (types.int64,))
-            self._helpers_ready = True
         if helpers is not None and helpers.lock.acquire(blocking=False):
             try:
                 helpers.publish(workers, lambda worker: _take_tiles(*args, worker))
