@@ -4,6 +4,7 @@
     python benchmarks/threads.py --peers                  # each npmobilenet block right after
                                                           # ONNX Runtime and PyTorch calls (2 threads)
     python benchmarks/threads.py --launches 3 --archs mobilenet_v3_small --json out.json
+    python benchmarks/threads.py --trace                  # also where the time goes inside the table
 
 Each launch is a new Python process: it builds each model (random weights), fuses it three
 times (`fuse(threads=1)`; `fuse(threads=2)`, the governor left on, as a user gets it; and 2
@@ -14,6 +15,12 @@ calls comes right after a block of ONNX Runtime and PyTorch channels-last calls 
 no pause between them: the case where another runtime's thread pool is still awake. Prints, per
 model, each launch's 1-thread and 2-thread medians and the speed-up, then the speed-ups' spread
 (min, median, max) over the launches, and how often the governor ran the 2-thread model on one.
+With `--trace`, each launch also runs the pinned model's op table traced (`Program.trace_records`:
+each tile's worker, op, index and cycle counts) on 1 and 2 threads, and the summary splits a run's time: the
+span from the first tile taken to the last finished, the workers' time waiting at op boundaries
+(a tile whose op must wait for the ops before it) and computing (the sum over tiles), and how long
+after the caller the helper took its first tile. Computing time that grows from 1 to 2 threads is
+the cores slowing each other (shared caches, memory, the host); waiting is the table's own cost.
 """
 import argparse
 import json
@@ -28,9 +35,53 @@ import numpy as np
 ARCHS = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
 
 
-def _child(archs, repeat, rounds, peers):
+def _cycle_rate():
+    """Cycles of `atomics.cycle_counter` per second, over a short sleep."""
+    import numba
+
+    from npmobilenet.inference.atomics import cycle_counter
+
+    @numba.njit
+    def cycles():
+        return cycle_counter()
+
+    cycles()
+    c0, t0 = cycles(), time.perf_counter()
+    time.sleep(0.1)
+    return (cycles() - c0) / (time.perf_counter() - t0)
+
+
+def _trace(fused, x, threads, runs, rate):
+    """Medians over `runs` traced runs: span, waiting and computing (worker-ms), the helper's
+    delay (ms) and share of the tiles."""
+    from npmobilenet.inference.program import ENDED, STARTED, TAKEN, WORKER
+
+    plan = fused.plan(x.shape)
+    rows = []
+    for _ in range(runs):
+        plan.input[...] = x
+        r = plan.program.trace_records(threads)
+        helper = r[:, WORKER] > 0
+        delay = (r[helper, TAKEN].min() - r[~helper, TAKEN].min()) / rate if helper.any() else np.nan
+        rows.append(((r[:, ENDED].max() - r[:, TAKEN].min()) / rate, (r[:, STARTED] - r[:, TAKEN]).sum() / rate,
+                     (r[:, ENDED] - r[:, STARTED]).sum() / rate, delay, helper.mean()))
+    span, wait, busy, delay, share = (_median(column) for column in np.array(rows, float).T)
+    return {"span_ms": span * 1e3, "wait_ms": wait * 1e3, "busy_ms": busy * 1e3, "helper_delay_ms": delay * 1e3,
+            "helper_share": share}
+
+
+def _median(values):
+    """The median of the values that are numbers (nan where none is: one thread has no helper)."""
+    values = np.array(values, float)
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def _child(archs, repeat, rounds, peers, trace):
     import npmobilenet
     from npmobilenet.inference import bench
+
+    rate = _cycle_rate() if trace else None
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="npmobilenet-threads-") as workdir:
@@ -69,6 +120,13 @@ def _child(archs, repeat, rounds, peers):
             results[arch] = {"t1_ms": float(np.median(times[1]) * 1e3), "t2_ms": float(np.median(times[2]) * 1e3),
                              "t2_pinned_ms": float(np.median(times["pinned"]) * 1e3),
                              "t2_on_one_thread": float(np.mean(np.array(used) == 1))}
+            if trace:
+                traced = {1: [], 2: []}
+                for _ in range(rounds):         # alternating, as the timed blocks
+                    for threads in (1, 2):
+                        traced[threads].append(_trace(pinned, x, threads, per_round, rate))
+                results[arch]["trace"] = {threads: {key: _median([t[key] for t in runs]) for key in runs[0]}
+                                          for threads, runs in traced.items()}
     print(json.dumps(results))
 
 
@@ -79,16 +137,18 @@ def main():
     parser.add_argument("--repeat", type=int, default=60, help="timed calls per thread count and launch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", action="store_true", help="time right after ONNX Runtime / PyTorch calls")
+    parser.add_argument("--trace", action="store_true", help="also trace the op table (waiting against computing)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.archs, args.repeat, args.rounds, args.peers)
+        _child(args.archs, args.repeat, args.rounds, args.peers, args.trace)
         return
     launches = []
     for launch in range(args.launches):
         command = [sys.executable, os.path.abspath(__file__), "--child", "--archs", *args.archs,
                    "--repeat", str(args.repeat), "--rounds", str(args.rounds)] + (["--peers"] if args.peers else [])
+        command += ["--trace"] if args.trace else []
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         launches.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"launch {launch + 1}: " + "; ".join(
@@ -111,6 +171,20 @@ def main():
             summary[arch][label] = {"t2_ms": t2.tolist(), "speedup": speedup.tolist(), "on_one_thread": fallback}
             print(f"{arch:20s} {label:10s} {np.median(t1):12.2f} {np.median(t2):13.2f} {speedup.min():13.2f} "
                   f"{np.median(speedup):7.2f} {speedup.max():6.2f} {fallback * 100:14.1f}%")
+    if args.trace:
+        print("\ninside the op table, pinned model, medians over the launches (worker-ms: summed over the workers):")
+        print(f"{'model':20s} {'threads':>7s} {'span ms':>8s} {'waiting':>8s} {'computing':>10s} "
+              f"{'span speed-up':>14s} {'computing 2t/1t':>16s} {'helper delay ms':>16s} {'helper tiles':>13s}")
+        for arch in args.archs:
+            traces = [r[arch]["trace"] for r in launches]
+            med = {threads: {key: _median([t[str(threads)][key] for t in traces]) for key in traces[0][str(threads)]}
+                   for threads in (1, 2)}
+            summary[arch]["trace"] = med
+            for threads in (1, 2):
+                m = med[threads]
+                extra = (f"{med[1]['span_ms'] / m['span_ms']:14.2f} {m['busy_ms'] / med[1]['busy_ms']:16.2f} "
+                         f"{m['helper_delay_ms']:16.3f} {m['helper_share'] * 100:12.1f}%") if threads == 2 else ""
+                print(f"{arch:20s} {threads:7d} {m['span_ms']:8.2f} {m['wait_ms']:8.2f} {m['busy_ms']:10.2f} {extra}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"peers": args.peers, "launches": launches, "summary": summary}, out, indent=1)

@@ -14,7 +14,8 @@ from npmobilenet.inference.atomics import atomic_add, atomic_load
 from npmobilenet.ops.blas import find_blas
 from npmobilenet.inference.threads import numba_threads
 from npmobilenet.inference.plan import ALIGN
-from npmobilenet.inference.program import COLUMNS, DONE, NEXT, TILES, X, Y, Program, _take_tiles, op_row
+from npmobilenet.inference.program import (COLUMNS, DONE, ENDS, RUNS, TILES, X, Y, Program, _take_tiles, _word,
+                                           op_row)
 from npmobilenet.inference.workers import tile_workers
 from test_inference_fuse import randomize_batch_norm
 
@@ -143,19 +144,70 @@ def test_concurrent_calls_from_python_threads_are_serialised_and_correct():
 
 
 def test_a_helper_arriving_after_its_run_takes_nothing():
-    # a helper woken late calls _take_tiles for a run that has ended (or for the next one to
-    # start): the compare-and-swap against the run's end gives it no tile
+    # a helper woken late calls _take_tiles for a run that has ended, or is still in a run when
+    # the next one opens: the compare-and-swap on an op's word, which names its run, gives it no tile
     fused = _model("mobilenet_v3_small")
     x = np.random.default_rng(2).standard_normal((1, 40, 40, 3)).astype(np.float32)
     expected = fused(x)
     program = fused.plan(x.shape).program
     rows, first_tile, counters = program._job(None)
     before = counters.copy()
-    assert before[NEXT] == before[DONE] > 0 and before[NEXT] % program.tiles == 0    # whole runs, all done
-    _take_tiles(rows, first_tile, program.params, program.arena, program.sgemm, counters, program.addresses, 1)
+    assert before[RUNS] > 0 and before[DONE] == before[RUNS] * program.tiles    # whole runs, all done
+    no_trace = np.zeros((0, 6), np.int64)
+    _take_tiles(rows, first_tile, program.params, program.arena, program.sgemm, counters, program.addresses,
+                no_trace, 1)
     assert np.array_equal(counters, before)
+    # the next run opened (its ops' words written) after the helper read the run number
+    run = int(counters[RUNS])
+    for k in range(len(rows)):
+        counters[ENDS + k] = _word(run + 1, 0, rows[k, TILES])
+    opened = counters.copy()
+    _take_tiles(rows, first_tile, program.params, program.arena, program.sgemm, counters, program.addresses,
+                no_trace, 1)
+    assert np.array_equal(counters, opened)
+    counters[:] = before
     fused.set_threads(numba.config.NUMBA_NUM_THREADS, adaptive=False)
     assert np.array_equal(fused(x), expected)
     helpers = tile_workers()
     if helpers is not None:
         assert helpers._job is None         # after a run the helpers hold no plan's arrays
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_traced_run_records_every_tile_once_and_computes_the_same(threads):
+    from npmobilenet.inference.program import ENDED, OP, STARTED, TAKEN, TILE, WORKER
+    fused = _model("mobilenet_v3_small")
+    x = np.random.default_rng(3).standard_normal((1, 48, 48, 3)).astype(np.float32)
+    expected = fused(x)
+    plan = fused.plan(x.shape)
+    program = plan.program
+    plan.input[...] = x                 # (the input's buffer is reused by later tensors)
+    program.run(threads)
+    untraced = _outputs(plan)
+    plan.input[...] = x
+    records = program.trace_records(threads)
+    assert _equal(plan, untraced)
+    # the tiles of each op, each once
+    assert np.array_equal(np.bincount(records[:, OP], minlength=len(program.ops)), program.ops[:, TILES])
+    assert set(records[:, WORKER].tolist()) <= set(range(max(threads, 1)))
+    for k in range(len(program.ops)):
+        # the caller takes an op's first tiles, the helpers its last ones
+        mine = records[(records[:, OP] == k) & (records[:, WORKER] == 0), TILE]
+        theirs = records[(records[:, OP] == k) & (records[:, WORKER] > 0), TILE]
+        assert sorted(mine.tolist() + theirs.tolist()) == list(range(program.ops[k, TILES]))
+        assert mine.size == 0 or theirs.size == 0 or mine.max() < theirs.min()
+    assert np.all(records[:, TAKEN] <= records[:, STARTED]) and np.all(records[:, STARTED] <= records[:, ENDED])
+    if threads == 1:
+        # one worker: no op's tile starts before every tile of the op before it has ended
+        last_end = np.zeros(len(program.ops), np.int64)
+        np.maximum.at(last_end, records[:, OP], records[:, ENDED])
+        first_start = np.full(len(program.ops), np.iinfo(np.int64).max)
+        np.minimum.at(first_start, records[:, OP], records[:, STARTED])
+        assert np.all(first_start[1:] >= last_end[:-1])
+    assert np.array_equal(fused(x), expected)
+    # a range of ops, and a wrong record array
+    k0, k1 = plan.layer_ops[next(iter(plan.layer_ops))]
+    part = program.trace_records(threads, (k0, k1))
+    assert len(part) == program.ops[k0:k1, TILES].sum() and part[:, OP].max() < k1 - k0
+    with pytest.raises(ValueError, match="trace must be"):
+        program.run(1, None, np.zeros((3, 6), np.int64))

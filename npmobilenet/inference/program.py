@@ -6,13 +6,15 @@ region, whose worker has often gone to sleep during the serial layer before (ten
 so most small layers were left serial, and 2 threads bought little (V3-Small: 3.2 -> 2.0 ms).
 Here the network is data: an int64 table, one row per op (kind, activation, tensor offsets into
 one activation arena, weight offsets into one parameter array, shapes, strides, padding, tiling).
-The calling thread and helper threads (`workers.py`) run it, each in one compiled call: each
-thread takes the next tile number from a shared counter (compare-and-swap), finds its op, waits
-until every tile of the ops before it is finished (a second counter: tiles are taken in order,
-so "all tiles of earlier ops are done" is "the done-count has reached this op's first tile"),
-computes the tile, and counts it done. Threads never wait for a tile that has not been taken, so
-any number of threads, including the caller alone when its helpers are late or busy, finishes
-without deadlock.
+The calling thread and helper threads (`workers.py`) run it, each in one compiled call: op by
+op, each thread takes a tile of the op (compare-and-swap on the op's word of tiles left: the
+caller from the op's first tile on, the helpers from its last one back, so that each mostly reads
+rows it wrote itself), waits until every tile of the ops before it is finished (a done-count:
+a thread moves to an op only when every tile of the ops before it is taken, so "all tiles of
+earlier ops are done" is "the done-count has reached this op's first tile"), computes the tile,
+and counts it done. Threads never wait for a tile that has not been taken, so any number of
+threads, including the caller alone when its helpers are late or busy, finishes without
+deadlock.
 
 The tiles are those of the per-layer kernels (`kernels.py`): the convolution kinds' tiles of
 `npmobilenet.ops` (a block of output pixels of a standard convolution, two output rows of a
@@ -56,7 +58,7 @@ import numpy as np
 from numba import types
 
 from npmobilenet.config import njit_inline, njit_serial
-from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
+from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, cycle_counter
 from npmobilenet.ops.compile_ahead import compile_all
 from npmobilenet.ops.indirect import CompiledCall
 from npmobilenet.inference.tiles import (global_avg_pool_tile, linear_tile, linear_tile_packed, resize_tile,
@@ -298,63 +300,97 @@ _RUN_TILE = CompiledCall(_run_tile, _TILE_ARGS)
 _RUN_OTHER_TILE = CompiledCall(_run_other_tile, _TILE_ARGS)
 _run_tile_at, _run_other_at = _RUN_TILE.call, _RUN_OTHER_TILE.call
 
-# counters of a job (one per op table and range of ops; a cache line): tiles numbered across runs
-NEXT, DONE, END = 0, 1, 2
+# counters of a job (one per op table and range of ops): RUNS, the number of runs started; DONE,
+# tiles finished over all runs; TRACED, the tiles a traced run has recorded; from ENDS on, one word
+# per op: the run it belongs to and the op's tiles not yet taken, front..back-1 (`_word`)
+RUNS, DONE, TRACED, ENDS = 0, 1, 2, 8
+_TILE_BITS, _RUN_BITS = 20, 23
+_TILE_MASK, _RUN_MASK = (1 << _TILE_BITS) - 1, (1 << _RUN_BITS) - 1
+MAX_TILES = _TILE_MASK          # tiles per op
+# a traced run's record of each tile (`Program.trace_records`): who ran it, its op and its index
+# there, and cycle counts when it was taken, when the ops before it were finished (its wait over)
+# and when it was done
+WORKER, OP, TILE, TAKEN, STARTED, ENDED = range(6)
 
 
 @njit_serial
-def _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, worker):
-    """Worker `worker` takes tiles in order until none are left.
+def _word(run, front, back):
+    """An op's word: run (its low 23 bits) | front | back, tiles front..back-1 left."""
+    return (((run & _RUN_MASK) << (2 * _TILE_BITS)) | (front << _TILE_BITS)) | back
 
-    Tiles are numbered on across runs: run r has tiles r*total..(r+1)*total-1 (first_tile[k] is
-    op k's first tile within a run, first_tile[-1] the total). counters[NEXT] is the next tile,
-    counters[DONE] the number finished, counters[END] the end of the current run. A tile is taken
-    by compare-and-swap only while NEXT < END, so a helper arriving after its run ended (or while
-    the next one starts) takes nothing it may not compute.
+
+@njit_serial
+def _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, trace, worker):
+    """Worker `worker` takes tiles of the current run until none are left: op by op, the caller
+    (worker 0) from an op's first tile on, the helpers from its last one back. So at batch 1,
+    where an op's tiles are bands of rows (or of channels), each thread mostly reads what it wrote
+    itself one op before, from its own core's cache (one shared counter dealt neighbouring tiles
+    to alternate threads, each reading about half its input from the other core: on two threads
+    the same tiles took 1.26-1.45x one thread's CPU time, 1.13-1.19x now; README).
+
+    A tile of op k runs once every tile before op k in the table is finished (DONE reaches the
+    run's count of them): ops are in order, and a tile may read anything an earlier op wrote. A
+    tile is taken by compare-and-swap on its op's word, which names the run: a helper still in an
+    earlier run (woken late, or finishing when the next run starts) takes nothing. With `trace`
+    not empty, (tiles, 6), each tile's record is stored in it.
     """
     total = first_tile[first_tile.shape[0] - 1]
-    k, run_base = 0, -1
-    while True:
-        t = atomic_load(counters, NEXT)
-        if t >= atomic_load(counters, END):
-            return
-        if not atomic_cas(counters, NEXT, t, t + 1):
-            continue                            # another worker took it
-        base = t - t % total
-        if base != run_base:
-            k, run_base = 0, base
-        local = t - base
-        while first_tile[k + 1] <= local:
-            k += 1
-        while atomic_load(counters, DONE) < base + first_tile[k]:
-            cpu_relax()                         # an earlier op is still being finished by another thread
-        _run_tile_at(addresses[RUN_TILE], (ops[k], params, arena, sgemm, local - first_tile[k], worker, addresses))
-        atomic_add(counters, DONE, 1)
+    run = atomic_load(counters, RUNS)
+    base = (run - 1) * total                    # tiles of earlier runs, all finished
+    tag = run & _RUN_MASK
+    traced = trace.shape[0] > 0
+    for k in range(ops.shape[0]):
+        while True:
+            word = atomic_load(counters, ENDS + k)
+            if (word >> (2 * _TILE_BITS)) != tag:
+                return                          # a later run has started: this one is over
+            front, back = (word >> _TILE_BITS) & _TILE_MASK, word & _TILE_MASK
+            if front >= back:
+                break                           # every tile of op k taken: on to the next op
+            t = front if worker == 0 else back - 1
+            taken = _word(run, front + 1, back) if worker == 0 else _word(run, front, back - 1)
+            if not atomic_cas(counters, ENDS + k, word, taken):
+                continue                        # another worker took a tile of op k meanwhile
+            taken_at = cycle_counter() if traced else 0
+            while atomic_load(counters, DONE) < base + first_tile[k]:
+                cpu_relax()                     # an earlier op is still being finished by another thread
+            started = cycle_counter() if traced else 0
+            _run_tile_at(addresses[RUN_TILE], (ops[k], params, arena, sgemm, t, worker, addresses))
+            if traced:
+                i = atomic_add(counters, TRACED, 1)
+                trace[i, WORKER], trace[i, OP], trace[i, TILE], trace[i, TAKEN] = worker, k, t, taken_at
+                trace[i, STARTED], trace[i, ENDED] = started, cycle_counter()
+            atomic_add(counters, DONE, 1)
 
 
 @njit_serial
-def _lead(ops, first_tile, params, arena, sgemm, counters, addresses, control):
-    """One run, led by the calling thread (worker 0): open it (counters[END]), let the helpers in
-    (control[GENERATION] += 1; `control` empty: no helpers), take tiles, and return when every
-    tile is finished."""
-    end = atomic_load(counters, NEXT) + first_tile[first_tile.shape[0] - 1]   # the last run is finished
-    atomic_store(counters, END, end)
+def _lead(ops, first_tile, params, arena, sgemm, counters, addresses, trace, control):
+    """One run, led by the calling thread (worker 0): open it (every op's word for the new run,
+    then RUNS), let the helpers in (control[GENERATION] += 1; `control` empty: no helpers), take
+    tiles, and return when every tile is finished."""
+    run = atomic_load(counters, RUNS) + 1       # the last run is finished
+    for k in range(ops.shape[0]):
+        atomic_store(counters, ENDS + k, _word(run, np.int64(0), ops[k, TILES]))
+    atomic_store(counters, TRACED, 0)
+    atomic_store(counters, RUNS, run)
     if control.shape[0] > 0:
         atomic_add(control, GENERATION, 1)
-    _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, np.int64(0))   # the helpers' build
+    _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, trace, np.int64(0))   # the helpers' build
+    end = run * first_tile[first_tile.shape[0] - 1]
     while atomic_load(counters, DONE) < end:
         cpu_relax()                             # a helper is finishing its last tile
 
 
 _NO_HELPERS = np.zeros(0, np.int64)
+_NO_TRACE = np.zeros((0, 6), np.int64)
 class Program:
     """An op table over one plan's arena and a model's packed parameters; `run(threads)`."""
 
     def __init__(self, rows, params, arena, sgemm, calls=None):
         self.ops = np.ascontiguousarray(np.stack(rows), np.int64)
         tiles = self.ops[:, TILES]
-        if np.any(tiles < 1):
-            raise ValueError("every op needs at least one tile")
+        if np.any(tiles < 1) or np.any(tiles > MAX_TILES):
+            raise ValueError(f"every op needs at least one tile and at most {MAX_TILES}")
         self.first_tile = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int64)
         self.params, self.arena, self.sgemm = params, arena, int(sgemm)
         # `calls`: another table's tiles and its own `_run_tile` by slot (the int8 table's)
@@ -362,11 +398,11 @@ class Program:
         self.addresses = np.zeros(RUN_TILE + 1, np.int64)
         # every function the first run needs, compiled up front (by two processes on a cold start;
         # the helper threads call `_take_tiles` from Python: loaded here, not late in whichever joins first)
-        args = (self.ops, self.first_tile, self.params, self.arena, self.sgemm, np.zeros(8, np.int64),
-                self.addresses)
-        runner = tuple(numba.typeof(a) for a in args)
+        counters = np.zeros(ENDS + len(self.ops), np.int64)
+        args = (self.ops, self.first_tile, self.params, self.arena, self.sgemm, counters, self.addresses)
+        runner = tuple(numba.typeof(a) for a in args + (_NO_TRACE,))
         compile_all([(call.dispatcher, call.argtypes) for call in calls.values()]
-                    + [(_lead, runner + runner[-1:]), (_take_tiles, runner + (types.int64,))])
+                    + [(_lead, runner + runner[-2:-1]), (_take_tiles, runner + (types.int64,))])
         for slot, call in calls.items():
             self.addresses[slot] = call.address()
         self._jobs = {}
@@ -384,16 +420,25 @@ class Program:
             else:
                 k0, k1 = ops
                 rows, first_tile = self.ops[k0:k1], self.first_tile[k0:k1 + 1] - self.first_tile[k0]
-            self._jobs[ops] = (np.ascontiguousarray(rows), np.ascontiguousarray(first_tile), np.zeros(8, np.int64))
+            self._jobs[ops] = (np.ascontiguousarray(rows), np.ascontiguousarray(first_tile),
+                               np.zeros(ENDS + len(rows), np.int64))
         return self._jobs[ops]
 
-    def run(self, threads=1, ops=None):
+    def run(self, threads=1, ops=None, trace=None):
         """Every op (or ops k0..k1-1 for `ops=(k0, k1)`, e.g. one layer's, to time it alone) on
         `threads` threads: the calling thread and helpers (`workers.py`); when they are busy
         (another caller) or late, the calling thread takes their tiles. One call at a time per
-        table. The caller keeps OpenBLAS single-threaded (see blas.py)."""
+        table. The caller keeps OpenBLAS single-threaded (see blas.py). With `trace`, an int64
+        array (tiles, 6) (`trace_records`), each tile's record is stored in it."""
         rows, first_tile, counters = self._job(None if ops is None else tuple(int(k) for k in ops))
-        args = (rows, first_tile, self.params, self.arena, self.sgemm, counters, self.addresses)
+        if trace is None:
+            trace = _NO_TRACE
+        elif not (isinstance(trace, np.ndarray) and trace.dtype == np.int64 and trace.flags.c_contiguous
+                  and trace.shape == (int(first_tile[-1]), 6)):
+            raise ValueError(f"trace must be a C-contiguous int64 array of shape ({int(first_tile[-1])}, 6), "
+                             f"one row per tile, got {getattr(trace, 'dtype', type(trace).__name__)} "
+                             f"{getattr(trace, 'shape', '')}")
+        args = (rows, first_tile, self.params, self.arena, self.sgemm, counters, self.addresses, trace)
         workers = min(int(threads), MAX_WORKERS)       # a workspace block each (see CONV)
         helpers = tile_workers() if workers > 1 else None
         if helpers is not None and helpers.lock.acquire(blocking=False):
@@ -405,6 +450,18 @@ class Program:
                 helpers.lock.release()
         else:
             _lead(*args, _NO_HELPERS)
+
+    def trace_records(self, threads=1, ops=None):
+        """One run (as `run`), traced: an int64 array (tiles, 6), a row per tile in the order they
+        were finished, its columns WORKER (0: the caller), OP (the op's index in the table, or
+        within `ops`), TILE (the tile's index within its op), and the cycle counter
+        (`atomics.cycle_counter`) when the tile was TAKEN, STARTED (the ops before it finished) and
+        ENDED: what `benchmarks/threads.py --trace` sums into time waiting at op boundaries and
+        time computing."""
+        rows, first_tile, _ = self._job(None if ops is None else tuple(int(k) for k in ops))
+        trace = np.zeros((int(first_tile[-1]), 6), np.int64)
+        self.run(threads, ops, trace)
+        return trace
 
     def describe(self):
         """[(kind name, tiles)] per op, for reading the table."""
