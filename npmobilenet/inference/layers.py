@@ -15,7 +15,7 @@ from npmobilenet.inference import kernels
 from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
-from npmobilenet.inference.tiles import linear_blocks
+from npmobilenet.inference.tiles import SE_PARTS, linear_blocks
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
@@ -386,8 +386,9 @@ class FusedSqueezeExcite(FusedLayer):
         (n, ho, c), (_, _, wo, _) = shapes
         sums, _, gate, hidden = offsets
         p = self.param_offsets
-        return [op_row(KIND=SE_GATE, TILES=n, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden, S=self.w_reduce.shape[1],
-                       COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"], B2=p["b_expand"])]
+        return [op_row(KIND=SE_GATE, TILES=n * SE_PARTS, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden,
+                       S=self.w_reduce.shape[1], COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"],
+                       B2=p["b_expand"], BLOCKS=phase) for phase in (0, 1)]
 
 
 class FusedGlobalPool(FusedLayer):

@@ -3,9 +3,10 @@
 The convolution tiles are in `npmobilenet.ops` (`conv_tile`, `depthwise_tile`, `pointwise_tile`:
 one per kind, shared with training's forward and the exact int8 path). Here:
 
-- `squeeze_excite_tile`: one image's squeeze-and-excitation gate from the row sums the depthwise
-  tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)`
-  (V3 paper, section 5.3). The gate is applied by the projection's tile as it reads its input.
+- `squeeze_excite_tile`: part of one image's squeeze-and-excitation gate from the row sums the
+  depthwise tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean
+  + b1) + b2)` (V3 paper, section 5.3), in two phases (the hidden units, then the gate) of
+  SE_PARTS tiles each. The gate is applied by the projection's tile as it reads its input.
 - `global_avg_pool_tile`: one image's mean over its positions.
 - `linear_tile`: a column block of a fully connected layer, bias and activation, on weights
   packed by column block (`linear_blocks`): at batch 1 the classifier is a matrix-vector product
@@ -33,46 +34,66 @@ from npmobilenet.ops.register_tile import product_rows
 _F32 = np.float32
 
 
+# SE's two products are split between threads: each half of an image's reduce outputs (phase 0),
+# then each half of its gate (phase 1). At batch 1 they are matrix-vector products bound by
+# reading their weights (V3-Large's last two: 0.9 MB each, 0.14 ms together in one tile, while
+# the other thread waited).
+SE_PARTS = 2
+
+
+@njit_inline
+def _part(size, part, align):
+    """Part `part` of SE_PARTS of range(size), cut at multiples of `align`: (first, end)."""
+    step = -(-size // (SE_PARTS * align)) * align
+    return min(part * step, size), min((part + 1) * step, size)
+
+
 @njit_serial
-def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n):
-    """Image n's SE gate: gate[n] = hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count."""
+def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, t, phase):
+    """Tile t (image t // SE_PARTS, part t % SE_PARTS) of SE's phase 0 or 1: gate[n] =
+    hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count. Phase 0: the part's units
+    of hidden[n] = relu(W1 mean + b1), each channel's mean summed from the row sums as it is
+    used; phase 1, once every phase-0 tile is done: the part's channels of gate[n]."""
+    n, part = t // SE_PARTS, t % SE_PARTS
     out_h, channels = row_sums.shape[1], row_sums.shape[2]
     squeeze = w_reduce.shape[1]
     zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
-    inv_count = _F32(1.0 / count)
-    mean = gate[n]                       # gate[n] holds the mean until it is overwritten
-    for c in range(channels):
-        mean[c] = 0
-    for oh in range(out_h):
+    if phase == 0:
+        inv_count = _F32(1.0 / count)
+        s0, s1 = _part(squeeze, part, 8)
+        h = hidden[n]
+        for s in range(s0, s1):
+            h[s] = b_reduce[s]
         for c in range(channels):
-            mean[c] += row_sums[n, oh, c]
-    for c in range(channels):
-        mean[c] *= inv_count
-    h = hidden[n]
-    for s in range(squeeze):
-        h[s] = b_reduce[s]
-    for c in range(channels):
-        m = mean[c]
+            m = _F32(0)
+            for oh in range(out_h):
+                m += row_sums[n, oh, c]
+            m *= inv_count
+            for s in range(s0, s1):
+                h[s] += m * w_reduce[c, s]
+        for s in range(s0, s1):
+            h[s] = max(h[s], zero)
+    else:
+        c0, c1 = _part(channels, part, 16)
+        h, g = hidden[n], gate[n]
+        for c in range(c0, c1):
+            g[c] = b_expand[c]
         for s in range(squeeze):
-            h[s] += m * w_reduce[c, s]
-    for s in range(squeeze):
-        h[s] = max(h[s], zero)
-    g = gate[n]
-    for c in range(channels):
-        g[c] = b_expand[c]
-    for s in range(squeeze):
-        hs = h[s]
-        for c in range(channels):
-            g[c] += hs * w_expand[s, c]
-    for c in range(channels):
-        g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
+            hs = h[s]
+            for c in range(c0, c1):
+                g[c] += hs * w_expand[s, c]
+        for c in range(c0, c1):
+            g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
 
 
 def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate):
     # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_expand: (S, C); hidden: (N, S)
-    # workspace; count = Ho * Wo. An image per tile.
+    # workspace; count = Ho * Wo. An image per iteration, its tiles of both phases in turn.
     for n in prange(row_sums.shape[0]):
-        squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n)
+        for phase in range(2):
+            for part in range(SE_PARTS):
+                squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate,
+                                    n * SE_PARTS + part, phase)
 
 
 @njit_serial
