@@ -105,3 +105,23 @@ def test_serial_switch_compiles_here(tmp_path):
 def test_failing_helper_leaves_the_work_here(tmp_path):
     result = _run(tmp_path, "late", TOY_FAIL_IN_HELPER="1")
     assert result == {"by_helper": 0, "x": 12.0, "hits": [0, 0, 0, 0], "misses": [1, 1, 1, 1]}
+
+
+def test_a_numba_without_the_expected_cache_parts_is_compiled_here():
+    # should a Numba release change the cache's private parts, nothing is shared or taken
+    from types import SimpleNamespace
+
+    from npmobilenet.ops import compile_ahead
+
+    class Plain:                                # a dispatcher whose cache has none of the parts
+        overloads = {}
+        _cache = SimpleNamespace()
+        py_func = test_serial_switch_compiles_here
+
+    assert not compile_ahead._shareable(Plain())
+    assert not compile_ahead._ready(Plain(), ())
+    assert compile_ahead._adopt(Plain(), (), "/nonexistent") is False
+    compiled = []
+    Plain.compile = lambda self, argtypes: compiled.append(argtypes)
+    assert compile_ahead.compile_all([(Plain(), ("a",)), (Plain(), ("b",))]) == 0
+    assert compiled == [("a",), ("b",)]

@@ -10,11 +10,15 @@ a lock, so two processes saving builds of one function could pair a signature wi
 code. This process copies each entry it takes (the index key and the serialised build, as Numba
 wrote them) into its own cache, then loads it from there like any cached build.
 
-The helper is used only where it can save time: more than one entry missing from the cache, at
-least two CPUs to run on, every entry's dispatcher cached (`cache=True`) and reachable by module
-and name. Otherwise, or with `NPMOBILENET_SERIAL_COMPILE=1`, or if the helper fails, this process
-compiles everything itself. Either way the same builds result: the helper runs the same Python,
-Numba and CPU target (its environment is this one's but for `NUMBA_CACHE_DIR`).
+Numba's cache is read through its private parts (the index of a function's builds, their keys,
+the directory its locator picks; as of Numba 0.68): should a release change them, the helper is
+not used or its builds are not taken, and this process compiles them. The helper is used only
+where it can save time: more than one entry missing from the cache and at least two CPUs to run
+on. It takes the entries whose dispatcher is cached (`cache=True`) and found by module and name;
+this process compiles the others first. With `NPMOBILENET_SERIAL_COMPILE=1`, or if the helper
+fails, this process compiles everything itself. Either way the same builds result: the helper
+runs the same Python, Numba and CPU target (its environment is this one's but for
+`NUMBA_CACHE_DIR`).
 """
 import importlib
 import inspect
@@ -29,6 +33,9 @@ import threading
 from numba.core.caching import FunctionCache, IndexDataCacheFile, _CacheLocator
 
 SERIAL_ENV = "NPMOBILENET_SERIAL_COMPILE"
+# what reading Numba's cache through its private parts may raise, should a Numba release change
+# them (tested on 0.68): then this process compiles what it would have taken from the helper
+_CACHE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError)
 
 
 def compile_all(entries):
@@ -68,10 +75,12 @@ def _ready(dispatcher, argtypes):
     """Whether the build is in this process already or in Numba's cache."""
     if argtypes in dispatcher.overloads:
         return True
-    cache = dispatcher._cache
-    if not isinstance(cache, FunctionCache):
+    if not _shareable(dispatcher):
         return False
-    return _key(dispatcher, argtypes) in cache._cache_file._load_index()
+    try:
+        return _key(dispatcher, argtypes) in dispatcher._cache._cache_file._load_index()
+    except _CACHE_ERRORS:
+        return False
 
 
 def _key(dispatcher, argtypes):
@@ -87,7 +96,9 @@ def _name(dispatcher):
 
 
 def _shareable(dispatcher):
-    return isinstance(dispatcher._cache, FunctionCache) and _name(dispatcher) is not None
+    cache = getattr(dispatcher, "_cache", None)
+    return (isinstance(cache, FunctionCache) and hasattr(cache, "_cache_file") and hasattr(cache, "_impl")
+            and _name(dispatcher) is not None)
 
 
 def _cpus():
@@ -103,7 +114,14 @@ def _worth_a_helper(shared):
 
 def _adopt(dispatcher, argtypes, directory):
     """Copy the helper's cached build of `argtypes` (in `directory`) into this process's cache;
-    whether there was one."""
+    whether there was one (or False where Numba's cache is not laid out as this expects)."""
+    try:
+        return _copy_entry(dispatcher, argtypes, directory)
+    except _CACHE_ERRORS:
+        return False
+
+
+def _copy_entry(dispatcher, argtypes, directory):
     ours = dispatcher._cache
     # where the helper's locator (NUMBA_CACHE_DIR=directory) put it, under the same file names and
     # the same stamp of the sources (`config._stamp_cache`): an entry built from others is left
