@@ -15,7 +15,7 @@ from npmobilenet.inference import kernels
 from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
-from npmobilenet.inference.tiles import SE_PARTS, linear_blocks
+from npmobilenet.inference.tiles import PARTS, linear_blocks
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
@@ -248,8 +248,10 @@ class FusedPointwise(_PackedWeight, FusedLayer):
         gate = rest.pop(0) if self.gated else -1
         ops = []
         if self.gated and col_tiles > 1:      # as the layer's own kernel: gate every row first
-            ops.append(op_row(KIND=GATE_ROWS, TILES=row_tiles, X=offsets[0], N=n, XH=h, XW=w, XC=cin, AUX=gate,
-                              TR=tile_rows))
+            # (in at least PARTS tiles: at 7x7 one tile made the other thread wait)
+            gate_rows = -(-tile_rows // PARTS)
+            ops.append(op_row(KIND=GATE_ROWS, TILES=-(-rows // gate_rows), X=offsets[0], N=n, XH=h, XW=w, XC=cin,
+                              AUX=gate, TR=gate_rows))
         ops.append(op_row(KIND=POINTWISE, ACT=ACTIVATIONS[self.activation], TILES=row_tiles * col_tiles,
                           X=offsets[0], N=n, XH=h, XW=w, XC=cin, Y=offsets[-1], YC=cout,
                           W=self.param_offsets[self.weight_names[0]], B=self.param_offsets["bias"], AUX=residual,
@@ -386,7 +388,7 @@ class FusedSqueezeExcite(FusedLayer):
         (n, ho, c), (_, _, wo, _) = shapes
         sums, _, gate, hidden = offsets
         p = self.param_offsets
-        return [op_row(KIND=SE_GATE, TILES=n * SE_PARTS, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden,
+        return [op_row(KIND=SE_GATE, TILES=n * PARTS, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden,
                        S=self.w_reduce.shape[1], COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"],
                        B2=p["b_expand"], BLOCKS=phase) for phase in (0, 1)]
 
@@ -408,7 +410,7 @@ class FusedGlobalPool(FusedLayer):
 
     def program_ops(self, offsets, shapes):
         n, h, w, c = shapes[0]
-        return [op_row(KIND=POOL, TILES=n, X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[1])]
+        return [op_row(KIND=POOL, TILES=n * PARTS, X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[1])]
 
 
 class FusedLinear(_PackedWeight, FusedLayer):

@@ -41,13 +41,13 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   input rows (`ops.depthwise_avx512.workspace_elements` each).
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
   B2 (XC,); AUX: hidden workspace (N, S); COUNT = positions averaged. Two rows per SE, BLOCKS the
-  phase: 0 the hidden units, 1 the gate, each in N * SE_PARTS tiles (`tiles.squeeze_excite_tile`).
+  phase: 0 the hidden units, 1 the gate, each in N * PARTS tiles (`tiles.squeeze_excite_tile`).
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile. RUN 16: W is packed in 16-channel
   slivers (`ops.register_tile.packed_weight`: (YC/16 rounded up, XC, 16)) for that module's
   register tile; -1: W as it is, for the OpenBLAS tile.
-- POOL: X (N, XH*XW, XC) -> Y (N, XC).
+- POOL: X (N, XH*XW, XC) -> Y (N, XC); N * PARTS tiles (`tiles.global_avg_pool_tile`).
 - LINEAR: X (N, XC) -> Y (N, YC) with W packed by column blocks of TC (`tiles.linear_blocks`:
   (YC/TC rounded up, XC, TC)), B; a block per tile. RUN 16: W in 16-channel slivers as POINTWISE's
   (`tiles.linear_tile_packed`), TC columns per tile.

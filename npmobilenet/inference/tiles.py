@@ -6,8 +6,8 @@ one per kind, shared with training's forward and the exact int8 path). Here:
 - `squeeze_excite_tile`: part of one image's squeeze-and-excitation gate from the row sums the
   depthwise tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean
   + b1) + b2)` (V3 paper, section 5.3), in two phases (the hidden units, then the gate) of
-  SE_PARTS tiles each. The gate is applied by the projection's tile as it reads its input.
-- `global_avg_pool_tile`: one image's mean over its positions.
+  PARTS tiles each. The gate is applied by the projection's tile as it reads its input.
+- `global_avg_pool_tile`: one image's mean over its positions, for part of its channels.
 - `linear_tile`: a column block of a fully connected layer, bias and activation, on weights
   packed by column block (`linear_blocks`): at batch 1 the classifier is a matrix-vector product
   bound by reading its weights, so each tile streams its block once, in order (its columns are
@@ -34,27 +34,26 @@ from npmobilenet.ops.register_tile import product_rows
 _F32 = np.float32
 
 
-# SE's two products are split between threads: each half of an image's reduce outputs (phase 0),
-# then each half of its gate (phase 1). At batch 1 they are matrix-vector products bound by
-# reading their weights (V3-Large's last two: 0.9 MB each, 0.14 ms together in one tile, while
-# the other thread waited).
-SE_PARTS = 2
+# An image's SE and pooling are split between threads in PARTS tiles: at batch 1 one tile made
+# the other thread wait (SE's products are bound by reading their weights: V3-Large's last two,
+# 0.9 MB each, took 0.14 ms in one tile; V2's pooling 15 us, its classifier waiting for it).
+PARTS = 2
 
 
 @njit_inline
 def _part(size, part, align):
-    """Part `part` of SE_PARTS of range(size), cut at multiples of `align`: (first, end)."""
-    step = -(-size // (SE_PARTS * align)) * align
+    """Part `part` of PARTS of range(size), cut at multiples of `align`: (first, end)."""
+    step = -(-size // (PARTS * align)) * align
     return min(part * step, size), min((part + 1) * step, size)
 
 
 @njit_serial
 def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, t, phase):
-    """Tile t (image t // SE_PARTS, part t % SE_PARTS) of SE's phase 0 or 1: gate[n] =
+    """Tile t (image t // PARTS, part t % PARTS) of SE's phase 0 or 1: gate[n] =
     hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count. Phase 0: the part's units
     of hidden[n] = relu(W1 mean + b1), each channel's mean summed from the row sums as it is
     used; phase 1, once every phase-0 tile is done: the part's channels of gate[n]."""
-    n, part = t // SE_PARTS, t % SE_PARTS
+    n, part = t // PARTS, t % PARTS
     out_h, channels = row_sums.shape[1], row_sums.shape[2]
     squeeze = w_reduce.shape[1]
     zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
@@ -91,29 +90,33 @@ def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand
     # workspace; count = Ho * Wo. An image per iteration, its tiles of both phases in turn.
     for n in prange(row_sums.shape[0]):
         for phase in range(2):
-            for part in range(SE_PARTS):
+            for part in range(PARTS):
                 squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate,
-                                    n * SE_PARTS + part, phase)
+                                    n * PARTS + part, phase)
 
 
 @njit_serial
-def global_avg_pool_tile(x, y, n):
-    """y[n] = the mean of image n's positions. x: (N, H*W, C), y: (N, C)."""
+def global_avg_pool_tile(x, y, t):
+    """y[n] = the mean of image n's positions, part t % PARTS of its channels (n = t // PARTS).
+    x: (N, H*W, C), y: (N, C)."""
+    n, part = t // PARTS, t % PARTS
     positions, channels = x.shape[1], x.shape[2]
+    c0, c1 = _part(channels, part, 16)
     inv = _F32(1.0 / positions)
-    for c in range(channels):
+    for c in range(c0, c1):
         y[n, c] = 0
     for p in range(positions):
-        for c in range(channels):
+        for c in range(c0, c1):
             y[n, c] += x[n, p, c]
-    for c in range(channels):
+    for c in range(c0, c1):
         y[n, c] *= inv
 
 
 def _global_avg_pool(x, y):
-    # x: (N, H*W, C) -> y: (N, C). An image per tile.
+    # x: (N, H*W, C) -> y: (N, C). An image per iteration, its PARTS tiles in turn.
     for n in prange(x.shape[0]):
-        global_avg_pool_tile(x, y, n)
+        for part in range(PARTS):
+            global_avg_pool_tile(x, y, n * PARTS + part)
 
 
 # Up to this many rows (images) a linear tile is a matrix-vector product, bound by reading its
