@@ -388,9 +388,8 @@ class FusedSqueezeExcite(FusedLayer):
         (n, ho, c), (_, _, wo, _) = shapes
         sums, _, gate, hidden = offsets
         p = self.param_offsets
-        return [op_row(KIND=SE_GATE, TILES=n * PARTS, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden,
-                       S=self.w_reduce.shape[1], COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"],
-                       B2=p["b_expand"], BLOCKS=phase) for phase in (0, 1)]
+        return [op_row(KIND=SE_GATE, TILES=n, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden, S=self.w_reduce.shape[1],
+                       COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"], B2=p["b_expand"])]
 
 
 class FusedGlobalPool(FusedLayer):

@@ -3,10 +3,9 @@
 The convolution tiles are in `npmobilenet.ops` (`conv_tile`, `depthwise_tile`, `pointwise_tile`:
 one per kind, shared with training's forward and the exact int8 path). Here:
 
-- `squeeze_excite_tile`: part of one image's squeeze-and-excitation gate from the row sums the
-  depthwise tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean
-  + b1) + b2)` (V3 paper, section 5.3), in two phases (the hidden units, then the gate) of
-  PARTS tiles each. The gate is applied by the projection's tile as it reads its input.
+- `squeeze_excite_tile`: one image's squeeze-and-excitation gate from the row sums the depthwise
+  tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)`
+  (V3 paper, section 5.3). The gate is applied by the projection's tile as it reads its input.
 - `global_avg_pool_tile`: one image's mean over its positions, for part of its channels.
 - `linear_tile`: a column block of a fully connected layer, bias and activation, on weights
   packed by column block (`linear_blocks`): at batch 1 the classifier is a matrix-vector product
@@ -34,9 +33,9 @@ from npmobilenet.ops.register_tile import product_rows
 _F32 = np.float32
 
 
-# An image's SE and pooling are split between threads in PARTS tiles: at batch 1 one tile made
-# the other thread wait (SE's products are bound by reading their weights: V3-Large's last two,
-# 0.9 MB each, took 0.14 ms in one tile; V2's pooling 15 us, its classifier waiting for it).
+# An image's pooling is split between threads in PARTS tiles: at batch 1 one tile made the other
+# thread wait. (SE's two products split so, in two phases, cut V3-Large's two-thread waits at op
+# boundaries from 1.28 to 0.55 ms but took 1.35-1.5x the single tile's time on one thread.)
 PARTS = 2
 
 
@@ -48,51 +47,45 @@ def _part(size, part, align):
 
 
 @njit_serial
-def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, t, phase):
-    """Tile t (image t // PARTS, part t % PARTS) of SE's phase 0 or 1: gate[n] =
-    hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count. Phase 0: the part's units
-    of hidden[n] = relu(W1 mean + b1), each channel's mean summed from the row sums as it is
-    used; phase 1, once every phase-0 tile is done: the part's channels of gate[n]."""
-    n, part = t // PARTS, t % PARTS
+def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n):
+    """Image n's SE gate: gate[n] = hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count."""
     out_h, channels = row_sums.shape[1], row_sums.shape[2]
     squeeze = w_reduce.shape[1]
     zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
-    if phase == 0:
-        inv_count = _F32(1.0 / count)
-        s0, s1 = _part(squeeze, part, 8)
-        h = hidden[n]
-        for s in range(s0, s1):
-            h[s] = b_reduce[s]
+    inv_count = _F32(1.0 / count)
+    mean = gate[n]                       # gate[n] holds the mean until it is overwritten
+    for c in range(channels):
+        mean[c] = 0
+    for oh in range(out_h):
         for c in range(channels):
-            m = _F32(0)
-            for oh in range(out_h):
-                m += row_sums[n, oh, c]
-            m *= inv_count
-            for s in range(s0, s1):
-                h[s] += m * w_reduce[c, s]
-        for s in range(s0, s1):
-            h[s] = max(h[s], zero)
-    else:
-        c0, c1 = _part(channels, part, 16)
-        h, g = hidden[n], gate[n]
-        for c in range(c0, c1):
-            g[c] = b_expand[c]
+            mean[c] += row_sums[n, oh, c]
+    for c in range(channels):
+        mean[c] *= inv_count
+    h = hidden[n]
+    for s in range(squeeze):
+        h[s] = b_reduce[s]
+    for c in range(channels):
+        m = mean[c]
         for s in range(squeeze):
-            hs = h[s]
-            for c in range(c0, c1):
-                g[c] += hs * w_expand[s, c]
-        for c in range(c0, c1):
-            g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
+            h[s] += m * w_reduce[c, s]
+    for s in range(squeeze):
+        h[s] = max(h[s], zero)
+    g = gate[n]
+    for c in range(channels):
+        g[c] = b_expand[c]
+    for s in range(squeeze):
+        hs = h[s]
+        for c in range(channels):
+            g[c] += hs * w_expand[s, c]
+    for c in range(channels):
+        g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
 
 
 def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate):
     # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_expand: (S, C); hidden: (N, S)
-    # workspace; count = Ho * Wo. An image per iteration, its tiles of both phases in turn.
+    # workspace; count = Ho * Wo. An image per tile.
     for n in prange(row_sums.shape[0]):
-        for phase in range(2):
-            for part in range(PARTS):
-                squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate,
-                                    n * PARTS + part, phase)
+        squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n)
 
 
 @njit_serial
@@ -103,13 +96,17 @@ def global_avg_pool_tile(x, y, t):
     positions, channels = x.shape[1], x.shape[2]
     c0, c1 = _part(channels, part, 16)
     inv = _F32(1.0 / positions)
-    for c in range(c0, c1):
-        y[n, c] = 0
+    # (a slice from 0: an index from the part's first, not known to be >= 0, kept Numba's
+    # negative-index check in the loops, and with it their vectorisation: 10x the time)
+    mean = y[n, c0:c1]
+    for j in range(c1 - c0):
+        mean[j] = 0
     for p in range(positions):
-        for c in range(c0, c1):
-            y[n, c] += x[n, p, c]
-    for c in range(c0, c1):
-        y[n, c] *= inv
+        row = x[n, p, c0:c1]
+        for j in range(c1 - c0):
+            mean[j] += row[j]
+    for j in range(c1 - c0):
+        mean[j] *= inv
 
 
 def _global_avg_pool(x, y):
