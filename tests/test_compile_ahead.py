@@ -15,6 +15,8 @@ from npmobilenet.config import njit_serial
 
 if os.environ.get("TOY_FAIL_IN_HELPER") and "npmobilenet-compile-" in os.environ.get("NUMBA_CACHE_DIR", ""):
     raise ImportError("the helper cannot import this module")
+if os.environ.get("TOY_CHATTER") and "npmobilenet-compile-" in os.environ.get("NUMBA_CACHE_DIR", ""):
+    print("a module that talks on stdout as the helper imports it")
 
 
 @njit_serial
@@ -125,3 +127,10 @@ def test_a_numba_without_the_expected_cache_parts_is_compiled_here():
     Plain.compile = lambda self, argtypes: compiled.append(argtypes)
     assert compile_ahead.compile_all([(Plain(), ("a",)), (Plain(), ("b",))]) == 0
     assert compiled == [("a",), ("b",)]
+
+
+@needs_two_cpus
+def test_other_lines_on_the_helpers_stdout_are_ignored(tmp_path):
+    result = _run(tmp_path, "late", TOY_CHATTER="1")
+    assert result["x"] == 12.0 and 1 <= result["by_helper"] <= 4
+    assert sum(result["hits"]) == result["by_helper"]

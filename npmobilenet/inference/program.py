@@ -325,8 +325,8 @@ def _take_tiles(ops, first_tile, params, arena, sgemm, counters, addresses, trac
     (worker 0) from an op's first tile on, the helpers from its last one back. So at batch 1,
     where an op's tiles are bands of rows (or of channels), each thread mostly reads what it wrote
     itself one op before, from its own core's cache (one shared counter dealt neighbouring tiles
-    to alternate threads, each reading about half its input from the other core: on two threads
-    the same tiles took 1.26-1.45x one thread's CPU time, 1.13-1.19x now; README).
+    to alternate threads, each reading about half its input from the other core; the README has
+    the traced CPU time of the same tiles on one and two threads, before and after).
 
     A tile of op k runs once every tile before op k in the table is finished (DONE reaches the
     run's count of them): ops are in order, and a tile may read anything an earlier op wrote. A

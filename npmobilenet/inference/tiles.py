@@ -34,8 +34,7 @@ _F32 = np.float32
 
 
 # An image's pooling is split between threads in PARTS tiles: at batch 1 one tile made the other
-# thread wait. (SE's two products split so, in two phases, cut V3-Large's two-thread waits at op
-# boundaries from 1.28 to 0.55 ms but took 1.35-1.5x the single tile's time on one thread.)
+# thread wait. (SE's two products split so were slower on one thread: README.)
 PARTS = 2
 
 
@@ -97,7 +96,7 @@ def global_avg_pool_tile(x, y, t):
     c0, c1 = _part(channels, part, 16)
     inv = _F32(1.0 / positions)
     # (a slice from 0: an index from the part's first, not known to be >= 0, kept Numba's
-    # negative-index check in the loops, and with it their vectorisation: 10x the time)
+    # negative-index check in the loops, and with it their vectorisation out)
     mean = y[n, c0:c1]
     for j in range(c1 - c0):
         mean[j] = 0

@@ -142,7 +142,7 @@ class _Helper:
 
     def __init__(self, process, directory):
         self.process, self.directory = process, directory
-        self.started, self.done = set(), set()
+        self.started, self.done, self.finished = set(), set(), False
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -165,16 +165,17 @@ class _Helper:
         return cls(process, directory)
 
     def _read(self):
-        for line in self.process.stdout:
-            word, _, number = line.decode("ascii", "replace").partition(" ")
-            with self.changed:
-                (self.started if word == "started" else self.done).add(int(number))
+        try:
+            for line in self.process.stdout:
+                word, _, number = line.decode("ascii", "replace").strip().partition(" ")
+                if word in ("started", "done") and number.isdigit():      # (anything else printed: not ours)
+                    with self.changed:
+                        (self.started if word == "started" else self.done).add(int(number))
+                        self.changed.notify_all()
+        finally:
+            with self.changed:                  # (so that no `wait_for` waits on a reader that is gone)
+                self.finished = True
                 self.changed.notify_all()
-        with self.changed:
-            self.finished = True
-            self.changed.notify_all()
-
-    finished = False
 
     def has_started(self, i):
         with self.changed:
