@@ -165,6 +165,34 @@ def test_squeeze_excite_gate():
     assert_close(gate, expected, "SE gate")
 
 
+@pytest.mark.parametrize("channels, squeeze", [(24, 8), (72, 24), (120, 32), (8, 8)])
+def test_squeeze_excite_tiles_any_order(channels, squeeze):
+    # SE runs in two phases of PARTS tiles (each part's share of the hidden units, then each
+    # part's channels of the gate), whichever thread takes which: the parts of a phase in any
+    # order give the same bits, and the gate is SE's (8 channels: one part empty)
+    from npmobilenet.inference.tiles import PARTS, expand_parts, squeeze_excite_tile
+    rng = np.random.default_rng(11)
+    n, rows, cols = 2, 7, 6
+    activation = rng.standard_normal((n, rows, cols, channels))
+    sums = activation.sum(axis=2).astype(np.float32)
+    w1, b1, w2, b2 = data(rng, channels, squeeze), data(rng, squeeze), data(rng, squeeze, channels), data(rng, channels)
+    parts = expand_parts(w2)
+    assert parts.shape[:2] == (PARTS, squeeze) and parts.shape[2] % 16 == 0
+    np.testing.assert_array_equal(np.concatenate(list(parts), axis=1)[:, :channels], w2)
+    gates = []
+    for order in (range(n * PARTS), reversed(range(n * PARTS))):
+        order = list(order)
+        partials, gate = np.full((n * PARTS, squeeze), np.nan, np.float32), np.full((n, channels), np.nan, np.float32)
+        for phase in (0, 1):
+            for t in order:
+                squeeze_excite_tile(sums, rows * cols, w1, b1, parts, b2, partials, gate, t, phase)
+        gates.append(gate)
+    np.testing.assert_array_equal(gates[0], gates[1])
+    expected = hardsigmoid(relu(activation.mean(axis=(1, 2)) @ w1 + b1) @ w2 + b2)
+    assert_close(gates[0], expected, "SE gate in parts")
+    assert_close(kernels.squeeze_excite_gate(sums, rows * cols, w1, b1, w2, b2), expected, "SE gate")
+
+
 @pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
 def test_conv2d_stem(parallel):
     rng = np.random.default_rng(5)

@@ -179,8 +179,8 @@ def squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand,
     if w_reduce.shape[0] != c or w_expand.shape != (s, c) or b_reduce.shape != (s,) or b_expand.shape != (c,):
         raise ValueError("squeeze_excite_gate: weights do not match row_sums' channels")
     gate = np.empty((n, c), np.float32)
-    hidden = np.empty((n, s), np.float32)
-    _run(SE_GATE, parallel, row_sums, int(count), w_reduce, b_reduce, w_expand, b_expand, hidden, gate)
+    hidden = np.empty((n * tiles.PARTS, s), np.float32)
+    _run(SE_GATE, parallel, row_sums, int(count), w_reduce, b_reduce, tiles.expand_parts(w_expand), b_expand, hidden, gate)
     return gate
 
 

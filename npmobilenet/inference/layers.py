@@ -15,7 +15,7 @@ from npmobilenet.inference import kernels
 from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
-from npmobilenet.inference.tiles import PARTS, linear_blocks
+from npmobilenet.inference.tiles import PARTS, expand_parts, linear_blocks
 from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
@@ -358,18 +358,19 @@ class FusedSqueezeExcite(FusedLayer):
     happens in the next pointwise layer's read of its input."""
 
     kind = "squeeze-excite"
-    weight_names = ("w_reduce", "b_reduce", "w_expand", "b_expand")
+    weight_names = ("w_reduce", "b_reduce", "w_expand_parts", "b_expand")
 
     def __init__(self, name, inputs, outputs, w_reduce, b_reduce, w_expand, b_expand):
         super().__init__(name, inputs, outputs)
         self.w_reduce, self.b_reduce, self.w_expand, self.b_expand = w_reduce, b_reduce, w_expand, b_expand
+        self.w_expand_parts = expand_parts(w_expand)     # each tile's channels contiguous
 
     def output_shapes(self, shapes):
         n, _, c = shapes[0]
         return [(n, c)]
 
     def workspace_shapes(self, shapes):
-        return [(shapes[0][0], self.w_reduce.shape[1])]
+        return [(shapes[0][0] * PARTS, self.w_reduce.shape[1])]    # each part's sums of the hidden units
 
     def macs(self, shapes):
         n, _, c = shapes[0]
@@ -381,15 +382,16 @@ class FusedSqueezeExcite(FusedLayer):
     def call(self, tensors, parallel, sgemm):
         sums, gated, gate, hidden = tensors
         return _pair_kernel(kernels.SE_GATE, parallel), (
-            sums, gated.shape[1] * gated.shape[2], self.w_reduce, self.b_reduce, self.w_expand, self.b_expand,
+            sums, gated.shape[1] * gated.shape[2], self.w_reduce, self.b_reduce, self.w_expand_parts, self.b_expand,
             hidden, gate)
 
     def program_ops(self, offsets, shapes):
         (n, ho, c), (_, _, wo, _) = shapes
         sums, _, gate, hidden = offsets
         p = self.param_offsets
-        return [op_row(KIND=SE_GATE, TILES=n, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden, S=self.w_reduce.shape[1],
-                       COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand"], B2=p["b_expand"])]
+        return [op_row(KIND=SE_GATE, TILES=n * PARTS, X=sums, N=n, XH=ho, XC=c, Y=gate, AUX=hidden,
+                       S=self.w_reduce.shape[1], COUNT=ho * wo, W=p["w_reduce"], B=p["b_reduce"], W2=p["w_expand_parts"],
+                       B2=p["b_expand"], BLOCKS=phase) for phase in (0, 1)]
 
 
 class FusedGlobalPool(FusedLayer):

@@ -39,8 +39,10 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   RUN 0: a 5x5 or 3x3 kernel in the register tile (`ops.depthwise_avx512`), W (KH*KW, XC) and B
   (XC,) as they are; AUX2 (5x5): its workspace, BLOCKS blocks (one per worker) of a step's padded
   input rows (`ops.depthwise_avx512.workspace_elements` each).
-- SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 (S, XC),
-  B2 (XC,); AUX: hidden workspace (N, S); COUNT = positions averaged.
+- SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 packed by part
+  (`tiles.expand_parts`: (PARTS, S, `part_width(XC, 16)`)), B2 (XC,); AUX: workspace (N *
+  PARTS, S), each part's sums of the hidden units; COUNT = positions averaged. Two rows per SE, BLOCKS the phase (0: the hidden units' parts, 1: the
+  gate), N * PARTS tiles each (`tiles.squeeze_excite_tile`).
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile. RUN 16: W is packed in 16-channel
@@ -61,8 +63,8 @@ from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, cycle_counter
 from npmobilenet.ops.compile_ahead import compile_all
 from npmobilenet.ops.indirect import CompiledCall
-from npmobilenet.inference.tiles import (global_avg_pool_tile, linear_tile, linear_tile_packed, resize_tile,
-                                        squeeze_excite_tile)
+from npmobilenet.inference.tiles import (PARTS, global_avg_pool_tile, linear_tile, linear_tile_packed, part_width,
+                                        resize_tile, squeeze_excite_tile)
 from npmobilenet.inference.views import view
 from npmobilenet.inference.workers import GENERATION, tile_workers
 from npmobilenet.ops.conv import conv_direct_tile, conv_tile
@@ -115,7 +117,7 @@ TILE_CALLS = {
                                 + (_A4, _I, _I, _A1, _I, _I, _I)),
     DEPTHWISE_3X3_BLOCKS: CompiledCall(depthwise_blocks_3x3, (_A4, _A2, _I, _I, _A1, _I, _A3) + (_I,) * 6
                                        + (_A4, _I, _I, _I, _I)),
-    SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A2, _A1, _A2, _A2, _I)),
+    SE_GATE: CompiledCall(squeeze_excite_tile, (_A3, _I, _A2, _A1, _A3, _A1, _A2, _A2, _I, _I)),
     GATE_ROWS: CompiledCall(gate_rows_tile, (_A2, _A2, _I, _I, _I)),
     CONV: CompiledCall(conv_tile, (_A4, _A4, _A1, _I) + (_I,) * 6 + (_A2, _I, _I, _A4, _I)),
     CONV_PACKED: CompiledCall(conv_tile_packed, (_A4, _A1, _I, _I, _A1, _I) + (_I,) * 6 + (_A2, _I, _A4, _I, _I)),
@@ -229,8 +231,10 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     elif kind == SE_GATE:
         s = op[S]
         _se_gate(addresses[SE_GATE], (view(arena, op[X], (n, xh, xc)), op[COUNT], view(params, op[W], (xc, s)),
-                                      view(params, op[B], (s,)), view(params, op[W2], (s, xc)), view(params, op[B2], (xc,)),
-                                      view(arena, op[AUX], (n, s)), view(arena, op[Y], (n, xc)), t))
+                                      view(params, op[B], (s,)),
+                                      view(params, op[W2], (PARTS, s, part_width(xc, 16))), view(params, op[B2], (xc,)),
+                                      view(arena, op[AUX], (n * PARTS, s)), view(arena, op[Y], (n, xc)), t,
+                                      op[BLOCKS]))
     elif kind == GATE_ROWS:
         _gate_rows(addresses[GATE_ROWS], (view(arena, op[X], (n * xh * xw, xc)), view(arena, op[AUX], (n, xc)),
                                           xh * xw, op[TR], t))

@@ -3,9 +3,11 @@
 The convolution tiles are in `npmobilenet.ops` (`conv_tile`, `depthwise_tile`, `pointwise_tile`:
 one per kind, shared with training's forward and the exact int8 path). Here:
 
-- `squeeze_excite_tile`: one image's squeeze-and-excitation gate from the row sums the depthwise
-  tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean + b1) + b2)`
-  (V3 paper, section 5.3). The gate is applied by the projection's tile as it reads its input.
+- `squeeze_excite_tile`: part of one image's squeeze-and-excitation gate from the row sums the
+  depthwise tile left (so SE never re-reads the activation): `gate = hardsigmoid(W2 relu(W1 mean
+  + b1) + b2)` (V3 paper, section 5.3), in two phases (each part's share of the hidden units,
+  then each part's channels of the gate). The gate is applied by the projection's tile as it
+  reads its input.
 - `global_avg_pool_tile`: one image's mean over its positions, for part of its channels.
 - `linear_tile`: a column block of a fully connected layer, bias and activation, on weights
   packed by column block (`linear_blocks`): at batch 1 the classifier is a matrix-vector product
@@ -33,58 +35,93 @@ from npmobilenet.ops.register_tile import product_rows
 _F32 = np.float32
 
 
-# An image's pooling is split between threads in PARTS tiles: at batch 1 one tile made the other
-# thread wait. (SE's two products split so were slower on one thread: README.)
+# An image's pooling and each phase of its SE gate are split between threads in PARTS tiles: at
+# batch 1 one tile made the other thread wait (V3-Large's last SE blocks read 0.9 MB of weights each).
 PARTS = 2
+
+
+@njit_inline
+def part_width(size, align):
+    """Length of each of PARTS parts of range(size) cut at multiples of `align` (the last may be
+    shorter)."""
+    return -(-size // (PARTS * align)) * align
 
 
 @njit_inline
 def _part(size, part, align):
     """Part `part` of PARTS of range(size), cut at multiples of `align`: (first, end)."""
-    step = -(-size // (PARTS * align)) * align
+    step = part_width(size, align)
     return min(part * step, size), min((part + 1) * step, size)
 
 
+def expand_parts(w_expand):
+    """SE's expanding weight (S, C) -> (PARTS, S, part_width(C, 16)) float32, zero-padded: the
+    columns of each part's channels contiguous, so that its tile streams them in order."""
+    squeeze, channels = w_expand.shape
+    width = part_width.py_func(channels, 16)
+    padded = np.zeros((squeeze, PARTS * width), np.float32)
+    padded[:, :channels] = w_expand
+    return np.ascontiguousarray(padded.reshape(squeeze, PARTS, width).transpose(1, 0, 2))
+
+
 @njit_serial
-def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n):
-    """Image n's SE gate: gate[n] = hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count."""
+def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_parts, b_expand, partials, gate, t, phase):
+    """Tile t (image n = t // PARTS, part t % PARTS) of phase 0 or 1 of image n's SE gate:
+    gate[n] = hardsigmoid(W2 relu(W1 mean + b1) + b2), mean = row sums / count.
+    Phase 0, the part's channels c: their means (left in gate[n, c]) and their share of the
+    hidden units, partials[t] = sum over c of mean[c] W1[c]. Phase 1, once every phase-0 tile
+    is done: the part's channels of the gate, from relu(b1 + the parts' sums in order), so the
+    sums are the same whichever thread ran which part. W2 packed by part: w_parts =
+    `expand_parts(W2)`."""
+    n, part = t // PARTS, t % PARTS
     out_h, channels = row_sums.shape[1], row_sums.shape[2]
     squeeze = w_reduce.shape[1]
     zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
-    inv_count = _F32(1.0 / count)
-    mean = gate[n]                       # gate[n] holds the mean until it is overwritten
-    for c in range(channels):
-        mean[c] = 0
-    for oh in range(out_h):
-        for c in range(channels):
-            mean[c] += row_sums[n, oh, c]
-    for c in range(channels):
-        mean[c] *= inv_count
-    h = hidden[n]
-    for s in range(squeeze):
-        h[s] = b_reduce[s]
-    for c in range(channels):
-        m = mean[c]
+    c0, c1 = _part(channels, part, 16)
+    g = gate[n, c0:c1]        # slices from 0: loops from c0 would keep Numba's negative-index check
+    if phase == 0:
+        inv_count = _F32(1.0 / count)
+        for j in range(c1 - c0):
+            g[j] = 0
+        for oh in range(out_h):
+            sums = row_sums[n, oh, c0:c1]
+            for j in range(c1 - c0):
+                g[j] += sums[j]
+        for j in range(c1 - c0):
+            g[j] *= inv_count
+        h = partials[t]
         for s in range(squeeze):
-            h[s] += m * w_reduce[c, s]
-    for s in range(squeeze):
-        h[s] = max(h[s], zero)
-    g = gate[n]
-    for c in range(channels):
-        g[c] = b_expand[c]
-    for s in range(squeeze):
-        hs = h[s]
-        for c in range(channels):
-            g[c] += hs * w_expand[s, c]
-    for c in range(channels):
-        g[c] = min(max(g[c] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
+            h[s] = 0
+        for j in range(c1 - c0):
+            m = g[j]
+            w = w_reduce[c0 + j]
+            for s in range(squeeze):
+                h[s] += m * w[s]
+    else:
+        bias = b_expand[c0:c1]
+        for j in range(c1 - c0):
+            g[j] = bias[j]
+        block = w_parts[part]
+        for s in range(squeeze):
+            hs = b_reduce[s]
+            for p in range(PARTS):
+                hs += partials[n * PARTS + p, s]
+            hs = max(hs, zero)
+            w = block[s]
+            for j in range(c1 - c0):
+                g[j] += hs * w[j]
+        for j in range(c1 - c0):
+            g[j] = min(max(g[j] + three, zero), six) * sixth    # hard-sigmoid (V3, sec. 5.2)
 
 
-def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate):
-    # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_expand: (S, C); hidden: (N, S)
-    # workspace; count = Ho * Wo. An image per tile.
+def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_parts, b_expand, partials, gate):
+    # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_parts: expand_parts(w_expand); partials: (N * PARTS, S)
+    # workspace; count = Ho * Wo. An image per iteration, its tiles of both phases in turn.
     for n in prange(row_sums.shape[0]):
-        squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_expand, b_expand, hidden, gate, n)
+        for phase in range(2):
+            for part in range(PARTS):
+                squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_parts, b_expand, partials, gate,
+                                    n * PARTS + part, phase)
 
 
 @njit_serial
