@@ -336,11 +336,14 @@ def _row_blocks_8(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z = _zero8()
+    whole = channels - channels % VECTOR
     for start in range(lo, hi, PIXELS):
         rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
-        for c in range(0, channels, VECTOR):
-            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z,
-                        min(VECTOR, channels - c))
+        for c in range(0, whole, VECTOR):       # a constant count: plain loads (see `_row_blocks3`)
+            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z, VECTOR)
+        if whole < channels:
+            _block_rows(src, r, row, channels, stride, flat_w, whole, bias, act, flat_y, q, rows, z,
+                        channels - whole)
 
 
 _row_blocks = _row_blocks_16 if _AVX512 else _row_blocks_8
@@ -351,15 +354,21 @@ def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
     """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, every channel block in
     vectors of `VECTOR` lanes (the last one masked): one block body per stride, where
     `_row_blocks_16` has three (full, masked 16-lane, 8-lane), which took the first version of
-    the 3x3 tile from 8.6 to 6.8 s of compiling."""
+    the 3x3 tile from 8.6 to 6.8 s of compiling. Whole vectors are given the constant count
+    VECTOR, so that their masked loads, all lanes on, are plain ones (LLVM folds the mask; with
+    AVX2 a masked load is a `vmaskmovps`, which no multiply-add takes as its operand); the last,
+    partial one, if any, its count."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z = _zero()
+    whole = channels - channels % VECTOR
     for start in range(lo, hi, PIXELS):
         rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
-        for c in range(0, channels, VECTOR):
-            _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z,
-                         min(VECTOR, channels - c))
+        for c in range(0, whole, VECTOR):
+            _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z, VECTOR)
+        if whole < channels:
+            _block_rows3(x, r, row, channels, stride, flat_w, whole, bias, act, flat_y, q, rows, z,
+                         channels - whole)
 
 
 @njit_serial
