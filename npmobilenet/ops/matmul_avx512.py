@@ -27,7 +27,7 @@ import numpy as np
 
 from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.ops.epilogue import HARDSWISH, RELU, RELU6
-from npmobilenet.ops.vector16 import (LANES, add, broadcast, broadcast_like, fma, load, load_like, load_part_like,
+from npmobilenet.ops.vector16 import (LANES, add, broadcast, broadcast_like, fence, fma, load, load_like, load_part_like,
                                       maximum, minimum, mul, splat, splat8, splat_like, store, store_part)
 
 PIXELS = 8  # rows of the register tile
@@ -40,8 +40,8 @@ def finish(v, b, act, residual, at, count):
     """act(v + b), or v + b + residual.flat[at:at+count] when there is a residual (the linear
     bottleneck: no activation after the add), as `epilogue.finish` computes it."""
     if residual.shape[0] > 0:
-        return add(add(v, b), load_part_like(v, residual, at, count))
-    return activate(add(v, b), act)
+        return add(fence(add(v, b)), load_part_like(v, residual, at, count))
+    return activate(fence(add(v, b)), act)
 
 
 @njit_inline
@@ -52,9 +52,10 @@ def activate(v, act):
         v = maximum(v, zero)
     elif act == RELU6:
         v = minimum(maximum(v, zero), splat_like(v, np.float32(6)))
-    elif act == HARDSWISH:    # x relu6(x + 3) / 6 (V3, Eq. 2)
-        v = mul(mul(v, minimum(maximum(add(v, splat_like(v, np.float32(3))), zero), splat_like(v, np.float32(6)))),
-                splat_like(v, np.float32(1 / 6)))
+    elif act == HARDSWISH:    # x relu6(x + 3) / 6 (V3, Eq. 2), as (x / 6) relu6(x + 3) (fenced: one rounding everywhere)
+        v = fence(v)
+        v = mul(fence(mul(v, splat_like(v, np.float32(1 / 6)))),
+                minimum(maximum(add(v, splat_like(v, np.float32(3))), zero), splat_like(v, np.float32(6))))
     return v
 
 

@@ -220,6 +220,23 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+@intrinsic
+def fence(typingctx, a):
+    """a, unchanged, as a barrier LLVM's fast-math rewriting does not cross (`llvm.arithmetic.fence`):
+    an epilogue computed through it rounds the same way wherever it is inlined (without it, the
+    hard-swish of one tile's second 8-lane half was reassociated differently from its first)."""
+    if not isinstance(a, Float32Vector):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = _vector(a.lanes)
+        fnty = ir.FunctionType(vector, [vector])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.arithmetic.fence.v{a.lanes}f32"),
+                            list(args))
+
+    return a(a), codegen
+
+
 def _binary(name, build):
     def typer(typingctx, a, b):
         if not (isinstance(a, Float32Vector) and a == b):
