@@ -1,9 +1,13 @@
 """Layer by layer beside ONNX Runtime: where a model's gap to the peer is.
 
-    python benchmarks/layers_vs_onnxruntime.py [ARCH] [--threads 1] [--repeat 30]
+    python benchmarks/layers_vs_onnxruntime.py [ARCH] [--threads 1] [--repeat 30] [--in-model]
 
 npmobilenet's side is `npmobilenet bench --per-layer`'s profile (each fused layer run alone
-through the op table, median of `--repeat`); ONNX Runtime's is its own profiler
+through the op table, median of `--repeat`), or with `--in-model` each layer's time inside whole
+runs of the table on one thread (`Program.trace_records`: the sum of its tiles' cycle counts,
+median over `--repeat` runs), where, as in ONNX Runtime's profile, a layer reads what the layers
+before it left in the caches and its weights from wherever the last run left them (at batch 1 the
+classifier's from memory); ONNX Runtime's is its own profiler
 (`enable_profiling`) on the graph `export_onnx` writes, `--repeat` runs after 5 untimed ones,
 the median of each node's kernel time. Both at batch 1, 224x224, random weights, one process.
 Nodes and layers are matched by name (ONNX Runtime names a fused node after its last op, e.g.
@@ -45,19 +49,63 @@ def onnxruntime_node_times(model, threads, repeat):
     return {name: float(np.median(d[5:] or d)) / 1e3 for name, d in durations.items()}
 
 
+def in_model_profile(arch, repeat):
+    """`per_layer_profile`'s layers, each timed inside whole traced runs of the op table on one
+    thread: the median over `repeat` runs of the sum of its tiles' times."""
+    import time
+
+    import numba
+
+    import npmobilenet
+    from npmobilenet.inference.atomics import cycle_counter
+    from npmobilenet.inference.program import ENDED, OP, STARTED
+
+    @numba.njit
+    def cycles():
+        return cycle_counter()
+
+    cycles()
+    c0, t0 = cycles(), time.perf_counter()
+    time.sleep(0.1)
+    rate = (cycles() - c0) / (time.perf_counter() - t0)
+    fused = npmobilenet.build(arch, seed=0).eval().fuse(threads=1)
+    x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    fused(x)
+    plan = fused.plan(x.shape)
+    per_op = np.zeros((repeat, len(plan.program.ops)))
+    for r in range(repeat + 3):
+        plan.input[...] = x
+        records = plan.program.trace_records(1)
+        if r >= 3:                                    # three runs to warm up
+            np.add.at(per_op[r - 3], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3)
+    per_op = np.median(per_op, axis=0)
+    layers = []
+    for name, description, macs, _ in fused.layer_costs(224, 1):
+        k0, k1 = plan.layer_ops[name]
+        ms = float(per_op[k0:k1].sum())
+        layers.append({"name": name, "kind": description, "ms": ms, "gmacs": macs / ms / 1e6 if ms > 0 else 0.0})
+    return {"layers": layers, "total_ms": sum(layer["ms"] for layer in layers)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arch", nargs="?", default="mobilenet_v4_conv_small")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--in-model", action="store_true",
+                        help="time our layers inside whole runs (one thread) rather than each alone")
     args = parser.parse_args(argv)
+    if args.in_model and args.threads != 1:
+        parser.error("--in-model times one thread's runs: use --threads 1")
 
     import npmobilenet
     from npmobilenet.inference.bench import per_layer_profile
 
-    profile = per_layer_profile(args.arch, 1, 224, args.threads, args.repeat)
+    profile = (in_model_profile(args.arch, args.repeat) if args.in_model
+               else per_layer_profile(args.arch, 1, 224, args.threads, args.repeat))
     nodes = onnxruntime_node_times(npmobilenet.build(args.arch, seed=0).eval(), args.threads, args.repeat)
-    print(f"{args.arch}, batch 1, 224x224, {args.threads} thread(s): npmobilenet's layers alone "
+    where = "inside whole runs" if args.in_model else "alone"
+    print(f"{args.arch}, batch 1, 224x224, {args.threads} thread(s): npmobilenet's layers {where} "
           f"{profile['total_ms']:.2f} ms, ONNX Runtime's nodes {sum(nodes.values()):.2f} ms")
     print("| layer | kind | npmobilenet ms | GMAC/s | ONNX Runtime ms | ratio |\n|---|---|---|---|---|---|")
     kinds = collections.defaultdict(lambda: [0.0, 0.0])
