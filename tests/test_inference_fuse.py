@@ -209,8 +209,9 @@ def test_governor_falls_back_to_one_thread_and_probes():
     # skips the first call, then measures both three times; a two-thread call right after a
     # one-thread call is not counted (the helpers were idle: SETTLE, here one 10 ms call)
     assert chosen[:9] == [2, 2, 1, 2, 2, 1, 2, 2, 1]
-    assert chosen[10:].count(2) >= 0.8 * len(chosen[10:])  # probes (two calls each) aside
-    assert governor.interval == 16              # probes confirmed the choice: backed off
+    # on two threads, one thread is probed (two calls) only every max_interval calls: the
+    # helpers idle through each probe, and the two-thread calls after it wait for them to wake
+    assert chosen[10:].count(1) <= 2
     seconds[2] = 0.200                          # another process takes a core
     chosen = []
     for _ in range(60):
@@ -226,9 +227,8 @@ def test_governor_falls_back_to_one_thread_and_probes():
     assert governor.choose(2) == 2
     # slow calls among fast ones do not flip the choice (the fastest of the last three)
     governor.record(2, 1.0)
-    assert governor.choose(2) == 2
     governor.record(2, 1.0)
-    assert governor.choose(2) == 2
+    assert governor.estimate[2] < governor.estimate[1]
     assert ThreadGovernor().choose(1) == 1
 
 

@@ -47,8 +47,14 @@ class ThreadGovernor:
     a network of ~50 layers becomes many times slower than one thread (measured 100 ms against 25
     ms for MobileNetV2 at batch 1 with the load average near 6). So the governor times calls:
     it keeps the last three call times with `threads` threads and with one, runs the count whose
-    fastest is faster, and now and then probes the other (every `probe_interval` calls, doubling up to
-    `max_interval` while the probe confirms the choice, back to the start when it does not).
+    fastest is faster, and now and then probes the other. On one thread it probes `threads` every
+    `probe_interval` calls, doubling up to `max_interval` while the probe confirms the choice, back
+    to the start when it does not. On `threads` threads it needs no probe to see them slow down
+    (their own calls show it, and it falls back once their fastest of three is slower than one
+    thread's), so it probes one thread only every `max_interval` calls, to refresh that estimate:
+    each such probe idles the helpers, and the two-thread calls after it wait for them to wake
+    (with a probe every 8-32 calls, `benchmarks/threads.py`' governed model ran 16-28% of its
+    calls on one thread, and 1.21-1.53x against the pinned model's 1.49-1.63x).
 
     The fastest of three, not their median: what the governor must see is a core held by another
     process, which slows every two-thread call, not a call that a hiccup slowed (a helper
@@ -111,7 +117,7 @@ class ThreadGovernor:
         estimate = self.estimate
         best = threads if estimate[threads] <= estimate[1] else 1
         self.since_probe += 1
-        if self.since_probe >= self.interval:
+        if self.since_probe >= (self.interval if best == 1 else self.max_interval):
             self.since_probe = 0
             other = 1 if best == threads else threads
             self._probe = (best, other, [])
@@ -140,7 +146,10 @@ class ThreadGovernor:
             won = min(times) < self.estimate[best]
             # its old samples are stale (the load may have changed): the probe replaces them
             self.samples[probed] = [min(times)]
-            self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
+            if best == 1:       # probing `threads` from one thread: back off while one stays best
+                self.interval = self.first_interval if won else min(self.max_interval, 2 * self.interval)
+            else:               # from `threads`: should they lose later, probe them back soon
+                self.interval = self.first_interval
             return
         samples = self.samples.setdefault(n, [])
         samples.append(seconds)
