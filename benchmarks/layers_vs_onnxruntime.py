@@ -20,12 +20,13 @@ import collections
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
 
 def onnxruntime_node_times(model, threads, repeat):
-    """{node name: median kernel ms} from ONNX Runtime's profiler."""
+    """({node name: median kernel ms} from ONNX Runtime's profiler, median ms of a whole run)."""
     import onnxruntime as ort
 
     from npmobilenet.io.onnx_export import export_onnx
@@ -38,22 +39,24 @@ def onnxruntime_node_times(model, threads, repeat):
     options.profile_file_prefix = os.path.join(workdir, "profile")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    runs = []
     for _ in range(5 + repeat):
+        start = time.perf_counter()
         session.run(None, {"input": x})
+        runs.append(time.perf_counter() - start)
     with open(session.end_profiling()) as f:
         events = json.load(f)
     durations = collections.defaultdict(list)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             durations[event["name"][:-len("_kernel_time")]].append(event["dur"])
-    return {name: float(np.median(d[5:] or d)) / 1e3 for name, d in durations.items()}
+    return ({name: float(np.median(d[5:] or d)) / 1e3 for name, d in durations.items()},
+            float(np.median(runs[5:])) * 1e3)
 
 
 def in_model_profile(arch, repeat):
     """`per_layer_profile`'s layers, each timed inside whole traced runs of the op table on one
     thread: the median over `repeat` runs of the sum of its tiles' times."""
-    import time
-
     import numba
 
     import npmobilenet
@@ -79,12 +82,18 @@ def in_model_profile(arch, repeat):
         if r >= 3:                                    # three runs to warm up
             np.add.at(per_op[r - 3], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3)
     per_op = np.median(per_op, axis=0)
+    calls = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fused(x)
+        calls.append(time.perf_counter() - start)
     layers = []
     for name, description, macs, _ in fused.layer_costs(224, 1):
         k0, k1 = plan.layer_ops[name]
         ms = float(per_op[k0:k1].sum())
         layers.append({"name": name, "kind": description, "ms": ms, "gmacs": macs / ms / 1e6 if ms > 0 else 0.0})
-    return {"layers": layers, "total_ms": sum(layer["ms"] for layer in layers)}
+    return {"layers": layers, "total_ms": sum(layer["ms"] for layer in layers),
+            "call_ms": float(np.median(calls)) * 1e3}
 
 
 def main(argv=None):
@@ -103,10 +112,12 @@ def main(argv=None):
 
     profile = (in_model_profile(args.arch, args.repeat) if args.in_model
                else per_layer_profile(args.arch, 1, 224, args.threads, args.repeat))
-    nodes = onnxruntime_node_times(npmobilenet.build(args.arch, seed=0).eval(), args.threads, args.repeat)
+    nodes, session_ms = onnxruntime_node_times(npmobilenet.build(args.arch, seed=0).eval(), args.threads, args.repeat)
     where = "inside whole runs" if args.in_model else "alone"
     print(f"{args.arch}, batch 1, 224x224, {args.threads} thread(s): npmobilenet's layers {where} "
           f"{profile['total_ms']:.2f} ms, ONNX Runtime's nodes {sum(nodes.values()):.2f} ms")
+    if args.in_model:       # what the runs took whole: the rest is outside the layers
+        print(f"whole calls: npmobilenet {profile['call_ms']:.2f} ms, ONNX Runtime (profiling on) {session_ms:.2f} ms")
     print("| layer | kind | npmobilenet ms | GMAC/s | ONNX Runtime ms | ratio |\n|---|---|---|---|---|---|")
     kinds = collections.defaultdict(lambda: [0.0, 0.0])
     for layer in profile["layers"]:

@@ -211,3 +211,24 @@ def test_a_traced_run_records_every_tile_once_and_computes_the_same(threads):
     assert len(part) == program.ops[k0:k1, TILES].sum() and part[:, OP].max() < k1 - k0
     with pytest.raises(ValueError, match="trace must be"):
         program.run(1, None, np.zeros((3, 6), np.int64))
+
+
+def test_a_table_whose_tiles_never_call_openblas_runs_without_its_thread_guard(monkeypatch):
+    # setting OpenBLAS's thread count to one and back costs tens of microseconds a call; a table
+    # runs inside that guard only when one of its tiles calls SGEMM (the OpenBLAS tiles)
+    from npmobilenet.inference import model as model_module
+    from npmobilenet.inference.program import CONV, LINEAR, POINTWISE, _slot
+
+    x = np.random.default_rng(4).standard_normal((1, 40, 40, 3)).astype(np.float32)
+    for arch in ("mobilenet_v3_small", "lraspp_mobilenet_v3_large"):
+        fused = npmobilenet.build(arch, seed=0).eval().fuse()
+        expected = fused(x)
+        program = fused.plan(x.shape).program
+        slots = {_slot(row) for row in program.ops}
+        assert program.calls_sgemm == (bool(program.sgemm) and bool(slots & {POINTWISE, CONV, LINEAR}))
+        taken = []
+        real = model_module.single_threaded_blas
+        monkeypatch.setattr(model_module, "single_threaded_blas", lambda: taken.append(1) or real())
+        assert np.array_equal(fused(x), expected)
+        assert len(taken) == int(program.calls_sgemm)
+        monkeypatch.undo()

@@ -16,6 +16,7 @@ whole batch (`classifier_start`), reading their weights once rather than once pe
 slower (another process holding a core). The work is cut by shapes only, so outputs are bitwise
 identical for every thread count.
 """
+import contextlib
 import math
 import threading
 import time
@@ -164,17 +165,20 @@ class FusedMobileNet:
         # synchronisation but the last join, and a slowed worker just takes fewer chunks, so
         # they use every thread.
         governed = self.adaptive and chunk >= batch
-        guard = single_threaded_blas()
         # One call at a time: calls share the plans' buffers and the op table's counters (a
         # second caller resetting them mid-run would leave the first waiting forever).
         with self._lock:
             if governed:
                 threads = self.governor.choose(threads)
             start = time.perf_counter()
-            with guard:
-                if chunk >= batch:
+            if chunk >= batch:
+                # OpenBLAS kept on the calling threads where a tile calls it (setting its thread
+                # count and back costs tens of microseconds a call: not where the register tiles
+                # compute every product)
+                with single_threaded_blas() if self.plan(x.shape).program.calls_sgemm else contextlib.nullcontext():
                     logits = self._run_whole(x, threads)
-                else:
+            else:
+                with single_threaded_blas():
                     logits = self._run_chunks(x, chunk, threads)
             if governed:
                 self.governor.record(threads, time.perf_counter() - start)

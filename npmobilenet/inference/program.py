@@ -410,6 +410,9 @@ class Program:
         for slot, call in calls.items():
             self.addresses[slot] = call.address()
         self._jobs = {}
+        # whether any tile calls OpenBLAS's SGEMM (the OpenBLAS tiles; none where the register
+        # tiles run every product), so whether a run must keep OpenBLAS on the calling threads
+        self.calls_sgemm = bool(self.sgemm) and any(slot in (POINTWISE, CONV, LINEAR) for slot in calls)
 
     @property
     def tiles(self):
