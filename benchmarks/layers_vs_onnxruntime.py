@@ -57,20 +57,11 @@ def onnxruntime_node_times(model, threads, repeat):
 def in_model_profile(arch, repeat):
     """`per_layer_profile`'s layers, each timed inside whole traced runs of the op table on one
     thread: the median over `repeat` runs of the sum of its tiles' times."""
-    import numba
-
     import npmobilenet
-    from npmobilenet.inference.atomics import cycle_counter
+    from npmobilenet.inference.atomics import cycle_rate
     from npmobilenet.inference.program import ENDED, OP, STARTED
 
-    @numba.njit
-    def cycles():
-        return cycle_counter()
-
-    cycles()
-    c0, t0 = cycles(), time.perf_counter()
-    time.sleep(0.1)
-    rate = (cycles() - c0) / (time.perf_counter() - t0)
+    rate = cycle_rate()
     fused = npmobilenet.build(arch, seed=0).eval().fuse(threads=1)
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
     fused(x)

@@ -35,22 +35,6 @@ import numpy as np
 ARCHS = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
 
 
-def _cycle_rate():
-    """Cycles of `atomics.cycle_counter` per second, over a short sleep."""
-    import numba
-
-    from npmobilenet.inference.atomics import cycle_counter
-
-    @numba.njit
-    def cycles():
-        return cycle_counter()
-
-    cycles()
-    c0, t0 = cycles(), time.perf_counter()
-    time.sleep(0.1)
-    return (cycles() - c0) / (time.perf_counter() - t0)
-
-
 def _trace(fused, x, threads, runs, rate):
     """Medians over `runs` traced runs: span, waiting and computing (worker-ms), the helper's
     delay (ms) and share of the tiles."""
@@ -80,8 +64,9 @@ def _median(values):
 def _child(archs, repeat, rounds, peers, trace):
     import npmobilenet
     from npmobilenet.inference import bench
+    from npmobilenet.inference.atomics import cycle_rate
 
-    rate = _cycle_rate() if trace else None
+    rate = cycle_rate() if trace else None
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="npmobilenet-threads-") as workdir:

@@ -232,3 +232,13 @@ def test_a_table_whose_tiles_never_call_openblas_runs_without_its_thread_guard(m
         assert np.array_equal(fused(x), expected)
         assert len(taken) == int(program.calls_sgemm)
         monkeypatch.undo()
+
+
+def test_cycle_rate_turns_traced_cycle_counts_into_time():
+    import platform
+
+    from npmobilenet.inference.atomics import cycle_rate
+    rate = cycle_rate(0.02)
+    assert rate >= 0
+    if platform.machine().lower() in ("x86_64", "amd64", "i686"):
+        assert rate > 1e8                       # rdtsc ticks at the nominal clock: GHz

@@ -8,6 +8,9 @@ until the tiles a layer depends on are finished (sequentially consistent add and
 load, release store: the writes of a finished tile are visible to the thread that sees it
 counted). `workers.py` waits for work by spinning a bounded number of cycles.
 """
+import time
+
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -122,3 +125,18 @@ def cpu_relax(typingctx):
 
 
 __all__ = ["atomic_add", "atomic_cas", "atomic_load", "atomic_store", "cpu_relax", "cycle_counter"]
+
+
+_read_cycles = []
+
+
+def cycle_rate(seconds=0.1):
+    """Cycles of `cycle_counter` per second, counted over a sleep of `seconds` (what turns a traced
+    run's cycle counts into time: `Program.trace_records`). Compiles its reader on first use."""
+    if not _read_cycles:
+        _read_cycles.append(numba.njit(lambda: cycle_counter()))
+    read = _read_cycles[0]
+    read()
+    c0, t0 = read(), time.perf_counter()
+    time.sleep(seconds)
+    return (read() - c0) / (time.perf_counter() - t0)

@@ -57,11 +57,25 @@ def _part(size, part, align):
 def expand_parts(w_expand):
     """SE's expanding weight (S, C) -> (PARTS, S, part_width(C, 16)) float32, zero-padded: the
     columns of each part's channels contiguous, so that its tile streams them in order."""
-    squeeze, channels = w_expand.shape
-    width = part_width.py_func(channels, 16)
-    padded = np.zeros((squeeze, PARTS * width), np.float32)
-    padded[:, :channels] = w_expand
-    return np.ascontiguousarray(padded.reshape(squeeze, PARTS, width).transpose(1, 0, 2))
+    blocks = linear_blocks(w_expand, part_width.py_func(w_expand.shape[1], 16))
+    if len(blocks) < PARTS:          # few channels: an empty last part still has its (zero) block
+        blocks = np.concatenate([blocks, np.zeros((PARTS - len(blocks),) + blocks.shape[1:], np.float32)])
+    return blocks
+
+
+@njit_inline
+def _mean_of_rows(src, n, c0, c1, inv, out):
+    """out[:c1 - c0] = inv * the sum over i of src[n, i, c0:c1]. Every loop runs over a slice from
+    0: an index from c0, not known to be >= 0, kept Numba's negative-index check in the loops,
+    and with it their vectorisation out (global pooling took 10x)."""
+    for j in range(c1 - c0):
+        out[j] = 0
+    for i in range(src.shape[1]):
+        row = src[n, i, c0:c1]
+        for j in range(c1 - c0):
+            out[j] += row[j]
+    for j in range(c1 - c0):
+        out[j] *= inv
 
 
 @njit_serial
@@ -74,21 +88,13 @@ def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_parts, b_expand, 
     sums are the same whichever thread ran which part. W2 packed by part: w_parts =
     `expand_parts(W2)`."""
     n, part = t // PARTS, t % PARTS
-    out_h, channels = row_sums.shape[1], row_sums.shape[2]
+    channels = row_sums.shape[2]
     squeeze = w_reduce.shape[1]
     zero, three, six, sixth = _F32(0), _F32(3), _F32(6), _F32(1 / 6)
     c0, c1 = _part(channels, part, 16)
     g = gate[n, c0:c1]        # slices from 0: loops from c0 would keep Numba's negative-index check
     if phase == 0:
-        inv_count = _F32(1.0 / count)
-        for j in range(c1 - c0):
-            g[j] = 0
-        for oh in range(out_h):
-            sums = row_sums[n, oh, c0:c1]
-            for j in range(c1 - c0):
-                g[j] += sums[j]
-        for j in range(c1 - c0):
-            g[j] *= inv_count
+        _mean_of_rows(row_sums, n, c0, c1, _F32(1.0 / count), g)
         h = partials[t]
         for s in range(squeeze):
             h[s] = 0
@@ -131,18 +137,7 @@ def global_avg_pool_tile(x, y, t):
     n, part = t // PARTS, t % PARTS
     positions, channels = x.shape[1], x.shape[2]
     c0, c1 = _part(channels, part, 16)
-    inv = _F32(1.0 / positions)
-    # (a slice from 0: an index from the part's first, not known to be >= 0, kept Numba's
-    # negative-index check in the loops, and with it their vectorisation out)
-    mean = y[n, c0:c1]
-    for j in range(c1 - c0):
-        mean[j] = 0
-    for p in range(positions):
-        row = x[n, p, c0:c1]
-        for j in range(c1 - c0):
-            mean[j] += row[j]
-    for j in range(c1 - c0):
-        mean[j] *= inv
+    _mean_of_rows(x, n, c0, c1, _F32(1.0 / positions), y[n, c0:c1])
 
 
 def _global_avg_pool(x, y):
