@@ -42,6 +42,9 @@ def fold_batch_norm(weight, bias, bn):
 
 CHUNK_PIXELS = 100_000
 
+_NO_GUARD = contextlib.nullcontext()      # reusable: a call's guard where no tile calls OpenBLAS
+
+
 def chunk_images(batch, height, width, chunk_pixels=CHUNK_PIXELS):
     """Images per chunk when a batch is run in chunks: about `chunk_pixels` input pixels (two
     224x224 images), so that a chunk's activations stay in the caches from one layer to the next
@@ -175,8 +178,9 @@ class FusedMobileNet:
                 # OpenBLAS kept on the calling threads where a tile calls it (setting its thread
                 # count and back costs tens of microseconds a call: not where the register tiles
                 # compute every product)
-                with single_threaded_blas() if self.plan(x.shape).program.calls_sgemm else contextlib.nullcontext():
-                    logits = self._run_whole(x, threads)
+                plan = self.plan(x.shape)
+                with single_threaded_blas() if plan.program.calls_sgemm else _NO_GUARD:
+                    logits = self._run_whole(x, threads, plan)
             else:
                 with single_threaded_blas():
                     logits = self._run_chunks(x, chunk, threads)
@@ -185,9 +189,8 @@ class FusedMobileNet:
             self.last_threads = threads
         return logits
 
-    def _run_whole(self, x, threads):
-        """One plan; every layer's tiles shared by `threads` threads (this one and helpers)."""
-        plan = self.plan(x.shape)
+    def _run_whole(self, x, threads, plan):
+        """`plan` (this shape's); every layer's tiles shared by `threads` threads (this one and helpers)."""
         np.copyto(plan.input, x)
         plan.program.run(threads)
         return self._result([out.copy() for out in plan.outputs])

@@ -407,6 +407,9 @@ class Program:
         runner = tuple(numba.typeof(a) for a in args + (_NO_TRACE,))
         compile_all([(call.dispatcher, call.argtypes) for call in calls.values()]
                     + [(_lead, runner + runner[-2:-1]), (_take_tiles, runner + (types.int64,))])
+        # (compile_all leaves a build that is in Numba's cache on disk there: this loads it, so
+        # that a helper's first call does not load it in the middle of a run)
+        _take_tiles.compile(runner + (types.int64,))
         for slot, call in calls.items():
             self.addresses[slot] = call.address()
         self._jobs = {}
