@@ -18,8 +18,8 @@ deadlock.
 
 The tiles are those of the per-layer kernels (`kernels.py`): the convolution kinds' tiles of
 `npmobilenet.ops` (a block of output pixels of a standard convolution, two output rows of a
-depthwise one, a block of rows and columns of a pointwise one) and `tiles.py`'s (an image of SE
-or pooling, a column block of a linear layer). Their sizes depend on shapes only, so a tile is
+depthwise one, a block of rows and columns of a pointwise one) and `tiles.py`'s (part of an
+image's SE phase or pooling, a column block of a linear layer). Their sizes depend on shapes only, so a tile is
 computed by the same instructions whichever thread takes it: outputs are bitwise identical for
 every thread count, and equal to the layer-by-layer path's. (Tested for every model: with
 fastmath the order of a sum is the compiler's choice wherever a tile is inlined, and a change to
