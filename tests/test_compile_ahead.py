@@ -134,3 +134,26 @@ def test_other_lines_on_the_helpers_stdout_are_ignored(tmp_path):
     result = _run(tmp_path, "late", TOY_CHATTER="1")
     assert result["x"] == 12.0 and 1 <= result["by_helper"] <= 4
     assert sum(result["hits"]) == result["by_helper"]
+
+
+def test_a_table_loads_its_cached_runner_before_its_first_run():
+    # compile_all leaves no entry to its first call: a build found in Numba's cache is loaded
+    # when the table is made, not by a helper thread's first call in the middle of a run (whose
+    # loading showed up as allocations in test_steady_state_allocates_no_activation_buffers)
+    script = textwrap.dedent("""
+        import numpy as np, npmobilenet
+        from npmobilenet.inference import program
+        fused = npmobilenet.build("mobilenet_v3_small", seed=0).eval().fuse()
+        fused(np.zeros((1, 32, 32, 3), np.float32))          # the cache holds every build now
+        """)
+    check = textwrap.dedent("""
+        import numpy as np, npmobilenet
+        from npmobilenet.inference import program
+        fused = npmobilenet.build("mobilenet_v3_small", seed=0).eval().fuse()
+        fused.plan((1, 32, 32, 3))                           # the table made, no run yet
+        print(len(program._take_tiles.overloads), len(program._lead.overloads))
+        """)
+    env = dict(os.environ, NPMOBILENET_SERIAL_COMPILE="1")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", check], check=True, env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["1", "1"]

@@ -175,9 +175,9 @@ class FusedMobileNet:
                 threads = self.governor.choose(threads)
             start = time.perf_counter()
             if chunk >= batch:
-                # OpenBLAS kept on the calling threads where a tile calls it (setting its thread
-                # count and back costs tens of microseconds a call: not where the register tiles
-                # compute every product)
+                # OpenBLAS kept on the calling threads where a tile calls it (its thread count is
+                # set and restored around the call: not done where the register tiles compute
+                # every product)
                 plan = self.plan(x.shape)
                 with single_threaded_blas() if plan.program.calls_sgemm else _NO_GUARD:
                     logits = self._run_whole(x, threads, plan)

@@ -19,9 +19,9 @@ deadlock.
 The tiles are those of the per-layer kernels (`kernels.py`): the convolution kinds' tiles of
 `npmobilenet.ops` (a block of output pixels of a standard convolution, two output rows of a
 depthwise one, a block of rows and columns of a pointwise one) and `tiles.py`'s (part of an
-image's SE phase or pooling, a column block of a linear layer). Their sizes depend on shapes only, so a tile is
-computed by the same instructions whichever thread takes it: outputs are bitwise identical for
-every thread count, and equal to the layer-by-layer path's. (Tested for every model: with
+image's SE phase or pooling, a column block of a linear layer). Their sizes depend on shapes
+only, so a tile is computed by the same instructions whichever thread takes it: outputs are
+bitwise identical for every thread count, and equal to the layer-by-layer path's. (Tested for every model: with
 fastmath the order of a sum is the compiler's choice wherever a tile is inlined, and a change to
 a tile can make the op table and a layer's kernel differ in the last bit.) The table calls each
 kind's tile through its address (`TILE_CALLS`, `indirect.py`), so a tile is compiled once, and
@@ -41,8 +41,9 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   input rows (`ops.depthwise_avx512.workspace_elements` each).
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 packed by part
   (`tiles.expand_parts`: (PARTS, S, `part_width(XC, 16)`)), B2 (XC,); AUX: workspace (N *
-  PARTS, S), each part's sums of the hidden units; COUNT = positions averaged. Two rows per SE, BLOCKS the phase (0: the hidden units' parts, 1: the
-  gate), N * PARTS tiles each (`tiles.squeeze_excite_tile`).
+  PARTS, S), each part's sums of the hidden units; COUNT = positions averaged. Two rows per SE,
+  BLOCKS the phase (0: the hidden units' parts, 1: the gate), N * PARTS tiles each
+  (`tiles.squeeze_excite_tile`).
 - GATE_ROWS: X (N*XH*XW, XC) scaled in place by AUX = gate (N, XC), TR rows per tile.
 - POINTWISE: X (N*XH*XW, XC) -> Y (rows, YC) with W (XC, YC), B; AUX: residual (rows, YC) or
   -1; AUX2: gate (N, XC) or -1; TR x TC outputs per tile. RUN 16: W is packed in 16-channel
@@ -407,9 +408,6 @@ class Program:
         runner = tuple(numba.typeof(a) for a in args + (_NO_TRACE,))
         compile_all([(call.dispatcher, call.argtypes) for call in calls.values()]
                     + [(_lead, runner + runner[-2:-1]), (_take_tiles, runner + (types.int64,))])
-        # (compile_all leaves a build that is in Numba's cache on disk there: this loads it, so
-        # that a helper's first call does not load it in the middle of a run)
-        _take_tiles.compile(runner + (types.int64,))
         for slot, call in calls.items():
             self.addresses[slot] = call.address()
         self._jobs = {}

@@ -53,8 +53,7 @@ class ThreadGovernor:
     (their own calls show it, and it falls back once their fastest of three is slower than one
     thread's), so it probes one thread only every `max_interval` calls, to refresh that estimate:
     each such probe idles the helpers, and the two-thread calls after it wait for them to wake
-    (with a probe every 8-32 calls, `benchmarks/threads.py`' governed model ran 16-28% of its
-    calls on one thread, and 1.21-1.53x against the pinned model's 1.49-1.63x).
+    (the README has `benchmarks/threads.py`'s governed and pinned models before and after).
 
     The fastest of three, not their median: what the governor must see is a core held by another
     process, which slows every two-thread call, not a call that a hiccup slowed (a helper

@@ -67,7 +67,7 @@ def expand_parts(w_expand):
 def _mean_of_rows(src, n, c0, c1, inv, out):
     """out[:c1 - c0] = inv * the sum over i of src[n, i, c0:c1]. Every loop runs over a slice from
     0: an index from c0, not known to be >= 0, kept Numba's negative-index check in the loops,
-    and with it their vectorisation out (global pooling took 10x)."""
+    and with it their vectorisation out."""
     for j in range(c1 - c0):
         out[j] = 0
     for i in range(src.shape[1]):
@@ -121,8 +121,9 @@ def squeeze_excite_tile(row_sums, count, w_reduce, b_reduce, w_parts, b_expand, 
 
 
 def _squeeze_excite_gate(row_sums, count, w_reduce, b_reduce, w_parts, b_expand, partials, gate):
-    # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_parts: expand_parts(w_expand); partials: (N * PARTS, S)
-    # workspace; count = Ho * Wo. An image per iteration, its tiles of both phases in turn.
+    # row_sums: (N, Ho, C) -> gate: (N, C); w_reduce: (C, S), w_parts: expand_parts(w_expand);
+    # partials: (N * PARTS, S) workspace; count = Ho * Wo. An image per iteration, its tiles of
+    # both phases in turn.
     for n in prange(row_sums.shape[0]):
         for phase in range(2):
             for part in range(PARTS):

@@ -40,10 +40,21 @@ _CACHE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, OSError, EOFEr
 
 def compile_all(entries):
     """Compile each `(dispatcher, argtypes)` of `entries` or load it from Numba's cache, sharing
-    the compilations with a helper process where that can help (module docstring). Returns the
-    number of entries taken from the helper."""
-    pending = [(dispatcher, tuple(argtypes)) for dispatcher, argtypes in entries
-               if not _ready(dispatcher, tuple(argtypes))]
+    the compilations with a helper process where that can help (module docstring): every entry
+    is in its dispatcher when this returns, those found in the cache too (loaded now, not at
+    their first call: a helper thread's, in the middle of a run). Returns the number of entries
+    taken from the helper."""
+    entries = [(dispatcher, tuple(argtypes)) for dispatcher, argtypes in entries]
+    ready = [_ready(dispatcher, argtypes) for dispatcher, argtypes in entries]
+    adopted = _compile_missing([entry for entry, found in zip(entries, ready) if not found])
+    for (dispatcher, argtypes), found in zip(entries, ready):
+        if found and argtypes not in dispatcher.overloads:
+            dispatcher.compile(argtypes)        # in the cache: loaded from there
+    return adopted
+
+
+def _compile_missing(pending):
+    """Compile the entries missing from the cache, with a helper process where it can help."""
     # (the helper takes only what it can find by name and what Numba caches)
     shared = [entry for entry in pending if _shareable(entry[0])]
     helper = _Helper.start(shared) if _worth_a_helper(shared) else None

@@ -92,9 +92,8 @@ def _block_one(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, c
 @njit_inline
 def _row_four(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, c):
     """One output row (at y.flat[q]) by the four whole slivers s..s+3 (channels c..c+63): eight
-    8-lane sums, each the same sum in k order as `_block_two`'s (so the same bits). Streaming one
-    sliver at a time, a cold 4 MB weight read at about 11 GB/s on the Zen 3 machine; four at once
-    about 18 (the README has the figures)."""
+    8-lane sums, each the same sum in k order as `_block_two`'s (so the same bits): four streams
+    of the weight in flight where one sliver at a time had one (the README has the layers' times)."""
     length = seg * segs * LANES                     # one sliver's numbers
     w0 = s * length
     z = splat8(np.float32(0))

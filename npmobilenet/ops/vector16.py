@@ -224,7 +224,8 @@ def fma(typingctx, a, b, c):
 def fence(typingctx, a):
     """a, unchanged, as a barrier LLVM's fast-math rewriting does not cross (`llvm.arithmetic.fence`):
     an epilogue computed through it rounds the same way wherever it is inlined (without it, the
-    hard-swish of one tile's second 8-lane half was reassociated differently from its first)."""
+    hard-swish of the one-row product's second 8-lane halves differed from the 6-row block's in
+    the last bit: tests/test_inference_kernels.py, the packed linear at every batch size)."""
     if not isinstance(a, Float32Vector):
         return None
 
