@@ -12,7 +12,8 @@ classifier's from memory); ONNX Runtime's is its own profiler
 the median of each node's kernel time. Both at batch 1, 224x224, random weights, one process.
 Nodes and layers are matched by name (ONNX Runtime names a fused node after its last op, e.g.
 `blocks.3.act.relu`, or its own prefix, e.g. `fused classifier.0`): the table lists each of our
-layers with the ONNX Runtime nodes whose names contain it, and the totals per kind.
+layers with the ONNX Runtime nodes whose names contain it (an expansion run with its depthwise
+convolution, `blocks.1.conv_pw+conv_dw`, with both's), and the totals per kind.
 Run it with the Python that has ONNX Runtime; on a shared machine, run it alone.
 """
 import argparse
@@ -87,6 +88,13 @@ def in_model_profile(arch, repeat):
             "call_ms": float(np.median(calls)) * 1e3}
 
 
+def _prefixes(layer):
+    """The node-name prefixes of one of our layers: 'blocks.1.conv_pw.', and for an expansion run
+    with its depthwise convolution ('blocks.1.conv_pw+conv_dw', `layers.FusedExpansion`) both's."""
+    block, _, last = layer.rpartition(".")
+    return [f"{block}.{part}." if block else f"{part}." for part in last.split("+")]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arch", nargs="?", default="mobilenet_v4_conv_small")
@@ -112,8 +120,8 @@ def main(argv=None):
     print("| layer | kind | npmobilenet ms | GMAC/s | ONNX Runtime ms | ratio |\n|---|---|---|---|---|---|")
     kinds = collections.defaultdict(lambda: [0.0, 0.0])
     for layer in profile["layers"]:
-        prefix = layer["name"] + "."
-        theirs = sum(ms for name, ms in nodes.items() if (name.split(" ")[-1] + ".").startswith(prefix))
+        theirs = sum(ms for name, ms in nodes.items()
+                     if any((name.split(" ")[-1] + ".").startswith(prefix) for prefix in _prefixes(layer["name"])))
         kinds[layer["kind"]][0] += layer["ms"]
         kinds[layer["kind"]][1] += theirs
         ratio = f"{layer['ms'] / theirs:.2f}" if theirs > 0 else "-"

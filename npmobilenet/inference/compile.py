@@ -12,6 +12,10 @@ layers around them instead of as layers of their own:
 - any other `channel_scale(x, gate)` read by one bilinear `resize` alone (LR-ASPP's head,
   V3 paper sec. 6.3): the resize multiplies each pixel by its gate as it reads it.
 
+And an inverted residual's expansion with the depthwise convolution that alone reads it is one
+layer (`FusedExpansion`; V2 paper, sec. 5.1), which on large maps runs in bands of rows whose
+expanded tensor stays in cache.
+
 Everything is decided from op kinds and tensor names; nothing here knows a block class. An op the
 fused kernels do not compute raises NotImplementedError naming it.
 """
@@ -19,7 +23,8 @@ import numpy as np
 
 from npmobilenet.ops.epilogue import ACTIVATIONS, LINEAR_ACTIVATIONS
 from npmobilenet.inference.layers import (
-    FusedConv2d, FusedDepthwise, FusedGlobalPool, FusedLinear, FusedPointwise, FusedResize, FusedSqueezeExcite,
+    FusedConv2d, FusedDepthwise, FusedExpansion, FusedGlobalPool, FusedLinear, FusedPointwise, FusedResize,
+    FusedSqueezeExcite,
 )
 
 # What the fused kernels compute after a convolution or a linear layer: what `fuse_model`
@@ -76,9 +81,11 @@ class _Graph:
         return dict(depthwise=depthwise, pool=pool, reduce=reduce, expand=expand, gate=sigmoid, reader=reader)
 
 
-def fused_layers(graph):
+def fused_layers(graph, expansions=True):
     """The inference graph `graph` as a flat list of fused layers over named tensors, from the
-    graph's input ("input") to its outputs (`graph.outputs`: tensors the layers write)."""
+    graph's input ("input") to its outputs (`graph.outputs`: tensors the layers write). With
+    `expansions`, an inverted residual's expansion and depthwise convolution are one layer where
+    `FusedExpansion.joins` them."""
     g = _Graph(graph)
     skip, residual_of, gate_of, sums_of, se_after, resize_gate = set(), {}, {}, {}, {}, {}
     # first the patterns that fold ops into the layers around them
@@ -135,7 +142,25 @@ def fused_layers(graph):
                 layers.append(FusedResize(op.name, op.inputs, (op.output,)))
         else:
             raise _unsupported(op, "no fused kernel computes it here")
-    return layers
+    return _join_expansions(layers, graph.outputs) if expansions else layers
+
+
+def _join_expansions(layers, outputs):
+    """`layers` with each expansion and the depthwise layer that alone reads it as one
+    `FusedExpansion` (where `FusedExpansion.joins` them)."""
+    readers = {}
+    for layer in layers:
+        for name in layer.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    joined = []
+    for layer in layers:
+        before = joined[-1] if joined else None
+        if (before is not None and FusedExpansion.joins(before, layer) and layer.inputs[0] == before.outputs[0]
+                and readers[before.outputs[0]] == 1 and before.outputs[0] not in (outputs or ())):
+            joined[-1] = FusedExpansion(before, layer)
+        else:
+            joined.append(layer)
+    return joined
 
 
 def _conv_layer(op, residual_of, gate_of, sums_of):

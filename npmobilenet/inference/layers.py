@@ -16,7 +16,8 @@ from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
 from npmobilenet.inference.tiles import PARTS, expand_parts, linear_blocks
-from npmobilenet.inference.tiling import linear_block_cols, pointwise_tiles, resize_tile_rows
+from npmobilenet.inference.tiling import (expansion_band_elements, expansion_band_rows, linear_block_cols,
+                                         pointwise_tiles, resize_tile_rows)
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
 from npmobilenet.ops import depthwise as depthwise_ops
@@ -350,6 +351,143 @@ class FusedDepthwise(_Windowed):
                        RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run,
                        AUX2=offsets[-1] if self._padded_rows else -1,
                        BLOCKS=MAX_WORKERS if self._padded_rows else 0)]
+
+
+class FusedExpansion(FusedLayer):
+    """An inverted residual's expansion and its depthwise convolution as one layer (V2 paper,
+    sec. 5.1: the expanded tensor "does not need to be materialized in full"): a pointwise layer
+    on packed weights (no residual, no gate) whose output only a 3x3 depthwise layer in the
+    register tile reads. Where the expanded map of one image passes the cache
+    (`tiling.expansion_band_rows`), one op whose tiles are bands of output rows, each expanding
+    the input rows its windows reach into its worker's workspace and convolving them there
+    (`program._expansion_band`); the expanded map never reaches memory. Elsewhere the two ops as
+    apart, with the expanded map as the workspace. Either way every output is the two layers'.
+
+    `expand`, `depthwise`: the two fused layers, whose weights this layer holds (`weight_names`)."""
+
+    kind = "expansion"
+    weight_names = ("expand_packed", "expand_bias", "weight_tiled", "bias_tiled")
+
+    def __init__(self, expand, depthwise):
+        super().__init__(f"{expand.name}+{depthwise.name.rsplit('.', 1)[-1]}", expand.inputs, depthwise.outputs)
+        self.expand, self.depthwise = expand, depthwise
+        self.parts = (expand.name, depthwise.name)
+        self.activation = depthwise.activation
+
+    # the two layers' arrays, under names of their own (`pack_parameters` makes them views of the
+    # packed parameters, the two layers' too)
+    expand_packed = property(lambda self: self.expand.weight_packed,
+                             lambda self, value: setattr(self.expand, "weight_packed", value))
+    expand_bias = property(lambda self: self.expand.bias, lambda self, value: setattr(self.expand, "bias", value))
+    weight_tiled = property(lambda self: self.depthwise.weight_tiled,
+                            lambda self, value: setattr(self.depthwise, "weight_tiled", value))
+    bias_tiled = property(lambda self: self.depthwise.bias_tiled,
+                          lambda self, value: setattr(self.depthwise, "bias_tiled", value))
+
+    @staticmethod
+    def joins(expand, depthwise):
+        """Whether these two layers run as one: a packed pointwise layer without residual or gate,
+        and a 3x3 depthwise layer in the register tile (`ops.depthwise_avx512`)."""
+        return (isinstance(expand, FusedPointwise) and expand.packed and not expand.residual and not expand.gated
+                and isinstance(depthwise, FusedDepthwise) and depthwise.packed
+                and depthwise.kernel_shape[:2] == (3, 3))
+
+    def describe(self):
+        return f"{self.expand.describe()} + {self.depthwise.describe()}"
+
+    def weight_bytes(self):
+        return self.expand.weight_bytes() + self.depthwise.weight_bytes()
+
+    def _expanded(self, shapes):
+        return self.expand.output_shapes(shapes)[0]
+
+    def output_shapes(self, shapes):
+        return self.depthwise.output_shapes([self._expanded(shapes)])
+
+    def macs(self, shapes):
+        return self.expand.macs(shapes) + self.depthwise.macs([self._expanded(shapes)])
+
+    def bytes_moved(self, shapes):
+        return 4 * (math.prod(shapes[0]) + sum(math.prod(s) for s in self.output_shapes(shapes))) + self.weight_bytes()
+
+    def _band(self, shapes):
+        """(output rows per band, a worker's workspace elements), or (0, 0): two ops."""
+        n, h, w, c = self._expanded(shapes)
+        ho = self.output_shapes(shapes)[0][1]
+        kh, sh = self.depthwise.kernel_shape[0], self.depthwise.stride[0]
+        band = expansion_band_rows(h, w, c, ho, kh, sh)
+        return (band, expansion_band_elements(band, w, c, kh, sh)) if band else (0, 0)
+
+    def workspace_shapes(self, shapes):
+        band, elements = self._band(shapes)
+        return [(MAX_WORKERS, elements)] if band else [self._expanded(shapes)]
+
+    def _bands(self, x_shape):
+        """Each band's (image, first and last output rows, first and last expanded rows, padding above)."""
+        n, h, _, _ = x_shape
+        band, _ = self._band([x_shape])
+        ho = self.output_shapes([x_shape])[0][1]
+        kh, sh = self.depthwise.kernel_shape[0], self.depthwise.stride[0]
+        pt = self.depthwise.pads(h, x_shape[2])[0]
+        for image in range(n):
+            for first in range(0, ho, band):
+                last = min(first + band, ho)
+                top = first * sh - pt
+                start, end = max(top, 0), min((last - 1) * sh - pt + kh, h)
+                yield image, first, last, start, end, start - top
+
+    def call(self, tensors, parallel, sgemm):
+        x, outputs, workspace = tensors[0], tensors[1:-1], tensors[-1]
+        if not self._band([x.shape])[0]:         # the two layers' kernels, the expanded map between them
+            return _in_turn([self.expand.call([x, workspace], parallel, sgemm),
+                             self.depthwise.call([workspace] + list(outputs), parallel, sgemm)])
+        # band by band, as the op table's tiles (`program._expansion_band`)
+        y, sums = outputs[0], outputs[1] if len(outputs) == 2 else None
+        _, _, w, cin = x.shape
+        c = self.expand.out_channels
+        width = -(-c // register_tile.LANES) * register_tile.LANES
+        act = ACTIVATIONS[self.expand.activation]
+        (sh, sw), (_, _, pl, _) = self.depthwise.stride, self.depthwise.pads(x.shape[1], w)
+        calls = []
+        for image, first, last, start, end, pad in self._bands(x.shape):
+            rows = (end - start) * w
+            expanded = workspace[0, :rows * c].reshape(rows, c)
+            calls.append((pointwise_ops.POINTWISE_PACKED_FORWARD[0], (
+                x[image, start:end].reshape(rows, cin), self.expand_packed, self.expand_bias, act, NO_ROWS, NO_ROWS,
+                rows, rows, width, expanded, register_tile.span_address())))
+            calls.append((depthwise_avx512.DEPTHWISE_3X3_FORWARD[0], (
+                expanded.reshape(1, end - start, w, c), self.weight_tiled, 3, 3, self.bias_tiled,
+                ACTIVATIONS[self.activation], NO_ROW_SUMS if sums is None else sums[image:image + 1, first:last],
+                sh, sw, pad, pl, 1, 1, y[image:image + 1, first:last]) + depthwise_avx512.callees_3x3()))
+        return _in_turn(calls)
+
+    def program_ops(self, offsets, shapes):
+        band, elements = self._band(shapes)
+        expanded = self._expanded(shapes)
+        outputs, workspace = offsets[1:-1], offsets[-1]
+        self.expand.param_offsets = {"weight_packed": self.param_offsets["expand_packed"],
+                                     "bias": self.param_offsets["expand_bias"]}
+        self.depthwise.param_offsets = {name: self.param_offsets[name] for name in ("weight_tiled", "bias_tiled")}
+        if not band:
+            return (self.expand.program_ops([offsets[0], workspace], shapes)
+                    + self.depthwise.program_ops([workspace] + list(outputs), [expanded]))
+        n, h, w, c = expanded
+        ho, wo = self.output_shapes(shapes)[0][1:3]
+        (sh, sw), (pt, _, pl, _) = self.depthwise.stride, self.depthwise.pads(h, w)
+        return [op_row(KIND=DEPTHWISE, ACT=ACTIVATIONS[self.activation], TILES=n * -(-ho // band), X=offsets[0], N=n,
+                       XH=h, XW=w, XC=c, Y=outputs[0], YH=ho, YW=wo, YC=c, W=self.param_offsets["weight_tiled"],
+                       B=self.param_offsets["bias_tiled"], KH=3, KW=3, SH=sh, SW=sw, PT=pt, PL=pl, RH=1, RW=1,
+                       AUX=outputs[1] if len(outputs) == 2 else -1, AUX2=workspace, BLOCKS=elements, RUN=0,
+                       W2=self.param_offsets["expand_packed"], B2=self.param_offsets["expand_bias"],
+                       S=shapes[0][3], COUNT=ACTIVATIONS[self.expand.activation], TR=band)]
+
+
+def _in_turn(calls):
+    """One (kernel, args) that runs `calls`, [(kernel, args)], one after the other."""
+    def run(*calls_):
+        for kernel, args in calls_:
+            kernel(*args)
+    return run, tuple(calls)
 
 
 class FusedSqueezeExcite(FusedLayer):

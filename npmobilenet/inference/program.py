@@ -38,7 +38,11 @@ Op kinds and their columns (offsets are in float32 elements; -1 is "none"):
   (`ops.depthwise.tiled_weight`, RUN pixels per run); AUX: row sums (N, YH, YC) for SE, or -1.
   RUN 0: a 5x5 or 3x3 kernel in the register tile (`ops.depthwise_avx512`), W (KH*KW, XC) and B
   (XC,) as they are; AUX2 (5x5): its workspace, BLOCKS blocks (one per worker) of a step's padded
-  input rows (`ops.depthwise_avx512.workspace_elements` each).
+  input rows (`ops.depthwise_avx512.workspace_elements` each). W2 >= 0 (RUN 0, 3x3): an
+  inverted residual's expansion first (`layers.FusedExpansion`), X its input (N, XH, XW, S) and
+  XC the expanded channels, W2 its weight in 16-channel slivers, B2 its bias, COUNT its activation;
+  a tile is TR output rows of one image (`tiling.expansion_band_rows`), AUX2 the workspace of
+  the expanded rows it reads, a block of BLOCKS elements per worker.
 - SE_GATE: X = row sums (N, XH, XC) -> Y = gate (N, XC); W (XC, S), B (S,), W2 packed by part
   (`tiles.expand_parts`: (PARTS, S, `part_width(XC, 16)`)), B2 (XC,); AUX: workspace (N *
   PARTS, S), each part's sums of the hidden units; COUNT = positions averaged. Two rows per SE,
@@ -174,6 +178,9 @@ def table_calls(ops):
     for row in ops:
         slot = _slot(row)
         calls.setdefault(slot, TILE_CALLS[slot])
+        if slot == DEPTHWISE_3X3_BLOCKS and row[W2] >= 0:     # an expansion first (`_expansion_band`)
+            calls.setdefault(POINTWISE_PACKED, TILE_CALLS[POINTWISE_PACKED])
+            calls.setdefault(PRODUCT_SPAN, CALLEE_CALLS[PRODUCT_SPAN])
         for callee in CALLEES.get(slot, ()):
             # (the 5x5 tile's tap-by-tap rows only at a stride over 2 or a dilation)
             if not (callee == TAPS_5X5 and depthwise_avx512.in_blocks(row[SW], row[RH], row[RW])):
@@ -203,6 +210,39 @@ def _depthwise_args(op, params, arena, t):
             view(arena, op[Y], (n, yh, op[YW], yc)), t, t + 1)
 
 
+@njit_inline
+def _expansion_band(op, params, arena, t, worker, addresses):
+    """Tile t of an expansion and depthwise convolution in one op (a DEPTHWISE row with W2 >= 0,
+    `layers.FusedExpansion`): TR output rows of one image. The expanded rows they read (the
+    expansion of the rows of X their 3x3 windows reach: a band's first or last row again where the
+    band beside it reads it too) are made by the pointwise register tile into the worker's block
+    of the workspace AUX2 (BLOCKS elements each), where the depthwise register tile reads them as
+    a map of those rows, padded above or below only at the image's edges: every output is the
+    same sum as the two layers' apart."""
+    xh, xw, xc, cin, sh, kh = op[XH], op[XW], op[XC], op[S], op[SH], op[KH]
+    yh, yw, band = op[YH], op[YW], op[TR]
+    bands = (yh + band - 1) // band
+    n = t // bands
+    first = (t - n * bands) * band
+    last = min(first + band, yh)
+    top = first * sh - op[PT]                       # the band's first window's first row of x
+    start, end = max(top, 0), min((last - 1) * sh - op[PT] + kh, xh)
+    rows = (end - start) * xw
+    block = op[AUX2] + worker * op[BLOCKS]
+    width = (xc + register_tile.LANES - 1) // register_tile.LANES * register_tile.LANES
+    _pointwise_packed(addresses[POINTWISE_PACKED], (view(arena, op[X] + (n * xh + start) * xw * cin, (rows, cin)),
+                                                    view(params, op[W2], (width * cin,)), view(params, op[B2], (xc,)),
+                                                    op[COUNT], view(arena, 0, (0, xc)), view(arena, 0, (0, cin)), rows,
+                                                    rows, width, view(arena, block, (rows, xc)), 0,
+                                                    addresses[PRODUCT_SPAN]))
+    sums = view(arena, op[AUX] + (n * yh + first) * xc, (1 if op[AUX] >= 0 else 0, last - first, xc))
+    _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], (
+        view(arena, block, (1, end - start, xw, xc)), view(params, op[W], (kh * op[KW], xc)), kh, op[KW],
+        view(params, op[B], (xc,)), op[ACT], sums, sh, op[SW], start - top, op[PL], op[RH], op[RW],
+        view(arena, op[Y] + (n * yh + first) * yw * xc, (1, last - first, yw, xc)), 0, (last - first + 1) // 2,
+        addresses[BORDERS], addresses[BLOCKS_3X3]))
+
+
 @njit_serial
 def _run_tile(op, params, arena, sgemm, t, worker, addresses):
     """Tile t of op `op` (a row of the table), run by worker `worker` (whose workspace blocks it
@@ -221,6 +261,8 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                                                         view(params, op[B], (yc,)), act, residual, gate, xh * xw,
                                                         op[TR], op[TC], view(arena, op[Y], (rows, yc)), t,
                                                         addresses[PRODUCT_SPAN]))
+    elif kind == DEPTHWISE and op[RUN] == 0 and op[W2] >= 0:
+        _expansion_band(op, params, arena, t, worker, addresses)
     elif kind == DEPTHWISE and op[RUN] == 0 and op[KH] == 3:
         _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], _depthwise_args(op, params, arena, t)
                               + (addresses[BORDERS], addresses[BLOCKS_3X3]))

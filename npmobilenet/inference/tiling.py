@@ -39,3 +39,31 @@ def resize_tile_rows(out_width, channels):
     """Output rows per tile of a bilinear resize: about 16k outputs (a few microseconds of work,
     well above a tile's bookkeeping), at least one row."""
     return max(1, 16384 // max(1, out_width * channels))
+
+
+# An expansion and depthwise convolution run as one op when the expanded map of one image is
+# three times the second-level cache (512 KiB a core on the Zen 3 machine), in bands whose expanded
+# rows take three quarters of it; not where a band would compute more than half its expanded rows
+# again (its neighbours' halo). Measured in the README (smaller maps and bands were slower).
+EXPANSION_MIN_BYTES = 3 << 19
+BAND_BYTES = 3 << 17
+
+
+def expansion_band_rows(in_height, in_width, channels, out_height, kernel, stride):
+    """Output rows per tile of an inverted residual's expansion and its depthwise convolution run
+    as one op (`layers.FusedExpansion`), whose expanded input is `in_height` x `in_width` x
+    `channels` for a `kernel`-tall window at `stride`; 0: run them as two ops. A band of b output
+    rows expands (b - 1) * stride + kernel rows into a worker's workspace."""
+    row_bytes = 4 * in_width * channels
+    if in_height * row_bytes < EXPANSION_MIN_BYTES:
+        return 0
+    band = min(out_height, max(1, (BAND_BYTES // row_bytes - kernel) // stride + 1))
+    if (band - 1) * stride + kernel > 1.5 * band * stride:
+        return 0
+    return band
+
+
+def expansion_band_elements(band, in_width, channels, kernel, stride):
+    """Elements of a worker's workspace block for bands of `band` output rows: their expanded
+    rows, rounded up to whole 64-byte lines."""
+    return -(-((band - 1) * stride + kernel) * in_width * channels // 16) * 16
