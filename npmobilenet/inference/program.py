@@ -84,7 +84,7 @@ CONV, DEPTHWISE, SE_GATE, GATE_ROWS, POINTWISE, POOL, LINEAR, RESIZE = range(8)
 KINDS = 8
 # more slots of the address table
 (CONV_DIRECT, DEPTHWISE_3X3, POINTWISE_PACKED, CONV_PACKED, DEPTHWISE_5X5, DEPTHWISE_3X3_BLOCKS, LINEAR_PACKED,
- PRODUCT_SPAN, BORDERS, BLOCKS_3X3, BLOCKS_5X5, TAPS_5X5, OTHER_TILE, RUN_TILE) = range(KINDS, KINDS + 14)
+ PRODUCT_SPAN, BORDERS, BLOCKS_3X3, BLOCKS_5X5, TAPS_5X5, EXPANSION_TILE, OTHER_TILE, RUN_TILE) = range(KINDS, KINDS + 15)
 # the slots `_run_other_tile` runs (`_run_tile` the others)
 OTHER_SLOTS = (POINTWISE, DEPTHWISE, DEPTHWISE_3X3, CONV_DIRECT, CONV, LINEAR, RESIZE)
 
@@ -179,6 +179,7 @@ def table_calls(ops):
         slot = _slot(row)
         calls.setdefault(slot, TILE_CALLS[slot])
         if slot == DEPTHWISE_3X3_BLOCKS and row[W2] >= 0:     # an expansion first (`_expansion_band`)
+            calls.setdefault(EXPANSION_TILE, _EXPANSION_BAND)
             calls.setdefault(POINTWISE_PACKED, TILE_CALLS[POINTWISE_PACKED])
             calls.setdefault(PRODUCT_SPAN, CALLEE_CALLS[PRODUCT_SPAN])
         for callee in CALLEES.get(slot, ()):
@@ -210,15 +211,16 @@ def _depthwise_args(op, params, arena, t):
             view(arena, op[Y], (n, yh, op[YW], yc)), t, t + 1)
 
 
-@njit_inline
-def _expansion_band(op, params, arena, t, worker, addresses):
+@njit_serial
+def _expansion_band(op, params, arena, sgemm, t, worker, addresses):
     """Tile t of an expansion and depthwise convolution in one op (a DEPTHWISE row with W2 >= 0,
     `layers.FusedExpansion`): TR output rows of one image. The expanded rows they read (the
     expansion of the rows of X their 3x3 windows reach: a band's first or last row again where the
     band beside it reads it too) are made by the pointwise register tile into the worker's block
     of the workspace AUX2 (BLOCKS elements each), where the depthwise register tile reads them as
     a map of those rows, padded above or below only at the image's edges: every output is the
-    same sum as the two layers' apart."""
+    same sum as the two layers' apart. Compiled on its own, at EXPANSION_TILE, for a table that has
+    such rows (inlined into `_run_tile`, it added a second to V2's cold start)."""
     xh, xw, xc, cin, sh, kh = op[XH], op[XW], op[XC], op[S], op[SH], op[KH]
     yh, yw, band = op[YH], op[YW], op[TR]
     bands = (yh + band - 1) // band
@@ -262,7 +264,7 @@ def _run_tile(op, params, arena, sgemm, t, worker, addresses):
                                                         op[TR], op[TC], view(arena, op[Y], (rows, yc)), t,
                                                         addresses[PRODUCT_SPAN]))
     elif kind == DEPTHWISE and op[RUN] == 0 and op[W2] >= 0:
-        _expansion_band(op, params, arena, t, worker, addresses)
+        _expansion_at(addresses[EXPANSION_TILE], (op, params, arena, sgemm, t, worker, addresses))
     elif kind == DEPTHWISE and op[RUN] == 0 and op[KH] == 3:
         _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], _depthwise_args(op, params, arena, t)
                               + (addresses[BORDERS], addresses[BLOCKS_3X3]))
@@ -345,7 +347,8 @@ def _run_other_tile(op, params, arena, sgemm, t, worker, addresses):
 _TILE_ARGS = (types.Array(types.int64, 1, "C"), _A1, _A1, _I, _I, _I, types.Array(types.int64, 1, "C"))
 _RUN_TILE = CompiledCall(_run_tile, _TILE_ARGS)
 _RUN_OTHER_TILE = CompiledCall(_run_other_tile, _TILE_ARGS)
-_run_tile_at, _run_other_at = _RUN_TILE.call, _RUN_OTHER_TILE.call
+_EXPANSION_BAND = CompiledCall(_expansion_band, _TILE_ARGS)
+_run_tile_at, _run_other_at, _expansion_at = _RUN_TILE.call, _RUN_OTHER_TILE.call, _EXPANSION_BAND.call
 
 # counters of a job (one per op table and range of ops): RUNS, the number of runs started; DONE,
 # tiles finished over all runs; TRACED, the tiles a traced run has recorded; from ENDS on, one word
