@@ -10,6 +10,7 @@ import pytest
 import npmobilenet
 from npmobilenet.inference import MemoryPlan, planned_peak_bytes
 from npmobilenet.inference.plan import _liveness
+from npmobilenet.inference.program import MAX_WORKERS
 
 
 def fused_model(arch="mobilenet_v2", width=0.5):
@@ -63,13 +64,30 @@ def test_peak_is_below_the_sum_and_above_the_largest_layer():
     # in bands, `FusedExpansion`) and the block input beside it must coexist
     assert max(sizes) < peak < 0.4 * sum(sizes)
     print(f"mobilenet_v2 at 224: {peak / 2**20:.2f} MiB per image (all tensors: {sum(sizes) / 2**20:.1f} MiB)")
-    # a batch of 224x224 images runs in chunks of two, one plan per worker thread (the bands'
-    # workspaces, a block per possible worker, are the same at any batch size)
-    two = planned_peak_bytes(fused, 224, batch=2)
-    assert 1.5 * peak < two < 2 * peak
-    assert planned_peak_bytes(fused, 224, batch=4, threads=1) == pytest.approx(two, rel=0.01)
-    assert planned_peak_bytes(fused, 224, batch=4, threads=2) == pytest.approx(2 * two, rel=0.01)
-    assert planned_peak_bytes(fused, 224, batch=5, threads=2) == pytest.approx(2 * two + peak, rel=0.01)
+    # a batch of 224x224 images runs in chunks of two, one plan per worker thread, each plan run
+    # by its thread alone (one block of each workspace), and the classifier over the whole batch
+    chunk = MemoryPlan.layout_bytes(fused.chunk_layers, (2, 224, 224, 3), fused.chunk_outputs, workers=1)
+    assert 1.5 * peak < chunk < 2 * peak
+    one = planned_peak_bytes(fused, 224, batch=4, threads=1)
+    assert chunk < one < chunk + 64 * 1024                         # + the classifier's plan
+    assert planned_peak_bytes(fused, 224, batch=4, threads=2) == pytest.approx(one + chunk, rel=0.001)
+    last = MemoryPlan.layout_bytes(fused.chunk_layers, (1, 224, 224, 3), fused.chunk_outputs, workers=1)
+    assert planned_peak_bytes(fused, 224, batch=5, threads=2) == pytest.approx(one + chunk + last, rel=0.001)
+
+
+def test_a_plan_run_by_one_thread_holds_one_block_of_each_workspace():
+    fused = fused_model("mobilenet_v2", 1.0).set_threads(2, adaptive=False)
+    x = np.random.default_rng(0).standard_normal((4, 224, 224, 3)).astype(np.float32)
+    expected = np.concatenate([fused(x[:1]), fused(x[1:2]), fused(x[2:])])
+    whole = fused.plan((1, 224, 224, 3))
+    banded = [name for name, tensor in whole.tensors.items() if "+" in name and name.endswith("#workspace0")
+              and tensor.ndim == 2]                                  # the expansions' bands (the others: maps)
+    assert len(banded) == 3
+    assert all(whole.tensors[name].shape[0] == MAX_WORKERS for name in banded)
+    np.testing.assert_array_equal(fused(x), expected)                # chunks of two, on two workers
+    plans = list(fused._worker_plans.values())
+    assert plans and all(plan.tensors[name].shape[0] == 1 and plan.program.workers == 1
+                         for plan in plans for name in banded)
 
 
 def test_steady_state_allocates_no_activation_buffers():

@@ -33,11 +33,12 @@ FLOAT = np.float32
 class FusedLayer:
     """One step of the fused network.
 
-    `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes)` map the
-    input shapes to the shapes the plan must hold; `macs(shapes)` and `bytes_moved(shapes)` are the
+    `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes, workers)` map
+    the input shapes to the shapes the plan must hold (a workspace per worker: `workers`, those that
+    may run the plan's table, MAX_WORKERS unless it runs on one thread); `macs(shapes)` and `bytes_moved(shapes)` are the
     layer's cost (MACs as `npmobilenet.analysis` counts them; bytes: inputs and weights read once,
     outputs written once, float32); `call(tensors, parallel)` returns `(kernel, args)` (the layer
-    run alone); `program_ops(offsets, shapes)` its rows of the op table (`program.py`), given the
+    run alone); `program_ops(offsets, shapes, workers)` its rows of the op table (`program.py`), given the
     arena offsets of its tensors (inputs, outputs, workspaces, in that order). `weight_names` are
     its parameter arrays, which `pack_parameters` moves into one array (`param_offsets`).
     """
@@ -49,7 +50,7 @@ class FusedLayer:
     def __init__(self, name, inputs, outputs):
         self.name, self.inputs, self.outputs = name, tuple(inputs), tuple(outputs)
 
-    def workspace_shapes(self, shapes):
+    def workspace_shapes(self, shapes, workers=MAX_WORKERS):
         return []
 
     def weight_bytes(self):
@@ -149,18 +150,18 @@ class FusedConv2d(_PackedWeight, _Windowed):
         kh, kw, cin, _ = self.kernel_shape
         return n * ho * wo * cout * kh * kw * cin
 
-    def _tile(self, shapes):
+    def _tile(self, shapes, workers=MAX_WORKERS):
         """(output pixels per tile, number of tiles, workspace shape: a block per possible worker)."""
         n, ho, wo, _ = self.output_shapes(shapes)[0]
         kh, kw, cin, _ = self.kernel_shape
         tile = conv_ops.tile_pixels(n * ho * wo, cin, kh, kw)
         k = kh * kw * cin
-        workspace = (MAX_WORKERS, conv_packed.workspace_rows(tile, k, self.kernel_shape[3]), k) if self.packed else \
-            conv_ops.workspace_shape(MAX_WORKERS, tile, kh, kw, cin, *self.dilation)
+        workspace = (workers, conv_packed.workspace_rows(tile, k, self.kernel_shape[3]), k) if self.packed else \
+            conv_ops.workspace_shape(workers, tile, kh, kw, cin, *self.dilation)
         return tile, -(-n * ho * wo // tile), workspace
 
-    def workspace_shapes(self, shapes):
-        workspace = self._tile(shapes)[2]
+    def workspace_shapes(self, shapes, workers=MAX_WORKERS):
+        workspace = self._tile(shapes, workers)[2]
         return [workspace] if workspace[1] > 0 else []
 
     def call(self, tensors, parallel, sgemm):
@@ -177,11 +178,11 @@ class FusedConv2d(_PackedWeight, _Windowed):
         return _pair_kernel(kernels.CONV2D, parallel), (
             x, self.weight, self.bias, ACTIVATIONS[self.activation], sh, sw, pt, pl, rh, rw, cols, tile, sgemm, y)
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         (n, h, w, cin), (_, ho, wo, cout) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw = self.kernel_shape[:2]
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
-        tile, tiles, workspace = self._tile(shapes)
+        tile, tiles, workspace = self._tile(shapes, workers)
         return [op_row(KIND=CONV, ACT=ACTIVATIONS[self.activation], TILES=tiles, X=offsets[0], N=n, XH=h,
                        XW=w, XC=cin, Y=offsets[1], YH=ho, YW=wo, YC=cout, W=self.param_offsets[self.weight_names[0]],
                        B=self.param_offsets["bias"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl, RH=self.dilation[0],
@@ -238,7 +239,7 @@ class FusedPointwise(_PackedWeight, FusedLayer):
             x.reshape(rows, cin), self.weight, self.bias, act, residual, gate, h * w, *tiles, sgemm,
             y.reshape(rows, cout))
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         n, h, w, cin = shapes[0]
         cout = self.out_channels
         rows = n * h * w
@@ -320,8 +321,8 @@ class FusedDepthwise(_Windowed):
         _, ho, wo, c = self.output_shapes(shapes)[0]
         return depthwise_avx512.workspace_elements(ho, wo, c, *self.stride, *self.dilation)
 
-    def workspace_shapes(self, shapes):
-        return [(MAX_WORKERS, self._workspace(shapes))] if self._padded_rows else []
+    def workspace_shapes(self, shapes, workers=MAX_WORKERS):
+        return [(workers, self._workspace(shapes))] if self._padded_rows else []
 
     def call(self, tensors, parallel, sgemm):
         x, y = tensors[0], tensors[1]
@@ -339,7 +340,7 @@ class FusedDepthwise(_Windowed):
                     args + (tensors[-1],) + depthwise_avx512.callees_5x5(sw, rh, rw))
         return _pair_kernel(kernels.DEPTHWISE, parallel), args
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         (n, h, w, c), (_, ho, wo, _) = shapes[0], self.output_shapes(shapes)[0]
         kh, kw, _ = self.weight.shape
         (sh, sw), (pt, _, pl, _) = self.stride, self.pads(h, w)
@@ -350,7 +351,7 @@ class FusedDepthwise(_Windowed):
                        B=self.param_offsets["bias_tiled"], KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl,
                        RH=self.dilation[0], RW=self.dilation[1], AUX=sums, RUN=0 if self.packed else self.run,
                        AUX2=offsets[-1] if self._padded_rows else -1,
-                       BLOCKS=MAX_WORKERS if self._padded_rows else 0)]
+                       BLOCKS=workers if self._padded_rows else 0)]
 
 
 class FusedExpansion(FusedLayer):
@@ -418,9 +419,9 @@ class FusedExpansion(FusedLayer):
         band = expansion_band_rows(h, w, c, ho, kh, sh)
         return (band, expansion_band_elements(band, w, c, kh, sh)) if band else (0, 0)
 
-    def workspace_shapes(self, shapes):
+    def workspace_shapes(self, shapes, workers=MAX_WORKERS):
         band, elements = self._band(shapes)
-        return [(MAX_WORKERS, elements)] if band else [self._expanded(shapes)]
+        return [(workers, elements)] if band else [self._expanded(shapes)]
 
     def _bands(self, x_shape):
         """Each band's (image, first and last output rows, first and last expanded rows, padding above)."""
@@ -461,7 +462,7 @@ class FusedExpansion(FusedLayer):
                 sh, sw, pad, pl, 1, 1, y[image:image + 1, first:last]) + depthwise_avx512.callees_3x3()))
         return _in_turn(calls)
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         band, elements = self._band(shapes)
         expanded = self._expanded(shapes)
         outputs, workspace = offsets[1:-1], offsets[-1]
@@ -469,8 +470,8 @@ class FusedExpansion(FusedLayer):
                                      "bias": self.param_offsets["expand_bias"]}
         self.depthwise.param_offsets = {name: self.param_offsets[name] for name in ("weight_tiled", "bias_tiled")}
         if not band:
-            return (self.expand.program_ops([offsets[0], workspace], shapes)
-                    + self.depthwise.program_ops([workspace] + list(outputs), [expanded]))
+            return (self.expand.program_ops([offsets[0], workspace], shapes, workers)
+                    + self.depthwise.program_ops([workspace] + list(outputs), [expanded], workers))
         n, h, w, c = expanded
         ho, wo = self.output_shapes(shapes)[0][1:3]
         (sh, sw), (pt, _, pl, _) = self.depthwise.stride, self.depthwise.pads(h, w)
@@ -507,7 +508,7 @@ class FusedSqueezeExcite(FusedLayer):
         n, _, c = shapes[0]
         return [(n, c)]
 
-    def workspace_shapes(self, shapes):
+    def workspace_shapes(self, shapes, workers=MAX_WORKERS):
         return [(shapes[0][0] * PARTS, self.w_reduce.shape[1])]    # each part's sums of the hidden units
 
     def macs(self, shapes):
@@ -523,7 +524,7 @@ class FusedSqueezeExcite(FusedLayer):
             sums, gated.shape[1] * gated.shape[2], self.w_reduce, self.b_reduce, self.w_expand_parts, self.b_expand,
             hidden, gate)
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         (n, ho, c), (_, _, wo, _) = shapes
         sums, _, gate, hidden = offsets
         p = self.param_offsets
@@ -547,7 +548,7 @@ class FusedGlobalPool(FusedLayer):
         n, h, w, c = x.shape
         return _pair_kernel(kernels.GLOBAL_POOL, parallel), (x.reshape(n, h * w, c), y)
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         n, h, w, c = shapes[0]
         return [op_row(KIND=POOL, TILES=n * PARTS, X=offsets[0], N=n, XH=h, XW=w, XC=c, Y=offsets[1])]
 
@@ -603,7 +604,7 @@ class FusedLinear(_PackedWeight, FusedLayer):
                                                                    register_tile.span_address())
         return _pair_kernel(kernels.LINEAR, parallel), (x, self.weight_blocks, self.bias, act, sgemm, y)
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         n, cin = shapes[0]
         weight = self.weight_names[0]
         return [op_row(KIND=LINEAR, ACT=LINEAR_ACTIVATIONS[self.activation], TILES=-(-self.out_features // self.block),
@@ -645,7 +646,7 @@ class FusedResize(FusedLayer):
         gate = tensors[2] if self.gated else NO_ROWS
         return _pair_kernel(kernels.RESIZE, parallel), (x, gate, resize_tile_rows(y.shape[2], y.shape[3]), y)
 
-    def program_ops(self, offsets, shapes):
+    def program_ops(self, offsets, shapes, workers=MAX_WORKERS):
         n, h, w, c = shapes[0]
         _, ho, wo, _ = self.output_shapes(shapes)[0]
         rows = resize_tile_rows(wo, c)

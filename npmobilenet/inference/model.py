@@ -134,7 +134,7 @@ class FusedMobileNet:
         key = (worker, input_shape)
         if key not in self._worker_plans:
             self._worker_plans[key] = MemoryPlan(self.chunk_layers, input_shape, sgemm_address(), self.params,
-                                                 self.chunk_outputs)
+                                                 self.chunk_outputs, workers=1)
         return self._worker_plans[key]
 
     def classifier_plan(self, features_shape):
@@ -335,7 +335,9 @@ def planned_peak_bytes(model, resolution=224, batch=1, threads=1):
                                                    features)
         layers, outputs = layers[:start], (features,)
     chunks, remainder = divmod(int(batch), chunk)
-    total = min(int(threads), chunks + (remainder > 0)) * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3), outputs)
+    # (a chunk's plan runs on its worker's thread alone: one block of each workspace)
+    total = (min(int(threads), chunks + (remainder > 0))
+             * MemoryPlan.layout_bytes(layers, (chunk, h, w, 3), outputs, workers=1))
     if remainder:
-        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3), outputs)
+        total += MemoryPlan.layout_bytes(layers, (remainder, h, w, 3), outputs, workers=1)
     return total + classifier_bytes

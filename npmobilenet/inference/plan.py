@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from npmobilenet.inference.program import Program
+from npmobilenet.inference.program import MAX_WORKERS, Program
 
 
 ALIGN = 16      # float32 elements: 64 bytes, a cache line (and an AVX-512 register)
@@ -31,15 +31,16 @@ def aligned(size):
     return -(-int(size) // ALIGN) * ALIGN
 
 
-def _liveness(layers, input_shape, outputs=None, input_name="input"):
-    """Shapes of every tensor and the steps that write and last read it."""
+def _liveness(layers, input_shape, outputs=None, input_name="input", workers=MAX_WORKERS):
+    """Shapes of every tensor and the steps that write and last read it (workspaces with a block for
+    each of `workers` workers)."""
     shapes = {input_name: tuple(input_shape)}
     first, last = {input_name: -1}, {input_name: -1}
     steps = []
     for i, layer in enumerate(layers):
         in_shapes = [shapes[name] for name in layer.inputs]
         out_shapes = layer.output_shapes(in_shapes)
-        work_shapes = layer.workspace_shapes(in_shapes)
+        work_shapes = layer.workspace_shapes(in_shapes, workers)
         work_names = [f"{layer.name}#workspace{k}" for k in range(len(work_shapes))]
         for name in layer.inputs:
             last[name] = i
@@ -89,12 +90,14 @@ class MemoryPlan:
     path to test it against, and to time a layer's kernel alone); `input`/`outputs`: the views the model copies
     in and out (the tensors named `outputs`, by default the last layer's first output; `output`: the
     first). The input is the tensor "input" (the images), or `input_name` for a plan of the layers
-    after some tensor (the classifier after the pooled features: `model.py`).
+    after some tensor (the classifier after the pooled features: `model.py`). `workers`: how many
+    threads may run the table at once (each with its block of every workspace): MAX_WORKERS, or 1
+    for a plan only one thread runs (a chunk of a batch).
     """
 
-    def __init__(self, layers, input_shape, sgemm, params=None, outputs=None, input_name="input"):
+    def __init__(self, layers, input_shape, sgemm, params=None, outputs=None, input_name="input", workers=MAX_WORKERS):
         self.input_shape = tuple(input_shape)
-        shapes, first, last, steps = _liveness(layers, input_shape, outputs, input_name)
+        shapes, first, last, steps = _liveness(layers, input_shape, outputs, input_name, workers)
         slot_of, capacity = assign_slots(shapes, first, last)
         # the slots are consecutive 64-byte-aligned pieces of one arena, which the op table of
         # `program.py` addresses by offset
@@ -115,10 +118,10 @@ class MemoryPlan:
         if params is not None:
             rows = []
             for layer, in_shapes, names in steps:
-                ops = layer.program_ops([self.offsets[n] for n in names], in_shapes)
+                ops = layer.program_ops([self.offsets[n] for n in names], in_shapes, workers)
                 self.layer_ops[layer.name] = (len(rows), len(rows) + len(ops))
                 rows.extend(ops)
-            self.program = Program(rows, params, self.arena, sgemm)
+            self.program = Program(rows, params, self.arena, sgemm, workers=workers)
         # (after the table: its kernels are compiled first, by two processes on a cold start)
         self.calls = [layer.call([self.tensors[n] for n in names], False, sgemm) for layer, _, names in steps]
 
@@ -133,7 +136,7 @@ class MemoryPlan:
         return [(layer.name, layer.describe(), layer.macs(s), layer.bytes_moved(s)) for layer, s, _ in steps]
 
     @staticmethod
-    def layout_bytes(layers, input_shape, outputs=None, input_name="input"):
+    def layout_bytes(layers, input_shape, outputs=None, input_name="input", workers=MAX_WORKERS):
         """What a plan for `input_shape` allocates, in bytes, without allocating it."""
-        shapes, first, last, _ = _liveness(layers, input_shape, outputs, input_name)
+        shapes, first, last, _ = _liveness(layers, input_shape, outputs, input_name, workers)
         return 4 * sum(aligned(size) for size in assign_slots(shapes, first, last)[1])

@@ -436,13 +436,14 @@ _NO_TRACE = np.zeros((0, 6), np.int64)
 class Program:
     """An op table over one plan's arena and a model's packed parameters; `run(threads)`."""
 
-    def __init__(self, rows, params, arena, sgemm, calls=None):
+    def __init__(self, rows, params, arena, sgemm, calls=None, workers=MAX_WORKERS):
         self.ops = np.ascontiguousarray(np.stack(rows), np.int64)
         tiles = self.ops[:, TILES]
         if np.any(tiles < 1) or np.any(tiles > MAX_TILES):
             raise ValueError(f"every op needs at least one tile and at most {MAX_TILES}")
         self.first_tile = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int64)
         self.params, self.arena, self.sgemm = params, arena, int(sgemm)
+        self.workers = min(int(workers), MAX_WORKERS)     # the workspace blocks the rows' offsets hold
         # `calls`: another table's tiles and its own `_run_tile` by slot (the int8 table's)
         calls = table_calls(self.ops) if calls is None else calls
         self.addresses = np.zeros(RUN_TILE + 1, np.int64)
@@ -492,7 +493,7 @@ class Program:
                              f"one row per tile, got {getattr(trace, 'dtype', type(trace).__name__)} "
                              f"{getattr(trace, 'shape', '')}")
         args = (rows, first_tile, self.params, self.arena, self.sgemm, counters, self.addresses, trace)
-        workers = min(int(threads), MAX_WORKERS)       # a workspace block each (see CONV)
+        workers = min(int(threads), self.workers)      # a workspace block each (see CONV)
         helpers = tile_workers() if workers > 1 else None
         if helpers is not None and helpers.lock.acquire(blocking=False):
             try:
