@@ -5,7 +5,7 @@ import pytest
 
 from npmobilenet.cli import main
 from npmobilenet.inference import bench
-from npmobilenet.ops import register_tile
+from npmobilenet.ops import depthwise_avx512, register_tile
 
 
 def test_bench_command_small(tmp_path, capsys, monkeypatch):
@@ -19,6 +19,8 @@ def test_bench_command_small(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "mobilenet_v3_small" in text and "mobilenet_v1" in text and "ms/img" in text
     assert "ridge point 2.5 MAC/byte" in text and "by kind (roofline" in text and "roofline " in text
+    # V3-Small's expansions joined with their 3x3 depthwise layers (`FusedExpansion`): a kind of their own
+    assert ("  expansion + depthwise " in text) == (register_tile.enabled() and depthwise_avx512.enabled())
     payload = json.loads(out.read_text())
     assert [(r["arch"], r["batch"]) for r in payload["results"]] == [
         ("mobilenet_v3_small", 1), ("mobilenet_v3_small", 2), ("mobilenet_v1", 1), ("mobilenet_v1", 2)]

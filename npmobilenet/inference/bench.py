@@ -453,6 +453,7 @@ def format_profile(profile, peaks=None):
     for layer in profile["layers"]:
         kind = layer["kind"].split(",")[0].split(" (")[0].split(" +")[0]
         kind = "depthwise" if kind.startswith("depthwise") else kind
+        kind = "expansion + depthwise" if " + depthwise" in layer["kind"] else kind     # `FusedExpansion`
         k = kinds.setdefault(kind, [0.0, 0, 0])
         k[0] += layer["ms"]
         k[1] += layer["macs"]

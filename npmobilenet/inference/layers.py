@@ -33,14 +33,15 @@ FLOAT = np.float32
 class FusedLayer:
     """One step of the fused network.
 
-    `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes, workers)` map
-    the input shapes to the shapes the plan must hold (a workspace per worker: `workers`, those that
-    may run the plan's table, MAX_WORKERS unless it runs on one thread); `macs(shapes)` and `bytes_moved(shapes)` are the
-    layer's cost (MACs as `npmobilenet.analysis` counts them; bytes: inputs and weights read once,
-    outputs written once, float32); `call(tensors, parallel)` returns `(kernel, args)` (the layer
-    run alone); `program_ops(offsets, shapes, workers)` its rows of the op table (`program.py`), given the
-    arena offsets of its tensors (inputs, outputs, workspaces, in that order). `weight_names` are
-    its parameter arrays, which `pack_parameters` moves into one array (`param_offsets`).
+    `inputs`/`outputs` name tensors; `output_shapes(shapes)` and `workspace_shapes(shapes, workers)`
+    map the input shapes to the shapes the plan must hold (a workspace holds a block for each of
+    `workers`, the threads that may run the plan's table: MAX_WORKERS, or 1 for a plan one thread
+    runs); `macs(shapes)` and `bytes_moved(shapes)` are the layer's cost (MACs as
+    `npmobilenet.analysis` counts them; bytes: inputs and weights read once, outputs written once,
+    float32); `call(tensors, parallel)` returns `(kernel, args)` (the layer run alone);
+    `program_ops(offsets, shapes, workers)` its rows of the op table (`program.py`), given the arena
+    offsets of its tensors (inputs, outputs, workspaces, in that order). `weight_names` are its
+    parameter arrays, which `pack_parameters` moves into one array (`param_offsets`).
     """
 
     kind = "layer"
