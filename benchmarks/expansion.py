@@ -1,6 +1,6 @@
 """Expansion and depthwise convolution joined (`layers.FusedExpansion`) against the two apart.
 
-    python benchmarks/expansion.py [ARCH ...] [--threads 1,2] [--batch 1] [--rounds 30] [--layers]
+    python benchmarks/expansion.py [ARCH ...] [--threads 1,2] [--batch 1] [--resolution 224] [--rounds 30] [--layers]
 
 Both fused models are built from one graph in one process (`fused_layers(graph, expansions=...)`,
 all else the same) and timed in alternating blocks of calls (5 at batch 1, 1 above), the order
@@ -29,6 +29,10 @@ def models(arch, threads):
     graph = inference_graph(model, FUSED_ACTIVATIONS)
     return [FusedMobileNet(fused_layers(graph, expansions=joined), model.config, threads, adaptive=False,
                            outputs=graph.outputs) for joined in (False, True)]
+
+
+def _arrays(outputs):
+    return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
 def whole_calls(engines, x, rounds):
@@ -76,17 +80,18 @@ def main(argv=None):
     parser.add_argument("arch", nargs="*", default=DEFAULT)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--layers", action="store_true", help="also each joined layer inside traced runs")
     args = parser.parse_args(argv)
 
-    x = np.random.default_rng(0).standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
-    print(f"batch {args.batch}, 224x224, ms per image (median of {args.rounds} blocks)")
+    x = np.random.default_rng(0).standard_normal((args.batch, args.resolution, args.resolution, 3)).astype(np.float32)
+    print(f"batch {args.batch}, {args.resolution}x{args.resolution}, ms per image (median of {args.rounds} blocks)")
     print("| model | threads | apart | joined | ratio | same bits |\n|---|---|---|---|---|---|")
     for arch in args.arch:
         for threads in (int(t) for t in args.threads.split(",")):
             engines = models(arch, threads)
-            same = np.array_equal(engines[0](x), engines[1](x))
+            same = all(np.array_equal(a, b) for a, b in zip(*(_arrays(engine(x)) for engine in engines)))
             apart, joined = whole_calls(engines, x, args.rounds)
             print(f"| {arch} | {threads} | {apart:.2f} | {joined:.2f} | {joined / apart:.3f} | {same} |")
     if args.layers:

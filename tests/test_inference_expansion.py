@@ -29,14 +29,16 @@ def test_band_rows_keep_a_band_in_cache_and_its_halo_small():
     assert tiling.expansion_band_elements(2, 7, 3, 3, 1) % 16 == 0 >= 4 * 7 * 3 - 16 * 6
     # maps within three L2s run as two ops (V3-Large's 56 x 56 x 72)
     assert tiling.expansion_band_rows(56, 56, 72, 56, 3, 1) == 0
-    # a band that would expand three rows for one at stride 1 (rows wider than a band): two ops
+    # a band that would expand three rows for one at stride 1 (rows wider than a band): two ops;
+    # and one of 4 rows expanding 6 (LR-ASPP's 33x33x480 at 520: 1.26x the time of the two ops)
     assert tiling.expansion_band_rows(400, 4000, 64, 400, 3, 1) == 0
+    assert tiling.expansion_band_rows(33, 33, 480, 33, 3, 1) == 0
     for height, width, channels, stride in ((112, 112, 64, 2), (56, 56, 144, 1), (56, 56, 144, 2), (224, 224, 32, 1)):
         out = (height - 1) // stride + 1
         band = tiling.expansion_band_rows(height, width, channels, out, 3, stride)
         assert 1 <= band <= out
         assert ((band - 1) * stride + 3) * width * channels * 4 <= tiling.BAND_BYTES
-        assert (band - 1) * stride + 3 <= 1.5 * band * stride
+        assert (band - 1) * stride + 3 <= 1.25 * band * stride
 
 
 def _layers():
@@ -78,12 +80,13 @@ def test_bands_compute_the_two_layers_bits_on_any_thread_count(arch, monkeypatch
     # small maps in several bands each (the thresholds lowered), the first and last bands at the
     # image's edges, strides 1 and 2, two images, and V3-Large's SE row sums from the bands
     monkeypatch.setattr(tiling, "EXPANSION_MIN_BYTES", 0)
-    monkeypatch.setattr(tiling, "BAND_BYTES", 24 * 1024)
+    monkeypatch.setattr(tiling, "BAND_BYTES", 96 * 1024)
     apart, joined = _pair(arch)
     expansions = [layer for layer in joined.layers if isinstance(layer, FusedExpansion)]
     assert len(expansions) >= (10 if arch == "mobilenet_v2" else 5)
     assert any(len(layer.outputs) == 2 for layer in expansions) == (arch == "mobilenet_v3_large")
-    x = np.random.default_rng(4).standard_normal((2, 67, 53, 3)).astype(np.float32)
+    shape = (2, 67, 53, 3) if arch == "mobilenet_v2" else (2, 131, 103, 3)     # several bands an image
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
     plan = joined.plan(x.shape)
     banded = [row for row in plan.program.ops if row[KIND] == DEPTHWISE and row[W2] >= 0]
     assert len(banded) >= 3 and all(row[TILES] == 2 * -(-row[YH] // row[TR]) for row in banded)

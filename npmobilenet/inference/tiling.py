@@ -43,8 +43,9 @@ def resize_tile_rows(out_width, channels):
 
 # An expansion and depthwise convolution run as one op when the expanded map of one image is
 # three times the second-level cache (512 KiB a core on the Zen 3 machine), in bands whose expanded
-# rows take three quarters of it; not where a band would compute more than half its expanded rows
-# again (its neighbours' halo). Measured in the README (smaller maps and bands were slower).
+# rows take three quarters of it; not where a band would compute more than a quarter of its
+# expanded rows again (its neighbours' halo). Measured in the README (smaller maps and bands, and
+# bands of half their rows again, were slower).
 EXPANSION_MIN_BYTES = 3 << 19
 BAND_BYTES = 3 << 17
 
@@ -58,7 +59,7 @@ def expansion_band_rows(in_height, in_width, channels, out_height, kernel, strid
     if in_height * row_bytes < EXPANSION_MIN_BYTES:
         return 0
     band = min(out_height, max(1, (BAND_BYTES // row_bytes - kernel) // stride + 1))
-    if (band - 1) * stride + kernel > 1.5 * band * stride:
+    if (band - 1) * stride + kernel > 1.25 * band * stride:
         return 0
     return band
 
