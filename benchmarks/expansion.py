@@ -54,7 +54,7 @@ def layer_times(engines, x, rounds):
     """{joined layer: (its two layers' ms apart, its ms)} inside traced whole runs on one thread."""
     from npmobilenet.inference.atomics import cycle_rate
     from npmobilenet.inference.layers import FusedExpansion
-    from npmobilenet.inference.program import ENDED, OP, STARTED
+    from npmobilenet.inference.program import traced_op_ms
 
     rate = cycle_rate()
     plans = [engine.plan(x.shape) for engine in engines]
@@ -64,7 +64,7 @@ def layer_times(engines, x, rounds):
             np.copyto(plan.input, x)
             records = plan.program.trace_records(1)
             if r >= 3:
-                np.add.at(per_op[k][r - 3], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3)
+                per_op[k][r - 3] = traced_op_ms(records, len(plan.program.ops), rate)
     apart, joined = (np.median(ms, axis=0) for ms in per_op)
     result = {}
     for layer in engines[1].layers:

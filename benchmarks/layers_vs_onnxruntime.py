@@ -60,7 +60,7 @@ def in_model_profile(arch, repeat):
     thread: the median over `repeat` runs of the sum of its tiles' times."""
     import npmobilenet
     from npmobilenet.inference.atomics import cycle_rate
-    from npmobilenet.inference.program import ENDED, OP, STARTED
+    from npmobilenet.inference.program import traced_op_ms
 
     rate = cycle_rate()
     fused = npmobilenet.build(arch, seed=0).eval().fuse(threads=1)
@@ -72,7 +72,7 @@ def in_model_profile(arch, repeat):
         plan.input[...] = x
         records = plan.program.trace_records(1)
         if r >= 3:                                    # three runs to warm up
-            np.add.at(per_op[r - 3], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3)
+            per_op[r - 3] = traced_op_ms(records, len(plan.program.ops), rate)
     per_op = np.median(per_op, axis=0)
     calls = []
     for _ in range(repeat):

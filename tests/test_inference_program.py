@@ -175,7 +175,7 @@ def test_a_helper_arriving_after_its_run_takes_nothing():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_traced_run_records_every_tile_once_and_computes_the_same(threads):
-    from npmobilenet.inference.program import ENDED, OP, STARTED, TAKEN, TILE, WORKER
+    from npmobilenet.inference.program import ENDED, OP, STARTED, TAKEN, TILE, WORKER, traced_op_ms
     fused = _model("mobilenet_v3_small")
     x = np.random.default_rng(3).standard_normal((1, 48, 48, 3)).astype(np.float32)
     expected = fused(x)
@@ -197,6 +197,12 @@ def test_a_traced_run_records_every_tile_once_and_computes_the_same(threads):
         assert sorted(mine.tolist() + theirs.tolist()) == list(range(program.ops[k, TILES]))
         assert mine.size == 0 or theirs.size == 0 or mine.max() < theirs.min()
     assert np.all(records[:, TAKEN] <= records[:, STARTED]) and np.all(records[:, STARTED] <= records[:, ENDED])
+    # each op's computing time (what the benchmarks report per layer): its tiles' cycles, summed
+    ms = traced_op_ms(records, len(program.ops), 2e9)
+    k = int(records[0, OP])
+    assert ms[k] == pytest.approx((records[records[:, OP] == k, ENDED] - records[records[:, OP] == k, STARTED]).sum()
+                                  / 2e6)
+    assert ms.sum() == pytest.approx((records[:, ENDED] - records[:, STARTED]).sum() / 2e6)
     if threads == 1:
         # one worker: no op's tile starts before every tile of the op before it has ended
         last_end = np.zeros(len(program.ops), np.int64)

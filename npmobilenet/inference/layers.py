@@ -16,7 +16,7 @@ from npmobilenet.inference.plan import ALIGN, aligned
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
 from npmobilenet.inference.tiles import PARTS, expand_parts, linear_blocks
-from npmobilenet.inference.tiling import (expansion_band_elements, expansion_band_rows, linear_block_cols,
+from npmobilenet.inference.tiling import (band_input_rows, expansion_band, expansion_band_rows, linear_block_cols,
                                          pointwise_tiles, resize_tile_rows)
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops import conv_packed
@@ -418,25 +418,22 @@ class FusedExpansion(FusedLayer):
         ho = self.output_shapes(shapes)[0][1]
         kh, sh = self.depthwise.kernel_shape[0], self.depthwise.stride[0]
         band = expansion_band_rows(h, w, c, ho, kh, sh)
-        return (band, expansion_band_elements(band, w, c, kh, sh)) if band else (0, 0)
+        return (band, aligned(band_input_rows(band, kh, sh) * w * c)) if band else (0, 0)
 
     def workspace_shapes(self, shapes, workers=MAX_WORKERS):
         band, elements = self._band(shapes)
         return [(workers, elements)] if band else [self._expanded(shapes)]
 
     def _bands(self, x_shape):
-        """Each band's (image, first and last output rows, first and last expanded rows, padding above)."""
+        """Each band's (image, first and last output rows, first and last expanded rows, padding
+        above), cut as the op table's tiles cut them (`tiling.expansion_band`)."""
         n, h, _, _ = x_shape
         band, _ = self._band([x_shape])
         ho = self.output_shapes([x_shape])[0][1]
         kh, sh = self.depthwise.kernel_shape[0], self.depthwise.stride[0]
         pt = self.depthwise.pads(h, x_shape[2])[0]
-        for image in range(n):
-            for first in range(0, ho, band):
-                last = min(first + band, ho)
-                top = first * sh - pt
-                start, end = max(top, 0), min((last - 1) * sh - pt + kh, h)
-                yield image, first, last, start, end, start - top
+        for t in range(n * -(-ho // band)):
+            yield expansion_band.py_func(t, band, ho, h, kh, sh, pt)
 
     def call(self, tensors, parallel, sgemm):
         x, outputs, workspace = tensors[0], tensors[1:-1], tensors[-1]

@@ -68,6 +68,7 @@ from npmobilenet.config import njit_inline, njit_serial
 from npmobilenet.inference.atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, cycle_counter
 from npmobilenet.ops.compile_ahead import compile_all
 from npmobilenet.ops.indirect import CompiledCall
+from npmobilenet.inference.tiling import expansion_band
 from npmobilenet.inference.tiles import (PARTS, global_avg_pool_tile, linear_tile, linear_tile_packed, part_width,
                                         resize_tile, squeeze_excite_tile)
 from npmobilenet.inference.views import view
@@ -220,15 +221,10 @@ def _expansion_band(op, params, arena, sgemm, t, worker, addresses):
     of the workspace AUX2 (BLOCKS elements each), where the depthwise register tile reads them as
     a map of those rows, padded above or below only at the image's edges: every output is the
     same sum as the two layers' apart. Compiled on its own, at EXPANSION_TILE, for a table that has
-    such rows (inlined into `_run_tile`, it added a second to V2's cold start)."""
+    such rows only (`_run_tile` calls it by address: its code is not compiled into every table's)."""
     xh, xw, xc, cin, sh, kh = op[XH], op[XW], op[XC], op[S], op[SH], op[KH]
-    yh, yw, band = op[YH], op[YW], op[TR]
-    bands = (yh + band - 1) // band
-    n = t // bands
-    first = (t - n * bands) * band
-    last = min(first + band, yh)
-    top = first * sh - op[PT]                       # the band's first window's first row of x
-    start, end = max(top, 0), min((last - 1) * sh - op[PT] + kh, xh)
+    yh, yw = op[YH], op[YW]
+    n, first, last, start, end, pad = expansion_band(t, op[TR], yh, xh, kh, sh, op[PT])
     rows = (end - start) * xw
     block = op[AUX2] + worker * op[BLOCKS]
     width = (xc + register_tile.LANES - 1) // register_tile.LANES * register_tile.LANES
@@ -240,7 +236,7 @@ def _expansion_band(op, params, arena, sgemm, t, worker, addresses):
     sums = view(arena, op[AUX] + (n * yh + first) * xc, (1 if op[AUX] >= 0 else 0, last - first, xc))
     _depthwise_3x3_blocks(addresses[DEPTHWISE_3X3_BLOCKS], (
         view(arena, block, (1, end - start, xw, xc)), view(params, op[W], (kh * op[KW], xc)), kh, op[KW],
-        view(params, op[B], (xc,)), op[ACT], sums, sh, op[SW], start - top, op[PL], op[RH], op[RW],
+        view(params, op[B], (xc,)), op[ACT], sums, sh, op[SW], pad, op[PL], op[RH], op[RW],
         view(arena, op[Y] + (n * yh + first) * yw * xc, (1, last - first, yw, xc)), 0, (last - first + 1) // 2,
         addresses[BORDERS], addresses[BLOCKS_3X3]))
 
@@ -361,6 +357,15 @@ MAX_TILES = _TILE_MASK          # tiles per op
 # there, and cycle counts when it was taken, when the ops before it were finished (its wait over)
 # and when it was done
 WORKER, OP, TILE, TAKEN, STARTED, ENDED = range(6)
+
+
+def traced_op_ms(records, ops, rate):
+    """Each of `ops` ops' computing time in ms in a traced run's `records`
+    (`Program.trace_records`): the sum of its tiles' cycles from STARTED to ENDED, at `rate`
+    cycles a second (`atomics.cycle_rate`)."""
+    ms = np.zeros(ops)
+    np.add.at(ms, records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3)
+    return ms
 
 
 @njit_serial

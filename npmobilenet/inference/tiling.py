@@ -7,6 +7,8 @@ rows) and `ops.conv.tile_pixels` (a block of output pixels); here are the matrix
 """
 import math
 
+from npmobilenet.config import njit_inline
+
 
 def pointwise_tiles(rows, in_channels, out_channels):
     """(rows, columns) per output tile of a pointwise convolution of `rows` = N*H*W rows.
@@ -54,17 +56,34 @@ def expansion_band_rows(in_height, in_width, channels, out_height, kernel, strid
     """Output rows per tile of an inverted residual's expansion and its depthwise convolution run
     as one op (`layers.FusedExpansion`), whose expanded input is `in_height` x `in_width` x
     `channels` for a `kernel`-tall window at `stride`; 0: run them as two ops. A band of b output
-    rows expands (b - 1) * stride + kernel rows into a worker's workspace."""
+    rows expands `band_input_rows(b, kernel, stride)` rows into a worker's workspace."""
     row_bytes = 4 * in_width * channels
     if in_height * row_bytes < EXPANSION_MIN_BYTES:
         return 0
     band = min(out_height, max(1, (BAND_BYTES // row_bytes - kernel) // stride + 1))
-    if (band - 1) * stride + kernel > 1.25 * band * stride:
+    if band_input_rows(band, kernel, stride) > 1.25 * band * stride:
         return 0
     return band
 
 
-def expansion_band_elements(band, in_width, channels, kernel, stride):
-    """Elements of a worker's workspace block for bands of `band` output rows: their expanded
-    rows, rounded up to whole 64-byte lines."""
-    return -(-((band - 1) * stride + kernel) * in_width * channels // 16) * 16
+def band_input_rows(band, kernel, stride):
+    """Rows of the expanded map that `band` output rows' windows reach (at most: fewer at the
+    image's edges), what a worker's workspace block holds."""
+    return (band - 1) * stride + kernel
+
+
+@njit_inline
+def expansion_band(t, band, out_height, in_height, kernel, stride, pad_top):
+    """Band t of an expansion run with its depthwise convolution in bands of `band` output rows
+    (`expansion_band_rows`), as `ops.depthwise.step_rows` numbers a depthwise layer's steps: (its
+    image, first and last output rows, the first and last expanded rows its windows reach, and the
+    padding above them: `pad_top` at the image's top, else 0). The op table's tile
+    (`program._expansion_band`) and the layer's own kernel (`layers.FusedExpansion.call`, through
+    `.py_func`) cut the bands by this one function."""
+    bands = (out_height + band - 1) // band
+    n = t // bands
+    first = (t - n * bands) * band
+    last = min(first + band, out_height)
+    top = first * stride - pad_top                 # the band's first window's first row
+    start, end = max(top, 0), min((last - 1) * stride - pad_top + kernel, in_height)
+    return n, first, last, start, end, start - top
