@@ -4,8 +4,8 @@
     python benchmarks/int8_latency.py --tiling [ARCH ...]
 
 For each architecture: a random-weight model, quantized per channel on a few random images (the
-latency does not depend on the weights), timed at each batch size three ways, in three rounds of blocks
-of calls (each block opens with a pause of 0.25 s and two untimed calls, so that the previous
+latency does not depend on the weights), timed at each batch size three ways, in rounds of blocks
+of about three calls (each block opens with a pause of 0.25 s and two untimed calls, so that the previous
 engine's idle threads, spinning or asleep, do not fall on the next one's timings, as
 `npmobilenet bench` does): int8 integer-only (the default), int8 with
 `integer_only = False` (without VNNI, layers of at least `EXACT_MIN_MACS` compute their integer

@@ -72,6 +72,19 @@ def test_blocked_times_runs_each_engine_its_share():
     assert calls == {"a": 7 + 3, "b": 7 + 3}
 
 
+@pytest.mark.parametrize("repeat, rounds", [(1, 1), (2, 2), (5, 3), (20, 6), (30, 10), (31, 10)])
+def test_default_rounds_are_blocks_of_about_three_calls(repeat, rounds):
+    assert bench.default_rounds(repeat) == rounds
+    calls = []
+    times = bench.blocked_times([("a", lambda: calls.append("a")), ("b", lambda: calls.append("b"))], repeat,
+                                warmup=1, pause=0)
+    assert [len(times["a"]), len(times["b"])] == [repeat, repeat]
+    # one warm-up call per engine and round; the engines alternate block by block
+    assert calls.count("a") == repeat + rounds
+    blocks = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert blocks == ["a", "b"] * rounds
+
+
 def test_background_load_child_is_stopped():
     with bench.background_load() as child:
         assert child.poll() is None

@@ -5,7 +5,7 @@ where they are installed, torchvision's model of the same architecture (timm's f
 (NCHW and channels-last) and the same npmobilenet model exported to ONNX
 (`npmobilenet.io.onnx_export`) in ONNX Runtime: all in this process, with the same thread count
 (`torch.set_num_threads`, ONNX Runtime's `intra_op_num_threads`). Engines are timed in blocks
-of calls (after a pause and warm-up calls), in a few rounds, so that a change of load on a
+of about three calls (after a pause and warm-up calls), in rounds, so that a change of load on a
 shared machine reaches all of them alike (see `blocked_times`); the figure is the median. GMAC/s is the analytic
 multiply-accumulate count of the architecture (`npmobilenet.analysis.summary`) over the time.
 The ratio column is npmobilenet's time over the peer's (below 1: npmobilenet is faster).
@@ -64,13 +64,22 @@ def background_load(enabled=True):
         child.wait()
 
 
-def blocked_times(engines, repeat, rounds=3, warmup=2, pause=0.25):
+def default_rounds(repeat):
+    """Rounds of `blocked_times` for `repeat` timed calls per engine: blocks of about three calls
+    (at least three rounds, at most one a call). On the shared 2-vCPU machine the speed moves by
+    a third within seconds; in blocks of ten calls a slow stretch could fall on one engine's
+    blocks and not on its peer's (the README has three runs of `bench` in each way)."""
+    return max(1, min(repeat, max(3, repeat // 3)))
+
+
+def blocked_times(engines, repeat, rounds=None, warmup=2, pause=0.25):
     """Time each `(name, fn)` of `engines` `repeat` times in all. The runs are split into `rounds`
-    rounds; in each round every engine in turn gets a pause, `warmup` untimed calls and its share
-    of timed calls. Blocks (not one call of each in turn) because an engine's idle thread pool
-    keeps spinning for a while after its last call (PyTorch's OpenMP, ONNX Runtime's pool) and
-    would slow whichever engine ran next; rounds, so that a change of load on a shared machine
-    reaches every engine alike. Returns {name: [seconds, ...]}."""
+    rounds (`default_rounds` where None); in each round every engine in turn gets a pause,
+    `warmup` untimed calls and its share of timed calls. Blocks (not one call of each in turn)
+    because an engine's idle thread pool keeps spinning for a while after its last call
+    (PyTorch's OpenMP, ONNX Runtime's pool) and would slow whichever engine ran next; rounds, so
+    that a change of load on a shared machine reaches every engine alike. Returns {name: [seconds, ...]}."""
+    rounds = default_rounds(repeat) if rounds is None else rounds
     times = {name: [] for name, _ in engines}
     per_round = [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
     for count in per_round:
