@@ -382,12 +382,14 @@ def test_packed_pointwise_every_column_remainder(rows, cin, cout, activation):
 
 @pytest.mark.skipif(not has_avx2(), reason="the AVX2 register tile needs AVX2 and FMA")
 @pytest.mark.parametrize("rows, seg, segs, cout", [(1, 3, 1, 16), (7, 16, 1, 40), (13, 24, 1, 9), (6, 9, 3, 24),
-                                                   (25, 12, 3, 200), (4, 96, 1, 576)])
+                                                   (25, 12, 3, 200), (4, 96, 1, 576), (2, 5, 2, 24), (5, 9, 3, 24),
+                                                   (9, 7, 1, 8), (1, 33, 1, 1000), (3, 40, 1, 120)])
 @pytest.mark.parametrize("activation", [None, "relu6", "hardswish"])
 def test_avx2_tile_span_matches_reference(rows, seg, segs, cout, activation):
     # ops/matmul_avx2.py called directly (also on AVX-512 machines, where fused inference runs the
     # 8 x 32 tile): blocks of 6 rows (a last one of 1-3 rows sums only those), 16-channel slivers
-    # as two 8-lane halves, a last sliver of <= 8 channels in one, masked stores; input rows as
+    # as two 8-lane halves, a last sliver of 9-15 channels masked, one of <= 8 with the sliver
+    # before it in 4 x 24 blocks (groups of 1-4 rows) or alone (cout 8, or one row), masked stores; input rows as
     # `segs` runs of `seg` numbers `gap` apart (a receptive field read in place), and the residual
     from npmobilenet.ops import matmul_avx2
     from npmobilenet.ops.epilogue import ACTIVATIONS

@@ -1,0 +1,100 @@
+"""The register tile's product against the same module at another git revision, inside whole runs.
+
+    python benchmarks/tile_revision.py REV [ARCH ...] [--threads 1] [--rounds 12]
+
+Loads this CPU's `product_span` (`npmobilenet/ops/matmul_avx2.py`, or `matmul_avx512.py` with
+AVX-512) as it was at git revision REV into a module of its own, and builds two fused models of
+each architecture (random weights, 224x224, batch 1) whose op tables differ only in the address
+of that function (the table's PRODUCT_SPAN slot: every pointwise layer, standard convolution and
+linear layer calls it). Both must give the same logits. Then, in one process, rounds of one block
+of traced runs of each in turn (`Program.trace_records`), order alternating: per layer group, the
+median over rounds of each one's computing time (ms per run), and their ratio (below 1: this
+checkout's tile is faster). The groups: layers whose output channels are a multiple of 16, and
+those that are not (a last partial sliver).
+"""
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_revision(revision):
+    """This CPU's product module as it was at `revision`, imported under a name of its own."""
+    from npmobilenet.ops.vector16 import has_avx512
+
+    path = "npmobilenet/ops/" + ("matmul_avx512.py" if has_avx512() else "matmul_avx2.py")
+    source = subprocess.run(["git", "-C", ROOT, "show", f"{revision}:{path}"], capture_output=True, text=True,
+                            check=True).stdout
+    directory = tempfile.mkdtemp(prefix="npmobilenet-tile-")
+    name = f"tile_at_{revision.replace('~', '_').replace('^', '_').replace('/', '_')}"
+    file = os.path.join(directory, name + ".py")
+    with open(file, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare(arch, address, threads, rounds, runs=10):
+    import npmobilenet
+    from npmobilenet.inference.atomics import cycle_rate
+    from npmobilenet.inference.program import CONV, ENDED, KIND, LINEAR, OP, POINTWISE, PRODUCT_SPAN, STARTED, YC
+
+    rate = cycle_rate()
+    model = npmobilenet.build(arch, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    here, there = (model.fuse().set_threads(threads, adaptive=False) for _ in range(2))
+    here(x), there(x)
+    programs = {"here": here.plan(x.shape).program, "there": there.plan(x.shape).program}
+    programs["there"].addresses[PRODUCT_SPAN] = address
+    if not np.array_equal(here(x), there(x)):
+        raise SystemExit(f"{arch}: the two revisions' tiles gave different logits")
+    ops = programs["here"].ops
+    products = np.isin(ops[:, KIND], (POINTWISE, CONV, LINEAR))
+    groups = {"channels a multiple of 16": products & (ops[:, YC] % 16 == 0),
+              "channels not a multiple of 16": products & (ops[:, YC] % 16 != 0), "every op": np.ones(len(ops), bool)}
+    times = {name: np.zeros((rounds, len(ops))) for name in programs}
+    for r in range(rounds):
+        for name in (("here", "there") if r % 2 == 0 else ("there", "here")):
+            for _ in range(runs):
+                records = programs[name].trace_records(threads)
+                np.add.at(times[name][r], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3 / runs)
+    for group, chosen in groups.items():
+        here_ms = np.median(times["here"][:, chosen].sum(axis=1))
+        there_ms = np.median(times["there"][:, chosen].sum(axis=1))
+        ratios = times["here"][:, chosen].sum(axis=1) / times["there"][:, chosen].sum(axis=1)
+        print(f"{arch:24s} {group:32s} {int(chosen.sum()):4d} ops: this checkout {here_ms:7.3f} ms, "
+              f"the revision {there_ms:7.3f} ms, ratio {here_ms / there_ms:.3f} "
+              f"(per round: median {np.median(ratios):.3f}, quartiles {np.percentile(ratios, 25):.3f}-"
+              f"{np.percentile(ratios, 75):.3f})", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("revision")
+    parser.add_argument("archs", nargs="*", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+                                                     "mobilenet_v4_conv_small"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=12)
+    args = parser.parse_args()
+    from npmobilenet.ops import register_tile
+    from npmobilenet.ops.indirect import CompiledCall
+
+    module = load_revision(args.revision)
+    address = CompiledCall(module.product_span, register_tile.SPAN.argtypes).address()
+    print(f"register tile: this checkout against {args.revision}, {args.threads} thread(s), {args.rounds} rounds, "
+          "traced computing time per run")
+    for arch in args.archs:
+        compare(arch, address, args.threads, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
