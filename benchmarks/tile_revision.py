@@ -1,16 +1,20 @@
-"""The register tile's product against the same module at another git revision, inside whole runs.
+"""A register tile against the same module at another git revision, inside whole runs.
 
-    python benchmarks/tile_revision.py REV [ARCH ...] [--threads 1] [--rounds 12]
+    python benchmarks/tile_revision.py REV [ARCH ...] [--kernel product|depthwise] [--threads 1] [--rounds 12]
 
-Loads this CPU's `product_span` (`npmobilenet/ops/matmul_avx2.py`, or `matmul_avx512.py` with
-AVX-512) as it was at git revision REV into a module of its own, and builds two fused models of
-each architecture (random weights, 224x224, batch 1) whose op tables differ only in the address
-of that function (the table's PRODUCT_SPAN slot: every pointwise layer, standard convolution and
-linear layer calls it). Both must give the same logits. Then, in one process, rounds of one block
-of traced runs of each in turn (`Program.trace_records`), order alternating: per layer group, the
-median over rounds of each one's computing time (ms per run), and their ratio (below 1: this
-checkout's tile is faster). The groups: layers whose output channels are a multiple of 16, and
-those that are not (a last partial sliver).
+Loads the tile as it was at git revision REV into a module of its own: `--kernel product`, this
+CPU's `product_span` (`npmobilenet/ops/matmul_avx2.py`, or `matmul_avx512.py` with AVX-512);
+`--kernel depthwise`, the depthwise register tile's blocks (`ops/depthwise_avx512.py`: a row's
+3x3 and 5x5 blocks). It builds two fused models of each architecture (random weights, 224x224,
+batch 1) whose op tables differ only in the addresses of those functions (the table's
+PRODUCT_SPAN slot, which every pointwise layer, standard convolution and linear layer calls; or
+BLOCKS_3X3 and BLOCKS_5X5). Both must give the same logits (so `--kernel depthwise` only compares
+revisions that compute the same bits). Then, in one process, rounds of one block of traced runs
+of each in turn (`Program.trace_records`), order alternating: per layer group, the median over
+rounds of each one's computing time (ms per run), and their ratio (below 1: this checkout's tile
+is faster). The groups: for the product, layers whose output channels are a multiple of 16 and
+those that are not (a last partial sliver); for depthwise, the 3x3 and the 5x5 layers (an
+expansion joined to its 3x3 layer counted with the 3x3).
 """
 import argparse
 import importlib.util
@@ -24,15 +28,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_revision(revision):
-    """This CPU's product module as it was at `revision`, imported under a name of its own."""
+def load_revision(revision, kernel):
+    """The module of `kernel` (this CPU's product, or the depthwise tile) as it was at `revision`,
+    imported under a name of its own."""
     from npmobilenet.ops.vector16 import has_avx512
 
-    path = "npmobilenet/ops/" + ("matmul_avx512.py" if has_avx512() else "matmul_avx2.py")
+    product = "matmul_avx512.py" if has_avx512() else "matmul_avx2.py"
+    path = "npmobilenet/ops/" + (product if kernel == "product" else "depthwise_avx512.py")
     source = subprocess.run(["git", "-C", ROOT, "show", f"{revision}:{path}"], capture_output=True, text=True,
                             check=True).stdout
     directory = tempfile.mkdtemp(prefix="npmobilenet-tile-")
-    name = f"tile_at_{revision.replace('~', '_').replace('^', '_').replace('/', '_')}"
+    name = f"{kernel}_at_{revision.replace('~', '_').replace('^', '_').replace('/', '_')}"
     file = os.path.join(directory, name + ".py")
     with open(file, "w") as f:
         f.write(source)
@@ -43,10 +49,12 @@ def load_revision(revision):
     return module
 
 
-def compare(arch, address, threads, rounds, runs=10):
+def compare(arch, addresses, threads, rounds, runs=10):
+    """`addresses`: {slot of the op table: the revision's function there}."""
     import npmobilenet
     from npmobilenet.inference.atomics import cycle_rate
-    from npmobilenet.inference.program import CONV, ENDED, KIND, LINEAR, OP, POINTWISE, PRODUCT_SPAN, STARTED, YC
+    from npmobilenet.inference.program import (CONV, DEPTHWISE, ENDED, KH, KIND, LINEAR, OP, POINTWISE, PRODUCT_SPAN,
+                                               RUN, STARTED, YC)
 
     rate = cycle_rate()
     model = npmobilenet.build(arch, seed=0).eval()
@@ -54,13 +62,19 @@ def compare(arch, address, threads, rounds, runs=10):
     here, there = (model.fuse().set_threads(threads, adaptive=False) for _ in range(2))
     here(x), there(x)
     programs = {"here": here.plan(x.shape).program, "there": there.plan(x.shape).program}
-    programs["there"].addresses[PRODUCT_SPAN] = address
+    for slot, address in addresses.items():
+        programs["there"].addresses[slot] = address
     if not np.array_equal(here(x), there(x)):
         raise SystemExit(f"{arch}: the two revisions' tiles gave different logits")
     ops = programs["here"].ops
-    products = np.isin(ops[:, KIND], (POINTWISE, CONV, LINEAR))
-    groups = {"channels a multiple of 16": products & (ops[:, YC] % 16 == 0),
-              "channels not a multiple of 16": products & (ops[:, YC] % 16 != 0), "every op": np.ones(len(ops), bool)}
+    if PRODUCT_SPAN in addresses:
+        products = np.isin(ops[:, KIND], (POINTWISE, CONV, LINEAR))
+        groups = {"channels a multiple of 16": products & (ops[:, YC] % 16 == 0),
+                  "channels not a multiple of 16": products & (ops[:, YC] % 16 != 0)}
+    else:
+        tiles = (ops[:, KIND] == DEPTHWISE) & (ops[:, RUN] == 0)
+        groups = {"depthwise 3x3": tiles & (ops[:, KH] == 3), "depthwise 5x5": tiles & (ops[:, KH] == 5)}
+    groups["every op"] = np.ones(len(ops), bool)
     times = {name: np.zeros((rounds, len(ops))) for name in programs}
     for r in range(rounds):
         for name in (("here", "there") if r % 2 == 0 else ("there", "here")):
@@ -68,6 +82,8 @@ def compare(arch, address, threads, rounds, runs=10):
                 records = programs[name].trace_records(threads)
                 np.add.at(times[name][r], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3 / runs)
     for group, chosen in groups.items():
+        if not chosen.any():
+            continue
         here_ms = np.median(times["here"][:, chosen].sum(axis=1))
         there_ms = np.median(times["there"][:, chosen].sum(axis=1))
         ratios = times["here"][:, chosen].sum(axis=1) / times["there"][:, chosen].sum(axis=1)
@@ -82,18 +98,23 @@ def main():
     parser.add_argument("revision")
     parser.add_argument("archs", nargs="*", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
                                                      "mobilenet_v4_conv_small"])
+    parser.add_argument("--kernel", choices=("product", "depthwise"), default="product")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
+    from npmobilenet.inference.program import BLOCKS_3X3, BLOCKS_5X5, PRODUCT_SPAN
     from npmobilenet.ops import register_tile
     from npmobilenet.ops.indirect import CompiledCall
 
-    module = load_revision(args.revision)
-    address = CompiledCall(module.product_span, register_tile.SPAN.argtypes).address()
-    print(f"register tile: this checkout against {args.revision}, {args.threads} thread(s), {args.rounds} rounds, "
+    module = load_revision(args.revision, args.kernel)
+    if args.kernel == "product":
+        addresses = {PRODUCT_SPAN: CompiledCall(module.product_span, register_tile.SPAN.argtypes).address()}
+    else:
+        addresses = {BLOCKS_3X3: module.BLOCKS_3X3.address(), BLOCKS_5X5: module.BLOCKS.address()}
+    print(f"{args.kernel} tile: this checkout against {args.revision}, {args.threads} thread(s), {args.rounds} rounds, "
           "traced computing time per run")
     for arch in args.archs:
-        compare(arch, address, args.threads, args.rounds)
+        compare(arch, addresses, args.threads, args.rounds)
 
 
 if __name__ == "__main__":
