@@ -36,7 +36,6 @@ from npmobilenet.config import njit_inline, njit_serial, serial_and_parallel
 from npmobilenet.ops.depthwise import clamped_borders, step_row_sums, step_rows, steps_per_image
 from npmobilenet.ops.depthwise_rows import _interior_columns
 from npmobilenet.ops.indirect import CompiledCall
-from npmobilenet.ops.epilogue import HARDSWISH, RELU, RELU6
 from npmobilenet.ops.matmul_avx512 import activate
 from npmobilenet.ops import register_tile
 from npmobilenet.ops.vector16 import LANES, fma, has_avx512, load_part_like, splat, splat8, store_part
@@ -192,32 +191,11 @@ def _row3_s2(x, at, cs, u0, u1, u2, a0, a1, a2, a3, a4, a5, a6, a7, z, count):
 
 # -- a block: 8 output pixels x the channels c..c+count ----------------------------------------------------
 @njit_inline
-def _activate8(a0, a1, a2, a3, a4, a5, a6, a7, act):
-    """act of the eight sums, the activation chosen once for all of them."""
-    if act == RELU:
-        return (activate(a0, RELU), activate(a1, RELU), activate(a2, RELU), activate(a3, RELU), activate(a4, RELU),
-                activate(a5, RELU), activate(a6, RELU), activate(a7, RELU))
-    if act == RELU6:
-        return (activate(a0, RELU6), activate(a1, RELU6), activate(a2, RELU6), activate(a3, RELU6),
-                activate(a4, RELU6), activate(a5, RELU6), activate(a6, RELU6), activate(a7, RELU6))
-    if act == HARDSWISH:
-        return (activate(a0, HARDSWISH), activate(a1, HARDSWISH), activate(a2, HARDSWISH), activate(a3, HARDSWISH),
-                activate(a4, HARDSWISH), activate(a5, HARDSWISH), activate(a6, HARDSWISH), activate(a7, HARDSWISH))
-    return a0, a1, a2, a3, a4, a5, a6, a7
-
-
-@njit_inline
 def _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count):
-    """Output pixels p < rows at y.flat[q + p*channels + c:...+count] = act(a_p): the activation
-    chosen once per block, and a whole block's eight stores without a test each."""
-    a0, a1, a2, a3, a4, a5, a6, a7 = _activate8(a0, a1, a2, a3, a4, a5, a6, a7, act)
-    if rows == PIXELS:
-        for p, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
-            store_part(y, q + p * channels + c, a, count)
-    else:
-        for p, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
-            if p < rows:
-                store_part(y, q + p * channels + c, a, count)
+    """Output pixels p < rows at y.flat[q + p*channels + c:...+count] = act(a_p)."""
+    for p, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+        if p < rows:
+            store_part(y, q + p * channels + c, activate(a, act), count)
 
 
 @njit_inline

@@ -98,7 +98,8 @@ def _block_one(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, c
 def _block_three(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, count):
     """The 4 x (8 + 8 + 8) register tile: a layer's last whole sliver s and the first count - 16
     (<= 8) channels of the next, channels c..c+count, output rows at y.flat[q[i]] (i < rows <= 4;
-    a block of 1-2 rows sums two): twelve accumulators, three weight vectors and a broadcast
+    a block of fewer rows sums four, its rows past the last repeating it: one body to compile, the
+    last block of a span only): twelve accumulators, three weight vectors and a broadcast
     input, all 16 registers; per k three weight loads and four broadcasts for twelve FMAs, where
     the 6-row blocks of the sliver and then of the 8 channels (`_block_one`) took eight for twelve
     and seven for six. Each output is the same sum in k order as theirs (the same bits)."""
@@ -106,7 +107,6 @@ def _block_three(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c,
     w0, w1 = s * seg * segs * LANES, (s + 1) * seg * segs * LANES
     z = splat8(np.float32(0))
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = e0 = e1 = e2 = e3 = z
-    full = rows > 2
     for g in range(segs):
         for j in range(seg):
             k, o = g * seg + j, g * gap + j
@@ -116,11 +116,10 @@ def _block_three(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c,
             a0, b0, e0 = fma(x0, u, a0), fma(x0, v, b0), fma(x0, t, e0)
             x1 = broadcast_like(z, x, r1 + o)
             a1, b1, e1 = fma(x1, u, a1), fma(x1, v, b1), fma(x1, t, e1)
-            if full:
-                x2 = broadcast_like(z, x, r2 + o)
-                a2, b2, e2 = fma(x2, u, a2), fma(x2, v, b2), fma(x2, t, e2)
-                x3 = broadcast_like(z, x, r3 + o)
-                a3, b3, e3 = fma(x3, u, a3), fma(x3, v, b3), fma(x3, t, e3)
+            x2 = broadcast_like(z, x, r2 + o)
+            a2, b2, e2 = fma(x2, u, a2), fma(x2, v, b2), fma(x2, t, e2)
+            x3 = broadcast_like(z, x, r3 + o)
+            a3, b3, e3 = fma(x3, u, a3), fma(x3, v, b3), fma(x3, t, e3)
     ba, bb, be = load_like(z, bias, c), load_like(z, bias, c + HALF), load_part_like(z, bias, c + LANES, count - LANES)
     for i, (a, b, e) in enumerate(((a0, b0, e0), (a1, b1, e1), (a2, b2, e2), (a3, b3, e3))):
         if i < rows:
