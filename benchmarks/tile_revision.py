@@ -8,9 +8,11 @@ CPU's `product_span` (`npmobilenet/ops/matmul_avx2.py`, or `matmul_avx512.py` wi
 3x3 and 5x5 blocks). It builds two fused models of each architecture (random weights, 224x224,
 batch 1) whose op tables differ only in the addresses of those functions (the table's
 PRODUCT_SPAN slot, which every pointwise layer, standard convolution and linear layer calls; or
-BLOCKS_3X3 and BLOCKS_5X5). Both must give the same logits (so `--kernel depthwise` only compares
-revisions that compute the same bits). Then, in one process, rounds of one block of traced runs
-of each in turn (`Program.trace_records`), order alternating: per layer group, the median over
+BLOCKS_3X3 and BLOCKS_5X5), and which model holds which revision swapped every two rounds (two
+instances of one model differ by a few percent, where their memory falls). Both must give the
+same logits (so `--kernel depthwise` only compares revisions that compute the same bits). Then,
+in one process, rounds of one block of traced runs of each revision in turn
+(`Program.trace_records`), order alternating: per layer group, the median over
 rounds of each one's computing time (ms per run), and their ratio (below 1: this checkout's tile
 is faster). The groups: for the product, layers whose output channels are a multiple of 16 and
 those that are not (a last partial sliver); for depthwise, the 3x3 and the 5x5 layers (an
@@ -59,14 +61,24 @@ def compare(arch, addresses, threads, rounds, runs=10):
     rate = cycle_rate()
     model = npmobilenet.build(arch, seed=0).eval()
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    here, there = (model.fuse().set_threads(threads, adaptive=False) for _ in range(2))
-    here(x), there(x)
-    programs = {"here": here.plan(x.shape).program, "there": there.plan(x.shape).program}
-    for slot, address in addresses.items():
-        programs["there"].addresses[slot] = address
-    if not np.array_equal(here(x), there(x)):
+    # two fused models; each round gives one of them this checkout's functions and the other the
+    # revision's, swapped from round to round, so that whatever differs between the two models'
+    # memory (where their arenas and weights fall) falls on both revisions alike
+    models = [model.fuse().set_threads(threads, adaptive=False) for _ in range(2)]
+    outputs = [fused(x) for fused in models]
+    programs = [fused.plan(x.shape).program for fused in models]
+    ours = {slot: int(programs[0].addresses[slot]) for slot in addresses}
+
+    def assign(revision_on):
+        """The revision's functions in programs[revision_on]'s table, this checkout's in the other's."""
+        for i, program in enumerate(programs):
+            for slot in addresses:
+                program.addresses[slot] = addresses[slot] if i == revision_on else ours[slot]
+
+    assign(1)
+    if not np.array_equal(models[0](x), models[1](x)) or not np.array_equal(outputs[0], models[1](x)):
         raise SystemExit(f"{arch}: the two revisions' tiles gave different logits")
-    ops = programs["here"].ops
+    ops = programs[0].ops
     if PRODUCT_SPAN in addresses:
         products = np.isin(ops[:, KIND], (POINTWISE, CONV, LINEAR))
         groups = {"channels a multiple of 16": products & (ops[:, YC] % 16 == 0),
@@ -75,12 +87,17 @@ def compare(arch, addresses, threads, rounds, runs=10):
         tiles = (ops[:, KIND] == DEPTHWISE) & (ops[:, RUN] == 0)
         groups = {"depthwise 3x3": tiles & (ops[:, KH] == 3), "depthwise 5x5": tiles & (ops[:, KH] == 5)}
     groups["every op"] = np.ones(len(ops), bool)
-    times = {name: np.zeros((rounds, len(ops))) for name in programs}
+    times = {name: np.zeros((rounds, len(ops))) for name in ("here", "there")}
     for r in range(rounds):
-        for name in (("here", "there") if r % 2 == 0 else ("there", "here")):
+        revision_on = (r // 2) % 2                  # the models swap revisions every two rounds
+        assign(revision_on)
+        order = ("here", "there") if r % 2 == 0 else ("there", "here")   # and run first in turn
+        for name in order:
+            program = programs[revision_on if name == "there" else 1 - revision_on]
             for _ in range(runs):
-                records = programs[name].trace_records(threads)
+                records = program.trace_records(threads)
                 np.add.at(times[name][r], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3 / runs)
+    assign(1)
     for group, chosen in groups.items():
         if not chosen.any():
             continue

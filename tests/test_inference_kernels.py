@@ -388,8 +388,8 @@ def test_packed_pointwise_every_column_remainder(rows, cin, cout, activation):
 def test_avx2_tile_span_matches_reference(rows, seg, segs, cout, activation):
     # ops/matmul_avx2.py called directly (also on AVX-512 machines, where fused inference runs the
     # 8 x 32 tile): blocks of 6 rows (a last one of 1-3 rows sums only those), 16-channel slivers
-    # as two 8-lane halves, a last sliver of 9-15 channels masked, one of <= 8 with the sliver
-    # before it in 4 x 24 blocks (groups of 1-4 rows) or alone (cout 8, or one row), masked stores; input rows as
+    # as two 8-lane halves, a last sliver of <= 8 channels in one (alone, or after whole ones, at
+    # 1 to 25 rows), masked stores; input rows as
     # `segs` runs of `seg` numbers `gap` apart (a receptive field read in place), and the residual
     from npmobilenet.ops import matmul_avx2
     from npmobilenet.ops.epilogue import ACTIVATIONS

@@ -5,13 +5,8 @@ the same epilogue in registers) for CPUs whose vector registers hold 8 floats an
 the 8 x 32 tile would need 32 registers. Here a block of 6 output rows by one 16-channel sliver is
 summed in 12 accumulators of 8 lanes (per k: the sliver's two 8-lane halves, six broadcast inputs,
 twelve FMAs: two vectors of FMAs a cycle need 6 cycles, the 8 loads fewer), which with the two
-halves and a broadcast input is 15 of the 16 registers; a sliver's last channels when 9 to 15 in a
-masked half. A last 1-8 channels (24, 40, 72, 120, 200 channels: V3 has many) go with the whole
-sliver before them in blocks of 4 rows by 24 channels (`_block_three`: 12 accumulators, three
-weight vectors, a broadcast input; per k seven loads for twelve FMAs), where a block of 6 rows by
-those 8 channels alone (`_block_one`, still a layer's only channels when it has 8 or fewer) had
-seven loads for six FMAs and read the input rows once more. A block of 1-3 rows (a layer's last)
-sums only those. A product of
+halves and a broadcast input is 15 of the 16 registers; a sliver's last channels when 8 or fewer
+in one half (6 accumulators). A block of 1-3 rows (a layer's last) sums only those. A product of
 one row (a classifier at batch 1, bound by reading its weight) takes four slivers at once
 (`_row_four`): four streams of the weight in flight rather than one, and eight independent sums
 rather than two chains of multiply-adds waiting on each other.
@@ -95,49 +90,6 @@ def _block_one(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, c
 
 
 @njit_inline
-def _block_three(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, rows, c, count):
-    """The 4 x (8 + 8 + 8) register tile: a layer's last whole sliver s and the first count - 16
-    (<= 8) channels of the next, channels c..c+count, output rows at y.flat[q[i]] (i < rows <= 4;
-    a block of fewer rows sums four, its rows past the last repeating it: one body to compile, the
-    last block of a span only): twelve accumulators, three weight vectors and a broadcast
-    input, all 16 registers; per k three weight loads and four broadcasts for twelve FMAs, where
-    the 6-row blocks of the sliver and then of the 8 channels (`_block_one`) took eight for twelve
-    and seven for six. Each output is the same sum in k order as theirs (the same bits)."""
-    r0, r1, r2, r3 = r
-    w0, w1 = s * seg * segs * LANES, (s + 1) * seg * segs * LANES
-    z = splat8(np.float32(0))
-    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = e0 = e1 = e2 = e3 = z
-    for g in range(segs):
-        for j in range(seg):
-            k, o = g * seg + j, g * gap + j
-            u, v = load_like(z, w, w0 + k * LANES), load_like(z, w, w0 + k * LANES + HALF)
-            t = load_like(z, w, w1 + k * LANES)
-            x0 = broadcast_like(z, x, r0 + o)
-            a0, b0, e0 = fma(x0, u, a0), fma(x0, v, b0), fma(x0, t, e0)
-            x1 = broadcast_like(z, x, r1 + o)
-            a1, b1, e1 = fma(x1, u, a1), fma(x1, v, b1), fma(x1, t, e1)
-            x2 = broadcast_like(z, x, r2 + o)
-            a2, b2, e2 = fma(x2, u, a2), fma(x2, v, b2), fma(x2, t, e2)
-            x3 = broadcast_like(z, x, r3 + o)
-            a3, b3, e3 = fma(x3, u, a3), fma(x3, v, b3), fma(x3, t, e3)
-    ba, bb, be = load_like(z, bias, c), load_like(z, bias, c + HALF), load_part_like(z, bias, c + LANES, count - LANES)
-    for i, (a, b, e) in enumerate(((a0, b0, e0), (a1, b1, e1), (a2, b2, e2), (a3, b3, e3))):
-        if i < rows:
-            at = q[i] + c
-            store_part(y, at, finish(a, ba, act, residual, at, HALF), HALF)
-            store_part(y, at + HALF, finish(b, bb, act, residual, at + HALF, HALF), HALF)
-            store_part(y, at + LANES, finish(e, be, act, residual, at + LANES, count - LANES), count - LANES)
-
-
-@njit_inline
-def _rows_at4(x0, xstep, y0, ystep, i, last):
-    """Row group i's 4 input rows (past the last, repeats of it) and output rows."""
-    r = (x0 + i * xstep, x0 + min(i + 1, last) * xstep, x0 + min(i + 2, last) * xstep, x0 + min(i + 3, last) * xstep)
-    q0 = y0 + i * ystep
-    return r, (q0, q0 + ystep, q0 + 2 * ystep, q0 + 3 * ystep)
-
-
-@njit_inline
 def _row_four(x, r, seg, segs, gap, w, s, bias, act, residual, y, q, c):
     """One output row (at y.flat[q]) by the four whole slivers s..s+3 (channels c..c+63): eight
     8-lane sums, each the same sum in k order as `_block_two`'s (so the same bits): four streams
@@ -179,10 +131,10 @@ def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ys
     """`matmul_avx512.product_span` (the same arguments and results) in blocks of 6 rows by 16
     channels: channels m0..m1 (m0 a multiple of 16) of `rows` output rows at y.flat[y0 + i*ystep],
     act(x_i @ W + bias) or + bias + residual; a block's rows past the last repeat it. The whole
-    slivers in one loop nest (one block body, its channel count the constant 16: faster than
-    both kinds of block in one nest, `benchmarks/register_tile.py` in the README), the last
-    partial sliver in another, or, when it has at most 8 channels and the span more than one row,
-    with the whole sliver before it in 4 x 24 blocks (`_block_three`)."""
+    slivers in one loop nest (one block body, its channel count the constant 16), the last partial
+    sliver in another: with both kinds of block in one nest, whole models at one thread took
+    0.834-0.940x the OpenBLAS tiles' time, split 0.805-0.827x (`benchmarks/register_tile.py`, two
+    runs: 1.04-1.15x per model; the README has them)."""
     last = rows - 1
     whole = m0 + (m1 - m0) // LANES * LANES
     first = m0                      # the first sliver the 6-row blocks take
@@ -190,21 +142,13 @@ def product_span(x, x0, xstep, seg, segs, gap, w, bias, act, residual, y, y0, ys
         first = m0 + (whole - m0) // (4 * LANES) * (4 * LANES)
         for c in range(m0, first, 4 * LANES):
             _row_four(x, x0, seg, segs, gap, w, c // LANES, bias, act, residual, y, y0, c)
-    count = m1 - whole
-    # a remainder of at most 8 channels goes with the last whole sliver, in 4 x 24 blocks
-    three = rows > 1 and 0 < count <= HALF and whole - LANES >= first
-    end = whole - LANES if three else whole
     for i in range(0, rows, ROWS):
         r, q = _rows_at(x0, xstep, y0, ystep, i, last)
         group = min(ROWS, rows - i)
-        for c in range(first, end, LANES):
+        for c in range(first, whole, LANES):
             _block_two(x, r, seg, segs, gap, w, c // LANES, bias, act, residual, y, q, group, c, LANES)
-    if three:
-        for i in range(0, rows, 4):
-            r, q = _rows_at4(x0, xstep, y0, ystep, i, last)
-            _block_three(x, r, seg, segs, gap, w, end // LANES, bias, act, residual, y, q, min(4, rows - i), end,
-                         LANES + count)
-    elif count > 0:
+    count = m1 - whole
+    if count > 0:
         for i in range(0, rows, ROWS):
             r, q = _rows_at(x0, xstep, y0, ystep, i, last)
             group = min(ROWS, rows - i)
