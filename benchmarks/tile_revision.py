@@ -32,18 +32,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_revision(revision, kernel):
     """The module of `kernel` (this CPU's product, or the depthwise tile) as it was at `revision`,
-    imported under a name of its own."""
+    imported under a name of its own, from a file named by the commit (so that Numba's cache of a
+    revision is found again, not written anew for a new temporary path at every run)."""
     from npmobilenet.ops.vector16 import has_avx512
 
     product = "matmul_avx512.py" if has_avx512() else "matmul_avx2.py"
     path = "npmobilenet/ops/" + (product if kernel == "product" else "depthwise_avx512.py")
-    source = subprocess.run(["git", "-C", ROOT, "show", f"{revision}:{path}"], capture_output=True, text=True,
-                            check=True).stdout
-    directory = tempfile.mkdtemp(prefix="npmobilenet-tile-")
-    name = f"{kernel}_at_{revision.replace('~', '_').replace('^', '_').replace('/', '_')}"
+    git = ["git", "-C", ROOT]
+    commit = subprocess.run(git + ["rev-parse", "--verify", f"{revision}^{{commit}}"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    source = subprocess.run(git + ["show", f"{commit}:{path}"], capture_output=True, text=True, check=True).stdout
+    directory = os.path.join(tempfile.gettempdir(), "npmobilenet-tile-revisions")
+    os.makedirs(directory, exist_ok=True)
+    name = f"{kernel}_at_{commit[:12]}"
     file = os.path.join(directory, name + ".py")
-    with open(file, "w") as f:
-        f.write(source)
+    if not os.path.exists(file):
+        with open(file + ".part", "w") as f:
+            f.write(source)
+        os.replace(file + ".part", file)
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -55,8 +61,8 @@ def compare(arch, addresses, threads, rounds, runs=10):
     """`addresses`: {slot of the op table: the revision's function there}."""
     import npmobilenet
     from npmobilenet.inference.atomics import cycle_rate
-    from npmobilenet.inference.program import (CONV, DEPTHWISE, ENDED, KH, KIND, LINEAR, OP, POINTWISE, PRODUCT_SPAN,
-                                               RUN, STARTED, YC)
+    from npmobilenet.inference.program import (CONV, DEPTHWISE, KH, KIND, LINEAR, POINTWISE, PRODUCT_SPAN, RUN, YC,
+                                               traced_op_ms)
 
     rate = cycle_rate()
     model = npmobilenet.build(arch, seed=0).eval()
@@ -95,8 +101,7 @@ def compare(arch, addresses, threads, rounds, runs=10):
         for name in order:
             program = programs[revision_on if name == "there" else 1 - revision_on]
             for _ in range(runs):
-                records = program.trace_records(threads)
-                np.add.at(times[name][r], records[:, OP], (records[:, ENDED] - records[:, STARTED]) / rate * 1e3 / runs)
+                times[name][r] += traced_op_ms(program.trace_records(threads), len(ops), rate) / runs
     assign(1)
     for group, chosen in groups.items():
         if not chosen.any():
@@ -117,8 +122,11 @@ def main():
                                                      "mobilenet_v4_conv_small"])
     parser.add_argument("--kernel", choices=("product", "depthwise"), default="product")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=12, help="a multiple of 4 (default 12)")
     args = parser.parse_args()
+    if args.rounds < 4 or args.rounds % 4:
+        parser.error(f"--rounds must be a positive multiple of 4 (each revision on each model as often, "
+                     f"and first as often), got {args.rounds}")
     from npmobilenet.inference.program import BLOCKS_3X3, BLOCKS_5X5, PRODUCT_SPAN
     from npmobilenet.ops import register_tile
     from npmobilenet.ops.indirect import CompiledCall

@@ -97,7 +97,8 @@ def run(args):
     weights = ", ".join(filter(None, ["random weights" if archs else "", "checkpoints' own weights" if checkpoints else ""]))
     sizes = sorted({resolution(a) for a in archs + checkpoints})
     print(f"npmobilenet bench: {threads} thread(s), {', '.join(f'{r}x{r}' for r in sizes)}, float32, {weights}, "
-          f"median of {args.repeat} in {bench.default_rounds(args.repeat)} rounds; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"median of {args.repeat} in {bench.default_rounds(args.repeat)} rounds; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; load average before: {load:.2f}"
           + ("; WITH BACKGROUND LOAD (one spinning process)" if args.background_load else ""), file=text)
     if peers:

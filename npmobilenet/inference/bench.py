@@ -66,9 +66,9 @@ def background_load(enabled=True):
 
 def default_rounds(repeat):
     """Rounds of `blocked_times` for `repeat` timed calls per engine: blocks of about three calls
-    (at least three rounds, at most one a call). On the shared 2-vCPU machine the speed moves by
-    a third within seconds; in blocks of ten calls a slow stretch could fall on one engine's
-    blocks and not on its peer's (the README has three runs of `bench` in each way)."""
+    (at least three rounds, at most one a call), so that a slow stretch of a shared machine, which
+    can be shorter than a block of ten calls, falls on every engine alike (the README has runs of
+    `bench` both ways)."""
     return max(1, min(repeat, max(3, repeat // 3)))
 
 
