@@ -137,3 +137,59 @@ def test_bench_command_on_the_applications(tmp_path, capsys):
 def test_bench_default_resolutions():
     assert [bench.default_resolution(a) for a in ("mobilenet_v2", "lraspp_mobilenet_v3_large",
                                                   "ssdlite320_mobilenet_v3_large")] == [224, 520, 320]
+
+
+def test_round_ratios_split_the_times_as_blocked_times_runs_them():
+    # 7 calls in 3 rounds: 3, 2, 2 calls per engine and round
+    assert bench.round_counts(7, 3) == [3, 2, 2]
+    base, other = [1, 2, 3, 4, 4, 6, 6], [1, 1, 1, 2, 2, 2, 2]
+    assert bench.round_ratios(base, other, 7, 3) == [2.0, 2.0, 3.0]
+    engines = [("npmobilenet", None), ("peer", None)]
+    rows = bench.timing_rows(engines, {"npmobilenet": [0.002] * 6, "peer": [0.001, 0.001, 0.004, 0.004, 0.002, 0.002]},
+                             macs=1e9, batch=2, repeat=6)
+    ours, peer = rows
+    assert ours["ratio"] == ours["ratio_low"] == ours["ratio_high"] == 1.0
+    # rounds of 2 calls (default_rounds(6) == 3): peer's medians 1, 4, 2 ms against our 2
+    assert peer["ratio_rounds"] == [2.0, 0.5, 1.0] and (peer["ratio_low"], peer["ratio_high"]) == (0.5, 2.0)
+    assert peer["ratio"] == 1.0 and peer["ms_per_image"] == 1.0 and peer["min_ms"] == 1.0
+    assert "1.00 (0.50-2.00)" in bench.format_results([{"arch": "m", "batch": 2, "rows": rows}])
+
+
+def _bench_inference_module():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_inference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(arch, batch, threads, ours_ms, peer_ms, rounds=(1.0,)):
+    low, high = min(rounds), max(rounds)
+    return {"arch": arch, "batch": batch, "threads": threads, "rows": [
+        {"engine": "npmobilenet", "ms": ours_ms, "ms_per_image": ours_ms / batch, "ratio": 1.0,
+         "images_per_s": 1e3 * batch / ours_ms, "gmacs": 1.0},
+        {"engine": "onnxruntime", "ms": peer_ms, "ms_per_image": peer_ms / batch, "ratio": ours_ms / peer_ms,
+         "ratio_low": low, "ratio_high": high, "ratio_rounds": list(rounds)}]}
+
+
+def test_check_targets_reports_the_performance_issues_targets():
+    inference = _bench_inference_module()
+    runs = [{"results": [_result("v2", 1, 1, 9.5, 10.0, (0.9, 1.05, 0.95))]},
+            {"results": [_result("v2", 1, 2, 6.6, 6.0, (1.2, 1.0)), _result("v2", 32, 2, 85.0, 100.0)]},
+            {"background_load": True, "results": [_result("v2", 1, 2, 13.2, 15.0)]},
+            {"results": [], "cold_start": {"cold": [16.0], "warm": [0.5]}}]
+    report = inference.check_targets(runs).splitlines()
+    assert report[0] == ("v2 batch 1, 1 thread(s): 0.95x ONNX Runtime's time (0.90-1.05 over the rounds) "
+                         "(target <= 1.0): met, 2 of 3 rounds within it")
+    assert report[1].startswith("v2 batch 1, 2 thread(s): 1.10x") and "MISSED by 1.10x, 1 of 2 rounds" in report[1]
+    assert "batch 32, 2 thread(s): 0.85x" in report[2] and "(target <= 0.9): met" in report[2]
+    # loaded / unloaded: ours 13.2 / 6.6 = 2.00x, ONNX Runtime's 15 / 6 = 2.50x
+    assert report[3] == ("v2 batch 1, 2 thread(s), background load: npmobilenet 2.00x its time without it, "
+                         "ONNX Runtime 2.50x (target: no worse): met")
+    assert "16.00 s with an empty Numba cache (target <= 15 s): MISSED; 0.50 s warm (target <= 1 s): met" in report[4]
+    assert report[-1] == "3 of 4 ratio targets met"
+    table = inference.markdown_table(runs[:1])
+    assert "10.00 (0.95; 0.90-1.05)" in table

@@ -8,7 +8,9 @@ where they are installed, torchvision's model of the same architecture (timm's f
 of about three calls (after a pause and warm-up calls), in rounds, so that a change of load on a
 shared machine reaches all of them alike (see `blocked_times`); the figure is the median. GMAC/s is the analytic
 multiply-accumulate count of the architecture (`npmobilenet.analysis.summary`) over the time.
-The ratio column is npmobilenet's time over the peer's (below 1: npmobilenet is faster).
+The ratio column is npmobilenet's time over the peer's (below 1: npmobilenet is faster), and in
+brackets the lowest and highest of that ratio over the rounds (each round's medians): how far the
+machine's changes of speed move it.
 
 `--per-layer` times each fused layer on its own, beside its MACs and the bytes it must move
 (inputs and weights read, outputs written), so compute-bound and memory-bound layers show.
@@ -72,6 +74,40 @@ def default_rounds(repeat):
     return max(1, min(repeat, max(3, repeat // 3)))
 
 
+def round_counts(repeat, rounds=None):
+    """Timed calls per engine in each round of `blocked_times` (`default_rounds` where None)."""
+    rounds = default_rounds(repeat) if rounds is None else rounds
+    return [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
+
+
+def round_ratios(base, other, repeat, rounds=None):
+    """Per round of `blocked_times`, the median of `base`'s times over the median of `other`'s
+    (the two engines' lists as it returns them): the spread of a ratio over the rounds, which a
+    shared machine's changes of speed widen."""
+    ratios, start = [], 0
+    for count in round_counts(repeat, rounds):
+        ratios.append(float(np.median(base[start:start + count]) / np.median(other[start:start + count])))
+        start += count
+    return ratios
+
+
+def timing_rows(engines, times, macs, batch, repeat):
+    """One row per engine of `blocked_times`' result: its median (ms, per image, images/s,
+    GMAC/s), its fastest call, and `ratio`, the first engine's median time over its own, with
+    `ratio_low`, `ratio_high`: the lowest and highest of that ratio over the rounds (`round_ratios`)."""
+    base_name = engines[0][0]
+    base = float(np.median(times[base_name]))
+    rows = []
+    for name, _ in engines:
+        median = float(np.median(times[name]))
+        per_round = round_ratios(times[base_name], times[name], repeat)
+        rows.append({"engine": name, "ms": median * 1e3, "ms_per_image": median * 1e3 / batch,
+                     "images_per_s": batch / median, "gmacs": macs / median / 1e9, "ratio": base / median,
+                     "ratio_low": min(per_round), "ratio_high": max(per_round), "ratio_rounds": per_round,
+                     "min_ms": float(np.min(times[name])) * 1e3})
+    return rows
+
+
 def blocked_times(engines, repeat, rounds=None, warmup=2, pause=0.25):
     """Time each `(name, fn)` of `engines` `repeat` times in all. The runs are split into `rounds`
     rounds (`default_rounds` where None); in each round every engine in turn gets a pause,
@@ -79,10 +115,8 @@ def blocked_times(engines, repeat, rounds=None, warmup=2, pause=0.25):
     because an engine's idle thread pool keeps spinning for a while after its last call
     (PyTorch's OpenMP, ONNX Runtime's pool) and would slow whichever engine ran next; rounds, so
     that a change of load on a shared machine reaches every engine alike. Returns {name: [seconds, ...]}."""
-    rounds = default_rounds(repeat) if rounds is None else rounds
     times = {name: [] for name, _ in engines}
-    per_round = [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
-    for count in per_round:
+    for count in round_counts(repeat, rounds):
         for name, fn in engines:
             time.sleep(pause)
             for _ in range(warmup):
@@ -278,15 +312,7 @@ def bench_model(arch, batch, resolution, threads, repeat, peers=True, workdir=No
             check = _relative_difference(model, fused(x), ort_outputs)
     times = blocked_times(engines, repeat)
     macs = analytic_macs(arch, resolution, batch)
-    rows = []
-    base = float(np.median(times["npmobilenet"]))
-    for name, _ in engines:
-        median = float(np.median(times[name]))
-        rows.append({
-            "engine": name, "ms": median * 1e3, "ms_per_image": median * 1e3 / batch,
-            "images_per_s": batch / median, "gmacs": macs / median / 1e9, "ratio": base / median,
-            "min_ms": float(np.min(times[name])) * 1e3,
-        })
+    rows = timing_rows(engines, times, macs, batch, repeat)
     return {"arch": arch, "batch": batch, "resolution": resolution, "threads": threads, "repeat": repeat,
             "macs": macs, "rows": rows, "onnx_relative_difference": check,
             "planned_peak_bytes": fused.activation_bytes}
@@ -319,13 +345,7 @@ def bench_checkpoint(path, batch, resolution, threads, repeat, seed=0):
         _, run_float = _npmobilenet_engine(float_twin, x, threads)
         engines = [("npmobilenet int8", lambda: model(x)), ("npmobilenet fused fp32", run_float)]
     times = blocked_times(engines, repeat)
-    base = float(np.median(times[engines[0][0]]))
-    rows = []
-    for engine, _ in engines:
-        median = float(np.median(times[engine]))
-        rows.append({"engine": engine, "ms": median * 1e3, "ms_per_image": median * 1e3 / batch,
-                     "images_per_s": batch / median, "gmacs": macs / median / 1e9, "ratio": base / median,
-                     "min_ms": float(np.min(times[engine])) * 1e3})
+    rows = timing_rows(engines, times, macs, batch, repeat)
     return {"arch": name, "batch": batch, "resolution": resolution, "threads": threads, "repeat": repeat,
             "macs": macs, "rows": rows, "onnx_relative_difference": None, "planned_peak_bytes": None}
 
@@ -424,14 +444,17 @@ def cold_start(arch="mobilenet_v2"):
 # ---------------------------------------------------------------------------------------------
 def format_results(results):
     lines = []
-    header = f"{'model':29s} {'batch':>5s} {'engine':22s} {'ms':>9s} {'ms/img':>8s} {'img/s':>8s} {'GMAC/s':>7s} {'npm/peer':>8s}"
+    header = (f"{'model':29s} {'batch':>5s} {'engine':22s} {'ms':>9s} {'ms/img':>8s} {'img/s':>8s} {'GMAC/s':>7s} "
+              f"{'npm/peer (rounds)':>19s}")
     lines.append(header)
     lines.append("-" * len(header))
     for result in results:
         for row in result["rows"]:
             ratio = "" if row is result["rows"][0] else f"{row['ratio']:.2f}"
+            if ratio and "ratio_low" in row:
+                ratio += f" ({row['ratio_low']:.2f}-{row['ratio_high']:.2f})"
             lines.append(f"{result['arch']:29s} {result['batch']:5d} {row['engine']:22s} {row['ms']:9.2f} "
-                         f"{row['ms_per_image']:8.2f} {row['images_per_s']:8.1f} {row['gmacs']:7.1f} {ratio:>8s}")
+                         f"{row['ms_per_image']:8.2f} {row['images_per_s']:8.1f} {row['gmacs']:7.1f} {ratio:>19s}")
         if result.get("onnx_relative_difference") is not None:
             lines.append(f"{'':36s}(npmobilenet vs ONNX Runtime outputs: max relative difference "
                          f"{result['onnx_relative_difference']:.1e}; planned activation memory "
