@@ -190,6 +190,9 @@ def _row3_s2(x, at, cs, u0, u1, u2, a0, a1, a2, a3, a4, a5, a6, a7, z, count):
 
 
 # -- a block: 8 output pixels x the channels c..c+count ----------------------------------------------------
+# FULL: where a row of blocks is known to have at least 8 pixels, every block has all 8, and its
+# callers pass `rows` as the constant PIXELS, so that LLVM drops the test of each store (tested,
+# always true, they made the 3x3 blocks much slower: the README has the runs).
 @njit_inline
 def _store_block(y, q, channels, c, rows, act, a0, a1, a2, a3, a4, a5, a6, a7, count):
     """Output pixels p < rows at y.flat[q + p*channels + c:...+count] = act(a_p)."""
@@ -332,17 +335,19 @@ def _row_blocks_16(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
 
 @njit_serial
 def _row_blocks_8(src, base, row, stride, w, bias, act, y, n, oh, lo, hi):
-    """`_row_blocks_16` in blocks of 8 channels (8-lane vectors, the last one masked): AVX2's."""
+    """`_row_blocks_16` in blocks of 8 channels (8-lane vectors, the last one masked): AVX2's,
+    whose rows have at least 8 pixels (`depthwise_steps_5x5` gives narrower ones to the clamped
+    taps with AVX2), so every block has all 8 (`FULL`)."""
     out_h, out_w, channels = y.shape[1], y.shape[2], y.shape[3]
     flat_y, flat_w = y.reshape(-1), w.reshape(-1)
     z = _zero8()
     whole = channels - channels % VECTOR
     for start in range(lo, hi, PIXELS):
-        rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
+        _, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)     # 8 pixels (`FULL`)
         for c in range(0, whole, VECTOR):       # a constant count: plain loads (see `_row_blocks3`)
-            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z, VECTOR)
+            _block_rows(src, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, PIXELS, z, VECTOR)
         if whole < channels:
-            _block_rows(src, r, row, channels, stride, flat_w, whole, bias, act, flat_y, q, rows, z,
+            _block_rows(src, r, row, channels, stride, flat_w, whole, bias, act, flat_y, q, PIXELS, z,
                         channels - whole)
 
 
@@ -351,7 +356,9 @@ _row_blocks = _row_blocks_16 if _AVX512 else _row_blocks_8
 
 @njit_serial
 def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
-    """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, every channel block in
+    """`_row_blocks` for a 3x3 kernel (`_block_rows3`) read from x, at least 8 interior pixels
+    (`depthwise_steps_3x3` leaves narrower rows to the clamped taps), so every block has all 8
+    pixels (`_block_at`) and its stores are untested (`FULL`), every channel block in
     vectors of `VECTOR` lanes (the last one masked): one block body per stride, where
     `_row_blocks_16` has three (full, masked 16-lane, 8-lane), which took the first version of
     the 3x3 tile from 8.6 to 6.8 s of compiling. Whole vectors are given the constant count
@@ -363,11 +370,17 @@ def _row_blocks3(x, base, row, stride, w, bias, act, y, n, oh, lo, hi):
     z = _zero()
     whole = channels - channels % VECTOR
     for start in range(lo, hi, PIXELS):
-        rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
-        for c in range(0, whole, VECTOR):
-            _block_rows3(x, r, row, channels, stride, flat_w, c, bias, act, flat_y, q, rows, z, VECTOR)
+        _, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
+        # the stride a constant in each loop, one block body each (tested inside one body, the
+        # stride slowed both: the README has the runs)
+        if stride == 1:
+            for c in range(0, whole, VECTOR):
+                _block_rows3(x, r, row, channels, 1, flat_w, c, bias, act, flat_y, q, PIXELS, z, VECTOR)
+        else:
+            for c in range(0, whole, VECTOR):
+                _block_rows3(x, r, row, channels, 2, flat_w, c, bias, act, flat_y, q, PIXELS, z, VECTOR)
         if whole < channels:
-            _block_rows3(x, r, row, channels, stride, flat_w, whole, bias, act, flat_y, q, rows, z,
+            _block_rows3(x, r, row, channels, stride, flat_w, whole, bias, act, flat_y, q, PIXELS, z,
                          channels - whole)
 
 
@@ -380,6 +393,8 @@ def _row_blocks_taps(src, base, row, stride, dilation_h, dilation_w, w, bias, ac
     z16, z8 = _zero(), _zero8()       # with AVX2 both 8 lanes (count <= 8): only the second call runs
     for start in range(lo, hi, PIXELS):
         rows, r, q = _block_at(start, lo, hi, base, stride, channels, n, oh, out_h, out_w)
+        if not _AVX512:
+            rows = PIXELS             # with AVX2 every row has 8 pixels or more (`FULL`)
         c = 0
         while c < channels:
             count = min(VECTOR, channels - c)
