@@ -77,6 +77,11 @@ def _rounds_met(row, limit):
     return f", {sum(r <= limit for r in rounds)} of {len(rounds)} rounds within it"
 
 
+def _times(x):
+    """A ratio to two decimals, or three where two would round it to 1.00."""
+    return f"{x:.3f}x" if 0.995 <= x < 1.005 else f"{x:.2f}x"
+
+
 def _spread(row):
     return f" ({row['ratio_low']:.2f}-{row['ratio_high']:.2f} over the rounds)" if "ratio_low" in row else ""
 
@@ -108,14 +113,14 @@ def check_targets(runs):
                 ours = rows["npmobilenet"]["ms"] / {row["engine"]: row for row in base["rows"]}["npmobilenet"]["ms"]
                 theirs = peer["ms"] / base_peer["ms"]
                 ok = ours <= theirs
-                lines.append(f"{tag}, background load: npmobilenet {ours:.2f}x its time without it, ONNX Runtime "
-                             f"{theirs:.2f}x (target: no worse): " + ("met" if ok else f"MISSED by {ours / theirs:.2f}x"))
+                lines.append(f"{tag}, background load: npmobilenet {_times(ours)} its time without it, ONNX Runtime "
+                             f"{_times(theirs)} (target: no worse): " + ("met" if ok else f"MISSED by {_times(ours / theirs)}"))
             elif key in LATENCY_TARGETS:
                 limit = LATENCY_TARGETS[key]
                 ratio = peer["ratio"]
                 ok = ratio <= limit
-                lines.append(f"{tag}: {ratio:.2f}x ONNX Runtime's time{_spread(peer)} (target <= {limit}): "
-                             + ("met" if ok else f"MISSED by {ratio / limit:.2f}x") + _rounds_met(peer, limit))
+                lines.append(f"{tag}: {_times(ratio)} ONNX Runtime's time{_spread(peer)} (target <= {limit}): "
+                             + ("met" if ok else f"MISSED by {_times(ratio / limit)}") + _rounds_met(peer, limit))
             else:
                 continue
             met, checked = met + ok, checked + 1

@@ -190,6 +190,9 @@ def test_check_targets_reports_the_performance_issues_targets():
     assert report[3] == ("v2 batch 1, 2 thread(s), background load: npmobilenet 2.00x its time without it, "
                          "ONNX Runtime 2.50x (target: no worse): met")
     assert "16.00 s with an empty Numba cache (target <= 15 s): MISSED; 0.50 s warm (target <= 1 s): met" in report[4]
+    # a ratio that two decimals would show as 1.00 gets three
+    close = inference.check_targets([{"results": [_result("v3", 1, 1, 10.04, 10.0)]}]).splitlines()[0]
+    assert close.startswith("v3 batch 1, 1 thread(s): 1.004x") and "MISSED by 1.004x" in close
     assert report[-1] == "3 of 4 ratio targets met"
     table = inference.markdown_table(runs[:1])
     assert "10.00 (0.95; 0.90-1.05)" in table
