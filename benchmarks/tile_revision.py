@@ -1,6 +1,7 @@
 """A register tile against the same module at another git revision, inside whole runs.
 
     python benchmarks/tile_revision.py REV [ARCH ...] [--kernel product|depthwise] [--threads 1] [--rounds 12]
+    python benchmarks/tile_revision.py REV [ARCH ...] --kernel depthwise --alone [--rounds 12]
 
 Loads the tile as it was at git revision REV into a module of its own: `--kernel product`, this
 CPU's `product_span` (`npmobilenet/ops/matmul_avx2.py`, or `matmul_avx512.py` with AVX-512);
@@ -17,13 +18,19 @@ rounds of each one's computing time (ms per run), and their ratio (below 1: this
 is faster). The groups: for the product, layers whose output channels are a multiple of 16 and
 those that are not (a last partial sliver); for depthwise, the 3x3 and the 5x5 layers (an
 expansion joined to its 3x3 layer counted with the 3x3).
+
+`--alone` (depthwise only) times instead each depthwise layer shape of the models alone
+(`compare_alone`: the layer's rows of one image, 64-byte-aligned arrays, the revisions in
+alternating rounds): the tile's own speed, without the rest of a run's memory traffic.
 """
 import argparse
+import functools
 import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -115,6 +122,100 @@ def compare(arch, addresses, threads, rounds, runs=10):
               f"{np.percentile(ratios, 75):.3f})", flush=True)
 
 
+def _aligned(array):
+    """A copy of `array` starting on a 64-byte boundary, as the op table's arena and parameters do
+    (numpy's own arrays start 16 bytes past one: half of a 32-byte vector's loads would then cross
+    two cache lines, a cost whole runs do not have)."""
+    raw = np.empty(array.size + 16, np.float32)
+    start = (-raw.ctypes.data // 4) % 16
+    copy = raw[start:start + array.size].reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
+def _call3(run, arguments, y, reps):
+    x, weight, bias, sums, steps, sh, sw, pt, pl, act, borders, blocks = arguments
+    run(x, weight, bias, y, sums, steps, reps, sh, sw, pt, pl, act, borders, blocks)
+
+
+def _call5(run, arguments, y, reps):
+    x, weight, bias, sums, steps, sh, sw, pt, pl, act, padded, borders, blocks, taps = arguments
+    run(x, weight, bias, y, sums, steps, reps, sh, sw, pt, pl, act, padded, borders, blocks, taps)
+
+
+def compare_alone(archs, module, rounds, act=2):
+    """Each depthwise layer shape of `archs` that the register tile takes, alone, on one thread:
+    every row of one image (`depthwise_steps_3x3` / `_5x5`: border pixels by clamped taps, the
+    rest in the tile's blocks), with this checkout's blocks and with the revision's, in alternating
+    rounds, on 64-byte-aligned arrays (ReLU6). The same bits are checked first."""
+    import npmobilenet
+    from numba import njit
+    from npmobilenet.inference.program import DEPTHWISE, KH, KIND, PL, PT, SH, SW, XC, XH, XW, YH, YW
+    from npmobilenet.ops import depthwise_avx512 as here
+    from npmobilenet.ops.depthwise import steps_per_image
+
+    @njit
+    def run3(x, w, b, y, sums, steps, reps, sh, sw, pt, pl, act, borders, blocks):
+        for _ in range(reps):
+            here.depthwise_steps_3x3(x, w, 3, 3, b, act, sums, sh, sw, pt, pl, 1, 1, y, 0, steps, borders, blocks)
+
+    @njit
+    def run5(x, w, b, y, sums, steps, reps, sh, sw, pt, pl, act, padded, borders, blocks, taps):
+        for _ in range(reps):
+            here.depthwise_steps_5x5(x, w, 5, 5, b, act, sums, sh, sw, pt, pl, 1, 1, y, 0, steps, padded, borders,
+                                     blocks, taps)
+
+    shapes = set()
+    x0 = np.zeros((1, 224, 224, 3), np.float32)
+    for arch in archs:
+        fused = npmobilenet.build(arch, seed=0).eval().fuse(threads=1)
+        fused(x0)
+        for op in fused.plan(x0.shape).program.ops:
+            if op[KIND] == DEPTHWISE and here.takes((op[KH],) * 2, (op[SH], op[SW]), (1, 1)):
+                shapes.add(tuple(int(op[i]) for i in (KH, XH, XW, XC, YH, YW, SH, SW, PT, PL)))
+    borders = here.BORDERS.address()
+    blocks = {3: (here.BLOCKS_3X3.address(), module.BLOCKS_3X3.address()), 5: (here.BLOCKS.address(), module.BLOCKS.address())}
+    rng = np.random.default_rng(0)
+    cases = []
+    for k, h, w, c, oh, ow, sh, sw, pt, pl in sorted(shapes):
+        x = _aligned(rng.standard_normal((1, h, w, c)).astype(np.float32))
+        weight = _aligned(rng.standard_normal((k * k, c)).astype(np.float32))
+        bias = _aligned(rng.standard_normal(c).astype(np.float32))
+        ys = [_aligned(np.zeros((1, oh, ow, c), np.float32)) for _ in range(2)]
+        sums = np.zeros((0, oh, c), np.float32)
+        steps = steps_per_image(oh, k, k, sh, 1)[0]
+        reps = int(2e7 / (oh * ow * c * k * k)) + 1
+        if k == 3:
+            arguments = [(x, weight, bias, sums, steps, sh, sw, pt, pl, act, borders, address) for address in blocks[3]]
+            calls = [functools.partial(_call3, run3, a) for a in arguments]
+        else:
+            padded = _aligned(np.zeros(here.workspace_elements(oh, ow, c, sh, sw, 1, 1), np.float32))
+            arguments = [(x, weight, bias, sums, steps, sh, sw, pt, pl, act, padded, borders, address, 0)
+                         for address in blocks[5]]
+            calls = [functools.partial(_call5, run5, a) for a in arguments]
+        for call, y in zip(calls, ys):
+            call(y, 1)
+        if not np.array_equal(ys[0], ys[1]):
+            raise SystemExit(f"{k}x{k} on {h}x{w}x{c} at stride {sh}: the two revisions' blocks gave different outputs")
+        cases.append((f"{k}x{k} {h}x{w}x{c} stride {sh}", k, calls, ys[0], reps, np.zeros((rounds, 2))))
+    for r in range(rounds):
+        for name, k, calls, y, reps, times in cases:
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                start = time.perf_counter()
+                calls[i](y, reps)
+                times[r, i] = (time.perf_counter() - start) / reps * 1e3
+    for name, k, calls, y, reps, times in cases:
+        ratios = times[:, 0] / times[:, 1]
+        print(f"{name:30s} this checkout {np.median(times[:, 0]):7.4f} ms, the revision {np.median(times[:, 1]):7.4f} ms, "
+              f"ratio {np.median(times[:, 0]) / np.median(times[:, 1]):.3f} (per round: median {np.median(ratios):.3f})")
+    for k in (3, 5):
+        chosen = [times for name, kk, calls, y, reps, times in cases if kk == k]
+        if chosen:
+            total = sum(chosen)
+            print(f"every {k}x{k} shape, summed: ratio {np.median(total[:, 0]) / np.median(total[:, 1]):.3f} "
+                  f"(per round: median {np.median(total[:, 0] / total[:, 1]):.3f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revision")
@@ -123,7 +224,11 @@ def main():
     parser.add_argument("--kernel", choices=("product", "depthwise"), default="product")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=12, help="a multiple of 4 (default 12)")
+    parser.add_argument("--alone", action="store_true",
+                        help="--kernel depthwise: each depthwise layer shape alone (one image, one thread), not whole runs")
     args = parser.parse_args()
+    if args.alone and args.kernel != "depthwise":
+        parser.error("--alone times the depthwise tile's layers (give --kernel depthwise)")
     if args.rounds < 4 or args.rounds % 4:
         parser.error(f"--rounds must be a positive multiple of 4 (each revision on each model as often, "
                      f"and first as often), got {args.rounds}")
@@ -132,6 +237,11 @@ def main():
     from npmobilenet.ops.indirect import CompiledCall
 
     module = load_revision(args.revision, args.kernel)
+    if args.alone:
+        print(f"depthwise tile's layers alone: this checkout against {args.revision}, 1 thread, {args.rounds} rounds, "
+              "ms per image")
+        compare_alone(args.archs, module, args.rounds)
+        return
     if args.kernel == "product":
         addresses = {PRODUCT_SPAN: CompiledCall(module.product_span, register_tile.SPAN.argtypes).address()}
     else:
