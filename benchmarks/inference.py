@@ -8,8 +8,8 @@
 
 The table has one row per (model, batch, threads, load): npmobilenet's latency (ms per image),
 throughput, achieved GMAC/s, and each peer's time with the ratio npmobilenet/peer (below 1:
-npmobilenet is faster) and its lowest and highest over the bench's rounds. With per-layer profiles in the JSON and matplotlib installed, the plot
-shows for each profile (left) every fused layer's time against its MACs, coloured by kind
+npmobilenet is faster) and its lowest and highest over the bench's rounds. With per-layer
+profiles in the JSON and matplotlib installed, the plot shows for each profile (left) every fused layer's time against its MACs, coloured by kind
 (points above the diagonal of the pointwise layers are the ones that do not get the machine's
 arithmetic rate: the depthwise layers), and (right) the roofline: achieved GMAC/s against
 arithmetic intensity (MACs per byte moved) under the machine's measured SGEMM peak and copy
@@ -100,18 +100,18 @@ def check_targets(runs):
         for result in run["results"]:
             rows = {row["engine"]: row for row in result["rows"]}
             peer = rows.get("onnxruntime")
-            key = (result["batch"], result["threads"])
-            tag = f"{result['arch']} batch {result['batch']}, {result['threads']} thread(s)"
             if peer is None:
                 continue
+            key = (result["batch"], result["threads"])
+            tag = f"{result['arch']} batch {result['batch']}, {result['threads']} thread(s)"
             if run.get("background_load"):
-                base = unloaded.get((result["arch"], result["batch"], result["threads"]))
-                base_peer = {row["engine"]: row for row in base["rows"]}.get("onnxruntime") if base else None
-                if base_peer is None:
+                base = unloaded.get((result["arch"],) + key)
+                base_rows = {row["engine"]: row for row in base["rows"]} if base else {}
+                if "onnxruntime" not in base_rows:
                     lines.append(f"{tag}, background load: no run without it to compare (give both JSON files)")
                     continue
-                ours = rows["npmobilenet"]["ms"] / {row["engine"]: row for row in base["rows"]}["npmobilenet"]["ms"]
-                theirs = peer["ms"] / base_peer["ms"]
+                ours = rows["npmobilenet"]["ms"] / base_rows["npmobilenet"]["ms"]
+                theirs = peer["ms"] / base_rows["onnxruntime"]["ms"]
                 ok = ours <= theirs
                 lines.append(f"{tag}, background load: npmobilenet {_times(ours)} its time without it, ONNX Runtime "
                              f"{_times(theirs)} (target: no worse): " + ("met" if ok else f"MISSED by {_times(ours / theirs)}"))

@@ -24,7 +24,6 @@ expansion joined to its 3x3 layer counted with the 3x3).
 alternating rounds): the tile's own speed, without the rest of a run's memory traffic.
 """
 import argparse
-import functools
 import importlib.util
 import os
 import subprocess
@@ -123,24 +122,13 @@ def compare(arch, addresses, threads, rounds, runs=10):
 
 
 def _aligned(array):
-    """A copy of `array` starting on a 64-byte boundary, as the op table's arena and parameters do
-    (numpy's own arrays start 16 bytes past one: half of a 32-byte vector's loads would then cross
-    two cache lines, a cost whole runs do not have)."""
-    raw = np.empty(array.size + 16, np.float32)
-    start = (-raw.ctypes.data // 4) % 16
-    copy = raw[start:start + array.size].reshape(array.shape)
+    """A copy of `array` starting on a 64-byte boundary, as the op table's arena and parameters
+    (`plan.aligned_empty`: a cost of numpy's own alignment that whole runs do not have)."""
+    from npmobilenet.inference.plan import aligned_empty
+
+    copy = aligned_empty(array.size).reshape(array.shape)
     copy[...] = array
     return copy
-
-
-def _call3(run, arguments, y, reps):
-    x, weight, bias, sums, steps, sh, sw, pt, pl, act, borders, blocks = arguments
-    run(x, weight, bias, y, sums, steps, reps, sh, sw, pt, pl, act, borders, blocks)
-
-
-def _call5(run, arguments, y, reps):
-    x, weight, bias, sums, steps, sh, sw, pt, pl, act, padded, borders, blocks, taps = arguments
-    run(x, weight, bias, y, sums, steps, reps, sh, sw, pt, pl, act, padded, borders, blocks, taps)
 
 
 def compare_alone(archs, module, rounds, act=2):
@@ -155,12 +143,12 @@ def compare_alone(archs, module, rounds, act=2):
     from npmobilenet.ops.depthwise import steps_per_image
 
     @njit
-    def run3(x, w, b, y, sums, steps, reps, sh, sw, pt, pl, act, borders, blocks):
+    def run3(x, w, b, sums, steps, sh, sw, pt, pl, act, borders, blocks, y, reps):
         for _ in range(reps):
             here.depthwise_steps_3x3(x, w, 3, 3, b, act, sums, sh, sw, pt, pl, 1, 1, y, 0, steps, borders, blocks)
 
     @njit
-    def run5(x, w, b, y, sums, steps, reps, sh, sw, pt, pl, act, padded, borders, blocks, taps):
+    def run5(x, w, b, sums, steps, sh, sw, pt, pl, act, padded, borders, blocks, taps, y, reps):
         for _ in range(reps):
             here.depthwise_steps_5x5(x, w, 5, 5, b, act, sums, sh, sw, pt, pl, 1, 1, y, 0, steps, padded, borders,
                                      blocks, taps)
@@ -185,24 +173,24 @@ def compare_alone(archs, module, rounds, act=2):
         sums = np.zeros((0, oh, c), np.float32)
         steps = steps_per_image(oh, k, k, sh, 1)[0]
         reps = int(2e7 / (oh * ow * c * k * k)) + 1
+        # each revision's call but for its output and repetitions: (kernel, arguments)
         if k == 3:
-            arguments = [(x, weight, bias, sums, steps, sh, sw, pt, pl, act, borders, address) for address in blocks[3]]
-            calls = [functools.partial(_call3, run3, a) for a in arguments]
+            calls = [(run3, (x, weight, bias, sums, steps, sh, sw, pt, pl, act, borders, address)) for address in blocks[3]]
         else:
             padded = _aligned(np.zeros(here.workspace_elements(oh, ow, c, sh, sw, 1, 1), np.float32))
-            arguments = [(x, weight, bias, sums, steps, sh, sw, pt, pl, act, padded, borders, address, 0)
-                         for address in blocks[5]]
-            calls = [functools.partial(_call5, run5, a) for a in arguments]
-        for call, y in zip(calls, ys):
-            call(y, 1)
+            calls = [(run5, (x, weight, bias, sums, steps, sh, sw, pt, pl, act, padded, borders, address, 0))
+                     for address in blocks[5]]
+        for (kernel, arguments), y in zip(calls, ys):
+            kernel(*arguments, y, 1)
         if not np.array_equal(ys[0], ys[1]):
             raise SystemExit(f"{k}x{k} on {h}x{w}x{c} at stride {sh}: the two revisions' blocks gave different outputs")
         cases.append((f"{k}x{k} {h}x{w}x{c} stride {sh}", k, calls, ys[0], reps, np.zeros((rounds, 2))))
     for r in range(rounds):
         for name, k, calls, y, reps, times in cases:
             for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                kernel, arguments = calls[i]
                 start = time.perf_counter()
-                calls[i](y, reps)
+                kernel(*arguments, y, reps)
                 times[r, i] = (time.perf_counter() - start) / reps * 1e3
     for name, k, calls, y, reps, times in cases:
         ratios = times[:, 0] / times[:, 1]

@@ -13,7 +13,7 @@ from npmobilenet.config import njit_parallel
 from npmobilenet.inference.atomics import atomic_add, atomic_load
 from npmobilenet.ops.blas import find_blas
 from npmobilenet.inference.threads import numba_threads
-from npmobilenet.inference.plan import ALIGN
+from npmobilenet.inference.plan import ALIGN, aligned_empty
 from npmobilenet.inference.program import (COLUMNS, DONE, ENDS, RUNS, TILES, X, Y, Program, _take_tiles, _word,
                                            op_row)
 from npmobilenet.inference.workers import tile_workers
@@ -116,6 +116,12 @@ def test_parameters_are_packed_aligned_views():
     fused = model.fuse()
     params = fused.params
     assert params.ctypes.data % 64 == 0
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    fused(x)
+    assert fused.plan(x.shape).arena.ctypes.data % 64 == 0      # the activations' arena too
+    for size in (1, 15, 16, 1000):
+        array = aligned_empty(size)
+        assert array.ctypes.data % 64 == 0 and array.shape == (size,) and array.dtype == np.float32
     stem = fused.layers[0]
     for layer in fused.layers:
         for name in layer.weight_names:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from npmobilenet.inference import kernels
-from npmobilenet.inference.plan import ALIGN, aligned
+from npmobilenet.inference.plan import aligned, aligned_empty
 from npmobilenet.inference.program import (
     CONV, DEPTHWISE, GATE_ROWS, LINEAR, MAX_WORKERS, POINTWISE, POOL, RESIZE, SE_GATE, op_row)
 from npmobilenet.inference.tiles import PARTS, expand_parts, linear_blocks
@@ -657,9 +657,7 @@ def pack_parameters(layers):
     64-byte boundary, for the op table of `program.py` to address by offset. Each layer's arrays
     become views of it, and `layer.param_offsets[name]` their offsets. Returns the array."""
     total = sum(aligned(getattr(layer, name).size) for layer in layers for name in layer.weight_names)
-    raw = np.empty(total + ALIGN, FLOAT)
-    start = (-raw.ctypes.data // 4) % ALIGN          # first 64-byte-aligned element
-    params = raw[start:start + total]
+    params = aligned_empty(total)
     offset = 0
     for layer in layers:
         layer.param_offsets = {}

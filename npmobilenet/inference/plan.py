@@ -31,6 +31,14 @@ def aligned(size):
     return -(-int(size) // ALIGN) * ALIGN
 
 
+def aligned_empty(size):
+    """An uninitialised float32 array of `size` elements starting on a 64-byte boundary (numpy's
+    own start 16 bytes past one, where half of a 32-byte vector's loads would cross two cache lines)."""
+    raw = np.empty(int(size) + ALIGN, np.float32)
+    start = (-raw.ctypes.data // 4) % ALIGN
+    return raw[start:start + int(size)]
+
+
 def _liveness(layers, input_shape, outputs=None, input_name="input", workers=MAX_WORKERS):
     """Shapes of every tensor and the steps that write and last read it (workspaces with a block for
     each of `workers` workers)."""
@@ -102,9 +110,7 @@ class MemoryPlan:
         # the slots are consecutive 64-byte-aligned pieces of one arena, which the op table of
         # `program.py` addresses by offset
         starts = np.concatenate([[0], np.cumsum([aligned(size) for size in capacity])]).astype(int)
-        raw = np.empty(int(starts[-1]) + ALIGN, np.float32)
-        base = (-raw.ctypes.data // 4) % ALIGN
-        self.arena = raw[base:base + int(starts[-1])]
+        self.arena = aligned_empty(starts[-1])
         self.buffers = [self.arena[starts[k]:starts[k + 1]] for k in range(len(capacity))]
         self.offsets = {name: int(starts[slot_of[name]]) for name in shapes}
         self.tensors = {
